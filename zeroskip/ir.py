@@ -1,0 +1,652 @@
+"""The layer IR: the contract between the frontend and the hardware.
+
+A :class:`Graph` is a frozen, validated set of typed nodes. Every tensor in it is an integer array;
+the float scales that come along only say what the integers mean (``real = integer * scale``) and
+are never used by the golden model or the hardware.
+
+Integer semantics (the golden model in :mod:`zeroskip.reference` and every engine follow these
+exactly):
+
+* Activations are symmetric with zero point 0, so a real zero is the integer 0 and can be skipped.
+  An :class:`Activation` is ``bits`` wide, signed or unsigned.
+* Weights are symmetric per output channel, in ``[-(2**(bits-1) - 1), 2**(bits-1) - 1]``.
+* Conv2d and Linear accumulate ``acc = bias + sum(weight * x)`` exactly (zero padding), then
+  requantize. AvgPool2d requantizes the window sum. Add requantizes
+  ``a * input_multipliers[0] + b * input_multipliers[1]``.
+* Requantization (:class:`Requant`), per output channel ``c``::
+
+      y = round_half_up(acc * multiplier[c], shift[c])       # (v + 2**(s-1)) >> s, or v if s == 0
+      y = min(max(y, clamp_min), clamp_max)                   # fused ReLU / ReLU6 / saturation
+      y = 0 where abs(y) <= epsilon                           # dynamic feature-map pruning
+
+  ``>>`` is an arithmetic shift (floor division by a power of two), so the rounding rule is
+  *round half up* (towards +infinity) for both signs. ``epsilon == 0`` turns pruning off.
+* MaxPool2d pads with the smallest value of its input's range; Flatten is C-major, as torch's.
+
+Binary layers (1-bit weights and activations) are a later addition; they will be new op types with
+their own fields, so the file format's ``version`` covers them.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import zipfile
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import ClassVar, Union
+
+import numpy as np
+
+from .errors import GraphError
+
+__all__ = [
+    "IR_VERSION", "FILE_FORMAT", "MIN_BITS", "MAX_BITS", "MULTIPLIER_BITS", "MAX_SHIFT",
+    "Activation", "Requant", "Input", "Conv2d", "Linear", "MaxPool2d", "AvgPool2d", "Add",
+    "Flatten", "Node", "Graph", "load", "weight_range",
+]
+
+IR_VERSION = 1
+FILE_FORMAT = "zeroskip-graph"
+GRAPH_MEMBER = "graph.json"
+
+MIN_BITS, MAX_BITS = 2, 8
+# Requant multipliers are unsigned 16-bit so that acc * multiplier maps onto one 16x16 (iCE40
+# SB_MAC16) or 18x18 (ECP5) multiplier input; 15 significant bits leave int8 outputs exact enough.
+MULTIPLIER_BITS = 16
+MAX_SHIFT = 62
+INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
+
+
+def weight_range(bits):
+    """Smallest and largest integer weight of a ``bits``-wide symmetric weight."""
+    limit = 2 ** (bits - 1) - 1
+    return -limit, limit
+
+
+def _check(condition, message, node=None, field=None):
+    if not condition:
+        raise GraphError(message, node=node, field=field)
+
+
+def _check_int(value, name, node, *, low=None, high=None):
+    _check(isinstance(value, int) and not isinstance(value, bool),
+           f"must be an integer, got {value!r}", node, name)
+    if low is not None:
+        _check(value >= low, f"must be >= {low}, got {value}", node, name)
+    if high is not None:
+        _check(value <= high, f"must be <= {high}, got {value}", node, name)
+
+
+def _check_pair(value, name, node, *, low):
+    _check(isinstance(value, tuple) and len(value) == 2,
+           f"must be a pair of integers, got {value!r}", node, name)
+    for item in value:
+        _check_int(item, name, node, low=low)
+
+
+def _check_tensor(array, name, node, dtype, shape=None):
+    _check(isinstance(array, np.ndarray), f"must be a numpy array, got {type(array).__name__}",
+           node, name)
+    _check(array.dtype == np.dtype(dtype),
+           f"tensor must have dtype {np.dtype(dtype).name}, got {array.dtype.name}", node, name)
+    if shape is not None:
+        _check(array.shape == tuple(shape),
+               f"tensor must have shape {tuple(shape)}, got {array.shape}", node, name)
+
+
+def _check_values(array, name, node, low, high, what):
+    if array.size:
+        lo, hi = int(array.min()), int(array.max())
+        _check(lo >= low and hi <= high,
+               f"values must lie in [{low}, {high}] ({what}), found {lo}..{hi}", node, name)
+
+
+def _frozen_array(array):
+    array = np.array(array, copy=True)
+    array.flags.writeable = False
+    return array
+
+
+@dataclass(frozen=True)
+class Activation:
+    """How a stream of activations is encoded: ``bits`` wide, signed or not, ``real = q * scale``."""
+
+    bits: int
+    signed: bool
+    scale: float
+
+    def __post_init__(self):
+        _check_int(self.bits, "bits", None, low=MIN_BITS, high=MAX_BITS)
+        _check(isinstance(self.signed, bool), f"must be true or false, got {self.signed!r}",
+               None, "signed")
+        _check(isinstance(self.scale, float) and np.isfinite(self.scale) and self.scale > 0,
+               f"must be a positive finite number, got {self.scale!r}", None, "scale")
+
+    @property
+    def qmin(self):
+        return -(2 ** (self.bits - 1)) if self.signed else 0
+
+    @property
+    def qmax(self):
+        return 2 ** (self.bits - 1) - 1 if self.signed else 2**self.bits - 1
+
+
+@dataclass(frozen=True, eq=False)
+class Requant:
+    """Integer requantization of an accumulator to an output activation (see the module doc).
+
+    ``multiplier`` and ``shift`` hold one entry per output channel, or a single entry shared by
+    all channels.
+    """
+
+    multiplier: np.ndarray
+    shift: np.ndarray
+    clamp_min: int
+    clamp_max: int
+    epsilon: int = 0
+
+    def __post_init__(self):
+        object.__setattr__(self, "multiplier", _frozen_array(self.multiplier))
+        object.__setattr__(self, "shift", _frozen_array(self.shift))
+
+    def validate(self, node, channels, act):
+        """Check against the ``channels`` it scales and the output :class:`Activation`."""
+        for name in ("multiplier", "shift"):
+            array = getattr(self, name)
+            _check_tensor(array, f"requant.{name}", node, np.int32)
+            _check(array.shape in ((channels,), (1,)),
+                   f"tensor must have shape ({channels},) or (1,), got {array.shape}",
+                   node, f"requant.{name}")
+        _check_values(self.multiplier, "requant.multiplier", node, 0, 2**MULTIPLIER_BITS - 1,
+                      f"unsigned {MULTIPLIER_BITS}-bit")
+        _check_values(self.shift, "requant.shift", node, 0, MAX_SHIFT, "shift amount")
+        _check_int(self.clamp_min, "requant.clamp_min", node, low=act.qmin, high=act.qmax)
+        _check_int(self.clamp_max, "requant.clamp_max", node, low=self.clamp_min, high=act.qmax)
+        _check_int(self.epsilon, "requant.epsilon", node, low=0)
+
+
+@dataclass(frozen=True, eq=False)
+class Node:
+    """Common fields: a unique ``name`` and the names of the nodes it reads, ``inputs``."""
+
+    name: str
+    inputs: tuple[str, ...]
+
+    op: ClassVar[str]
+    arity: ClassVar[int] = 1
+
+    def __post_init__(self):
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, np.ndarray):
+                object.__setattr__(self, f.name, _frozen_array(value))
+            elif isinstance(value, list):
+                object.__setattr__(self, f.name, tuple(value))
+
+    @property
+    def input(self):
+        return self.inputs[0]
+
+    def infer(self, in_shapes, in_acts):
+        """Validate against the inputs' shapes and activations; return ``(shape, activation)``."""
+        raise NotImplementedError
+
+
+@dataclass(frozen=True, eq=False)
+class Input(Node):
+    """The network input: ``shape`` is ``(C, H, W)`` or ``(features,)``, without the batch."""
+
+    shape: tuple[int, ...] = ()
+    act: Activation = None
+
+    op: ClassVar[str] = "input"
+    arity: ClassVar[int] = 0
+
+    def infer(self, in_shapes, in_acts):
+        _check(isinstance(self.shape, tuple) and len(self.shape) in (1, 3),
+               f"must be (C, H, W) or (features,), got {self.shape!r}", self.name, "shape")
+        for size in self.shape:
+            _check_int(size, "shape", self.name, low=1)
+        _check(isinstance(self.act, Activation), "must be an Activation", self.name, "act")
+        return self.shape, self.act
+
+
+def _check_weight_layer(node, out_channels):
+    """Fields shared by Conv2d and Linear: weight, bias, weight_bits, weight_scale, requant, act."""
+    _check_int(node.weight_bits, "weight_bits", node.name, low=MIN_BITS, high=MAX_BITS)
+    _check_tensor(node.weight, "weight", node.name, np.int8)
+    low, high = weight_range(node.weight_bits)
+    _check_values(node.weight, "weight", node.name, low, high,
+                  f"symmetric {node.weight_bits}-bit")
+    _check_tensor(node.bias, "bias", node.name, np.int32, (out_channels,))
+    _check_tensor(node.weight_scale, "weight_scale", node.name, np.float64, (out_channels,))
+    _check(bool(np.all(np.isfinite(node.weight_scale)) and np.all(node.weight_scale > 0)),
+           "values must be positive and finite", node.name, "weight_scale")
+    _check(isinstance(node.act, Activation), "must be an Activation", node.name, "act")
+    _check(isinstance(node.requant, Requant), "must be a Requant", node.name, "requant")
+    node.requant.validate(node.name, out_channels, node.act)
+
+
+@dataclass(frozen=True, eq=False)
+class Conv2d(Node):
+    """2-D convolution; ``weight`` is ``(out, in / groups, kh, kw)`` int8."""
+
+    weight: np.ndarray = None
+    bias: np.ndarray = None
+    weight_bits: int = 8
+    weight_scale: np.ndarray = None
+    stride: tuple[int, int] = (1, 1)
+    padding: tuple[int, int] = (0, 0)
+    groups: int = 1
+    requant: Requant = None
+    act: Activation = None
+
+    op: ClassVar[str] = "conv2d"
+
+    @property
+    def out_channels(self):
+        return self.weight.shape[0]
+
+    @property
+    def kernel(self):
+        return self.weight.shape[2], self.weight.shape[3]
+
+    def infer(self, in_shapes, in_acts):
+        (shape,) = in_shapes
+        _check(len(shape) == 3, f"input {self.input!r} must be (C, H, W), got {shape}",
+               self.name, "inputs")
+        _check_tensor(self.weight, "weight", self.name, np.int8)
+        _check(self.weight.ndim == 4, f"tensor must be 4-D (out, in/groups, kh, kw), "
+               f"got shape {self.weight.shape}", self.name, "weight")
+        _check_pair(self.stride, "stride", self.name, low=1)
+        _check_pair(self.padding, "padding", self.name, low=0)
+        _check_int(self.groups, "groups", self.name, low=1)
+        channels, height, width = shape
+        out_channels, group_channels, kh, kw = self.weight.shape
+        _check(channels % self.groups == 0 and out_channels % self.groups == 0,
+               f"{self.groups} groups must divide both {channels} input and {out_channels} "
+               "output channels", self.name, "groups")
+        _check(group_channels * self.groups == channels,
+               f"weight expects {group_channels * self.groups} input channels but input "
+               f"{self.input!r} has {channels}", self.name, "weight")
+        out_h = (height + 2 * self.padding[0] - kh) // self.stride[0] + 1
+        out_w = (width + 2 * self.padding[1] - kw) // self.stride[1] + 1
+        _check(out_h >= 1 and out_w >= 1,
+               f"kernel {kh}x{kw} does not fit the padded {height}x{width} input",
+               self.name, "weight")
+        _check_weight_layer(self, out_channels)
+        return (out_channels, out_h, out_w), self.act
+
+
+@dataclass(frozen=True, eq=False)
+class Linear(Node):
+    """Fully connected layer on a flat input; ``weight`` is ``(out, in)`` int8."""
+
+    weight: np.ndarray = None
+    bias: np.ndarray = None
+    weight_bits: int = 8
+    weight_scale: np.ndarray = None
+    requant: Requant = None
+    act: Activation = None
+
+    op: ClassVar[str] = "linear"
+
+    @property
+    def out_channels(self):
+        return self.weight.shape[0]
+
+    def infer(self, in_shapes, in_acts):
+        (shape,) = in_shapes
+        _check(len(shape) == 1, f"input {self.input!r} must be flat (features,), got {shape}; "
+               "add a flatten node", self.name, "inputs")
+        _check_tensor(self.weight, "weight", self.name, np.int8)
+        _check(self.weight.ndim == 2,
+               f"tensor must be 2-D (out, in), got shape {self.weight.shape}", self.name, "weight")
+        _check(self.weight.shape[1] == shape[0],
+               f"weight expects {self.weight.shape[1]} input features but input "
+               f"{self.input!r} has {shape[0]}", self.name, "weight")
+        _check_weight_layer(self, self.weight.shape[0])
+        return (self.weight.shape[0],), self.act
+
+
+def _pool_output(node, shape, padding):
+    _check(len(shape) == 3, f"input {node.input!r} must be (C, H, W), got {shape}",
+           node.name, "inputs")
+    _check_pair(node.kernel, "kernel", node.name, low=1)
+    _check_pair(node.stride, "stride", node.name, low=1)
+    channels, height, width = shape
+    out_h = (height + 2 * padding[0] - node.kernel[0]) // node.stride[0] + 1
+    out_w = (width + 2 * padding[1] - node.kernel[1]) // node.stride[1] + 1
+    _check(out_h >= 1 and out_w >= 1, f"window {node.kernel} does not fit the {height}x{width} "
+           "input", node.name, "kernel")
+    return channels, out_h, out_w
+
+
+@dataclass(frozen=True, eq=False)
+class MaxPool2d(Node):
+    """Max pooling; keeps its input's activation encoding."""
+
+    kernel: tuple[int, int] = (2, 2)
+    stride: tuple[int, int] = (2, 2)
+    padding: tuple[int, int] = (0, 0)
+
+    op: ClassVar[str] = "maxpool2d"
+
+    def infer(self, in_shapes, in_acts):
+        _check_pair(self.padding, "padding", self.name, low=0)
+        _check(all(2 * p <= k for p, k in zip(self.padding, self.kernel)),
+               f"padding {self.padding} must be at most half the window {self.kernel}",
+               self.name, "padding")
+        return _pool_output(self, in_shapes[0], self.padding), in_acts[0]
+
+
+@dataclass(frozen=True, eq=False)
+class AvgPool2d(Node):
+    """Average pooling without padding: the window sum is requantized (``multiplier ~ 2**shift /
+    window``). A window the size of the input is a global average pool."""
+
+    kernel: tuple[int, int] = (2, 2)
+    stride: tuple[int, int] = (2, 2)
+    requant: Requant = None
+    act: Activation = None
+
+    op: ClassVar[str] = "avgpool2d"
+
+    def is_global(self, in_shape):
+        return tuple(self.kernel) == tuple(in_shape[1:])
+
+    def infer(self, in_shapes, in_acts):
+        shape = _pool_output(self, in_shapes[0], (0, 0))
+        _check(isinstance(self.act, Activation), "must be an Activation", self.name, "act")
+        _check(isinstance(self.requant, Requant), "must be a Requant", self.name, "requant")
+        self.requant.validate(self.name, shape[0], self.act)
+        return shape, self.act
+
+
+@dataclass(frozen=True, eq=False)
+class Add(Node):
+    """Residual add of two same-shaped inputs, each scaled by an integer multiplier first."""
+
+    input_multipliers: tuple[int, int] = (1, 1)
+    requant: Requant = None
+    act: Activation = None
+
+    op: ClassVar[str] = "add"
+    arity: ClassVar[int] = 2
+
+    def infer(self, in_shapes, in_acts):
+        _check(in_shapes[0] == in_shapes[1], f"inputs {self.inputs[0]!r} {in_shapes[0]} and "
+               f"{self.inputs[1]!r} {in_shapes[1]} differ in shape", self.name, "inputs")
+        _check(isinstance(self.input_multipliers, tuple) and len(self.input_multipliers) == 2,
+               f"must be a pair of integers, got {self.input_multipliers!r}",
+               self.name, "input_multipliers")
+        for value in self.input_multipliers:
+            _check_int(value, "input_multipliers", self.name, low=0,
+                       high=2**MULTIPLIER_BITS - 1)
+        _check(isinstance(self.act, Activation), "must be an Activation", self.name, "act")
+        _check(isinstance(self.requant, Requant), "must be a Requant", self.name, "requant")
+        self.requant.validate(self.name, in_shapes[0][0], self.act)
+        return in_shapes[0], self.act
+
+
+@dataclass(frozen=True, eq=False)
+class Flatten(Node):
+    """``(C, H, W)`` to ``(C * H * W,)`` in C-major order."""
+
+    op: ClassVar[str] = "flatten"
+
+    def infer(self, in_shapes, in_acts):
+        return (int(np.prod(in_shapes[0])),), in_acts[0]
+
+
+NODE_TYPES = {cls.op: cls for cls in (Input, Conv2d, Linear, MaxPool2d, AvgPool2d, Add, Flatten)}
+AnyNode = Union[Input, Conv2d, Linear, MaxPool2d, AvgPool2d, Add, Flatten]
+
+
+@dataclass(frozen=True, eq=False)
+class Graph:
+    """A validated network: nodes in topological order, one input, one output.
+
+    Constructing a Graph validates it (raising :class:`GraphError` naming the node and field), so
+    every Graph in memory is well formed. ``shapes`` and ``acts`` give each node's output shape
+    (without batch) and activation encoding.
+    """
+
+    nodes: tuple[AnyNode, ...]
+    output: str
+    name: str = "net"
+    version: int = IR_VERSION
+    shapes: dict = field(init=False, repr=False)
+    acts: dict = field(init=False, repr=False)
+
+    def __post_init__(self):
+        _check(self.version == IR_VERSION,
+               f"unknown IR version {self.version!r}; this zeroskip reads version {IR_VERSION}",
+               None, "version")
+        nodes = tuple(self.nodes)
+        object.__setattr__(self, "nodes", self._topological(nodes))
+        shapes, acts = {}, {}
+        for node in self.nodes:
+            in_shapes = tuple(shapes[name] for name in node.inputs)
+            in_acts = tuple(acts[name] for name in node.inputs)
+            shapes[node.name], acts[node.name] = node.infer(in_shapes, in_acts)
+        _check(self.output in shapes, f"names no node; nodes are {sorted(shapes)}",
+               None, "output")
+        object.__setattr__(self, "shapes", shapes)
+        object.__setattr__(self, "acts", acts)
+
+    @staticmethod
+    def _topological(nodes):
+        by_name = {}
+        for node in nodes:
+            _check(isinstance(node, tuple(NODE_TYPES.values())),
+                   f"is not an IR node: {type(node).__name__}", None, "nodes")
+            _check(isinstance(node.name, str) and node.name, "must be a non-empty string",
+                   node.name, "name")
+            _check(node.name not in by_name, "duplicate node name", node.name, "name")
+            _check(isinstance(node.inputs, tuple) and len(node.inputs) == node.arity,
+                   f"{node.op} takes {node.arity} input(s), got {node.inputs!r}",
+                   node.name, "inputs")
+            by_name[node.name] = node
+        inputs = [node for node in nodes if isinstance(node, Input)]
+        _check(len(inputs) == 1, f"a graph has exactly one input node, found {len(inputs)}",
+               None, "nodes")
+        for node in nodes:
+            for source in node.inputs:
+                _check(source in by_name, f"reads unknown node {source!r}", node.name, "inputs")
+        ordered, state = [], {}
+
+        def visit(node, path):
+            if state.get(node.name) == "done":
+                return
+            _check(state.get(node.name) != "open",
+                   "is part of a cycle: " + " -> ".join(path + [node.name]), node.name, "inputs")
+            state[node.name] = "open"
+            for source in node.inputs:
+                visit(by_name[source], path + [node.name])
+            state[node.name] = "done"
+            ordered.append(node)
+
+        for node in nodes:
+            visit(node, [])
+        return tuple(ordered)
+
+    def __getitem__(self, name):
+        for node in self.nodes:
+            if node.name == name:
+                return node
+        raise KeyError(name)
+
+    @property
+    def input(self):
+        return self.nodes[0] if isinstance(self.nodes[0], Input) else next(
+            node for node in self.nodes if isinstance(node, Input))
+
+    def consumers(self, name):
+        return [node for node in self.nodes if name in node.inputs]
+
+    def quantize_input(self, x_float):
+        """Real-valued input batch -> integers of the input encoding (round half to even)."""
+        act = self.input.act
+        q = np.round(np.asarray(x_float, dtype=np.float64) / act.scale)
+        return np.clip(q, act.qmin, act.qmax).astype(np.int64)
+
+    def dequantize_output(self, y_int):
+        """Integer outputs of the output node -> real values."""
+        return np.asarray(y_int, dtype=np.float64) * self.acts[self.output].scale
+
+    def save(self, path):
+        """Write one file: a zip holding ``graph.json`` and one ``.npy`` per tensor.
+
+        The bytes depend only on the graph (fixed member order and timestamps).
+        """
+        tensors = {}
+        document = {"format": FILE_FORMAT, "version": self.version, "name": self.name,
+                    "output": self.output, "nodes": [_node_to_json(n, tensors) for n in self.nodes]}
+        path = Path(path)
+        buffer = io.BytesIO()
+        with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+            _write_member(archive, GRAPH_MEMBER,
+                          json.dumps(document, indent=1, sort_keys=True).encode())
+            for key in sorted(tensors):
+                npy = io.BytesIO()
+                np.save(npy, tensors[key], allow_pickle=False)
+                _write_member(archive, f"{key}.npy", npy.getvalue())
+        path.write_bytes(buffer.getvalue())
+        return path
+
+
+def _write_member(archive, name, data):
+    info = zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))
+    info.compress_type = zipfile.ZIP_DEFLATED
+    archive.writestr(info, data)
+
+
+# --- the file format -----------------------------------------------------------------------------
+
+def _node_to_json(node, tensors):
+    entry = {"op": node.op, "name": node.name, "inputs": list(node.inputs)}
+    for f in fields(node):
+        if f.name in ("name", "inputs"):
+            continue
+        entry[f.name] = _value_to_json(getattr(node, f.name), f"{node.name}.{f.name}", tensors)
+    return entry
+
+
+def _value_to_json(value, key, tensors):
+    if isinstance(value, np.ndarray):
+        tensors[key] = value
+        return {"tensor": key}
+    if isinstance(value, Activation):
+        return {"bits": value.bits, "signed": value.signed, "scale": value.scale}
+    if isinstance(value, Requant):
+        return {f.name: _value_to_json(getattr(value, f.name), f"{key}.{f.name}", tensors)
+                for f in fields(value)}
+    if isinstance(value, tuple):
+        return list(value)
+    return value
+
+
+def load(path):
+    """Read a graph file written by :meth:`Graph.save`, validating everything in it.
+
+    Raises
+    ------
+    GraphError
+        naming the node and field at fault, for any malformed, truncated or inconsistent file.
+    """
+    path = Path(path)
+    _check(path.is_file(), f"no such file: {str(path)!r}", None, "path")
+    try:
+        with zipfile.ZipFile(path) as archive:
+            members = {info.filename: archive.read(info) for info in archive.infolist()}
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError, ValueError) as error:
+        raise GraphError(f"{str(path)!r} is not a readable zeroskip graph file (corrupted or "
+                         f"truncated: {error})") from None
+    _check(GRAPH_MEMBER in members, f"{str(path)!r} has no {GRAPH_MEMBER}", None, "path")
+    try:
+        document = json.loads(members[GRAPH_MEMBER])
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise GraphError(f"{GRAPH_MEMBER} is not valid JSON: {error}") from None
+    _check(isinstance(document, dict) and document.get("format") == FILE_FORMAT,
+           f"not a {FILE_FORMAT} document", None, "format")
+    _check(document.get("version") == IR_VERSION, f"unknown IR version "
+           f"{document.get('version')!r}; this zeroskip reads version {IR_VERSION}",
+           None, "version")
+    for key in ("nodes", "output"):
+        _check(key in document, "missing", None, key)
+    _check(isinstance(document["nodes"], list), "must be a list", None, "nodes")
+    tensors = _TensorReader(members)
+    nodes = [_node_from_json(entry, index, tensors) for index, entry in
+             enumerate(document["nodes"])]
+    _check(isinstance(document["output"], str), "must be a node name", None, "output")
+    return Graph(nodes=tuple(nodes), output=document["output"],
+                 name=str(document.get("name", "net")))
+
+
+class _TensorReader:
+    def __init__(self, members):
+        self._members = members
+
+    def __call__(self, ref, node, field_name):
+        _check(isinstance(ref, dict) and isinstance(ref.get("tensor"), str),
+               f"must be a tensor reference {{\"tensor\": KEY}}, got {ref!r}", node, field_name)
+        member = ref["tensor"] + ".npy"
+        _check(member in self._members, f"tensor {ref['tensor']!r} is missing from the file",
+               node, field_name)
+        try:
+            return np.load(io.BytesIO(self._members[member]), allow_pickle=False)
+        except (ValueError, EOFError, OSError) as error:
+            raise GraphError(f"tensor {ref['tensor']!r} is unreadable: {error}",
+                             node=node, field=field_name) from None
+
+
+def _node_from_json(entry, index, tensors):
+    _check(isinstance(entry, dict), "must be an object", f"#{index}", None)
+    name = entry.get("name")
+    _check(isinstance(name, str) and name, "must be a non-empty string", f"#{index}", "name")
+    op = entry.get("op")
+    _check(op in NODE_TYPES, f"unknown op {op!r}; known ops: {', '.join(sorted(NODE_TYPES))}",
+           name, "op")
+    cls = NODE_TYPES[op]
+    inputs = entry.get("inputs")
+    _check(isinstance(inputs, list) and all(isinstance(i, str) for i in inputs),
+           "must be a list of node names", name, "inputs")
+    kwargs = {"name": name, "inputs": tuple(inputs)}
+    for f in fields(cls):
+        if f.name in ("name", "inputs"):
+            continue
+        _check(f.name in entry, "missing", name, f.name)
+        kwargs[f.name] = _value_from_json(entry[f.name], f.name, name, tensors)
+    unknown = sorted(set(entry) - set(kwargs) - {"op"})
+    _check(not unknown, f"unknown field(s) {unknown} for op {op!r}", name, unknown[0] if
+           unknown else None)
+    return cls(**kwargs)
+
+
+def _value_from_json(value, field_name, node, tensors):
+    if field_name == "act":
+        _check(isinstance(value, dict) and set(value) == {"bits", "signed", "scale"},
+               "must be {bits, signed, scale}", node, field_name)
+        scale = value["scale"]
+        try:
+            return Activation(bits=value["bits"], signed=value["signed"],
+                              scale=float(scale) if isinstance(scale, (int, float)) and
+                              not isinstance(scale, bool) else scale)
+        except GraphError as error:
+            raise GraphError(f"{error.field}: {str(error).split(': ', 1)[-1]}",
+                             node=node, field=field_name) from None
+    if field_name == "requant":
+        keys = {f.name for f in fields(Requant)}
+        _check(isinstance(value, dict) and set(value) == keys,
+               f"must be an object with fields {sorted(keys)}", node, field_name)
+        return Requant(multiplier=tensors(value["multiplier"], node, "requant.multiplier"),
+                       shift=tensors(value["shift"], node, "requant.shift"),
+                       clamp_min=value["clamp_min"], clamp_max=value["clamp_max"],
+                       epsilon=value["epsilon"])
+    if isinstance(value, dict):
+        return tensors(value, node, field_name)
+    if isinstance(value, list):
+        return tuple(value)
+    return value
