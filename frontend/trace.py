@@ -52,9 +52,13 @@ def _masked_parameter(module, name):
     return value, value != 0
 
 
+def _source(node):
+    """How the user wrote the op: the module's qualified name, else torch.fx's node name."""
+    return node.target if node.op == "call_module" else node.name
+
+
 def _refuse(what, node, reason):
-    raise FrontendError(f"{what} at {node.target if node.op == 'call_module' else node.name!r}: "
-                        f"{reason}")
+    raise FrontendError(f"{what} at {_source(node)!r}: {reason}")
 
 
 # --- modules -------------------------------------------------------------------------------------
@@ -72,7 +76,7 @@ def _conv2d(node, module, ctx):
                             "padding as integers")
     weight, mask = _masked_parameter(module, "weight")
     bias, _ = _masked_parameter(module, "bias")
-    return FloatConv2d(ctx.name(node), ctx.inputs(node), node.target, weight=weight, bias=bias,
+    return FloatConv2d(ctx.name(node), ctx.inputs(node), _source(node), weight=weight, bias=bias,
                        mask=mask, stride=_pair(module.stride), padding=_pair(module.padding),
                        groups=module.groups)
 
@@ -81,7 +85,7 @@ def _conv2d(node, module, ctx):
 def _linear(node, module, ctx):
     weight, mask = _masked_parameter(module, "weight")
     bias, _ = _masked_parameter(module, "bias")
-    return FloatLinear(ctx.name(node), ctx.inputs(node), node.target, weight=weight, bias=bias,
+    return FloatLinear(ctx.name(node), ctx.inputs(node), _source(node), weight=weight, bias=bias,
                        mask=mask)
 
 
@@ -92,26 +96,26 @@ def _batchnorm(node, module, ctx):
     channels = module.num_features
     weight = module.weight.detach() if module.affine else torch.ones(channels)
     bias = module.bias.detach() if module.affine else torch.zeros(channels)
-    return FloatBatchNorm(ctx.name(node), ctx.inputs(node), node.target,
+    return FloatBatchNorm(ctx.name(node), ctx.inputs(node), _source(node),
                           mean=module.running_mean.detach(), var=module.running_var.detach(),
                           weight=weight, bias=bias, eps=module.eps)
 
 
 @_handles(MODULE_HANDLERS, nn.ReLU)
 def _relu_module(node, module, ctx):
-    return FloatActivation(ctx.name(node), ctx.inputs(node), node.target, kind="relu")
+    return FloatActivation(ctx.name(node), ctx.inputs(node), _source(node), kind="relu")
 
 
 @_handles(MODULE_HANDLERS, nn.ReLU6)
 def _relu6_module(node, module, ctx):
-    return FloatActivation(ctx.name(node), ctx.inputs(node), node.target, kind="relu6")
+    return FloatActivation(ctx.name(node), ctx.inputs(node), _source(node), kind="relu6")
 
 
 def _max_pool(node, ctx, kernel, stride, padding, dilation, ceil_mode, where):
     if _pair(dilation) != (1, 1) or ceil_mode:
         raise FrontendError(f"{where}: dilation and ceil_mode are not supported")
     kernel = _pair(kernel)
-    return FloatMaxPool2d(ctx.name(node), ctx.inputs(node), where, kernel=kernel,
+    return FloatMaxPool2d(ctx.name(node), ctx.inputs(node), _source(node), kernel=kernel,
                           stride=_pair(stride if stride else kernel), padding=_pair(padding))
 
 
@@ -120,7 +124,7 @@ def _avg_pool(node, ctx, kernel, stride, padding, ceil_mode, where):
         raise FrontendError(f"{where}: average pooling with padding or ceil_mode is not "
                             "supported")
     kernel = _pair(kernel)
-    return FloatAvgPool2d(ctx.name(node), ctx.inputs(node), where, kernel=kernel,
+    return FloatAvgPool2d(ctx.name(node), ctx.inputs(node), _source(node), kernel=kernel,
                           stride=_pair(stride if stride else kernel))
 
 
@@ -129,7 +133,7 @@ def _global_pool(node, ctx, output_size, where):
         raise FrontendError(f"{where}: adaptive average pooling is supported only to output "
                             f"size 1 (global average pooling), got {output_size}")
     _, height, width = ctx.in_shape(node)
-    return FloatAvgPool2d(ctx.name(node), ctx.inputs(node), where, kernel=(height, width),
+    return FloatAvgPool2d(ctx.name(node), ctx.inputs(node), _source(node), kernel=(height, width),
                           stride=(height, width))
 
 
@@ -157,7 +161,7 @@ def _flatten_module(node, m, ctx):
 
 @_handles(MODULE_HANDLERS, nn.Dropout, nn.Identity)
 def _identity_module(node, m, ctx):
-    return FloatIdentity(ctx.name(node), ctx.inputs(node), node.target)
+    return FloatIdentity(ctx.name(node), ctx.inputs(node), _source(node))
 
 
 # --- functions and methods ------------------------------------------------------------------------
@@ -174,18 +178,18 @@ def _add(node, ctx):
     tensors = [a for a in node.args if isinstance(a, fx.Node)]
     if len(tensors) != 2 or len(node.args) != 2 or node.kwargs:
         _refuse("add", node, "only the sum of two tensors (a residual add) is supported")
-    return FloatAdd(ctx.name(node), ctx.inputs(node), node.name)
+    return FloatAdd(ctx.name(node), ctx.inputs(node), _source(node))
 
 
 @_handles(FUNCTION_HANDLERS, F.relu, torch.relu)
 @_handles(METHOD_HANDLERS, "relu")
 def _relu_function(node, ctx):
-    return FloatActivation(ctx.name(node), ctx.inputs(node), node.name, kind="relu")
+    return FloatActivation(ctx.name(node), ctx.inputs(node), _source(node), kind="relu")
 
 
 @_handles(FUNCTION_HANDLERS, F.relu6)
 def _relu6_function(node, ctx):
-    return FloatActivation(ctx.name(node), ctx.inputs(node), node.name, kind="relu6")
+    return FloatActivation(ctx.name(node), ctx.inputs(node), _source(node), kind="relu6")
 
 
 @_handles(FUNCTION_HANDLERS, F.max_pool2d)
@@ -227,14 +231,28 @@ SUPPORTED = (
 
 
 class _Context:
-    """What handlers need from the traced graph: names, inputs and propagated shapes."""
+    """What handlers need from the traced graph: names, inputs and propagated shapes.
+
+    Nodes are named after the module they call (``features.0``), so that users meet the names
+    they wrote; function calls keep torch.fx's names (``add``, ``flatten``); the input is
+    ``input``.
+    """
 
     def __init__(self, graph_module):
         self.modules = dict(graph_module.named_modules())
+        self.names = {}
         self.aliases = {}
 
     def name(self, node):
-        return node.name
+        if node.name not in self.names:
+            wanted = "input" if node.op == "placeholder" else \
+                node.target if node.op == "call_module" else node.name
+            taken = set(self.names.values())
+            name, suffix = wanted, 1
+            while name in taken:
+                name, suffix = f"{wanted}_{suffix}", suffix + 1
+            self.names[node.name] = name
+        return self.names[node.name]
 
     def resolve(self, name):
         while name in self.aliases:
@@ -242,7 +260,7 @@ class _Context:
         return name
 
     def inputs(self, node):
-        return tuple(self.resolve(arg.name) for arg in node.all_input_nodes
+        return tuple(self.resolve(self.name(arg)) for arg in node.all_input_nodes
                      if "tensor_meta" in arg.meta)
 
     def in_shape(self, node):
@@ -252,12 +270,13 @@ class _Context:
     def flatten(self, node, where):
         in_shape = self.in_shape(node)
         out_shape = tuple(node.meta["tensor_meta"].shape[1:])
+        source = _source(node)
         if len(out_shape) == len(in_shape):
-            return FloatIdentity(node.name, self.inputs(node), where)
+            return FloatIdentity(self.name(node), self.inputs(node), source)
         if len(out_shape) != 1:
             raise FrontendError(f"{where}: only flattening everything after the batch dimension "
                                 f"is supported, got shape {out_shape} from {in_shape}")
-        return FloatFlatten(node.name, self.inputs(node), where)
+        return FloatFlatten(self.name(node), self.inputs(node), source)
 
 
 def trace(model, example_input):
@@ -285,14 +304,21 @@ def trace(model, example_input):
     model.eval()
     try:
         graph = Tracer().trace(model)
+        placeholders = [n for n in graph.nodes if n.op == "placeholder"]
+        if len(placeholders) != 1:
+            raise FrontendError(f"the model's forward takes {len(placeholders)} inputs; zeroskip "
+                                "supports exactly one")
         graph_module = fx.GraphModule(model, graph)
         with torch.no_grad():
             ShapeProp(graph_module).propagate(example_input.float())
     except FrontendError:
         raise
     except Exception as error:  # fx raises many kinds; all mean "cannot trace this model"
-        raise FrontendError(f"torch.fx cannot trace {type(model).__name__}: "
-                            f"{type(error).__name__}: {error}") from None
+        cause = error.__cause__ or error
+        first_line = str(cause).strip().splitlines()[0] if str(cause).strip() else ""
+        raise FrontendError(f"torch.fx cannot trace {type(model).__name__} on an input of shape "
+                            f"{tuple(example_input.shape)}: {type(cause).__name__}: "
+                            f"{first_line}") from None
     finally:
         model.train(was_training)
     return _convert(graph_module, example_input)
@@ -301,19 +327,15 @@ def trace(model, example_input):
 def _convert(graph_module, example_input):
     ctx = _Context(graph_module)
     nodes, shapes, output = [], {}, None
-    placeholders = [n for n in graph_module.graph.nodes if n.op == "placeholder"]
-    if len(placeholders) != 1:
-        raise FrontendError(f"the model's forward takes {len(placeholders)} inputs; zeroskip "
-                            "supports exactly one")
     for node in graph_module.graph.nodes:
         if node.op == "output":
             result = node.args[0]
             if not isinstance(result, fx.Node):
                 raise FrontendError("the model must return a single tensor")
-            output = ctx.resolve(result.name)
+            output = ctx.resolve(ctx.name(result))
             continue
         if node.op == "placeholder":
-            converted = FloatInput(node.name, (), node.name,
+            converted = FloatInput(ctx.name(node), (), "the input",
                                    shape=tuple(example_input.shape[1:]))
         elif "tensor_meta" not in node.meta:
             continue  # x.size(0) and similar: they only feed view/reshape arguments
