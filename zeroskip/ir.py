@@ -32,6 +32,7 @@ from __future__ import annotations
 import io
 import json
 import zipfile
+import zlib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import ClassVar, Union
@@ -89,7 +90,8 @@ def _check_tensor(array, name, node, dtype, shape=None):
     _check(isinstance(array, np.ndarray), f"must be a numpy array, got {type(array).__name__}",
            node, name)
     _check(array.dtype == np.dtype(dtype),
-           f"tensor must have dtype {np.dtype(dtype).name}, got {array.dtype.name}", node, name)
+           f"tensor must have dtype {np.dtype(dtype).name} ({np.dtype(dtype).str}), got "
+           f"{array.dtype.name} ({array.dtype.str})", node, name)
     if shape is not None:
         _check(array.shape == tuple(shape),
                f"tensor must have shape {tuple(shape)}, got {array.shape}", node, name)
@@ -259,6 +261,8 @@ class Conv2d(Node):
         _check_tensor(self.weight, "weight", self.name, np.int8)
         _check(self.weight.ndim == 4, f"tensor must be 4-D (out, in/groups, kh, kw), "
                f"got shape {self.weight.shape}", self.name, "weight")
+        _check(min(self.weight.shape) >= 1, f"tensor shape {self.weight.shape} has an empty "
+               "dimension", self.name, "weight")
         _check_pair(self.stride, "stride", self.name, low=1)
         _check_pair(self.padding, "padding", self.name, low=0)
         _check_int(self.groups, "groups", self.name, low=1)
@@ -303,6 +307,8 @@ class Linear(Node):
         _check_tensor(self.weight, "weight", self.name, np.int8)
         _check(self.weight.ndim == 2,
                f"tensor must be 2-D (out, in), got shape {self.weight.shape}", self.name, "weight")
+        _check(self.weight.shape[0] >= 1, "tensor has no output features (shape "
+               f"{self.weight.shape})", self.name, "weight")
         _check(self.weight.shape[1] == shape[0],
                f"weight expects {self.weight.shape[1]} input features but input "
                f"{self.input!r} has {shape[0]}", self.name, "weight")
@@ -334,6 +340,7 @@ class MaxPool2d(Node):
     op: ClassVar[str] = "maxpool2d"
 
     def infer(self, in_shapes, in_acts):
+        _check_pair(self.kernel, "kernel", self.name, low=1)
         _check_pair(self.padding, "padding", self.name, low=0)
         _check(all(2 * p <= k for p, k in zip(self.padding, self.kernel)),
                f"padding {self.padding} must be at most half the window {self.kernel}",
@@ -431,8 +438,8 @@ class Graph:
             in_shapes = tuple(shapes[name] for name in node.inputs)
             in_acts = tuple(acts[name] for name in node.inputs)
             shapes[node.name], acts[node.name] = node.infer(in_shapes, in_acts)
-        _check(self.output in shapes, f"names no node; nodes are {sorted(shapes)}",
-               None, "output")
+        _check(isinstance(self.output, str) and self.output in shapes,
+               f"names no node; nodes are {sorted(shapes)}", None, "output")
         object.__setattr__(self, "shapes", shapes)
         object.__setattr__(self, "acts", acts)
 
@@ -448,6 +455,8 @@ class Graph:
             _check(isinstance(node.inputs, tuple) and len(node.inputs) == node.arity,
                    f"{node.op} takes {node.arity} input(s), got {node.inputs!r}",
                    node.name, "inputs")
+            _check(all(isinstance(source, str) for source in node.inputs),
+                   f"must be node names, got {node.inputs!r}", node.name, "inputs")
             by_name[node.name] = node
         inputs = [node for node in nodes if isinstance(node, Input)]
         _check(len(inputs) == 1, f"a graph has exactly one input node, found {len(inputs)}",
@@ -455,21 +464,29 @@ class Graph:
         for node in nodes:
             for source in node.inputs:
                 _check(source in by_name, f"reads unknown node {source!r}", node.name, "inputs")
+        # Depth-first with an explicit stack: a recursive walk would overflow Python's stack on a
+        # long chain listed outputs-first. ``path`` holds the open nodes, for the cycle message.
         ordered, state = [], {}
-
-        def visit(node, path):
-            if state.get(node.name) == "done":
-                return
-            _check(state.get(node.name) != "open",
-                   "is part of a cycle: " + " -> ".join(path + [node.name]), node.name, "inputs")
-            state[node.name] = "open"
-            for source in node.inputs:
-                visit(by_name[source], path + [node.name])
-            state[node.name] = "done"
-            ordered.append(node)
-
-        for node in nodes:
-            visit(node, [])
+        for root in nodes:
+            if state.get(root.name) == "done":
+                continue
+            path, stack = [root.name], [(root, iter(root.inputs))]
+            state[root.name] = "open"
+            while stack:
+                node, sources = stack[-1]
+                source = next(sources, None)
+                if source is None:
+                    stack.pop()
+                    path.pop()
+                    state[node.name] = "done"
+                    ordered.append(node)
+                elif state.get(source) != "done":
+                    _check(state.get(source) != "open",
+                           "is part of a cycle: " + " -> ".join(path + [source]), source,
+                           "inputs")
+                    state[source] = "open"
+                    path.append(source)
+                    stack.append((by_name[source], iter(by_name[source].inputs)))
         return tuple(ordered)
 
     def __getitem__(self, name):
@@ -561,18 +578,22 @@ def load(path):
     try:
         with zipfile.ZipFile(path) as archive:
             members = {info.filename: archive.read(info) for info in archive.infolist()}
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError, ValueError) as error:
+    # zlib.error: a damaged deflate stream; NotImplementedError / RuntimeError: what zipfile
+    # raises for members it cannot decode (unknown compression, encryption).
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, zlib.error, EOFError, OSError, ValueError,
+            NotImplementedError, RuntimeError) as error:
         raise GraphError(f"{str(path)!r} is not a readable zeroskip graph file (corrupted or "
                          f"truncated: {error})") from None
     _check(GRAPH_MEMBER in members, f"{str(path)!r} has no {GRAPH_MEMBER}", None, "path")
     try:
         document = json.loads(members[GRAPH_MEMBER])
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:
         raise GraphError(f"{GRAPH_MEMBER} is not valid JSON: {error}") from None
     _check(isinstance(document, dict) and document.get("format") == FILE_FORMAT,
            f"not a {FILE_FORMAT} document", None, "format")
-    _check(document.get("version") == IR_VERSION, f"unknown IR version "
-           f"{document.get('version')!r}; this zeroskip reads version {IR_VERSION}",
+    version = document.get("version")
+    _check(type(version) is int and version == IR_VERSION, f"unknown IR version "
+           f"{version!r}; this zeroskip reads version {IR_VERSION}",
            None, "version")
     for key in ("nodes", "output"):
         _check(key in document, "missing", None, key)
@@ -581,8 +602,9 @@ def load(path):
     nodes = [_node_from_json(entry, index, tensors) for index, entry in
              enumerate(document["nodes"])]
     _check(isinstance(document["output"], str), "must be a node name", None, "output")
-    return Graph(nodes=tuple(nodes), output=document["output"],
-                 name=str(document.get("name", "net")))
+    name = document.get("name", "net")
+    _check(isinstance(name, str), f"must be a string, got {name!r}", None, "name")
+    return Graph(nodes=tuple(nodes), output=document["output"], name=name)
 
 
 class _TensorReader:
@@ -595,11 +617,20 @@ class _TensorReader:
         member = ref["tensor"] + ".npy"
         _check(member in self._members, f"tensor {ref['tensor']!r} is missing from the file",
                node, field_name)
+        # np.load parses the .npy header with Python's tokenizer, so a damaged header can raise
+        # almost anything (SyntaxError, TokenError, TypeError, ...); with pickles refused it runs
+        # no code from the file, so every failure here means a damaged member.
         try:
-            return np.load(io.BytesIO(self._members[member]), allow_pickle=False)
-        except (ValueError, EOFError, OSError) as error:
-            raise GraphError(f"tensor {ref['tensor']!r} is unreadable: {error}",
-                             node=node, field=field_name) from None
+            array = np.load(io.BytesIO(self._members[member]), allow_pickle=False)
+        except Exception as error:
+            raise GraphError(f"tensor {ref['tensor']!r} is unreadable: "
+                             f"{type(error).__name__}: {error}", node=node,
+                             field=field_name) from None
+        if not isinstance(array, np.ndarray):
+            array.close()  # a zip member that is itself an .npz archive
+            raise GraphError(f"tensor {ref['tensor']!r} is an archive, not one .npy array",
+                             node=node, field=field_name)
+        return array
 
 
 def _node_from_json(entry, index, tensors):
@@ -607,8 +638,8 @@ def _node_from_json(entry, index, tensors):
     name = entry.get("name")
     _check(isinstance(name, str) and name, "must be a non-empty string", f"#{index}", "name")
     op = entry.get("op")
-    _check(op in NODE_TYPES, f"unknown op {op!r}; known ops: {', '.join(sorted(NODE_TYPES))}",
-           name, "op")
+    _check(isinstance(op, str) and op in NODE_TYPES,
+           f"unknown op {op!r}; known ops: {', '.join(sorted(NODE_TYPES))}", name, "op")
     cls = NODE_TYPES[op]
     inputs = entry.get("inputs")
     _check(isinstance(inputs, list) and all(isinstance(i, str) for i in inputs),
