@@ -14,7 +14,7 @@ _LAZY = {
     "ZeroskipError": ("zeroskip.errors", "ZeroskipError"),
     "export": ("zeroskip.frontend.export", "export"),
     "prune": ("zeroskip.frontend.prune", "prune"),
-    "stats": ("zeroskip.stats", "stats"),
+    "stats": ("zeroskip.analysis", "stats"),
     "reference": ("zeroskip.reference", None),
     "qat": ("zeroskip.frontend.qat", None),
     "ir": ("zeroskip.ir", None),

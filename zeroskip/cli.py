@@ -69,7 +69,7 @@ def _load_inputs(path, graph):
 
 def _stats(args):
     from .ir import load
-    from .stats import stats
+    from .analysis import stats
 
     graph = load(args.graph)
     x_int = _load_inputs(args.inputs, graph) if args.inputs else None

@@ -137,7 +137,7 @@ def run(settings=DemoSettings(), out_dir=None):
     from .frontend.export import export
     from .frontend.prune import prune, remove_reparametrization
     from .frontend.qat import prepare
-    from .stats import stats
+    from .analysis import stats
 
     started = time.perf_counter()
     torch.manual_seed(settings.seed)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from zeroskip import ir
-from zeroskip.stats import (
+from zeroskip.analysis import (
     MAX_GAP_BITS, bitmap_bits, cheapest_encoding, dense_bits, relative_index_bits, stats,
 )
 
@@ -241,3 +241,10 @@ def test_summary_is_frozen():
     summary = stats(small_graph(np.ones((2, 1, 3, 3)), np.ones((3, 18))))
     with pytest.raises(AttributeError):
         summary.total = None
+
+
+def test_public_stats_is_the_function_whatever_was_imported_first():
+    import zeroskip
+    import zeroskip.analysis  # noqa: F401  (a submodule import must not shadow the function)
+
+    assert callable(zeroskip.stats) and zeroskip.stats is zeroskip.analysis.stats

@@ -1,0 +1,49 @@
+"""The built-in digits demo: what the README claims about it, measured on the real run."""
+
+import numpy as np
+import pytest
+
+from zeroskip import demo, reference
+
+pytestmark = pytest.mark.slow
+
+
+def test_split_is_fixed_and_has_360_test_images():
+    x_train, y_train, x_test, y_test = demo.digits_data()
+    assert x_test.shape == (360, 1, 8, 8) and x_train.shape == (1437, 1, 8, 8)
+    assert float(x_train.min()) == 0.0 and float(x_train.max()) == 1.0
+    again = demo.digits_data()
+    np.testing.assert_array_equal(again[3].numpy(), y_test.numpy())
+
+
+def test_qat_forward_equals_golden_model_on_every_test_image(digits_demo):
+    result, _ = digits_demo
+    assert result.qat_matches_golden == result.test_images == 360
+
+
+def test_pruned_int8_model_within_one_point_of_float(digits_demo):
+    result, _ = digits_demo
+    assert result.float_accuracy > 0.95
+    assert result.int8_accuracy >= result.float_accuracy - 0.01
+
+
+def test_sparsity_and_storage(digits_demo):
+    result, graph = digits_demo
+    assert result.sparsity == pytest.approx(0.9, abs=0.002)
+    assert result.weights == 25744
+    # 10% of the weights at 8 bits is 97.5% below fp32 before any index; the index costs more.
+    assert 0.95 <= result.storage_reduction < 0.975
+    x_int = graph.quantize_input(demo.digits_data()[2].numpy())
+    assert result.effective_macs < 0.1 * result.dense_macs
+    assert reference.run(graph, x_int).shape == (360, 10)
+
+
+def test_table_and_json_carry_the_same_numbers(digits_demo, tmp_path):
+    result, _ = digits_demo
+    table = result.format_table()
+    assert f"{100 * result.int8_accuracy:.2f} %" in table
+    demo.write_json(result, tmp_path / "demo.json")
+    import json
+    loaded = json.loads((tmp_path / "demo.json").read_text())
+    assert loaded["int8_accuracy"] == result.int8_accuracy
+    assert loaded["settings"]["sparsity"] == 0.9
