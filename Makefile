@@ -4,6 +4,7 @@
 #   make test                 run the test suite (PYTEST_ARGS="tests/test_x.py -k foo" to narrow)
 #   make demo                 run the built-in end-to-end demo
 #   make doctor               check every tool the flow needs (also: .venv/bin/zeroskip doctor)
+#   make bench                run the benchmarks; they write JSON to benchmarks/results/
 #   make lint                 byte-compile all sources with warnings as errors
 #   make clean                remove generated outputs; `make distclean` also removes .venv
 
@@ -20,7 +21,7 @@ PYTEST_ARGS ?=
 # index locations that do not exist, and pip warns about each one for every package).
 PIP_INSTALL := $(VENV_PYTHON) -m pip install -qq --no-input --disable-pip-version-check -c constraints.txt
 
-.PHONY: test demo doctor lint clean distclean
+.PHONY: test demo bench doctor lint clean distclean
 .DEFAULT_GOAL := test
 
 $(VENV_PYTHON):
@@ -36,6 +37,9 @@ test: $(INSTALL_STAMP)
 
 demo: $(INSTALL_STAMP)
 	$(VENV)/bin/zeroskip demo
+
+bench: $(INSTALL_STAMP)
+	$(VENV_PYTHON) benchmarks/frontend_bench.py
 
 doctor: $(INSTALL_STAMP)
 	$(VENV_PYTHON) -m zeroskip.toolchain

@@ -118,19 +118,22 @@ class OutputQuantizer(nn.Module):
         self.activation = activation
         self.epsilon = epsilon
         self.register_buffer("amax", torch.zeros((), dtype=EXACT))
+        self.register_buffer("observed", torch.zeros((), dtype=torch.bool))
 
     def observe(self, value):
         self.amax = torch.maximum(self.amax, value.detach().abs().max().to(EXACT))
+        self.observed.fill_(True)
 
     @property
     def scale(self):
+        if not self.observed:
+            raise FrontendError("an activation range was never observed: calibrate the QuantNet "
+                                "on data (prepare(..., calibration=...) or QuantNet.calibrate)")
         amax = float(self.amax)
         if self.activation == "relu6":
             amax = min(amax, 6.0)
-        if amax <= 0:
-            raise FrontendError("an activation range is empty: calibrate the QuantNet on data "
-                                "(prepare(..., calibration=...) or QuantNet.calibrate) first")
-        return amax / self.fmt.qmax
+        # A layer whose output is always zero (pruned dead) may take any scale: its integers are 0.
+        return (amax if amax > 0 else 1.0) / self.fmt.qmax
 
     @property
     def clamp(self):

@@ -218,6 +218,25 @@ def test_post_training_export_uses_calibration_data():
     assert not wide.input.act.signed
 
 
+def test_a_dead_layer_exports_zeros_and_stays_exact():
+    torch.manual_seed(8)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Conv2d(4, 4, 1, bias=False),
+                          nn.ReLU(), nn.Flatten(), nn.Linear(16, 3)).eval()
+    torch_prune.l1_unstructured(model[2], "weight", amount=1.0)  # nothing reaches layer 4
+    x = torch.rand(8, 3, 4, 4)
+    graph, _, _ = check_exact(model, x)
+    assert not reference.run_layers(graph, graph.quantize_input(x.numpy()))["2"].any()
+
+
+def test_uncalibrated_net_is_refused():
+    from zeroskip.frontend.qat import QuantNet
+    from zeroskip.frontend.passes import prepare_float_graph as fold
+    model = nn.Sequential(nn.Conv2d(3, 4, 3)).eval()
+    net = QuantNet(fold(trace(model, torch.rand(2, 3, 4, 4))))
+    with pytest.raises(FrontendError, match="never observed: calibrate"):
+        net.forward_int(torch.rand(2, 3, 4, 4))
+
+
 def test_quantize_multiplier_is_normalized_and_accurate():
     ratios = np.array([1e-6, 3.3e-4, 0.0123, 0.5, 0.99999, 1.0, 7.25, 1000.0])
     multiplier, shift = quantize_multiplier(ratios)

@@ -26,10 +26,9 @@ def _write_json(data, path):
 def _doctor(args):
     from . import toolchain
 
-    status = toolchain.run_doctor(smoke=not args.no_smoke)
-    if args.json:
-        _write_json(toolchain.doctor_json(smoke=False), args.json)
-    return status
+    if args.json and not Path(args.json).parent.is_dir():
+        raise ZeroskipError(f"--json: directory {str(Path(args.json).parent)!r} does not exist")
+    return toolchain.run_doctor(smoke=not args.no_smoke, json_path=args.json)
 
 
 def _demo(args):
