@@ -1,0 +1,81 @@
+"""The hardware contract every engine follows.
+
+Streams
+    Every engine reads ``i_stream`` and writes ``o_stream`` (an add reads ``i_stream_a`` and
+    ``i_stream_b``), each a :class:`amaranth.lib.stream.Signature` carrying **one activation per
+    beat**, shaped by the IR's :class:`~zeroskip.ir.Activation` (:func:`activation_shape`). A
+    tensor travels in **HWC order**: pixel by pixel, row-major, all channels of a pixel in a row;
+    a flat tensor in feature order. Inferences follow each other back to back with no framing
+    signal: every engine knows its tensor sizes and counts beats.
+
+Counters
+    Every engine has ``counters`` (:data:`COUNTER_NAMES`, each :data:`COUNTER_WIDTH` bits, from
+    reset): cycles busy, effective MACs done (products whose weight and activation are both
+    nonzero), zero pairs skipped (products of the dense loop nest never issued to a multiplier),
+    and stall cycles (work pending but blocked by an empty input or a full output).
+
+Flatten
+    The IR's flatten is C-major (torch's), the streams are HWC; a flatten costs no hardware: the
+    compiler permutes the columns of the linear layer after it (:func:`hwc_permutation`).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from amaranth.hdl import signed, unsigned
+from amaranth.lib import stream, wiring
+from amaranth.lib.wiring import Out
+
+COUNTER_WIDTH = 32
+COUNTER_NAMES = ("busy_cycles", "effective_macs", "skipped_pairs", "stall_cycles")
+
+
+def activation_shape(act):
+    """The Amaranth shape of one activation of encoding ``act`` (a zeroskip.ir.Activation)."""
+    return signed(act.bits) if act.signed else unsigned(act.bits)
+
+
+def activation_stream(act):
+    return stream.Signature(activation_shape(act))
+
+
+def counters_signature():
+    return wiring.Signature({name: Out(COUNTER_WIDTH) for name in COUNTER_NAMES})
+
+
+def to_beats(x):
+    """One tensor (C, H, W) or (F,) -> its beats in stream order (HWC)."""
+    x = np.asarray(x)
+    return x.transpose(1, 2, 0).reshape(-1) if x.ndim == 3 else x.reshape(-1)
+
+
+def from_beats(beats, shape):
+    """Beats in stream order -> the tensor of ``shape`` (C, H, W) or (F,)."""
+    beats = np.asarray(beats)
+    if len(shape) == 3:
+        channels, height, width = shape
+        return beats.reshape(height, width, channels).transpose(2, 0, 1)
+    return beats.reshape(shape)
+
+
+def batch_to_beats(x):
+    """A batch (N, ...) -> all its beats, inference after inference."""
+    return np.concatenate([to_beats(item) for item in x]) if len(x) else np.zeros(0, np.int64)
+
+
+def batch_from_beats(beats, shape):
+    size = int(np.prod(shape))
+    beats = np.asarray(beats)
+    if beats.size % size:
+        raise ValueError(f"{beats.size} beats are not a whole number of {shape} tensors")
+    return np.stack([from_beats(beats[i:i + size], shape) for i in range(0, beats.size, size)]) \
+        if beats.size else np.zeros((0, *shape), np.int64)
+
+
+def hwc_permutation(shape):
+    """For a (C, H, W) tensor: ``perm`` with ``to_beats(x) == x.reshape(-1)[perm]``.
+
+    A linear layer after a flatten takes its weight columns as ``weight[:, perm]`` so that it
+    can read the HWC stream directly.
+    """
+    return to_beats(np.arange(int(np.prod(shape))).reshape(shape))
