@@ -1,0 +1,546 @@
+"""The sparse conv2d / linear engine: skips zero weights and zero activations at run time.
+
+Dataflow (per lane, one multiplier each; :mod:`.sparse_plan` decides what each lane stores)::
+
+    i_stream -> writer -> line buffer (activations + per-chunk nonzero masks), one copy per lane
+                                   |
+    examiner: for each (filter, tap, chunk) of the output pixel, weight mask AND activation mask;
+              combos with no pair are dropped (a filter's last combo always goes through)
+                                   |  FIFO
+    issuer:   priority encoder hands out one surviving pair per cycle; a prefix popcount of the
+              weight mask addresses the compressed weight ROM
+                                   |
+    MAC:      acc += w * x; at a filter's last combo the sum goes to the output tile
+                                   |
+    collector: when every lane has finished a pixel, its sums + bias, in channel order, go
+               through the requantizer to o_stream
+
+Lanes run up to two output pixels apart (the output tile is double-buffered), so their work
+balances over pixels rather than within each one. A linear layer is a 1x1 convolution of a 1x1
+image whose channels are the features.
+"""
+
+from __future__ import annotations
+
+from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, signed, unsigned
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.fifo import SyncFIFOBuffered
+from amaranth.lib.memory import Memory
+from amaranth.lib.wiring import In, Out
+from amaranth.utils import ceil_log2
+
+from .. import ir
+from .common import COUNTER_NAMES, activation_shape, activation_stream, counters_signature
+from .requant import Requantizer
+from .sparse_plan import plan as make_plan
+from .sparse_plan import signed_width
+
+PAIR_FIFO_DEPTH = 8
+OUT_FIFO_DEPTH = 8
+TILE_SLOTS = 2  # output pixels the lanes may run ahead of the collector, plus one
+
+
+def _popcount(value):
+    return sum(value[i] for i in range(len(value)))
+
+
+def _lowest_set_index(value):
+    """Index of the lowest set bit (0 when none): a priority encoder."""
+    index = Const(0, range(max(len(value), 2)))
+    for i in reversed(range(len(value))):
+        index = Mux(value[i], i, index)
+    return index
+
+
+class _PixelCursor:
+    """Walks output pixels across inferences: the window origin and the ring slot of its row."""
+
+    def __init__(self, geometry, rows, name):
+        g = self.geometry = geometry
+        self.rows = rows
+        self.out_x = Signal(range(g.out_width), name=f"{name}_out_x")
+        self.out_y = Signal(range(g.out_height), name=f"{name}_out_y")
+        self.left = Signal(signed(32), init=-g.padding[1], name=f"{name}_left")
+        self.top = Signal(signed(32), init=-g.padding[0], name=f"{name}_top")
+        self.top_slot = Signal(range(rows), init=-g.padding[0] % rows, name=f"{name}_top_slot")
+        self.row_base = Signal(32, name=f"{name}_row_base")  # global row of this inference's row 0
+
+    def oldest_row(self):
+        """Global index of the first input row this pixel's window reads."""
+        return self.row_base + Mux(self.top < 0, 0, self.top)
+
+    def rows_needed(self):
+        """Input rows (global count) that must be complete before this pixel can start."""
+        below = self.top + self.geometry.kernel[0]
+        return self.row_base + Mux(below > self.geometry.height, self.geometry.height, below)
+
+    def advance(self, m):
+        g, rows = self.geometry, self.rows
+
+        def wrap(value):
+            return Mux(value >= rows, value - rows, value)
+
+        with m.If(self.out_x != g.out_width - 1):
+            m.d.sync += [self.out_x.eq(self.out_x + 1), self.left.eq(self.left + g.stride[1])]
+        with m.Else():
+            m.d.sync += [self.out_x.eq(0), self.left.eq(-g.padding[1])]
+            with m.If(self.out_y != g.out_height - 1):
+                m.d.sync += [self.out_y.eq(self.out_y + 1), self.top.eq(self.top + g.stride[0]),
+                             self.top_slot.eq(wrap(self.top_slot + g.stride[0] % rows))]
+            with m.Else():
+                # The next inference's row 0 follows this inference's last row in the ring.
+                step = (g.height - (g.out_height - 1) * g.stride[0]) % rows
+                m.d.sync += [self.out_y.eq(0), self.top.eq(-g.padding[0]),
+                             self.top_slot.eq(wrap(self.top_slot + step)),
+                             self.row_base.eq(self.row_base + g.height)]
+
+
+class SparseConvEngine(wiring.Component):
+    """Conv2d or Linear with two-sided zero skipping and ``lanes`` multipliers.
+
+    Parameters
+    ----------
+    node : zeroskip.ir.Conv2d or zeroskip.ir.Linear
+    in_shape : tuple
+        ``(C, H, W)`` for a conv, ``(features,)`` for a linear layer.
+    in_act : zeroskip.ir.Activation
+        Encoding of the input stream.
+    lanes : int
+        Multipliers, 1 to the number of output channels; filters are spread over them by
+        nonzero count.
+    zero_skip : bool
+        False gives the dense engine of the same design: every weight stored, every pair issued.
+    chunk : int
+        Input channels examined together (the width of the masks and the priority encoder).
+
+    Members
+    -------
+    i_stream : In(stream.Signature(activation))
+        Input activations, HWC order.
+    o_stream : Out(stream.Signature(activation))
+        Output activations, HWC order.
+    counters : Out(counters signature)
+        ``busy_cycles``, ``effective_macs``, ``skipped_pairs``, ``stall_cycles`` since reset.
+
+    Latency: an output pixel leaves about 8 cycles after its last pair is issued. Throughput:
+    one pair per lane per cycle while the pair FIFOs are fed; at most one output per cycle.
+    """
+
+    def __init__(self, node, in_shape, in_act, *, lanes=1, zero_skip=True, chunk=16):
+        if not isinstance(node, (ir.Conv2d, ir.Linear)):
+            raise TypeError(f"SparseConvEngine takes a Conv2d or Linear node, not "
+                            f"{type(node).__name__}")
+        if not isinstance(in_act, ir.Activation):
+            raise TypeError("in_act must be a zeroskip.ir.Activation")
+        if not isinstance(chunk, int) or not 1 <= chunk <= 64:
+            raise ValueError(f"chunk must be an integer from 1 to 64, got {chunk!r}")
+        self.node, self.in_shape, self.in_act = node, tuple(in_shape), in_act
+        self.plan = make_plan(node, in_shape, in_act, lanes, zero_skip, chunk)
+        self.geometry = self.plan.geometry
+        low, high = self.plan.accumulator_bounds
+        self.sum_shape = signed(self.plan.accumulator_width)
+        self.biased_shape = signed(signed_width(low + int(node.bias.min(initial=0)),
+                                                high + int(node.bias.max(initial=0))))
+        super().__init__({
+            "i_stream": In(activation_stream(in_act)),
+            "o_stream": Out(activation_stream(node.act)),
+            "counters": Out(counters_signature()),
+        })
+
+    # --- elaboration -------------------------------------------------------------------------
+
+    def elaborate(self, platform):
+        m = Module()
+        g = self.geometry
+        lanes = self.plan.lanes
+        rows = min(g.kernel[0] + g.stride[0] + 1, 2 ** 16)
+        words_per_pixel = g.groups * g.chunks
+        ring_beats = rows * g.width * g.in_channels
+        ring_words = rows * g.width * words_per_pixel
+        in_shape = activation_shape(self.in_act)
+
+        # Global counters compare across inferences; 32 bits outlast any simulation.
+        rows_written = Signal(32)
+        collector_released = Signal(32)  # output pixels whose tile slot is free again
+
+        act_mems, mask_mems = [], []
+        for index, _ in enumerate(lanes):
+            act_mems.append(Memory(shape=in_shape, depth=ring_beats, init=[]))
+            mask_mems.append(Memory(shape=unsigned(g.chunk), depth=ring_words, init=[]))
+            m.submodules[f"act_mem_{index}"] = act_mems[-1]
+            m.submodules[f"mask_mem_{index}"] = mask_mems[-1]
+
+        oldest_needed = [Signal(32, name=f"oldest_needed_{i}") for i in range(len(lanes))]
+        self._elaborate_writer(m, act_mems, mask_mems, rows, rows_written, oldest_needed)
+
+        lane_done = []
+        issued_any, scanned_total, issued_total, effective_total = [], [], [], []
+        waiting_for_rows = []
+        tile_read_ports = []
+        for index, lane in enumerate(lanes):
+            ports = self._elaborate_lane(m, index, lane, act_mems[index], mask_mems[index], rows,
+                                         rows_written, collector_released, oldest_needed[index])
+            lane_done.append(ports["pixels_done"])
+            issued_any.append(ports["issued"])
+            scanned_total.append(ports["scanned"])
+            issued_total.append(ports["issued"])
+            effective_total.append(ports["effective"])
+            waiting_for_rows.append(ports["waiting_for_rows"])
+            tile_read_ports.append(ports["tile_read"])
+
+        self._elaborate_collector(m, lane_done, tile_read_ports, collector_released)
+        self._elaborate_counters(m, issued_any, scanned_total, issued_total, effective_total,
+                                 waiting_for_rows)
+        return m
+
+    def _elaborate_writer(self, m, act_mems, mask_mems, rows, rows_written, oldest_needed):
+        """Input stream -> every lane's line buffer, with one nonzero bit per activation."""
+        g = self.geometry
+        act_writes = [mem.write_port() for mem in act_mems]
+        mask_writes = [mem.write_port() for mem in mask_mems]
+        ring_beats = rows * g.width * g.in_channels
+        ring_words = rows * g.width * g.groups * g.chunks
+
+        act_addr = Signal(range(ring_beats))
+        word_addr = Signal(range(ring_words))
+        channel_in_group = Signal(range(g.group_channels))
+        bit = Signal(range(g.chunk))
+        column = Signal(range(g.width))
+        channel = Signal(range(g.in_channels))
+        mask_bits = Signal(g.chunk)
+
+        oldest = oldest_needed[0]
+        for candidate in oldest_needed[1:]:
+            oldest = Mux(candidate < oldest, candidate, oldest)
+        # A row slot may be overwritten once no lane needs the row it holds.
+        m.d.comb += self.i_stream.ready.eq(rows_written < oldest + rows)
+
+        beat = self.i_stream.payload
+        nonzero = beat != 0
+        word_done = (bit == g.chunk - 1) | (channel_in_group == g.group_channels - 1)
+        word = mask_bits | (nonzero << bit)
+        for port in act_writes:
+            m.d.comb += [port.addr.eq(act_addr), port.data.eq(beat)]
+        for port in mask_writes:
+            m.d.comb += [port.addr.eq(word_addr), port.data.eq(word)]
+
+        with m.If(self.i_stream.valid & self.i_stream.ready):
+            for port in act_writes:
+                m.d.comb += port.en.eq(1)
+            m.d.sync += act_addr.eq(Mux(act_addr == ring_beats - 1, 0, act_addr + 1))
+            with m.If(word_done):
+                for port in mask_writes:
+                    m.d.comb += port.en.eq(1)
+                m.d.sync += [mask_bits.eq(0), bit.eq(0),
+                             word_addr.eq(Mux(word_addr == ring_words - 1, 0, word_addr + 1))]
+            with m.Else():
+                m.d.sync += [mask_bits.eq(word), bit.eq(bit + 1)]
+            with m.If(channel_in_group == g.group_channels - 1):
+                m.d.sync += channel_in_group.eq(0)
+            with m.Else():
+                m.d.sync += channel_in_group.eq(channel_in_group + 1)
+            with m.If(channel == g.in_channels - 1):
+                m.d.sync += channel.eq(0)
+                with m.If(column == g.width - 1):
+                    m.d.sync += [column.eq(0), rows_written.eq(rows_written + 1)]
+                with m.Else():
+                    m.d.sync += column.eq(column + 1)
+            with m.Else():
+                m.d.sync += channel.eq(channel + 1)
+
+    def _elaborate_lane(self, m, index, lane, act_mem, mask_mem, rows, rows_written,
+                        collector_released, oldest_needed):
+        g = self.geometry
+        filters = len(lane.filters)
+        words_per_pixel = g.groups * g.chunks
+        weight_bits = self.node.weight_bits
+
+        row_bits = max(ceil_log2(g.kernel[0]), 1)
+        column_bits = max(ceil_log2(g.kernel[1]), 1)
+        chunk_bits = max(ceil_log2(g.chunks), 1)
+        combo_layout = data.StructLayout({"mask": unsigned(g.chunk), "tap_y": row_bits,
+                                          "tap_x": column_bits, "chunk": chunk_bits, "last": 1})
+        assert combo_layout.size == self.plan.combo_bits
+        combo_words = [combo_layout.const({"mask": int(mask), "tap_y": int(ty), "tap_x": int(tx),
+                                           "chunk": int(c), "last": bool(last)}).as_value().value
+                       for mask, (ty, tx, c), last in zip(lane.masks, lane.taps, lane.last)]
+        combo_rom = Memory(shape=unsigned(combo_layout.size), depth=lane.combos,
+                           init=combo_words)
+        weight_rom = Memory(shape=signed(weight_bits), depth=max(len(lane.weights), 1),
+                            init=[int(v) for v in lane.weights] or [0])
+        tile = Memory(shape=self.sum_shape, depth=TILE_SLOTS * filters, init=[])
+        m.submodules[f"combo_rom_{index}"] = combo_rom
+        m.submodules[f"weight_rom_{index}"] = weight_rom
+        m.submodules[f"tile_{index}"] = tile
+        combo_read = combo_rom.read_port()
+        mask_read = mask_mem.read_port()
+        weight_read = weight_rom.read_port()
+        act_read = act_mem.read_port()
+        tile_write = tile.write_port()
+        tile_read = tile.read_port()
+
+        group_of_filter = Array(Const(f // g.filters_per_group, range(max(g.groups, 2)))
+                                for f in lane.filters)
+
+        # --- examiner: walks the combo list for one output pixel at a time ------------------
+        pixel_index = Signal(32)          # output pixels this lane has started, all inferences
+        cursor = _PixelCursor(g, rows, f"scan_{index}")
+        # Rows are released by pixels the MAC has finished, not by pixels scanned: pairs of
+        # scanned pixels may still wait in the FIFO to read the line buffer.
+        retired = _PixelCursor(g, rows, f"retired_{index}")
+        combo = Signal(range(max(lane.combos, 2)))
+        scanning = Signal()
+
+        m.d.comb += oldest_needed.eq(retired.oldest_row())
+        rows_needed = Signal(32)
+        m.d.comb += rows_needed.eq(cursor.rows_needed())
+        can_start = (rows_written >= rows_needed) & (pixel_index < collector_released + TILE_SLOTS)
+        waiting_for_rows = Signal()
+        m.d.comb += waiting_for_rows.eq(~scanning & (rows_written < rows_needed))
+
+        pair_fifo_layout = data.StructLayout({
+            "pairs": unsigned(g.chunk), "weights": unsigned(g.chunk),
+            "base": unsigned(max(ceil_log2(max(len(lane.weights), 1) + 1), 1)),
+            "act_base": unsigned(max(ceil_log2(act_mem.depth), 1)),
+            "pad": 1, "last": 1, "filter": unsigned(max(ceil_log2(filters), 1)),
+            "slot": unsigned(max(ceil_log2(TILE_SLOTS), 1)),
+        })
+        pair_fifo = SyncFIFOBuffered(width=pair_fifo_layout.size, depth=PAIR_FIFO_DEPTH)
+        m.submodules[f"pair_fifo_{index}"] = pair_fifo
+
+        # Stage A: the combo ROM is addressed, with the pixel's window origin alongside.
+        stage_b = Signal(data.StructLayout({
+            "valid": 1, "first": 1, "slot": 1, "top": signed(32), "left": signed(32),
+            "top_slot": range(rows)}))
+        # Stage B: the combo is known; the line buffer's mask word is addressed.
+        stage_c = Signal(data.StructLayout({
+            "valid": 1, "first": 1, "pad": 1, "last": 1, "channels": range(g.chunk + 1),
+            "mask": unsigned(g.chunk), "act_base": pair_fifo_layout["act_base"].shape,
+            "filter": pair_fifo_layout["filter"].shape, "slot": 1}))
+        room = pair_fifo.level + stage_b.valid + stage_c.valid < PAIR_FIFO_DEPTH - 1
+
+        m.d.comb += combo_read.addr.eq(combo)
+        m.d.sync += stage_b.valid.eq(0)
+        with m.If(~scanning):
+            with m.If(can_start):
+                m.d.sync += scanning.eq(1)
+        with m.Elif(room):
+            m.d.sync += [
+                stage_b.valid.eq(1), stage_b.first.eq(combo == 0),
+                stage_b.slot.eq(pixel_index[0]), stage_b.top.eq(cursor.top),
+                stage_b.left.eq(cursor.left), stage_b.top_slot.eq(cursor.top_slot),
+            ]
+            with m.If(combo == lane.combos - 1):
+                m.d.sync += [combo.eq(0), scanning.eq(0), pixel_index.eq(pixel_index + 1)]
+                cursor.advance(m)
+            with m.Else():
+                m.d.sync += combo.eq(combo + 1)
+
+        entry_b = combo_layout(combo_read.data)
+        filter_index = Signal(range(max(filters, 2)))
+        with m.If(stage_b.valid & entry_b.last):
+            m.d.sync += filter_index.eq(Mux(filter_index == filters - 1, 0, filter_index + 1))
+        row = stage_b.top + entry_b.tap_y
+        column = stage_b.left + entry_b.tap_x
+        pad = (row < 0) | (row >= g.height) | (column < 0) | (column >= g.width)
+        slot_of_row = Signal(range(rows))
+        m.d.comb += slot_of_row.eq(Mux(stage_b.top_slot + entry_b.tap_y >= rows,
+                                       stage_b.top_slot + entry_b.tap_y - rows,
+                                       stage_b.top_slot + entry_b.tap_y))
+        ring_pixel = slot_of_row * g.width + column[:max(ceil_log2(g.width), 1)]
+        group = group_of_filter[filter_index]
+        m.d.comb += mask_read.addr.eq(ring_pixel * words_per_pixel + group * g.chunks +
+                                      entry_b.chunk)
+        m.d.sync += [
+            stage_c.valid.eq(stage_b.valid), stage_c.first.eq(stage_b.first),
+            stage_c.pad.eq(pad), stage_c.last.eq(entry_b.last),
+            stage_c.mask.eq(entry_b.mask),
+            stage_c.act_base.eq(ring_pixel * g.in_channels + group * g.group_channels +
+                                entry_b.chunk * g.chunk),
+            stage_c.filter.eq(filter_index), stage_c.slot.eq(stage_b.slot),
+        ]
+
+        # Stage C: the activation mask is here.
+        weight_mask = stage_c.mask
+        act_mask = Mux(stage_c.pad, 0, mask_read.data)
+        pairs = weight_mask & act_mask if self.plan.zero_skip else weight_mask
+        running_base = Signal(pair_fifo_layout["base"].shape)
+        base = Mux(stage_c.first, 0, running_base)
+        entry = Signal(pair_fifo_layout)
+        m.d.comb += [
+            entry.pairs.eq(pairs), entry.weights.eq(weight_mask), entry.base.eq(base),
+            entry.act_base.eq(stage_c.act_base), entry.pad.eq(stage_c.pad),
+            entry.last.eq(stage_c.last), entry.filter.eq(stage_c.filter),
+            entry.slot.eq(stage_c.slot),
+            pair_fifo.w_data.eq(entry.as_value()),
+            pair_fifo.w_en.eq(stage_c.valid & ((pairs != 0) | stage_c.last)),
+        ]
+        with m.If(stage_c.valid):
+            m.d.sync += running_base.eq(base + _popcount(weight_mask))
+        # The dense loop nest's pairs for this lane and pixel, credited as the pixel starts
+        # (before any of its pairs issue), so that credited minus issued never goes negative.
+        dense_pairs = len(lane.filters) * g.taps * g.group_channels
+        scanned = Mux(~scanning & can_start, dense_pairs, 0)
+
+        # --- issuer: one pair per cycle ----------------------------------------------------
+        current = Signal(pair_fifo_layout)
+        current_valid = Signal()
+        remaining = Signal(g.chunk)
+        has_pair = current_valid & (remaining != 0)
+        lowest = remaining & (~remaining + 1)
+        channel = _lowest_set_index(remaining)
+        weight_index = _popcount(current.weights & (lowest - 1))
+        remaining_after = remaining & (remaining - 1)
+        entry_ends = ~current_valid | ~has_pair | (remaining_after == 0)
+
+        m.d.comb += [
+            weight_read.addr.eq(current.base + weight_index),
+            act_read.addr.eq(current.act_base + channel),
+        ]
+        with m.If(has_pair):
+            m.d.sync += remaining.eq(remaining_after)
+        with m.If(entry_ends):
+            m.d.comb += pair_fifo.r_en.eq(1)
+            m.d.sync += current_valid.eq(pair_fifo.r_rdy)
+            with m.If(pair_fifo.r_rdy):
+                next_entry = pair_fifo_layout(pair_fifo.r_data)
+                m.d.sync += [current.eq(pair_fifo.r_data), remaining.eq(next_entry.pairs)]
+
+        # Token for the MAC stage, a cycle behind while the ROM and line buffer answer.
+        token = Signal(data.StructLayout({
+            "valid": 1, "pair": 1, "pad": 1, "last": 1, "filter": current.filter.shape(),
+            "slot": current.slot.shape()}))
+        m.d.sync += [
+            token.valid.eq(current_valid & (has_pair | current.last)),
+            token.pair.eq(has_pair),
+            token.pad.eq(current.pad),
+            token.last.eq(current.last & (remaining_after == 0) | current.last & ~has_pair),
+            token.filter.eq(current.filter),
+            token.slot.eq(current.slot),
+        ]
+
+        # --- MAC ---------------------------------------------------------------------------
+        accumulator = Signal(self.sum_shape)
+        weight = weight_read.data
+        activation = Mux(token.pad, 0, act_read.data)
+        product = Mux(token.pair, weight * activation, 0)
+        total = Signal(self.sum_shape)
+        m.d.comb += total.eq(accumulator + product)
+        pixels_done = Signal(32)
+        effective = Signal()
+        m.d.comb += effective.eq(token.valid & token.pair & (weight != 0) & (activation != 0))
+        m.d.comb += [
+            tile_write.addr.eq(token.slot * filters + token.filter),
+            tile_write.data.eq(total),
+        ]
+        with m.If(token.valid):
+            with m.If(token.last):
+                m.d.comb += tile_write.en.eq(1)
+                m.d.sync += accumulator.eq(0)
+                with m.If(token.filter == filters - 1):
+                    m.d.sync += pixels_done.eq(pixels_done + 1)
+                    retired.advance(m)
+            with m.Else():
+                m.d.sync += accumulator.eq(total)
+
+        return {"pixels_done": pixels_done, "issued": has_pair, "scanned": scanned,
+                "effective": effective, "waiting_for_rows": waiting_for_rows,
+                "tile_read": (tile_read, filters)}
+
+    def _elaborate_collector(self, m, lane_done, tile_read_ports, collector_released):
+        """Tile sums + bias, in channel order, through the requantizer to o_stream."""
+        g = self.geometry
+        plan = self.plan
+        where = plan.lane_of_filter()
+        filters_per_lane = [count for _, count in tile_read_ports]
+        lane_bits = max(ceil_log2(len(tile_read_ports)), 1)
+        index_bits = max(ceil_log2(max(filters_per_lane)), 1)
+        route_rom = Memory(shape=unsigned(lane_bits + index_bits), depth=g.out_channels,
+                           init=[lane | (position << lane_bits) for lane, position in where])
+        bias_rom = Memory(shape=signed(32), depth=g.out_channels,
+                          init=[int(b) for b in self.node.bias])
+        m.submodules.route_rom = route_rom
+        m.submodules.bias_rom = bias_rom
+        route_read = route_rom.read_port()
+        bias_read = bias_rom.read_port()
+
+        requantizer = Requantizer(self.node.requant, self.biased_shape, g.out_channels,
+                                  self.node.act)
+        out_layout = requantizer.i_stream.payload.shape()
+        out_fifo = SyncFIFOBuffered(width=out_layout.size, depth=OUT_FIFO_DEPTH)
+        m.submodules.out_fifo = out_fifo
+        m.submodules.requantizer = requantizer
+
+        pixel = Signal(32)
+        out_channel = Signal(range(max(g.out_channels, 2)))
+        ready_lanes = Cat(done > pixel for done in lane_done).all()
+        stage1 = Signal(data.StructLayout({"valid": 1, "channel": out_channel.shape(),
+                                           "slot": 1, "release": 1}))
+        stage2 = Signal(data.StructLayout({"valid": 1, "channel": out_channel.shape(),
+                                           "lane": lane_bits}))
+        room = out_fifo.level + stage1.valid + stage2.valid < OUT_FIFO_DEPTH - 1
+
+        m.d.comb += [route_read.addr.eq(out_channel), bias_read.addr.eq(out_channel)]
+        m.d.sync += stage1.valid.eq(0)
+        with m.If(ready_lanes & room):
+            m.d.sync += [stage1.valid.eq(1), stage1.channel.eq(out_channel),
+                         stage1.slot.eq(pixel[0]),
+                         stage1.release.eq(out_channel == g.out_channels - 1)]
+            with m.If(out_channel == g.out_channels - 1):
+                m.d.sync += [out_channel.eq(0), pixel.eq(pixel + 1)]
+            with m.Else():
+                m.d.sync += out_channel.eq(out_channel + 1)
+
+        route = route_read.data
+        lane_index = route[:lane_bits]
+        position = route[lane_bits:]
+        for port, count in tile_read_ports:
+            m.d.comb += port.addr.eq(stage1.slot * count + position)
+        bias = Signal(signed(32))
+        m.d.sync += [stage2.valid.eq(stage1.valid), stage2.channel.eq(stage1.channel),
+                     stage2.lane.eq(lane_index), bias.eq(bias_read.data)]
+        with m.If(stage1.valid & stage1.release):
+            m.d.sync += collector_released.eq(collector_released + 1)
+
+        sums = Array(port.data for port, _ in tile_read_ports)
+        item = Signal(out_layout)
+        m.d.comb += [
+            item.acc.eq(sums[stage2.lane] + bias), item.channel.eq(stage2.channel),
+            out_fifo.w_data.eq(item.as_value()), out_fifo.w_en.eq(stage2.valid),
+            requantizer.i_stream.payload.eq(out_fifo.r_data),
+            requantizer.i_stream.valid.eq(out_fifo.r_rdy),
+            out_fifo.r_en.eq(requantizer.i_stream.ready),
+        ]
+        wiring.connect(m, requantizer.o_stream, wiring.flipped(self.o_stream))
+
+    def _elaborate_counters(self, m, issued_any, scanned, issued, effective, waiting_for_rows):
+        g = self.geometry
+        in_beats = g.in_channels * g.height * g.width
+        out_beats = g.out_channels * g.out_pixels
+        in_count = Signal(range(in_beats))
+        out_count = Signal(range(out_beats))
+        started = Signal(32)
+        finished = Signal(32)
+        with m.If(self.i_stream.valid & self.i_stream.ready):
+            m.d.sync += in_count.eq(Mux(in_count == in_beats - 1, 0, in_count + 1))
+            with m.If(in_count == 0):
+                m.d.sync += started.eq(started + 1)
+        with m.If(self.o_stream.valid & self.o_stream.ready):
+            m.d.sync += out_count.eq(Mux(out_count == out_beats - 1, 0, out_count + 1))
+            with m.If(out_count == out_beats - 1):
+                m.d.sync += finished.eq(finished + 1)
+
+        busy = started != finished
+        issuing = Cat(issued_any).any()
+        starved = Cat(waiting_for_rows).any() & ~self.i_stream.valid
+        blocked = self.o_stream.valid & ~self.o_stream.ready
+        counters = {name: getattr(self.counters, name) for name in COUNTER_NAMES}
+        with m.If(busy):
+            m.d.sync += counters["busy_cycles"].eq(counters["busy_cycles"] + 1)
+            with m.If(~issuing & (starved | blocked)):
+                m.d.sync += counters["stall_cycles"].eq(counters["stall_cycles"] + 1)
+        m.d.sync += [
+            counters["effective_macs"].eq(counters["effective_macs"] + sum(effective)),
+            counters["skipped_pairs"].eq(counters["skipped_pairs"] + sum(scanned) -
+                                         sum(issued)),
+        ]

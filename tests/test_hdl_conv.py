@@ -1,0 +1,185 @@
+# amaranth: UnusedElaboratable=no
+"""The sparse conv / linear engine in the Amaranth simulator: ``ref_*`` (golden) vs ``rtl_*``."""
+
+import numpy as np
+import pytest
+
+from zeroskip import ir, reference
+from zeroskip.hdl import sparse_plan
+from zeroskip.hdl.common import batch_from_beats, batch_to_beats
+from zeroskip.hdl.conv import SparseConvEngine
+
+from hdl_sim import run_streams
+
+STALLS = 0.3
+
+
+def conv_graph(rng, *, channels, filters, size, kernel, stride=1, padding=0, groups=1,
+               weight_density=0.3, weight_bits=8, in_signed=False, epsilon=0, relu=True):
+    height, width = size if isinstance(size, tuple) else (size, size)
+    kh, kw = kernel if isinstance(kernel, tuple) else (kernel, kernel)
+    limit = 2 ** (weight_bits - 1) - 1
+    shape = (filters, channels // groups, kh, kw)
+    weight = rng.integers(-limit, limit + 1, shape) * (rng.random(shape) < weight_density)
+    in_act = ir.Activation(8, in_signed, 0.05)
+    out_act = ir.Activation(8, not relu, 0.05)
+    requant = ir.Requant(rng.integers(2**13, 2**15, filters).astype(np.int32),
+                         rng.integers(14, 18, filters).astype(np.int32),
+                         0 if relu else -128, 255 if relu else 127, epsilon)
+    node = ir.Conv2d("conv", ("x",), weight.astype(np.int8),
+                     rng.integers(-3000, 3000, filters).astype(np.int32), weight_bits,
+                     np.ones(filters), (stride, stride), (padding, padding), groups, requant,
+                     out_act)
+    return ir.Graph((ir.Input("x", (), (channels, height, width), in_act), node), "conv")
+
+
+def linear_graph(rng, *, features, outputs, weight_density=0.2):
+    weight = rng.integers(-127, 128, (outputs, features)) * \
+        (rng.random((outputs, features)) < weight_density)
+    act = ir.Activation(8, False, 0.05)
+    node = ir.Linear("fc", ("x",), weight.astype(np.int8),
+                     rng.integers(-2000, 2000, outputs).astype(np.int32), 8, np.ones(outputs),
+                     ir.Requant(np.full(1, 20000, np.int32), np.full(1, 16, np.int32), -128, 127),
+                     ir.Activation(8, True, 0.05))
+    return ir.Graph((ir.Input("x", (), (features,), act), node), "fc")
+
+
+def random_inputs(rng, graph, batch, density=0.5):
+    act = graph.input.act
+    shape = (batch, *graph.input.shape)
+    return rng.integers(act.qmin, act.qmax + 1, shape) * (rng.random(shape) < density)
+
+
+def rtl_run(graph, x, *, lanes, zero_skip=True, chunk=8, seed=0, stalls=STALLS):
+    node = graph.nodes[-1]
+    engine = SparseConvEngine(node, graph.input.shape, graph.input.act, lanes=lanes,
+                              zero_skip=zero_skip, chunk=chunk)
+    out_shape = graph.shapes[node.name]
+    run = run_streams(engine, [(engine.i_stream, batch_to_beats(x))],
+                      [(engine.o_stream, len(x) * int(np.prod(out_shape)))], seed=seed,
+                      idle_probability=stalls, backpressure_probability=stalls)
+    return batch_from_beats(run.received[0], out_shape), run.counters, engine
+
+
+CONV_CASES = {
+    "3x3_pad1": dict(channels=5, filters=6, size=5, kernel=3, padding=1),
+    "3x3_stride2": dict(channels=4, filters=5, size=(7, 6), kernel=3, stride=2, padding=1),
+    "5x3_rectangular": dict(channels=3, filters=4, size=(6, 5), kernel=(5, 3), padding=1),
+    "depthwise": dict(channels=6, filters=6, size=5, kernel=3, padding=1, groups=6),
+    "grouped_1x1_chunk_tail": dict(channels=20, filters=8, size=3, kernel=1, groups=2),
+    "signed_input_no_relu": dict(channels=4, filters=4, size=4, kernel=3, in_signed=True,
+                                 relu=False),
+    "4bit_weights_epsilon": dict(channels=6, filters=4, size=4, kernel=3, padding=1,
+                                 weight_bits=4, epsilon=3),
+}
+
+
+@pytest.mark.parametrize("zero_skip", [True, False], ids=["skip", "dense"])
+@pytest.mark.parametrize("case", sorted(CONV_CASES))
+def test_conv_is_bit_exact_under_stalls(case, zero_skip):
+    rng = np.random.default_rng(sorted(CONV_CASES).index(case))
+    graph = conv_graph(rng, **CONV_CASES[case])
+    x = random_inputs(rng, graph, batch=2)
+    ref_out = reference.run(graph, x)
+    rtl_out, _, _ = rtl_run(graph, x, lanes=3, zero_skip=zero_skip)
+    np.testing.assert_array_equal(rtl_out, ref_out)
+
+
+@pytest.mark.parametrize("lanes", [1, 4])
+def test_linear_is_bit_exact_back_to_back(lanes):
+    rng = np.random.default_rng(lanes)
+    graph = linear_graph(rng, features=40, outputs=10)
+    x = random_inputs(rng, graph, batch=3)
+    rtl_out, _, _ = rtl_run(graph, x, lanes=lanes)
+    np.testing.assert_array_equal(rtl_out, reference.run(graph, x))
+
+
+@pytest.mark.parametrize("zero_skip", [True, False], ids=["skip", "dense"])
+def test_counters_match_the_golden_work_counts(zero_skip):
+    rng = np.random.default_rng(7)
+    graph = conv_graph(rng, channels=6, filters=5, size=4, kernel=3, padding=1)
+    x = random_inputs(rng, graph, batch=2)
+    # One filter per lane keeps the dense engine's input waits short of the driver's timeout.
+    _, counters, engine = rtl_run(graph, x, lanes=5, zero_skip=zero_skip, stalls=0.0)
+    work = reference.work(graph, x)["conv"]
+    assert counters["effective_macs"] == work.effective_macs_total
+    dense_total = work.dense_macs * len(x)
+    if zero_skip:  # only both-nonzero pairs reach a multiplier
+        assert counters["skipped_pairs"] == dense_total - work.effective_macs_total
+    else:
+        assert counters["skipped_pairs"] == 0
+    assert counters["busy_cycles"] > 0
+
+
+def test_zero_skipping_saves_cycles_against_dense():
+    rng = np.random.default_rng(3)
+    graph = conv_graph(rng, channels=16, filters=8, size=5, kernel=3, padding=1,
+                       weight_density=0.1)
+    x = random_inputs(rng, graph, batch=1)
+    _, sparse, _ = rtl_run(graph, x, lanes=2, chunk=16, stalls=0.0)
+    _, dense, _ = rtl_run(graph, x, lanes=2, chunk=16, zero_skip=False, stalls=0.0)
+    assert dense["busy_cycles"] > 4 * sparse["busy_cycles"]
+
+
+def test_accumulator_width_survives_the_worst_case_input():
+    """Weights and inputs at the extremes drive the sum to its bound; one bit less would wrap."""
+    rng = np.random.default_rng(11)
+    graph = conv_graph(rng, channels=16, filters=2, size=3, kernel=3, weight_density=1.0,
+                       in_signed=True, relu=False)
+    node = graph.nodes[-1]
+    weight = np.full(node.weight.shape, 127, np.int8)
+    weight[1] = -127
+    requant = ir.Requant(np.ones(2, np.int32), np.full(2, 12, np.int32), -128, 127)
+    node = ir.Conv2d("conv", ("x",), weight, np.zeros(2, np.int32), 8, np.ones(2), (1, 1),
+                     (0, 0), 1, requant, node.act)
+    graph = ir.Graph((graph.input, node), "conv")
+    x = np.stack([np.full(graph.input.shape, 127), np.full(graph.input.shape, -128)])
+    plan = sparse_plan.plan(node, graph.input.shape, graph.input.act, lanes=2)
+    low, high = plan.accumulator_bounds
+    assert (low, high) == (-127 * 128 * 144, 127 * 128 * 144)
+    assert high >= 2 ** (plan.accumulator_width - 2)  # the width is tight
+    rtl_out, _, _ = rtl_run(graph, x, lanes=2, chunk=16, stalls=0.0)
+    np.testing.assert_array_equal(rtl_out, reference.run(graph, x))
+    assert rtl_out.min() == -128 and rtl_out.max() == 127
+
+
+def test_lanes_balance_nonzero_counts():
+    rng = np.random.default_rng(5)
+    graph = conv_graph(rng, channels=8, filters=16, size=3, kernel=3, weight_density=0.2)
+    node = graph.nodes[-1]
+    plan = sparse_plan.plan(node, graph.input.shape, graph.input.act, lanes=4)
+    loads = [len(lane.weights) for lane in plan.lanes]
+    largest_filter = max(int((w != 0).sum()) for w in node.weight)
+    assert max(loads) - min(loads) <= largest_filter
+    assert sorted(f for lane in plan.lanes for f in lane.filters) == list(range(16))
+    np.testing.assert_array_equal(sparse_plan.stored_weights(plan),
+                                  node.weight.astype(np.int64))
+
+
+def test_storage_counts_only_nonzeros_when_skipping():
+    rng = np.random.default_rng(6)
+    graph = conv_graph(rng, channels=8, filters=4, size=3, kernel=3, weight_density=0.1)
+    node = graph.nodes[-1]
+    sparse = sparse_plan.plan(node, graph.input.shape, graph.input.act, lanes=2, chunk=8)
+    dense = sparse_plan.plan(node, graph.input.shape, graph.input.act, lanes=2, chunk=8,
+                             zero_skip=False)
+    assert sum(len(lane.weights) for lane in sparse.lanes) == int((node.weight != 0).sum())
+    assert sum(len(lane.weights) for lane in dense.lanes) == node.weight.size
+    assert sparse.storage_bits < dense.storage_bits / 3
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(lanes=0), "lanes must be between 1 and the 4 output channels"),
+    (dict(lanes=5), "lanes must be between 1 and the 4 output channels"),
+    (dict(chunk=0), "chunk must be an integer from 1 to 64"),
+])
+def test_bad_parameters_are_refused(kwargs, message):
+    rng = np.random.default_rng(0)
+    graph = conv_graph(rng, channels=2, filters=4, size=3, kernel=3)
+    with pytest.raises(ValueError, match=message):
+        SparseConvEngine(graph.nodes[-1], graph.input.shape, graph.input.act, **kwargs)
+
+
+def test_only_conv_and_linear_nodes():
+    with pytest.raises(TypeError, match="takes a Conv2d or Linear node, not MaxPool2d"):
+        SparseConvEngine(ir.MaxPool2d("p", ("x",)), (1, 4, 4), ir.Activation(8, False, 1.0))
