@@ -1,0 +1,191 @@
+"""Requantization in hardware: one accumulator in, one activation out, exactly as
+:func:`zeroskip.reference.requantize`.
+
+For channel ``c`` (see :class:`zeroskip.ir.Requant`)::
+
+    y = (acc * multiplier[c] + 2**(shift[c] - 1)) >> shift[c]    # or acc * multiplier[c] if 0
+    y = min(max(y, clamp_min), clamp_max)
+    y = 0 if abs(y) <= epsilon
+
+The rounding offset ``2**(s - 1)`` would need an adder as wide as the largest shift; the
+pipeline uses the equivalent ``((2 * v) >> s) + 1) >> 1`` instead (for integers, a floor of a
+floor is one floor), which also covers ``s == 0`` without a special case: ``(2v + 1) >> 1 == v``.
+"""
+
+from __future__ import annotations
+
+from amaranth.hdl import Module, Mux, Shape, Signal, unsigned
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.memory import Memory
+from amaranth.lib.wiring import In, Out
+from amaranth.utils import ceil_log2
+
+from zeroskip import ir
+from zeroskip.errors import GraphError
+
+from .common import activation_stream
+
+__all__ = ["Requantizer", "accumulator_product_width"]
+
+
+def accumulator_product_width(acc_width, multiplier_bits):
+    """Bits of ``acc * multiplier`` for an ``acc_width``-bit accumulator (signed or unsigned) and
+    an unsigned ``multiplier_bits``-bit multiplier: the product keeps the accumulator's
+    signedness and never needs more than the sum of the widths."""
+    for name, value in (("acc_width", acc_width), ("multiplier_bits", multiplier_bits)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return acc_width + multiplier_bits
+
+
+def _shared_value(values):
+    """The single value of a per-channel parameter that is the same for all channels, else None."""
+    distinct = {int(value) for value in values}
+    return distinct.pop() if len(distinct) == 1 else None
+
+
+class Requantizer(wiring.Component):
+    """Pipelined requantizer: accumulator and channel index in, activation out.
+
+    The building block every engine places after its accumulators (conv2d, linear, average pool,
+    add). Per-channel multipliers and shifts live in a ROM (:class:`amaranth.lib.memory.Memory`)
+    addressed by the channel; a parameter that is the same for every channel is a constant, so a
+    shared shift costs no shifter at all.
+
+    Parameters
+    ----------
+    requant : zeroskip.ir.Requant
+        Multipliers, shifts, clamp bounds and pruning threshold, one entry per channel or one
+        shared entry.
+    acc_shape : shape-like
+        Shape of the accumulator, signed or unsigned; the datapath widens itself to hold
+        ``acc * multiplier`` exactly (:func:`accumulator_product_width`).
+    channels : int
+        Number of channels the ``channel`` index selects from.
+    out_act : zeroskip.ir.Activation
+        Encoding of the output; ``requant``'s clamp bounds must lie inside its range.
+
+    Members
+    -------
+    i_stream : ``In(stream.Signature(StructLayout({"acc": acc_shape, "channel": unsigned(n)})))``
+        One accumulator and its channel per beat, ``n = ceil_log2(channels)``; ``channel`` must
+        be below ``channels``.
+    o_stream : ``Out(stream.Signature(activation_shape(out_act)))``
+        The requantized activations, in input order.
+
+    Latency and throughput
+    ----------------------
+    :attr:`latency` (4) cycles from the handshake of an input beat to its result on ``o_stream``
+    while ``o_stream.ready`` is high: ROM read, multiply, shift, round/clamp/prune. One beat per
+    cycle. The pipeline stalls as a whole when ``o_stream`` is not ready, so ``i_stream.ready``
+    follows ``o_stream.ready`` combinationally (and never depends on ``i_stream.valid``).
+    """
+
+    latency = 4
+
+    def __init__(self, requant: ir.Requant, acc_shape, channels: int, out_act: ir.Activation):
+        if not isinstance(requant, ir.Requant):
+            raise TypeError(f"requant must be a zeroskip.ir.Requant, got {type(requant).__name__}")
+        if not isinstance(out_act, ir.Activation):
+            raise TypeError(f"out_act must be a zeroskip.ir.Activation, got "
+                            f"{type(out_act).__name__}")
+        if not isinstance(channels, int) or isinstance(channels, bool):
+            raise TypeError(f"channels must be an integer, got {channels!r}")
+        if channels < 1:
+            raise ValueError(f"channels must be at least 1, got {channels}")
+        acc_shape = Shape.cast(acc_shape)
+        if acc_shape.width < 1:
+            raise ValueError(f"acc_shape must be at least 1 bit wide, got {acc_shape!r}")
+        try:
+            requant.validate(None, channels, out_act)
+        except GraphError as error:
+            raise ValueError(f"requant does not fit {channels} channel(s) and the output "
+                             f"encoding {out_act}: {error}") from None
+        self._requant = requant
+        self._acc_shape = acc_shape
+        self._channels = channels
+        payload = data.StructLayout({"acc": acc_shape, "channel": unsigned(ceil_log2(channels))})
+        super().__init__({
+            "i_stream": In(stream.Signature(payload)),
+            "o_stream": Out(activation_stream(out_act)),
+        })
+
+    def _channel_parameters(self, m, advance):
+        """``(multiplier, shift)`` valid in stage 1: Python ints when shared by all channels,
+        else fields of a ROM read port addressed by the incoming channel."""
+        requant = self._requant
+        parameters = {"multiplier": requant.multiplier, "shift": requant.shift}
+        shared = {name: _shared_value(values) for name, values in parameters.items()}
+        per_channel = {name: values for name, values in parameters.items()
+                       if shared[name] is None}
+        if not per_channel:
+            return shared["multiplier"], shared["shift"]
+        layout = data.StructLayout({name: unsigned(max(int(values.max()).bit_length(), 1))
+                                    for name, values in per_channel.items()})
+        m.submodules.parameters = rom = Memory(
+            shape=layout, depth=self._channels,
+            init=[{name: int(values[channel]) for name, values in per_channel.items()}
+                  for channel in range(self._channels)])
+        port = rom.read_port()
+        m.d.comb += [port.addr.eq(self.i_stream.p.channel), port.en.eq(advance)]
+        return tuple(shared[name] if shared[name] is not None else getattr(port.data, name)
+                     for name in parameters)
+
+    def elaborate(self, platform):
+        m = Module()
+        requant = self._requant
+
+        # The pipeline moves as a whole whenever the output register can take a new value.
+        advance = Signal()
+        m.d.comb += [
+            advance.eq(~self.o_stream.valid | self.o_stream.ready),
+            self.i_stream.ready.eq(advance),
+        ]
+
+        # Stage 1: the accumulator beside its channel's multiplier and shift.
+        multiplier, shift = self._channel_parameters(m, advance)
+        acc = Signal(self._acc_shape)
+        valid_1 = Signal()
+
+        # Stage 2: the exact product.
+        multiplier_bits = max(int(requant.multiplier.max()).bit_length(), 1)
+        product = Signal(Shape(accumulator_product_width(self._acc_shape.width, multiplier_bits),
+                               self._acc_shape.signed))
+        valid_2 = Signal()
+        if isinstance(shift, int):
+            shift_2 = shift
+        else:
+            shift_2 = Signal.like(shift)
+            with m.If(advance):
+                m.d.sync += shift_2.eq(shift)
+
+        # Stage 3: floor(2 * product / 2**shift); a constant shift is wiring only.
+        twice_quotient_value = (product.shift_left(1).shift_right(shift_2)
+                                if isinstance(shift_2, int) else product.shift_left(1) >> shift_2)
+        twice_quotient = Signal(twice_quotient_value.shape())
+        valid_3 = Signal()
+
+        # Stage 4 (the output register): round half up, clamp, prune.
+        rounded = (twice_quotient + 1).shift_right(1)
+        clamped = Signal(self.o_stream.payload.shape())
+        m.d.comb += clamped.eq(rounded)
+        with m.If(rounded < requant.clamp_min):
+            m.d.comb += clamped.eq(requant.clamp_min)
+        with m.Elif(rounded > requant.clamp_max):
+            m.d.comb += clamped.eq(requant.clamp_max)
+        result = clamped
+        if requant.epsilon > 0:
+            result = Mux((clamped >= -requant.epsilon) & (clamped <= requant.epsilon), 0, clamped)
+
+        with m.If(advance):
+            m.d.sync += [
+                valid_1.eq(self.i_stream.valid),
+                acc.eq(self.i_stream.p.acc),
+                valid_2.eq(valid_1),
+                product.eq(acc * multiplier),
+                valid_3.eq(valid_2),
+                twice_quotient.eq(twice_quotient_value),
+                self.o_stream.valid.eq(valid_3),
+                self.o_stream.payload.eq(result),
+            ]
+        return m
