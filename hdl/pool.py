@@ -1,0 +1,375 @@
+"""Streaming max and average pooling, exactly as :func:`zeroskip.reference.maxpool2d` and
+:func:`zeroskip.reference.avgpool2d`.
+
+How a pool engine works
+-----------------------
+Max and sum are associative, so a window reduces *separably*: along its row first, then down its
+column. The engine scans its input once in stream order (HWC) and keeps running partial results
+instead of raw pixels:
+
+* a *horizontal* partial per channel for every window open along the current row
+  (a :class:`~amaranth.lib.memory.Memory` of ``channels`` rows);
+* a *vertical* partial per output column and channel for every window open down the rows (a
+  line buffer of ``out_width * channels`` rows), fed with each finished horizontal partial.
+
+Windows that overlap (kernel larger than stride) are open at the same time; each is assigned a
+*lane*, ``window index mod ceil(kernel / stride)``, and every lane has its own partial. Which
+lanes each row and column starts, extends and closes is worked out here in Python and stored in
+two small schedule ROMs, so the hardware only follows its scan position. A global average pool
+is the one-lane case: one running sum per channel.
+
+Padding: max pooling pads with the input's ``qmin``, which never wins a max, so a window that
+begins in the left or top padding simply starts at the first pixel. A window that ends in the
+right or bottom padding closes at a scan position beyond the input, which takes a cycle but no
+input beat; this is the only time the scan is longer than the input.
+"""
+
+from __future__ import annotations
+
+import math
+
+from amaranth.hdl import Module, Mux, Shape, Signal, unsigned
+from amaranth.lib import data, wiring
+from amaranth.lib.memory import Memory
+from amaranth.lib.wiring import In, Out
+from amaranth.utils import ceil_log2
+
+from zeroskip import ir
+from zeroskip.errors import GraphError
+
+from .activity import count_activity
+from .common import activation_shape, activation_stream, counters_signature
+from .requant import Requantizer
+
+__all__ = ["MaxPool2dEngine", "AvgPool2dEngine"]
+
+
+class _AxisSchedule:
+    """What each scan position along one axis (rows or columns) does to the windows.
+
+    Attributes
+    ----------
+    out_size : int
+        Windows along the axis.
+    lanes : int
+        Partials kept per channel: the most windows open at one position.
+    positions : int
+        Scan positions: the input's ``size``, or more when a window ends in the padding.
+    layout : data.StructLayout
+        One ROM row: ``start`` and ``active`` (a bit per lane: the position begins, or lies in,
+        that lane's window), ``emit`` (a window ends here) with its ``emit_lane``, and ``pad``
+        (the position lies beyond the input).
+    init : list of dict
+        The ROM contents, one row per position.
+    """
+
+    def __init__(self, size, kernel, stride, padding):
+        self.out_size = (size + 2 * padding - kernel) // stride + 1
+        self.lanes = min(math.ceil(kernel / stride), self.out_size)
+        last_end = (self.out_size - 1) * stride - padding + kernel - 1
+        self.positions = max(size, last_end + 1)
+        self.layout = data.StructLayout({
+            "start": unsigned(self.lanes),
+            "active": unsigned(self.lanes),
+            "emit": unsigned(1),
+            "emit_lane": unsigned(ceil_log2(self.lanes)),
+            "pad": unsigned(1),
+        })
+        self.init = [{"start": 0, "active": 0, "emit": 0, "emit_lane": 0, "pad": int(x >= size)}
+                     for x in range(self.positions)]
+        for window in range(self.out_size):
+            lane = window % self.lanes
+            first = max(window * stride - padding, 0)  # padding before the input never wins
+            last = window * stride - padding + kernel - 1
+            self.init[first]["start"] |= 1 << lane
+            for x in range(first, last + 1):
+                self.init[x]["active"] |= 1 << lane
+            self.init[last].update(emit=1, emit_lane=lane)
+
+
+def _checked_shape(in_shape):
+    if (not isinstance(in_shape, tuple) or len(in_shape) != 3 or
+            not all(isinstance(size, int) and not isinstance(size, bool) and size >= 1
+                    for size in in_shape)):
+        raise ValueError(f"in_shape must be (channels, height, width) of positive integers, "
+                         f"got {in_shape!r}")
+    return in_shape
+
+
+class _PoolEngine(wiring.Component):
+    """The scan, the schedules and the partials shared by both pools (see the module doc).
+
+    Subclasses define the reduction (:meth:`_reduce`, :meth:`_partial_shapes`), the stage that
+    takes the window results (:meth:`_output`), and the :attr:`latency` and ``_pipeline_depth``
+    (beats held after stage 0) that follow from it.
+    """
+
+    def __init__(self, node, node_type, in_shape, in_act):
+        if not isinstance(node, node_type):
+            raise TypeError(f"node must be a zeroskip.ir.{node_type.__name__}, got "
+                            f"{type(node).__name__}")
+        if not isinstance(in_act, ir.Activation):
+            raise TypeError(f"in_act must be a zeroskip.ir.Activation, got "
+                            f"{type(in_act).__name__}")
+        in_shape = _checked_shape(in_shape)
+        try:
+            out_shape, out_act = node.infer((in_shape,), (in_act,))
+        except GraphError as error:
+            raise ValueError(f"{node.op} does not fit an input of shape {in_shape}: "
+                             f"{error}") from None
+        self.in_shape, self.out_shape = in_shape, out_shape
+        self._in_act, self._out_act = in_act, out_act
+        self._kernel = node.kernel
+        padding = getattr(node, "padding", (0, 0))
+        self._rows = _AxisSchedule(in_shape[1], node.kernel[0], node.stride[0], padding[0])
+        self._cols = _AxisSchedule(in_shape[2], node.kernel[1], node.stride[1], padding[1])
+        super().__init__({
+            "i_stream": In(activation_stream(in_act)),
+            "o_stream": Out(activation_stream(out_act)),
+            "counters": Out(counters_signature()),
+        })
+
+    @property
+    def scan_cycles(self):
+        """Cycles one inference takes at full rate: one per scan position (see the module doc)."""
+        return self._rows.positions * self._cols.positions * self.in_shape[0]
+
+    def _partial_shapes(self):
+        """Shapes of the horizontal and the vertical partials."""
+        raise NotImplementedError
+
+    def _reduce(self, partial, value):
+        raise NotImplementedError
+
+    def _output(self, m, result, channel, emit, advance):
+        """Take ``result`` (of ``channel``) when ``emit & advance``; return the ready signal."""
+        raise NotImplementedError
+
+    def elaborate(self, platform):
+        m = Module()
+        channels = self.in_shape[0]
+        rows, cols = self._rows, self._cols
+        advance = Signal()  # the scan and stage 1 move on
+
+        # Stage 0: the scan position (channel fastest, then column, then row) and its schedule.
+        channel = Signal(range(channels))
+        col = Signal(range(cols.positions))
+        row = Signal(range(rows.positions))
+        m.submodules.row_schedule = row_rom = Memory(
+            shape=rows.layout, depth=rows.positions, init=rows.init)
+        m.submodules.col_schedule = col_rom = Memory(
+            shape=cols.layout, depth=cols.positions, init=cols.init)
+        row_port = row_rom.read_port(domain="comb")
+        col_port = col_rom.read_port(domain="comb")
+        m.d.comb += [row_port.addr.eq(row), col_port.addr.eq(col)]
+        row_at, col_at = row_port.data, col_port.data
+
+        in_input = ~row_at.pad & ~col_at.pad
+        taken = Signal()  # the scan leaves this position
+        m.d.comb += [
+            self.i_stream.ready.eq(advance & in_input),
+            taken.eq(advance & (~in_input | self.i_stream.valid)),
+        ]
+        at_origin = (channel == 0) & (col == 0) & (row == 0)
+        with m.If(taken):
+            m.d.sync += channel.eq(channel + 1)
+            with m.If(channel == channels - 1):
+                m.d.sync += [channel.eq(0), col.eq(col + 1)]
+                with m.If(col == cols.positions - 1):
+                    m.d.sync += [col.eq(0), row.eq(row + 1)]
+                    with m.If(row == rows.positions - 1):
+                        m.d.sync += row.eq(0)
+
+        # The vertical partials of a row are addressed in the order its windows end.
+        line_depth = cols.out_size * channels
+        line_addr = Signal(range(line_depth))
+        with m.If(taken & col_at.emit):
+            m.d.sync += line_addr.eq(Mux(line_addr == line_depth - 1, 0, line_addr + 1))
+
+        h_shape, v_shape = self._partial_shapes()
+        m.submodules.h_partials = h_mem = Memory(
+            shape=data.ArrayLayout(h_shape, cols.lanes), depth=channels, init=[])
+        m.submodules.v_partials = v_mem = Memory(
+            shape=data.ArrayLayout(v_shape, rows.lanes), depth=line_depth, init=[])
+        # Read as the scan takes a position, written back one cycle later; transparency covers a
+        # position that reads what the previous one writes (one channel, one output column).
+        h_write, v_write = h_mem.write_port(), v_mem.write_port()
+        h_read = h_mem.read_port(transparent_for=(h_write,))
+        v_read = v_mem.read_port(transparent_for=(v_write,))
+        m.d.comb += [
+            h_read.addr.eq(channel), h_read.en.eq(advance),
+            v_read.addr.eq(line_addr), v_read.en.eq(advance),
+        ]
+
+        # Stage 1: update the partials, finish a window.
+        valid_1 = Signal()
+        value_1 = Signal(activation_shape(self._in_act))
+        channel_1 = Signal.like(channel)
+        line_addr_1 = Signal.like(line_addr)
+        row_1 = Signal(rows.layout)
+        col_1 = Signal(cols.layout)
+        with m.If(advance):
+            m.d.sync += [
+                valid_1.eq(taken),
+                value_1.eq(Mux(in_input, self.i_stream.payload, self._in_act.qmin)),
+                channel_1.eq(channel),
+                line_addr_1.eq(line_addr),
+                row_1.eq(row_at),
+                col_1.eq(col_at),
+            ]
+
+        h_new = self._update_lanes(m, h_read.data, col_1, value_1, h_shape)
+        h_result = h_new[col_1.emit_lane]
+        v_new = self._update_lanes(m, v_read.data, row_1, h_result, v_shape)
+        emit_1 = valid_1 & col_1.emit & row_1.emit
+        m.d.comb += [
+            h_write.addr.eq(channel_1), h_write.data.eq(h_new),
+            h_write.en.eq(valid_1 & advance),
+            v_write.addr.eq(line_addr_1), v_write.data.eq(v_new),
+            v_write.en.eq(valid_1 & col_1.emit & advance),
+        ]
+        ready = self._output(m, v_new[row_1.emit_lane], channel_1, emit_1, advance)
+        m.d.comb += advance.eq(~emit_1 | ready)
+
+        out_size = math.prod(self.out_shape)
+        out_count = Signal(range(out_size))
+        out_taken = self.o_stream.valid & self.o_stream.ready
+        last_out = out_count == out_size - 1
+        with m.If(out_taken):
+            m.d.sync += out_count.eq(Mux(last_out, 0, out_count + 1))
+        count_activity(
+            m, self.counters,
+            begin=taken & at_origin,
+            finish=out_taken & last_out,
+            starved=~at_origin & self.i_stream.ready & ~self.i_stream.valid,
+            blocked=self.o_stream.valid & ~self.o_stream.ready,
+            max_inflight=self._pipeline_depth + 1)
+        return m
+
+    def _update_lanes(self, m, old, schedule, value, shape):
+        """Each lane's partial after ``value``: restarted, extended, or kept as it was."""
+        lanes = old.shape().length
+        new = Signal(data.ArrayLayout(shape, lanes))
+        for lane in range(lanes):
+            with m.If(schedule.start[lane]):
+                m.d.comb += new[lane].eq(value)
+            with m.Elif(schedule.active[lane]):
+                m.d.comb += new[lane].eq(self._reduce(old[lane], value))
+            with m.Else():
+                m.d.comb += new[lane].eq(old[lane])
+        return new
+
+
+class MaxPool2dEngine(_PoolEngine):
+    """Max pooling over an HWC stream, as :func:`zeroskip.reference.maxpool2d`.
+
+    Parameters
+    ----------
+    node : zeroskip.ir.MaxPool2d
+        Kernel, stride and padding (padding with ``in_act.qmin``).
+    in_shape : tuple of int
+        ``(channels, height, width)`` of the input.
+    in_act : zeroskip.ir.Activation
+        Encoding of the input, which the output keeps.
+
+    Members
+    -------
+    i_stream : ``In(activation_stream(in_act))``
+        The input tensor, HWC, one activation per beat, inference after inference.
+    o_stream : ``Out(activation_stream(in_act))``
+        The output tensor ``out_shape``, HWC.
+    counters : ``Out(counters_signature())``
+        ``busy_cycles`` and ``stall_cycles``; ``effective_macs`` and ``skipped_pairs`` stay 0
+        (a pool multiplies nothing).
+
+    Latency and throughput
+    ----------------------
+    :attr:`latency` (2) cycles from the handshake of the last input beat a window needs to its
+    result on ``o_stream`` (plus one cycle per padding position the scan passes first, for a
+    window that ends in the right or bottom padding). One scan position per cycle:
+    :attr:`scan_cycles` per inference, one input beat per cycle unless a window ends in the
+    padding. ``i_stream.ready`` depends combinationally on ``o_stream.ready``.
+    """
+
+    latency = 2
+    _pipeline_depth = 2  # stage 1 and the output register
+
+    def __init__(self, node: ir.MaxPool2d, in_shape, in_act: ir.Activation):
+        super().__init__(node, ir.MaxPool2d, in_shape, in_act)
+
+    def _partial_shapes(self):
+        shape = activation_shape(self._in_act)
+        return shape, shape
+
+    def _reduce(self, partial, value):
+        return Mux(value > partial, value, partial)
+
+    def _output(self, m, result, channel, emit, advance):
+        ready = ~self.o_stream.valid | self.o_stream.ready
+        with m.If(emit & advance):
+            m.d.sync += [self.o_stream.valid.eq(1), self.o_stream.payload.eq(result)]
+        with m.Elif(self.o_stream.ready):
+            m.d.sync += self.o_stream.valid.eq(0)
+        return ready
+
+
+class AvgPool2dEngine(_PoolEngine):
+    """Average pooling over an HWC stream, as :func:`zeroskip.reference.avgpool2d`: the exact
+    window sum, requantized per channel by a :class:`~zeroskip.hdl.requant.Requantizer`.
+
+    A kernel the size of the input is a global average pool: one running sum per channel.
+
+    Parameters
+    ----------
+    node : zeroskip.ir.AvgPool2d
+        Kernel, stride (no padding), requantization and output encoding.
+    in_shape : tuple of int
+        ``(channels, height, width)`` of the input.
+    in_act : zeroskip.ir.Activation
+        Encoding of the input.
+
+    Members
+    -------
+    i_stream : ``In(activation_stream(in_act))``
+        The input tensor, HWC, one activation per beat, inference after inference.
+    o_stream : ``Out(activation_stream(node.act))``
+        The output tensor ``out_shape``, HWC.
+    counters : ``Out(counters_signature())``
+        ``busy_cycles`` and ``stall_cycles``; ``effective_macs`` and ``skipped_pairs`` stay 0
+        (window sums are additions; the requantizer's multiply is not a weight product).
+
+    Latency and throughput
+    ----------------------
+    :attr:`latency` (5) cycles from the handshake of the last input beat of a window to its result
+    on ``o_stream``: one to finish the sum, then the requantizer's 4. One input beat per cycle
+    (:attr:`scan_cycles` per inference is the input size). ``i_stream.ready`` depends
+    combinationally on ``o_stream.ready``.
+    """
+
+    latency = 1 + Requantizer.latency
+    _pipeline_depth = 1 + Requantizer.latency
+
+    def __init__(self, node: ir.AvgPool2d, in_shape, in_act: ir.Activation):
+        super().__init__(node, ir.AvgPool2d, in_shape, in_act)
+        self._requant = node.requant
+
+    def _partial_shapes(self):
+        kh, kw = self._kernel
+        qmin, qmax = self._in_act.qmin, self._in_act.qmax
+        return (Shape.cast(range(kw * qmin, kw * qmax + 1)),
+                Shape.cast(range(kh * kw * qmin, kh * kw * qmax + 1)))
+
+    def _reduce(self, partial, value):
+        return partial + value
+
+    def _output(self, m, result, channel, emit, advance):
+        _, v_shape = self._partial_shapes()
+        m.submodules.requantizer = requantizer = Requantizer(
+            self._requant, v_shape, self.in_shape[0], self._out_act)
+        m.d.comb += [
+            requantizer.i_stream.valid.eq(emit),
+            requantizer.i_stream.p.acc.eq(result),
+            requantizer.i_stream.p.channel.eq(channel),
+        ]
+        wiring.connect(m, requantizer.o_stream, wiring.flipped(self.o_stream))
+        return requantizer.i_stream.ready
