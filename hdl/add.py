@@ -1,0 +1,132 @@
+"""Streaming residual add, exactly as :func:`zeroskip.reference.add`."""
+
+from __future__ import annotations
+
+import math
+
+from amaranth.hdl import Module, Mux, Shape, Signal
+from amaranth.lib import wiring
+from amaranth.lib.wiring import In, Out
+
+from zeroskip import ir
+from zeroskip.errors import GraphError
+
+from .activity import count_activity
+from .common import activation_stream, counters_signature
+from .requant import Requantizer
+
+__all__ = ["AddEngine"]
+
+
+class AddEngine(wiring.Component):
+    """``y = requant(a * m_a + b * m_b)`` over two streams of the same tensor shape.
+
+    The two inputs are joined beat by beat: a pair moves on only when both beats are valid, so
+    either input may run ahead and wait. The scaled sum is exact and goes straight into a
+    :class:`~zeroskip.hdl.requant.Requantizer`; a constant multiplier of 1 (the usual case)
+    costs no hardware.
+
+    Parameters
+    ----------
+    node : zeroskip.ir.Add
+        ``input_multipliers`` ``(m_a, m_b)``, the requantization and the output encoding.
+    shape : tuple of int
+        Shape of each input and of the output: ``(channels, height, width)`` or
+        ``(features,)``; the requantizer's channel is ``channels`` or the feature.
+    act_a, act_b : zeroskip.ir.Activation
+        Encodings of the two inputs.
+
+    Members
+    -------
+    i_stream_a : ``In(activation_stream(act_a))``
+    i_stream_b : ``In(activation_stream(act_b))``
+        The two input tensors, HWC (or feature order), inference after inference.
+    o_stream : ``Out(activation_stream(node.act))``
+        The output tensor, in the same order.
+    counters : ``Out(counters_signature())``
+        ``busy_cycles`` and ``stall_cycles``; ``effective_macs`` and ``skipped_pairs`` stay 0
+        (the input scalings are constants, not weight products).
+
+    Latency and throughput
+    ----------------------
+    :attr:`latency` (4, the requantizer's) cycles from the handshake of an input pair to its
+    result on ``o_stream``. One pair per cycle. Each input's ``ready`` depends combinationally
+    on the other input's ``valid`` and on ``o_stream.ready``.
+    """
+
+    latency = Requantizer.latency
+
+    def __init__(self, node: ir.Add, shape, act_a: ir.Activation, act_b: ir.Activation):
+        if not isinstance(node, ir.Add):
+            raise TypeError(f"node must be a zeroskip.ir.Add, got {type(node).__name__}")
+        for name, act in (("act_a", act_a), ("act_b", act_b)):
+            if not isinstance(act, ir.Activation):
+                raise TypeError(f"{name} must be a zeroskip.ir.Activation, got "
+                                f"{type(act).__name__}")
+        if (not isinstance(shape, tuple) or len(shape) not in (1, 3) or
+                not all(isinstance(size, int) and not isinstance(size, bool) and size >= 1
+                        for size in shape)):
+            raise ValueError(f"shape must be (channels, height, width) or (features,) of "
+                             f"positive integers, got {shape!r}")
+        try:
+            node.infer((shape, shape), (act_a, act_b))
+        except GraphError as error:
+            raise ValueError(f"add does not fit inputs of shape {shape}: {error}") from None
+        self.shape = shape
+        self._node = node
+        self._acts = act_a, act_b
+        super().__init__({
+            "i_stream_a": In(activation_stream(act_a)),
+            "i_stream_b": In(activation_stream(act_b)),
+            "o_stream": Out(activation_stream(node.act)),
+            "counters": Out(counters_signature()),
+        })
+
+    def _sum_shape(self):
+        """The shape of ``a * m_a + b * m_b`` over the whole input ranges (multipliers >= 0)."""
+        (act_a, act_b), (m_a, m_b) = self._acts, self._node.input_multipliers
+        low = act_a.qmin * m_a + act_b.qmin * m_b
+        high = act_a.qmax * m_a + act_b.qmax * m_b
+        return Shape.cast(range(low, max(high, 1) + 1))  # one bit at least, for m_a = m_b = 0
+
+    def elaborate(self, platform):
+        m = Module()
+        a, b = self.i_stream_a, self.i_stream_b
+        m_a, m_b = self._node.input_multipliers
+        channels, size = self.shape[0], math.prod(self.shape)
+
+        m.submodules.requantizer = requantizer = Requantizer(
+            self._node.requant, self._sum_shape(), channels, self._node.act)
+        pair_valid = a.valid & b.valid
+        taken = pair_valid & requantizer.i_stream.ready
+
+        # HWC and feature order both cycle through the channels fastest.
+        channel = Signal(range(channels))
+        beat = Signal(range(size))
+        with m.If(taken):
+            m.d.sync += [
+                channel.eq(Mux(channel == channels - 1, 0, channel + 1)),
+                beat.eq(Mux(beat == size - 1, 0, beat + 1)),
+            ]
+        m.d.comb += [
+            a.ready.eq(requantizer.i_stream.ready & b.valid),
+            b.ready.eq(requantizer.i_stream.ready & a.valid),
+            requantizer.i_stream.valid.eq(pair_valid),
+            requantizer.i_stream.p.acc.eq(a.payload * m_a + b.payload * m_b),
+            requantizer.i_stream.p.channel.eq(channel),
+        ]
+        wiring.connect(m, requantizer.o_stream, wiring.flipped(self.o_stream))
+
+        out_beat = Signal(range(size))
+        out_taken = self.o_stream.valid & self.o_stream.ready
+        last_out = out_beat == size - 1
+        with m.If(out_taken):
+            m.d.sync += out_beat.eq(Mux(last_out, 0, out_beat + 1))
+        count_activity(
+            m, self.counters,
+            begin=taken & (beat == 0),
+            finish=out_taken & last_out,
+            starved=(beat != 0) & requantizer.i_stream.ready & ~pair_valid,
+            blocked=self.o_stream.valid & ~self.o_stream.ready,
+            max_inflight=Requantizer.latency + 1)
+        return m
