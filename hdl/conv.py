@@ -30,7 +30,8 @@ from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
 
 from .. import ir
-from .common import COUNTER_NAMES, activation_shape, activation_stream, counters_signature
+from .activity import count_activity
+from .common import activation_shape, activation_stream, counters_signature
 from .requant import Requantizer
 from .sparse_plan import plan as make_plan
 from .sparse_plan import signed_width
@@ -174,14 +175,13 @@ class SparseConvEngine(wiring.Component):
         self._elaborate_writer(m, act_mems, mask_mems, rows, rows_written, oldest_needed)
 
         lane_done = []
-        issued_any, scanned_total, issued_total, effective_total = [], [], [], []
+        scanned_total, issued_total, effective_total = [], [], []
         waiting_for_rows = []
         tile_read_ports = []
         for index, lane in enumerate(lanes):
             ports = self._elaborate_lane(m, index, lane, act_mems[index], mask_mems[index], rows,
                                          rows_written, collector_released, oldest_needed[index])
             lane_done.append(ports["pixels_done"])
-            issued_any.append(ports["issued"])
             scanned_total.append(ports["scanned"])
             issued_total.append(ports["issued"])
             effective_total.append(ports["effective"])
@@ -189,8 +189,8 @@ class SparseConvEngine(wiring.Component):
             tile_read_ports.append(ports["tile_read"])
 
         self._elaborate_collector(m, lane_done, tile_read_ports, collector_released)
-        self._elaborate_counters(m, issued_any, scanned_total, issued_total, effective_total,
-                                 waiting_for_rows)
+        self._elaborate_counters(m, issued_total, scanned_total, effective_total,
+                                 waiting_for_rows, rows)
         return m
 
     def _elaborate_writer(self, m, act_mems, mask_mems, rows, rows_written, oldest_needed):
@@ -513,34 +513,28 @@ class SparseConvEngine(wiring.Component):
         ]
         wiring.connect(m, requantizer.o_stream, wiring.flipped(self.o_stream))
 
-    def _elaborate_counters(self, m, issued_any, scanned, issued, effective, waiting_for_rows):
+    def _elaborate_counters(self, m, issued, scanned, effective, waiting_for_rows, rows):
         g = self.geometry
         in_beats = g.in_channels * g.height * g.width
         out_beats = g.out_channels * g.out_pixels
         in_count = Signal(range(in_beats))
         out_count = Signal(range(out_beats))
-        started = Signal(32)
-        finished = Signal(32)
-        with m.If(self.i_stream.valid & self.i_stream.ready):
+        taken = self.i_stream.valid & self.i_stream.ready
+        given = self.o_stream.valid & self.o_stream.ready
+        with m.If(taken):
             m.d.sync += in_count.eq(Mux(in_count == in_beats - 1, 0, in_count + 1))
-            with m.If(in_count == 0):
-                m.d.sync += started.eq(started + 1)
-        with m.If(self.o_stream.valid & self.o_stream.ready):
+        with m.If(given):
             m.d.sync += out_count.eq(Mux(out_count == out_beats - 1, 0, out_count + 1))
-            with m.If(out_count == out_beats - 1):
-                m.d.sync += finished.eq(finished + 1)
-
-        busy = started != finished
-        issuing = Cat(issued_any).any()
-        starved = Cat(waiting_for_rows).any() & ~self.i_stream.valid
-        blocked = self.o_stream.valid & ~self.o_stream.ready
-        counters = {name: getattr(self.counters, name) for name in COUNTER_NAMES}
-        with m.If(busy):
-            m.d.sync += counters["busy_cycles"].eq(counters["busy_cycles"] + 1)
-            with m.If(~issuing & (starved | blocked)):
-                m.d.sync += counters["stall_cycles"].eq(counters["stall_cycles"] + 1)
+        # A stall is a cycle no multiplier works because rows are missing or the output is held.
+        idle_multipliers = ~Cat(issued).any()
+        count_activity(
+            m, self.counters, begin=taken & (in_count == 0),
+            finish=given & (out_count == out_beats - 1),
+            starved=idle_multipliers & Cat(waiting_for_rows).any() & ~self.i_stream.valid,
+            blocked=idle_multipliers & self.o_stream.valid & ~self.o_stream.ready,
+            max_inflight=rows + TILE_SLOTS + OUT_FIFO_DEPTH + 8)
         m.d.sync += [
-            counters["effective_macs"].eq(counters["effective_macs"] + sum(effective)),
-            counters["skipped_pairs"].eq(counters["skipped_pairs"] + sum(scanned) -
-                                         sum(issued)),
+            self.counters.effective_macs.eq(self.counters.effective_macs + sum(effective)),
+            self.counters.skipped_pairs.eq(self.counters.skipped_pairs + sum(scanned) -
+                                           sum(issued)),
         ]

@@ -13,6 +13,7 @@ _LAZY = {
     "load": ("zeroskip.ir", "load"),
     "ZeroskipError": ("zeroskip.errors", "ZeroskipError"),
     "export": ("zeroskip.frontend.export", "export"),
+    "compile": ("zeroskip.hdl.design", "compile"),
     "prune": ("zeroskip.frontend.prune", "prune"),
     "stats": ("zeroskip.analysis", "stats"),
     "reference": ("zeroskip.reference", None),
