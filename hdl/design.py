@@ -17,6 +17,7 @@ import numpy as np
 from .. import ir, reference
 from ..errors import ZeroskipError
 from .common import batch_from_beats, batch_to_beats, hwc_permutation
+from .sparse_plan import plan as make_plan
 
 DEFAULT_CHUNK = 32
 
@@ -57,22 +58,25 @@ class Design:
         self.top = f"zeroskip_{_identifier(graph.name)}"
         self.in_act = graph.input.act
         self.out_shape = graph.shapes[graph.output]
-        self.engine()  # construct once now, so bad parameters fail at compile time
+        # The static plan (lanes, ROM contents) is decided now, so bad parameters fail here.
+        self.plan = None
+        if isinstance(layer, (ir.Conv2d, ir.Linear)):
+            try:
+                self.plan = make_plan(layer, self.in_shape, self.in_act, lanes, zero_skip, chunk)
+            except ValueError as error:
+                raise ZeroskipError(f"node {layer.name!r}: {error}") from None
 
     def engine(self):
-        """A fresh Amaranth component for this layer (each elaboration needs its own)."""
+        """A fresh Amaranth component for this layer, to elaborate (each needs its own)."""
         from .conv import SparseConvEngine
         from .pool import AvgPool2dEngine, MaxPool2dEngine
 
-        try:
-            if isinstance(self.layer, (ir.Conv2d, ir.Linear)):
-                return SparseConvEngine(self.layer, self.in_shape, self.in_act, lanes=self.lanes,
-                                        zero_skip=self.zero_skip, chunk=self.chunk)
-            if isinstance(self.layer, ir.MaxPool2d):
-                return MaxPool2dEngine(self.layer, self.in_shape, self.in_act)
-            return AvgPool2dEngine(self.layer, self.in_shape, self.in_act)
-        except (ValueError, TypeError) as error:
-            raise ZeroskipError(f"node {self.layer.name!r}: {error}") from None
+        if isinstance(self.layer, (ir.Conv2d, ir.Linear)):
+            return SparseConvEngine(self.layer, self.in_shape, self.in_act, lanes=self.lanes,
+                                    zero_skip=self.zero_skip, chunk=self.chunk)
+        if isinstance(self.layer, ir.MaxPool2d):
+            return MaxPool2dEngine(self.layer, self.in_shape, self.in_act)
+        return AvgPool2dEngine(self.layer, self.in_shape, self.in_act)
 
     def verilog(self):
         """The design's Verilog text; the same graph and options give the same bytes."""
@@ -83,17 +87,16 @@ class Design:
         return self._verilog
 
     def manifest(self):
-        engine = self.engine()
         entry = {"top": self.top, "graph": self.graph.name, "layer": self.layer.name,
                  "op": self.layer.op, "in_shape": list(self.in_shape),
                  "out_shape": list(self.out_shape), "stream_order": "HWC",
                  "in_activation": _act_json(self.in_act),
                  "out_activation": _act_json(self.graph.acts[self.graph.output])}
-        if hasattr(engine, "plan"):
+        if self.plan is not None:
             entry.update(lanes=self.lanes, zero_skip=self.zero_skip, chunk=self.chunk,
-                         accumulator_bits=engine.plan.accumulator_width,
-                         weight_storage_bits=engine.plan.storage_bits,
-                         lane_filters=[list(lane.filters) for lane in engine.plan.lanes])
+                         accumulator_bits=self.plan.accumulator_width,
+                         weight_storage_bits=self.plan.storage_bits,
+                         lane_filters=[list(lane.filters) for lane in self.plan.lanes])
         return entry
 
     def write_verilog(self, directory):
@@ -198,7 +201,9 @@ def compile(graph, lanes=1, zero_skip=True, *, chunk=DEFAULT_CHUNK):  # noqa: A0
         # The stream is HWC; the linear layer reads it with its columns permuted to match.
         image_shape = graph.shapes[graph[source].input]
         layer = replace(layer, weight=layer.weight[:, hwc_permutation(image_shape)])
-    for name, value in (("lanes", lanes), ("chunk", chunk)):
-        if not isinstance(value, int) or isinstance(value, bool):
-            raise ZeroskipError(f"{name} must be an integer, got {value!r}")
+    for name, value, high in (("lanes", lanes, None), ("chunk", chunk, 64)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1 or \
+                high is not None and value > high:
+            limit = f"from 1 to {high}" if high else "of at least 1"
+            raise ZeroskipError(f"{name} must be an integer {limit}, got {value!r}")
     return Design(graph, layer, in_shape, lanes, bool(zero_skip), chunk)
