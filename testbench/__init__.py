@@ -1,1 +1,23 @@
-"""zeroskip.testbench"""
+"""zeroskip.testbench: prove generated RTL bit-exact in cocotb under Verilator.
+
+Modules
+-------
+verilog
+    Amaranth component to Verilog text (:func:`~zeroskip.testbench.verilog.convert`) and
+    Verilator's lint (:func:`~zeroskip.testbench.verilog.lint`).
+runner
+    Verilator builds cached by content, and stream jobs run on them
+    (:func:`~zeroskip.testbench.runner.simulate`).
+streams
+    The cocotb-side stream driver, sink and scoreboard.
+stream_test
+    The cocotb test module the runner executes.
+"""
+
+from pathlib import Path
+
+import zeroskip.hdl
+
+#: The project's Verilator configuration file (``hdl/verilator.vlt``): every lint waiver, each with
+#: the reason for it. Used by lint and by every simulation build.
+WAIVER_FILE = Path(zeroskip.hdl.__file__).resolve().parent / "verilator.vlt"
