@@ -38,7 +38,8 @@ def benchmark_layer(seed=0):
     node = ir.Conv2d("conv", ("x",), weight.astype(np.int8),
                      rng.integers(-2000, 2000, FILTERS).astype(np.int32), 8, np.ones(FILTERS),
                      (1, 1), (1, 1), 1, requant, ir.Activation(8, False, 0.02))
-    graph = ir.Graph((ir.Input("x", (), (CHANNELS, SIZE, SIZE), in_act), node), "bench_conv")
+    graph = ir.Graph((ir.Input("x", (), (CHANNELS, SIZE, SIZE), in_act), node), "conv",
+                     name="bench_conv")
     return graph
 
 
