@@ -3,9 +3,21 @@ when each inference begins and ends."""
 
 from __future__ import annotations
 
-from amaranth.hdl import Signal
+from amaranth.hdl import Mux, Signal
 
-__all__ = ["count_activity"]
+__all__ = ["count_activity", "count_beats"]
+
+
+def count_beats(m, taken, per_inference):
+    """Position of the next beat within its inference, counting ``taken`` handshakes.
+
+    Returns ``(position, last)``: ``last`` is true while the next beat ends an inference.
+    """
+    position = Signal(range(per_inference))
+    last = position == per_inference - 1
+    with m.If(taken):
+        m.d.sync += position.eq(Mux(last, 0, position + 1))
+    return position, last
 
 
 def count_activity(m, counters, *, begin, finish, starved, blocked, max_inflight):

@@ -11,7 +11,7 @@ from amaranth.lib.wiring import In, Out
 from zeroskip import ir
 from zeroskip.errors import GraphError
 
-from .activity import count_activity
+from .activity import count_activity, count_beats
 from .common import activation_stream, counters_signature
 from .requant import Requantizer
 
@@ -117,11 +117,8 @@ class AddEngine(wiring.Component):
         ]
         wiring.connect(m, requantizer.o_stream, wiring.flipped(self.o_stream))
 
-        out_beat = Signal(range(size))
         out_taken = self.o_stream.valid & self.o_stream.ready
-        last_out = out_beat == size - 1
-        with m.If(out_taken):
-            m.d.sync += out_beat.eq(Mux(last_out, 0, out_beat + 1))
+        _, last_out = count_beats(m, out_taken, size)
         count_activity(
             m, self.counters,
             begin=taken & (beat == 0),

@@ -30,7 +30,7 @@ from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
 
 from .. import ir
-from .activity import count_activity
+from .activity import count_activity, count_beats
 from .common import activation_shape, activation_stream, counters_signature
 from .requant import Requantizer
 from .sparse_plan import plan as make_plan
@@ -517,19 +517,15 @@ class SparseConvEngine(wiring.Component):
         g = self.geometry
         in_beats = g.in_channels * g.height * g.width
         out_beats = g.out_channels * g.out_pixels
-        in_count = Signal(range(in_beats))
-        out_count = Signal(range(out_beats))
         taken = self.i_stream.valid & self.i_stream.ready
         given = self.o_stream.valid & self.o_stream.ready
-        with m.If(taken):
-            m.d.sync += in_count.eq(Mux(in_count == in_beats - 1, 0, in_count + 1))
-        with m.If(given):
-            m.d.sync += out_count.eq(Mux(out_count == out_beats - 1, 0, out_count + 1))
+        in_count, _ = count_beats(m, taken, in_beats)
+        _, last_out = count_beats(m, given, out_beats)
         # A stall is a cycle no multiplier works because rows are missing or the output is held.
         idle_multipliers = ~Cat(issued).any()
         count_activity(
             m, self.counters, begin=taken & (in_count == 0),
-            finish=given & (out_count == out_beats - 1),
+            finish=given & last_out,
             starved=idle_multipliers & Cat(waiting_for_rows).any() & ~self.i_stream.valid,
             blocked=idle_multipliers & self.o_stream.valid & ~self.o_stream.ready,
             max_inflight=rows + TILE_SLOTS + OUT_FIFO_DEPTH + 8)

@@ -37,7 +37,7 @@ from amaranth.utils import ceil_log2
 from zeroskip import ir
 from zeroskip.errors import GraphError
 
-from .activity import count_activity
+from .activity import count_activity, count_beats
 from .common import activation_shape, activation_stream, counters_signature
 from .requant import Requantizer
 
@@ -232,11 +232,8 @@ class _PoolEngine(wiring.Component):
         m.d.comb += advance.eq(~emit_1 | ready)
 
         out_size = math.prod(self.out_shape)
-        out_count = Signal(range(out_size))
         out_taken = self.o_stream.valid & self.o_stream.ready
-        last_out = out_count == out_size - 1
-        with m.If(out_taken):
-            m.d.sync += out_count.eq(Mux(last_out, 0, out_count + 1))
+        _, last_out = count_beats(m, out_taken, out_size)
         count_activity(
             m, self.counters,
             begin=taken & at_origin,
