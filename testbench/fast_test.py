@@ -1,0 +1,110 @@
+"""The cocotb test module that runs one batch through a Harness at native Verilator speed.
+
+:func:`zeroskip.testbench.fast.fast_simulate` starts the simulator with this module and the run
+directory in :data:`~zeroskip.testbench.fast.RUN_DIR_ENV`. Python works only before ``start``
+(loading the inputs, one beat per cycle) and after ``done`` (reading the memories back, one word
+per cycle); in between it awaits a single trigger while cocotb's C++ clock runs the model. Not
+meant to be run by hand.
+
+Timing. Writes happen just after a falling edge and take effect at the next rising edge; reads
+of the combinational read-back ports happen at a falling edge, half a cycle after their address
+was set.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import cocotb
+from cocotb.clock import Clock
+from cocotb.triggers import ClockCycles, FallingEdge, First, RisingEdge, Timer
+
+from zeroskip.testbench import fast
+
+
+@cocotb.test()
+async def fast_test(dut):
+    """Reset, load, start, wait for done, read back, write the result."""
+    run_dir = os.environ[fast.RUN_DIR_ENV]
+    job, inputs = fast.read_job(run_dir)
+    period_ns = job["clock_period_ns"]
+    clock = dut.clk
+    # The C++ clock toggles the model without entering Python on every edge.
+    Clock(clock, period_ns, unit="ns", impl="gpi").start()
+
+    dut.rst.value = 1
+    dut.start.value = 0
+    dut.load_valid.value = 0
+    dut.read_address.value = 0
+    await ClockCycles(clock, job["reset_cycles"])
+    dut.rst.value = 0
+
+    failure = None
+    capacity = dut.max_inferences.value.to_unsigned()
+    if job["inferences"] > capacity:
+        failure = (f"the batch has {job['inferences']} inferences but the harness holds at most "
+                   f"{capacity}; build it with a larger max_inferences")
+    cycles, counters, simulation_seconds, arrays = 0, {}, 0.0, {}
+    if failure is None:
+        await _load(dut, inputs)
+        dut.inferences.value = job["inferences"]
+        dut.seed.value = job["seed"]
+        dut.idle_threshold.value = job["idle_threshold"]
+        dut.backpressure_threshold.value = job["backpressure_threshold"]
+        dut.start.value = 1
+        await FallingEdge(clock)
+        dut.start.value = 0
+
+        started = time.monotonic()
+        timeout = Timer(job["timeout_cycles"] * period_ns, unit="ns")
+        fired = await First(RisingEdge(dut.done), timeout)
+        simulation_seconds = time.monotonic() - started
+        await FallingEdge(clock)
+        if fired is timeout:
+            failure = (f"done did not rise within {job['timeout_cycles']} cycles of start "
+                       f"({job['inferences']} inferences): the DUT is stuck or needs a larger "
+                       "timeout_cycles")
+        elif dut.surplus.value == 1:
+            failure = "an output stream sent more beats than expected"
+        cycles = dut.total_cycles.value.to_unsigned()
+        counters = {name: getattr(dut, f"counters__{name}").value.to_unsigned()
+                    for name in job["counters"]}
+        if failure is None:
+            arrays = await _read_back(dut, job)
+
+    fast.write_result(run_dir, arrays=arrays, cycles=cycles, counters=counters,
+                      simulation_seconds=simulation_seconds, failure=failure)
+    assert failure is None, failure
+
+
+async def _load(dut, inputs):
+    """Write the input beats into the harness's memory, one per cycle."""
+    mask = (1 << len(dut.load_payload)) - 1
+    await FallingEdge(dut.clk)
+    dut.load_valid.value = 1
+    for beat in inputs.tolist():
+        dut.load_payload.value = beat & mask
+        await FallingEdge(dut.clk)
+    dut.load_valid.value = 0
+
+
+async def _read_back(dut, job):
+    """Every capture and timestamp memory, one address per cycle, all memories at once."""
+    inferences = job["inferences"]
+    ports = {"first_input_cycle": (dut.first_input_cycle, inferences, False)}
+    for name, output in job["outputs"].items():
+        ports[f"captured/{name}"] = (getattr(dut, f"captured__{name}"), output["count"],
+                                     output["signed"])
+        ports[f"last_output_cycle/{name}"] = (getattr(dut, f"last_output_cycle__{name}"),
+                                              inferences, False)
+    arrays = {key: [] for key in ports}
+    for address in range(max((count for _, count, _ in ports.values()), default=0)):
+        dut.read_address.value = address
+        await FallingEdge(dut.clk)
+        for key, (port, count, signed) in ports.items():
+            if address < count:
+                value = port.value
+                arrays[key].append(value.to_signed() if signed else value.to_unsigned())
+    return arrays
+

@@ -1,0 +1,335 @@
+"""A self-running hardware testbench around an engine, for fast Verilator co-simulation.
+
+Driving every clock edge from Python cocotb coroutines caps a simulation at some ten thousand
+cycles per second. :class:`Harness` moves the stream driver, the sinks, the random stalls and
+the bookkeeping into the design itself: Python loads the input beats into a memory, pulses
+``start``, waits for ``done`` while the Verilator model runs at native speed, and reads the
+captured outputs and timestamps back. :mod:`zeroskip.testbench.fast` runs it.
+
+Randomness. Every random choice comes from a xorshift32 generator per stream, seeded from the
+``seed`` port at ``start``: a run is reproducible, and a stream's stall pattern depends only on
+the seed. A generator steps once per cycle; its low byte compared with a threshold gives an
+event of probability ``threshold / 256``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from amaranth.hdl import Cat, Const, Module, Mux, Shape, Signal, Value, unsigned
+from amaranth.lib import memory, stream, wiring
+from amaranth.lib.wiring import In, Out
+
+#: Width of the cycle counter and of every timestamp: 2**32 cycles is hours of simulation.
+CYCLE_WIDTH = 32
+
+#: Width of the seed port and of each stall generator's state.
+SEED_WIDTH = 32
+
+#: Stall probabilities are set in steps of 1/256.
+THRESHOLD_WIDTH = 8
+
+# Per-generator constants mixed into the seed, so that the source and the sinks draw different
+# sequences from one seed (odd multiples of the 32-bit golden ratio, all nonzero).
+_GOLDEN_RATIO_32 = 0x9E3779B9
+
+
+def _xorshift32(state):
+    """Marsaglia's xorshift32 step: a full-period (2**32 - 1) generator of pure XOR logic."""
+    state = (state ^ (state << 13))[:32]
+    state = state ^ (state >> 17)
+    return (state ^ (state << 5))[:32]
+
+
+def _output_stream_names(dut):
+    return [name for name in dut.signature.members if name.startswith("o_stream")]
+
+
+def _stream_member(dut, name, flow):
+    members = dut.signature.members
+    # SignatureMembers.get raises SignatureError for a missing name instead of returning None.
+    member = members[name] if name in members else None
+    if member is None or member.flow != flow or not member.is_signature \
+            or not isinstance(member.signature, stream.Signature):
+        role = "input" if flow == In else "output"
+        raise TypeError(f"the DUT needs an {role} stream {name!r} (In/Out(stream.Signature))")
+    if member.signature.always_valid or member.signature.always_ready:
+        raise TypeError(f"stream {name!r}: always_valid / always_ready streams are not supported")
+    return member.signature
+
+
+class Harness(wiring.Component):
+    """A DUT with an input beat memory, a stalling source, stalling sinks and output capture.
+
+    The DUT follows :mod:`zeroskip.hdl.common`: an input stream ``i_stream``, one or more output
+    streams whose names start with ``o_stream``, optional ``counters``; inferences follow each
+    other back to back, each a fixed number of beats on every stream. Payload widths come from
+    the DUT's signature. ``rst`` resets the DUT and the harness together.
+
+    A run: hold ``rst``; load the batch's input beats through ``load_valid``/``load_payload``
+    (one per cycle, written at consecutive addresses from 0); set ``inferences``, ``seed`` and
+    the two thresholds; pulse ``start``; wait for ``done``; read the memories back by setting
+    ``read_address`` (reads are combinational). A ``start`` also rewinds the load address, so
+    a next batch can be loaded over the last one.
+
+    Parameters
+    ----------
+    dut : amaranth.lib.wiring.Component
+        The design under test; it becomes a submodule named ``dut``.
+    max_inferences : int
+        Capacity: the memories hold this many inferences.
+    input_beats_per_inference : int
+        Beats of ``i_stream`` per inference.
+    output_beats_per_inference : mapping of str to int
+        For every output stream of the DUT, its beats per inference.
+
+    Members
+    -------
+    load_valid : In(1)
+        Write ``load_payload`` into the input memory at the load address, and advance it.
+    load_payload : In(input payload width)
+        A raw input beat (two's complement for a signed payload).
+    inferences : In(range(max_inferences + 1))
+        How many inferences the loaded batch holds; read while running.
+    seed : In(32)
+        Seeds the stall generators at ``start``.
+    idle_threshold : In(8)
+        The source leaves ``valid`` low in a cycle with probability ``idle_threshold / 256``
+        (never while it holds an offered beat, as the stream rules demand).
+    backpressure_threshold : In(8)
+        Each sink holds ``ready`` low in a cycle with probability
+        ``backpressure_threshold / 256``, until it has all its beats; then ``ready`` stays high
+        so that a surplus beat is seen.
+    start : In(1)
+        Starts a run: clears the cycle counter, the stream positions and ``done``.
+    done : Out(1)
+        Every expected output beat (``inferences`` times the per-inference count, on every output
+        stream) has been captured. Also high at reset, as nothing is expected before a start.
+    surplus : Out(1)
+        An output stream sent a beat beyond its expected count (sticky until ``start``).
+    total_cycles : Out(32)
+        Cycles from the first cycle after ``start`` to the last captured output beat, inclusive.
+    max_inferences : Out(range(max_inferences + 1))
+        The constant capacity, so that software can refuse a batch that does not fit.
+    read_address : In(address width)
+        Address of every read-back port below (for inference timestamps: the inference index).
+    captured : Out(Signature({name: Out(payload width)}))
+        For every output stream, its captured beat at ``read_address`` (raw bits).
+    first_input_cycle : Out(32)
+        Cycle (counted from 0 at the first cycle after ``start``) in which the first beat of
+        inference ``read_address`` entered the DUT.
+    last_output_cycle : Out(Signature({name: Out(32)}))
+        For every output stream, the cycle in which the last beat of inference ``read_address``
+        left the DUT.
+    counters : Out(the DUT's counters signature)
+        The DUT's counters, passed through; present only if the DUT has them.
+    """
+
+    def __init__(self, dut, *, max_inferences, input_beats_per_inference,
+                 output_beats_per_inference: Mapping[str, int]):
+        if not isinstance(dut, wiring.Component):
+            raise TypeError(f"the DUT must be a wiring.Component, not {dut!r}")
+        input_signature = _stream_member(dut, "i_stream", In)
+        output_names = _output_stream_names(dut)
+        if not output_names:
+            raise TypeError("the DUT has no output stream (a member whose name starts with "
+                            "'o_stream')")
+        output_signatures = {name: _stream_member(dut, name, Out) for name in output_names}
+        if set(output_beats_per_inference) != set(output_names):
+            raise ValueError(f"output_beats_per_inference must name exactly the DUT's output "
+                             f"streams {output_names}, got {sorted(output_beats_per_inference)}")
+        for what, count in [("max_inferences", max_inferences),
+                            ("input_beats_per_inference", input_beats_per_inference),
+                            *((f"output_beats_per_inference[{name!r}]", count)
+                              for name, count in output_beats_per_inference.items())]:
+            if not isinstance(count, int) or isinstance(count, bool) or count < 1:
+                raise ValueError(f"{what} must be a positive integer, got {count!r}")
+
+        self.dut = dut
+        self.max_inferences_value = max_inferences
+        self.input_beats_per_inference = input_beats_per_inference
+        self.output_beats_per_inference = {name: output_beats_per_inference[name]
+                                           for name in output_names}
+        self.input_width = self._payload_width(input_signature)
+        self.output_widths = {name: self._payload_width(signature)
+                              for name, signature in output_signatures.items()}
+        self.input_depth = max_inferences * input_beats_per_inference
+        self.output_depths = {name: max_inferences * count
+                              for name, count in self.output_beats_per_inference.items()}
+        address_width = Shape.cast(
+            range(max(max_inferences, self.input_depth, *self.output_depths.values()))).width
+
+        members = {
+            "load_valid": In(1),
+            "load_payload": In(self.input_width),
+            "inferences": In(range(max_inferences + 1)),
+            "seed": In(SEED_WIDTH),
+            "idle_threshold": In(THRESHOLD_WIDTH),
+            "backpressure_threshold": In(THRESHOLD_WIDTH),
+            "start": In(1),
+            "done": Out(1),
+            "surplus": Out(1),
+            "total_cycles": Out(CYCLE_WIDTH),
+            "max_inferences": Out(range(max_inferences + 1)),
+            "read_address": In(max(address_width, 1)),
+            "captured": Out(wiring.Signature(
+                {name: Out(width) for name, width in self.output_widths.items()})),
+            "first_input_cycle": Out(CYCLE_WIDTH),
+            "last_output_cycle": Out(wiring.Signature(
+                {name: Out(CYCLE_WIDTH) for name in output_names})),
+        }
+        if "counters" in dut.signature.members:
+            counters = dut.signature.members["counters"]
+            if counters.flow != Out or not counters.is_signature:
+                raise TypeError("the DUT's counters must be an Out(Signature) member")
+            members["counters"] = Out(counters.signature)
+        super().__init__(members)
+
+    @staticmethod
+    def _payload_width(signature):
+        return Shape.cast(signature.members["payload"].shape).width
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.dut = dut = self.dut
+
+        running = Signal()
+        cycle = Signal(CYCLE_WIDTH)
+        m.d.comb += self.max_inferences.eq(self.max_inferences_value)
+        with m.If(self.start):
+            m.d.sync += [running.eq(1), cycle.eq(0), self.total_cycles.eq(0)]
+        with m.Elif(running):
+            m.d.sync += cycle.eq(cycle + 1)
+
+        def stall_generator(name, index):
+            """A generator seeded at start; returns its current low byte."""
+            state = Signal(SEED_WIDTH, name=f"{name}_random", init=1)
+            mixed = Signal(SEED_WIDTH, name=f"{name}_seed")
+            m.d.comb += mixed.eq(self.seed ^ Const((_GOLDEN_RATIO_32 * (2 * index + 1))
+                                                   % (1 << SEED_WIDTH), SEED_WIDTH))
+            with m.If(self.start):
+                # xorshift never leaves 0: replace that one seed by a fixed nonzero one.
+                m.d.sync += state.eq(Mux(mixed == 0, _GOLDEN_RATIO_32, mixed))
+            with m.Else():
+                m.d.sync += state.eq(_xorshift32(state))
+            return state[:THRESHOLD_WIDTH]
+
+        # Input memory, its load port, and the source that streams it into the DUT.
+        input_memory = memory.Memory(shape=unsigned(self.input_width), depth=self.input_depth,
+                                     init=[])
+        m.submodules.input_memory = input_memory
+        load_port = input_memory.write_port()
+        load_address = Signal(range(self.input_depth + 1))
+        # Beats past the end of the memory are dropped; software checks the capacity first.
+        load_accepted = self.load_valid & (load_address < self.input_depth)
+        m.d.comb += [
+            load_port.addr.eq(load_address),
+            load_port.data.eq(self.load_payload),
+            load_port.en.eq(load_accepted),
+        ]
+        with m.If(self.start):
+            m.d.sync += load_address.eq(0)
+        with m.Elif(load_accepted):
+            m.d.sync += load_address.eq(load_address + 1)
+
+        source_port = input_memory.read_port(domain="comb")
+        source_address = Signal(range(self.input_depth + 1))
+        source_beat = Signal(range(self.input_beats_per_inference))
+        source_inference = Signal(range(self.max_inferences_value))
+        # Set while an offered beat waits for ready: valid must then stay high.
+        source_holding = Signal()
+        source_idle = stall_generator("source", 0) < self.idle_threshold
+        input_total = self.inferences * self.input_beats_per_inference
+        source_valid = running & (source_address < input_total) & (source_holding | ~source_idle)
+        source_taken = source_valid & dut.i_stream.ready
+        m.d.comb += [
+            source_port.addr.eq(source_address),
+            Value.cast(dut.i_stream.payload).eq(source_port.data),
+            dut.i_stream.valid.eq(source_valid),
+        ]
+
+        first_input_memory = memory.Memory(shape=CYCLE_WIDTH, depth=self.max_inferences_value,
+                                           init=[])
+        m.submodules.first_input_memory = first_input_memory
+        first_input_write = first_input_memory.write_port()
+        first_input_read = first_input_memory.read_port(domain="comb")
+        m.d.comb += [
+            first_input_write.addr.eq(source_inference),
+            first_input_write.data.eq(cycle),
+            first_input_write.en.eq(source_taken & (source_beat == 0)),
+            first_input_read.addr.eq(self.read_address),
+            self.first_input_cycle.eq(first_input_read.data),
+        ]
+        with m.If(self.start):
+            m.d.sync += [source_address.eq(0), source_beat.eq(0), source_inference.eq(0),
+                         source_holding.eq(0)]
+        with m.Elif(source_taken):
+            m.d.sync += [source_address.eq(source_address + 1), source_holding.eq(0)]
+            with m.If(source_beat == self.input_beats_per_inference - 1):
+                m.d.sync += [source_beat.eq(0), source_inference.eq(source_inference + 1)]
+            with m.Else():
+                m.d.sync += source_beat.eq(source_beat + 1)
+        with m.Elif(source_valid):
+            m.d.sync += source_holding.eq(1)
+
+        # A sink, a capture memory and a last-output timestamp memory per output stream.
+        complete = []
+        for index, name in enumerate(self.output_beats_per_inference, start=1):
+            out_stream = getattr(dut, name)
+            beats_per_inference = self.output_beats_per_inference[name]
+            depth = self.output_depths[name]
+            captured_count = Signal(range(depth + 1), name=f"{name}_captured_count")
+            beat = Signal(range(beats_per_inference), name=f"{name}_beat")
+            inference = Signal(range(self.max_inferences_value), name=f"{name}_inference")
+            expected_total = self.inferences * beats_per_inference
+            stream_complete = captured_count >= expected_total
+            complete.append(stream_complete)
+            drop_ready = stall_generator(name, index) < self.backpressure_threshold
+            m.d.comb += out_stream.ready.eq(running & (stream_complete | ~drop_ready))
+            taken = out_stream.valid & out_stream.ready
+
+            capture_memory = memory.Memory(shape=unsigned(self.output_widths[name]), depth=depth,
+                                           init=[])
+            m.submodules[f"{name}_capture_memory"] = capture_memory
+            capture_write = capture_memory.write_port()
+            capture_read = capture_memory.read_port(domain="comb")
+            last_output_memory = memory.Memory(shape=CYCLE_WIDTH,
+                                               depth=self.max_inferences_value, init=[])
+            m.submodules[f"{name}_last_output_memory"] = last_output_memory
+            last_output_write = last_output_memory.write_port()
+            last_output_read = last_output_memory.read_port(domain="comb")
+            last_beat = beat == beats_per_inference - 1
+            m.d.comb += [
+                capture_write.addr.eq(captured_count),
+                capture_write.data.eq(Value.cast(out_stream.payload)),
+                capture_write.en.eq(taken & ~stream_complete),
+                capture_read.addr.eq(self.read_address),
+                getattr(self.captured, name).eq(capture_read.data),
+                last_output_write.addr.eq(inference),
+                last_output_write.data.eq(cycle),
+                last_output_write.en.eq(taken & ~stream_complete & last_beat),
+                last_output_read.addr.eq(self.read_address),
+                getattr(self.last_output_cycle, name).eq(last_output_read.data),
+            ]
+            with m.If(self.start):
+                m.d.sync += [captured_count.eq(0), beat.eq(0), inference.eq(0),
+                             self.surplus.eq(0)]
+            with m.Elif(taken & stream_complete):
+                m.d.sync += self.surplus.eq(1)
+            with m.Elif(taken):
+                m.d.sync += [captured_count.eq(captured_count + 1),
+                             self.total_cycles.eq(cycle + 1)]
+                with m.If(last_beat):
+                    m.d.sync += [beat.eq(0), inference.eq(inference + 1)]
+                with m.Else():
+                    m.d.sync += beat.eq(beat + 1)
+
+        # A register, so that `done` rises exactly once per run, on a clock edge.
+        m.d.sync += self.done.eq(~self.start & (~running | Cat(*complete).all()))
+
+        if "counters" in self.signature.members:
+            counters_signature = self.signature.members["counters"].signature
+            for (_, _, ours), (_, _, theirs) in zip(counters_signature.flatten(self.counters),
+                                                    counters_signature.flatten(dut.counters)):
+                m.d.comb += ours.eq(theirs)
+        return m

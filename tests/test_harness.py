@@ -1,0 +1,189 @@
+# amaranth: UnusedElaboratable=no
+"""The self-running Harness: in the Amaranth simulator, and around real engines under Verilator."""
+
+import numpy as np
+import pytest
+from amaranth.hdl import Module, signed
+from amaranth.lib import stream, wiring
+from amaranth.lib.wiring import In, Out
+from amaranth.sim import Simulator
+
+from zeroskip import reference
+from zeroskip.hdl.common import batch_from_beats, batch_to_beats
+from zeroskip.hdl.conv import SparseConvEngine
+from zeroskip.testbench import verilog
+from zeroskip.testbench.fast import fast_simulate
+from zeroskip.testbench.harness import Harness
+
+from test_hdl_conv import conv_graph, random_inputs
+
+STALLS = 0.3
+
+
+class RegisterSlice(wiring.Component):
+    """A passthrough with one register stage: a beat taken in cycle c leaves in cycle c + 1."""
+
+    def __init__(self, width=8):
+        super().__init__({
+            "i_stream": In(stream.Signature(signed(width))),
+            "o_stream": Out(stream.Signature(signed(width))),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        m.d.comb += self.i_stream.ready.eq(~self.o_stream.valid | self.o_stream.ready)
+        with m.If(self.i_stream.ready):
+            m.d.sync += [self.o_stream.valid.eq(self.i_stream.valid),
+                         self.o_stream.payload.eq(self.i_stream.payload)]
+        return m
+
+
+# ---------------------------------------------------------------------------------------------
+# The harness itself in the Amaranth simulator
+
+
+def _amaranth_run(harness, beats, *, inferences, idle=0, backpressure=0, seed=1):
+    """Load, run and read back with Amaranth's simulator; returns what the ports showed."""
+    seen = {}
+
+    async def testbench(ctx):
+        ctx.set(harness.load_valid, 1)
+        for beat in beats:
+            ctx.set(harness.load_payload, int(beat) & 0xFF)
+            await ctx.tick()
+        ctx.set(harness.load_valid, 0)
+        ctx.set(harness.inferences, inferences)
+        ctx.set(harness.seed, seed)
+        ctx.set(harness.idle_threshold, idle)
+        ctx.set(harness.backpressure_threshold, backpressure)
+        ctx.set(harness.start, 1)
+        await ctx.tick()
+        ctx.set(harness.start, 0)
+        valid_trace = []
+        ready_trace = []
+        for _ in range(2000):
+            valid_trace.append(ctx.get(harness.dut.i_stream.valid))
+            ready_trace.append(ctx.get(harness.dut.o_stream.ready))
+            await ctx.tick()
+            if ctx.get(harness.done):
+                break
+        seen["valid"], seen["ready"] = np.array(valid_trace), np.array(ready_trace)
+        seen["total_cycles"] = ctx.get(harness.total_cycles)
+        for key, port, count in [("captured", harness.captured.o_stream, len(beats)),
+                                 ("first", harness.first_input_cycle, inferences),
+                                 ("last", harness.last_output_cycle.o_stream, inferences)]:
+            values = []
+            for address in range(count):
+                ctx.set(harness.read_address, address)
+                values.append(ctx.get(port))
+            seen[key] = np.array(values)
+
+    sim = Simulator(harness)
+    sim.add_clock(1e-6)
+    sim.add_testbench(testbench)
+    sim.run()
+    return seen
+
+
+def test_harness_loads_streams_and_reads_back_without_stalls():
+    beats = np.arange(12) - 6
+    harness = Harness(RegisterSlice(), max_inferences=4, input_beats_per_inference=3,
+                      output_beats_per_inference={"o_stream": 3})
+    seen = _amaranth_run(harness, beats, inferences=4)
+    assert (seen["captured"].astype(np.int8) == beats).all()
+    # Back to back: inference i enters at 3 i; its last beat leaves 3 cycles later.
+    assert seen["first"].tolist() == [0, 3, 6, 9]
+    assert seen["last"].tolist() == [3, 6, 9, 12]
+    assert seen["total_cycles"] == 13
+    assert seen["valid"][:12].all() and seen["ready"].all()
+
+
+def test_lfsr_thresholds_gate_valid_and_ready():
+    rng = np.random.default_rng(0)
+    beats = rng.integers(-128, 128, 400)
+    harness = Harness(RegisterSlice(), max_inferences=100, input_beats_per_inference=4,
+                      output_beats_per_inference={"o_stream": 4})
+    half = 128  # probability 1/2 in 1/256 steps
+    seen = _amaranth_run(harness, beats, inferences=100, idle=half, backpressure=half)
+    assert (seen["captured"].astype(np.int8) == beats).all()
+    assert 0.35 < 1 - seen["ready"].mean() < 0.65
+    assert 0.2 < 1 - seen["valid"].mean() < 0.8
+    assert (np.diff(seen["first"]) > 0).all() and (seen["first"] < seen["last"]).all()
+    # A different seed stalls differently, with the same data.
+    other = _amaranth_run(harness, beats, inferences=100, idle=half, backpressure=half, seed=2)
+    assert (other["captured"] == seen["captured"]).all()
+    assert other["total_cycles"] != seen["total_cycles"]
+
+
+def test_harness_refuses_bad_parameters():
+    with pytest.raises(ValueError, match="max_inferences"):
+        Harness(RegisterSlice(), max_inferences=0, input_beats_per_inference=1,
+                output_beats_per_inference={"o_stream": 1})
+    with pytest.raises(ValueError, match="exactly the DUT's output streams"):
+        Harness(RegisterSlice(), max_inferences=1, input_beats_per_inference=1,
+                output_beats_per_inference={"o_stream_b": 1})
+    with pytest.raises(TypeError, match="wiring.Component"):
+        Harness(object(), max_inferences=1, input_beats_per_inference=1,
+                output_beats_per_inference={"o_stream": 1})
+
+
+# ---------------------------------------------------------------------------------------------
+# Under Verilator
+
+
+@pytest.mark.verilator
+def test_passthrough_latency_is_one_register(verilator_build_root):
+    beats_per_inference = 5
+    harness = Harness(RegisterSlice(), max_inferences=8,
+                      input_beats_per_inference=beats_per_inference,
+                      output_beats_per_inference={"o_stream": beats_per_inference})
+    text = verilog.convert(harness, "passthrough_harness")
+    beats = np.random.default_rng(3).integers(-128, 128, 8 * beats_per_inference)
+    spec = (beats_per_inference, {"o_stream": beats_per_inference})
+    result = fast_simulate(text, "passthrough_harness", beats, {"o_stream": True}, spec,
+                           build_root=verilator_build_root)
+    assert (result.outputs["o_stream"] == beats).all()
+    # Without stalls inferences go back to back, and each takes its beats plus the register.
+    assert result.first_input_cycle.tolist() == list(range(0, 40, beats_per_inference))
+    assert (result.latencies == beats_per_inference + 1).all()
+    assert result.cycles == 8 * beats_per_inference + 1
+
+    stalled = fast_simulate(text, "passthrough_harness", beats[:15], {"o_stream": True}, spec,
+                            build_root=verilator_build_root, idle_probability=STALLS,
+                            backpressure_probability=STALLS, seed=7)
+    assert stalled.build_seconds == 0.0
+    assert (stalled.outputs["o_stream"] == beats[:15]).all()
+    assert (stalled.latencies >= beats_per_inference + 1).all()
+
+
+@pytest.mark.verilator
+def test_conv_engine_is_bit_exact_in_the_harness(verilator_build_root):
+    rng = np.random.default_rng(11)
+    graph = conv_graph(rng, channels=4, filters=6, size=6, kernel=3, padding=1)
+    node = graph.nodes[-1]
+    in_shape, out_shape = graph.input.shape, graph.shapes[node.name]
+    in_beats, out_beats = int(np.prod(in_shape)), int(np.prod(out_shape))
+    engine = SparseConvEngine(node, in_shape, graph.input.act, lanes=2)
+    harness = Harness(engine, max_inferences=8, input_beats_per_inference=in_beats,
+                      output_beats_per_inference={"o_stream": out_beats})
+    text = verilog.convert(harness, "conv_harness")
+    spec = (in_beats, {"o_stream": out_beats})
+    signed_output = {"o_stream": node.act.signed}
+
+    for batch, seed in [(6, 1), (8, 2)]:
+        x = random_inputs(rng, graph, batch)
+        result = fast_simulate(text, "conv_harness", batch_to_beats(x), signed_output, spec,
+                               build_root=verilator_build_root, idle_probability=STALLS,
+                               backpressure_probability=STALLS, seed=seed)
+        expected = reference.run(graph, x)
+        assert (batch_from_beats(result.outputs["o_stream"], out_shape) == expected).all()
+        first, last = result.first_input_cycle, result.last_output_cycle
+        assert (np.diff(first) > 0).all() and (np.diff(last) > 0).all()
+        assert (first <= last).all()
+        assert result.cycles == last[-1] + 1
+        assert result.counters["busy_cycles"] > 0
+        print(f"conv in harness: batch {batch}, {result.cycles} cycles, "
+              f"{result.cycles_per_second:,.0f} cycles/s, run {result.seconds:.2f} s, "
+              f"build {result.build_seconds:.1f} s")
+    # The second batch ran on the model the first one built.
+    assert result.build_seconds == 0.0
