@@ -2,7 +2,7 @@
 
 :func:`zeroskip.testbench.fast.fast_simulate` starts the simulator with this module and the run
 directory in :data:`~zeroskip.testbench.fast.RUN_DIR_ENV`. Python works only before ``start``
-(loading the inputs, one beat per cycle) and after ``done`` (reading the memories back, one word
+(loading the inputs, several beats per cycle) and after ``done`` (reading the memories back, one word
 per cycle); in between it awaits a single trigger while cocotb's C++ clock runs the model. Not
 meant to be run by hand.
 
@@ -17,6 +17,7 @@ import os
 import time
 
 import cocotb
+import numpy as np
 from cocotb.clock import Clock
 from cocotb.triggers import ClockCycles, FallingEdge, First, RisingEdge, Timer
 
@@ -79,12 +80,18 @@ async def fast_test(dut):
 
 
 async def _load(dut, inputs):
-    """Write the input beats into the harness's memory, one per cycle."""
-    mask = (1 << len(dut.load_payload)) - 1
+    """Write the input beats into the harness's memory, ``load_lanes`` beats per cycle."""
+    lanes = dut.load_lanes.value.to_unsigned()
+    width = len(dut.load_payload) // lanes
+    raw = np.zeros(-(-inputs.size // lanes) * lanes, dtype=np.uint64)
+    raw[:inputs.size] = inputs.astype(np.uint64) & np.uint64((1 << width) - 1)
+    shifts = np.arange(lanes, dtype=np.uint64) * np.uint64(width)
+    words = np.bitwise_or.reduce(raw.reshape(-1, lanes) << shifts, axis=1)
+    payload = dut.load_payload
     await FallingEdge(dut.clk)
     dut.load_valid.value = 1
-    for beat in inputs.tolist():
-        dut.load_payload.value = beat & mask
+    for word in words.tolist():
+        payload.value = word
         await FallingEdge(dut.clk)
     dut.load_valid.value = 0
 

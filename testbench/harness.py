@@ -29,6 +29,10 @@ SEED_WIDTH = 32
 #: Stall probabilities are set in steps of 1/256.
 THRESHOLD_WIDTH = 8
 
+#: The load port packs as many input beats as fit in this many bits (a power of two of them):
+#: every load costs Python a clock cycle, so fewer, wider loads fill the memory faster.
+LOAD_WORD_BITS = 64
+
 # Per-generator constants mixed into the seed, so that the source and the sinks draw different
 # sequences from one seed (odd multiples of the 32-bit golden ratio, all nonzero).
 _GOLDEN_RATIO_32 = 0x9E3779B9
@@ -67,8 +71,8 @@ class Harness(wiring.Component):
     the DUT's signature. ``rst`` resets the DUT and the harness together.
 
     A run: hold ``rst``; load the batch's input beats through ``load_valid``/``load_payload``
-    (one per cycle, written at consecutive addresses from 0); set ``inferences``, ``seed`` and
-    the two thresholds; pulse ``start``; wait for ``done``; read the memories back by setting
+    (``load_lanes`` beats per cycle, written at consecutive addresses from 0); set
+    ``inferences``, ``seed`` and the two thresholds; pulse ``start``; wait for ``done``; read the memories back by setting
     ``read_address`` (reads are combinational). A ``start`` also rewinds the load address, so
     a next batch can be loaded over the last one.
 
@@ -87,8 +91,12 @@ class Harness(wiring.Component):
     -------
     load_valid : In(1)
         Write ``load_payload`` into the input memory at the load address, and advance it.
-    load_payload : In(input payload width)
-        A raw input beat (two's complement for a signed payload).
+    load_payload : In(load_lanes * input payload width)
+        ``load_lanes`` consecutive raw input beats, the first in the low bits (two's complement
+        for a signed payload).
+    load_lanes : Out(range(LOAD_WORD_BITS + 1))
+        The constant number of beats per load: the largest power of two of input beats that fit
+        in :data:`LOAD_WORD_BITS` bits, at least 1.
     inferences : In(range(max_inferences + 1))
         How many inferences the loaded batch holds; read while running.
     seed : In(32)
@@ -154,6 +162,10 @@ class Harness(wiring.Component):
         self.output_widths = {name: self._payload_width(signature)
                               for name, signature in output_signatures.items()}
         self.input_depth = max_inferences * input_beats_per_inference
+        self.lanes_per_load = 1
+        while 2 * self.lanes_per_load * self.input_width <= LOAD_WORD_BITS:
+            self.lanes_per_load *= 2
+        self.input_words = -(-self.input_depth // self.lanes_per_load)
         self.output_depths = {name: max_inferences * count
                               for name, count in self.output_beats_per_inference.items()}
         address_width = Shape.cast(
@@ -161,7 +173,8 @@ class Harness(wiring.Component):
 
         members = {
             "load_valid": In(1),
-            "load_payload": In(self.input_width),
+            "load_payload": In(self.lanes_per_load * self.input_width),
+            "load_lanes": Out(range(LOAD_WORD_BITS + 1)),
             "inferences": In(range(max_inferences + 1)),
             "seed": In(SEED_WIDTH),
             "idle_threshold": In(THRESHOLD_WIDTH),
@@ -215,13 +228,14 @@ class Harness(wiring.Component):
             return state[:THRESHOLD_WIDTH]
 
         # Input memory, its load port, and the source that streams it into the DUT.
-        input_memory = memory.Memory(shape=unsigned(self.input_width), depth=self.input_depth,
-                                     init=[])
+        input_memory = memory.Memory(shape=unsigned(self.lanes_per_load * self.input_width),
+                                     depth=self.input_words, init=[])
         m.submodules.input_memory = input_memory
         load_port = input_memory.write_port()
-        load_address = Signal(range(self.input_depth + 1))
+        m.d.comb += self.load_lanes.eq(self.lanes_per_load)
+        load_address = Signal(range(self.input_words + 1))
         # Beats past the end of the memory are dropped; software checks the capacity first.
-        load_accepted = self.load_valid & (load_address < self.input_depth)
+        load_accepted = self.load_valid & (load_address < self.input_words)
         m.d.comb += [
             load_port.addr.eq(load_address),
             load_port.data.eq(self.load_payload),
@@ -234,6 +248,7 @@ class Harness(wiring.Component):
 
         source_port = input_memory.read_port(domain="comb")
         source_address = Signal(range(self.input_depth + 1))
+        lane_bits = self.lanes_per_load.bit_length() - 1
         source_beat = Signal(range(self.input_beats_per_inference))
         source_inference = Signal(range(self.max_inferences_value))
         # Set while an offered beat waits for ready: valid must then stay high.
@@ -243,8 +258,10 @@ class Harness(wiring.Component):
         source_valid = running & (source_address < input_total) & (source_holding | ~source_idle)
         source_taken = source_valid & dut.i_stream.ready
         m.d.comb += [
-            source_port.addr.eq(source_address),
-            Value.cast(dut.i_stream.payload).eq(source_port.data),
+            # load_lanes is a power of two: the low address bits pick the lane.
+            source_port.addr.eq(source_address >> lane_bits),
+            Value.cast(dut.i_stream.payload).eq(
+                source_port.data.word_select(source_address[:lane_bits], self.input_width)),
             dut.i_stream.valid.eq(source_valid),
         ]
 

@@ -47,9 +47,12 @@ def _amaranth_run(harness, beats, *, inferences, idle=0, backpressure=0, seed=1)
     seen = {}
 
     async def testbench(ctx):
+        lanes, width = harness.lanes_per_load, harness.input_width
         ctx.set(harness.load_valid, 1)
-        for beat in beats:
-            ctx.set(harness.load_payload, int(beat) & 0xFF)
+        for start in range(0, len(beats), lanes):
+            word = sum((int(beat) & ((1 << width) - 1)) << (lane * width)
+                       for lane, beat in enumerate(beats[start:start + lanes]))
+            ctx.set(harness.load_payload, word)
             await ctx.tick()
         ctx.set(harness.load_valid, 0)
         ctx.set(harness.inferences, inferences)
@@ -90,12 +93,22 @@ def test_harness_loads_streams_and_reads_back_without_stalls():
     harness = Harness(RegisterSlice(), max_inferences=4, input_beats_per_inference=3,
                       output_beats_per_inference={"o_stream": 3})
     seen = _amaranth_run(harness, beats, inferences=4)
+    assert harness.lanes_per_load == 8
     assert (seen["captured"].astype(np.int8) == beats).all()
     # Back to back: inference i enters at 3 i; its last beat leaves 3 cycles later.
     assert seen["first"].tolist() == [0, 3, 6, 9]
     assert seen["last"].tolist() == [3, 6, 9, 12]
     assert seen["total_cycles"] == 13
     assert seen["valid"][:12].all() and seen["ready"].all()
+
+
+def test_payloads_too_wide_to_pack_load_one_per_word():
+    beats = np.arange(6) * 0x1_0000_0001 - 3
+    harness = Harness(RegisterSlice(width=40), max_inferences=3, input_beats_per_inference=2,
+                      output_beats_per_inference={"o_stream": 2})
+    assert harness.lanes_per_load == 1
+    seen = _amaranth_run(harness, beats, inferences=3)
+    assert (seen["captured"] == beats % (1 << 40)).all()
 
 
 def test_lfsr_thresholds_gate_valid_and_ready():
