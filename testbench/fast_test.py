@@ -2,9 +2,9 @@
 
 :func:`zeroskip.testbench.fast.fast_simulate` starts the simulator with this module and the run
 directory in :data:`~zeroskip.testbench.fast.RUN_DIR_ENV`. Python works only before ``start``
-(loading the inputs, several beats per cycle) and after ``done`` (reading the memories back, one word
-per cycle); in between it awaits a single trigger while cocotb's C++ clock runs the model. Not
-meant to be run by hand.
+(loading the inputs, several beats per cycle) and after ``done`` (reading the memories back, one
+word per cycle); in between it awaits a single trigger while cocotb's C++ clock runs the model.
+Not meant to be run by hand.
 
 Timing. Writes happen just after a falling edge and take effect at the next rising edge; reads
 of the combinational read-back ports happen at a falling edge, half a cycle after their address

@@ -72,9 +72,9 @@ class Harness(wiring.Component):
 
     A run: hold ``rst``; load the batch's input beats through ``load_valid``/``load_payload``
     (``load_lanes`` beats per cycle, written at consecutive addresses from 0); set
-    ``inferences``, ``seed`` and the two thresholds; pulse ``start``; wait for ``done``; read the memories back by setting
-    ``read_address`` (reads are combinational). A ``start`` also rewinds the load address, so
-    a next batch can be loaded over the last one.
+    ``inferences``, ``seed`` and the two thresholds; pulse ``start``; wait for ``done``; read
+    the memories back by setting ``read_address`` (reads are combinational). A ``start`` also
+    rewinds the load address, so a next batch can be loaded over the last one.
 
     Parameters
     ----------
@@ -346,7 +346,8 @@ class Harness(wiring.Component):
 
         if "counters" in self.signature.members:
             counters_signature = self.signature.members["counters"].signature
-            for (_, _, ours), (_, _, theirs) in zip(counters_signature.flatten(self.counters),
-                                                    counters_signature.flatten(dut.counters)):
+            ours_and_theirs = zip(counters_signature.flatten(self.counters),
+                                  counters_signature.flatten(dut.counters), strict=True)
+            for (_, _, ours), (_, _, theirs) in ours_and_theirs:
                 m.d.comb += ours.eq(theirs)
         return m

@@ -14,6 +14,7 @@ from zeroskip.hdl.conv import SparseConvEngine
 from zeroskip.testbench import verilog
 from zeroskip.testbench.fast import fast_simulate
 from zeroskip.testbench.harness import Harness
+from zeroskip.testbench.runner import SimulationError
 
 from test_hdl_conv import conv_graph, random_inputs
 
@@ -167,6 +168,13 @@ def test_passthrough_latency_is_one_register(verilator_build_root):
     assert stalled.build_seconds == 0.0
     assert (stalled.outputs["o_stream"] == beats[:15]).all()
     assert (stalled.latencies >= beats_per_inference + 1).all()
+
+    with pytest.raises(SimulationError, match="did not rise within 10 cycles"):
+        fast_simulate(text, "passthrough_harness", beats, {"o_stream": True}, spec,
+                      build_root=verilator_build_root, timeout_cycles=10)
+    with pytest.raises(SimulationError, match="holds at most 8"):
+        fast_simulate(text, "passthrough_harness", np.zeros(9 * beats_per_inference, int),
+                      {"o_stream": True}, spec, build_root=verilator_build_root)
 
 
 @pytest.mark.verilator
