@@ -12,6 +12,12 @@ streams
     The cocotb-side stream driver, sink and scoreboard.
 stream_test
     The cocotb test module the runner executes.
+harness
+    A wrapper that feeds a design from on-chip memory and captures its outputs and per-inference
+    timestamps, so that long batches simulate at Verilator's own speed.
+fast, fast_test
+    Builds and runs the harness (:func:`~zeroskip.testbench.fast.fast_simulate`) and its cocotb
+    test module.
 """
 
 from pathlib import Path

@@ -184,7 +184,7 @@ def fast_simulate(
     if timeout_cycles < 1 or reset_cycles < 1:
         raise ValueError("timeout_cycles and reset_cycles must be at least 1")
 
-    model = runner.build_model(harness_verilog_text, top, build_root)
+    model = runner.build_model(harness_verilog_text, top, build_root, ports_only=True)
     _check_ports(model, beats, outputs)
     runs = model.build_dir / "runs"
     runs.mkdir(exist_ok=True)

