@@ -40,6 +40,7 @@ demo: $(INSTALL_STAMP)
 
 bench: $(INSTALL_STAMP)
 	$(VENV_PYTHON) benchmarks/frontend_bench.py
+	$(VENV_PYTHON) benchmarks/engine_bench.py
 
 doctor: $(INSTALL_STAMP)
 	$(VENV_PYTHON) -m zeroskip.toolchain
