@@ -25,7 +25,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import FrontendError
-from ..ir import INT32_MAX, INT32_MIN, MAX_BITS, MAX_SHIFT, MIN_BITS, weight_range
+from ..ir import (
+    INT32_MAX, INT32_MIN, MAX_BITS, MAX_SHIFT, MIN_BITS, activation_range, weight_range,
+)
 from .graph import (
     FloatAdd, FloatAvgPool2d, FloatConv2d, FloatFlatten, FloatInput, FloatLinear, FloatMaxPool2d,
 )
@@ -87,11 +89,11 @@ class ActFormat:
 
     @property
     def qmin(self):
-        return -(2 ** (self.bits - 1)) if self.signed else 0
+        return activation_range(self.bits, self.signed)[0]
 
     @property
     def qmax(self):
-        return 2 ** (self.bits - 1) - 1 if self.signed else 2**self.bits - 1
+        return activation_range(self.bits, self.signed)[1]
 
 
 @dataclass

@@ -44,7 +44,7 @@ from .errors import GraphError
 __all__ = [
     "IR_VERSION", "FILE_FORMAT", "MIN_BITS", "MAX_BITS", "MULTIPLIER_BITS", "MAX_SHIFT",
     "Activation", "Requant", "Input", "Conv2d", "Linear", "MaxPool2d", "AvgPool2d", "Add",
-    "Flatten", "Node", "Graph", "load", "weight_range",
+    "Flatten", "Node", "Graph", "load", "weight_range", "activation_range",
 ]
 
 IR_VERSION = 1
@@ -57,6 +57,11 @@ MIN_BITS, MAX_BITS = 2, 8
 MULTIPLIER_BITS = 16
 MAX_SHIFT = 62
 INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
+
+
+def activation_range(bits, signed):
+    """Smallest and largest integer of a ``bits``-wide activation, signed or not."""
+    return (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if signed else (0, 2**bits - 1)
 
 
 def weight_range(bits):
@@ -127,11 +132,11 @@ class Activation:
 
     @property
     def qmin(self):
-        return -(2 ** (self.bits - 1)) if self.signed else 0
+        return activation_range(self.bits, self.signed)[0]
 
     @property
     def qmax(self):
-        return 2 ** (self.bits - 1) - 1 if self.signed else 2**self.bits - 1
+        return activation_range(self.bits, self.signed)[1]
 
 
 @dataclass(frozen=True, eq=False)
