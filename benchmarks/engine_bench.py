@@ -115,7 +115,7 @@ def main(argv=None):
         report["synthesis"] = {
             family: synthesize(design.verilog(), design.top, family).to_dict()
             for family in ("ice40", "ecp5")}
-        for family, entry in report["synthesis"].items():
+        for entry in report["synthesis"].values():
             entry.pop("cells")
     report["seconds"] = time.perf_counter() - started
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -109,7 +109,7 @@ def test_every_op_is_bit_exact_and_tracks_float(name):
 def test_op_kinds_in_exported_graphs():
     """Each IR op is produced by some model above, so the sweep really covers every op."""
     seen = set()
-    for name, make in OP_MODELS.items():
+    for make in OP_MODELS.values():
         torch.manual_seed(0)
         x = torch.rand(4, 3, 4, 4)
         seen |= {node.op for node in zeroskip.export(make().eval(), x).nodes}
