@@ -43,7 +43,7 @@ from .errors import GraphError
 
 __all__ = [
     "IR_VERSION", "FILE_FORMAT", "MIN_BITS", "MAX_BITS", "MULTIPLIER_BITS", "MAX_SHIFT",
-    "Activation", "Requant", "Input", "Conv2d", "Linear", "MaxPool2d", "AvgPool2d", "Add",
+    "Activation", "Requant", "Input", "WeightLayer", "Conv2d", "Linear", "MaxPool2d", "AvgPool2d", "Add",
     "Flatten", "Node", "Graph", "load", "weight_range", "activation_range",
 ]
 
@@ -236,13 +236,24 @@ def _check_weight_layer(node, out_channels):
 
 
 @dataclass(frozen=True, eq=False)
-class Conv2d(Node):
-    """2-D convolution; ``weight`` is ``(out, in / groups, kh, kw)`` int8."""
+class WeightLayer(Node):
+    """Fields shared by Conv2d and Linear: int8 ``weight`` (output channels first), int32
+    ``bias``, the weight width and the per-channel weight scale."""
 
     weight: np.ndarray = None
     bias: np.ndarray = None
     weight_bits: int = 8
     weight_scale: np.ndarray = None
+
+    @property
+    def out_channels(self):
+        return self.weight.shape[0]
+
+
+@dataclass(frozen=True, eq=False)
+class Conv2d(WeightLayer):
+    """2-D convolution; ``weight`` is ``(out, in / groups, kh, kw)`` int8."""
+
     stride: tuple[int, int] = (1, 1)
     padding: tuple[int, int] = (0, 0)
     groups: int = 1
@@ -250,10 +261,6 @@ class Conv2d(Node):
     act: Activation = None
 
     op: ClassVar[str] = "conv2d"
-
-    @property
-    def out_channels(self):
-        return self.weight.shape[0]
 
     @property
     def kernel(self):
@@ -289,21 +296,13 @@ class Conv2d(Node):
 
 
 @dataclass(frozen=True, eq=False)
-class Linear(Node):
+class Linear(WeightLayer):
     """Fully connected layer on a flat input; ``weight`` is ``(out, in)`` int8."""
 
-    weight: np.ndarray = None
-    bias: np.ndarray = None
-    weight_bits: int = 8
-    weight_scale: np.ndarray = None
     requant: Requant = None
     act: Activation = None
 
     op: ClassVar[str] = "linear"
-
-    @property
-    def out_channels(self):
-        return self.weight.shape[0]
 
     def infer(self, in_shapes, in_acts):
         (shape,) = in_shapes
