@@ -2,7 +2,7 @@
 
 Dataflow (per lane, one multiplier each; :mod:`.sparse_plan` decides what each lane stores)::
 
-    i_stream -> writer -> line buffer (activations + per-chunk nonzero masks), one copy per lane
+    i_stream -> writer -> line buffer (activations + per-chunk nonzero masks), shared by the lanes
                                    |
     examiner: for each (filter, tap, chunk) of the output pixel, weight mask AND activation mask;
               combos with no pair are dropped (a filter's last combo always goes through)
@@ -42,15 +42,20 @@ TILE_SLOTS = 2  # output pixels the lanes may run ahead of the collector, plus o
 
 
 def _popcount(value):
-    return sum(value[i] for i in range(len(value)))
+    """Set bits of ``value``, summed as a balanced tree (shallow logic, few simulator steps)."""
+    terms = [value[i] for i in range(len(value))] or [Const(0, 1)]
+    while len(terms) > 1:
+        terms = [terms[i] + terms[i + 1] if i + 1 < len(terms) else terms[i]
+                 for i in range(0, len(terms), 2)]
+    return terms[0]
 
 
-def _lowest_set_index(value):
-    """Index of the lowest set bit (0 when none): a priority encoder."""
-    index = Const(0, range(max(len(value), 2)))
-    for i in reversed(range(len(value))):
-        index = Mux(value[i], i, index)
-    return index
+def _one_hot_index(one_hot):
+    """Index of the set bit of a one-hot value (0 when none): one OR per index bit."""
+    width = len(one_hot)
+    bits = [Cat(one_hot[i] for i in range(width) if i >> k & 1).any()
+            for k in range(max(ceil_log2(width), 1))]
+    return Cat(*bits) if width > 1 else Const(0, 1)
 
 
 class _PixelCursor:
@@ -164,22 +169,20 @@ class SparseConvEngine(wiring.Component):
         rows_written = Signal(32)
         collector_released = Signal(32)  # output pixels whose tile slot is free again
 
-        act_mems, mask_mems = [], []
-        for index, _ in enumerate(lanes):
-            act_mems.append(Memory(shape=in_shape, depth=ring_beats, init=[]))
-            mask_mems.append(Memory(shape=unsigned(g.chunk), depth=ring_words, init=[]))
-            m.submodules[f"act_mem_{index}"] = act_mems[-1]
-            m.submodules[f"mask_mem_{index}"] = mask_mems[-1]
+        # One line buffer, read by every lane through a port of its own.
+        m.submodules.act_mem = act_mem = Memory(shape=in_shape, depth=ring_beats, init=[])
+        m.submodules.mask_mem = mask_mem = Memory(shape=unsigned(g.chunk), depth=ring_words,
+                                                  init=[])
 
         oldest_needed = [Signal(32, name=f"oldest_needed_{i}") for i in range(len(lanes))]
-        self._elaborate_writer(m, act_mems, mask_mems, rows, rows_written, oldest_needed)
+        self._elaborate_writer(m, act_mem, mask_mem, rows, rows_written, oldest_needed)
 
         lane_done = []
         scanned_total, issued_total, effective_total = [], [], []
         waiting_for_rows = []
         tile_read_ports = []
         for index, lane in enumerate(lanes):
-            ports = self._elaborate_lane(m, index, lane, act_mems[index], mask_mems[index], rows,
+            ports = self._elaborate_lane(m, index, lane, act_mem, mask_mem, rows,
                                          rows_written, collector_released, oldest_needed[index])
             lane_done.append(ports["pixels_done"])
             scanned_total.append(ports["scanned"])
@@ -193,11 +196,11 @@ class SparseConvEngine(wiring.Component):
                                  waiting_for_rows, rows)
         return m
 
-    def _elaborate_writer(self, m, act_mems, mask_mems, rows, rows_written, oldest_needed):
-        """Input stream -> every lane's line buffer, with one nonzero bit per activation."""
+    def _elaborate_writer(self, m, act_mem, mask_mem, rows, rows_written, oldest_needed):
+        """Input stream -> the line buffer, with one nonzero bit per activation."""
         g = self.geometry
-        act_writes = [mem.write_port() for mem in act_mems]
-        mask_writes = [mem.write_port() for mem in mask_mems]
+        act_write = act_mem.write_port()
+        mask_write = mask_mem.write_port()
         ring_beats = rows * g.width * g.in_channels
         ring_words = rows * g.width * g.groups * g.chunks
 
@@ -219,18 +222,14 @@ class SparseConvEngine(wiring.Component):
         nonzero = beat != 0
         word_done = (bit == g.chunk - 1) | (channel_in_group == g.group_channels - 1)
         word = mask_bits | (nonzero << bit)
-        for port in act_writes:
-            m.d.comb += [port.addr.eq(act_addr), port.data.eq(beat)]
-        for port in mask_writes:
-            m.d.comb += [port.addr.eq(word_addr), port.data.eq(word)]
+        m.d.comb += [act_write.addr.eq(act_addr), act_write.data.eq(beat),
+                     mask_write.addr.eq(word_addr), mask_write.data.eq(word)]
 
         with m.If(self.i_stream.valid & self.i_stream.ready):
-            for port in act_writes:
-                m.d.comb += port.en.eq(1)
+            m.d.comb += act_write.en.eq(1)
             m.d.sync += act_addr.eq(Mux(act_addr == ring_beats - 1, 0, act_addr + 1))
             with m.If(word_done):
-                for port in mask_writes:
-                    m.d.comb += port.en.eq(1)
+                m.d.comb += mask_write.en.eq(1)
                 m.d.sync += [mask_bits.eq(0), bit.eq(0),
                              word_addr.eq(Mux(word_addr == ring_words - 1, 0, word_addr + 1))]
             with m.Else():
@@ -387,8 +386,9 @@ class SparseConvEngine(wiring.Component):
         current_valid = Signal()
         remaining = Signal(g.chunk)
         has_pair = current_valid & (remaining != 0)
-        lowest = remaining & (~remaining + 1)
-        channel = _lowest_set_index(remaining)
+        lowest = Signal(g.chunk)
+        m.d.comb += lowest.eq(remaining & (~remaining + 1))  # the priority encoder, one-hot
+        channel = _one_hot_index(lowest)
         weight_index = _popcount(current.weights & (lowest - 1))
         remaining_after = remaining & (remaining - 1)
         entry_ends = ~current_valid | ~has_pair | (remaining_after == 0)

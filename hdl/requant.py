@@ -169,13 +169,18 @@ class Requantizer(wiring.Component):
         rounded = (twice_quotient + 1).shift_right(1)
         clamped = Signal(self.o_stream.payload.shape())
         m.d.comb += clamped.eq(rounded)
-        with m.If(rounded < requant.clamp_min):
+        # Only the comparisons the value's range can fail: a constant one is a lint warning.
+        can_be_below = rounded.shape().signed or requant.clamp_min > 0
+        with m.If(rounded < requant.clamp_min if can_be_below else 0):
             m.d.comb += clamped.eq(requant.clamp_min)
         with m.Elif(rounded > requant.clamp_max):
             m.d.comb += clamped.eq(requant.clamp_max)
         result = clamped
         if requant.epsilon > 0:
-            result = Mux((clamped >= -requant.epsilon) & (clamped <= requant.epsilon), 0, clamped)
+            small = clamped <= requant.epsilon
+            if clamped.shape().signed:
+                small &= clamped >= -requant.epsilon
+            result = Mux(small, 0, clamped)
 
         with m.If(advance):
             m.d.sync += [

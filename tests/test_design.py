@@ -1,7 +1,5 @@
-"""zeroskip.compile and Design: errors, deterministic lint-clean Verilog, Verilator co-simulation."""
+"""zeroskip.compile of single layers: each engine kind through Verilator, under stalls."""
 # amaranth: UnusedElaboratable=no
-
-import json
 
 import numpy as np
 import pytest
@@ -29,7 +27,10 @@ def test_flatten_before_linear_reads_the_hwc_stream():
     rng = np.random.default_rng(2)
     graph = flatten_linear_graph(rng)
     x = random_inputs(rng, graph, batch=3)
-    engine = zeroskip.compile(graph, lanes=2).engine()
+    design = zeroskip.compile(graph, lanes=2)
+    (fc,) = design.layers
+    assert fc.sources == ("x",)  # the flatten has no engine of its own
+    engine = fc.engine(design.zero_skip, design.chunk)
     run = run_streams(engine, [(engine.i_stream, batch_to_beats(x))],
                       [(engine.o_stream, 15)], seed=1, idle_probability=0.3,
                       backpressure_probability=0.3)
@@ -37,37 +38,13 @@ def test_flatten_before_linear_reads_the_hwc_stream():
                                   reference.run(graph, x))
 
 
-def test_multi_layer_graph_is_refused_with_its_layers_named():
-    rng = np.random.default_rng(0)
-    graph = conv_graph(rng, channels=2, filters=2, size=4, kernel=3)
-    conv = graph["conv"]
-    two = ir.Graph((graph.input, conv, ir.MaxPool2d("pool", ("conv",))), "pool", name="two")
-    with pytest.raises(ZeroskipError, match=r"graph 'two': .* its layers are 'conv' \(conv2d\), "
-                                            r"'pool' \(maxpool2d\)"):
-        zeroskip.compile(two)
-
-
 def test_bad_lanes_name_the_node():
     rng = np.random.default_rng(0)
     graph = conv_graph(rng, channels=2, filters=4, size=4, kernel=3)
-    with pytest.raises(ZeroskipError, match=r"node 'conv': lanes must be between 1 and the 4"):
-        zeroskip.compile(graph, lanes=9)
-    with pytest.raises(ZeroskipError, match="lanes must be an integer of at least 1"):
-        zeroskip.compile(graph, lanes="auto")
-    with pytest.raises(ZeroskipError, match="takes a zeroskip.ir.Graph"):
-        zeroskip.compile("net.zsg")
-
-
-def test_verilog_is_deterministic_and_written_whole(tmp_path):
-    rng = np.random.default_rng(4)
-    graph = conv_graph(rng, channels=4, filters=4, size=4, kernel=3, padding=1)
-    first = zeroskip.compile(graph, lanes=2).write_verilog(tmp_path / "a")
-    second = zeroskip.compile(graph, lanes=2).write_verilog(tmp_path / "b")
-    assert first.read_bytes() == second.read_bytes()
-    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["manifest.json", first.name]
-    manifest = json.loads((tmp_path / "a" / "manifest.json").read_text())
-    assert manifest["lanes"] == 2 and manifest["stream_order"] == "HWC"
-    assert manifest["weight_storage_bits"] > 0 and manifest["accumulator_bits"] > 8
+    with pytest.raises(ZeroskipError, match=r"node 'conv': lanes must be between 1 and its 4"):
+        zeroskip.compile(graph, lanes={"conv": 9})
+    with pytest.raises(ZeroskipError, match="chunk must be an integer from 1 to 64"):
+        zeroskip.compile(graph, chunk=65)
 
 
 def pool_graph(rng, node):
@@ -97,10 +74,11 @@ def test_verilator_cosimulation_is_bit_exact_under_stalls(make, lanes, tmp_path_
     x = random_inputs(rng, graph, batch=3)
     design = zeroskip.compile(graph, lanes=lanes)
     from zeroskip.testbench.verilog import lint
-    lint(design.write_verilog(tmp_path_factory.mktemp("v")), design.top)
+    lint(design.write(tmp_path_factory.mktemp("v")), design.top)
     result = design.simulate(x, idle_probability=0.3, backpressure_probability=0.3, seed=3,
                              build_root=verilator_build_root)
     np.testing.assert_array_equal(result.outputs, reference.run(graph, x))
-    work = reference.work(graph, x).get(graph.nodes[-1].name)
-    assert result.counters["effective_macs"] == (work.effective_macs_total if work else 0)
-    assert result.cycles > 0 and result.counters["stall_cycles"] > 0
+    layer = graph.nodes[-1].name
+    work = reference.work(graph, x).get(layer)
+    assert result.counters[layer]["effective_macs"] == (work.effective_macs_total if work else 0)
+    assert result.cycles > 0 and result.counters[layer]["stall_cycles"] > 0

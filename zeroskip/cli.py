@@ -11,9 +11,13 @@ import json
 import sys
 from pathlib import Path
 
-from .errors import ZeroskipError
+from .errors import SimulationMismatch, ZeroskipError
 
 EXIT_BAD_INPUT = 2
+EXIT_MISMATCH = 1  # the RTL disagreed with the golden model
+
+#: Multiplier budget of ``--lanes auto`` when ``--multipliers`` is not given.
+DEFAULT_MULTIPLIERS = 16
 
 
 def _write_json(data, path):
@@ -33,43 +37,75 @@ def _doctor(args):
 
 def _demo(args):
     from . import demo
+    from .testbench.fast import ProgressBar
 
     if not 0 <= args.sparsity < 1:
         raise ZeroskipError(f"--sparsity must be in [0, 1), got {args.sparsity}")
-    settings = demo.DemoSettings(sparsity=args.sparsity)
-    print(f"zeroskip demo: train a digits CNN, prune {100 * args.sparsity:.0f} % of its "
-          "weights, int8 QAT, export", flush=True)
-    result, _ = demo.run(settings, out_dir=args.out)
+    if args.multipliers < 4:
+        raise ZeroskipError(f"--multipliers must be at least 4 (one per conv/linear layer of "
+                            f"the digits CNN), got {args.multipliers}")
+    _check_json_path(args.json)
+    settings = demo.DemoSettings(sparsity=args.sparsity, multipliers=args.multipliers,
+                                 hardware=not args.no_rtl)
+    steps = "train a digits CNN, prune {:.0f} % of its weights, int8 QAT, export".format(
+        100 * args.sparsity)
+    if settings.hardware:
+        steps += (f", compile (zero-skip and dense, {args.multipliers} multipliers), "
+                  "co-simulate under Verilator")
+    print(f"zeroskip demo: {steps}", flush=True)
+    result, _ = demo.run(settings, out_dir=args.out,
+                         progress=ProgressBar(sys.stderr, label="RTL, test images"))
     print(result.format_table())
     if args.out:
-        print(f"graph written to {Path(args.out) / 'digits.zsg'}")
+        print(f"graph and builds written to {args.out}")
     if args.json:
         _write_json(result.to_dict(), args.json)
     return 0
 
 
-def _load_inputs(path, graph):
+def _check_json_path(path):
+    """Refuse a --json path whose directory is missing before any work, not after it."""
+    if path and not Path(path).parent.is_dir():
+        raise ZeroskipError(f"--json: directory {str(Path(path).parent)!r} does not exist")
+
+
+def _load_array(path, option):
     import numpy as np
 
     path = Path(path)
     if not path.is_file():
-        raise ZeroskipError(f"--inputs: no such file {str(path)!r}")
+        raise ZeroskipError(f"{option}: no such file {str(path)!r}")
     try:
         x = np.load(path, allow_pickle=False)
     except (ValueError, OSError, EOFError) as error:
-        raise ZeroskipError(f"--inputs: {str(path)!r} is not a readable .npy file: "
+        raise ZeroskipError(f"{option}: {str(path)!r} is not a readable .npy file: "
                             f"{error}") from None
     if not isinstance(x, np.ndarray):
-        raise ZeroskipError(f"--inputs: {str(path)!r} must hold one array, not an archive")
-    if np.issubdtype(x.dtype, np.floating):
-        return graph.quantize_input(x)
+        raise ZeroskipError(f"{option}: {str(path)!r} must hold one array, not an archive")
     return x
+
+
+def _load_inputs(path, graph, option="--inputs"):
+    """Inputs from a .npy file: floats are quantized with the graph's input encoding; integers
+    are taken as they are (and checked against the encoding)."""
+    import numpy as np
+
+    from . import reference
+
+    x = _load_array(path, option)
+    if np.issubdtype(x.dtype, np.floating):
+        x = graph.quantize_input(x)
+    try:
+        return reference.validate_input(graph, x)
+    except ZeroskipError as error:
+        raise ZeroskipError(f"{option}: {str(path)!r}: {error}") from None
 
 
 def _stats(args):
     from .ir import load
     from .analysis import stats
 
+    _check_json_path(args.json)
     graph = load(args.graph)
     x_int = _load_inputs(args.inputs, graph) if args.inputs else None
     summary = stats(graph, x_int)
@@ -77,6 +113,108 @@ def _stats(args):
     if args.json:
         _write_json(summary.to_dict(), args.json)
     return 0
+
+
+def _lanes_argument(text):
+    if text == "auto":
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer or 'auto', got "
+                                         f"{text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer or 'auto', got {value}")
+    return value
+
+
+def _probability_argument(text):
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text!r}") from None
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {value}")
+    return value
+
+
+def _compile(args):
+    from .hdl.design import compile as compile_graph
+    from .ir import load
+
+    _check_json_path(args.json)
+    graph = load(args.graph)
+    calibration = _load_inputs(args.calibration, graph, "--calibration") \
+        if args.calibration else None
+    output = Path(args.output)
+    if output.exists() and not output.is_dir():
+        raise ZeroskipError(f"-o: {str(output)!r} exists and is not a directory")
+    design = compile_graph(graph, args.lanes, zero_skip=not args.dense,
+                           multipliers=args.multipliers if args.lanes == "auto" or
+                           args.multipliers_given else None,
+                           calibration=calibration, chunk=args.chunk)
+    design.write(output)
+    print(design.report(), end="")
+    print(f"wrote {output / (design.top + '.v')}, manifest.json, report.txt, graph.zsg")
+    if args.json:
+        _write_json(design.manifest(), args.json)
+    return 0
+
+
+def _sim(args):
+    import numpy as np
+
+    _check_json_path(args.json)
+    from .hdl.design import Design
+    from .simulation import SimulationSummary
+    from .testbench.fast import ProgressBar
+
+    design = Design.load(args.build)
+    x_int = _load_inputs(args.inputs, design.graph, "--inputs")
+    labels = None
+    if args.labels:
+        labels = _load_labels(args.labels, len(x_int))
+    result = design.simulate(x_int, idle_probability=args.idle,
+                             backpressure_probability=args.backpressure, seed=args.seed,
+                             waves=args.waves, progress=ProgressBar(sys.stderr))
+    summary = SimulationSummary.of(design, x_int, result, labels)
+    print(summary.format_table())
+    Path(args.build, "sim.json").write_text(json.dumps(summary.to_dict(), indent=2) + "\n")
+    if args.outputs:
+        np.save(args.outputs, result.outputs)
+    if args.json:
+        _write_json(summary.to_dict(), args.json)
+    return 0
+
+
+def _report(args):
+    from .hdl.design import Design
+
+    _check_json_path(args.json)
+    design = Design.load(args.build)
+    report = {"design": design.manifest()}
+    text = design.report()
+    measured = Path(args.build, "sim.json")
+    if measured.is_file():
+        from .simulation import SimulationSummary
+
+        summary = SimulationSummary.from_dict(json.loads(measured.read_text()))
+        report["simulation"] = summary.to_dict()
+        text += "\nlast co-simulation (sim.json):\n" + summary.format_table() + "\n"
+    print(text, end="")
+    if args.json:
+        _write_json(report, args.json)
+    return 0
+
+
+def _load_labels(path, count):
+    import numpy as np
+
+    labels = _load_array(path, "--labels")
+    if labels.shape != (count,) or not np.issubdtype(labels.dtype, np.integer):
+        raise ZeroskipError(f"--labels: {str(path)!r} must hold {count} integer class labels "
+                            f"(one per input), got {labels.dtype} of shape {labels.shape}")
+    return labels
 
 
 def build_parser():
@@ -93,7 +231,12 @@ def build_parser():
     demo = commands.add_parser("demo", help="the built-in digits flow, end to end")
     demo.add_argument("--sparsity", type=float, default=0.9,
                       help="fraction of weights pruned (default 0.9)")
-    demo.add_argument("--out", metavar="DIR", help="write the exported graph here")
+    demo.add_argument("--multipliers", type=int, default=DEFAULT_MULTIPLIERS, metavar="N",
+                      help=f"multiplier budget of both designs (default {DEFAULT_MULTIPLIERS})")
+    demo.add_argument("--no-rtl", action="store_true",
+                      help="stop after the golden model: no compile, no co-simulation")
+    demo.add_argument("--out", metavar="DIR",
+                      help="write the exported graph and the build directories here")
     demo.add_argument("--json", metavar="PATH", help="also write the table as JSON")
     demo.set_defaults(run=_demo)
 
@@ -104,13 +247,65 @@ def build_parser():
                             "MACs")
     stats.add_argument("--json", metavar="PATH", help="also write the table as JSON")
     stats.set_defaults(run=_stats)
+    compile_ = commands.add_parser(
+        "compile", help="a graph file to Verilog: one engine per layer, one top",
+        description="Compile a graph file (written by Graph.save or zeroskip.export) into a "
+        "build directory: the Verilog top, manifest.json, report.txt and the graph.")
+    compile_.add_argument("graph", help="a graph file (.zsg)")
+    compile_.add_argument("-o", "--output", required=True, metavar="BUILD",
+                          help="the build directory to write")
+    compile_.add_argument("--lanes", type=_lanes_argument, default=1, metavar="N|auto",
+                          help="multipliers per conv/linear layer, or 'auto' to fold "
+                               "--multipliers over the layers by their work after zero "
+                               "skipping, measured on --calibration (default 1)")
+    compile_.add_argument("--multipliers", type=int, default=None, metavar="N",
+                          help=f"multiplier budget for --lanes auto (default "
+                               f"{DEFAULT_MULTIPLIERS})")
+    compile_.add_argument("--calibration", metavar="X.npy",
+                          help="inputs (float, or integers of the input encoding) to measure "
+                               "the work on; needed by --lanes auto")
+    compile_.add_argument("--dense", action="store_true",
+                          help="dense engines (no zero skipping), for comparison")
+    compile_.add_argument("--chunk", type=int, default=32, metavar="N",
+                          help="input channels a conv engine examines at once (default 32)")
+    compile_.add_argument("--json", metavar="PATH", help="also write the manifest as JSON")
+    compile_.set_defaults(run=_compile)
+
+    sim = commands.add_parser(
+        "sim", help="co-simulate a build under Verilator, checked against the golden model")
+    sim.add_argument("build", help="a build directory written by `zeroskip compile`")
+    sim.add_argument("--inputs", required=True, metavar="X.npy",
+                     help="input batch (float, or integers of the input encoding)")
+    sim.add_argument("--labels", metavar="Y.npy", help="class labels, for accuracy")
+    sim.add_argument("--waves", action="store_true",
+                     help="dump a waveform (FST, or VCD where FST cannot be built)")
+    sim.add_argument("--idle", type=_probability_argument, default=0.0, metavar="P",
+                     help="probability of an idle cycle on the input stream (default 0)")
+    sim.add_argument("--backpressure", type=_probability_argument, default=0.0, metavar="P",
+                     help="probability the output is not ready in a cycle (default 0)")
+    sim.add_argument("--seed", type=int, default=0, help="seed of the random stalls")
+    sim.add_argument("--outputs", metavar="OUT.npy", help="save the RTL outputs")
+    sim.add_argument("--json", metavar="PATH", help="also write the table as JSON")
+    sim.set_defaults(run=_sim)
+
+    report = commands.add_parser("report", help="a build's layers, lanes and measured cycles")
+    report.add_argument("build", help="a build directory written by `zeroskip compile`")
+    report.add_argument("--json", metavar="PATH", help="also write the report as JSON")
+    report.set_defaults(run=_report)
     return parser
 
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    if args.command == "compile":
+        args.multipliers_given = args.multipliers is not None
+        if args.multipliers is None:
+            args.multipliers = DEFAULT_MULTIPLIERS
     try:
         return args.run(args)
+    except SimulationMismatch as error:
+        print(f"zeroskip: mismatch: {error}", file=sys.stderr)
+        return EXIT_MISMATCH
     except ZeroskipError as error:
         print(f"zeroskip: error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT

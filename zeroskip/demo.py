@@ -15,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
+from . import reference
+
 TEST_IMAGES = 360
 SPLIT_SEED = 0
 
@@ -74,6 +76,14 @@ def accuracy(predictions, labels):
     return float(np.mean(np.asarray(predictions) == np.asarray(labels)))
 
 
+#: Training images the folding measures the work on (``lanes="auto"``).
+CALIBRATION_IMAGES = 128
+
+#: Test images the dense design co-simulates: its cycles per inference do not depend on the
+#: data, and all 360 would take minutes of simulation.
+DENSE_IMAGES = 5
+
+
 @dataclass(frozen=True)
 class DemoSettings:
     sparsity: float = 0.9
@@ -82,6 +92,34 @@ class DemoSettings:
     prune_epochs: int = 15
     qat_epochs: int = 10
     seed: int = 0
+    multipliers: int = 16
+    hardware: bool = True
+
+
+@dataclass(frozen=True)
+class HardwareResult:
+    """The demo net through the RTL: zero-skip on every test image, dense on a few."""
+
+    multipliers: int
+    lanes: dict
+    dense_lanes: dict
+    rtl_accuracy: float
+    bit_exact: int
+    interval_cycles: float
+    latency_cycles: float
+    ideal_interval_cycles: float
+    slowest_layer: str
+    dense_interval_cycles: float
+    dense_latency_cycles: float
+    dense_images: int
+    build_seconds: float
+    simulation_seconds: float
+    dense_build_seconds: float
+    dense_simulation_seconds: float
+
+    @property
+    def speedup(self):
+        return self.dense_interval_cycles / self.interval_cycles
 
 
 @dataclass(frozen=True)
@@ -100,9 +138,13 @@ class DemoResult:
     dense_macs: int
     effective_macs: float
     seconds: float
+    hardware: HardwareResult | None = None
 
     def to_dict(self):
-        return asdict(self)
+        data = asdict(self)
+        if self.hardware is not None:
+            data["hardware"]["speedup"] = self.hardware.speedup
+        return data
 
     def format_table(self):
         rows = [
@@ -119,21 +161,83 @@ class DemoResult:
             ("dense MACs / image", f"{self.dense_macs}"),
             ("effective MACs / image", f"{self.effective_macs:.0f} (both operands nonzero, "
                                        f"{self.dense_macs / self.effective_macs:.1f}x fewer)"),
-            ("time", f"{self.seconds:.1f} s"),
         ]
+        hw = self.hardware
+        if hw is not None:
+            rows[3:3] = [("RTL accuracy (Verilator)", f"{100 * hw.rtl_accuracy:.2f} % "
+                                                      f"({hw.bit_exact}/{self.test_images} "
+                                                      "images bit-identical to golden)")]
+            rows += [
+                ("multipliers", f"{hw.multipliers}; lanes zero-skip "
+                                f"{_lanes_text(hw.lanes)}, dense {_lanes_text(hw.dense_lanes)}"),
+                ("initiation interval", f"{hw.interval_cycles:.0f} cycles zero-skip vs "
+                                        f"{hw.dense_interval_cycles:.0f} dense "
+                                        f"({hw.speedup:.1f}x fewer)"),
+                ("  vs slowest layer ideal", f"{hw.interval_cycles / hw.ideal_interval_cycles:.2f}"
+                                             f"x of {hw.ideal_interval_cycles:.0f} (layer "
+                                             f"{hw.slowest_layer!r}: effective MACs / lanes)"),
+                ("latency", f"{hw.latency_cycles:.0f} cycles zero-skip vs "
+                            f"{hw.dense_latency_cycles:.0f} dense"),
+                ("RTL time", f"zero-skip: build {hw.build_seconds:.0f} s + "
+                             f"{self.test_images} images {hw.simulation_seconds:.0f} s; dense: "
+                             f"build {hw.dense_build_seconds:.0f} s + {hw.dense_images} images "
+                             f"{hw.dense_simulation_seconds:.0f} s"),
+            ]
+        rows.append(("time", f"{self.seconds:.1f} s"))
         width = max(len(name) for name, _ in rows)
         return "\n".join(f"{name:<{width}}  {value}" for name, value in rows)
 
 
-def run(settings=DemoSettings(), out_dir=None):
-    """Train, prune, quantize and export the digits CNN; measure it with the golden model.
+def _lanes_text(lanes):
+    return "/".join(str(count) for count in lanes.values())
+
+
+def run_hardware(graph, x_calibration, x_test, y_test, settings, *, out_dir=None,
+                 build_root=None, progress=None):
+    """Compile the net twice at the same multiplier budget, zero-skip and dense, each folded on
+    its own work (``lanes="auto"``); co-simulate the zero-skip one on every test image and the
+    dense one on :data:`DENSE_IMAGES`. Every output is checked against the golden model."""
+    from .hdl.design import compile as compile_graph
+    from .hdl.folding import estimate_graph
+
+    designs = {}
+    for zero_skip in (True, False):
+        designs[zero_skip] = compile_graph(graph, "auto", zero_skip=zero_skip,
+                                           multipliers=settings.multipliers,
+                                           calibration=x_calibration)
+        if out_dir is not None:
+            designs[zero_skip].write(Path(out_dir) / ("build" if zero_skip else "build-dense"))
+    sparse = designs[True].simulate(x_test, build_root=build_root, progress=progress)
+    dense = designs[False].simulate(x_test[:DENSE_IMAGES], build_root=build_root)
+    golden = reference.run(graph, x_test)
+    # The ideal is measured on the test images themselves, not on the calibration images.
+    slowest = max(estimate_graph(graph, x_test, designs[True].lanes),
+                  key=lambda estimate: estimate.ideal_cycles)
+    return HardwareResult(
+        multipliers=settings.multipliers, lanes=designs[True].lanes,
+        dense_lanes=designs[False].lanes,
+        rtl_accuracy=accuracy(sparse.classes, y_test),
+        bit_exact=int(np.sum(np.all(sparse.outputs == golden, axis=1))),
+        interval_cycles=float(np.median(sparse.interval_cycles)),
+        latency_cycles=float(np.mean(sparse.latency_cycles)),
+        ideal_interval_cycles=float(slowest.ideal_cycles), slowest_layer=slowest.name,
+        dense_interval_cycles=float(np.median(dense.interval_cycles)),
+        dense_latency_cycles=float(np.mean(dense.latency_cycles)),
+        dense_images=DENSE_IMAGES,
+        build_seconds=sparse.build_seconds, simulation_seconds=sparse.seconds,
+        dense_build_seconds=dense.build_seconds, dense_simulation_seconds=dense.seconds)
+
+
+def run(settings=DemoSettings(), out_dir=None, *, build_root=None, progress=None):
+    """Train, prune, quantize and export the digits CNN; measure it with the golden model;
+    with ``settings.hardware``, compile it and co-simulate it (:func:`run_hardware`).
 
     Returns the :class:`DemoResult` and the exported :class:`zeroskip.ir.Graph`; with
-    ``out_dir`` the graph is also saved there as ``digits.zsg``.
+    ``out_dir`` the graph is also saved there as ``digits.zsg``, and the build directories as
+    ``build`` and ``build-dense``.
     """
     import torch
 
-    from . import reference
     from .frontend.export import export
     from .frontend.prune import prune, remove_reparametrization
     from .frontend.qat import prepare
@@ -161,8 +265,13 @@ def run(settings=DemoSettings(), out_dir=None):
     if out_dir is not None:
         Path(out_dir).mkdir(parents=True, exist_ok=True)
         graph.save(Path(out_dir) / "digits.zsg")
+    hardware = None
+    if settings.hardware:
+        x_calibration = graph.quantize_input(x_train[:CALIBRATION_IMAGES].numpy())
+        hardware = run_hardware(graph, x_calibration, x_int, y_test.numpy(), settings,
+                                out_dir=out_dir, build_root=build_root, progress=progress)
     result = DemoResult(
-        settings=settings, float_accuracy=float_accuracy,
+        settings=settings, hardware=hardware, float_accuracy=float_accuracy,
         int8_accuracy=accuracy(golden.argmax(1), y_test.numpy()),
         qat_matches_golden=qat_matches, test_images=len(x_test),
         weights=summary.total.weights, nonzero_weights=summary.total.nonzero_weights,

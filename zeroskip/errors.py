@@ -34,3 +34,7 @@ class FrontendError(ZeroskipError):
 
 class ToolchainError(ZeroskipError):
     """An EDA tool or Python package zeroskip needs is missing or broken."""
+
+
+class SimulationMismatch(ZeroskipError):
+    """A co-simulation gave an output that differs from the golden model's."""
