@@ -17,10 +17,17 @@ any batch up to the harness's capacity. Typical use::
                                 backpressure_probability=0.3, build_root=build_root)
     result.outputs["o_stream"], result.latencies, result.initiation_intervals
 
+Long runs can report progress (``progress=ProgressBar()``, or any callable taking the
+inferences done and the total) and dump a waveform (``waves="vcd"`` or ``"fst"``, returned as
+:attr:`FastResult.waves_path`).
+
 Builds go through :func:`zeroskip.testbench.runner.build_model` (its cache, waivers and make
 fixes). A run writes ``job.json`` and ``inputs.npz`` into a fresh run directory, runs the cocotb
 test module :mod:`zeroskip.testbench.fast_test`, which writes ``result.json`` and
-``outputs.npz`` back, and returns a :class:`FastResult`.
+``outputs.npz`` back, and returns a :class:`FastResult`. With progress reporting, the simulator
+runs in a worker thread while the calling thread polls ``progress.json``, which the test module
+rewrites after every slice of the run, and leaves a ``cancel`` file to stop the run early if the
+callback raises or the caller is interrupted.
 """
 
 from __future__ import annotations
@@ -28,10 +35,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import sys
 import tempfile
+import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import TextIO
 
 import numpy as np
 import numpy.typing as npt
@@ -51,6 +61,19 @@ _INPUTS_FILE = "inputs.npz"
 _RESULT_FILE = "result.json"
 _OUTPUTS_FILE = "outputs.npz"
 _SIM_LOG = "sim.log"
+_PROGRESS_FILE = "progress.json"
+_CANCEL_FILE = "cancel"
+
+#: With progress reporting, the test module wakes up about this often (wall time) to update the
+#: progress file: Python's share of the run stays under 1%.
+PROGRESS_SLICE_SECONDS = 0.25
+
+#: With progress reporting, the calling thread reads the progress file and calls the callback
+#: this often.
+PROGRESS_POLL_SECONDS = 0.2
+
+# How long to wait for a cancelled run to wind up before giving up on it.
+_CANCEL_GRACE_SECONDS = 30.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,6 +101,9 @@ class FastResult:
         Time spent compiling the model for this call (0.0 when a build was reused).
     run_dir : pathlib.Path
         The run's directory (job and result files, ``sim.log``).
+    waves_path : pathlib.Path or None
+        The waveform the run dumped (``waves.vcd`` or ``waves.fst`` in ``run_dir``), or None if
+        none was asked for.
     """
 
     outputs: dict[str, np.ndarray]
@@ -89,6 +115,7 @@ class FastResult:
     simulation_seconds: float
     build_seconds: float
     run_dir: Path
+    waves_path: Path | None = None
 
     @property
     def latencies(self) -> np.ndarray:
@@ -119,6 +146,8 @@ def fast_simulate(
     seed: int = 0,
     timeout_cycles: int = 10_000_000,
     reset_cycles: int = 4,
+    progress: Callable[[int, int], object] | None = None,
+    waves: str | None = None,
 ) -> FastResult:
     """Build (or reuse) the Verilator model of a harness and run one input batch through it.
 
@@ -148,6 +177,16 @@ def fast_simulate(
         Cycles after ``start`` within which ``done`` must rise.
     reset_cycles : int
         Cycles ``rst`` is held high before loading.
+    progress : callable, optional
+        Called as ``progress(done, total)`` with the inferences completed so far and the batch's
+        inferences, from the calling thread: about every :data:`PROGRESS_POLL_SECONDS` while
+        the simulation runs, with ``done < total`` (never decreasing), then once with
+        ``done == total`` if and when the run succeeds. :class:`ProgressBar` draws one. If it
+        raises, the run is cancelled (at its next slice) and the exception propagates.
+    waves : {"vcd", "fst"} or None
+        Dump a waveform of the whole run into the run directory (see
+        :attr:`FastResult.waves_path`). It needs a model built with tracing, a separate build
+        from the one without; and it slows the simulation down a lot.
 
     Returns
     -------
@@ -162,7 +201,9 @@ def fast_simulate(
         If the run times out, a stream sends too many beats, the batch exceeds the harness's
         capacity, or the simulation crashes.
     zeroskip.testbench.runner.BuildError
-        If Verilator cannot build the model.
+        If Verilator cannot build the model, or ``waves="fst"`` is asked for where the lz4
+        headers that Verilator's FST writer needs are missing (see
+        :func:`zeroskip.testbench.runner.fst_available`; ``waves="vcd"`` always works).
     """
     input_beats_per_inference, output_beats_per_inference = beats_per_inference
     beats = np.asarray(inputs).reshape(-1)
@@ -183,8 +224,15 @@ def fast_simulate(
         thresholds[field] = min(round(probability * 256), (1 << THRESHOLD_WIDTH) - 1)
     if timeout_cycles < 1 or reset_cycles < 1:
         raise ValueError("timeout_cycles and reset_cycles must be at least 1")
+    if waves is not None and waves not in runner.WAVE_FORMATS:
+        raise ValueError(f"waves must be one of {runner.WAVE_FORMATS} or None, got {waves!r}")
+    if waves == "fst" and not runner.fst_available():
+        raise runner.BuildError(
+            "FST waveforms need the lz4 headers, which Verilator's FST writer includes; install "
+            "them (Debian/Ubuntu: `apt-get install liblz4-dev`) or use waves='vcd'")
 
-    model = runner.build_model(harness_verilog_text, top, build_root, ports_only=True)
+    model = runner.build_model(harness_verilog_text, top, build_root, waves=waves,
+                               ports_only=True)
     _check_ports(model, beats, outputs)
     runs = model.build_dir / "runs"
     runs.mkdir(exist_ok=True)
@@ -204,12 +252,14 @@ def fast_simulate(
         "clock_period_ns": runner.CLOCK_PERIOD_NS,
         "counters": [name.removeprefix("counters__") for name in model.ports
                      if name.startswith("counters__")],
+        "progress_seconds": PROGRESS_SLICE_SECONDS if progress is not None else None,
     }
     np.savez(run_dir / _INPUTS_FILE, inputs=beats)
     (run_dir / _JOB_FILE).write_text(json.dumps(job, indent=2) + "\n")
 
-    started = time.monotonic()
-    with runner._cocotb_environment():
+    waves_path = run_dir / f"waves.{waves}" if waves is not None else None
+
+    def simulate() -> None:
         try:
             get_runner("verilator").test(
                 test_module=TEST_MODULE,
@@ -219,24 +269,33 @@ def fast_simulate(
                 test_dir=run_dir,
                 results_xml=str(run_dir / "results.xml"),
                 log_file=run_dir / _SIM_LOG,
+                waves=waves_path is not None,
+                test_args=["--trace-file", str(waves_path)] if waves_path else [],
                 extra_env={RUN_DIR_ENV: str(run_dir)},
             )
         except SystemExit:
             # cocotb's runner exits when the test fails; result.json says why, or its absence
             # says that the simulation crashed.
             pass
+
+    started = time.monotonic()
+    with runner._cocotb_environment():
+        if progress is None:
+            simulate()
+        else:
+            _simulate_reporting_progress(simulate, run_dir, job["inferences"], progress)
     seconds = time.monotonic() - started
+    where = f"run directory {run_dir}" + (f", waveform {waves_path}" if waves_path else "")
     result_path = run_dir / _RESULT_FILE
     if not result_path.exists():
         raise runner.SimulationError(
-            f"the simulation of {model.top!r} ended without writing {result_path}; the end of "
-            f"{run_dir / _SIM_LOG}:\n{runner._tail(run_dir / _SIM_LOG)}",
+            f"the simulation of {model.top!r} ended without writing {result_path} ({where}); "
+            f"the end of {run_dir / _SIM_LOG}:\n{runner._tail(run_dir / _SIM_LOG)}",
             run_dir,
         )
     result = json.loads(result_path.read_text())
     if result["failure"] is not None:
-        raise runner.SimulationError(f"{model.top}: {result['failure']} (run directory "
-                                     f"{run_dir})", run_dir)
+        raise runner.SimulationError(f"{model.top}: {result['failure']} ({where})", run_dir)
     with np.load(run_dir / _OUTPUTS_FILE) as saved:
         beats_out = {name: saved[f"captured/{name}"] for name in outputs}
         first_input = saved["first_input_cycle"]
@@ -252,7 +311,45 @@ def fast_simulate(
         simulation_seconds=result["simulation_seconds"],
         build_seconds=model.build_seconds,
         run_dir=run_dir,
+        waves_path=waves_path,
     )
+
+
+def _simulate_reporting_progress(simulate: Callable[[], None], run_dir: Path, total: int,
+                                 progress: Callable[[int, int], object]) -> None:
+    """Run ``simulate`` in a worker thread; poll the progress file and report, until it ends."""
+    finished = threading.Event()
+    errors: list[BaseException] = []
+
+    def work() -> None:
+        try:
+            simulate()
+        except BaseException as error:  # handed over to the calling thread
+            errors.append(error)
+        finally:
+            finished.set()
+
+    # A daemon, so that a simulation that ignores its cancellation cannot hold the interpreter.
+    worker = threading.Thread(target=work, name=f"fast-simulate {run_dir.name}", daemon=True)
+    worker.start()
+    done = 0
+    try:
+        while not finished.wait(PROGRESS_POLL_SECONDS):
+            if total > 0:
+                # done == total is the final report, made once the run has succeeded; until
+                # then (the results are still being read back) the count stops one short.
+                done = max(done, min(read_progress(run_dir) or 0, total - 1))
+                progress(done, total)
+    except BaseException:
+        # The callback raised, or the caller was interrupted: stop the run at its next slice.
+        (run_dir / _CANCEL_FILE).touch()
+        finished.wait(_CANCEL_GRACE_SECONDS)
+        raise
+    if errors:
+        raise errors[0]
+    result_path = run_dir / _RESULT_FILE
+    if result_path.exists() and json.loads(result_path.read_text())["failure"] is None:
+        progress(total, total)
 
 
 def _check_ports(model: runner.VerilatorModel, beats: np.ndarray,
@@ -270,6 +367,102 @@ def _check_ports(model: runner.VerilatorModel, beats: np.ndarray,
         index = int(outside[0])
         raise ValueError(f"input beat {index} is {int(beats[index])}, which does not fit the "
                          f"{width}-bit input payload")
+
+
+def write_progress(run_dir: str | os.PathLike[str], done: int, total: int) -> None:
+    """Record the inferences done so far, atomically (the test module's side)."""
+    run_dir = Path(run_dir)
+    aside = run_dir / f"{_PROGRESS_FILE}.partial"
+    aside.write_text(json.dumps({"done": done, "total": total}) + "\n")
+    os.replace(aside, run_dir / _PROGRESS_FILE)
+
+
+def read_progress(run_dir: str | os.PathLike[str]) -> int | None:
+    """The inferences done so far that :func:`write_progress` recorded, None before any."""
+    try:
+        return int(json.loads((Path(run_dir) / _PROGRESS_FILE).read_text())["done"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def cancel_requested(run_dir: str | os.PathLike[str]) -> bool:
+    """Whether :func:`fast_simulate` asked the run to stop (the test module's side)."""
+    return (Path(run_dir) / _CANCEL_FILE).exists()
+
+
+class ProgressBar:
+    """A ``progress`` callable for :func:`fast_simulate` that draws a text progress bar.
+
+    On a terminal it redraws one line in place, ``label [#####.......] 120/360 inferences,
+    4.1 s``, and ends it when the batch completes (or at :meth:`close`). On anything else (a
+    file, a pipe, a CI log) it writes nothing: the caller reports the outcome. One bar can follow
+    several runs in turn; use it as a context manager so that an interrupted run does not leave
+    the line unfinished::
+
+        with fast.ProgressBar(label="conv") as bar:
+            fast_simulate(..., progress=bar)
+
+    Parameters
+    ----------
+    stream : text stream, optional
+        Where to draw; ``sys.stderr`` (at the time of each call) by default.
+    label : str
+        Printed before the bar.
+    width : int
+        Characters between the brackets.
+    """
+
+    def __init__(self, stream: TextIO | None = None, label: str = "simulating",
+                 width: int = 30) -> None:
+        if width < 1:
+            raise ValueError(f"width must be at least 1, got {width}")
+        self._stream = stream
+        self.label = label
+        self.width = width
+        self._started: float | None = None
+        self._drawn = 0  # length of the line on screen; 0 when none is open
+
+    @property
+    def stream(self) -> TextIO:
+        return sys.stderr if self._stream is None else self._stream
+
+    def __call__(self, done: int, total: int) -> None:
+        stream = self.stream
+        if not _is_terminal(stream):
+            return
+        if self._started is None:
+            self._started = time.monotonic()
+        filled = self.width * min(done, total) // total if total > 0 else self.width
+        line = (f"{self.label} [{'#' * filled}{'.' * (self.width - filled)}] {done}/{total} "
+                f"inferences, {time.monotonic() - self._started:.1f} s")
+        # Pad over the rest of a longer previous line.
+        stream.write("\r" + line + " " * max(self._drawn - len(line), 0))
+        self._drawn = len(line)
+        if done >= total:
+            self.close()
+        else:
+            stream.flush()
+
+    def close(self) -> None:
+        """End the line drawn so far, if any; the next call starts a new bar."""
+        if self._drawn:
+            self.stream.write("\n")
+            self.stream.flush()
+        self._drawn = 0
+        self._started = None
+
+    def __enter__(self) -> ProgressBar:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+def _is_terminal(stream: TextIO) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):  # no isatty, or a closed stream
+        return False
 
 
 def read_job(run_dir: str | os.PathLike[str]) -> tuple[dict, np.ndarray]:

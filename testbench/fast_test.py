@@ -3,8 +3,16 @@
 :func:`zeroskip.testbench.fast.fast_simulate` starts the simulator with this module and the run
 directory in :data:`~zeroskip.testbench.fast.RUN_DIR_ENV`. Python works only before ``start``
 (loading the inputs, several beats per cycle) and after ``done`` (reading the memories back, one
-word per cycle); in between it awaits a single trigger while cocotb's C++ clock runs the model.
-Not meant to be run by hand.
+word per cycle); in between it awaits ``done`` while cocotb's C++ clock runs the model. Not meant
+to be run by hand.
+
+Progress. When the job asks for progress reports, the wait for ``done`` is cut into slices of
+simulated time sized to last about ``progress_seconds`` of wall time each (the slice adapts to
+the model's speed); after each slice the harness's ``completed`` count goes to the run's progress
+file (:func:`zeroskip.testbench.fast.write_progress`), and a cancel file left by
+:func:`~zeroskip.testbench.fast.fast_simulate` ends the run. A wake-up of Python costs about a
+millisecond, well under 1% of a slice. Without progress reports the wait is a single trigger
+raced against the timeout.
 
 Timing. Writes happen just after a falling edge and take effect at the next rising edge; reads
 of the combinational read-back ports happen at a falling edge, half a cycle after their address
@@ -58,14 +66,16 @@ async def fast_test(dut):
         dut.start.value = 0
 
         started = time.monotonic()
-        timeout = Timer(job["timeout_cycles"] * period_ns, unit="ns")
-        fired = await First(RisingEdge(dut.done), timeout)
+        outcome = await _wait_for_done(dut, job, run_dir)
         simulation_seconds = time.monotonic() - started
         await FallingEdge(clock)
-        if fired is timeout:
+        if outcome == "timeout":
             failure = (f"done did not rise within {job['timeout_cycles']} cycles of start "
                        f"({job['inferences']} inferences): the DUT is stuck or needs a larger "
                        "timeout_cycles")
+        elif outcome == "cancelled":
+            failure = (f"cancelled by the caller after {dut.completed.value.to_unsigned()} of "
+                       f"{job['inferences']} inferences")
         elif dut.surplus.value == 1:
             failure = "an output stream sent more beats than expected"
         cycles = dut.total_cycles.value.to_unsigned()
@@ -77,6 +87,45 @@ async def fast_test(dut):
     fast.write_result(run_dir, arrays=arrays, cycles=cycles, counters=counters,
                       simulation_seconds=simulation_seconds, failure=failure)
     assert failure is None, failure
+
+
+# Bounds on a progress slice, in cycles: the first slice is the smallest, then each is resized
+# from the wall time the last one took (by at most a factor of 4 either way).
+_FIRST_SLICE_CYCLES = 1_000
+_MAX_SLICE_CYCLES = 1 << 24
+
+
+async def _wait_for_done(dut, job, run_dir):
+    """Wait at most ``timeout_cycles`` for ``done``; ``"done"``, ``"timeout"`` or ``"cancelled"``.
+
+    Called just after a falling edge; slices are whole cycles, so every slice ends just after a
+    falling edge too, never at a rising edge where ``done`` could change.
+    """
+    period_ns, remaining = job["clock_period_ns"], job["timeout_cycles"]
+    target_seconds = job.get("progress_seconds")
+    done = RisingEdge(dut.done)
+    if target_seconds is None:
+        timeout = Timer(remaining * period_ns, unit="ns")
+        return "timeout" if await First(done, timeout) is timeout else "done"
+    total = job["inferences"]
+    slice_cycles = _FIRST_SLICE_CYCLES
+    while True:
+        cycles = min(slice_cycles, remaining)
+        timer = Timer(cycles * period_ns, unit="ns")
+        started = time.monotonic()
+        fired = await First(done, timer)
+        elapsed = time.monotonic() - started
+        if fired is not timer or dut.done.value == 1:
+            fast.write_progress(run_dir, total, total)
+            return "done"
+        fast.write_progress(run_dir, dut.completed.value.to_unsigned(), total)
+        remaining -= cycles
+        if remaining <= 0:
+            return "timeout"
+        if fast.cancel_requested(run_dir):
+            return "cancelled"
+        scale = min(max(target_seconds / max(elapsed, 1e-6), 0.25), 4.0)
+        slice_cycles = min(max(int(cycles * scale), _FIRST_SLICE_CYCLES), _MAX_SLICE_CYCLES)
 
 
 async def _load(dut, inputs):

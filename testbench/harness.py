@@ -117,6 +117,9 @@ class Harness(wiring.Component):
         An output stream sent a beat beyond its expected count (sticky until ``start``).
     total_cycles : Out(32)
         Cycles from the first cycle after ``start`` to the last captured output beat, inclusive.
+    completed : Out(range(max_inferences + 1))
+        Inferences completed since ``start``: the least, over the output streams, of whole
+        inferences captured. Software may read it while running to report progress.
     max_inferences : Out(range(max_inferences + 1))
         The constant capacity, so that software can refuse a batch that does not fit.
     read_address : In(address width)
@@ -183,6 +186,7 @@ class Harness(wiring.Component):
             "done": Out(1),
             "surplus": Out(1),
             "total_cycles": Out(CYCLE_WIDTH),
+            "completed": Out(range(max_inferences + 1)),
             "max_inferences": Out(range(max_inferences + 1)),
             "read_address": In(max(address_width, 1)),
             "captured": Out(wiring.Signature(
@@ -291,6 +295,7 @@ class Harness(wiring.Component):
 
         # A sink, a capture memory and a last-output timestamp memory per output stream.
         complete = []
+        completed_per_stream = []
         for index, name in enumerate(self.output_beats_per_inference, start=1):
             out_stream = getattr(dut, name)
             beats_per_inference = self.output_beats_per_inference[name]
@@ -298,6 +303,9 @@ class Harness(wiring.Component):
             captured_count = Signal(range(depth + 1), name=f"{name}_captured_count")
             beat = Signal(range(beats_per_inference), name=f"{name}_beat")
             inference = Signal(range(self.max_inferences_value), name=f"{name}_inference")
+            # `inference` wraps at the last one (it is an address); this one counts to the end.
+            completed = Signal(range(self.max_inferences_value + 1), name=f"{name}_completed")
+            completed_per_stream.append(completed)
             expected_total = self.inferences * beats_per_inference
             stream_complete = captured_count >= expected_total
             complete.append(stream_complete)
@@ -329,7 +337,7 @@ class Harness(wiring.Component):
                 getattr(self.last_output_cycle, name).eq(last_output_read.data),
             ]
             with m.If(self.start):
-                m.d.sync += [captured_count.eq(0), beat.eq(0), inference.eq(0),
+                m.d.sync += [captured_count.eq(0), beat.eq(0), inference.eq(0), completed.eq(0),
                              self.surplus.eq(0)]
             with m.Elif(taken & stream_complete):
                 m.d.sync += self.surplus.eq(1)
@@ -337,9 +345,15 @@ class Harness(wiring.Component):
                 m.d.sync += [captured_count.eq(captured_count + 1),
                              self.total_cycles.eq(cycle + 1)]
                 with m.If(last_beat):
-                    m.d.sync += [beat.eq(0), inference.eq(inference + 1)]
+                    m.d.sync += [beat.eq(0), inference.eq(inference + 1),
+                                 completed.eq(completed + 1)]
                 with m.Else():
                     m.d.sync += beat.eq(beat + 1)
+
+        least = completed_per_stream[0]
+        for completed in completed_per_stream[1:]:
+            least = Mux(completed < least, completed, least)
+        m.d.comb += self.completed.eq(least)
 
         # A register, so that `done` rises exactly once per run, on a clock edge.
         m.d.sync += self.done.eq(~self.start & (~running | Cat(*complete).all()))

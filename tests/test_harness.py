@@ -1,9 +1,14 @@
 # amaranth: UnusedElaboratable=no
 """The self-running Harness: in the Amaranth simulator, and around real engines under Verilator."""
 
+import io
+import json
+import re
+import time
+
 import numpy as np
 import pytest
-from amaranth.hdl import Module, signed
+from amaranth.hdl import Module, Signal, signed
 from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 from amaranth.sim import Simulator
@@ -11,8 +16,8 @@ from amaranth.sim import Simulator
 from zeroskip import reference
 from zeroskip.hdl.common import batch_from_beats, batch_to_beats
 from zeroskip.hdl.conv import SparseConvEngine
-from zeroskip.testbench import verilog
-from zeroskip.testbench.fast import fast_simulate
+from zeroskip.testbench import runner, verilog
+from zeroskip.testbench.fast import ProgressBar, fast_simulate
 from zeroskip.testbench.harness import Harness
 from zeroskip.testbench.runner import SimulationError
 
@@ -36,6 +41,31 @@ class RegisterSlice(wiring.Component):
         with m.If(self.i_stream.ready):
             m.d.sync += [self.o_stream.valid.eq(self.i_stream.valid),
                          self.o_stream.payload.eq(self.i_stream.payload)]
+        return m
+
+
+class SlowSlice(wiring.Component):
+    """Holds each beat ``delay`` cycles before offering it: a long run out of a tiny design."""
+
+    def __init__(self, delay, width=8):
+        self.delay = delay
+        super().__init__({
+            "i_stream": In(stream.Signature(signed(width))),
+            "o_stream": Out(stream.Signature(signed(width))),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        full = Signal()
+        wait = Signal(range(self.delay + 1))
+        m.d.comb += [self.i_stream.ready.eq(~full), self.o_stream.valid.eq(full & (wait == 0))]
+        with m.If(self.i_stream.valid & ~full):
+            m.d.sync += [full.eq(1), wait.eq(self.delay),
+                         self.o_stream.payload.eq(self.i_stream.payload)]
+        with m.Elif(full & (wait != 0)):
+            m.d.sync += wait.eq(wait - 1)
+        with m.Elif(self.o_stream.ready):
+            m.d.sync += full.eq(0)
         return m
 
 
@@ -65,13 +95,17 @@ def _amaranth_run(harness, beats, *, inferences, idle=0, backpressure=0, seed=1)
         ctx.set(harness.start, 0)
         valid_trace = []
         ready_trace = []
+        completed_trace = []
         for _ in range(2000):
             valid_trace.append(ctx.get(harness.dut.i_stream.valid))
             ready_trace.append(ctx.get(harness.dut.o_stream.ready))
+            completed_trace.append(ctx.get(harness.completed))
             await ctx.tick()
             if ctx.get(harness.done):
                 break
+        completed_trace.append(ctx.get(harness.completed))
         seen["valid"], seen["ready"] = np.array(valid_trace), np.array(ready_trace)
+        seen["completed"] = np.array(completed_trace)
         seen["total_cycles"] = ctx.get(harness.total_cycles)
         for key, port, count in [("captured", harness.captured.o_stream, len(beats)),
                                  ("first", harness.first_input_cycle, inferences),
@@ -101,6 +135,9 @@ def test_harness_loads_streams_and_reads_back_without_stalls():
     assert seen["last"].tolist() == [3, 6, 9, 12]
     assert seen["total_cycles"] == 13
     assert seen["valid"][:12].all() and seen["ready"].all()
+    # `completed` counts an inference in the cycle after its last beat left: 4, 7, 10, 13.
+    assert (np.flatnonzero(np.diff(seen["completed"])) + 1).tolist() == [4, 7, 10, 13]
+    assert seen["completed"][-1] == 4
 
 
 def test_payloads_too_wide_to_pack_load_one_per_word():
@@ -123,6 +160,7 @@ def test_lfsr_thresholds_gate_valid_and_ready():
     assert 0.35 < 1 - seen["ready"].mean() < 0.65
     assert 0.2 < 1 - seen["valid"].mean() < 0.8
     assert (np.diff(seen["first"]) > 0).all() and (seen["first"] < seen["last"]).all()
+    assert (np.diff(seen["completed"]) >= 0).all() and seen["completed"][-1] == 100
     # A different seed stalls differently, with the same data.
     other = _amaranth_run(harness, beats, inferences=100, idle=half, backpressure=half, seed=2)
     assert (other["captured"] == seen["captured"]).all()
@@ -208,3 +246,102 @@ def test_conv_engine_is_bit_exact_in_the_harness(verilator_build_root):
               f"build {result.build_seconds:.1f} s")
     # The second batch ran on the model the first one built.
     assert result.build_seconds == 0.0
+
+
+@pytest.mark.verilator
+def test_progress_is_reported_while_running(verilator_build_root):
+    inferences, delay = 20, 20_000
+    harness = Harness(SlowSlice(delay), max_inferences=inferences, input_beats_per_inference=1,
+                      output_beats_per_inference={"o_stream": 1})
+    text = verilog.convert(harness, "slow_harness")
+    beats = np.arange(inferences) - 10
+    spec = (1, {"o_stream": 1})
+    calls = []
+    result = fast_simulate(text, "slow_harness", beats, {"o_stream": True}, spec,
+                           build_root=verilator_build_root,
+                           progress=lambda done, total: calls.append((done, total)))
+    assert (result.outputs["o_stream"] == beats).all()
+    assert result.cycles == inferences * (delay + 2)
+    # Some 0.2 s apart while the run lasts, never decreasing; exactly one final report.
+    done = [call[0] for call in calls]
+    assert {call[1] for call in calls} == {inferences}
+    assert done[-1] == inferences and done.count(inferences) == 1
+    assert done == sorted(done) and any(0 < count < inferences for count in done)
+    print(f"slow harness: {len(calls)} progress reports, {result.cycles_per_second:,.0f} "
+          f"cycles/s, run {result.seconds:.2f} s")
+
+    # The sliced wait keeps the timeout, to the cycle.
+    with pytest.raises(SimulationError, match="did not rise within 30000 cycles"):
+        fast_simulate(text, "slow_harness", beats, {"o_stream": True}, spec,
+                      build_root=verilator_build_root, timeout_cycles=30_000,
+                      progress=lambda done, total: None)
+
+    # A callback that raises cancels the run: it ends at its next slice, not after the batch.
+    class Stop(Exception):
+        pass
+
+    def stop(done, total):
+        raise Stop
+
+    started = time.monotonic()
+    with pytest.raises(Stop):
+        fast_simulate(text, "slow_harness", beats, {"o_stream": True}, spec,
+                      build_root=verilator_build_root, progress=stop)
+    assert time.monotonic() - started < result.seconds + 5
+    runs = sorted(verilator_build_root.glob("slow_harness-*/runs/fast-*"),
+                  key=lambda path: path.stat().st_mtime)
+    failure = json.loads((runs[-1] / "result.json").read_text())["failure"]
+    assert failure.startswith("cancelled by the caller after")
+
+
+def test_progress_bar_draws_on_terminals_only():
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    log = io.StringIO()
+    bar = ProgressBar(stream=log)
+    for done in (0, 120, 360):
+        bar(done, 360)
+    assert log.getvalue() == ""
+
+    terminal = Terminal()
+    with ProgressBar(stream=terminal, label="digits", width=10) as bar:
+        bar(0, 360)
+        bar(120, 360)
+        bar(360, 360)
+        bar(1, 2)  # a next run starts a new bar
+    frames = terminal.getvalue().split("\r")[1:]
+    assert re.fullmatch(r"digits \[\.{10}\] 0/360 inferences, \d+\.\d s", frames[0].rstrip())
+    assert frames[1].startswith("digits [###.......] 120/360 inferences, ")
+    assert frames[2].startswith("digits [##########] 360/360 inferences, ")
+    assert frames[2].endswith(" s\n")
+    # The bar the context manager closed ends its line too.
+    assert frames[3].startswith("digits [#####.....] 1/2 inferences, ")
+    assert frames[3].endswith(" s\n")
+
+
+@pytest.mark.verilator
+def test_waves_are_dumped_into_the_run_directory(verilator_build_root, monkeypatch):
+    harness = Harness(RegisterSlice(), max_inferences=4, input_beats_per_inference=3,
+                      output_beats_per_inference={"o_stream": 3})
+    text = verilog.convert(harness, "waves_harness")
+    beats = np.arange(12) - 6
+    spec = (3, {"o_stream": 3})
+    result = fast_simulate(text, "waves_harness", beats, {"o_stream": True}, spec,
+                           build_root=verilator_build_root, waves="vcd")
+    assert (result.outputs["o_stream"] == beats).all()
+    assert result.waves_path == result.run_dir / "waves.vcd"
+    dump = result.waves_path.read_text()
+    # The DUT's own signals are in it, not only the harness's ports.
+    assert "$scope module dut" in dump
+    for name in ("i_stream__valid", "o_stream__payload", "completed"):
+        assert re.search(rf"\$var \w+ +\d+ +\S+ +{name}[ \[]", dump), name
+
+    monkeypatch.setattr(runner, "fst_available", lambda: False)
+    with pytest.raises(runner.BuildError, match="lz4"):
+        fast_simulate(text, "waves_harness", beats, {"o_stream": True}, spec,
+                      build_root=verilator_build_root, waves="fst")
+    with pytest.raises(ValueError, match="waves must be one of"):
+        fast_simulate(text, "waves_harness", beats, {"o_stream": True}, spec,
+                      build_root=verilator_build_root, waves="gtkw")
