@@ -57,11 +57,11 @@ def measure(graph, x, lanes, zero_skip, build_root, stalls=0.0):
                              build_root=build_root)
     wall = time.perf_counter() - started
     assert np.array_equal(result.outputs, reference.run(graph, x)), "RTL differs from golden"
-    plan = design.plan
+    plan = design.plans["conv"]
     return design, {
         "lanes": lanes, "zero_skip": zero_skip, "stall_probability": stalls,
         "cycles": result.cycles, "cycles_per_image": result.cycles / len(x),
-        "counters": result.counters, "bit_exact": True,
+        "counters": result.counters["conv"], "bit_exact": True,
         "weight_storage_bits": plan.storage_bits, "accumulator_bits": plan.accumulator_width,
         "seconds_with_build": wall,
     }
@@ -94,7 +94,7 @@ def main(argv=None):
     for lanes in args.lanes:
         design, sparse = measure(graph, x, lanes, True, args.build_root)
         _, dense = measure(graph, x, lanes, False, args.build_root)
-        ideal = sparse_plan.ideal_cycles(design.plan, x)
+        ideal = sparse_plan.ideal_cycles(design.plans["conv"], x)
         sparse["ideal_cycles"] = dense["ideal_cycles"] = ideal
         entry = {"lanes": lanes, "ideal_cycles": ideal,
                  "zero_skip_cycles": sparse["cycles"], "dense_cycles": dense["cycles"],

@@ -114,7 +114,9 @@ class Design:
         from ..testbench.verilog import convert
 
         if not hasattr(self, "_verilog"):
-            self._verilog = convert(self.engine(), self.top)
+            engine = self.engine()
+            self._verilog = convert(engine, self.top)
+            self._signature = engine.signature
         return self._verilog
 
     @property
@@ -133,7 +135,7 @@ class Design:
                      "in_shape": list(spec.in_shapes[0]),
                      "out_shape": list(self.graph.shapes[node.name])}
             if isinstance(node, _WEIGHT_LAYERS):
-                plan = self._plans()[node.name]
+                plan = self.plans[node.name]
                 entry.update(lanes=spec.lanes, weights=int(node.weight.size),
                              nonzero_weights=int(np.count_nonzero(node.weight)),
                              accumulator_bits=plan.accumulator_width,
@@ -270,7 +272,7 @@ class Design:
             ``progress(done, total)`` inferences, called while the simulation runs.
         """
         from ..testbench import fast, runner
-        from ..testbench.harness import Harness
+        from ..testbench.harness import Harness, VerilogInstance
         from ..testbench.verilog import convert
 
         x_int = reference.validate_input(self.graph, x_int)
@@ -284,8 +286,10 @@ class Design:
         if self.has_class:
             outputs["o_stream_class"] = 1
             signs["o_stream_class"] = False
-        harness = Harness(self.engine(), max_inferences=capacity,
-                          input_beats_per_inference=in_beats,
+        # The harness instantiates the design's own Verilog: converted once, simulated as is.
+        verilog = self.verilog()
+        harness = Harness(VerilogInstance(self._signature, self.top),
+                          max_inferences=capacity, input_beats_per_inference=in_beats,
                           output_beats_per_inference=outputs)
         top = f"{self.top}_harness"
         wave_format = None
@@ -296,7 +300,8 @@ class Design:
             options["progress"] = progress
         try:
             result = fast.fast_simulate(
-                convert(harness, top), top, batch_to_beats(x_int), signs, (in_beats, outputs),
+                verilog + convert(harness, top), top, batch_to_beats(x_int), signs,
+                (in_beats, outputs),
                 build_root=build_root or _default_build_root(),
                 idle_probability=idle_probability,
                 backpressure_probability=backpressure_probability, seed=seed,
@@ -354,7 +359,10 @@ class Design:
         slowdown = 1.0 / ((1.0 - idle) * (1.0 - backpressure))
         return int(batch * work * slowdown * 2) + 100_000
 
-    def _plans(self):
+    @property
+    def plans(self):
+        """Layer name -> the static :class:`~zeroskip.hdl.sparse_plan.SparsePlan` of each conv /
+        linear engine (lanes, ROM contents)."""
         from .sparse_plan import plan as make_plan
 
         if not hasattr(self, "_plan_cache"):
@@ -510,7 +518,7 @@ def compile(graph, lanes=1, zero_skip=True, *, multipliers=None,  # noqa: A001 (
                     estimates=estimates)
     # The static plans (ROM contents) are made now, so that what cannot be built fails here.
     try:
-        design._plans()
+        design.plans  # noqa: B018 (made for its checks)
     except ValueError as error:
         raise ZeroskipError(f"graph {graph.name!r}: {error}") from None
     return design

@@ -45,12 +45,16 @@ class ConvGeometry:
 
     @classmethod
     def of(cls, node, in_shape, chunk):
+        """The geometry of ``node``; a chunk never exceeds the channels of a group (a wider
+        mask would only carry constant zeros through the engine)."""
         if isinstance(node, ir.Linear):
             (features,) = in_shape
-            return cls(features, 1, 1, node.weight.shape[0], (1, 1), (1, 1), (0, 0), 1, chunk)
+            return cls(features, 1, 1, node.weight.shape[0], (1, 1), (1, 1), (0, 0), 1,
+                       min(chunk, features))
         channels, height, width = in_shape
         return cls(channels, height, width, node.weight.shape[0], node.kernel,
-                   tuple(node.stride), tuple(node.padding), node.groups, chunk)
+                   tuple(node.stride), tuple(node.padding), node.groups,
+                   min(chunk, channels // node.groups))
 
     @property
     def group_channels(self):
@@ -185,7 +189,7 @@ def plan(node, in_shape, in_act, lanes, zero_skip=True, chunk=16):
             for dy in range(geometry.kernel[0]):
                 for dx in range(geometry.kernel[1]):
                     for c in range(geometry.chunks):
-                        start = c * chunk
+                        start = c * geometry.chunk
                         values = weight4d[f, start:start + geometry.chunk_channels(c), dy, dx]
                         keep = values != 0 if zero_skip else np.ones(len(values), bool)
                         if keep.any():

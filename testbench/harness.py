@@ -16,7 +16,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from amaranth.hdl import Cat, Const, Module, Mux, Shape, Signal, Value, unsigned
+from amaranth.hdl import (Cat, ClockDomain, ClockSignal, Const, DomainRenamer, Instance, Module,
+                          Mux, ResetSignal, Shape, Signal, Value, unsigned)
 from amaranth.lib import memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -62,13 +63,44 @@ def _stream_member(dut, name, flow):
     return member.signature
 
 
+class VerilogInstance(wiring.Component):
+    """A module already written as Verilog, as a component with that module's signature.
+
+    Lets a harness wrap a design converted once (its Verilog text written beside the
+    harness's) instead of elaborating and converting the design a second time. Ports follow
+    :func:`zeroskip.testbench.verilog.convert`'s naming: members joined by ``__``, plus ``clk``
+    and ``rst``.
+
+    Parameters
+    ----------
+    signature : amaranth.lib.wiring.Signature
+        The signature the module was converted with.
+    module : str
+        Its module name.
+    """
+
+    def __init__(self, signature, module):
+        self.module = module
+        super().__init__(signature)
+
+    def elaborate(self, platform):
+        m = Module()
+        ports = {"i_clk": ClockSignal(), "i_rst": ResetSignal()}
+        for path, member, value in self.signature.flatten(self):
+            prefix = "i_" if member.flow == In else "o_"
+            ports[prefix + "__".join(str(part) for part in path)] = value
+        m.submodules.dut = Instance(self.module, **ports)
+        return m
+
+
 class Harness(wiring.Component):
     """A DUT with an input beat memory, a stalling source, stalling sinks and output capture.
 
     The DUT follows :mod:`zeroskip.hdl.common`: an input stream ``i_stream``, one or more output
     streams whose names start with ``o_stream``, optional ``counters``; inferences follow each
     other back to back, each a fixed number of beats on every stream. Payload widths come from
-    the DUT's signature. ``rst`` resets the DUT and the harness together.
+    the DUT's signature. ``rst`` resets the DUT and the harness together, from the edge after
+    the one that sees it (it is registered), and at power-up.
 
     A run: hold ``rst``; load the batch's input beats through ``load_valid``/``load_payload``
     (``load_lanes`` beats per cycle, written at consecutive addresses from 0); set
@@ -98,7 +130,8 @@ class Harness(wiring.Component):
         The constant number of beats per load: the largest power of two of input beats that fit
         in :data:`LOAD_WORD_BITS` bits, at least 1.
     inferences : In(range(max_inferences + 1))
-        How many inferences the loaded batch holds; read while running.
+        How many inferences the loaded batch holds; taken at ``start``, like the seed and the
+        two thresholds.
     seed : In(32)
         Seeds the stall generators at ``start``.
     idle_threshold : In(8)
@@ -207,14 +240,34 @@ class Harness(wiring.Component):
         return Shape.cast(signature.members["payload"].shape).width
 
     def elaborate(self, platform):
+        # Everything runs in a domain whose reset is ``rst`` registered: a synchronous reset is
+        # logic fed by the reset, and Verilator re-evaluates logic fed by a top-level input on
+        # every clock edge (its "ico" region), which was most of a network's simulation time.
+        top = Module()
+        top.domains.run = ClockDomain("run")
+        reset = Signal(init=1)
+        top.d.sync += reset.eq(ResetSignal("sync"))
+        top.d.comb += [ClockSignal("run").eq(ClockSignal("sync")), ResetSignal("run").eq(reset)]
+        top.submodules.harness = DomainRenamer("run")(self._elaborate_harness())
+        return top
+
+    def _elaborate_harness(self):
         m = Module()
         m.submodules.dut = dut = self.dut
 
         running = Signal()
         cycle = Signal(CYCLE_WIDTH)
         m.d.comb += self.max_inferences.eq(self.max_inferences_value)
+        # The run's settings are registered at start: logic fed by a top-level input is
+        # re-evaluated by Verilator on every input change (each clock edge), so the DUT's
+        # handshakes must not depend on one combinationally.
+        inferences = Signal.like(self.inferences)
+        idle_threshold = Signal.like(self.idle_threshold)
+        backpressure_threshold = Signal.like(self.backpressure_threshold)
         with m.If(self.start):
-            m.d.sync += [running.eq(1), cycle.eq(0), self.total_cycles.eq(0)]
+            m.d.sync += [running.eq(1), cycle.eq(0), self.total_cycles.eq(0),
+                         inferences.eq(self.inferences), idle_threshold.eq(self.idle_threshold),
+                         backpressure_threshold.eq(self.backpressure_threshold)]
         with m.Elif(running):
             m.d.sync += cycle.eq(cycle + 1)
 
@@ -257,8 +310,8 @@ class Harness(wiring.Component):
         source_inference = Signal(range(self.max_inferences_value))
         # Set while an offered beat waits for ready: valid must then stay high.
         source_holding = Signal()
-        source_idle = stall_generator("source", 0) < self.idle_threshold
-        input_total = self.inferences * self.input_beats_per_inference
+        source_idle = stall_generator("source", 0) < idle_threshold
+        input_total = inferences * self.input_beats_per_inference
         source_valid = running & (source_address < input_total) & (source_holding | ~source_idle)
         source_taken = source_valid & dut.i_stream.ready
         m.d.comb += [
@@ -306,10 +359,10 @@ class Harness(wiring.Component):
             # `inference` wraps at the last one (it is an address); this one counts to the end.
             completed = Signal(range(self.max_inferences_value + 1), name=f"{name}_completed")
             completed_per_stream.append(completed)
-            expected_total = self.inferences * beats_per_inference
+            expected_total = inferences * beats_per_inference
             stream_complete = captured_count >= expected_total
             complete.append(stream_complete)
-            drop_ready = stall_generator(name, index) < self.backpressure_threshold
+            drop_ready = stall_generator(name, index) < backpressure_threshold
             m.d.comb += out_stream.ready.eq(running & (stream_complete | ~drop_ready))
             taken = out_stream.valid & out_stream.ready
 

