@@ -1,0 +1,419 @@
+"""Sparsity-aware folding: how many multipliers (lanes) each conv / linear engine gets.
+
+FINN balances a dataflow pipeline on dense work. A zero-skipping engine's time depends on the
+work that remains after skipping, so here every layer is balanced on an *estimate of its real
+cycles*, measured on calibration inputs: :func:`estimate_layer` models the engine of
+:mod:`.conv` closely enough to predict a Verilator run within a few percent, and :func:`fold`
+hands out a multiplier budget greedily to the slowest layer.
+
+The cycle model
+---------------
+Per lane, the examiner scans the lane's combo list (:mod:`.sparse_plan`) at one combo per cycle
+per output pixel, plus one cycle to start each pixel; combos with a surviving pair, or that end a
+filter, enter a FIFO; the issuer takes one entry at a time and spends one cycle per pair (one for
+an entry without pairs). The scanner stops while the FIFO is nearly full, and an entry reaches
+the issuer a few cycles after it was scanned. Lanes may run two output pixels apart; the
+collector waits for every lane to finish a pixel, then emits its channels one per cycle. A pixel
+starts only when the input rows under its window are in the line buffer, and the line buffer
+takes a row only when no lane still needs the row it replaces; input arrives one beat per cycle.
+
+:func:`estimate_layer` replays exactly that, event by event rather than clock by clock, for
+calibration images (up to :data:`SIMULATED_IMAGES` of them), each behind its predecessor in the
+batch, vectorized over images and lanes. Its ``cycles`` is the mean time between two consecutive
+inferences' last outputs: the steady-state throughput of a batch streamed back to back.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .. import ir, reference
+from ..errors import ZeroskipError
+from .sparse_plan import ConvGeometry
+from .sparse_plan import plan as make_plan
+
+# Cycles from a combo's scan to its entry being the issuer's current one: combo ROM read,
+# line-buffer mask read, FIFO write, and the buffered FIFO's two-cycle read latency.
+SCAN_TO_ISSUE = 5
+# Pushed entries the examiner may have ahead of the issuer before its FIFO counts as full
+# (the FIFO holds 8, the examiner stops at 7 counting its two pipeline stages).
+AHEAD = 6
+# From a lane's last issued pair to the collector starting on that pixel (MAC, pixel counter).
+ISSUE_TO_COLLECT = 2
+# Calibration images the cycle model replays (evenly spaced through the batch): its cost grows
+# with images * pixels * combos, and the mean settles long before 32. Pair counts use them all.
+SIMULATED_IMAGES = 32
+
+
+@dataclass(frozen=True)
+class LayerEstimate:
+    """The estimated work and speed of one conv2d / linear engine, per inference.
+
+    Attributes
+    ----------
+    name : str
+        The IR node.
+    lanes : int
+        Multipliers.
+    dense_pairs : float
+        Products of the dense loop nest (out pixels * filters * taps * channels per group).
+    effective_macs : float
+        Mean products whose weight and activation are both nonzero (padding is zero).
+    ideal_cycles : float
+        Mean over inferences of the sum over output pixels of ``ceil(pairs / lanes)``, pairs being
+        the pixel's effective pairs (dense pairs in dense mode), as
+        :func:`zeroskip.hdl.sparse_plan.ideal_cycles` counts them.
+    cycles : float
+        Estimated cycles per inference of the engine in steady state.
+    bound : str
+        The limit closest to ``cycles``: ``"compute"`` (pairs issued by the slowest lane),
+        ``"scan"`` (combos examined), ``"output"`` or ``"input"`` (one beat per cycle).
+    """
+
+    name: str
+    lanes: int
+    dense_pairs: float
+    effective_macs: float
+    ideal_cycles: float
+    cycles: float
+    bound: str
+
+
+def _window_nonzero(geometry, x_in):
+    """``(N, pixels, taps, channels)`` bool: the nonzero activations under each pixel's taps."""
+    g = geometry
+    x = np.asarray(x_in).reshape(len(x_in), g.in_channels, g.height, g.width)
+    nonzero = np.pad(x != 0, ((0, 0), (0, 0), (g.padding[0],) * 2, (g.padding[1],) * 2))
+    taps = []
+    for dy in range(g.kernel[0]):
+        for dx in range(g.kernel[1]):
+            window = nonzero[:, :, dy:dy + g.stride[0] * (g.out_height - 1) + 1:g.stride[0],
+                             dx:dx + g.stride[1] * (g.out_width - 1) + 1:g.stride[1]]
+            taps.append(window.reshape(len(x), g.in_channels, g.out_pixels))
+    return np.stack(taps, axis=1).transpose(0, 3, 1, 2)
+
+
+def _pair_counts(geometry, weight4d, x_in):
+    """``(N, pixels, filters, taps, chunks)``: pairs with both operands nonzero per combo."""
+    g = geometry
+    window = _window_nonzero(g, x_in).astype(np.float32)  # float: BLAS, exact for these sums
+    weight_nonzero = (weight4d != 0).reshape(g.out_channels, g.group_channels, g.taps)
+    counts = np.zeros((len(x_in), g.out_pixels, g.out_channels, g.taps, g.chunks), np.int32)
+    for group in range(g.groups):
+        filters = slice(group * g.filters_per_group, (group + 1) * g.filters_per_group)
+        for c in range(g.chunks):
+            start = c * g.chunk
+            channels = slice(start, start + g.chunk_channels(c))
+            acts = window[:, :, :, group * g.group_channels:][:, :, :, channels]
+            weights = weight_nonzero[filters, channels].astype(np.float32)
+            counts[:, :, filters, :, c] = np.einsum("nptc,fct->npft", acts, weights)
+    return counts
+
+
+def _issue_work(sparse_plan, pairs):
+    """Per lane, the issuer's cycles of every combo: ``(N, pixels, lanes, longest list)``.
+
+    -1 marks a combo the examiner drops (no pair and not a filter's last) and list padding.
+    """
+    g = sparse_plan.geometry
+    longest = max(lane.combos for lane in sparse_plan.lanes)
+    work = np.full((*pairs.shape[:2], len(sparse_plan.lanes), longest), -1, np.int32)
+    for lane_index, lane in enumerate(sparse_plan.lanes):
+        filter_of_combo = np.array(lane.filters)[np.cumsum(lane.last) - lane.last]
+        tap = lane.taps[:, 0] * g.kernel[1] + lane.taps[:, 1]
+        if sparse_plan.zero_skip:
+            # A closing entry (mask 0) of an all-zero filter counts no pair.
+            found = pairs[:, :, filter_of_combo, tap, lane.taps[:, 2]] * (lane.masks != 0)
+        else:
+            found = np.broadcast_to([int(mask).bit_count() for mask in lane.masks],
+                                    (*pairs.shape[:2], lane.combos))
+        kept = (found > 0) | lane.last
+        work[:, :, lane_index, :lane.combos] = np.where(kept, np.maximum(found, 1), -1)
+    return work
+
+
+def _pixel_rows(geometry):
+    """Per output pixel of one inference: the input rows (local) its window needs complete,
+    and the first row it reads (what it keeps in the line buffer)."""
+    g = geometry
+    top = np.repeat(np.arange(g.out_height) * g.stride[0] - g.padding[0], g.out_width)
+    return np.minimum(top + g.kernel[0], g.height), np.maximum(top, 0)
+
+
+def _lane_pixel(cost, listed, first_scan, issue_free, pops):
+    """One output pixel through every lane's examiner and issuer.
+
+    Parameters
+    ----------
+    cost : numpy.ndarray
+        ``(images, lanes, combos)``: issue cycles of each combo, <= 0 where none is queued.
+    listed : numpy.ndarray
+        ``(lanes, combos)`` bool: the combo exists in the lane's list (the rest is padding).
+    first_scan : numpy.ndarray
+        ``(images, lanes)``: the cycle the first combo may be scanned.
+    issue_free : numpy.ndarray
+        ``(images, lanes)``: the cycle the issuer can take its next entry.
+    pops : numpy.ndarray
+        ``(images, lanes, AHEAD)``: when the latest AHEAD queued entries reached the issuer.
+
+    Returns
+    -------
+    tuple
+        The cycle the examiner is free, the cycle the issuer is free, and the new ``pops``.
+
+    Notes
+    -----
+    An entry starts at max(its arrival, the previous entry's end) and ends ``cost`` later: a
+    max-plus recurrence whose solution is a prefix maximum. The examiner may not scan while
+    AHEAD entries wait, so scans depend on starts and starts on scans; iterating from the
+    unblocked scans rises to the fixed point (the exact schedule) in a few rounds.
+    """
+    queued = cost > 0
+    work = np.where(queued, cost, 0)
+    before = work.cumsum(axis=2) - work  # issue cycles queued ahead of each combo
+    rank = queued.cumsum(axis=2) - queued  # entries queued ahead of each combo
+    # The queued combos' positions, in order (the stable sort keeps them first).
+    order = np.argsort(~queued, axis=2, kind="stable")
+    step = np.arange(cost.shape[2])
+    scan = first_scan[..., None] + step
+    while True:
+        arrival = np.where(queued, scan + SCAN_TO_ISSUE - before, 0)
+        start = before + np.maximum(np.maximum.accumulate(arrival, axis=2), issue_free[..., None])
+        history = np.concatenate([pops, np.take_along_axis(start, order, axis=2)], axis=2)
+        blocked = np.take_along_axis(history, rank, axis=2)
+        rescan = step + np.maximum.accumulate(np.maximum(blocked - step,
+                                                         first_scan[..., None]), axis=2)
+        rescan = np.where(listed, rescan, scan)
+        if (rescan == scan).all():
+            break
+        scan = rescan
+    total = queued.sum(axis=2)
+    last = np.where(queued, start + cost, issue_free[..., None]).max(axis=2)
+    recent = np.take_along_axis(history, total[..., None] + np.arange(pops.shape[2]), axis=2)
+    final_scan = np.take_along_axis(scan, np.broadcast_to(listed.sum(axis=1)[:, None] - 1,
+                                                          (*scan.shape[:2], 1)), axis=2)[..., 0]
+    return final_scan + 1, np.maximum(issue_free, last), recent
+
+
+def _simulate(sparse_plan, work):
+    """Cycles between the last outputs of consecutive inferences, per calibration image.
+
+    Each image runs as the second of a two-inference stream behind its predecessor in the batch
+    (the last image for the first), so the pipeline is full when it starts.
+    """
+    g = sparse_plan.geometry
+    images = len(work)
+    lane_count = len(sparse_plan.lanes)
+    combos = np.array([lane.combos for lane in sparse_plan.lanes])
+    needed, oldest = _pixel_rows(g)
+    ring_rows = min(g.kernel[0] + g.stride[0] + 1, 2 ** 16)
+    row_beats = g.width * g.in_channels
+    streams = [np.roll(np.arange(images), 1), np.arange(images)]
+    pixel_oldest = np.concatenate([oldest + m * g.height for m in range(len(streams))])
+
+    scan_free = np.zeros((images, lane_count), np.int64)
+    issue_free = np.zeros((images, lane_count), np.int64)
+    pops = np.zeros((images, lane_count, AHEAD), np.int64)
+    listed = np.arange(work.shape[-1]) < combos[:, None]
+    lane_done, releases, row_done, last_outputs = [], [], [], []
+    collector_free = np.zeros(images, np.int64)
+
+    def row_complete(row):
+        """When the line buffer holds input row ``row`` (global), computing earlier rows first."""
+        while len(row_done) <= row:
+            r = len(row_done)
+            start = row_done[-1] if row_done else np.zeros(images, np.int64)
+            # The row replaces one that every lane must have retired (all pixels reading it).
+            blocking = np.searchsorted(pixel_oldest, r - ring_rows, side="right") - 1
+            if blocking >= 0:
+                start = np.maximum(start, lane_done[blocking].max(axis=1) + 1)
+            row_done.append(start + row_beats)
+        return row_done[row]
+
+    for image, ids in enumerate(streams):
+        for pixel in range(g.out_pixels):
+            index = image * g.out_pixels + pixel
+            rows_in = image * g.height + needed[pixel]  # a window all in padding needs none
+            gate = row_complete(rows_in - 1) if rows_in else np.zeros(images, np.int64)
+            if index >= 2:  # the double-buffered output tile
+                gate = np.maximum(gate, releases[index - 2])
+            first_scan = np.maximum(scan_free, gate[:, None]) + 1
+            scan_free, issue_free, pops = _lane_pixel(work[ids, pixel], listed, first_scan,
+                                                      issue_free, pops)
+            lane_done.append(issue_free)
+            collect = np.maximum(collector_free, issue_free.max(axis=1) + ISSUE_TO_COLLECT)
+            collector_free = collect + g.out_channels
+            releases.append(collector_free)
+        last_outputs.append(collector_free)
+    return last_outputs[1] - last_outputs[0]
+
+
+def estimate_layer(node, in_shape, in_act, lanes, x_in, *, zero_skip=True, chunk=32):
+    """Estimate one conv2d / linear engine's work and steady-state cycles on calibration inputs.
+
+    Parameters
+    ----------
+    node : zeroskip.ir.Conv2d or zeroskip.ir.Linear
+    in_shape : tuple
+        ``(C, H, W)``, or ``(features,)`` for a linear layer (after a flatten: the flattened,
+        C-major features with the node's own weights; pair counts ignore the permutation).
+    in_act : zeroskip.ir.Activation
+        The input encoding.
+    lanes : int
+        Multipliers, 1 to the node's output channels.
+    x_in : numpy.ndarray
+        The layer's integer input batch ``(N, *in_shape)``, N >= 1.
+    zero_skip : bool
+        False estimates the dense engine of the same design.
+    chunk : int
+        Input channels the engine examines together.
+
+    Returns
+    -------
+    LayerEstimate
+
+    Raises
+    ------
+    ZeroskipError
+        If ``lanes`` is out of range or ``x_in`` is not a batch of ``in_shape``.
+    """
+    return _Calibration.of(node, in_shape, in_act, x_in, chunk).estimate(lanes, zero_skip)
+
+
+@dataclass(frozen=True, eq=False)
+class _Calibration:
+    """A layer with its calibration pair counts, which do not depend on the lanes."""
+
+    node: ir.WeightLayer
+    in_shape: tuple
+    in_act: ir.Activation
+    chunk: int
+    pairs: np.ndarray  # (N, pixels, filters, taps, chunks), see _pair_counts
+
+    @classmethod
+    def of(cls, node, in_shape, in_act, x_in, chunk):
+        x_in = np.asarray(x_in)
+        if x_in.ndim == 0 or len(x_in) == 0 or x_in.shape[1:] != tuple(in_shape):
+            raise ZeroskipError(f"node {node.name!r}: calibration inputs must be a batch of "
+                                f"shape (N, {', '.join(map(str, in_shape))}) with N >= 1, got "
+                                f"{x_in.shape}")
+        geometry = ConvGeometry.of(node, in_shape, chunk)
+        return cls(node, tuple(in_shape), in_act, chunk,
+                   _pair_counts(geometry, geometry.as_weight4d(node.weight), x_in))
+
+    def estimate(self, lanes, zero_skip):
+        try:
+            sparse_plan = make_plan(self.node, self.in_shape, self.in_act, lanes, zero_skip,
+                                    self.chunk)
+        except ValueError as error:
+            raise ZeroskipError(str(error)) from None
+        g = sparse_plan.geometry
+        pixel_pairs = self.pairs.reshape(*self.pairs.shape[:2], -1).sum(axis=2)
+        dense_pixel_pairs = g.out_channels * g.taps * g.group_channels
+        if zero_skip:
+            ideal = np.ceil(pixel_pairs / lanes).sum(axis=1).mean()
+        else:
+            ideal = g.out_pixels * np.ceil(dense_pixel_pairs / lanes)
+        sample = np.unique(np.linspace(0, len(self.pairs) - 1, SIMULATED_IMAGES).round()
+                           .astype(int))
+        work = _issue_work(sparse_plan, self.pairs[sample])
+        # Lanes balance over pixels (they may run apart): each floor is the busiest lane's total.
+        floors = {
+            "compute": np.where(work > 0, work, 0).sum(axis=(1, 3)).max(axis=1).mean(),
+            "scan": g.out_pixels * (max(lane.combos for lane in sparse_plan.lanes) + 1),
+            "output": g.out_pixels * g.out_channels,
+            "input": g.in_channels * g.height * g.width,
+        }
+        return LayerEstimate(
+            name=self.node.name, lanes=lanes,
+            dense_pairs=float(g.out_pixels * dense_pixel_pairs),
+            effective_macs=float(pixel_pairs.sum(axis=1).mean()), ideal_cycles=float(ideal),
+            cycles=float(_simulate(sparse_plan, work).mean()), bound=max(floors, key=floors.get))
+
+
+def _calibrate(graph, x_int, chunk):
+    """A :class:`_Calibration` of every conv2d / linear node, in graph order."""
+    values = reference.run_layers(graph, x_int)
+    layers = []
+    for node in graph.nodes:
+        if isinstance(node, (ir.Conv2d, ir.Linear)):
+            x = values[node.input]
+            # A linear layer reads features; after a flatten those are the C-major ones.
+            x = x.reshape(len(x), -1) if isinstance(node, ir.Linear) else x
+            layers.append(_Calibration.of(node, x.shape[1:], graph.acts[node.input], x, chunk))
+    return layers
+
+
+def estimate_graph(graph, x_int, lanes, *, zero_skip=True, chunk=32):
+    """:func:`estimate_layer` for every conv2d / linear node of ``graph``, in graph order.
+
+    Parameters
+    ----------
+    graph : zeroskip.ir.Graph
+    x_int : numpy.ndarray
+        Integer calibration batch for the graph's input.
+    lanes : dict of str to int
+        Lanes per conv2d / linear node name.
+    zero_skip, chunk
+        As for :func:`estimate_layer`.
+
+    Returns
+    -------
+    list of LayerEstimate
+    """
+    layers = _calibrate(graph, x_int, chunk)
+    missing = [layer.node.name for layer in layers if layer.node.name not in lanes]
+    if missing:
+        raise ZeroskipError(f"graph {graph.name!r}: no lanes given for "
+                            f"{', '.join(map(repr, missing))}")
+    return [layer.estimate(lanes[layer.node.name], zero_skip) for layer in layers]
+
+
+def fold(graph, x_int, multipliers, *, zero_skip=True, chunk=32):
+    """Spread ``multipliers`` over the conv2d / linear layers so the slowest one is fastest.
+
+    Greedy: every layer starts with one lane; the layer with the most estimated cycles (the
+    earlier one on a tie) gets one more lane while that lowers its estimate and the budget lasts.
+
+    Parameters
+    ----------
+    graph : zeroskip.ir.Graph
+    x_int : numpy.ndarray
+        Integer calibration batch for the graph's input.
+    multipliers : int
+        The budget, at least one per conv2d / linear layer.
+    zero_skip, chunk
+        As for :func:`estimate_layer`.
+
+    Returns
+    -------
+    dict of str to int
+        Lanes per conv2d / linear node name, in graph order; at most ``multipliers`` in total.
+
+    Raises
+    ------
+    ZeroskipError
+        If ``multipliers`` is not a positive integer or is fewer than the weight layers.
+    """
+    if not isinstance(multipliers, (int, np.integer)) or isinstance(multipliers, bool) \
+            or multipliers < 1:
+        raise ZeroskipError(f"multipliers must be a positive integer, got {multipliers!r}")
+    layers = _calibrate(graph, x_int, chunk)
+    if multipliers < len(layers):
+        raise ZeroskipError(f"graph {graph.name!r} has {len(layers)} conv2d/linear layers: it "
+                            f"needs at least {len(layers)} multipliers (one each), got "
+                            f"{multipliers}")
+    lanes = [1] * len(layers)
+    cycles = [layer.estimate(1, zero_skip).cycles for layer in layers]
+    for _ in range(multipliers - len(layers)):
+        slowest = max(range(len(layers)), key=lambda i: (cycles[i], -i))
+        if lanes[slowest] == layers[slowest].node.out_channels:
+            break
+        faster = layers[slowest].estimate(lanes[slowest] + 1, zero_skip).cycles
+        if faster >= cycles[slowest]:
+            break
+        lanes[slowest] += 1
+        cycles[slowest] = faster
+    return {layer.node.name: count for layer, count in zip(layers, lanes)}
