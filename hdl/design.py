@@ -56,8 +56,9 @@ class SimResult:
     latency_cycles : numpy.ndarray
         Per inference: cycles from its first input beat to its last output beat, inclusive.
     interval_cycles : numpy.ndarray
-        ``(N - 1,)``: cycles between the first input beats of consecutive inferences, which
-        follow each other as fast as the pipeline takes them (the initiation interval).
+        ``(N - 1,)``: cycles between the last output beats of consecutive inferences, which
+        follow each other as fast as the pipeline takes them: in steady state, the initiation
+        interval.
     counters : dict
         ``"network"`` (:data:`zeroskip.hdl.network.NETWORK_COUNTER_NAMES`) and, per layer node
         name, its engine's counters (:data:`zeroskip.hdl.common.COUNTER_NAMES`), at the end.
@@ -315,7 +316,10 @@ class Design:
             self._check(x_int, y, classes)
         return SimResult(
             outputs=y, classes=classes, cycles=result.cycles,
-            latency_cycles=result.latencies, interval_cycles=result.initiation_intervals,
+            latency_cycles=result.latencies,
+            # Measured where inferences leave: inputs may run ahead into the buffers (line
+            # buffers, a fork's FIFOs) while the pipeline fills, outputs cannot.
+            interval_cycles=np.diff(result.last_output_cycle),
             counters=self._counters(result.counters), seconds=result.seconds,
             build_seconds=result.build_seconds, waves=getattr(result, "waves_path", None))
 

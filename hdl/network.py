@@ -36,8 +36,8 @@ __all__ = ["ArgmaxEngine", "LayerSpec", "NetworkCounters", "NetworkEngine", "Str
            "NETWORK_COUNTER_NAMES"]
 
 #: The network's own counters: inferences finished, the latency of the last one (its first input
-#: beat taken to its last logit given, inclusive) and the interval between the first input beats
-#: of the last two.
+#: beat taken to its last logit given, inclusive) and the interval between the last logits of the
+#: last two (the initiation interval, in steady state).
 NETWORK_COUNTER_NAMES = ("inferences", "latency_cycles", "interval_cycles")
 
 
@@ -210,19 +210,18 @@ class NetworkCounters(wiring.Component):
         write, read = starts.write_port(), starts.read_port(domain="comb")
         started = Signal(ceil_log2(self.inflight))
         finished = Signal(ceil_log2(self.inflight))
-        last_start = Signal(COUNTER_WIDTH)
-        any_started = Signal()
+        last_finish = Signal(COUNTER_WIDTH)
         first_beat = self.input_taken & (in_position == 0)
         m.d.comb += [write.addr.eq(started), write.data.eq(cycle), write.en.eq(first_beat),
                      read.addr.eq(finished)]
         with m.If(first_beat):
-            m.d.sync += [started.eq(started + 1), last_start.eq(cycle), any_started.eq(1)]
-            with m.If(any_started):
-                m.d.sync += self.counters.interval_cycles.eq(cycle - last_start)
+            m.d.sync += started.eq(started + 1)
         with m.If(self.output_taken & out_last):
-            m.d.sync += [finished.eq(finished + 1),
+            m.d.sync += [finished.eq(finished + 1), last_finish.eq(cycle),
                          self.counters.inferences.eq(self.counters.inferences + 1),
                          self.counters.latency_cycles.eq(cycle - read.data + 1)]
+            with m.If(self.counters.inferences != 0):
+                m.d.sync += self.counters.interval_cycles.eq(cycle - last_finish)
         return m
 
 

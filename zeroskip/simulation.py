@@ -26,7 +26,7 @@ class LayerActivity:
 class SimulationSummary:
     """A co-simulated batch, checked against the golden model.
 
-    ``interval_cycles`` is the median cycles between the first input beats of consecutive
+    ``interval_cycles`` is the median cycles between the last output beats of consecutive
     inferences (the initiation interval in steady state); ``latency_cycles`` the mean cycles
     from an inference's first input beat to its last output beat.
     """
