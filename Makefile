@@ -40,6 +40,8 @@ demo: $(INSTALL_STAMP)
 
 bench: $(INSTALL_STAMP)
 	$(VENV_PYTHON) benchmarks/frontend_bench.py
+	$(VENV_PYTHON) benchmarks/network_bench.py
+	$(VENV_PYTHON) benchmarks/topology_bench.py
 	$(VENV_PYTHON) benchmarks/engine_bench.py
 
 doctor: $(INSTALL_STAMP)
