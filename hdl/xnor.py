@@ -223,7 +223,8 @@ class XnorConvEngine(wiring.Component):
         words = rows * g.width * g.groups * g.chunks
         m.submodules.line_buffer = line_buffer = Memory(shape=unsigned(g.chunk), depth=words,
                                                         init=[])
-        oldest_needed = [Signal(32, name=f"oldest_needed_{i}") for i in range(len(self.plan.lanes))]
+        oldest_needed = [Signal(32, name=f"oldest_needed_{i}")
+                         for i in range(len(self.plan.lanes))]
         self._elaborate_writer(m, line_buffer, rows, rows_written, oldest_needed)
 
         lanes = [self._elaborate_lane(m, index, lane, line_buffer, rows, rows_written,

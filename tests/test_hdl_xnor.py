@@ -3,13 +3,15 @@
 
 import numpy as np
 import pytest
+from amaranth.hdl import Fragment
 
+import zeroskip
 from zeroskip import ir, reference
 from zeroskip.hdl.common import batch_from_beats, batch_to_beats, decode_beats, encode_beats
 from zeroskip.hdl.xnor import XnorConvEngine
 from zeroskip.testbench.verilog import convert, lint
 
-from hdl_sim import run_streams
+from hdl_sim import collect, drive, run_streams, simulate
 
 STALLS = 0.3
 BINARY = ir.Activation(1, True, 1.0)
@@ -162,6 +164,55 @@ def test_ternary_zeros_save_cycles():
         assert cycles[name] < 1.2 * engine.cycles_per_pixel * 25 + 200
     assert cycles["dense"] == pytest.approx(8 * 9 * 4 * 25, rel=0.2)
     assert cycles["sparse"] < cycles["dense"] / 3
+
+
+def mixed_graph(rng):
+    """Binary conv (thresholds) -> max pool (stays binary) -> flatten -> binary-input linear
+    with integer logits."""
+    conv = ir.Conv2d("conv", ("x",), weight=ternary(rng, (6, 3, 3, 3), 0.3),
+                     bias=rng.integers(-2, 3, 6).astype(np.int32), weight_bits=2,
+                     weight_scale=np.ones(6), padding=(1, 1), act=BINARY,
+                     threshold=threshold(rng, 6, 27))
+    pool = ir.MaxPool2d("pool", ("conv",), (2, 2), (2, 2))
+    flat = ir.Flatten("flat", ("pool",))
+    fc = ir.Linear("fc", ("flat",), weight=ternary(rng, (4, 54), 0.3),
+                   bias=rng.integers(-20, 21, 4).astype(np.int32), weight_bits=2,
+                   weight_scale=np.ones(4),
+                   requant=ir.Requant(np.full(4, 2**14, np.int32), np.full(4, 11, np.int32),
+                                      -128, 127), act=S8)
+    return ir.Graph((ir.Input("x", (), (3, 6, 6), BINARY), conv, pool, flat, fc), "fc")
+
+
+def test_mixed_graph_through_the_network_top():
+    """The compiler gives binary-input layers the XNOR engine; the whole top is bit-exact."""
+    rng = np.random.default_rng(12)
+    graph = mixed_graph(rng)
+    x = binary_inputs(rng, graph, batch=3)
+    ref_out = reference.run(graph, x)
+    design = zeroskip.compile(graph, lanes=2)
+    engines = {spec.node.name: spec.engine(True, 16) for spec in design.layers}
+    for engine in engines.values():
+        Fragment.get(engine, None)  # the engines the top will build, elaborated
+    assert {name: type(engine).__name__ for name, engine in engines.items()} == {
+        "conv": "XnorConvEngine", "pool": "MaxPool2dEngine", "fc": "XnorConvEngine"}
+    dut = design.engine()
+    received = {}
+
+    async def producer(ctx):
+        await drive(ctx, dut.i_stream, encode_beats(batch_to_beats(x), BINARY),
+                    np.random.default_rng(1), STALLS, timeout=20_000)
+
+    async def sink(ctx):
+        received["logits"] = await collect(ctx, dut.o_stream, ref_out.size,
+                                           np.random.default_rng(2), STALLS, timeout=20_000)
+
+    async def class_sink(ctx):
+        received["class"] = await collect(ctx, dut.o_stream_class, len(x),
+                                          np.random.default_rng(3), STALLS, timeout=20_000)
+
+    simulate(dut, producer, sink, class_sink)
+    np.testing.assert_array_equal(batch_from_beats(received["logits"], (4,)), ref_out)
+    assert received["class"] == list(ref_out.argmax(axis=1))
 
 
 @pytest.mark.parametrize("kwargs, message", [
