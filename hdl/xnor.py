@@ -1,20 +1,25 @@
 """The XNOR-popcount engine: conv2d / linear layers whose input is binary, ``width`` bits a cycle.
 
-A binary activation travels as one bit (1 means +1, 0 means -1, :mod:`.common`); the weights are
-ternary or binary (``weight_bits == 2``: -1, 0, +1). For a word of up to ``width`` input channels
+A binary activation travels as one bit (1 means +1, 0 means -1, :mod:`.common`). For ternary or
+binary weights (``weight_bits == 2``: -1, 0, +1) and a word of up to ``width`` input channels
 under one kernel tap, with ``m`` the filter's nonzero-weight mask, ``s`` its sign bits (1 means
 +1) and ``x`` the activation bits, the sum of products is::
 
     matches - mismatches = 2 * popcount(m & ~(s ^ x)) - popcount(m)
+
+Wider weights go sign-magnitude, one magnitude bit-plane ``b`` at a time: ``m`` is then the mask
+of the weights whose magnitude has bit ``b`` set, and the word's sum is shifted left by ``b``.
+Every plane with a set bit costs one cycle, so ternary layers need one pass and int8 weights up
+to seven.
 
 Dataflow (per lane, one popcount unit each)::
 
     i_stream -> writer -> line buffer: per pixel, the bits packed into width-bit words
                                    |
     scanner:  walks the lane's entry ROM for one output pixel at a time: one entry per
-              (filter, tap, word) holding a nonzero weight, so ternary zeros cost nothing
+              (filter, tap, word, plane) holding a nonzero weight, so ternary zeros cost nothing
                                    |  (the entry addresses the line buffer word under its tap)
-    popcount: 2 * popcount(m & ~(s ^ x)) - popcount(m); a padded tap gives 0
+    popcount: (2 * popcount(m & ~(s ^ x)) - popcount(m)) << plane; a padded tap gives 0
                                    |
     accumulator: at a filter's last entry the sum goes to the double-buffered output tile
                                    |
@@ -125,8 +130,9 @@ class XnorConvEngine(wiring.Component):
     Parameters
     ----------
     node : zeroskip.ir.Conv2d or zeroskip.ir.Linear
-        Ternary or binary weights (``weight_bits == 2``), with a ``threshold`` (binary output)
-        or a ``requant`` (integer output).
+        With a ``threshold`` (binary output) or a ``requant`` (integer output). Ternary or
+        binary weights (``weight_bits == 2``) take one pass; wider ones a pass per magnitude
+        bit-plane holding a nonzero bit.
     in_shape : tuple
         ``(C, H, W)`` for a conv, ``(features,)`` for a linear layer.
     in_act : zeroskip.ir.Activation
@@ -150,10 +156,11 @@ class XnorConvEngine(wiring.Component):
 
     Latency and throughput
     ----------------------
-    A lane spends one cycle per entry of its ROM: per output pixel, the sum over its filters of
-    the (tap, word) pairs holding a nonzero weight, ``taps * ceil(C / groups / width)`` per
-    filter for dense weights; a new pixel starts the cycle after the last entry of the previous
-    one when its input rows are in. An output pixel's first value leaves about 9 cycles after
+    A lane spends one cycle per entry of its ROM (:attr:`cycles_per_pixel`: the busiest lane's)
+    per output pixel: the sum over its filters of the (tap, word, plane) triples holding a
+    nonzero weight bit, ``taps * ceil(C / groups / width)`` per filter for dense binary
+    weights. A new pixel starts the cycle after the last entry of the previous one when its
+    input rows are in. An output pixel's first value leaves about 9 cycles after
     its last entry (4 in the lane, 2 in the collector, 1 in the output FIFO, 2 in a thresholder
     or 4 in a requantizer); then one output per cycle.
     """
@@ -167,9 +174,6 @@ class XnorConvEngine(wiring.Component):
         if in_act.bits != 1:
             raise ValueError(f"XnorConvEngine needs a binary input, got {in_act.bits}-bit "
                              f"activations for {node.name!r}")
-        if node.weight_bits != 2:
-            raise ValueError(f"XnorConvEngine needs ternary or binary weights (weight_bits 2), "
-                             f"got weight_bits {node.weight_bits} for {node.name!r}")
         if not isinstance(width, int) or isinstance(width, bool) or not 1 <= width <= 64:
             raise ValueError(f"width must be an integer from 1 to 64, got {width!r}")
         if not isinstance(lanes, int) or isinstance(lanes, bool):
@@ -177,9 +181,12 @@ class XnorConvEngine(wiring.Component):
         self.node, self.in_shape, self.in_act = node, tuple(in_shape), in_act
         self.plan = make_plan(node, in_shape, in_act, lanes, True, width)
         self.geometry = g = self.plan.geometry
-        # x is +-1, so a filter's sum lies within +-(its nonzero weights).
-        nonzeros = int(np.count_nonzero(g.as_weight4d(node.weight), axis=(1, 2, 3)).max())
-        self.acc_bounds = (-nonzeros, nonzeros)
+        self.planes = node.weight_bits - 1
+        self.entries = [self._entries(lane) for lane in self.plan.lanes]
+        # x is +-1, so a filter's sum lies within +-(the sum of its weights' magnitudes).
+        magnitude = int(np.abs(g.as_weight4d(node.weight).astype(np.int64)).sum(axis=(1, 2, 3))
+                        .max())
+        self.acc_bounds = (-magnitude, magnitude)
         self.sum_shape = signed(signed_width(*self.acc_bounds))
         super().__init__({
             "i_stream": In(activation_stream(in_act)),
@@ -190,25 +197,44 @@ class XnorConvEngine(wiring.Component):
     @property
     def cycles_per_pixel(self):
         """Cycles the busiest lane spends on one output pixel (its ROM entries)."""
-        return max(lane.combos for lane in self.plan.lanes)
+        return max(len(entries) for entries in self.entries)
 
     def _entry_layout(self):
         g = self.geometry
-        return data.StructLayout({
+        fields = {
             "mask": unsigned(g.chunk), "sign": unsigned(g.chunk), "count": range(g.chunk + 1),
             "tap_y": range(max(g.kernel[0], 2)), "tap_x": range(max(g.kernel[1], 2)),
-            "word": range(max(g.chunks, 2)), "last": 1})
+            "word": range(max(g.chunks, 2)), "last": 1}
+        if self.planes > 1:
+            # The plane's shift, and the word's nonzero weights (counted once, on its first
+            # plane); with one plane the credit is the count.
+            fields.update(shift=range(self.planes), credit=range(g.chunk + 1))
+        return data.StructLayout(fields)
 
     def _entries(self, lane):
-        """The lane's ROM contents: the plan's combos with the sign bits of their weights."""
+        """The lane's ROM contents: the plan's combos split into bit-planes, with the sign bits
+        of their weights."""
         values = iter(lane.weights)
         entries = []
         for mask, (tap_y, tap_x, word), last in zip(lane.masks, lane.taps, lane.last):
             bits = [i for i in range(self.geometry.chunk) if int(mask) >> i & 1]
-            sign = sum(1 << i for i in bits if next(values) > 0)
-            entries.append({"mask": int(mask), "sign": sign, "count": len(bits),
-                            "tap_y": int(tap_y), "tap_x": int(tap_x), "word": int(word),
-                            "last": bool(last)})
+            weights = dict(zip(bits, (int(next(values)) for _ in bits)))
+            common = {"sign": sum(1 << i for i, w in weights.items() if w > 0),
+                      "tap_y": int(tap_y), "tap_x": int(tap_x), "word": int(word),
+                      "last": False}
+            planes = [{**common, "mask": plane_mask, "count": bin(plane_mask).count("1"),
+                       "shift": plane, "credit": 0}
+                      for plane in range(self.planes)
+                      for plane_mask in [sum(1 << i for i, w in weights.items()
+                                             if abs(w) >> plane & 1)] if plane_mask]
+            # An all-zero filter keeps the plan's empty entry, so that it still outputs.
+            planes = planes or [{**common, "mask": 0, "count": 0, "shift": 0, "credit": 0}]
+            planes[0]["credit"] = len(bits)
+            planes[-1]["last"] = bool(last)
+            if self.planes == 1:
+                for entry in planes:
+                    del entry["shift"], entry["credit"]
+            entries.extend(planes)
         return entries
 
     # --- elaboration -------------------------------------------------------------------------
@@ -281,7 +307,8 @@ class XnorConvEngine(wiring.Component):
         filters = len(lane.filters)
         words_per_pixel = g.groups * g.chunks
         layout = self._entry_layout()
-        rom = Memory(shape=layout, depth=lane.combos, init=self._entries(lane))
+        entries = self.entries[index]
+        rom = Memory(shape=layout, depth=len(entries), init=entries)
         tile = Memory(shape=self.sum_shape, depth=TILE_SLOTS * filters, init=[])
         m.submodules[f"entry_rom_{index}"] = rom
         m.submodules[f"tile_{index}"] = tile
@@ -293,7 +320,7 @@ class XnorConvEngine(wiring.Component):
                                 for f in lane.filters)
 
         # --- scanner: one ROM entry per cycle, a new pixel once its rows are in -------------
-        entry = Signal(range(max(lane.combos, 2)))
+        entry = Signal(range(max(len(entries), 2)))
         pixel_index = Signal(32)  # output pixels this lane has started, all inferences
         cursor = _PixelCursor(g, rows, f"scan_{index}")
         # Rows are released by pixels whose words have all been read, not by pixels scanned.
@@ -314,7 +341,7 @@ class XnorConvEngine(wiring.Component):
         with m.If(issue):
             m.d.sync += [stage_b.slot.eq(pixel_index[0]), stage_b.top.eq(cursor.top),
                          stage_b.left.eq(cursor.left), stage_b.top_slot.eq(cursor.top_slot)]
-            with m.If(entry == lane.combos - 1):
+            with m.If(entry == len(entries) - 1):
                 m.d.sync += [entry.eq(0), pixel_index.eq(pixel_index + 1)]
                 cursor.advance(m)
             with m.Else():
@@ -335,10 +362,18 @@ class XnorConvEngine(wiring.Component):
         ring_pixel = slot_of_row * g.width + column[:max(ceil_log2(g.width), 1)]
         m.d.comb += word_read.addr.eq(ring_pixel * words_per_pixel +
                                       group_of_filter[filter_index] * g.chunks + entry_b.word)
-        stage_c = Signal(data.StructLayout({
+        stage_c_fields = {
             "valid": 1, "pad": 1, "last": 1, "mask": unsigned(g.chunk),
             "sign": unsigned(g.chunk), "count": range(g.chunk + 1),
-            "filter": range(max(filters, 2)), "slot": 1}))
+            "filter": range(max(filters, 2)), "slot": 1}
+        if self.planes > 1:
+            stage_c_fields["shift"] = range(self.planes)
+        stage_c = Signal(data.StructLayout(stage_c_fields))
+        credit = Signal(range(g.chunk + 1))
+        if self.planes > 1:
+            m.d.sync += [stage_c.shift.eq(entry_b.shift), credit.eq(entry_b.credit)]
+        else:
+            m.d.comb += credit.eq(stage_c.count)
         m.d.sync += [stage_c.valid.eq(stage_b.valid), stage_c.pad.eq(pad),
                      stage_c.last.eq(entry_b.last), stage_c.mask.eq(entry_b.mask),
                      stage_c.sign.eq(entry_b.sign), stage_c.count.eq(entry_b.count),
@@ -346,14 +381,19 @@ class XnorConvEngine(wiring.Component):
 
         # --- stage C: the activation word is here; matches minus mismatches ------------------
         agree = stage_c.mask & ~(stage_c.sign ^ word_read.data)
+        value = (_popcount(agree) << 1) - stage_c.count
+        if self.planes > 1:
+            value = value << stage_c.shift
         stage_d = Signal(data.StructLayout({
-            "valid": 1, "last": 1, "value": signed(signed_width(-g.chunk, g.chunk)),
+            "valid": 1, "last": 1,
+            "value": signed(signed_width(-g.chunk << (self.planes - 1),
+                                         g.chunk << (self.planes - 1))),
             "effective": range(g.chunk + 1), "filter": range(max(filters, 2)), "slot": 1}))
         m.d.sync += [
             stage_d.valid.eq(stage_c.valid), stage_d.last.eq(stage_c.last),
             # A padded tap contributes 0 and no product.
-            stage_d.value.eq(Mux(stage_c.pad, 0, (_popcount(agree) << 1) - stage_c.count)),
-            stage_d.effective.eq(Mux(stage_c.valid & ~stage_c.pad, stage_c.count, 0)),
+            stage_d.value.eq(Mux(stage_c.pad, 0, value)),
+            stage_d.effective.eq(Mux(stage_c.valid & ~stage_c.pad, credit, 0)),
             stage_d.filter.eq(stage_c.filter), stage_d.slot.eq(stage_c.slot),
         ]
 

@@ -122,6 +122,31 @@ def test_linear_is_bit_exact_back_to_back(logits):
         assert ref_out.min() < 0 < ref_out.max()
 
 
+@pytest.mark.parametrize("weight_bits", [4, 8])
+def test_wider_weights_go_one_bit_plane_at_a_time(weight_bits):
+    """A binary input with multi-bit weights: one pass per magnitude bit-plane."""
+    rng = np.random.default_rng(30 + weight_bits)
+    limit = 2 ** (weight_bits - 1) - 1
+    shape = (5, 9, 3, 3)
+    weight = rng.integers(-limit, limit + 1, shape) * (rng.random(shape) < 0.6)
+    weight[0, :, :, :] = 0  # an all-zero filter outputs its bias
+    weight[1, 0, 0, 0] = -limit
+    node = ir.Conv2d("conv", ("x",), weight=weight.astype(np.int8),
+                     bias=rng.integers(-50, 51, 5).astype(np.int32), weight_bits=weight_bits,
+                     weight_scale=np.ones(5), padding=(1, 1),
+                     requant=ir.Requant(rng.integers(2**14, 2**15, 5).astype(np.int32),
+                                        np.full(5, 8 + weight_bits, np.int32), -128, 127),
+                     act=S8)
+    graph = ir.Graph((ir.Input("x", (), (9, 4, 4), BINARY), node), "conv")
+    x = binary_inputs(rng, graph, batch=2)
+    rtl_out, counters, engine = rtl_run(graph, x, width=16, lanes=3)
+    np.testing.assert_array_equal(rtl_out, reference.run(graph, x))
+    assert counters["effective_macs"] == reference.work(graph, x)["conv"].effective_macs_total
+    planes_used = sum(len(entries) for entries in engine.entries)
+    assert len(np.unique(np.abs(weight))) > 2 and planes_used > sum(
+        lane.combos for lane in engine.plan.lanes)
+
+
 def test_thresholds_beyond_the_sums_range():
     """Thresholds the sums can never reach give constant outputs (the ROM's limits clamp)."""
     rng = np.random.default_rng(4)
@@ -226,16 +251,10 @@ def test_bad_parameters_are_refused(kwargs, message):
         XnorConvEngine(graph.nodes[-1], graph.input.shape, BINARY, **kwargs)
 
 
-def test_only_binary_inputs_and_ternary_weights():
-    rng = np.random.default_rng(0)
-    graph = linear_graph(rng, features=8, outputs=2, logits=True)
-    node = graph.nodes[-1]
+def test_only_binary_inputs():
+    graph = linear_graph(np.random.default_rng(0), features=8, outputs=2, logits=True)
     with pytest.raises(ValueError, match="needs a binary input, got 8-bit"):
-        XnorConvEngine(node, (8,), S8)
-    wide = ir.Linear("fc", ("x",), weight=node.weight, bias=node.bias, weight_bits=4,
-                     weight_scale=node.weight_scale, requant=node.requant, act=S8)
-    with pytest.raises(ValueError, match="ternary or binary weights"):
-        XnorConvEngine(wide, (8,), BINARY)
+        XnorConvEngine(graph.nodes[-1], (8,), S8)
     with pytest.raises(TypeError, match="takes a Conv2d or Linear node, not MaxPool2d"):
         XnorConvEngine(ir.MaxPool2d("p", ("x",)), (1, 4, 4), BINARY)
 
@@ -249,7 +268,11 @@ def test_verilog_is_lint_clean(tmp_path):
     path.write_text(convert(XnorConvEngine(node, graph.input.shape, BINARY, width=16, lanes=2),
                             "xnor"))
     lint(path, "xnor")
-    logits = linear_graph(rng, features=70, outputs=10, logits=True)
+    # Integer logits from 4-bit weights: the requantizer and the bit-plane shift.
+    fc = linear_graph(rng, features=70, outputs=10, logits=True).nodes[-1]
+    fc = ir.Linear("fc", ("x",), weight=(fc.weight * rng.integers(1, 8, fc.weight.shape))
+                   .astype(np.int8), bias=fc.bias, weight_bits=4, weight_scale=fc.weight_scale,
+                   requant=fc.requant, act=S8)
     path = tmp_path / "xnor_fc.v"
-    path.write_text(convert(XnorConvEngine(logits.nodes[-1], (70,), BINARY), "xnor_fc"))
+    path.write_text(convert(XnorConvEngine(fc, (70,), BINARY), "xnor_fc"))
     lint(path, "xnor_fc")
