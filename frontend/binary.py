@@ -65,7 +65,8 @@ def split_binary_layers(graph, int8_layers):
             continue
         follower, bn = _sole_consumer(graph, layer.name), None
         if isinstance(follower, FloatBatchNorm):
-            bn, removed = follower, removed + [follower.name]
+            bn = follower
+            removed.append(bn.name)
             follower = _sole_consumer(graph, bn.name)
         if isinstance(follower, FloatActivation):
             removed.append(follower.name)

@@ -19,7 +19,7 @@ from .demo import accuracy, digits_data
 @dataclass(frozen=True)
 class BinaryDemoSettings:
     width: int = 32
-    epochs: int = 30
+    epochs: int = 15
     lr: float = 0.01
     batch_size: int = 64
     seed: int = 0
