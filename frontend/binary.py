@@ -37,7 +37,7 @@ from .graph import (
     FloatActivation, FloatBatchNorm, FloatConv2d, FloatFlatten, FloatInput, FloatLinear,
     FloatMaxPool2d, WeightLayer,
 )
-from .passes import prepare_float_graph
+from .passes import _sole_consumer, prepare_float_graph
 from .qat import (
     EXACT, ActFormat, OutputQuantizer, QuantFlatten, QuantInput, QuantMaxPool, QuantWeightLayer,
     QValue, _straight_through, quantize_multiplier, requantize_exact,
@@ -46,11 +46,6 @@ from .trace import trace
 
 LOGIT_FORMAT = ActFormat(8, signed=True)
 BINARY_FORMAT = ActFormat(ir.BINARY_BITS, signed=True)
-
-
-def _sole_consumer(graph, name):
-    consumers = graph.consumers(name)
-    return consumers[0] if len(consumers) == 1 and graph.output != name else None
 
 
 def split_binary_layers(graph, int8_layers):
