@@ -370,13 +370,21 @@ class Design:
     def plans(self):
         """Layer name -> the static :class:`~zeroskip.hdl.sparse_plan.SparsePlan` of each conv /
         linear engine (lanes, ROM contents)."""
+        from .folding import XNOR_WIDTH
         from .sparse_plan import plan as make_plan
 
+        def layer_plan(spec):
+            # A binary-input layer's XNOR engine skips zero weights in both modes, a word of
+            # XNOR_WIDTH channels at a time.
+            if spec.in_acts[0].binary:
+                return make_plan(spec.node, spec.in_shapes[0], spec.in_acts[0], spec.lanes,
+                                 True, XNOR_WIDTH)
+            return make_plan(spec.node, spec.in_shapes[0], spec.in_acts[0], spec.lanes,
+                             self.zero_skip, self.chunk)
+
         if not hasattr(self, "_plan_cache"):
-            self._plan_cache = {
-                spec.node.name: make_plan(spec.node, spec.in_shapes[0], spec.in_acts[0],
-                                          spec.lanes, self.zero_skip, self.chunk)
-                for spec in self.layers if isinstance(spec.node, _WEIGHT_LAYERS)}
+            self._plan_cache = {spec.node.name: layer_plan(spec) for spec in self.layers
+                                if isinstance(spec.node, _WEIGHT_LAYERS)}
         return self._plan_cache
 
 
