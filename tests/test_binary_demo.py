@@ -12,6 +12,7 @@ from zeroskip.hdl.folding import estimate_layer, xnor_entries
 from zeroskip.hdl.xnor import XnorConvEngine
 
 from hdl_sim import run_streams
+from test_cli import assert_one_clear_error, zeroskip_command
 from test_hdl_xnor import BINARY, binary_inputs, conv_graph, linear_graph, mixed_graph
 
 
@@ -84,3 +85,31 @@ def test_auto_lanes_balance_a_binary_graph_on_its_xnor_engines():
     for name in ("conv", "fc"):
         assert by_name[name].ideal_cycles <= by_name[name].cycles
         assert max(xnor_entries(design.plans[name], 2)) == engines[name].cycles_per_pixel
+
+
+@pytest.mark.verilator
+@pytest.mark.slow
+def test_binary_demo_through_the_rtl(verilator_build_root, tmp_path):
+    """``zeroskip demo --binary``'s flow: every test image bit-exact, >= 90 % accurate."""
+    import json
+
+    from zeroskip import binary_demo
+    from zeroskip.demo import write_json
+
+    result, _ = binary_demo.run_demo(build_root=verilator_build_root)
+    hw = result.hardware
+    assert hw.bit_exact == result.test_images == 360
+    assert result.int8_accuracy >= 0.90 and hw.rtl_accuracy == result.int8_accuracy
+    assert sum(hw.lanes.values()) <= 16 and sum(hw.dense_lanes.values()) <= 16
+    assert result.weight_storage_bits == result.weights  # one bit per binary weight
+    table = result.format_table()
+    assert "binary accuracy (golden model)" in table and "360/360 images bit-identical" in table
+    path = tmp_path / "binary.json"
+    write_json(result, path)
+    loaded = json.loads(path.read_text())
+    assert loaded["network"] == "binary" and loaded["golden_accuracy"] == result.int8_accuracy
+
+
+def test_binary_demo_refuses_sparsity():
+    assert_one_clear_error(zeroskip_command("demo", "--binary", "--sparsity", "0.5"),
+                           "--sparsity does not apply to --binary")

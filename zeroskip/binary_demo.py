@@ -2,18 +2,20 @@
 
 Three binary conv blocks (the first reads the 8-bit pixels) and a binary-weight classifier,
 trained from a random start with straight-through estimators, then calibrated and exported;
-the golden integer model measures the accuracy. Seeded and deterministic.
+the golden integer model measures the accuracy. Seeded and deterministic. :func:`run_demo` takes
+it through the RTL as :func:`zeroskip.demo.run` does the int8 net (``zeroskip demo --binary``).
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
 from . import reference
-from .demo import accuracy, digits_data
+from .demo import CALIBRATION_IMAGES, DemoResult, accuracy, digits_data, run_hardware
 
 
 @dataclass(frozen=True)
@@ -23,6 +25,8 @@ class BinaryDemoSettings:
     lr: float = 0.01
     batch_size: int = 64
     seed: int = 0
+    multipliers: int = 16
+    hardware: bool = True
 
 
 @dataclass(frozen=True)
@@ -93,3 +97,41 @@ def run(settings=BinaryDemoSettings()):
                               agreeing_images=agreeing, test_images=len(x_test),
                               train_seconds=train_seconds)
     return result, graph, net
+
+
+def run_demo(settings=BinaryDemoSettings(), out_dir=None, *, build_root=None, progress=None):
+    """:func:`run`, then, with ``settings.hardware``, :func:`zeroskip.demo.run_hardware`: the
+    same compile (zero-skip and dense, ``lanes="auto"``) and co-simulation as the int8 demo.
+
+    Returns the :class:`zeroskip.demo.DemoResult` (``network="binary"``) and the graph; with
+    ``out_dir`` the graph is saved there as ``binary-digits.zsg``, the builds as ``build`` and
+    ``build-dense``.
+    """
+    from .analysis import stats
+
+    started = time.perf_counter()
+    trained, graph, _ = run(settings)
+    _, _, x_test, y_test = digits_data()
+    x_int = graph.quantize_input(x_test.numpy())
+    summary = stats(graph, x_int)
+    if out_dir is not None:
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+        graph.save(Path(out_dir) / "binary-digits.zsg")
+    hardware = None
+    if settings.hardware:
+        x_train = digits_data()[0]
+        x_calibration = graph.quantize_input(x_train[:CALIBRATION_IMAGES].numpy())
+        hardware = run_hardware(graph, x_calibration, x_int, y_test.numpy(), settings,
+                                out_dir=out_dir, build_root=build_root, progress=progress)
+    total = summary.total
+    result = DemoResult(
+        settings=settings, hardware=hardware, network="binary", float_accuracy=None,
+        int8_accuracy=trained.accuracy, qat_matches_golden=trained.agreeing_images,
+        test_images=trained.test_images, weights=total.weights,
+        nonzero_weights=total.nonzero_weights,
+        sparsity=1 - total.nonzero_weights / total.weights,
+        weight_storage_bits=total.weight_storage_bits, fp32_storage_bits=total.fp32_storage_bits,
+        storage_reduction=1 - total.weight_storage_bits / total.fp32_storage_bits,
+        dense_macs=total.dense_macs, effective_macs=total.effective_macs,
+        seconds=time.perf_counter() - started)
+    return result, graph
