@@ -1,7 +1,8 @@
 """Export: a PyTorch model to the layer IR.
 
-A :class:`~.qat.QuantNet` exports the integers its forward computes with; any other model is
-first quantized post-training (:func:`~.qat.prepare` with the calibration data).
+A :class:`~.qat.QuantNet` or a :class:`~.binary.BinaryNet` exports the integers its forward
+computes with; any other model is first quantized post-training (:func:`~.qat.prepare` with the
+calibration data).
 """
 
 from __future__ import annotations
@@ -23,17 +24,23 @@ def export(model, example_input, calibration=None, *, weight_bits=8, act_bits=8,
 
     Parameters
     ----------
-    model : torch.nn.Module or QuantNet
-        A QuantNet (from :func:`zeroskip.qat.prepare`, perhaps trained) exports its learned
-        parameters as they are; a float model is quantized post-training.
+    model : torch.nn.Module, QuantNet or BinaryNet
+        A QuantNet (from :func:`zeroskip.qat.prepare`) or a BinaryNet (from
+        :func:`zeroskip.binarize`), perhaps trained, exports its learned parameters as they are;
+        a float model is quantized post-training.
     example_input : torch.Tensor
         A batch; fixes the input shape.
     calibration : torch.Tensor or iterable of batches, optional
         For post-training quantization: data whose ranges set the activation scales
-        (``example_input`` when omitted). Ignored for a QuantNet, which is calibrated already.
+        (``example_input`` when omitted). Ignored for a QuantNet or BinaryNet, which is
+        calibrated already.
     weight_bits, act_bits, epsilon
         As for :func:`zeroskip.qat.prepare`; ignored for a QuantNet.
     """
+    from .binary import BinaryNet  # binary builds on this module's helpers
+
+    if isinstance(model, BinaryNet):
+        return model.to_graph(name or "net")
     if not isinstance(model, QuantNet):
         model = prepare(model, example_input, calibration, weight_bits=weight_bits,
                         act_bits=act_bits, epsilon=epsilon)

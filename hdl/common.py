@@ -4,6 +4,8 @@ Streams
     Every engine reads ``i_stream`` and writes ``o_stream`` (an add reads ``i_stream_a`` and
     ``i_stream_b``), each a :class:`amaranth.lib.stream.Signature` carrying **one activation per
     beat**, shaped by the IR's :class:`~zeroskip.ir.Activation` (:func:`activation_shape`). A
+    binary activation travels as **one bit**: 1 means +1, 0 means -1 (:func:`encode_beats`,
+    :func:`decode_beats` convert; every other width carries its integer as it is). A
     tensor travels in **HWC order**: pixel by pixel, row-major, all channels of a pixel in a row;
     a flat tensor in feature order. Inferences follow each other back to back with no framing
     signal: every engine knows its tensor sizes and counts beats.
@@ -32,6 +34,8 @@ COUNTER_NAMES = ("busy_cycles", "effective_macs", "skipped_pairs", "stall_cycles
 
 def activation_shape(act):
     """The Amaranth shape of one activation of encoding ``act`` (a zeroskip.ir.Activation)."""
+    if act.binary:
+        return unsigned(1)
     return signed(act.bits) if act.signed else unsigned(act.bits)
 
 
@@ -41,6 +45,32 @@ def activation_stream(act):
 
 def counters_signature():
     return wiring.Signature({name: Out(COUNTER_WIDTH) for name in COUNTER_NAMES})
+
+
+def encode_beats(values, act):
+    """Integer activations -> the values their stream carries: for a binary ``act``, -1 / +1 ->
+    0 / 1; other encodings unchanged.
+
+    Raises
+    ------
+    ValueError
+        for a binary ``act`` and a value other than -1 or +1.
+    """
+    values = np.asarray(values)
+    if not act.binary:
+        return values
+    if values.size and not np.all(np.abs(values) == 1):
+        raise ValueError("binary activations must be -1 or +1, found "
+                         f"{sorted(set(np.unique(values).tolist()) - {-1, 1})[:5]}")
+    return (values > 0).astype(np.int64)
+
+
+def decode_beats(bits, act):
+    """Stream values -> integer activations: the inverse of :func:`encode_beats`."""
+    bits = np.asarray(bits)
+    if not act.binary:
+        return bits
+    return 2 * bits.astype(np.int64) - 1
 
 
 def to_beats(x):

@@ -12,8 +12,9 @@ Dataflow (per lane, one multiplier each; :mod:`.sparse_plan` decides what each l
                                    |
     MAC:      acc += w * x; at a filter's last combo the sum goes to the output tile
                                    |
-    collector: when every lane has finished a pixel, its sums + bias, in channel order, go
-               through the requantizer to o_stream
+    collector: when every lane has finished a pixel, its sums in channel order go through
+               bias + the requantizer (integer output) or the thresholder, which folds the
+               bias in (binary output: the first layer of a binary network), to o_stream
 
 Lanes run up to two output pixels apart (the output tile is double-buffered), so their work
 balances over pixels rather than within each one. A linear layer is a 1x1 convolution of a 1x1
@@ -35,6 +36,7 @@ from .common import activation_shape, activation_stream, counters_signature
 from .requant import Requantizer
 from .sparse_plan import plan as make_plan
 from .sparse_plan import signed_width
+from .threshold import Thresholder
 
 PAIR_FIFO_DEPTH = 8
 OUT_FIFO_DEPTH = 8
@@ -107,10 +109,12 @@ class SparseConvEngine(wiring.Component):
     Parameters
     ----------
     node : zeroskip.ir.Conv2d or zeroskip.ir.Linear
+        With a ``requant`` (integer output) or a ``threshold`` (binary output).
     in_shape : tuple
         ``(C, H, W)`` for a conv, ``(features,)`` for a linear layer.
     in_act : zeroskip.ir.Activation
-        Encoding of the input stream.
+        Encoding of the input stream: integers of 2 to 8 bits (a binary input goes to
+        :class:`~zeroskip.hdl.xnor.XnorConvEngine`).
     lanes : int
         Multipliers, 1 to the number of output channels; filters are spread over them by
         nonzero count.
@@ -124,12 +128,14 @@ class SparseConvEngine(wiring.Component):
     i_stream : In(stream.Signature(activation))
         Input activations, HWC order.
     o_stream : Out(stream.Signature(activation))
-        Output activations, HWC order.
+        Output activations, HWC order: integers after a requant, one bit per beat after a
+        threshold (1 = +1, 0 = -1).
     counters : Out(counters signature)
         ``busy_cycles``, ``effective_macs``, ``skipped_pairs``, ``stall_cycles`` since reset.
 
-    Latency: an output pixel leaves about 8 cycles after its last pair is issued. Throughput:
-    one pair per lane per cycle while the pair FIFOs are fed; at most one output per cycle.
+    Latency: an output pixel leaves about 8 cycles after its last pair is issued through a
+    requantizer, 2 fewer through a thresholder. Throughput: one pair per lane per cycle while
+    the pair FIFOs are fed; at most one output per cycle.
     """
 
     def __init__(self, node, in_shape, in_act, *, lanes=1, zero_skip=True, chunk=16):
@@ -138,6 +144,10 @@ class SparseConvEngine(wiring.Component):
                             f"{type(node).__name__}")
         if not isinstance(in_act, ir.Activation):
             raise TypeError("in_act must be a zeroskip.ir.Activation")
+        if in_act.binary:
+            # A 0 bit means -1 here: the multipliers and the zero masks would read it as 0.
+            raise ValueError(f"SparseConvEngine needs an integer input, got binary activations "
+                             f"for {node.name!r} (XnorConvEngine takes those)")
         if not isinstance(chunk, int) or not 1 <= chunk <= 64:
             raise ValueError(f"chunk must be an integer from 1 to 64, got {chunk!r}")
         self.node, self.in_shape, self.in_act = node, tuple(in_shape), in_act
@@ -448,28 +458,34 @@ class SparseConvEngine(wiring.Component):
                 "tile_read": (tile_read, filters)}
 
     def _elaborate_collector(self, m, lane_done, tile_read_ports, collector_released):
-        """Tile sums + bias, in channel order, through the requantizer to o_stream."""
+        """Tile sums in channel order -> bias + requantizer or thresholder -> o_stream."""
         g = self.geometry
-        plan = self.plan
-        where = plan.lane_of_filter()
+        node = self.node
+        where = self.plan.lane_of_filter()
         filters_per_lane = [count for _, count in tile_read_ports]
         lane_bits = max(ceil_log2(len(tile_read_ports)), 1)
         index_bits = max(ceil_log2(max(filters_per_lane)), 1)
         route_rom = Memory(shape=unsigned(lane_bits + index_bits), depth=g.out_channels,
                            init=[lane | (position << lane_bits) for lane, position in where])
-        bias_rom = Memory(shape=signed(32), depth=g.out_channels,
-                          init=[int(b) for b in self.node.bias])
         m.submodules.route_rom = route_rom
-        m.submodules.bias_rom = bias_rom
         route_read = route_rom.read_port()
-        bias_read = bias_rom.read_port()
 
-        requantizer = Requantizer(self.node.requant, self.biased_shape, g.out_channels,
-                                  self.node.act)
-        out_layout = requantizer.i_stream.payload.shape()
+        if node.threshold is not None:
+            # The bias folds into the thresholds: the sums go out as they are.
+            output = Thresholder(node.threshold, node.bias, self.plan.accumulator_bounds,
+                                 g.out_channels)
+            bias = 0
+        else:
+            output = Requantizer(node.requant, self.biased_shape, g.out_channels, node.act)
+            bias_rom = Memory(shape=signed(32), depth=g.out_channels,
+                              init=[int(b) for b in node.bias])
+            m.submodules.bias_rom = bias_rom
+            bias_read = bias_rom.read_port()
+            bias = Signal(signed(32))
+        out_layout = output.i_stream.payload.shape()
         out_fifo = SyncFIFOBuffered(width=out_layout.size, depth=OUT_FIFO_DEPTH)
         m.submodules.out_fifo = out_fifo
-        m.submodules.requantizer = requantizer
+        m.submodules["thresholder" if node.threshold is not None else "requantizer"] = output
 
         pixel = Signal(32)
         out_channel = Signal(range(max(g.out_channels, 2)))
@@ -480,7 +496,7 @@ class SparseConvEngine(wiring.Component):
                                            "lane": lane_bits}))
         room = out_fifo.level + stage1.valid + stage2.valid < OUT_FIFO_DEPTH - 1
 
-        m.d.comb += [route_read.addr.eq(out_channel), bias_read.addr.eq(out_channel)]
+        m.d.comb += route_read.addr.eq(out_channel)
         m.d.sync += stage1.valid.eq(0)
         with m.If(ready_lanes & room):
             m.d.sync += [stage1.valid.eq(1), stage1.channel.eq(out_channel),
@@ -496,9 +512,11 @@ class SparseConvEngine(wiring.Component):
         position = route[lane_bits:]
         for port, count in tile_read_ports:
             m.d.comb += port.addr.eq(stage1.slot * count + position)
-        bias = Signal(signed(32))
         m.d.sync += [stage2.valid.eq(stage1.valid), stage2.channel.eq(stage1.channel),
-                     stage2.lane.eq(lane_index), bias.eq(bias_read.data)]
+                     stage2.lane.eq(lane_index)]
+        if node.threshold is None:
+            m.d.comb += bias_read.addr.eq(out_channel)
+            m.d.sync += bias.eq(bias_read.data)
         with m.If(stage1.valid & stage1.release):
             m.d.sync += collector_released.eq(collector_released + 1)
 
@@ -507,11 +525,11 @@ class SparseConvEngine(wiring.Component):
         m.d.comb += [
             item.acc.eq(sums[stage2.lane] + bias), item.channel.eq(stage2.channel),
             out_fifo.w_data.eq(item.as_value()), out_fifo.w_en.eq(stage2.valid),
-            requantizer.i_stream.payload.eq(out_fifo.r_data),
-            requantizer.i_stream.valid.eq(out_fifo.r_rdy),
-            out_fifo.r_en.eq(requantizer.i_stream.ready),
+            output.i_stream.payload.eq(out_fifo.r_data),
+            output.i_stream.valid.eq(out_fifo.r_rdy),
+            out_fifo.r_en.eq(output.i_stream.ready),
         ]
-        wiring.connect(m, requantizer.o_stream, wiring.flipped(self.o_stream))
+        wiring.connect(m, output.o_stream, wiring.flipped(self.o_stream))
 
     def _elaborate_counters(self, m, issued, scanned, effective, waiting_for_rows, rows):
         g = self.geometry

@@ -21,7 +21,7 @@ import numpy as np
 
 from .. import ir, reference
 from ..errors import SimulationMismatch, ZeroskipError
-from .common import batch_from_beats, batch_to_beats, hwc_permutation
+from .common import batch_from_beats, batch_to_beats, decode_beats, encode_beats, hwc_permutation
 from .network import NETWORK_COUNTER_NAMES, LayerSpec, NetworkEngine, counter_names
 
 DEFAULT_CHUNK = 32
@@ -283,7 +283,8 @@ class Design:
         capacity = max(MIN_HARNESS_CAPACITY, 1 << math.ceil(math.log2(batch)))
         in_beats, out_beats = math.prod(self.in_shape), math.prod(self.out_shape)
         outputs = {"o_stream": out_beats}
-        signs = {"o_stream": self.out_act.signed}
+        # A binary stream carries bits (1 = +1): unsigned on the wire, decoded after capture.
+        signs = {"o_stream": self.out_act.signed and not self.out_act.binary}
         if self.has_class:
             outputs["o_stream_class"] = 1
             signs["o_stream_class"] = False
@@ -301,7 +302,8 @@ class Design:
             options["progress"] = progress
         try:
             result = fast.fast_simulate(
-                verilog + convert(harness, top), top, batch_to_beats(x_int), signs,
+                verilog + convert(harness, top), top,
+                encode_beats(batch_to_beats(x_int), self.in_act), signs,
                 (in_beats, outputs),
                 build_root=build_root or _default_build_root(),
                 idle_probability=idle_probability,
@@ -310,7 +312,8 @@ class Design:
                                                   backpressure_probability), **options)
         except runner.SimulationError as error:
             raise ZeroskipError(f"co-simulation of {self.top!r} failed: {error}") from None
-        y = batch_from_beats(result.outputs["o_stream"], self.out_shape)
+        y = batch_from_beats(decode_beats(result.outputs["o_stream"], self.out_act),
+                             self.out_shape)
         classes = result.outputs["o_stream_class"] if self.has_class else None
         if check:
             self._check(x_int, y, classes)
@@ -367,13 +370,21 @@ class Design:
     def plans(self):
         """Layer name -> the static :class:`~zeroskip.hdl.sparse_plan.SparsePlan` of each conv /
         linear engine (lanes, ROM contents)."""
+        from .folding import XNOR_WIDTH
         from .sparse_plan import plan as make_plan
 
+        def layer_plan(spec):
+            # A binary-input layer's XNOR engine skips zero weights in both modes, a word of
+            # XNOR_WIDTH channels at a time.
+            if spec.in_acts[0].binary:
+                return make_plan(spec.node, spec.in_shapes[0], spec.in_acts[0], spec.lanes,
+                                 True, XNOR_WIDTH)
+            return make_plan(spec.node, spec.in_shapes[0], spec.in_acts[0], spec.lanes,
+                             self.zero_skip, self.chunk)
+
         if not hasattr(self, "_plan_cache"):
-            self._plan_cache = {
-                spec.node.name: make_plan(spec.node, spec.in_shapes[0], spec.in_acts[0],
-                                          spec.lanes, self.zero_skip, self.chunk)
-                for spec in self.layers if isinstance(spec.node, _WEIGHT_LAYERS)}
+            self._plan_cache = {spec.node.name: layer_plan(spec) for spec in self.layers
+                                if isinstance(spec.node, _WEIGHT_LAYERS)}
         return self._plan_cache
 
 

@@ -21,6 +21,15 @@ takes a row only when no lane still needs the row it replaces; input arrives one
 calibration images (up to :data:`SIMULATED_IMAGES` of them), each behind its predecessor in the
 batch, vectorized over images and lanes. Its ``cycles`` is the mean time between two consecutive
 inferences' last outputs: the steady-state throughput of a batch streamed back to back.
+
+Binary-input layers
+-------------------
+A layer whose input is binary gets the XNOR-popcount engine (:mod:`.xnor`) instead: per output
+pixel a lane spends one cycle per entry of its ROM (one per tap, word of :data:`XNOR_WIDTH`
+channels and weight bit-plane holding a nonzero weight), whatever the activations, then the
+collector emits the pixel's channels one per cycle. :func:`estimate_layer` replays that schedule
+(:func:`_simulate_xnor`) with the same line-buffer and output-tile gates; it needs no
+calibration data beyond the pair counts it reports.
 """
 
 from __future__ import annotations
@@ -31,6 +40,7 @@ import numpy as np
 
 from .. import ir, reference
 from ..errors import ZeroskipError
+from .conv import TILE_SLOTS
 from .sparse_plan import ConvGeometry
 from .sparse_plan import plan as make_plan
 
@@ -45,6 +55,12 @@ ISSUE_TO_COLLECT = 2
 # Calibration images the cycle model replays (evenly spaced through the batch): its cost grows
 # with images * pixels * combos, and the mean settles long before 32. Pair counts use them all.
 SIMULATED_IMAGES = 32
+#: Input bits an XNOR lane reads per cycle: the width the network builds its XNOR engines with
+#: (:class:`~zeroskip.hdl.xnor.XnorConvEngine`'s default).
+XNOR_WIDTH = 32
+# Cycles from an XNOR lane issuing a pixel's last ROM entry to the collector taking the pixel:
+# ROM read, line-buffer read, popcount, accumulate.
+XNOR_ISSUE_TO_COLLECT = 4
 
 
 @dataclass(frozen=True)
@@ -237,8 +253,8 @@ def _simulate(sparse_plan, work):
             index = image * g.out_pixels + pixel
             rows_in = image * g.height + needed[pixel]  # a window all in padding needs none
             gate = row_complete(rows_in - 1) if rows_in else np.zeros(images, np.int64)
-            if index >= 2:  # the double-buffered output tile
-                gate = np.maximum(gate, releases[index - 2])
+            if index >= TILE_SLOTS:
+                gate = np.maximum(gate, releases[index - TILE_SLOTS])
             first_scan = np.maximum(scan_free, gate[:, None]) + 1
             scan_free, issue_free, pops = _lane_pixel(work[ids, pixel], listed, first_scan,
                                                       issue_free, pops)
@@ -246,6 +262,69 @@ def _simulate(sparse_plan, work):
             collect = np.maximum(collector_free, issue_free.max(axis=1) + ISSUE_TO_COLLECT)
             collector_free = collect + g.out_channels
             releases.append(collector_free)
+        last_outputs.append(collector_free)
+    return last_outputs[1] - last_outputs[0]
+
+
+def xnor_entries(sparse_plan, weight_bits):
+    """Per lane, the ROM entries of an XNOR engine built from ``sparse_plan``.
+
+    Every combo (tap and word with a nonzero weight) takes one entry per magnitude bit-plane
+    in which one of its weights has a set bit; an all-zero filter's empty combo takes one.
+    This is :attr:`zeroskip.hdl.xnor.XnorConvEngine.cycles_per_pixel` lane by lane, counted
+    without building the engine.
+    """
+    planes = weight_bits - 1
+    counts = []
+    for lane in sparse_plan.lanes:
+        sizes = [int(mask).bit_count() for mask in lane.masks]
+        magnitudes = np.abs(np.asarray(lane.weights, np.int64))
+        per_combo = [max(1, sum(bool(np.any(values >> plane & 1)) for plane in range(planes)))
+                     for values in np.split(magnitudes, np.cumsum(sizes)[:-1])]
+        counts.append(sum(per_combo))
+    return counts
+
+
+def _simulate_xnor(geometry, entries):
+    """Cycles between the last outputs of two consecutive inferences of an XNOR engine.
+
+    Its work does not depend on the data, so one two-inference stream settles it: every lane
+    starts a pixel when it has finished the previous one, the pixel's input rows are in, and the
+    collector has released the pixel :data:`TILE_SLOTS` back.
+    """
+    g = geometry
+    entries = np.asarray(entries, np.int64)
+    needed, oldest = _pixel_rows(g)
+    ring_rows = min(g.kernel[0] + g.stride[0] + 1, 2 ** 16)
+    row_beats = g.width * g.in_channels
+    pixel_oldest = np.concatenate([oldest, oldest + g.height])
+    lane_free = np.zeros(len(entries), np.int64)
+    retired, releases, row_done, last_outputs = [], [], [], []
+    collector_free = 0
+
+    def row_complete(row):
+        while len(row_done) <= row:
+            r = len(row_done)
+            start = row_done[-1] if row_done else 0
+            # The row replaces one that every lane must have retired.
+            blocking = np.searchsorted(pixel_oldest, r - ring_rows, side="right") - 1
+            if blocking >= 0:
+                start = max(start, retired[blocking] + 1)
+            row_done.append(start + row_beats)
+        return row_done[row]
+
+    for image in range(2):
+        for pixel in range(g.out_pixels):
+            index = image * g.out_pixels + pixel
+            gate = row_complete(image * g.height + needed[pixel] - 1) + 1
+            if index >= TILE_SLOTS:
+                gate = max(gate, releases[index - TILE_SLOTS])
+            lane_free = np.maximum(lane_free, gate) + entries
+            done = int(lane_free.max()) + XNOR_ISSUE_TO_COLLECT - 1
+            retired.append(done)
+            collect = max(collector_free, done)
+            collector_free = collect + g.out_channels
+            releases.append(collector_free + 1)
         last_outputs.append(collector_free)
     return last_outputs[1] - last_outputs[0]
 
@@ -304,6 +383,8 @@ class _Calibration:
                    _pair_counts(geometry, geometry.as_weight4d(node.weight), x_in))
 
     def estimate(self, lanes, zero_skip):
+        if self.in_act.binary:
+            return self._estimate_xnor(lanes)
         try:
             sparse_plan = make_plan(self.node, self.in_shape, self.in_act, lanes, zero_skip,
                                     self.chunk)
@@ -331,6 +412,25 @@ class _Calibration:
             dense_pairs=float(g.out_pixels * dense_pixel_pairs),
             effective_macs=float(pixel_pairs.sum(axis=1).mean()), ideal_cycles=float(ideal),
             cycles=float(_simulate(sparse_plan, work).mean()), bound=max(floors, key=floors.get))
+
+    def _estimate_xnor(self, lanes):
+        """The XNOR engine skips zero weights in either mode: ``zero_skip`` does not apply."""
+        try:
+            sparse_plan = make_plan(self.node, self.in_shape, self.in_act, lanes, True,
+                                    XNOR_WIDTH)
+        except ValueError as error:
+            raise ZeroskipError(str(error)) from None
+        g = sparse_plan.geometry
+        entries = xnor_entries(sparse_plan, self.node.weight_bits)
+        floors = {"compute": g.out_pixels * max(entries),
+                  "output": g.out_pixels * g.out_channels,
+                  "input": g.in_channels * g.height * g.width}
+        return LayerEstimate(
+            name=self.node.name, lanes=lanes,
+            dense_pairs=float(g.out_pixels * g.out_channels * g.taps * g.group_channels),
+            effective_macs=float(self.pairs.reshape(len(self.pairs), -1).sum(axis=1).mean()),
+            ideal_cycles=float(g.out_pixels * -(-sum(entries) // lanes)),
+            cycles=float(_simulate_xnor(g, entries)), bound=max(floors, key=floors.get))
 
 
 def _calibrate(graph, x_int, chunk):

@@ -246,8 +246,11 @@ class LayerSpec:
         from .add import AddEngine
         from .conv import SparseConvEngine
         from .pool import AvgPool2dEngine, MaxPool2dEngine
+        from .xnor import XnorConvEngine
 
         node = self.node
+        if isinstance(node, (ir.Conv2d, ir.Linear)) and self.in_acts[0].binary:
+            return XnorConvEngine(node, self.in_shapes[0], self.in_acts[0], lanes=self.lanes)
         if isinstance(node, (ir.Conv2d, ir.Linear)):
             return SparseConvEngine(node, self.in_shapes[0], self.in_acts[0], lanes=self.lanes,
                                     zero_skip=zero_skip, chunk=chunk)

@@ -28,6 +28,7 @@ import cocotb
 import numpy as np
 from cocotb.clock import Clock
 from cocotb.triggers import ClockCycles, FallingEdge, First, RisingEdge, Timer
+from cocotb.types import Logic
 
 from zeroskip.testbench import fast
 
@@ -163,6 +164,9 @@ async def _read_back(dut, job):
         for key, (port, count, signed) in ports.items():
             if address < count:
                 value = port.value
-                arrays[key].append(value.to_signed() if signed else value.to_unsigned())
+                if isinstance(value, Logic):  # a one-bit port (binary activations)
+                    arrays[key].append(int(value))
+                else:
+                    arrays[key].append(value.to_signed() if signed else value.to_unsigned())
     return arrays
 

@@ -146,7 +146,7 @@ def test_loaded_tensors_are_read_only(saved):
 # --- bad files: each names the node and the field ------------------------------------------------
 
 BAD_EDITS = {
-    "unknown version": (setter(None, "version", 2), None, "version", "unknown IR version 2"),
+    "unknown version": (setter(None, "version", 3), None, "version", "unknown IR version 3"),
     "version true": (setter(None, "version", True), None, "version", "unknown IR version True"),
     "unknown op": (setter("c1", "op", "conv3d"), "c1", "op", "unknown op 'conv3d'"),
     "op not a string": (setter("c1", "op", ["conv2d"]), "c1", "op", "unknown op ['conv2d']"),
@@ -161,7 +161,9 @@ BAD_EDITS = {
                              "values must lie in [-3, 3]"),
     "weight bits 9": (setter("c1", "weight_bits", 9), "c1", "weight_bits", "must be <= 8"),
     "weight bits 1": (setter("fc", "weight_bits", 1), "fc", "weight_bits", "must be >= 2"),
-    "activation bits 1": (setter("x", "act.bits", 1), "x", "act", "bits: must be >= 2"),
+    "activation bits 0": (setter("x", "act.bits", 0), "x", "act", "bits: must be >= 1"),
+    "unsigned binary activation": (setter("x", "act.bits", 1), "x", "act",
+                                   "signed: a binary (1-bit) activation must be signed"),
     "clamp above range": (setter("c1", "requant.clamp_max", 256), "c1", "requant.clamp_max",
                           "must be <= 255"),
     "clamp below range": (setter("gap", "requant.clamp_min", -1), "gap", "requant.clamp_min",

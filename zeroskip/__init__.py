@@ -15,6 +15,7 @@ _LAZY = {
     "export": ("zeroskip.frontend.export", "export"),
     "compile": ("zeroskip.hdl.design", "compile"),
     "prune": ("zeroskip.frontend.prune", "prune"),
+    "binarize": ("zeroskip.frontend.binary", "binarize"),
     "stats": ("zeroskip.analysis", "stats"),
     "reference": ("zeroskip.reference", None),
     "qat": ("zeroskip.frontend.qat", None),

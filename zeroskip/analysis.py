@@ -8,6 +8,8 @@ Storage is counted exactly, in bits, as an engine would hold it:
   row boundaries. None is an estimate, so comparing them is fair:
 
   - ``dense``: every weight, ``weights * bits``; no index.
+  - ``binary``: a ternary layer (2 bits) without zeros holds only -1 and +1: one bit per weight,
+    no index. A ternary layer with zeros takes the cheapest of the others.
   - ``bitmap``: one bit per weight position saying nonzero or not, then the nonzero values.
   - ``relative<b>`` (Deep Compression's relative index): per output channel, in row-major
     order over ``(in/groups, kh, kw)`` (or the input features), each stored entry is a value
@@ -19,7 +21,9 @@ Storage is counted exactly, in bits, as an engine would hold it:
 * **bias** at the IR's int32, 32 bits per output channel.
 * **requant** parameters: ``MULTIPLIER_BITS`` per multiplier entry, ``bit_length(MAX_SHIFT)``
   per shift entry, the clamp bounds and epsilon at the output activation's width, and an Add's
-  two input multipliers at ``MULTIPLIER_BITS`` each.
+  two input multipliers at ``MULTIPLIER_BITS`` each. A thresholded layer's output stage counts
+  here too: per channel one threshold, at the signed width of the layer's widest threshold, and
+  one sign bit.
 
 The fp32 baseline is the dense float model's weights, ``32 * weights`` bits; the storage
 reduction is that baseline over the weight storage (weights against weights; bias and requant
@@ -38,7 +42,7 @@ import numpy as np
 from . import ir, reference
 
 __all__ = [
-    "MAX_GAP_BITS", "dense_bits", "bitmap_bits", "relative_index_bits", "cheapest_encoding",
+    "MAX_GAP_BITS", "dense_bits", "binary_bits", "bitmap_bits", "relative_index_bits", "cheapest_encoding",
     "LayerStats", "NetworkStats", "stats",
 ]
 
@@ -59,6 +63,14 @@ def _rows(weight):
 def dense_bits(weight, bits):
     """Bits to store every weight at ``bits`` each, with no index."""
     return int(np.asarray(weight).size) * bits
+
+
+def binary_bits(weight, bits):
+    """One bit per weight for a 2-bit layer holding only -1 and +1; None for any other layer."""
+    weight = np.asarray(weight)
+    if bits != 2 or np.count_nonzero(weight) != weight.size:
+        return None
+    return int(weight.size)
 
 
 def bitmap_bits(weight, bits):
@@ -115,10 +127,13 @@ def cheapest_encoding(weight, bits):
     Returns
     -------
     tuple[int, str]
-        Total bits and the encoding: ``"dense"``, ``"bitmap"`` or ``"relative<b>"`` with
-        ``b`` the gap width. Ties go to the simpler encoding (in that order, smaller ``b``
-        first).
+        Total bits and the encoding: ``"binary"`` (a 2-bit layer without zeros), ``"dense"``,
+        ``"bitmap"`` or ``"relative<b>"`` with ``b`` the gap width. Ties go to the simpler
+        encoding (in that order, smaller ``b`` first).
     """
+    binary = binary_bits(weight, bits)
+    if binary is not None:  # 1 bit per weight with no index: no other encoding comes close
+        return binary, "binary"
     candidates = [(dense_bits(weight, bits), "dense"), (bitmap_bits(weight, bits), "bitmap")]
     candidates += [(relative_index_bits(weight, bits, gap), f"relative{gap}")
                    for gap in range(1, MAX_GAP_BITS + 1)]
@@ -189,6 +204,12 @@ def _layer_stats(name, op, *, weights, nonzero_weights, weight_bits, weight_enco
         effective_macs_total=effective_macs_total)
 
 
+def _threshold_bits(threshold):
+    """One threshold per channel at the signed width of the widest, and one sign bit each."""
+    width = max(int(value).bit_length() for value in threshold.thresholds) + 1
+    return threshold.thresholds.size * (width + 1)
+
+
 def _requant_bits(requant, act):
     """Multiplier and shift entries, clamp bounds and epsilon (at the activation's width)."""
     return (requant.multiplier.size * ir.MULTIPLIER_BITS + requant.shift.size * SHIFT_BITS
@@ -235,7 +256,7 @@ class NetworkStats:
                  for row in rows]
         lines.insert(1, "-" * len(lines[0]))
         lines.insert(len(lines) - 1, "-" * len(lines[0]))
-        notes = ["weight bits: the cheapest exact encoding per layer: dense, bitmap, or "
+        notes = ["weight bits: the cheapest exact encoding per layer: binary, dense, bitmap, or "
                  "relative<b>",
                  "  (b-bit gaps; fillers and per-channel entry counts included)",
                  "vs fp32: 32 bits per weight over the weight bits; MACs per inference"]
@@ -268,7 +289,9 @@ def stats(graph, x_int=None):
             weight_bits, bias_bits = node.weight_bits, BIAS_BITS * node.out_channels
         else:
             weight_storage, encoding, weight_bits, bias_bits = 0, None, None, 0
-        requant_bits = _requant_bits(node.requant, node.act)
+        threshold = getattr(node, "threshold", None)
+        requant_bits = _threshold_bits(threshold) if threshold is not None else \
+            _requant_bits(node.requant, node.act)
         if isinstance(node, ir.Add):
             requant_bits += len(node.input_multipliers) * ir.MULTIPLIER_BITS
         layers.append(_layer_stats(

@@ -124,8 +124,13 @@ class HardwareResult:
 
 @dataclass(frozen=True)
 class DemoResult:
+    """What a demo measured. ``network`` is ``"int8"`` (this module) or ``"binary"``
+    (:mod:`zeroskip.binary_demo`, trained binary from the start: no ``float_accuracy``);
+    ``int8_accuracy`` is the exported net's golden-model accuracy, also given as
+    ``golden_accuracy`` in :meth:`to_dict` for either network."""
+
     settings: DemoSettings
-    float_accuracy: float
+    float_accuracy: float | None
     int8_accuracy: float
     qat_matches_golden: int
     test_images: int
@@ -139,9 +144,11 @@ class DemoResult:
     effective_macs: float
     seconds: float
     hardware: HardwareResult | None = None
+    network: str = "int8"
 
     def to_dict(self):
         data = asdict(self)
+        data["golden_accuracy"] = self.int8_accuracy
         if self.hardware is not None:
             data["hardware"]["speedup"] = self.hardware.speedup
         return data
@@ -149,8 +156,9 @@ class DemoResult:
     def format_table(self):
         rows = [
             ("data", f"digits 8x8, {self.test_images} test images"),
-            ("float accuracy", f"{100 * self.float_accuracy:.2f} %"),
-            ("int8 accuracy (golden model)", f"{100 * self.int8_accuracy:.2f} %"),
+            ("float accuracy", "-" if self.float_accuracy is None
+             else f"{100 * self.float_accuracy:.2f} %"),
+            (f"{self.network} accuracy (golden model)", f"{100 * self.int8_accuracy:.2f} %"),
             ("QAT forward == golden", f"{self.qat_matches_golden}/{self.test_images} images "
                                       "bit-identical"),
             ("weight sparsity", f"{100 * self.sparsity:.1f} % ({self.nonzero_weights} of "
@@ -169,7 +177,11 @@ class DemoResult:
                                                       "images bit-identical to golden)")]
             rows += [
                 ("multipliers", f"{hw.multipliers}; lanes zero-skip "
-                                f"{_lanes_text(hw.lanes)}, dense {_lanes_text(hw.dense_lanes)}"),
+                                f"{_lanes_text(hw.lanes)}, dense {_lanes_text(hw.dense_lanes)}"
+                 + ("" if self.network == "int8" else
+                    " (a binary-input layer's lane is a 32-bit XNOR-popcount unit; those "
+                    "layers are built the same in both designs, only the first layer skips "
+                    "zero pixels or not)")),
                 ("initiation interval", f"{hw.interval_cycles:.0f} cycles zero-skip vs "
                                         f"{hw.dense_interval_cycles:.0f} dense "
                                         f"({hw.speedup:.1f}x fewer)"),

@@ -8,10 +8,13 @@ Integer semantics (the golden model in :mod:`zeroskip.reference` and every engin
 exactly):
 
 * Activations are symmetric with zero point 0, so a real zero is the integer 0 and can be skipped.
-  An :class:`Activation` is ``bits`` wide, signed or unsigned.
-* Weights are symmetric per output channel, in ``[-(2**(bits-1) - 1), 2**(bits-1) - 1]``.
-* Conv2d and Linear accumulate ``acc = bias + sum(weight * x)`` exactly (zero padding), then
-  requantize. AvgPool2d requantizes the window sum. Add requantizes
+  An :class:`Activation` is ``bits`` wide (2..8), signed or unsigned, or **binary**: ``bits=1``,
+  signed, values -1 and +1 only (never 0).
+* Weights are symmetric per output channel, in ``[-(2**(bits-1) - 1), 2**(bits-1) - 1]``;
+  ``weight_bits=2`` is ternary {-1, 0, +1}, and binary weights are ternary ones without zeros.
+* Conv2d and Linear accumulate ``acc = bias + sum(weight * x)`` exactly (a padded tap adds
+  nothing, for binary inputs too), then either requantize (:class:`Requant`) or threshold
+  (:class:`Threshold`: a binary output). AvgPool2d requantizes the window sum. Add requantizes
   ``a * input_multipliers[0] + b * input_multipliers[1]``.
 * Requantization (:class:`Requant`), per output channel ``c``::
 
@@ -21,10 +24,15 @@ exactly):
 
   ``>>`` is an arithmetic shift (floor division by a power of two), so the rounding rule is
   *round half up* (towards +infinity) for both signs. ``epsilon == 0`` turns pruning off.
-* MaxPool2d pads with the smallest value of its input's range; Flatten is C-major, as torch's.
+* Thresholding (:class:`Threshold`), per output channel ``c``: BatchNorm followed by sign,
+  folded (as FINN does)::
 
-Binary layers (1-bit weights and activations) are a later addition; they will be new op types with
-their own fields, so the file format's ``version`` covers them.
+      y = +1 if signs[c] * acc >= thresholds[c] else -1
+
+* MaxPool2d pads with the smallest value of its input's range (so a binary input stays binary);
+  Flatten is C-major, as torch's. AvgPool2d and Add take no binary input.
+
+File format version 2 added binary activations and thresholds; version-1 files still load.
 """
 
 from __future__ import annotations
@@ -42,16 +50,19 @@ import numpy as np
 from .errors import GraphError
 
 __all__ = [
-    "IR_VERSION", "FILE_FORMAT", "MIN_BITS", "MAX_BITS", "MULTIPLIER_BITS", "MAX_SHIFT",
-    "Activation", "Requant", "Input", "WeightLayer", "Conv2d", "Linear", "MaxPool2d", "AvgPool2d", "Add",
+    "IR_VERSION", "READABLE_VERSIONS", "FILE_FORMAT", "MIN_BITS", "MAX_BITS", "BINARY_BITS",
+    "MULTIPLIER_BITS", "MAX_SHIFT", "Activation", "Requant", "Threshold", "Input", "WeightLayer", "Conv2d", "Linear", "MaxPool2d", "AvgPool2d", "Add",
     "Flatten", "Node", "Graph", "load", "weight_range", "activation_range",
 ]
 
-IR_VERSION = 1
+IR_VERSION = 2
+# Version 1 had no binary activations and no thresholds: its files load unchanged.
+READABLE_VERSIONS = (1, 2)
 FILE_FORMAT = "zeroskip-graph"
 GRAPH_MEMBER = "graph.json"
 
 MIN_BITS, MAX_BITS = 2, 8
+BINARY_BITS = 1
 # Requant multipliers are unsigned 16-bit so that acc * multiplier maps onto one 16x16 (iCE40
 # SB_MAC16) or 18x18 (ECP5) multiplier input; 15 significant bits leave int8 outputs exact enough.
 MULTIPLIER_BITS = 16
@@ -60,7 +71,13 @@ INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
 
 
 def activation_range(bits, signed):
-    """Smallest and largest integer of a ``bits``-wide activation, signed or not."""
+    """Smallest and largest integer of a ``bits``-wide activation, signed or not.
+
+    A binary activation (``bits == 1``, signed) takes -1 and +1: its range is (-1, 1) although 0
+    is not one of its values.
+    """
+    if bits == BINARY_BITS:
+        return -1, 1
     return (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if signed else (0, 2**bits - 1)
 
 
@@ -117,16 +134,21 @@ def _frozen_array(array):
 
 @dataclass(frozen=True)
 class Activation:
-    """How a stream of activations is encoded: ``bits`` wide, signed or not, ``real = q * scale``."""
+    """How a stream of activations is encoded: ``bits`` wide, signed or not, ``real = q * scale``.
+
+    ``bits == 1`` is a binary activation: signed, values -1 and +1 (``real = +-scale``).
+    """
 
     bits: int
     signed: bool
     scale: float
 
     def __post_init__(self):
-        _check_int(self.bits, "bits", None, low=MIN_BITS, high=MAX_BITS)
+        _check_int(self.bits, "bits", None, low=BINARY_BITS, high=MAX_BITS)
         _check(isinstance(self.signed, bool), f"must be true or false, got {self.signed!r}",
                None, "signed")
+        _check(self.signed or self.bits != BINARY_BITS, "a binary (1-bit) activation must be "
+               "signed: its values are -1 and +1", None, "signed")
         _check(isinstance(self.scale, float) and np.isfinite(self.scale) and self.scale > 0,
                f"must be a positive finite number, got {self.scale!r}", None, "scale")
 
@@ -137,6 +159,10 @@ class Activation:
     @property
     def qmax(self):
         return activation_range(self.bits, self.signed)[1]
+
+    @property
+    def binary(self):
+        return self.bits == BINARY_BITS
 
 
 @dataclass(frozen=True, eq=False)
@@ -168,9 +194,36 @@ class Requant:
         _check_values(self.multiplier, "requant.multiplier", node, 0, 2**MULTIPLIER_BITS - 1,
                       f"unsigned {MULTIPLIER_BITS}-bit")
         _check_values(self.shift, "requant.shift", node, 0, MAX_SHIFT, "shift amount")
+        _check(not act.binary, "a requantized output cannot be binary (1-bit); a binary output "
+               "comes from a threshold", node, "act")
         _check_int(self.clamp_min, "requant.clamp_min", node, low=act.qmin, high=act.qmax)
         _check_int(self.clamp_max, "requant.clamp_max", node, low=self.clamp_min, high=act.qmax)
         _check_int(self.epsilon, "requant.epsilon", node, low=0)
+
+
+@dataclass(frozen=True, eq=False)
+class Threshold:
+    """BatchNorm and sign folded into one comparison per output channel (see the module doc).
+
+    ``y[c] = +1 if signs[c] * acc[c] >= thresholds[c] else -1``; ``thresholds`` is int64 and
+    ``signs`` int8 of +1 / -1 (-1 where the folded BatchNorm scale is negative), one per channel.
+    """
+
+    thresholds: np.ndarray
+    signs: np.ndarray
+
+    def __post_init__(self):
+        object.__setattr__(self, "thresholds", _frozen_array(self.thresholds))
+        object.__setattr__(self, "signs", _frozen_array(self.signs))
+
+    def validate(self, node, channels, act):
+        """Check against the ``channels`` it compares and the output :class:`Activation`."""
+        _check_tensor(self.thresholds, "threshold.thresholds", node, np.int64, (channels,))
+        _check_tensor(self.signs, "threshold.signs", node, np.int8, (channels,))
+        _check(bool(np.all(np.abs(self.signs) == 1)), "values must be +1 or -1",
+               node, "threshold.signs")
+        _check(act.binary, f"a thresholded output must be binary (bits 1), got bits {act.bits}",
+               node, "act")
 
 
 @dataclass(frozen=True, eq=False)
@@ -220,7 +273,8 @@ class Input(Node):
 
 
 def _check_weight_layer(node, out_channels):
-    """Fields shared by Conv2d and Linear: weight, bias, weight_bits, weight_scale, requant, act."""
+    """Fields shared by Conv2d and Linear: weight, bias, weight_bits, weight_scale, act, and
+    exactly one of requant and threshold. Any input encoding is allowed."""
     _check_int(node.weight_bits, "weight_bits", node.name, low=MIN_BITS, high=MAX_BITS)
     _check_tensor(node.weight, "weight", node.name, np.int8)
     low, high = weight_range(node.weight_bits)
@@ -231,8 +285,23 @@ def _check_weight_layer(node, out_channels):
     _check(bool(np.all(np.isfinite(node.weight_scale)) and np.all(node.weight_scale > 0)),
            "values must be positive and finite", node.name, "weight_scale")
     _check(isinstance(node.act, Activation), "must be an Activation", node.name, "act")
-    _check(isinstance(node.requant, Requant), "must be a Requant", node.name, "requant")
-    node.requant.validate(node.name, out_channels, node.act)
+    _check(node.threshold is None or isinstance(node.threshold, Threshold),
+           "must be a Threshold or null", node.name, "threshold")
+    _check(node.requant is None or isinstance(node.requant, Requant), "must be a Requant or null",
+           node.name, "requant")
+    _check((node.requant is None) != (node.threshold is None),
+           "a weight layer needs exactly one of requant and threshold, got "
+           f"{'both' if node.requant is not None else 'neither'}", node.name, "requant")
+    if node.threshold is not None:
+        node.threshold.validate(node.name, out_channels, node.act)
+    else:
+        node.requant.validate(node.name, out_channels, node.act)
+
+
+def _check_not_binary(node, in_acts):
+    for source, act in zip(node.inputs, in_acts):
+        _check(not act.binary, f"input {source!r} is binary; {node.op} takes only 2..8-bit "
+               "inputs", node.name, "inputs")
 
 
 @dataclass(frozen=True, eq=False)
@@ -257,8 +326,9 @@ class Conv2d(WeightLayer):
     stride: tuple[int, int] = (1, 1)
     padding: tuple[int, int] = (0, 0)
     groups: int = 1
-    requant: Requant = None
+    requant: Requant | None = None
     act: Activation = None
+    threshold: Threshold | None = None
 
     op: ClassVar[str] = "conv2d"
 
@@ -299,8 +369,9 @@ class Conv2d(WeightLayer):
 class Linear(WeightLayer):
     """Fully connected layer on a flat input; ``weight`` is ``(out, in)`` int8."""
 
-    requant: Requant = None
+    requant: Requant | None = None
     act: Activation = None
+    threshold: Threshold | None = None
 
     op: ClassVar[str] = "linear"
 
@@ -368,6 +439,7 @@ class AvgPool2d(Node):
         return tuple(self.kernel) == tuple(in_shape[1:])
 
     def infer(self, in_shapes, in_acts):
+        _check_not_binary(self, in_acts)
         shape = _pool_output(self, in_shapes[0], (0, 0))
         _check(isinstance(self.act, Activation), "must be an Activation", self.name, "act")
         _check(isinstance(self.requant, Requant), "must be a Requant", self.name, "requant")
@@ -392,6 +464,7 @@ class Add(Node):
         _check(isinstance(self.input_multipliers, tuple) and len(self.input_multipliers) == 2,
                f"must be a pair of integers, got {self.input_multipliers!r}",
                self.name, "input_multipliers")
+        _check_not_binary(self, in_acts)
         for value in self.input_multipliers:
             _check_int(value, "input_multipliers", self.name, low=0,
                        high=2**MULTIPLIER_BITS - 1)
@@ -508,8 +581,13 @@ class Graph:
         return [node for node in self.nodes if name in node.inputs]
 
     def quantize_input(self, x_float):
-        """Real-valued input batch -> integers of the input encoding (round half to even)."""
+        """Real-valued input batch -> integers of the input encoding (round half to even).
+
+        A binary input takes the sign, 0 counting as +1 (as a threshold's tie does).
+        """
         act = self.input.act
+        if act.binary:
+            return np.where(np.asarray(x_float, dtype=np.float64) >= 0, 1, -1).astype(np.int64)
         q = np.round(np.asarray(x_float, dtype=np.float64) / act.scale)
         return np.clip(q, act.qmin, act.qmax).astype(np.int64)
 
@@ -561,7 +639,7 @@ def _value_to_json(value, key, tensors):
         return {"tensor": key}
     if isinstance(value, Activation):
         return {"bits": value.bits, "signed": value.signed, "scale": value.scale}
-    if isinstance(value, Requant):
+    if isinstance(value, (Requant, Threshold)):
         return {f.name: _value_to_json(getattr(value, f.name), f"{key}.{f.name}", tensors)
                 for f in fields(value)}
     if isinstance(value, tuple):
@@ -596,14 +674,14 @@ def load(path):
     _check(isinstance(document, dict) and document.get("format") == FILE_FORMAT,
            f"not a {FILE_FORMAT} document", None, "format")
     version = document.get("version")
-    _check(type(version) is int and version == IR_VERSION, f"unknown IR version "
-           f"{version!r}; this zeroskip reads version {IR_VERSION}",
-           None, "version")
+    _check(type(version) is int and version in READABLE_VERSIONS, f"unknown IR version "
+           f"{version!r}; this zeroskip reads versions "
+           f"{', '.join(map(str, READABLE_VERSIONS))}", None, "version")
     for key in ("nodes", "output"):
         _check(key in document, "missing", None, key)
     _check(isinstance(document["nodes"], list), "must be a list", None, "nodes")
     tensors = _TensorReader(members)
-    nodes = [_node_from_json(entry, index, tensors) for index, entry in
+    nodes = [_node_from_json(entry, index, tensors, version) for index, entry in
              enumerate(document["nodes"])]
     _check(isinstance(document["output"], str), "must be a node name", None, "output")
     name = document.get("name", "net")
@@ -637,7 +715,11 @@ class _TensorReader:
         return array
 
 
-def _node_from_json(entry, index, tensors):
+# Fields a version-1 file lacks; they take their defaults.
+_ADDED_IN_VERSION_2 = {"threshold"}
+
+
+def _node_from_json(entry, index, tensors, version):
     _check(isinstance(entry, dict), "must be an object", f"#{index}", None)
     name = entry.get("name")
     _check(isinstance(name, str) and name, "must be a non-empty string", f"#{index}", "name")
@@ -650,7 +732,8 @@ def _node_from_json(entry, index, tensors):
            "must be a list of node names", name, "inputs")
     kwargs = {"name": name, "inputs": tuple(inputs)}
     for f in fields(cls):
-        if f.name in ("name", "inputs"):
+        if f.name in ("name", "inputs") or (
+                version == 1 and f.name in _ADDED_IN_VERSION_2 and f.name not in entry):
             continue
         _check(f.name in entry, "missing", name, f.name)
         kwargs[f.name] = _value_from_json(entry[f.name], f.name, name, tensors)
@@ -672,6 +755,14 @@ def _value_from_json(value, field_name, node, tensors):
         except GraphError as error:
             raise GraphError(f"{error.field}: {str(error).split(': ', 1)[-1]}",
                              node=node, field=field_name) from None
+    if field_name in ("requant", "threshold") and value is None:
+        return None
+    if field_name == "threshold":
+        keys = {f.name for f in fields(Threshold)}
+        _check(isinstance(value, dict) and set(value) == keys,
+               f"must be null or an object with fields {sorted(keys)}", node, field_name)
+        return Threshold(thresholds=tensors(value["thresholds"], node, "threshold.thresholds"),
+                         signs=tensors(value["signs"], node, "threshold.signs"))
     if field_name == "requant":
         keys = {f.name for f in fields(Requant)}
         _check(isinstance(value, dict) and set(value) == keys,

@@ -20,7 +20,14 @@ Work counting
 :func:`work` counts, per compute node, the weights, the nonzero weights, the dense MACs and,
 given an input batch, the *effective* MACs: the (weight, activation) pairs in which both are
 nonzero, zero padding counting as a zero activation. That is the work an ideal engine which
-skips both zero weights and zero activations has to do.
+skips both zero weights and zero activations has to do. Binary activations (-1 / +1) are never
+zero, so a binary layer's effective MACs are its nonzero weights times its unpadded taps.
+
+Binary layers
+-------------
+Binary activations enter the sums as their values -1 and +1, through the same exact products;
+a layer with a :class:`zeroskip.ir.Threshold` compares its accumulators (:func:`threshold`)
+instead of requantizing them.
 """
 
 from __future__ import annotations
@@ -35,7 +42,8 @@ from .errors import ZeroskipError
 
 __all__ = [
     "run", "run_layers", "validate_input", "conv2d", "conv2d_accumulate", "linear",
-    "linear_accumulate", "maxpool2d", "avgpool2d", "add", "flatten", "requantize", "LayerWork",
+    "linear_accumulate", "maxpool2d", "avgpool2d", "add", "flatten", "requantize", "threshold",
+    "LayerWork",
     "work",
 ]
 
@@ -70,7 +78,7 @@ def validate_input(graph, x_int):
     graph : zeroskip.ir.Graph
     x_int : array_like of integers
         Shape ``(N,) + graph.input.shape`` with ``N >= 1``, every value inside the input
-        activation's ``[qmin, qmax]``.
+        activation's ``[qmin, qmax]``; -1 or +1 for a binary input.
 
     Raises
     ------
@@ -96,6 +104,10 @@ def validate_input(graph, x_int):
             raise ZeroskipError(
                 f"{what}: value {int(array[index])} at index {index} is {bound} of the "
                 f"{act.bits}-bit {'signed' if act.signed else 'unsigned'} input encoding")
+    if act.binary and (array == 0).any():
+        index = tuple(int(i) for i in np.argwhere(array == 0)[0])
+        raise ZeroskipError(f"{what}: value 0 at index {index} is not a binary activation "
+                            "(-1 or +1)")
     return array.astype(np.int64, copy=False)
 
 
@@ -183,6 +195,53 @@ def _requantize_in_place(acc, requant, channel_axis):
     if requant.epsilon > 0:
         acc[np.abs(acc) <= requant.epsilon] = 0
     return acc
+
+
+# --- thresholds ----------------------------------------------------------------------------------
+
+def threshold(acc, threshold, channel_axis=1):
+    """Threshold accumulators to binary outputs, exactly as :class:`zeroskip.ir.Threshold`.
+
+    Per channel ``c``: ``y = +1 if signs[c] * acc >= thresholds[c] else -1`` (a tie gives +1).
+
+    Parameters
+    ----------
+    acc : array_like of integers
+        Accumulators, any shape; ``channel_axis`` indexes the channels.
+    threshold : zeroskip.ir.Threshold
+    channel_axis : int
+
+    Returns
+    -------
+    numpy.ndarray
+        int64 of -1 and +1, the shape of ``acc``.
+
+    Raises
+    ------
+    ZeroskipError
+        If ``acc`` is not an integer array or has the wrong channel count.
+    """
+    acc = _integer_array(acc, "accumulator")
+    if not -acc.ndim <= channel_axis < acc.ndim:
+        raise ZeroskipError(f"channel_axis {channel_axis} does not exist in an accumulator of "
+                            f"shape {acc.shape}")
+    channel_axis %= acc.ndim
+    channels = acc.shape[channel_axis]
+    for name in ("thresholds", "signs"):
+        entries = getattr(threshold, name).shape[0]
+        if entries != channels:
+            raise ZeroskipError(f"threshold.{name} has {entries} entries but the accumulator "
+                                f"has {channels} channels on axis {channel_axis}")
+    signs = _per_channel(threshold.signs, acc.ndim, channel_axis)
+    limits = _per_channel(threshold.thresholds, acc.ndim, channel_axis)
+    return np.where(signs * acc >= limits, 1, -1).astype(np.int64)
+
+
+def _activate(acc, node):
+    """A weight layer's output stage: its threshold, else its requantizer (in place)."""
+    if node.threshold is not None:
+        return threshold(acc, node.threshold, channel_axis=1)
+    return _requantize_in_place(acc, node.requant, channel_axis=1)
 
 
 # --- exact integer matrix products ---------------------------------------------------------------
@@ -353,7 +412,7 @@ def conv2d_accumulate(x, weight, bias=None, *, stride=(1, 1), padding=(0, 0), gr
 # --- the ops -------------------------------------------------------------------------------------
 
 def conv2d(node, x):
-    """Golden Conv2d: accumulate with zero padding, then requantize per output channel.
+    """Golden Conv2d: accumulate with zero padding, then threshold or requantize per channel.
 
     Parameters
     ----------
@@ -367,11 +426,11 @@ def conv2d(node, x):
     """
     acc = conv2d_accumulate(x, node.weight, node.bias, stride=node.stride,
                             padding=node.padding, groups=node.groups)
-    return _requantize_in_place(acc, node.requant, channel_axis=1)
+    return _activate(acc, node)
 
 
 def linear(node, x):
-    """Golden Linear: ``bias + x @ weight.T``, then requantize per output feature.
+    """Golden Linear: ``bias + x @ weight.T``, then threshold or requantize per feature.
 
     Parameters
     ----------
@@ -383,7 +442,7 @@ def linear(node, x):
     numpy.ndarray
         int64, shape (N, out_features).
     """
-    return _requantize_in_place(linear_accumulate(x, node.weight, node.bias), node.requant, 1)
+    return _activate(linear_accumulate(x, node.weight, node.bias), node)
 
 
 def _check_pool_input(x, what):

@@ -1,0 +1,137 @@
+"""A binary digits network: int8 pixels, binary weights and activations, integer logits.
+
+Three binary conv blocks (the first reads the 8-bit pixels) and a binary-weight classifier,
+trained from a random start with straight-through estimators, then calibrated and exported;
+the golden integer model measures the accuracy. Seeded and deterministic. :func:`run_demo` takes
+it through the RTL as :func:`zeroskip.demo.run` does the int8 net (``zeroskip demo --binary``).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from . import reference
+from .demo import CALIBRATION_IMAGES, DemoResult, accuracy, digits_data, run_hardware
+
+
+@dataclass(frozen=True)
+class BinaryDemoSettings:
+    width: int = 32
+    epochs: int = 15
+    lr: float = 0.01
+    batch_size: int = 64
+    seed: int = 0
+    multipliers: int = 16
+    hardware: bool = True
+
+
+@dataclass(frozen=True)
+class BinaryDemoResult:
+    """Golden-model accuracy, agreement of the net's integer forward with the golden model on
+    the test images, and the training time in seconds."""
+
+    accuracy: float
+    agreeing_images: int
+    test_images: int
+    train_seconds: float
+
+
+def binary_digits_cnn(width=32):
+    """conv(1 -> w)-BN-ReLU, conv(w -> 2w)-BN-ReLU, maxpool, conv(2w -> 2w)-BN-ReLU, maxpool,
+    flatten, linear(-> 10): binarize turns each ReLU into a sign."""
+    from torch import nn
+
+    def block(in_channels, out_channels):
+        return [nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False),
+                nn.BatchNorm2d(out_channels), nn.ReLU()]
+
+    return nn.Sequential(*block(1, width), *block(width, 2 * width), nn.MaxPool2d(2),
+                         *block(2 * width, 2 * width), nn.MaxPool2d(2), nn.Flatten(),
+                         nn.Linear(2 * width * 4, 10))
+
+
+def train_binary(net, x, y, settings):
+    """Adam on cross-entropy with a cosine learning rate, shuffled by a seeded generator."""
+    import torch
+    import torch.nn.functional as F
+
+    steps_per_epoch = -(-len(x) // settings.batch_size)
+    optimizer = torch.optim.Adam(net.parameters(), lr=settings.lr)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(
+        optimizer, settings.epochs * steps_per_epoch)
+    generator = torch.Generator().manual_seed(settings.seed)
+    net.train()
+    for _ in range(settings.epochs):
+        order = torch.randperm(len(x), generator=generator)
+        for start in range(0, len(x), settings.batch_size):
+            batch = order[start:start + settings.batch_size]
+            optimizer.zero_grad()
+            F.cross_entropy(net(x[batch]), y[batch]).backward()
+            optimizer.step()
+            schedule.step()
+    net.eval()
+    return net
+
+
+def run(settings=BinaryDemoSettings()):
+    """Train, calibrate and export the binary digits net; ``(result, graph, net)``."""
+    import torch
+
+    from .frontend.binary import binarize
+
+    torch.manual_seed(settings.seed)
+    x_train, y_train, x_test, y_test = digits_data()
+    net = binarize(binary_digits_cnn(settings.width), x_train[:8], x_train)
+    start = time.perf_counter()
+    train_binary(net, x_train, y_train, settings)
+    train_seconds = time.perf_counter() - start
+    net.calibrate(x_train)
+    graph = net.to_graph("binary-digits")
+    golden = reference.run(graph, graph.quantize_input(x_test.numpy()))
+    agreeing = int(np.all(net.forward_int(x_test).numpy() == golden, axis=1).sum())
+    result = BinaryDemoResult(accuracy=accuracy(golden.argmax(axis=1), y_test.numpy()),
+                              agreeing_images=agreeing, test_images=len(x_test),
+                              train_seconds=train_seconds)
+    return result, graph, net
+
+
+def run_demo(settings=BinaryDemoSettings(), out_dir=None, *, build_root=None, progress=None):
+    """:func:`run`, then, with ``settings.hardware``, :func:`zeroskip.demo.run_hardware`: the
+    same compile (zero-skip and dense, ``lanes="auto"``) and co-simulation as the int8 demo.
+
+    Returns the :class:`zeroskip.demo.DemoResult` (``network="binary"``) and the graph; with
+    ``out_dir`` the graph is saved there as ``binary-digits.zsg``, the builds as ``build`` and
+    ``build-dense``.
+    """
+    from .analysis import stats
+
+    started = time.perf_counter()
+    trained, graph, _ = run(settings)
+    _, _, x_test, y_test = digits_data()
+    x_int = graph.quantize_input(x_test.numpy())
+    summary = stats(graph, x_int)
+    if out_dir is not None:
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+        graph.save(Path(out_dir) / "binary-digits.zsg")
+    hardware = None
+    if settings.hardware:
+        x_train = digits_data()[0]
+        x_calibration = graph.quantize_input(x_train[:CALIBRATION_IMAGES].numpy())
+        hardware = run_hardware(graph, x_calibration, x_int, y_test.numpy(), settings,
+                                out_dir=out_dir, build_root=build_root, progress=progress)
+    total = summary.total
+    result = DemoResult(
+        settings=settings, hardware=hardware, network="binary", float_accuracy=None,
+        int8_accuracy=trained.accuracy, qat_matches_golden=trained.agreeing_images,
+        test_images=trained.test_images, weights=total.weights,
+        nonzero_weights=total.nonzero_weights,
+        sparsity=1 - total.nonzero_weights / total.weights,
+        weight_storage_bits=total.weight_storage_bits, fp32_storage_bits=total.fp32_storage_bits,
+        storage_reduction=1 - total.weight_storage_bits / total.fp32_storage_bits,
+        dense_macs=total.dense_macs, effective_macs=total.effective_macs,
+        seconds=time.perf_counter() - started)
+    return result, graph
