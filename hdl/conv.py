@@ -103,6 +103,94 @@ class _PixelCursor:
                              self.row_base.eq(self.row_base + g.height)]
 
 
+def elaborate_collector(m, engine, acc_bounds, lane_done, tile_read_ports, collector_released):
+    """The collector both engines share: when every lane has finished an output pixel, its
+    tile sums in channel order -> bias + requantizer, or the thresholder -> ``engine.o_stream``.
+
+    ``engine`` gives the geometry, node, plan and output stream; ``acc_bounds`` the range of the
+    lanes' sums; ``lane_done`` each lane's finished-pixel count; ``tile_read_ports`` each lane's
+    tile read port and filter count. ``collector_released`` counts pixels whose tile slot is
+    free again.
+    """
+    g = engine.geometry
+    node = engine.node
+    where = engine.plan.lane_of_filter()
+    filters_per_lane = [count for _, count in tile_read_ports]
+    lane_bits = max(ceil_log2(len(tile_read_ports)), 1)
+    index_bits = max(ceil_log2(max(filters_per_lane)), 1)
+    route_rom = Memory(shape=unsigned(lane_bits + index_bits), depth=g.out_channels,
+                       init=[lane | (position << lane_bits) for lane, position in where])
+    m.submodules.route_rom = route_rom
+    route_read = route_rom.read_port()
+
+    if node.threshold is not None:
+        # The bias folds into the thresholds: the sums go out as they are.
+        output = Thresholder(node.threshold, node.bias, acc_bounds, g.out_channels)
+        bias = 0
+    else:
+        output = Requantizer(node.requant, _biased_shape(acc_bounds, node.bias), g.out_channels,
+                             node.act)
+        bias_rom = Memory(shape=signed(32), depth=g.out_channels,
+                          init=[int(b) for b in node.bias])
+        m.submodules.bias_rom = bias_rom
+        bias_read = bias_rom.read_port()
+        bias = Signal(signed(32))
+    out_layout = output.i_stream.payload.shape()
+    out_fifo = SyncFIFOBuffered(width=out_layout.size, depth=OUT_FIFO_DEPTH)
+    m.submodules.out_fifo = out_fifo
+    m.submodules["thresholder" if node.threshold is not None else "requantizer"] = output
+
+    pixel = Signal(32)
+    out_channel = Signal(range(max(g.out_channels, 2)))
+    ready_lanes = Cat(done > pixel for done in lane_done).all()
+    stage1 = Signal(data.StructLayout({"valid": 1, "channel": out_channel.shape(),
+                                       "slot": 1, "release": 1}))
+    stage2 = Signal(data.StructLayout({"valid": 1, "channel": out_channel.shape(),
+                                       "lane": lane_bits}))
+    room = out_fifo.level + stage1.valid + stage2.valid < OUT_FIFO_DEPTH - 1
+
+    m.d.comb += route_read.addr.eq(out_channel)
+    m.d.sync += stage1.valid.eq(0)
+    with m.If(ready_lanes & room):
+        m.d.sync += [stage1.valid.eq(1), stage1.channel.eq(out_channel),
+                     stage1.slot.eq(pixel[0]),
+                     stage1.release.eq(out_channel == g.out_channels - 1)]
+        with m.If(out_channel == g.out_channels - 1):
+            m.d.sync += [out_channel.eq(0), pixel.eq(pixel + 1)]
+        with m.Else():
+            m.d.sync += out_channel.eq(out_channel + 1)
+
+    route = route_read.data
+    lane_index = route[:lane_bits]
+    position = route[lane_bits:]
+    for port, count in tile_read_ports:
+        m.d.comb += port.addr.eq(stage1.slot * count + position)
+    m.d.sync += [stage2.valid.eq(stage1.valid), stage2.channel.eq(stage1.channel),
+                 stage2.lane.eq(lane_index)]
+    if node.threshold is None:
+        m.d.comb += bias_read.addr.eq(out_channel)
+        m.d.sync += bias.eq(bias_read.data)
+    with m.If(stage1.valid & stage1.release):
+        m.d.sync += collector_released.eq(collector_released + 1)
+
+    sums = Array(port.data for port, _ in tile_read_ports)
+    item = Signal(out_layout)
+    m.d.comb += [
+        item.acc.eq(sums[stage2.lane] + bias), item.channel.eq(stage2.channel),
+        out_fifo.w_data.eq(item.as_value()), out_fifo.w_en.eq(stage2.valid),
+        output.i_stream.payload.eq(out_fifo.r_data),
+        output.i_stream.valid.eq(out_fifo.r_rdy),
+        out_fifo.r_en.eq(output.i_stream.ready),
+    ]
+    wiring.connect(m, output.o_stream, wiring.flipped(engine.o_stream))
+
+
+def _biased_shape(acc_bounds, bias):
+    """The shape of a lane's sum plus its channel's bias."""
+    low, high = acc_bounds
+    return signed(signed_width(low + int(bias.min(initial=0)), high + int(bias.max(initial=0))))
+
+
 class SparseConvEngine(wiring.Component):
     """Conv2d or Linear with two-sided zero skipping and ``lanes`` multipliers.
 
@@ -153,10 +241,7 @@ class SparseConvEngine(wiring.Component):
         self.node, self.in_shape, self.in_act = node, tuple(in_shape), in_act
         self.plan = make_plan(node, in_shape, in_act, lanes, zero_skip, chunk)
         self.geometry = self.plan.geometry
-        low, high = self.plan.accumulator_bounds
         self.sum_shape = signed(self.plan.accumulator_width)
-        self.biased_shape = signed(signed_width(low + int(node.bias.min(initial=0)),
-                                                high + int(node.bias.max(initial=0))))
         super().__init__({
             "i_stream": In(activation_stream(in_act)),
             "o_stream": Out(activation_stream(node.act)),
@@ -201,7 +286,8 @@ class SparseConvEngine(wiring.Component):
             waiting_for_rows.append(ports["waiting_for_rows"])
             tile_read_ports.append(ports["tile_read"])
 
-        self._elaborate_collector(m, lane_done, tile_read_ports, collector_released)
+        elaborate_collector(m, self, self.plan.accumulator_bounds, lane_done, tile_read_ports,
+                            collector_released)
         self._elaborate_counters(m, issued_total, scanned_total, effective_total,
                                  waiting_for_rows, rows)
         return m
@@ -456,80 +542,6 @@ class SparseConvEngine(wiring.Component):
         return {"pixels_done": pixels_done, "issued": has_pair, "scanned": scanned,
                 "effective": effective, "waiting_for_rows": waiting_for_rows,
                 "tile_read": (tile_read, filters)}
-
-    def _elaborate_collector(self, m, lane_done, tile_read_ports, collector_released):
-        """Tile sums in channel order -> bias + requantizer or thresholder -> o_stream."""
-        g = self.geometry
-        node = self.node
-        where = self.plan.lane_of_filter()
-        filters_per_lane = [count for _, count in tile_read_ports]
-        lane_bits = max(ceil_log2(len(tile_read_ports)), 1)
-        index_bits = max(ceil_log2(max(filters_per_lane)), 1)
-        route_rom = Memory(shape=unsigned(lane_bits + index_bits), depth=g.out_channels,
-                           init=[lane | (position << lane_bits) for lane, position in where])
-        m.submodules.route_rom = route_rom
-        route_read = route_rom.read_port()
-
-        if node.threshold is not None:
-            # The bias folds into the thresholds: the sums go out as they are.
-            output = Thresholder(node.threshold, node.bias, self.plan.accumulator_bounds,
-                                 g.out_channels)
-            bias = 0
-        else:
-            output = Requantizer(node.requant, self.biased_shape, g.out_channels, node.act)
-            bias_rom = Memory(shape=signed(32), depth=g.out_channels,
-                              init=[int(b) for b in node.bias])
-            m.submodules.bias_rom = bias_rom
-            bias_read = bias_rom.read_port()
-            bias = Signal(signed(32))
-        out_layout = output.i_stream.payload.shape()
-        out_fifo = SyncFIFOBuffered(width=out_layout.size, depth=OUT_FIFO_DEPTH)
-        m.submodules.out_fifo = out_fifo
-        m.submodules["thresholder" if node.threshold is not None else "requantizer"] = output
-
-        pixel = Signal(32)
-        out_channel = Signal(range(max(g.out_channels, 2)))
-        ready_lanes = Cat(done > pixel for done in lane_done).all()
-        stage1 = Signal(data.StructLayout({"valid": 1, "channel": out_channel.shape(),
-                                           "slot": 1, "release": 1}))
-        stage2 = Signal(data.StructLayout({"valid": 1, "channel": out_channel.shape(),
-                                           "lane": lane_bits}))
-        room = out_fifo.level + stage1.valid + stage2.valid < OUT_FIFO_DEPTH - 1
-
-        m.d.comb += route_read.addr.eq(out_channel)
-        m.d.sync += stage1.valid.eq(0)
-        with m.If(ready_lanes & room):
-            m.d.sync += [stage1.valid.eq(1), stage1.channel.eq(out_channel),
-                         stage1.slot.eq(pixel[0]),
-                         stage1.release.eq(out_channel == g.out_channels - 1)]
-            with m.If(out_channel == g.out_channels - 1):
-                m.d.sync += [out_channel.eq(0), pixel.eq(pixel + 1)]
-            with m.Else():
-                m.d.sync += out_channel.eq(out_channel + 1)
-
-        route = route_read.data
-        lane_index = route[:lane_bits]
-        position = route[lane_bits:]
-        for port, count in tile_read_ports:
-            m.d.comb += port.addr.eq(stage1.slot * count + position)
-        m.d.sync += [stage2.valid.eq(stage1.valid), stage2.channel.eq(stage1.channel),
-                     stage2.lane.eq(lane_index)]
-        if node.threshold is None:
-            m.d.comb += bias_read.addr.eq(out_channel)
-            m.d.sync += bias.eq(bias_read.data)
-        with m.If(stage1.valid & stage1.release):
-            m.d.sync += collector_released.eq(collector_released + 1)
-
-        sums = Array(port.data for port, _ in tile_read_ports)
-        item = Signal(out_layout)
-        m.d.comb += [
-            item.acc.eq(sums[stage2.lane] + bias), item.channel.eq(stage2.channel),
-            out_fifo.w_data.eq(item.as_value()), out_fifo.w_en.eq(stage2.valid),
-            output.i_stream.payload.eq(out_fifo.r_data),
-            output.i_stream.valid.eq(out_fifo.r_rdy),
-            out_fifo.r_en.eq(output.i_stream.ready),
-        ]
-        wiring.connect(m, output.o_stream, wiring.flipped(self.o_stream))
 
     def _elaborate_counters(self, m, issued, scanned, effective, waiting_for_rows, rows):
         g = self.geometry

@@ -34,7 +34,6 @@ from __future__ import annotations
 import numpy as np
 from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, wiring
-from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
@@ -42,13 +41,11 @@ from amaranth.utils import ceil_log2
 from .. import ir
 from .activity import count_activity, count_beats
 from .common import activation_stream, counters_signature
-from .conv import OUT_FIFO_DEPTH, TILE_SLOTS, _PixelCursor, _popcount
-from .requant import Requantizer
+from .conv import OUT_FIFO_DEPTH, TILE_SLOTS, _PixelCursor, _popcount, elaborate_collector
 from .sparse_plan import plan as make_plan
 from .sparse_plan import signed_width
-from .threshold import Thresholder
 
-__all__ = ["Thresholder", "XnorConvEngine"]
+__all__ = ["XnorConvEngine"]
 
 
 class XnorConvEngine(wiring.Component):
@@ -184,7 +181,9 @@ class XnorConvEngine(wiring.Component):
         lanes = [self._elaborate_lane(m, index, lane, line_buffer, rows, rows_written,
                                       collector_released, oldest_needed[index])
                  for index, lane in enumerate(self.plan.lanes)]
-        self._elaborate_collector(m, lanes, collector_released)
+        elaborate_collector(m, self, self.acc_bounds, [lane["pixels_done"] for lane in lanes],
+                            [(lane["tile_read"], lane["filters"]) for lane in lanes],
+                            collector_released)
         self._elaborate_counters(m, lanes, rows)
         return m
 
@@ -346,79 +345,6 @@ class XnorConvEngine(wiring.Component):
         return {"pixels_done": pixels_done, "issue": issue,
                 "scanned": Mux(starting, dense_pairs, 0), "effective": stage_d.effective,
                 "waiting_for_rows": waiting_for_rows, "tile_read": tile_read, "filters": filters}
-
-    def _elaborate_collector(self, m, lanes, collector_released):
-        """Tile sums in channel order -> threshold compare or bias + requantizer -> o_stream."""
-        g = self.geometry
-        node = self.node
-        lane_bits = max(ceil_log2(len(lanes)), 1)
-        index_bits = max(ceil_log2(max(lane["filters"] for lane in lanes)), 1)
-        route_rom = Memory(shape=unsigned(lane_bits + index_bits), depth=g.out_channels,
-                           init=[lane | (position << lane_bits)
-                                 for lane, position in self.plan.lane_of_filter()])
-        m.submodules.route_rom = route_rom
-        route_read = route_rom.read_port()
-
-        if node.threshold is not None:
-            # The bias folds into the thresholds: the sums go out as they are.
-            output = Thresholder(node.threshold, node.bias, self.acc_bounds, g.out_channels)
-            bias = 0
-        else:
-            low, high = self.acc_bounds
-            biased = signed(signed_width(low + int(node.bias.min()), high + int(node.bias.max())))
-            output = Requantizer(node.requant, biased, g.out_channels, node.act)
-            bias_rom = Memory(shape=signed(32), depth=g.out_channels,
-                              init=[int(b) for b in node.bias])
-            m.submodules.bias_rom = bias_rom
-            bias_read = bias_rom.read_port()
-            bias = Signal(signed(32))
-        m.submodules.output = output
-        out_layout = output.i_stream.payload.shape()
-        out_fifo = SyncFIFOBuffered(width=out_layout.size, depth=OUT_FIFO_DEPTH)
-        m.submodules.out_fifo = out_fifo
-
-        pixel = Signal(32)
-        out_channel = Signal(range(max(g.out_channels, 2)))
-        ready_lanes = Cat(lane["pixels_done"] > pixel for lane in lanes).all()
-        stage1 = Signal(data.StructLayout({"valid": 1, "channel": out_channel.shape(),
-                                           "slot": 1, "release": 1}))
-        stage2 = Signal(data.StructLayout({"valid": 1, "channel": out_channel.shape(),
-                                           "lane": lane_bits}))
-        room = out_fifo.level + stage1.valid + stage2.valid < OUT_FIFO_DEPTH - 1
-
-        m.d.comb += route_read.addr.eq(out_channel)
-        m.d.sync += stage1.valid.eq(0)
-        with m.If(ready_lanes & room):
-            m.d.sync += [stage1.valid.eq(1), stage1.channel.eq(out_channel),
-                         stage1.slot.eq(pixel[0]),
-                         stage1.release.eq(out_channel == g.out_channels - 1)]
-            with m.If(out_channel == g.out_channels - 1):
-                m.d.sync += [out_channel.eq(0), pixel.eq(pixel + 1)]
-            with m.Else():
-                m.d.sync += out_channel.eq(out_channel + 1)
-
-        route = route_read.data
-        position = route[lane_bits:]
-        for lane in lanes:
-            m.d.comb += lane["tile_read"].addr.eq(stage1.slot * lane["filters"] + position)
-        m.d.sync += [stage2.valid.eq(stage1.valid), stage2.channel.eq(stage1.channel),
-                     stage2.lane.eq(route[:lane_bits])]
-        if node.threshold is None:
-            m.d.comb += bias_read.addr.eq(out_channel)
-            m.d.sync += bias.eq(bias_read.data)
-        with m.If(stage1.valid & stage1.release):
-            m.d.sync += collector_released.eq(collector_released + 1)
-
-        sums = Array(lane["tile_read"].data for lane in lanes)
-        item = Signal(out_layout)
-        m.d.comb += [
-            item.acc.eq(sums[stage2.lane] + bias), item.channel.eq(stage2.channel),
-            out_fifo.w_data.eq(item.as_value()), out_fifo.w_en.eq(stage2.valid),
-            output.i_stream.payload.eq(out_fifo.r_data),
-            output.i_stream.valid.eq(out_fifo.r_rdy),
-            out_fifo.r_en.eq(output.i_stream.ready),
-        ]
-        wiring.connect(m, output.o_stream, wiring.flipped(self.o_stream))
 
     def _elaborate_counters(self, m, lanes, rows):
         g = self.geometry
