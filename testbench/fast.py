@@ -45,7 +45,6 @@ from typing import TextIO
 
 import numpy as np
 import numpy.typing as npt
-from cocotb_tools.runner import get_runner
 
 from zeroskip.testbench import runner
 from zeroskip.testbench.harness import THRESHOLD_WIDTH
@@ -260,23 +259,7 @@ def fast_simulate(
     waves_path = run_dir / f"waves.{waves}" if waves is not None else None
 
     def simulate() -> None:
-        try:
-            get_runner("verilator").test(
-                test_module=TEST_MODULE,
-                hdl_toplevel=model.top,
-                hdl_toplevel_lang="verilog",
-                build_dir=model.build_dir,
-                test_dir=run_dir,
-                results_xml=str(run_dir / "results.xml"),
-                log_file=run_dir / _SIM_LOG,
-                waves=waves_path is not None,
-                test_args=["--trace-file", str(waves_path)] if waves_path else [],
-                extra_env={RUN_DIR_ENV: str(run_dir)},
-            )
-        except SystemExit:
-            # cocotb's runner exits when the test fails; result.json says why, or its absence
-            # says that the simulation crashed.
-            pass
+        runner.run_test_module(model, TEST_MODULE, run_dir, RUN_DIR_ENV, waves_path)
 
     started = time.monotonic()
     with runner._cocotb_environment():

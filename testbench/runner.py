@@ -356,26 +356,9 @@ def run(
     ]
     _write_job(run_dir, job, counters)
     waves_path = run_dir / f"waves.{job.waves}" if job.waves else None
-    simulator = get_runner("verilator")
     started = time.monotonic()
     with _cocotb_environment():
-        try:
-            simulator.test(
-                test_module=TEST_MODULE,
-                hdl_toplevel=model.top,
-                hdl_toplevel_lang="verilog",
-                build_dir=model.build_dir,
-                test_dir=run_dir,
-                results_xml=str(run_dir / "results.xml"),
-                log_file=run_dir / _SIM_LOG,
-                waves=waves_path is not None,
-                test_args=["--trace-file", str(waves_path)] if waves_path else [],
-                extra_env={RUN_DIR_ENV: str(run_dir)},
-            )
-        except SystemExit:
-            # cocotb's runner exits when the test fails; result.json says why, or its absence
-            # says that the simulation crashed.
-            pass
+        run_test_module(model, TEST_MODULE, run_dir, RUN_DIR_ENV, waves_path)
     seconds = time.monotonic() - started
     result_path = run_dir / _RESULT_FILE
     if not result_path.exists():
@@ -398,6 +381,32 @@ def run(
         waves=waves_path,
         seconds=seconds,
     )
+
+
+def run_test_module(model: VerilatorModel, test_module: str, run_dir: Path, run_dir_env: str,
+                    waves_path: Path | None) -> None:
+    """Run a cocotb test module on a built model, its run directory named in ``run_dir_env``.
+
+    The module reports through files in ``run_dir`` (``sim.log`` holds the simulator's output);
+    a failing test or a crash is for the caller to find there.
+    """
+    try:
+        get_runner("verilator").test(
+            test_module=test_module,
+            hdl_toplevel=model.top,
+            hdl_toplevel_lang="verilog",
+            build_dir=model.build_dir,
+            test_dir=run_dir,
+            results_xml=str(run_dir / "results.xml"),
+            log_file=run_dir / _SIM_LOG,
+            waves=waves_path is not None,
+            test_args=["--trace-file", str(waves_path)] if waves_path else [],
+            extra_env={run_dir_env: str(run_dir)},
+        )
+    except SystemExit:
+        # cocotb's runner exits when the test fails; result.json says why, or its absence
+        # says that the simulation crashed.
+        pass
 
 
 def simulate(

@@ -36,56 +36,38 @@ def _doctor(args):
 
 
 def _demo(args):
-    from . import demo
-    from .testbench.fast import ProgressBar
+    from . import binary_demo, demo
 
+    if args.multipliers < 4:
+        net = "binary digits net" if args.binary else "digits CNN"
+        raise ZeroskipError(f"--multipliers must be at least 4 (one per conv/linear layer of "
+                            f"the {net}), got {args.multipliers}")
     if args.binary:
-        return _binary_demo(args)
-    sparsity = demo.DemoSettings.sparsity if args.sparsity is None else args.sparsity
-    if not 0 <= sparsity < 1:
-        raise ZeroskipError(f"--sparsity must be in [0, 1), got {sparsity}")
-    if args.multipliers < 4:
-        raise ZeroskipError(f"--multipliers must be at least 4 (one per conv/linear layer of "
-                            f"the digits CNN), got {args.multipliers}")
+        if args.sparsity is not None:
+            raise ZeroskipError("--sparsity does not apply to --binary: the binary digits net "
+                                "is not pruned (its weights are -1 / +1)")
+        settings = binary_demo.BinaryDemoSettings(multipliers=args.multipliers,
+                                                  hardware=not args.no_rtl)
+        title, run = "zeroskip demo --binary", binary_demo.run_demo
+        steps = "train a binary digits net (binary weights and activations, int8 pixels), export"
+    else:
+        sparsity = demo.DemoSettings.sparsity if args.sparsity is None else args.sparsity
+        if not 0 <= sparsity < 1:
+            raise ZeroskipError(f"--sparsity must be in [0, 1), got {sparsity}")
+        settings = demo.DemoSettings(sparsity=sparsity, multipliers=args.multipliers,
+                                     hardware=not args.no_rtl)
+        title, run = "zeroskip demo", demo.run
+        steps = "train a digits CNN, prune {:.0f} % of its weights, int8 QAT, export".format(
+            100 * sparsity)
     _check_json_path(args.json)
-    settings = demo.DemoSettings(sparsity=sparsity, multipliers=args.multipliers,
-                                 hardware=not args.no_rtl)
-    steps = "train a digits CNN, prune {:.0f} % of its weights, int8 QAT, export".format(
-        100 * sparsity)
     if settings.hardware:
         steps += (f", compile (zero-skip and dense, {args.multipliers} multipliers), "
                   "co-simulate under Verilator")
-    print(f"zeroskip demo: {steps}", flush=True)
-    result, _ = demo.run(settings, out_dir=args.out,
-                         progress=ProgressBar(sys.stderr, label="RTL, test images"))
-    print(result.format_table())
-    if args.out:
-        print(f"graph and builds written to {args.out}")
-    if args.json:
-        _write_json(result.to_dict(), args.json)
-    return 0
-
-
-def _binary_demo(args):
-    from . import binary_demo
+    print(f"{title}: {steps}", flush=True)
     from .testbench.fast import ProgressBar
 
-    if args.sparsity is not None:
-        raise ZeroskipError("--sparsity does not apply to --binary: the binary digits net is "
-                            "not pruned (its weights are -1 / +1)")
-    if args.multipliers < 4:
-        raise ZeroskipError(f"--multipliers must be at least 4 (one per conv/linear layer of "
-                            f"the binary digits net), got {args.multipliers}")
-    _check_json_path(args.json)
-    settings = binary_demo.BinaryDemoSettings(multipliers=args.multipliers,
-                                              hardware=not args.no_rtl)
-    steps = "train a binary digits net (binary weights and activations, int8 pixels), export"
-    if settings.hardware:
-        steps += (f", compile (zero-skip and dense, {args.multipliers} multipliers), "
-                  "co-simulate under Verilator")
-    print(f"zeroskip demo --binary: {steps}", flush=True)
-    result, _ = binary_demo.run_demo(settings, out_dir=args.out,
-                                     progress=ProgressBar(sys.stderr, label="RTL, test images"))
+    result, _ = run(settings, out_dir=args.out,
+                    progress=ProgressBar(sys.stderr, label="RTL, test images"))
     print(result.format_table())
     if args.out:
         print(f"graph and builds written to {args.out}")
