@@ -43,6 +43,8 @@ bench: $(INSTALL_STAMP)
 	$(VENV_PYTHON) benchmarks/network_bench.py
 	$(VENV_PYTHON) benchmarks/topology_bench.py
 	$(VENV_PYTHON) benchmarks/engine_bench.py
+	$(VENV_PYTHON) benchmarks/binary_bench.py
+	$(VENV_PYTHON) benchmarks/boards_bench.py
 
 doctor: $(INSTALL_STAMP)
 	$(VENV_PYTHON) -m zeroskip.toolchain

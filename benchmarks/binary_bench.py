@@ -40,7 +40,7 @@ def measure(result, graph, multipliers):
     design = zeroskip.compile(graph, "auto", multipliers=multipliers, calibration=calibration)
     synth = synthesize(design.verilog(), design.top, "ice40")
     return {
-        "accuracy": {"golden": result.int8_accuracy, "rtl": hw.rtl_accuracy},
+        "accuracy": {"golden": result.golden_accuracy, "rtl": hw.rtl_accuracy},
         "bit_exact_images": hw.bit_exact, "test_images": result.test_images,
         "weights": result.weights, "nonzero_weights": result.nonzero_weights,
         "weight_storage_bits": result.weight_storage_bits,

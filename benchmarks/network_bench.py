@@ -81,7 +81,7 @@ def main(argv=None):
                 "effective_macs_per_image": result.effective_macs,
                 "weight_storage_bits": result.weight_storage_bits,
                 "fp32_storage_bits": result.fp32_storage_bits},
-        "accuracy": {"float": result.float_accuracy, "int8_golden": result.int8_accuracy,
+        "accuracy": {"float": result.float_accuracy, "int8_golden": result.golden_accuracy,
                      "rtl": float(np.mean(sparse.classes == labels))},
         "test_images": len(x_int), "bit_exact_images": bit_exact,
         "multipliers": args.multipliers,

@@ -37,19 +37,26 @@ from .requant import Requantizer
 from .sparse_plan import plan as make_plan
 from .sparse_plan import signed_width
 from .threshold import Thresholder
+from .window import (PIXEL_COUNTER_WIDTH, TILE_SLOTS, LaneWindow, earlier, elaborate_accumulator,
+                     elaborate_filter_counter, elaborate_packer, group_of, ring_rows,
+                     row_counter_width)
 
 PAIR_FIFO_DEPTH = 8
 OUT_FIFO_DEPTH = 8
-TILE_SLOTS = 2  # output pixels the lanes may run ahead of the collector, plus one
 
 
-def _popcount(value):
-    """Set bits of ``value``, summed as a balanced tree (shallow logic, few simulator steps)."""
-    terms = [value[i] for i in range(len(value))] or [Const(0, 1)]
+def _sum(terms):
+    """The sum of ``terms`` as a balanced tree (shallow logic, few simulator steps)."""
+    terms = list(terms) or [Const(0, 1)]
     while len(terms) > 1:
         terms = [terms[i] + terms[i + 1] if i + 1 < len(terms) else terms[i]
                  for i in range(0, len(terms), 2)]
     return terms[0]
+
+
+def _popcount(value):
+    """Set bits of ``value``."""
+    return _sum(value[i] for i in range(len(value)))
 
 
 def _one_hot_index(one_hot):
@@ -60,49 +67,6 @@ def _one_hot_index(one_hot):
     return Cat(*bits) if width > 1 else Const(0, 1)
 
 
-class _PixelCursor:
-    """Walks output pixels across inferences: the window origin and the ring slot of its row."""
-
-    def __init__(self, geometry, rows, name):
-        g = self.geometry = geometry
-        self.rows = rows
-        self.out_x = Signal(range(g.out_width), name=f"{name}_out_x")
-        self.out_y = Signal(range(g.out_height), name=f"{name}_out_y")
-        self.left = Signal(signed(32), init=-g.padding[1], name=f"{name}_left")
-        self.top = Signal(signed(32), init=-g.padding[0], name=f"{name}_top")
-        self.top_slot = Signal(range(rows), init=-g.padding[0] % rows, name=f"{name}_top_slot")
-        self.row_base = Signal(32, name=f"{name}_row_base")  # global row of this inference's row 0
-
-    def oldest_row(self):
-        """Global index of the first input row this pixel's window reads."""
-        return self.row_base + Mux(self.top < 0, 0, self.top)
-
-    def rows_needed(self):
-        """Input rows (global count) that must be complete before this pixel can start."""
-        below = self.top + self.geometry.kernel[0]
-        return self.row_base + Mux(below > self.geometry.height, self.geometry.height, below)
-
-    def advance(self, m):
-        g, rows = self.geometry, self.rows
-
-        def wrap(value):
-            return Mux(value >= rows, value - rows, value)
-
-        with m.If(self.out_x != g.out_width - 1):
-            m.d.sync += [self.out_x.eq(self.out_x + 1), self.left.eq(self.left + g.stride[1])]
-        with m.Else():
-            m.d.sync += [self.out_x.eq(0), self.left.eq(-g.padding[1])]
-            with m.If(self.out_y != g.out_height - 1):
-                m.d.sync += [self.out_y.eq(self.out_y + 1), self.top.eq(self.top + g.stride[0]),
-                             self.top_slot.eq(wrap(self.top_slot + g.stride[0] % rows))]
-            with m.Else():
-                # The next inference's row 0 follows this inference's last row in the ring.
-                step = (g.height - (g.out_height - 1) * g.stride[0]) % rows
-                m.d.sync += [self.out_y.eq(0), self.top.eq(-g.padding[0]),
-                             self.top_slot.eq(wrap(self.top_slot + step)),
-                             self.row_base.eq(self.row_base + g.height)]
-
-
 def elaborate_collector(m, engine, acc_bounds, lane_done, tile_read_ports, collector_released):
     """The collector both engines share: when every lane has finished an output pixel, its
     tile sums in channel order -> bias + requantizer, or the thresholder -> ``engine.o_stream``.
@@ -110,7 +74,7 @@ def elaborate_collector(m, engine, acc_bounds, lane_done, tile_read_ports, colle
     ``engine`` gives the geometry, node, plan and output stream; ``acc_bounds`` the range of the
     lanes' sums; ``lane_done`` each lane's finished-pixel count; ``tile_read_ports`` each lane's
     tile read port and filter count. ``collector_released`` counts pixels whose tile slot is
-    free again.
+    free again. Pixel counts wrap around (:data:`~zeroskip.hdl.window.PIXEL_COUNTER_WIDTH`).
     """
     g = engine.geometry
     node = engine.node
@@ -130,19 +94,21 @@ def elaborate_collector(m, engine, acc_bounds, lane_done, tile_read_ports, colle
     else:
         output = Requantizer(node.requant, _biased_shape(acc_bounds, node.bias), g.out_channels,
                              node.act)
-        bias_rom = Memory(shape=signed(32), depth=g.out_channels,
+        bias_shape = signed(signed_width(int(node.bias.min(initial=0)),
+                                         int(node.bias.max(initial=0))))
+        bias_rom = Memory(shape=bias_shape, depth=g.out_channels,
                           init=[int(b) for b in node.bias])
         m.submodules.bias_rom = bias_rom
         bias_read = bias_rom.read_port()
-        bias = Signal(signed(32))
+        bias = Signal(bias_shape)
     out_layout = output.i_stream.payload.shape()
     out_fifo = SyncFIFOBuffered(width=out_layout.size, depth=OUT_FIFO_DEPTH)
     m.submodules.out_fifo = out_fifo
     m.submodules["thresholder" if node.threshold is not None else "requantizer"] = output
 
-    pixel = Signal(32)
+    pixel = Signal(PIXEL_COUNTER_WIDTH)
     out_channel = Signal(range(max(g.out_channels, 2)))
-    ready_lanes = Cat(done > pixel for done in lane_done).all()
+    ready_lanes = Cat(earlier(pixel, done, PIXEL_COUNTER_WIDTH) for done in lane_done).all()
     stage1 = Signal(data.StructLayout({"valid": 1, "channel": out_channel.shape(),
                                        "slot": 1, "release": 1}))
     stage2 = Signal(data.StructLayout({"valid": 1, "channel": out_channel.shape(),
@@ -221,7 +187,7 @@ class SparseConvEngine(wiring.Component):
     counters : Out(counters signature)
         ``busy_cycles``, ``effective_macs``, ``skipped_pairs``, ``stall_cycles`` since reset.
 
-    Latency: an output pixel leaves about 8 cycles after its last pair is issued through a
+    Latency: an output pixel leaves about 10 cycles after its last pair is issued through a
     requantizer, 2 fewer through a thresholder. Throughput: one pair per lane per cycle while
     the pair FIFOs are fed; at most one output per cycle.
     """
@@ -254,31 +220,31 @@ class SparseConvEngine(wiring.Component):
         m = Module()
         g = self.geometry
         lanes = self.plan.lanes
-        rows = min(g.kernel[0] + g.stride[0] + 1, 2 ** 16)
+        rows = ring_rows(g)
         words_per_pixel = g.groups * g.chunks
         ring_beats = rows * g.width * g.in_channels
         ring_words = rows * g.width * words_per_pixel
         in_shape = activation_shape(self.in_act)
 
-        # Global counters compare across inferences; 32 bits outlast any simulation.
-        rows_written = Signal(32)
-        collector_released = Signal(32)  # output pixels whose tile slot is free again
+        row_width = row_counter_width(g, rows)
+        rows_written = Signal(row_width)
+        collector_released = Signal(PIXEL_COUNTER_WIDTH)  # pixels whose tile slot is free again
 
         # One line buffer, read by every lane through a port of its own.
         m.submodules.act_mem = act_mem = Memory(shape=in_shape, depth=ring_beats, init=[])
         m.submodules.mask_mem = mask_mem = Memory(shape=unsigned(g.chunk), depth=ring_words,
                                                   init=[])
 
-        oldest_needed = [Signal(32, name=f"oldest_needed_{i}") for i in range(len(lanes))]
-        self._elaborate_writer(m, act_mem, mask_mem, rows, rows_written, oldest_needed)
+        windows = [LaneWindow(m, g, rows, row_width, rows_written, collector_released,
+                              f"lane_{index}") for index in range(len(lanes))]
+        self._elaborate_writer(m, act_mem, mask_mem, rows, rows_written, windows)
 
         lane_done = []
         scanned_total, issued_total, effective_total = [], [], []
         waiting_for_rows = []
         tile_read_ports = []
         for index, lane in enumerate(lanes):
-            ports = self._elaborate_lane(m, index, lane, act_mem, mask_mem, rows,
-                                         rows_written, collector_released, oldest_needed[index])
+            ports = self._elaborate_lane(m, index, lane, act_mem, mask_mem, windows[index])
             lane_done.append(ports["pixels_done"])
             scanned_total.append(ports["scanned"])
             issued_total.append(ports["issued"])
@@ -292,59 +258,19 @@ class SparseConvEngine(wiring.Component):
                                  waiting_for_rows, rows)
         return m
 
-    def _elaborate_writer(self, m, act_mem, mask_mem, rows, rows_written, oldest_needed):
+    def _elaborate_writer(self, m, act_mem, mask_mem, rows, rows_written, windows):
         """Input stream -> the line buffer, with one nonzero bit per activation."""
-        g = self.geometry
         act_write = act_mem.write_port()
-        mask_write = mask_mem.write_port()
-        ring_beats = rows * g.width * g.in_channels
-        ring_words = rows * g.width * g.groups * g.chunks
-
-        act_addr = Signal(range(ring_beats))
-        word_addr = Signal(range(ring_words))
-        channel_in_group = Signal(range(g.group_channels))
-        bit = Signal(range(g.chunk))
-        column = Signal(range(g.width))
-        channel = Signal(range(g.in_channels))
-        mask_bits = Signal(g.chunk)
-
-        oldest = oldest_needed[0]
-        for candidate in oldest_needed[1:]:
-            oldest = Mux(candidate < oldest, candidate, oldest)
-        # A row slot may be overwritten once no lane needs the row it holds.
-        m.d.comb += self.i_stream.ready.eq(rows_written < oldest + rows)
-
+        act_addr = Signal(range(act_mem.depth))
         beat = self.i_stream.payload
-        nonzero = beat != 0
-        word_done = (bit == g.chunk - 1) | (channel_in_group == g.group_channels - 1)
-        word = mask_bits | (nonzero << bit)
-        m.d.comb += [act_write.addr.eq(act_addr), act_write.data.eq(beat),
-                     mask_write.addr.eq(word_addr), mask_write.data.eq(word)]
-
-        with m.If(self.i_stream.valid & self.i_stream.ready):
+        taken = elaborate_packer(m, self, rows, rows_written, windows, beat != 0,
+                                 mask_mem.write_port())
+        m.d.comb += [act_write.addr.eq(act_addr), act_write.data.eq(beat)]
+        with m.If(taken):
             m.d.comb += act_write.en.eq(1)
-            m.d.sync += act_addr.eq(Mux(act_addr == ring_beats - 1, 0, act_addr + 1))
-            with m.If(word_done):
-                m.d.comb += mask_write.en.eq(1)
-                m.d.sync += [mask_bits.eq(0), bit.eq(0),
-                             word_addr.eq(Mux(word_addr == ring_words - 1, 0, word_addr + 1))]
-            with m.Else():
-                m.d.sync += [mask_bits.eq(word), bit.eq(bit + 1)]
-            with m.If(channel_in_group == g.group_channels - 1):
-                m.d.sync += channel_in_group.eq(0)
-            with m.Else():
-                m.d.sync += channel_in_group.eq(channel_in_group + 1)
-            with m.If(channel == g.in_channels - 1):
-                m.d.sync += channel.eq(0)
-                with m.If(column == g.width - 1):
-                    m.d.sync += [column.eq(0), rows_written.eq(rows_written + 1)]
-                with m.Else():
-                    m.d.sync += column.eq(column + 1)
-            with m.Else():
-                m.d.sync += channel.eq(channel + 1)
+            m.d.sync += act_addr.eq(Mux(act_addr == act_mem.depth - 1, 0, act_addr + 1))
 
-    def _elaborate_lane(self, m, index, lane, act_mem, mask_mem, rows, rows_written,
-                        collector_released, oldest_needed):
+    def _elaborate_lane(self, m, index, lane, act_mem, mask_mem, window):
         g = self.geometry
         filters = len(lane.filters)
         words_per_pixel = g.groups * g.chunks
@@ -374,24 +300,14 @@ class SparseConvEngine(wiring.Component):
         tile_write = tile.write_port()
         tile_read = tile.read_port()
 
-        group_of_filter = Array(Const(f // g.filters_per_group, range(max(g.groups, 2)))
-                                for f in lane.filters)
-
         # --- examiner: walks the combo list for one output pixel at a time ------------------
-        pixel_index = Signal(32)          # output pixels this lane has started, all inferences
-        cursor = _PixelCursor(g, rows, f"scan_{index}")
-        # Rows are released by pixels the MAC has finished, not by pixels scanned: pairs of
-        # scanned pixels may still wait in the FIFO to read the line buffer.
-        retired = _PixelCursor(g, rows, f"retired_{index}")
+        # Rows are released by pixels the MAC has finished (the window's retired cursor), not
+        # by pixels scanned: pairs of scanned pixels may still wait in the FIFO to read them.
         combo = Signal(range(max(lane.combos, 2)))
         scanning = Signal()
-
-        m.d.comb += oldest_needed.eq(retired.oldest_row())
-        rows_needed = Signal(32)
-        m.d.comb += rows_needed.eq(cursor.rows_needed())
-        can_start = (rows_written >= rows_needed) & (pixel_index < collector_released + TILE_SLOTS)
+        can_start = window.can_start
         waiting_for_rows = Signal()
-        m.d.comb += waiting_for_rows.eq(~scanning & (rows_written < rows_needed))
+        m.d.comb += waiting_for_rows.eq(~scanning & ~window.rows_ready)
 
         pair_fifo_layout = data.StructLayout({
             "pairs": unsigned(g.chunk), "weights": unsigned(g.chunk),
@@ -404,9 +320,7 @@ class SparseConvEngine(wiring.Component):
         m.submodules[f"pair_fifo_{index}"] = pair_fifo
 
         # Stage A: the combo ROM is addressed, with the pixel's window origin alongside.
-        stage_b = Signal(data.StructLayout({
-            "valid": 1, "first": 1, "slot": 1, "top": signed(32), "left": signed(32),
-            "top_slot": range(rows)}))
+        stage_b = Signal(data.StructLayout({"valid": 1, "first": 1, **window.origin_layout()}))
         # Stage B: the combo is known; the line buffer's mask word is addressed.
         stage_c = Signal(data.StructLayout({
             "valid": 1, "first": 1, "pad": 1, "last": 1, "channels": range(g.chunk + 1),
@@ -420,30 +334,18 @@ class SparseConvEngine(wiring.Component):
             with m.If(can_start):
                 m.d.sync += scanning.eq(1)
         with m.Elif(room):
-            m.d.sync += [
-                stage_b.valid.eq(1), stage_b.first.eq(combo == 0),
-                stage_b.slot.eq(pixel_index[0]), stage_b.top.eq(cursor.top),
-                stage_b.left.eq(cursor.left), stage_b.top_slot.eq(cursor.top_slot),
-            ]
+            m.d.sync += [stage_b.valid.eq(1), stage_b.first.eq(combo == 0),
+                         *window.origin(stage_b)]
             with m.If(combo == lane.combos - 1):
-                m.d.sync += [combo.eq(0), scanning.eq(0), pixel_index.eq(pixel_index + 1)]
-                cursor.advance(m)
+                m.d.sync += [combo.eq(0), scanning.eq(0)]
+                window.next_pixel(m)
             with m.Else():
                 m.d.sync += combo.eq(combo + 1)
 
         entry_b = combo_layout(combo_read.data)
-        filter_index = Signal(range(max(filters, 2)))
-        with m.If(stage_b.valid & entry_b.last):
-            m.d.sync += filter_index.eq(Mux(filter_index == filters - 1, 0, filter_index + 1))
-        row = stage_b.top + entry_b.tap_y
-        column = stage_b.left + entry_b.tap_x
-        pad = (row < 0) | (row >= g.height) | (column < 0) | (column >= g.width)
-        slot_of_row = Signal(range(rows))
-        m.d.comb += slot_of_row.eq(Mux(stage_b.top_slot + entry_b.tap_y >= rows,
-                                       stage_b.top_slot + entry_b.tap_y - rows,
-                                       stage_b.top_slot + entry_b.tap_y))
-        ring_pixel = slot_of_row * g.width + column[:max(ceil_log2(g.width), 1)]
-        group = group_of_filter[filter_index]
+        filter_index = elaborate_filter_counter(m, filters, stage_b.valid & entry_b.last)
+        pad, ring_pixel = window.locate(m, stage_b, entry_b.tap_y, entry_b.tap_x)
+        group = group_of(g, lane.filters, filter_index)
         m.d.comb += mask_read.addr.eq(ring_pixel * words_per_pixel + group * g.chunks +
                                       entry_b.chunk)
         m.d.sync += [
@@ -515,29 +417,25 @@ class SparseConvEngine(wiring.Component):
             token.slot.eq(current.slot),
         ]
 
-        # --- MAC ---------------------------------------------------------------------------
-        accumulator = Signal(self.sum_shape)
-        weight = weight_read.data
-        activation = Mux(token.pad, 0, act_read.data)
-        product = Mux(token.pair, weight * activation, 0)
-        total = Signal(self.sum_shape)
-        m.d.comb += total.eq(accumulator + product)
-        pixels_done = Signal(32)
+        # --- MAC: operands and product registered, so that a RAM read, a multiply and an add
+        # each have a cycle of their own ---------------------------------------------------
+        weight = Signal.like(weight_read.data)
+        activation = Signal.like(act_read.data)
+        operands = Signal.like(token)
+        m.d.sync += [weight.eq(weight_read.data),
+                     activation.eq(Mux(token.pad | ~token.pair, 0, act_read.data)),
+                     operands.eq(token)]
+        product_value = weight * activation
+        product = Signal(product_value.shape())
+        multiplied = Signal.like(token)
+        m.d.sync += [product.eq(product_value), multiplied.eq(operands)]
+        pixels_done = elaborate_accumulator(
+            m, window, valid=multiplied.valid, last=multiplied.last, value=product,
+            filter_index=multiplied.filter, slot=multiplied.slot, filters=filters,
+            sum_shape=self.sum_shape, tile_write=tile_write)
         effective = Signal()
-        m.d.comb += effective.eq(token.valid & token.pair & (weight != 0) & (activation != 0))
-        m.d.comb += [
-            tile_write.addr.eq(token.slot * filters + token.filter),
-            tile_write.data.eq(total),
-        ]
-        with m.If(token.valid):
-            with m.If(token.last):
-                m.d.comb += tile_write.en.eq(1)
-                m.d.sync += accumulator.eq(0)
-                with m.If(token.filter == filters - 1):
-                    m.d.sync += pixels_done.eq(pixels_done + 1)
-                    retired.advance(m)
-            with m.Else():
-                m.d.sync += accumulator.eq(total)
+        m.d.comb += effective.eq(operands.valid & operands.pair & (weight != 0) &
+                                 (activation != 0))
 
         return {"pixels_done": pixels_done, "issued": has_pair, "scanned": scanned,
                 "effective": effective, "waiting_for_rows": waiting_for_rows,

@@ -90,9 +90,10 @@ class Design:
     """
 
     def __init__(self, graph, layers, lanes, zero_skip, chunk, *, multipliers=None,
-                 estimates=None):
+                 estimates=None, layer_counters=True):
         self.graph, self.layers = graph, tuple(layers)
         self.lanes, self.zero_skip, self.chunk = dict(lanes), zero_skip, chunk
+        self.layer_counters = layer_counters
         self.multipliers, self.estimates = multipliers, estimates
         self.top = f"zeroskip_{_identifier(graph.name)}"
         self.in_shape = graph.shapes[graph.input.name]
@@ -108,7 +109,8 @@ class Design:
                              in_shape=self.in_shape, in_act=self.in_act,
                              output=_producer(self.graph, self.graph.output),
                              out_shape=self.out_shape, out_act=self.out_act,
-                             zero_skip=self.zero_skip, chunk=self.chunk)
+                             zero_skip=self.zero_skip, chunk=self.chunk,
+                             layer_counters=self.layer_counters)
 
     def verilog(self):
         """The Verilog text; the same graph and options give the same bytes."""
@@ -159,6 +161,7 @@ class Design:
             "in_shape": list(self.in_shape), "out_shape": list(self.out_shape),
             "stream_order": "HWC", "ports": ports,
             "zero_skip": self.zero_skip, "chunk": self.chunk,
+            "layer_counters": self.layer_counters,
             "multipliers": self.multipliers, "multipliers_used": self.multipliers_used,
             "lanes": dict(self.lanes), "layers": layers,
             "network_counters": list(NETWORK_COUNTER_NAMES),
@@ -223,19 +226,11 @@ class Design:
     def load(cls, directory):
         """The design a build directory was written from (compiled again, checked identical)."""
         directory = Path(directory)
-        manifest_path = directory / MANIFEST_FILE
-        if not manifest_path.is_file():
-            raise ZeroskipError(f"{str(directory)!r} is not a zeroskip build directory: it has "
-                                f"no {MANIFEST_FILE} (make one with `zeroskip compile`)")
-        try:
-            manifest = json.loads(manifest_path.read_text())
-            lanes, zero_skip, chunk = manifest["lanes"], manifest["zero_skip"], manifest["chunk"]
-            multipliers = manifest["multipliers"]
-        except (ValueError, KeyError, TypeError) as error:
-            raise ZeroskipError(f"{str(manifest_path)!r} is not a zeroskip manifest: "
-                                f"{error}") from None
+        manifest, (lanes, zero_skip, chunk, multipliers) = read_manifest(
+            directory, "lanes", "zero_skip", "chunk", "multipliers")
         graph = ir.load(directory / GRAPH_FILE)
-        design = compile(graph, lanes, zero_skip, chunk=chunk)
+        design = compile(graph, lanes, zero_skip, chunk=chunk,
+                         layer_counters=manifest.get("layer_counters", True))
         design.multipliers = multipliers
         verilog_path = directory / manifest.get("verilog", f"{design.top}.v")
         if not verilog_path.is_file() or verilog_path.read_text() != design.verilog():
@@ -388,6 +383,22 @@ class Design:
         return self._plan_cache
 
 
+def read_manifest(directory, *keys):
+    """A build directory's manifest and its values of ``keys``; a ZeroskipError says which
+    directory or file is not what ``zeroskip compile`` writes."""
+    directory = Path(directory)
+    manifest_path = directory / MANIFEST_FILE
+    if not manifest_path.is_file():
+        raise ZeroskipError(f"{str(directory)!r} is not a zeroskip build directory: it has "
+                            f"no {MANIFEST_FILE} (make one with `zeroskip compile`)")
+    try:
+        manifest = json.loads(manifest_path.read_text())
+        return manifest, [manifest[key] for key in keys]
+    except (ValueError, KeyError, TypeError) as error:
+        raise ZeroskipError(f"{str(manifest_path)!r} is not a zeroskip manifest: "
+                            f"{error}") from None
+
+
 def _identifier(name):
     cleaned = "".join(ch if ch.isalnum() else "_" for ch in name)
     return cleaned if cleaned[:1].isalpha() else f"net_{cleaned}"
@@ -457,7 +468,7 @@ def _check_count(name, value, high=None):
 
 
 def compile(graph, lanes=1, zero_skip=True, *, multipliers=None,  # noqa: A001 (the API name)
-            calibration=None, chunk=DEFAULT_CHUNK):
+            calibration=None, chunk=DEFAULT_CHUNK, layer_counters=True):
     """Compile a graph into a :class:`Design`: one engine per layer, one Verilog top.
 
     Parameters
@@ -478,6 +489,10 @@ def compile(graph, lanes=1, zero_skip=True, *, multipliers=None,  # noqa: A001 (
         per-layer cycle estimates.
     chunk : int
         Input channels a conv engine examines at once (mask and priority-encoder width).
+    layer_counters : bool
+        Give every engine's counters (busy, effective MACs, skipped pairs, stalls) a port;
+        False keeps only the network's (inferences, latency, interval), which saves their
+        logic on small FPGAs.
     """
     if not isinstance(graph, ir.Graph):
         raise ZeroskipError(f"compile takes a zeroskip.ir.Graph, got {type(graph).__name__}")
@@ -530,7 +545,7 @@ def compile(graph, lanes=1, zero_skip=True, *, multipliers=None,  # noqa: A001 (
 
         estimates = estimate_graph(graph, calibration, chosen, zero_skip=zero_skip, chunk=chunk)
     design = Design(graph, layers, chosen, zero_skip, chunk, multipliers=multipliers,
-                    estimates=estimates)
+                    estimates=estimates, layer_counters=bool(layer_counters))
     # The static plans (ROM contents) are made now, so that what cannot be built fails here.
     try:
         design.plans  # noqa: B018 (made for its checks)

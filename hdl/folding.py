@@ -40,9 +40,9 @@ import numpy as np
 
 from .. import ir, reference
 from ..errors import ZeroskipError
-from .conv import TILE_SLOTS
 from .sparse_plan import ConvGeometry
 from .sparse_plan import plan as make_plan
+from .window import TILE_SLOTS
 
 # Cycles from a combo's scan to its entry being the issuer's current one: combo ROM read,
 # line-buffer mask read, FIFO write, and the buffered FIFO's two-cycle read latency.
@@ -50,8 +50,9 @@ SCAN_TO_ISSUE = 5
 # Pushed entries the examiner may have ahead of the issuer before its FIFO counts as full
 # (the FIFO holds 8, the examiner stops at 7 counting its two pipeline stages).
 AHEAD = 6
-# From a lane's last issued pair to the collector starting on that pixel (MAC, pixel counter).
-ISSUE_TO_COLLECT = 2
+# From a lane's last issued pair to the collector starting on that pixel (operand and product
+# registers, accumulator, pixel counter).
+ISSUE_TO_COLLECT = 4
 # Calibration images the cycle model replays (evenly spaced through the batch): its cost grows
 # with images * pixels * combos, and the mean settles long before 32. Pair counts use them all.
 SIMULATED_IMAGES = 32
@@ -59,8 +60,8 @@ SIMULATED_IMAGES = 32
 #: (:class:`~zeroskip.hdl.xnor.XnorConvEngine`'s default).
 XNOR_WIDTH = 32
 # Cycles from an XNOR lane issuing a pixel's last ROM entry to the collector taking the pixel:
-# ROM read, line-buffer read, popcount, accumulate.
-XNOR_ISSUE_TO_COLLECT = 4
+# ROM read, line-buffer read, agreeing bits registered, popcount, accumulate.
+XNOR_ISSUE_TO_COLLECT = 5
 
 
 @dataclass(frozen=True)

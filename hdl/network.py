@@ -207,16 +207,20 @@ class NetworkCounters(wiring.Component):
         in_position, _ = count_beats(m, self.input_taken, self.in_beats)
         _, out_last = count_beats(m, self.output_taken, self.out_beats)
         m.submodules.starts = starts = Memory(shape=COUNTER_WIDTH, depth=self.inflight, init=[])
-        write, read = starts.write_port(), starts.read_port(domain="comb")
+        # A registered read (a RAM block, not a register file): its address is the entry of
+        # the inference finishing next, so the start is ready by the time it finishes.
+        write = starts.write_port()
+        read = starts.read_port(transparent_for=(write,))
         started = Signal(ceil_log2(self.inflight))
         finished = Signal(ceil_log2(self.inflight))
         last_finish = Signal(COUNTER_WIDTH)
         first_beat = self.input_taken & (in_position == 0)
+        finishing = self.output_taken & out_last
         m.d.comb += [write.addr.eq(started), write.data.eq(cycle), write.en.eq(first_beat),
-                     read.addr.eq(finished)]
+                     read.addr.eq(Mux(finishing, finished + 1, finished))]
         with m.If(first_beat):
             m.d.sync += started.eq(started + 1)
-        with m.If(self.output_taken & out_last):
+        with m.If(finishing):
             m.d.sync += [finished.eq(finished + 1), last_finish.eq(cycle),
                          self.counters.inferences.eq(self.counters.inferences + 1),
                          self.counters.latency_cycles.eq(cycle - read.data + 1)]
@@ -282,6 +286,9 @@ class NetworkEngine(wiring.Component):
         Its shape and encoding.
     zero_skip : bool, chunk : int
         For the conv / linear engines.
+    layer_counters : bool
+        False leaves the engines' counters out of the signature; synthesis then removes them
+        (the network's own counters stay).
 
     Members
     -------
@@ -292,22 +299,25 @@ class NetworkEngine(wiring.Component):
     o_stream_class : Out(stream.Signature(range(features)))
         Only for a flat output: its argmax, one beat per inference after its last logit.
     counters : Out(Signature)
-        ``network`` (:data:`NETWORK_COUNTER_NAMES`) and, per layer under its ``counter_name``,
-        the engine's counters (:data:`zeroskip.hdl.common.COUNTER_NAMES`).
+        ``network`` (:data:`NETWORK_COUNTER_NAMES`) and, with ``layer_counters``, per layer
+        under its ``counter_name``, the engine's counters
+        (:data:`zeroskip.hdl.common.COUNTER_NAMES`).
 
     Latency is the sum of the engines' and FIFOs' along the longest path; throughput is that of
     the slowest engine.
     """
 
     def __init__(self, layers, *, input_name, in_shape, in_act, output, out_shape, out_act,
-                 zero_skip=True, chunk=32):
+                 zero_skip=True, chunk=32, layer_counters=True):
         self.layers = tuple(layers)
         self.input_name, self.in_shape, self.in_act = input_name, tuple(in_shape), in_act
         self.output, self.out_shape, self.out_act = output, tuple(out_shape), out_act
-        self.zero_skip, self.chunk = zero_skip, chunk
+        self.zero_skip, self.chunk, self.layer_counters = zero_skip, chunk, bool(layer_counters)
         self.has_class = len(self.out_shape) == 1
         counters = {"network": Out(network_counters_signature())}
-        counters.update({spec.counter_name: Out(counters_signature()) for spec in self.layers})
+        if self.layer_counters:
+            counters.update({spec.counter_name: Out(counters_signature())
+                             for spec in self.layers})
         members = {"i_stream": In(activation_stream(in_act)),
                    "o_stream": Out(activation_stream(out_act)),
                    "counters": Out(wiring.Signature(counters))}
@@ -332,8 +342,9 @@ class NetworkEngine(wiring.Component):
         for spec in self.layers:
             engine = spec.engine(self.zero_skip, self.chunk)
             m.submodules[f"layer_{spec.counter_name}"] = engines[spec.node.name] = engine
-            wiring.connect(m, wiring.flipped(getattr(self.counters, spec.counter_name)),
-                           engine.counters)
+            if self.layer_counters:
+                wiring.connect(m, wiring.flipped(getattr(self.counters, spec.counter_name)),
+                               engine.counters)
 
         if self.has_class:
             m.submodules.argmax = argmax = ArgmaxEngine(self.out_shape[0], self.out_act)

@@ -10,11 +10,19 @@ For channel ``c`` (see :class:`zeroskip.ir.Requant`)::
 The rounding offset ``2**(s - 1)`` would need an adder as wide as the largest shift; the
 pipeline uses the equivalent ``((2 * v) >> s) + 1) >> 1`` instead (for integers, a floor of a
 floor is one floor), which also covers ``s == 0`` without a special case: ``(2v + 1) >> 1 == v``.
+
+The result is monotone in ``acc`` and clamped, so every accumulator beyond the one that first
+reaches a clamp bound (in every channel) gives the same activation: the accumulator is saturated
+to those bounds first (:func:`saturation_bounds`), exactly, which narrows the multiplier. Its
+accumulator side is then split so that the multiply takes at most :data:`DSP_OPERAND_BITS`
+signed bits (one iCE40 SB_MAC16; an ECP5 MULT18X18D takes 18); the few bits below are added
+as shifted multipliers.
 """
 
 from __future__ import annotations
 
-from amaranth.hdl import Module, Mux, Shape, Signal, unsigned
+import numpy as np
+from amaranth.hdl import Module, Mux, Shape, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
@@ -24,8 +32,30 @@ from zeroskip import ir
 from zeroskip.errors import GraphError
 
 from .common import activation_stream
+from .sparse_plan import signed_width
 
-__all__ = ["Requantizer", "accumulator_product_width"]
+__all__ = ["DSP_OPERAND_BITS", "Requantizer", "accumulator_product_width", "saturation_bounds"]
+
+DSP_OPERAND_BITS = 16
+
+
+def saturation_bounds(requant, channels):
+    """``(low, high)``: every accumulator at or below ``low`` requantizes to ``clamp_min``, every
+    one at or above ``high`` to ``clamp_max``, in every channel (a channel whose multiplier is 0
+    gives 0 whatever its accumulator)."""
+    multipliers = np.broadcast_to(np.asarray(requant.multiplier, dtype=object), (channels,))
+    shifts = np.broadcast_to(np.asarray(requant.shift, dtype=object), (channels,))
+    lows, highs = [], []
+    for multiplier, shift in zip(multipliers.tolist(), shifts.tolist()):
+        if multiplier == 0:
+            continue
+        # ((2 a M) >> s + 1) >> 1 >= T  <=>  a >= ceil((2T - 1) 2**s / 2M)
+        highs.append(-((-(2 * requant.clamp_max - 1) << shift) // (2 * multiplier)))
+        # ((2 a M) >> s + 1) >> 1 <= B  <=>  a <= ceil((2B + 1) 2**s / 2M) - 1
+        lows.append(-((-(2 * requant.clamp_min + 1) << shift) // (2 * multiplier)) - 1)
+    if not highs:
+        return 0, 0
+    return min(lows), max(highs)
 
 
 def accumulator_product_width(acc_width, multiplier_bits):
@@ -42,6 +72,12 @@ def _shared_value(values):
     """The single value of a per-channel parameter that is the same for all channels, else None."""
     distinct = {int(value) for value in values}
     return distinct.pop() if len(distinct) == 1 else None
+
+
+def _shape_range(shape):
+    if shape.signed:
+        return -(1 << (shape.width - 1)), (1 << (shape.width - 1)) - 1
+    return 0, (1 << shape.width) - 1
 
 
 class Requantizer(wiring.Component):
@@ -142,15 +178,35 @@ class Requantizer(wiring.Component):
             self.i_stream.ready.eq(advance),
         ]
 
-        # Stage 1: the accumulator beside its channel's multiplier and shift.
+        # Stage 1: the accumulator, saturated, beside its channel's multiplier and shift.
         multiplier, shift = self._channel_parameters(m, advance)
-        acc = Signal(self._acc_shape)
+        incoming = self.i_stream.p.acc
+        shape_low, shape_high = _shape_range(self._acc_shape)
+        low, high = saturation_bounds(requant, self._channels)
+        low, high = max(low, shape_low), min(high, shape_high)
+        if (low, high) == (shape_low, shape_high):
+            acc = Signal(self._acc_shape)
+            saturated = incoming
+        else:
+            acc = Signal(signed(signed_width(low, high)))
+            # Only the comparisons that can fail: a constant one is a lint warning.
+            saturated = incoming
+            if high < shape_high:
+                saturated = Mux(incoming > high, high, saturated)
+            if low > shape_low:
+                saturated = Mux(incoming < low, low, saturated)
         valid_1 = Signal()
 
-        # Stage 2: the exact product.
+        # Stage 2: the exact product; the accumulator's bits below the DSP's operand go in as
+        # shifted multipliers.
         multiplier_bits = max(int(requant.multiplier.max()).bit_length(), 1)
-        product = Signal(Shape(accumulator_product_width(self._acc_shape.width, multiplier_bits),
-                               self._acc_shape.signed))
+        acc_shape = acc.shape()
+        product = Signal(Shape(accumulator_product_width(acc_shape.width, multiplier_bits),
+                               acc_shape.signed))
+        low_bits = max(acc_shape.width - DSP_OPERAND_BITS, 0)
+        exact_product = (acc >> low_bits) * multiplier << low_bits
+        for bit in range(low_bits):
+            exact_product += Mux(acc[bit], multiplier << bit, 0)
         valid_2 = Signal()
         if isinstance(shift, int):
             shift_2 = shift
@@ -185,9 +241,9 @@ class Requantizer(wiring.Component):
         with m.If(advance):
             m.d.sync += [
                 valid_1.eq(self.i_stream.valid),
-                acc.eq(self.i_stream.p.acc),
+                acc.eq(saturated),
                 valid_2.eq(valid_1),
-                product.eq(acc * multiplier),
+                product.eq(exact_product),
                 valid_3.eq(valid_2),
                 twice_quotient.eq(twice_quotient_value),
                 self.o_stream.valid.eq(valid_3),

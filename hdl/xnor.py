@@ -32,18 +32,20 @@ A linear layer is a 1x1 convolution of a 1x1 image whose channels are the featur
 from __future__ import annotations
 
 import numpy as np
-from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, signed, unsigned
+from amaranth.hdl import Cat, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
-from amaranth.utils import ceil_log2
 
 from .. import ir
 from .activity import count_activity, count_beats
 from .common import activation_stream, counters_signature
-from .conv import OUT_FIFO_DEPTH, TILE_SLOTS, _PixelCursor, _popcount, elaborate_collector
+from .conv import OUT_FIFO_DEPTH, _popcount, _sum, elaborate_collector
 from .sparse_plan import plan as make_plan
 from .sparse_plan import signed_width
+from .window import (PIXEL_COUNTER_WIDTH, TILE_SLOTS, LaneWindow, elaborate_accumulator,
+                     elaborate_filter_counter, elaborate_packer, group_of, ring_rows,
+                     row_counter_width)
 
 __all__ = ["XnorConvEngine"]
 
@@ -85,8 +87,8 @@ class XnorConvEngine(wiring.Component):
     per output pixel: the sum over its filters of the (tap, word, plane) triples holding a
     nonzero weight bit, ``taps * ceil(C / groups / width)`` per filter for dense binary
     weights. A new pixel starts the cycle after the last entry of the previous one when its
-    input rows are in. An output pixel's first value leaves about 9 cycles after
-    its last entry (4 in the lane, 2 in the collector, 1 in the output FIFO, 2 in a thresholder
+    input rows are in. An output pixel's first value leaves about 10 cycles after
+    its last entry (5 in the lane, 2 in the collector, 1 in the output FIFO, 2 in a thresholder
     or 4 in a requantizer); then one output per cycle.
     """
 
@@ -167,19 +169,21 @@ class XnorConvEngine(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         g = self.geometry
-        rows = min(g.kernel[0] + g.stride[0] + 1, 2 ** 16)
-        rows_written = Signal(32)
-        collector_released = Signal(32)
+        rows = ring_rows(g)
+        row_width = row_counter_width(g, rows)
+        rows_written = Signal(row_width)
+        collector_released = Signal(PIXEL_COUNTER_WIDTH)
 
         words = rows * g.width * g.groups * g.chunks
         m.submodules.line_buffer = line_buffer = Memory(shape=unsigned(g.chunk), depth=words,
                                                         init=[])
-        oldest_needed = [Signal(32, name=f"oldest_needed_{i}")
-                         for i in range(len(self.plan.lanes))]
-        self._elaborate_writer(m, line_buffer, rows, rows_written, oldest_needed)
+        windows = [LaneWindow(m, g, rows, row_width, rows_written, collector_released,
+                              f"lane_{index}") for index in range(len(self.plan.lanes))]
+        # Input bits -> the line buffer, packed into words as they arrive.
+        elaborate_packer(m, self, rows, rows_written, windows, self.i_stream.payload[0],
+                         line_buffer.write_port())
 
-        lanes = [self._elaborate_lane(m, index, lane, line_buffer, rows, rows_written,
-                                      collector_released, oldest_needed[index])
+        lanes = [self._elaborate_lane(m, index, lane, line_buffer, windows[index])
                  for index, lane in enumerate(self.plan.lanes)]
         elaborate_collector(m, self, self.acc_bounds, [lane["pixels_done"] for lane in lanes],
                             [(lane["tile_read"], lane["filters"]) for lane in lanes],
@@ -187,48 +191,7 @@ class XnorConvEngine(wiring.Component):
         self._elaborate_counters(m, lanes, rows)
         return m
 
-    def _elaborate_writer(self, m, line_buffer, rows, rows_written, oldest_needed):
-        """Input bits -> the line buffer, packed into words as they arrive."""
-        g = self.geometry
-        write = line_buffer.write_port()
-        address = Signal(range(line_buffer.depth))
-        channel_in_group = Signal(range(g.group_channels))
-        bit = Signal(range(g.chunk))
-        column = Signal(range(g.width))
-        channel = Signal(range(g.in_channels))
-        bits = Signal(g.chunk)
-
-        oldest = oldest_needed[0]
-        for candidate in oldest_needed[1:]:
-            oldest = Mux(candidate < oldest, candidate, oldest)
-        # A row slot may be overwritten once no lane needs the row it holds.
-        m.d.comb += self.i_stream.ready.eq(rows_written < oldest + rows)
-
-        word_done = (bit == g.chunk - 1) | (channel_in_group == g.group_channels - 1)
-        word = bits | (self.i_stream.payload[0] << bit)
-        m.d.comb += [write.addr.eq(address), write.data.eq(word)]
-        with m.If(self.i_stream.valid & self.i_stream.ready):
-            with m.If(word_done):
-                m.d.comb += write.en.eq(1)
-                m.d.sync += [bits.eq(0), bit.eq(0),
-                             address.eq(Mux(address == line_buffer.depth - 1, 0, address + 1))]
-            with m.Else():
-                m.d.sync += [bits.eq(word), bit.eq(bit + 1)]
-            with m.If(channel_in_group == g.group_channels - 1):
-                m.d.sync += channel_in_group.eq(0)
-            with m.Else():
-                m.d.sync += channel_in_group.eq(channel_in_group + 1)
-            with m.If(channel == g.in_channels - 1):
-                m.d.sync += channel.eq(0)
-                with m.If(column == g.width - 1):
-                    m.d.sync += [column.eq(0), rows_written.eq(rows_written + 1)]
-                with m.Else():
-                    m.d.sync += column.eq(column + 1)
-            with m.Else():
-                m.d.sync += channel.eq(channel + 1)
-
-    def _elaborate_lane(self, m, index, lane, line_buffer, rows, rows_written,
-                        collector_released, oldest_needed):
+    def _elaborate_lane(self, m, index, lane, line_buffer, window):
         """Scanner, popcount and accumulator of one lane; returns what the others need."""
         g = self.geometry
         filters = len(lane.filters)
@@ -243,52 +206,32 @@ class XnorConvEngine(wiring.Component):
         word_read = line_buffer.read_port()
         tile_write = tile.write_port()
         tile_read = tile.read_port()
-        group_of_filter = Array(Const(f // g.filters_per_group, range(max(g.groups, 2)))
-                                for f in lane.filters)
-
         # --- scanner: one ROM entry per cycle, a new pixel once its rows are in -------------
+        # Rows are released by pixels whose words have all been read (the window's retired
+        # cursor), not by pixels scanned.
         entry = Signal(range(max(len(entries), 2)))
-        pixel_index = Signal(32)  # output pixels this lane has started, all inferences
-        cursor = _PixelCursor(g, rows, f"scan_{index}")
-        # Rows are released by pixels whose words have all been read, not by pixels scanned.
-        retired = _PixelCursor(g, rows, f"retired_{index}")
-        m.d.comb += oldest_needed.eq(retired.oldest_row())
-        rows_needed = Signal(32)
-        m.d.comb += rows_needed.eq(cursor.rows_needed())
-        can_start = (rows_written >= rows_needed) & (pixel_index < collector_released + TILE_SLOTS)
-        starting = (entry == 0) & can_start
+        starting = (entry == 0) & window.can_start
         issue = Signal()
-        m.d.comb += [issue.eq((entry != 0) | can_start), rom_read.addr.eq(entry)]
-        waiting_for_rows = (entry == 0) & (rows_written < rows_needed)
+        m.d.comb += [issue.eq((entry != 0) | window.can_start), rom_read.addr.eq(entry)]
+        waiting_for_rows = (entry == 0) & ~window.rows_ready
 
-        stage_b = Signal(data.StructLayout({
-            "valid": 1, "slot": 1, "top": signed(32), "left": signed(32),
-            "top_slot": range(rows)}))
+        stage_b = Signal(data.StructLayout({"valid": 1, **window.origin_layout()}))
         m.d.sync += stage_b.valid.eq(issue)
         with m.If(issue):
-            m.d.sync += [stage_b.slot.eq(pixel_index[0]), stage_b.top.eq(cursor.top),
-                         stage_b.left.eq(cursor.left), stage_b.top_slot.eq(cursor.top_slot)]
+            m.d.sync += window.origin(stage_b)
             with m.If(entry == len(entries) - 1):
-                m.d.sync += [entry.eq(0), pixel_index.eq(pixel_index + 1)]
-                cursor.advance(m)
+                m.d.sync += entry.eq(0)
+                window.next_pixel(m)
             with m.Else():
                 m.d.sync += entry.eq(entry + 1)
 
         # --- stage B: the entry is known; its line-buffer word is addressed ------------------
         entry_b = rom_read.data
-        filter_index = Signal(range(max(filters, 2)))
-        with m.If(stage_b.valid & entry_b.last):
-            m.d.sync += filter_index.eq(Mux(filter_index == filters - 1, 0, filter_index + 1))
-        row = stage_b.top + entry_b.tap_y
-        column = stage_b.left + entry_b.tap_x
-        pad = (row < 0) | (row >= g.height) | (column < 0) | (column >= g.width)
-        slot_of_row = Signal(range(rows))
-        m.d.comb += slot_of_row.eq(Mux(stage_b.top_slot + entry_b.tap_y >= rows,
-                                       stage_b.top_slot + entry_b.tap_y - rows,
-                                       stage_b.top_slot + entry_b.tap_y))
-        ring_pixel = slot_of_row * g.width + column[:max(ceil_log2(g.width), 1)]
+        filter_index = elaborate_filter_counter(m, filters, stage_b.valid & entry_b.last)
+        pad, ring_pixel = window.locate(m, stage_b, entry_b.tap_y, entry_b.tap_x)
         m.d.comb += word_read.addr.eq(ring_pixel * words_per_pixel +
-                                      group_of_filter[filter_index] * g.chunks + entry_b.word)
+                                      group_of(g, lane.filters, filter_index) * g.chunks +
+                                      entry_b.word)
         stage_c_fields = {
             "valid": 1, "pad": 1, "last": 1, "mask": unsigned(g.chunk),
             "sign": unsigned(g.chunk), "count": range(g.chunk + 1),
@@ -306,9 +249,22 @@ class XnorConvEngine(wiring.Component):
                      stage_c.sign.eq(entry_b.sign), stage_c.count.eq(entry_b.count),
                      stage_c.filter.eq(filter_index), stage_c.slot.eq(stage_b.slot)]
 
-        # --- stage C: the activation word is here; matches minus mismatches ------------------
+        # --- stage C: the activation word is here; the bits that agree are counted a byte at
+        # a time and registered, so that the popcount is split over two cycles --------------
+        carried = {name: shape for name, shape in stage_c_fields.items()
+                   if name not in ("mask", "sign")}
+        stage_c2 = Signal(data.StructLayout({**carried, "credit": range(g.chunk + 1)}))
         agree = stage_c.mask & ~(stage_c.sign ^ word_read.data)
-        value = (_popcount(agree) << 1) - stage_c.count
+        byte_counts = [Signal(range(9), name=f"agree_{index}_{low}")
+                       for low in range(0, g.chunk, 8)]
+        m.d.sync += [stage_c2[name].eq(stage_c[name]) for name in carried]
+        m.d.sync += [stage_c2.credit.eq(credit),
+                     *(count.eq(_popcount(agree[low:low + 8]))
+                       for count, low in zip(byte_counts, range(0, g.chunk, 8)))]
+        stage_c = stage_c2
+
+        # --- stage C2: matches minus mismatches -----------------------------------------------
+        value = (_sum(byte_counts) << 1) - stage_c.count
         if self.planes > 1:
             value = value << stage_c.shift
         stage_d = Signal(data.StructLayout({
@@ -320,26 +276,15 @@ class XnorConvEngine(wiring.Component):
             stage_d.valid.eq(stage_c.valid), stage_d.last.eq(stage_c.last),
             # A padded tap contributes 0 and no product.
             stage_d.value.eq(Mux(stage_c.pad, 0, value)),
-            stage_d.effective.eq(Mux(stage_c.valid & ~stage_c.pad, credit, 0)),
+            stage_d.effective.eq(Mux(stage_c.valid & ~stage_c.pad, stage_c.credit, 0)),
             stage_d.filter.eq(stage_c.filter), stage_d.slot.eq(stage_c.slot),
         ]
 
         # --- stage D: accumulate; a filter's last entry writes its sum to the tile -----------
-        accumulator = Signal(self.sum_shape)
-        total = Signal(self.sum_shape)
-        pixels_done = Signal(32)
-        m.d.comb += [total.eq(accumulator + stage_d.value),
-                     tile_write.addr.eq(stage_d.slot * filters + stage_d.filter),
-                     tile_write.data.eq(total)]
-        with m.If(stage_d.valid):
-            with m.If(stage_d.last):
-                m.d.comb += tile_write.en.eq(1)
-                m.d.sync += accumulator.eq(0)
-                with m.If(stage_d.filter == filters - 1):
-                    m.d.sync += pixels_done.eq(pixels_done + 1)
-                    retired.advance(m)
-            with m.Else():
-                m.d.sync += accumulator.eq(total)
+        pixels_done = elaborate_accumulator(
+            m, window, valid=stage_d.valid, last=stage_d.last, value=stage_d.value,
+            filter_index=stage_d.filter, slot=stage_d.slot, filters=filters,
+            sum_shape=self.sum_shape, tile_write=tile_write)
 
         dense_pairs = filters * g.taps * g.group_channels
         return {"pixels_done": pixels_done, "issue": issue,

@@ -161,11 +161,8 @@ def test_binary_digits_demo():
     from zeroskip import binary_demo
 
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # faster than 2 on a busy 2-core machine
-    try:
-        result, _, _ = binary_demo.run()
-    finally:
-        torch.set_num_threads(threads)
-    assert result.accuracy >= 0.90
+    result, _, _ = binary_demo.run()
+    assert torch.get_num_threads() == threads  # trained on one thread, then restored
+    assert result.accuracy >= 0.93  # 96.4 % measured
     assert result.agreeing_images == result.test_images == 360
     assert result.train_seconds < 60

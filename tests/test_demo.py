@@ -24,7 +24,7 @@ def test_qat_forward_equals_golden_model_on_every_test_image(digits_demo):
 def test_pruned_int8_model_within_one_point_of_float(digits_demo):
     result, _ = digits_demo
     assert result.float_accuracy > 0.95
-    assert result.int8_accuracy >= result.float_accuracy - 0.01
+    assert result.golden_accuracy >= result.float_accuracy - 0.01
 
 
 def test_sparsity_and_storage(digits_demo):
@@ -41,9 +41,9 @@ def test_sparsity_and_storage(digits_demo):
 def test_table_and_json_carry_the_same_numbers(digits_demo, tmp_path):
     result, _ = digits_demo
     table = result.format_table()
-    assert f"{100 * result.int8_accuracy:.2f} %" in table
+    assert f"{100 * result.golden_accuracy:.2f} %" in table
     demo.write_json(result, tmp_path / "demo.json")
     import json
     loaded = json.loads((tmp_path / "demo.json").read_text())
-    assert loaded["int8_accuracy"] == result.int8_accuracy
+    assert loaded["golden_accuracy"] == result.golden_accuracy
     assert loaded["settings"]["sparsity"] == 0.9

@@ -8,6 +8,7 @@ import zeroskip
 from zeroskip import ir, reference
 from zeroskip.errors import ZeroskipError
 from zeroskip.hdl.common import batch_from_beats, batch_to_beats
+from zeroskip.hdl.design import Design
 
 from hdl_sim import run_streams
 from test_hdl_conv import conv_graph, linear_graph, random_inputs
@@ -82,3 +83,21 @@ def test_verilator_cosimulation_is_bit_exact_under_stalls(make, lanes, tmp_path_
     work = reference.work(graph, x).get(layer)
     assert result.counters[layer]["effective_macs"] == (work.effective_macs_total if work else 0)
     assert result.cycles > 0 and result.counters[layer]["stall_cycles"] > 0
+
+
+@pytest.mark.verilator
+def test_without_layer_counters_only_the_network_counts(tmp_path, verilator_build_root):
+    """layer_counters=False: the engines' counters leave the ports (synthesis drops their
+    logic), the build directory records it, and the design still runs bit-exact."""
+    rng = np.random.default_rng(4)
+    graph = conv_graph(rng, channels=4, filters=5, size=5, kernel=3, padding=1,
+                       weight_density=0.3)
+    x = random_inputs(rng, graph, batch=3)
+    design = zeroskip.compile(graph, lanes=2, layer_counters=False)
+    top = design.verilog().split(f"module {design.top}(")[1].split(");")[0]
+    assert "counters__network__latency_cycles" in top and "busy_cycles" not in top
+    design.write(tmp_path)
+    assert Design.load(tmp_path).layer_counters is False
+    result = design.simulate(x, idle_probability=0.2, seed=1, build_root=verilator_build_root)
+    np.testing.assert_array_equal(result.outputs, reference.run(graph, x))
+    assert set(result.counters) == {"network"} and result.counters["network"]["inferences"] == 3

@@ -11,7 +11,7 @@ from amaranth.back import verilog
 from amaranth.hdl import signed, unsigned
 
 from zeroskip import ir, reference
-from zeroskip.hdl.requant import Requantizer, accumulator_product_width
+from zeroskip.hdl.requant import Requantizer, accumulator_product_width, saturation_bounds
 
 from hdl_sim import run_streams
 
@@ -141,6 +141,49 @@ def test_latency_and_throughput():
     np.testing.assert_array_equal(taken, taken[0] + np.arange(len(acc)))
     np.testing.assert_array_equal(np.flatnonzero(out_valid), taken + Requantizer.latency)
     np.testing.assert_array_equal(run.received[0], ref_requantize(requant, acc, channel, 2))
+
+
+# The digits net's first conv (per-channel multipliers of 15 bits, shifts 22 / 23, ReLU to uint8)
+# and its classifier (one shift of 25, int8 logits), with accumulators wider than a DSP operand.
+SATURATION_CASES = {
+    "relu_uint8": (make_requant([17302, 31987, 24001], [22, 23, 22], 0, 255), signed(24), U8),
+    "int8_logits": (make_requant([19778, 27583], [25, 25], -128, 127), signed(26), S8),
+    "zero_multiplier": (make_requant([0, 20000], [3, 20], -128, 127), signed(22), S8),
+}
+
+
+@pytest.mark.parametrize("name", sorted(SATURATION_CASES))
+def test_saturation_bounds_are_exact(name):
+    """At and beyond each bound every channel gives its clamp value; one step inside, some
+    channel does not (the bounds are the tightest exact ones)."""
+    requant, _, _ = SATURATION_CASES[name]
+    channels = len(requant.multiplier)
+    low, high = saturation_bounds(requant, channels)
+    for c in range(channels):
+        at = ref_requantize(requant, np.array([low, low - 7, high, high + 7]),
+                            np.full(4, c), channels)
+        if requant.multiplier[c] != 0:
+            assert at.tolist() == [requant.clamp_min] * 2 + [requant.clamp_max] * 2
+    inside = np.array([[low + 1, high - 1]] * channels)
+    outputs = [ref_requantize(requant, inside[c], np.full(2, c), channels)
+               for c in range(channels)]
+    assert any(out[0] != requant.clamp_min for out in outputs)
+    assert any(out[1] != requant.clamp_max for out in outputs)
+
+
+@pytest.mark.parametrize("name", sorted(SATURATION_CASES))
+def test_saturated_split_product_is_exact(name):
+    """Accumulators around the saturation bounds and at the extremes of a wide accumulator: the
+    saturated, split multiply gives the golden activations."""
+    requant, acc_shape, out_act = SATURATION_CASES[name]
+    channels = len(requant.multiplier)
+    low, high = saturation_bounds(requant, channels)
+    rng = np.random.default_rng(7)
+    acc, channel = random_accumulators(rng, acc_shape, 200, channels)
+    edges = np.array([low - 1, low, low + 1, high - 1, high, high + 1], dtype=np.int64)
+    acc = np.concatenate([acc, np.repeat(edges, channels)])
+    channel = np.concatenate([channel, np.tile(np.arange(channels), len(edges))])
+    check(requant, acc_shape, channels, out_act, acc, channel, seed=3)
 
 
 def test_accumulator_product_width():

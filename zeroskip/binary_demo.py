@@ -2,7 +2,9 @@
 
 Three binary conv blocks (the first reads the 8-bit pixels) and a binary-weight classifier,
 trained from a random start with straight-through estimators, then calibrated and exported;
-the golden integer model measures the accuracy. Seeded and deterministic. :func:`run_demo` takes
+the golden integer model measures the accuracy. Seeded and deterministic. The default channels
+(16/16/32) keep the weights at 8,336 bits, about 4x less than the 90 %-pruned int8 demo net
+stores, for about 96 % accuracy. :func:`run_demo` takes
 it through the RTL as :func:`zeroskip.demo.run` does the int8 net (``zeroskip demo --binary``).
 """
 
@@ -20,10 +22,10 @@ from .demo import CALIBRATION_IMAGES, DemoResult, accuracy, digits_data, run_har
 
 @dataclass(frozen=True)
 class BinaryDemoSettings:
-    width: int = 32
-    epochs: int = 15
-    lr: float = 0.01
-    batch_size: int = 64
+    channels: tuple[int, int, int] = (16, 16, 32)
+    epochs: int = 30
+    lr: float = 0.02
+    batch_size: int = 32
     seed: int = 0
     multipliers: int = 16
     hardware: bool = True
@@ -40,18 +42,20 @@ class BinaryDemoResult:
     train_seconds: float
 
 
-def binary_digits_cnn(width=32):
-    """conv(1 -> w)-BN-ReLU, conv(w -> 2w)-BN-ReLU, maxpool, conv(2w -> 2w)-BN-ReLU, maxpool,
-    flatten, linear(-> 10): binarize turns each ReLU into a sign."""
+def binary_digits_cnn(channels=BinaryDemoSettings.channels):
+    """With ``channels = (a, b, c)``: conv(1 -> a)-BN-ReLU, conv(a -> b)-BN-ReLU, maxpool,
+    conv(b -> c)-BN-ReLU, maxpool, flatten, linear(4c -> 10): binarize turns each ReLU into a
+    sign. The weights are ``9a + 9ab + 9bc + 40c``, one bit each once binary."""
     from torch import nn
 
     def block(in_channels, out_channels):
         return [nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False),
                 nn.BatchNorm2d(out_channels), nn.ReLU()]
 
-    return nn.Sequential(*block(1, width), *block(width, 2 * width), nn.MaxPool2d(2),
-                         *block(2 * width, 2 * width), nn.MaxPool2d(2), nn.Flatten(),
-                         nn.Linear(2 * width * 4, 10))
+    first, second, third = channels
+    return nn.Sequential(*block(1, first), *block(first, second), nn.MaxPool2d(2),
+                         *block(second, third), nn.MaxPool2d(2), nn.Flatten(),
+                         nn.Linear(third * 4, 10))
 
 
 def train_binary(net, x, y, settings):
@@ -78,17 +82,27 @@ def train_binary(net, x, y, settings):
 
 
 def run(settings=BinaryDemoSettings()):
-    """Train, calibrate and export the binary digits net; ``(result, graph, net)``."""
+    """Train, calibrate and export the binary digits net; ``(result, graph, net)``.
+
+    Training runs on one thread: the float sums then come out the same on any machine (the
+    trained net depends on the thread count otherwise), and this small net trains faster on one
+    thread than on two busy ones.
+    """
     import torch
 
     from .frontend.binary import binarize
 
     torch.manual_seed(settings.seed)
     x_train, y_train, x_test, y_test = digits_data()
-    net = binarize(binary_digits_cnn(settings.width), x_train[:8], x_train)
-    start = time.perf_counter()
-    train_binary(net, x_train, y_train, settings)
-    train_seconds = time.perf_counter() - start
+    net = binarize(binary_digits_cnn(settings.channels), x_train[:8], x_train)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        start = time.perf_counter()
+        train_binary(net, x_train, y_train, settings)
+        train_seconds = time.perf_counter() - start
+    finally:
+        torch.set_num_threads(threads)
     net.calibrate(x_train)
     graph = net.to_graph("binary-digits")
     golden = reference.run(graph, graph.quantize_input(x_test.numpy()))
@@ -126,7 +140,7 @@ def run_demo(settings=BinaryDemoSettings(), out_dir=None, *, build_root=None, pr
     total = summary.total
     result = DemoResult(
         settings=settings, hardware=hardware, network="binary", float_accuracy=None,
-        int8_accuracy=trained.accuracy, qat_matches_golden=trained.agreeing_images,
+        golden_accuracy=trained.accuracy, qat_matches_golden=trained.agreeing_images,
         test_images=trained.test_images, weights=total.weights,
         nonzero_weights=total.nonzero_weights,
         sparsity=1 - total.nonzero_weights / total.weights,

@@ -15,6 +15,7 @@ from .errors import SimulationMismatch, ZeroskipError
 
 EXIT_BAD_INPUT = 2
 EXIT_MISMATCH = 1  # the RTL disagreed with the golden model
+EXIT_NO_FIT = 1  # `zeroskip synth`: the design does not fit the part (or nextpnr failed)
 
 #: Multiplier budget of ``--lanes auto`` when ``--multipliers`` is not given.
 DEFAULT_MULTIPLIERS = 16
@@ -165,7 +166,8 @@ def _compile(args):
     design = compile_graph(graph, args.lanes, zero_skip=not args.dense,
                            multipliers=args.multipliers if args.lanes == "auto" or
                            args.multipliers_given else None,
-                           calibration=calibration, chunk=args.chunk)
+                           calibration=calibration, chunk=args.chunk,
+                           layer_counters=not args.no_layer_counters)
     design.write(output)
     print(design.report(), end="")
     print(f"wrote {output / (design.top + '.v')}, manifest.json, report.txt, graph.zsg")
@@ -223,6 +225,41 @@ def _report(args):
     return 0
 
 
+def _synth(args):
+    from .boards import synth
+
+    _check_json_path(args.json)
+    synth.target(args.target)  # an unknown part is refused before the build is even read
+    report = synth.run(args.build, args.target, freq_mhz=args.freq)
+    print(report.format_table(), end="")
+    print(f"wrote {synth.report_path(args.build, args.target)}, logs in "
+          f"{Path(args.build, 'synth-' + args.target)}")
+    if args.json:
+        _write_json(report.to_dict(), args.json)
+    if not report.fits:
+        print(f"zeroskip: {report.failure_message()}", file=sys.stderr)
+        return EXIT_NO_FIT
+    return 0
+
+
+EXIT_BOARD_FAILED = 1  # `zeroskip build-board`: no fit, or timing missed at the clock
+
+
+def _build_board(args):
+    from .boards.board import BoardBuildError, build_board, check_board_options
+    from .hdl.design import Design
+
+    check_board_options(args.board, args.clock, args.baud)  # before the build is even read
+    design = Design.load(args.build)
+    try:
+        result = build_board(design, args.build, args.board, clock_mhz=args.clock,
+                             baud=args.baud, log=lambda line: print(line, flush=True))
+    except BoardBuildError as error:
+        print(f"zeroskip: build failed: {error}", file=sys.stderr)
+        return EXIT_BOARD_FAILED
+    print(result.summary())
+    return 0
+
 def _load_labels(path, count):
     import numpy as np
 
@@ -233,7 +270,74 @@ def _load_labels(path, count):
     return labels
 
 
+def _run_on_board(args):
+    import numpy as np
+
+    from . import host, reference
+    from .hdl.design import Design
+
+    _check_json_path(args.json)
+    design = Design.load(args.build) if args.build else None
+    if design is not None:
+        x_int = _load_inputs(args.inputs, design.graph, "--inputs")
+    else:
+        x_int = _load_array(args.inputs, "--inputs")
+        if not np.issubdtype(x_int.dtype, np.integer):
+            raise ZeroskipError(f"--inputs: {args.inputs!r} holds {x_int.dtype} values; float "
+                                "inputs need --build (the graph's input scale quantizes them)")
+    if not len(x_int):
+        raise ZeroskipError(f"--inputs: {args.inputs!r} holds no images")
+    labels = _load_labels(args.labels, len(x_int)) if args.labels else None
+
+    def show(index, result, description):
+        label = "" if labels is None else f" (label {labels[index]})"
+        micros = result.latency_cycles / description.clk_freq * 1e6
+        print(f"image {index}: class {result.label}{label}, {result.latency_cycles} cycles = "
+              f"{micros:.1f} us", flush=True)
+
+    try:
+        run = host.run(args.port, x_int, design=design, baud=args.baud, on_result=show)
+    except host.LinkError as error:
+        raise ZeroskipError(f"--port {args.port}: {error}") from None
+    except host.InputMismatch as error:
+        raise ZeroskipError(f"--inputs: {args.inputs!r}: {error}") from None
+    clk = run.description.clk_freq
+    summary = {"port": args.port, "baud": args.baud, "clk_freq": clk,
+               "design_id": f"{run.description.design_id:08x}", "images": len(x_int),
+               "classes": run.labels.tolist(),
+               "latency_cycles": run.latency_cycles.tolist(),
+               "latency_us_mean": float(np.mean(run.latency_seconds) * 1e6),
+               "link_ms_per_image": float(np.mean(run.wall_seconds) * 1e3)}
+    lines = [f"board: design {summary['design_id']} at {clk / 1e6:g} MHz, {args.baud} baud, "
+             f"{len(x_int)} images",
+             f"latency, mean: {np.mean(run.latency_cycles):.0f} cycles = "
+             f"{summary['latency_us_mean']:.1f} us (includes the UART's pacing)",
+             f"link round trip, mean: {summary['link_ms_per_image']:.2f} ms per image"]
+    if labels is not None:
+        summary["accuracy"] = float(np.mean(run.labels == labels))
+        lines.append(f"accuracy: {100 * summary['accuracy']:.2f} %")
+    mismatch = None
+    if design is not None:
+        expected = reference.run(design.graph, x_int)
+        wrong = np.flatnonzero((run.logits != expected).any(axis=1)
+                               | (run.labels != expected.argmax(axis=1)))
+        summary["golden_identical"] = len(x_int) - len(wrong)
+        lines.append(f"board == golden model: {len(x_int) - len(wrong)}/{len(x_int)} images "
+                     "bit-identical")
+        if len(wrong):
+            mismatch = (f"the board's output of image {wrong[0]} differs from the golden model "
+                        f"({len(wrong)} of {len(x_int)} images differ)")
+    print("\n".join(lines))
+    if args.json:
+        _write_json(summary, args.json)
+    if mismatch:
+        raise SimulationMismatch(mismatch)
+    return 0
+
+
 def build_parser():
+    from .boards.synth import TARGETS
+
     parser = argparse.ArgumentParser(
         prog="zeroskip", description="Pruned, quantized PyTorch networks to Verilog engines "
         "that skip zero weights and zero activations at run time.")
@@ -286,6 +390,9 @@ def build_parser():
                           help="dense engines (no zero skipping), for comparison")
     compile_.add_argument("--chunk", type=int, default=32, metavar="N",
                           help="input channels a conv engine examines at once (default 32)")
+    compile_.add_argument("--no-layer-counters", action="store_true",
+                          help="keep only the network's counters (latency, interval): saves "
+                               "each engine's on small FPGAs")
     compile_.add_argument("--json", metavar="PATH", help="also write the manifest as JSON")
     compile_.set_defaults(run=_compile)
 
@@ -310,6 +417,55 @@ def build_parser():
     report.add_argument("build", help="a build directory written by `zeroskip compile`")
     report.add_argument("--json", metavar="PATH", help="also write the report as JSON")
     report.set_defaults(run=_report)
+
+    run = commands.add_parser(
+        "run", help="run inputs on a board through its UART link, checked against the golden "
+        "model", description="Send each input image to a board built with `zeroskip "
+        "build-board` and print its class and latency. Inputs in X.npy are floats (quantized "
+        "with the graph's input scale, which needs --build) or integers of the input encoding. "
+        "With --build, checks that the board runs that build and that every output equals the "
+        "golden model's (exit 1 if not).")
+    run.add_argument("--port", required=True, help="the board's serial port, e.g. /dev/ttyUSB1")
+    run.add_argument("--inputs", required=True, metavar="X.npy",
+                     help="input batch (N, C, H, W) or (N, F)")
+    run.add_argument("--build", metavar="BUILD",
+                     help="the build directory the board was built from, to check against")
+    run.add_argument("--baud", type=int, default=115200, metavar="N",
+                     help="UART bit rate (default 115200)")
+    run.add_argument("--labels", metavar="Y.npy", help="class labels, for accuracy")
+    run.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    run.set_defaults(run=_run_on_board)
+
+    synth = commands.add_parser(
+        "synth", help="synthesize, place and route a build for an FPGA part: resources, fmax",
+        description="Synthesize (Yosys) and place and route (nextpnr) a build's accelerator "
+        "alone, inside a three-pin wrapper, for one part; writes BUILD/synth-<target>.json and "
+        "keeps the logs in BUILD/synth-<target>/. Exits 1 when the design does not fit.")
+    synth.add_argument("build", help="a build directory written by `zeroskip compile`")
+    synth.add_argument("--target", required=True, metavar="PART",
+                       help=f"the FPGA part: {', '.join(TARGETS)}")
+    synth.add_argument("--freq", type=float, default=None, metavar="MHZ",
+                       help="the clock frequency nextpnr aims for (default 40 on iCE40, 120 "
+                            "on ECP5)")
+    synth.add_argument("--json", metavar="PATH", help="also write the report as JSON")
+    synth.set_defaults(run=_synth)
+
+    board = commands.add_parser(
+        "build-board", help="a bitstream for a board: the network behind the board's UART",
+        description="Build a bitstream for an FPGA board (Yosys, nextpnr, icepack / ecppack "
+        "from PyPI): the build's network behind the board's FTDI UART, clocked by the FPGA's "
+        "PLL. Writes BUILD/board-<board>/ (bitstream, logs, nextpnr's timing report, "
+        "board.json). Exits 1, leaving no bitstream, when the design does not fit or misses "
+        "timing at the clock.")
+    board.add_argument("build", help="a build directory written by `zeroskip compile`")
+    board.add_argument("--board", required=True, metavar="BOARD",
+                       help="icebreaker (iCE40UP5K) or ulx3s (ECP5 LFE5U-85F)")
+    board.add_argument("--clock", type=float, default=None, metavar="MHZ",
+                       help="the design clock made by the PLL (default 16.5 on the iCEBreaker, "
+                            "50 on the ULX3S)")
+    board.add_argument("--baud", type=int, default=115200, metavar="N",
+                       help="UART bit rate (default 115200)")
+    board.set_defaults(run=_build_board)
     return parser
 
 

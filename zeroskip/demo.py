@@ -126,12 +126,11 @@ class HardwareResult:
 class DemoResult:
     """What a demo measured. ``network`` is ``"int8"`` (this module) or ``"binary"``
     (:mod:`zeroskip.binary_demo`, trained binary from the start: no ``float_accuracy``);
-    ``int8_accuracy`` is the exported net's golden-model accuracy, also given as
-    ``golden_accuracy`` in :meth:`to_dict` for either network."""
+    ``golden_accuracy`` is the exported net's golden-model accuracy for either network."""
 
     settings: DemoSettings
     float_accuracy: float | None
-    int8_accuracy: float
+    golden_accuracy: float
     qat_matches_golden: int
     test_images: int
     weights: int
@@ -148,7 +147,6 @@ class DemoResult:
 
     def to_dict(self):
         data = asdict(self)
-        data["golden_accuracy"] = self.int8_accuracy
         if self.hardware is not None:
             data["hardware"]["speedup"] = self.hardware.speedup
         return data
@@ -158,7 +156,7 @@ class DemoResult:
             ("data", f"digits 8x8, {self.test_images} test images"),
             ("float accuracy", "-" if self.float_accuracy is None
              else f"{100 * self.float_accuracy:.2f} %"),
-            (f"{self.network} accuracy (golden model)", f"{100 * self.int8_accuracy:.2f} %"),
+            (f"{self.network} accuracy (golden model)", f"{100 * self.golden_accuracy:.2f} %"),
             ("QAT forward == golden", f"{self.qat_matches_golden}/{self.test_images} images "
                                       "bit-identical"),
             ("weight sparsity", f"{100 * self.sparsity:.1f} % ({self.nonzero_weights} of "
@@ -284,7 +282,7 @@ def run(settings=DemoSettings(), out_dir=None, *, build_root=None, progress=None
                                 out_dir=out_dir, build_root=build_root, progress=progress)
     result = DemoResult(
         settings=settings, hardware=hardware, float_accuracy=float_accuracy,
-        int8_accuracy=accuracy(golden.argmax(1), y_test.numpy()),
+        golden_accuracy=accuracy(golden.argmax(1), y_test.numpy()),
         qat_matches_golden=qat_matches, test_images=len(x_test),
         weights=summary.total.weights, nonzero_weights=summary.total.nonzero_weights,
         sparsity=1 - summary.total.nonzero_weights / summary.total.weights,

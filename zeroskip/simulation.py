@@ -60,6 +60,8 @@ class SimulationSummary:
         intervals = result.interval_cycles
         layers = []
         for name, lanes in design.lanes.items():
+            if name not in result.counters:  # compiled without layer counters
+                continue
             counters = result.counters[name]
             layers.append(LayerActivity(
                 name=name, lanes=lanes,

@@ -1,0 +1,567 @@
+"""Board tops and bitstreams: a compiled network behind a UART on a real FPGA board.
+
+A board top (:class:`BoardTop`; one subclass per board in ``icebreaker.py`` and ``ulx3s.py``)
+turns the board oscillator into the design clock with the FPGA's PLL, holds the design in reset
+until the PLL locks, puts :class:`~zeroskip.boards.link.HostLink` (the whole network and its UART
+protocol) on the pins of the board's FTDI UART, and shows on the LEDs that the clock runs (a
+heartbeat), that a request is in progress and that one was abandoned. Weights stay in block RAM:
+they are ROMs with init values in the bitstream (SPRAM, say, cannot be initialised from the
+bitstream).
+
+:func:`build_board` runs an amaranth-boards platform's build script with the YoWASP tools (Yosys,
+nextpnr, icepack / ecppack from PyPI) and writes ``board-<board>/`` with the bitstream, the logs,
+nextpnr's timing and utilisation report and ``board.json``. The PLL calculators
+(:func:`ice40_pll`, :func:`ecp5_pll`) search the dividers as ``icepll`` and ``ecppll`` do.
+"""
+
+from __future__ import annotations
+
+import gc
+import hashlib
+import json
+import math
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+import time
+import warnings
+from dataclasses import asdict, dataclass
+from fractions import Fraction
+from pathlib import Path
+
+from amaranth import Cat, ClockDomain, Module, Signal
+from amaranth.hdl import UnusedElaboratable
+from amaranth.lib import io, wiring
+from amaranth.lib.cdc import ResetSynchronizer
+
+from ..errors import ZeroskipError
+from ..toolchain import yowasp_executable
+from .pnr import parse_report
+from .uart import clocks_per_bit
+
+#: A requested clock is reachable when a PLL setting comes this close (relative).
+CLOCK_TOLERANCE = 0.005
+
+#: In ``board-<board>/``: nextpnr's timing and utilisation report, and the build's record.
+REPORT_FILE, BOARD_FILE = "nextpnr-report.json", "board.json"
+
+#: About the heartbeat LED's period, and how long the busy LED stays lit after a request (s).
+HEARTBEAT_S, BUSY_S = 1.0, 0.1
+
+
+class BoardBuildError(ZeroskipError):
+    """The design does not fit the FPGA or misses timing at the requested clock."""
+
+
+# --- PLL calculators --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ICE40PLL:
+    """SB_PLL40_* settings in SIMPLE feedback: f_out = f_in / (divr + 1) * (divf + 1) / 2**divq.
+
+    Frequencies in MHz; ``filter_range`` is the loop filter setting for ``f_pfd``.
+    """
+
+    f_in: float
+    f_out: float
+    divr: int
+    divf: int
+    divq: int
+    filter_range: int
+
+    @property
+    def f_pfd(self):
+        return self.f_in / (self.divr + 1)
+
+    @property
+    def f_vco(self):
+        return self.f_pfd * (self.divf + 1)
+
+
+@dataclass(frozen=True)
+class ECP5PLL:
+    """EHXPLLL settings with CLKOP fed back: f_out = f_in / clki_div * clkfb_div.
+
+    Frequencies in MHz; ``clkop_div`` sets the VCO (``f_out * clkop_div``), ``clkop_cphase`` the
+    180 degree phase shift ecppll (and Lattice's tools) give the primary output.
+    """
+
+    f_in: float
+    f_out: float
+    clki_div: int
+    clkfb_div: int
+    clkop_div: int
+
+    @property
+    def f_vco(self):
+        return self.f_out * self.clkop_div
+
+    @property
+    def clkop_cphase(self):
+        return self.clkop_div // 2
+
+
+# Limits from icepll (iCE40 sysCLOCK PLL) and ecppll (ECP5 sysCLOCK PLL), in MHz.
+_ICE40_IN, _ICE40_PFD, _ICE40_VCO, _ICE40_OUT = (10, 133), (10, 133), (533, 1066), (16, 275)
+_ECP5_IN, _ECP5_PFD, _ECP5_VCO, _ECP5_OUT = (8, 400), (3.125, 400), (400, 800), (10, 400)
+
+
+def _within(value, limits):
+    return limits[0] <= value <= limits[1]
+
+
+def _ice40_settings(f_in):
+    """Every SIMPLE-feedback setting as (f_out, (divr, divf, divq)), in icepll's search order.
+
+    Exact rationals, so that equally close settings tie exactly and the first one wins.
+    """
+    f_in = Fraction(f_in)
+    for divr in range(16):
+        f_pfd = f_in / (divr + 1)
+        if not _within(f_pfd, _ICE40_PFD):
+            continue
+        for divf in range(128):
+            f_vco = f_pfd * (divf + 1)
+            if not _within(f_vco, _ICE40_VCO):
+                continue
+            for divq in range(1, 7):
+                yield f_vco / 2 ** divq, (divr, divf, divq)
+
+
+def _ecp5_settings(f_in):
+    """Every CLKOP-feedback setting as (f_out, (clki_div, clkfb_div, clkop_div)), in ecppll's
+    search order (exact rationals, as for the iCE40)."""
+    f_in = Fraction(f_in)
+    for clki_div in range(1, 129):
+        f_pfd = f_in / clki_div
+        if not _within(f_pfd, _ECP5_PFD):
+            continue
+        for clkfb_div in range(1, 81):
+            f_out = f_pfd * clkfb_div
+            # Only the output dividers that put the VCO (f_out * clkop_div) in range.
+            lowest = max(1, math.ceil(_ECP5_VCO[0] / f_out))
+            for clkop_div in range(lowest, min(128, math.floor(_ECP5_VCO[1] / f_out)) + 1):
+                yield f_out, (clki_div, clkfb_div, clkop_div)
+
+
+def _check_reachable(family, f_in, f_out, best, achievable, out_limits):
+    if abs(best - f_out) <= CLOCK_TOLERANCE * f_out and _within(best, out_limits):
+        return
+    below = max((f for f in achievable if f < f_out), default=None)
+    above = min((f for f in achievable if f > f_out), default=None)
+    nearest = " and ".join(f"{f:.3f} MHz" for f in (below, above) if f is not None)
+    raise ZeroskipError(f"--clock: {f_out:g} MHz is not reachable by the {family} PLL from the "
+                        f"{f_in:g} MHz oscillator (output {out_limits[0]:g} to "
+                        f"{out_limits[1]:g} MHz); nearest achievable: {nearest}")
+
+
+def ice40_pll(f_in, f_out):
+    """The SB_PLL40_PAD setting icepll chooses for ``f_in`` -> ``f_out`` (MHz).
+
+    Raises
+    ------
+    ZeroskipError
+        If no setting comes within :data:`CLOCK_TOLERANCE` of ``f_out``; the message names the
+        nearest achievable frequencies.
+    """
+    if not _within(f_in, _ICE40_IN):
+        raise ZeroskipError(f"iCE40 PLL input {f_in:g} MHz is outside {_ICE40_IN[0]} to "
+                            f"{_ICE40_IN[1]} MHz")
+    settings = [(f, s) for f, s in _ice40_settings(f_in) if _within(f, _ICE40_OUT)]
+    best_f, best = settings[0]
+    for f, setting in settings:  # the first of the closest, as icepll keeps it
+        if abs(f - f_out) < abs(best_f - f_out):
+            best_f, best = f, setting
+    _check_reachable("iCE40", f_in, f_out, float(best_f), {float(f) for f, _ in settings},
+                     _ICE40_OUT)
+    divr, divf, divq = best
+    f_pfd = f_in / (divr + 1)
+    filter_range = next(i + 1 for i, top in enumerate((17, 26, 44, 66, 101, float("inf")))
+                        if f_pfd < top)
+    return ICE40PLL(f_in, float(best_f), divr, divf, divq, filter_range)
+
+
+def ecp5_pll(f_in, f_out):
+    """The EHXPLLL setting ecppll chooses for ``f_in`` -> ``f_out`` (MHz).
+
+    Among equally close settings the one with its VCO nearest 600 MHz wins, as in ecppll.
+
+    Raises
+    ------
+    ZeroskipError
+        If no setting comes within :data:`CLOCK_TOLERANCE` of ``f_out``; the message names the
+        nearest achievable frequencies.
+    """
+    if not _within(f_in, _ECP5_IN):
+        raise ZeroskipError(f"ECP5 PLL input {f_in:g} MHz is outside {_ECP5_IN[0]} to "
+                            f"{_ECP5_IN[1]} MHz")
+    best_f, best, best_vco = None, None, None
+    achievable = set()
+    for f, setting in _ecp5_settings(f_in):
+        achievable.add(float(f))
+        vco = f * setting[2]
+        error = abs(f - f_out)
+        if best is None or error < abs(best_f - f_out) or (
+                error == abs(best_f - f_out) and abs(vco - 600) < abs(best_vco - 600)):
+            best_f, best, best_vco = f, setting, vco
+    _check_reachable("ECP5", f_in, f_out, float(best_f),
+                     {f for f in achievable if _within(f, _ECP5_OUT)}, _ECP5_OUT)
+    return ECP5PLL(f_in, float(best_f), *best)
+
+
+# --- board top ----------------------------------------------------------------------------------
+
+
+class BoardTop(wiring.Component):
+    """A compiled network on a board: PLL clock, reset until lock, HostLink on the FTDI UART.
+
+    A subclass per board defines ``oscillator_mhz``, :attr:`leds`, ``pll_setting(f_in, f_out)``
+    (the PLL setting for ``f_out`` MHz, a static method) and ``elaborate_pll(m, platform, clock,
+    locked)`` (instantiates that PLL driving ``clock``, with ``locked`` high once it locks).
+
+    Parameters
+    ----------
+    design : zeroskip.hdl.design.Design
+        The compiled network.
+    clock_mhz : float
+        The design clock; the PLL makes the closest frequency it can (within
+        :data:`CLOCK_TOLERANCE`), and the UART divides that one.
+    baud : int
+        UART bit rate.
+
+    Members
+    -------
+    None: every port is a board pin, requested from the platform.
+
+    The design leaves reset a few cycles after the PLL locks (two synchronizer stages).
+    """
+
+    #: Board oscillator frequency in MHz.
+    oscillator_mhz: float
+    #: (indicator, board LED) pairs: which ``led`` resource shows the heartbeat, busy and error
+    #: indicators; indicators sharing an LED are ORed.
+    leds: tuple
+
+    def __init__(self, design, *, clock_mhz, baud=115200):
+        from .link import HostLink
+
+        # A refused option or net leaves this top (and a half-made link) unused: no warning.
+        self._MustUse__silence = True
+        self.pll, self.baud = self.clock_setting(clock_mhz, baud), baud
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UnusedElaboratable)
+            try:
+                self.link = HostLink(design, clk_freq=round(self.clock_hz), baud=baud)
+                problem = None
+            except ValueError as error:
+                problem = str(error)
+            if problem is not None:
+                gc.collect()  # the half-made link (in a reference cycle) goes here, unheard
+        if problem is not None:
+            raise ZeroskipError(f"{design.top}: {problem}")
+        self._MustUse__silence = False
+        super().__init__({})
+
+    @property
+    def clock_hz(self):
+        """The design clock the PLL actually makes, in Hz."""
+        return self.pll.f_out * 1e6
+
+    @classmethod
+    def clock_setting(cls, clock_mhz, baud):
+        """The PLL setting for ``clock_mhz``, checked with ``baud`` (ZeroskipError if either
+        cannot be met)."""
+        if isinstance(clock_mhz, bool) or not isinstance(clock_mhz, (int, float)) or \
+                not clock_mhz > 0:
+            raise ZeroskipError(f"--clock must be a positive frequency in MHz, got {clock_mhz!r}")
+        pll = cls.pll_setting(cls.oscillator_mhz, clock_mhz)
+        try:
+            clocks_per_bit(pll.f_out * 1e6, baud)
+        except ValueError as error:
+            raise ZeroskipError(f"--baud: {error}") from None
+        return pll
+
+    def elaborate(self, platform):
+        m = Module()
+        m.domains.sync = sync = ClockDomain("sync")
+        locked = Signal()
+        # nextpnr derives the clock's constraint from the oscillator's through the PLL.
+        self.elaborate_pll(m, platform, sync.clk, locked)
+        m.submodules.reset_sync = ResetSynchronizer(~locked, domain="sync")
+
+        m.submodules.link = link = self.link
+        uart = platform.request("uart", 0, dir="-")
+        m.submodules.uart_rx = rx = io.Buffer("i", uart.rx)
+        m.submodules.uart_tx = tx = io.Buffer("o", uart.tx)
+        m.d.comb += [link.rx.eq(rx.i), tx.o.eq(link.tx)]  # the UART synchronises rx
+
+        # One free-running counter times both LEDs; a down-counter per LED would be the design's
+        # critical path on an iCE40 (a 20-bit carry chain feeding its own enable).
+        cycles = Signal(max(1, round(self.clock_hz * HEARTBEAT_S).bit_length() - 1))
+        m.d.sync += cycles.eq(cycles + 1)
+        epoch = cycles[max(0, round(self.clock_hz * BUSY_S).bit_length() - 1)]
+        indicators = {
+            # Blinks once the PLL has locked and the design is out of reset.
+            "heartbeat": cycles[-1],
+            # A request lasts a few milliseconds: stretched so that the eye sees it.
+            "busy": _stretch(m, "busy", link.busy, epoch),
+            "error": link.error,
+        }
+        for led in sorted({number for _, number in self.leds}):
+            shown = [indicators[name] for name, number in self.leds if number == led]
+            m.submodules[f"led_{led}"] = buffer = io.Buffer("o", platform.request("led", led,
+                                                                               dir="-"))
+            m.d.comb += buffer.o.eq(Cat(*shown).any())
+        return m
+
+
+def _stretch(m, name, level, epoch):
+    """High while ``level`` is, and after it until ``epoch`` (a slow square wave) has changed
+    twice: for between one and two of its half periods."""
+    lit, armed, last_epoch = (Signal(name=f"{name}_{part}") for part in ("lit", "armed", "epoch"))
+    m.d.sync += last_epoch.eq(epoch)
+    with m.If(level):
+        m.d.sync += [lit.eq(1), armed.eq(0)]
+    with m.Elif(epoch != last_epoch):
+        m.d.sync += armed.eq(1)
+        with m.If(armed):
+            m.d.sync += lit.eq(0)
+    return level | lit
+
+
+# --- boards and their builds -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Board:
+    """A board zeroskip can build for: its platform, top, tools and default clock."""
+
+    name: str
+    title: str
+    platform: type
+    top: type
+    default_clock_mhz: float
+    bitstream_suffix: str
+    tools: tuple  # (amaranth's tool name, YoWASP script) for each tool of the build script
+    synth_opts: str = ""
+
+
+def boards():
+    """The boards by name."""
+    from .icebreaker import ICEBREAKER
+    from .ulx3s import ULX3S
+
+    return {board.name: board for board in (ICEBREAKER, ULX3S)}
+
+
+@dataclass(frozen=True)
+class BoardBuild:
+    """What :func:`build_board` made (``board.json`` holds the same)."""
+
+    board: str
+    device: str
+    clock_mhz: float
+    requested_clock_mhz: float
+    baud: int
+    fmax_mhz: float
+    resources: dict
+    bitstream: str
+    bitstream_bytes: int
+    sha256: str
+    seconds: float
+
+    def to_dict(self):
+        return asdict(self)
+
+    def summary(self):
+        used = ", ".join(f"{name} {r['used']}/{r['available']}"
+                         for name, r in self.resources.items() if r["used"])
+        return (f"{self.board} ({self.device}): bitstream built\n"
+                f"  clock   {self.clock_mhz:.3f} MHz (fmax {self.fmax_mhz:.2f} MHz), "
+                f"UART {self.baud} baud\n"
+                f"  used    {used}\n"
+                f"  wrote   {self.bitstream} ({self.bitstream_bytes} bytes, sha256 "
+                f"{self.sha256[:16]}...) in {self.seconds:.0f} s")
+
+
+def board_directory(build, board):
+    """The directory :func:`build_board` writes for ``board`` inside a compile build."""
+    return Path(build) / f"board-{board}"
+
+
+def check_board_options(board, clock_mhz=None, baud=115200):
+    """The :class:`Board` named ``board`` and the clock to build at, once both it and ``baud``
+    are known to be reachable (ZeroskipError naming the option otherwise)."""
+    known = boards()
+    if board not in known:
+        raise ZeroskipError(f"--board: unknown board {board!r}; known: {', '.join(known)}")
+    spec = known[board]
+    clock_mhz = spec.default_clock_mhz if clock_mhz is None else clock_mhz
+    spec.top.clock_setting(clock_mhz, baud)
+    return spec, clock_mhz
+
+
+def build_board(design, build, board, *, clock_mhz=None, baud=115200, log=None):
+    """Build the bitstream of ``design`` for ``board`` into ``<build>/board-<board>/``.
+
+    Parameters
+    ----------
+    design : zeroskip.hdl.design.Design
+    build : path-like
+        The compile build directory; ``board-<board>/`` is written inside it, complete or not at
+        all (a failed build leaves its logs in ``board-<board>.failed/`` instead).
+    board : str
+        A key of :func:`boards`.
+    clock_mhz : float, optional
+        The design clock; the board's default when not given.
+    baud : int
+        UART bit rate.
+    log : callable, optional
+        Called with a line of progress now and then.
+
+    Returns
+    -------
+    BoardBuild
+
+    Raises
+    ------
+    ZeroskipError
+        Bad input (unknown board, unreachable clock, baud too fast for the clock).
+    BoardBuildError
+        The design does not fit the FPGA, or misses timing at the clock.
+    """
+    spec, requested = check_board_options(board, clock_mhz, baud)
+    top = spec.top(design, clock_mhz=requested, baud=baud)
+    env = dict(os.environ)
+    env.update({_tool_variable(tool): str(yowasp_executable(script))
+                for tool, script in spec.tools})
+    platform = spec.platform()
+    name = design.top
+    plan = platform.build(top, name=name, do_build=False, synth_opts=spec.synth_opts,
+                          nextpnr_opts=f"--report {REPORT_FILE} --timing-allow-fail")
+    build = Path(build)
+    final, failed = board_directory(build, board), build / f"board-{board}.failed"
+    started = time.monotonic()
+    work = Path(tempfile.mkdtemp(prefix=f".board-{board}-", dir=build))
+    try:
+        work.chmod(0o777 & ~_umask())  # mkdtemp makes it private; the result is not
+        plan.extract(work)
+        if log:
+            log(f"{spec.title}: synthesis, place and route at {top.pll.f_out:.3f} MHz")
+        with open(work / "build.log", "w") as output:
+            status = subprocess.run(["sh", f"build_{name}.sh"], cwd=work, env=env, check=False,
+                                    stdin=subprocess.DEVNULL, stdout=output,
+                                    stderr=subprocess.STDOUT).returncode
+        seconds = time.monotonic() - started
+        problem = _build_problem(work, name, spec, status, top.pll.f_out)
+        if problem is not None:
+            _remove_products(work, name)
+            _remove_intermediates(work, name)
+            _replace(work, failed)
+            raise BoardBuildError(f"{spec.title}: {problem} (logs in {failed})")
+        report = json.loads((work / REPORT_FILE).read_text())
+        bitstream = work / f"{name}.{spec.bitstream_suffix}"
+        data = bitstream.read_bytes()
+        result = BoardBuild(
+            board=board, device=platform.device, clock_mhz=top.pll.f_out,
+            requested_clock_mhz=requested, baud=baud,
+            fmax_mhz=_fmax(report, top.pll.f_out), resources=_resources(report),
+            bitstream=str(final / bitstream.name), bitstream_bytes=len(data),
+            sha256=hashlib.sha256(data).hexdigest(), seconds=round(seconds, 1))
+        record = {**result.to_dict(), "pll": asdict(top.pll),
+                  "bitstream": bitstream.name}
+        (work / BOARD_FILE).write_text(json.dumps(record, indent=2) + "\n")
+        _remove_intermediates(work, name)
+        _replace(work, final)
+        shutil.rmtree(failed, ignore_errors=True)
+        return result
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _umask():
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _tool_variable(tool):
+    """The environment variable amaranth's build scripts read the tool's command from."""
+    from amaranth._toolchain import tool_env_var
+
+    return tool_env_var(tool)
+
+
+def _replace(work, target):
+    """Move the finished ``work`` directory to ``target``, replacing what was there."""
+    if target.exists():
+        shutil.rmtree(target)
+    work.rename(target)
+
+
+def _remove_products(work, name):
+    for suffix in ("bin", "bit", "svf", "asc", "config"):
+        (work / f"{name}.{suffix}").unlink(missing_ok=True)
+
+
+def _remove_intermediates(work, name):
+    """Keep the bitstream, the scripts, constraints, logs and reports; drop the netlists."""
+    for file in (f"{name}.il", f"{name}.debug.v", f"{name}.json", f"{name}.asc",
+                 f"{name}.config", f"{name}.svf", f"build_{name}.bat", f"build_{name}.json"):
+        (work / file).unlink(missing_ok=True)
+
+
+# nextpnr's utilisation lines: "Info:          ICESTORM_LC:  6123/ 5280   115%".
+_UTILISATION = re.compile(r"^Info:\s+(\w+):\s+(\d+)/\s*(\d+)\s+\d+%", re.MULTILINE)
+
+
+def _build_problem(work, name, spec, status, clock_mhz):
+    """A one-line reason the build failed, or None when it gave a bitstream meeting timing."""
+    pnr_log = work / f"{name}.tim"
+    pnr_text = pnr_log.read_text(errors="replace") if pnr_log.is_file() else ""
+    over = [(cell, int(used), int(available))
+            for cell, used, available in _UTILISATION.findall(pnr_text)
+            if int(used) > int(available)]
+    if over:
+        return "does not fit: " + ", ".join(
+            f"{cell} {used} of {available} ({used - available} over, "
+            f"{100 * used / available:.0f}%)" for cell, used, available in over)
+    if status != 0 or not (work / REPORT_FILE).is_file():
+        return f"the build failed: {_last_error(work)}"
+    fmax = _fmax(json.loads((work / REPORT_FILE).read_text()), clock_mhz)
+    if fmax < clock_mhz:
+        return (f"misses timing: fmax {fmax:.2f} MHz < clock {clock_mhz:.3f} MHz "
+                f"({100 * (clock_mhz - fmax) / clock_mhz:.0f}% short)")
+    if not (work / f"{name}.{spec.bitstream_suffix}").is_file():
+        return f"the build gave no {name}.{spec.bitstream_suffix}"
+    return None
+
+
+def _last_error(work):
+    text = (work / "build.log").read_text(errors="replace")
+    errors = [line.strip() for line in text.splitlines() if "ERROR" in line.upper()]
+    lines = errors or [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[-1] if lines else "no output"
+
+
+def _fmax(report, clock_mhz):
+    """The design clock's achieved fmax in MHz.
+
+    nextpnr reports every clock net it finds; the design clock is the one constrained at
+    ``clock_mhz`` (others, such as the constant clock of a DSP block, are not the design's).
+    """
+    fmax, constraint, _ = parse_report(report)
+    design_clocks = [fmax[net] for net in fmax
+                     if abs(constraint[net] - clock_mhz) <= CLOCK_TOLERANCE * clock_mhz]
+    if not design_clocks:
+        raise ZeroskipError(f"nextpnr's report has no clock constrained at {clock_mhz:.3f} MHz: "
+                            f"only {', '.join(map(str, constraint.values())) or 'none'}")
+    return min(design_clocks)
+
+
+def _resources(report):
+    _, _, utilization = parse_report(report)
+    return dict(sorted(utilization.items()))

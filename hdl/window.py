@@ -1,0 +1,235 @@
+"""What the two conv engines (:mod:`.conv`, :mod:`.xnor`) share: the line buffer's writer, each
+lane's walk over output pixels and its accumulator.
+
+The line buffer is a ring of ``rows`` input rows. Rows, and output pixels, are counted across
+inferences with **wrap-around counters** compared only through their differences
+(:func:`earlier`): the differences stay small (a ring of rows, a tile of pixels), so the counters
+need a few bits each, not 32, and never overflow wrongly however long the engine runs.
+"""
+
+from __future__ import annotations
+
+from amaranth.hdl import Array, Const, Mux, Signal, signed
+from amaranth.utils import ceil_log2
+
+from .sparse_plan import signed_width
+
+__all__ = ["PIXEL_COUNTER_WIDTH", "TILE_SLOTS", "LaneWindow", "PixelCursor", "earlier",
+           "elaborate_accumulator", "elaborate_filter_counter", "elaborate_packer", "group_of",
+           "ring_rows", "row_counter_width"]
+
+TILE_SLOTS = 2  # output pixels the lanes may run ahead of the collector, plus one
+#: Output-pixel counters differ by at most TILE_SLOTS + 1; this leaves a margin of two bits.
+PIXEL_COUNTER_WIDTH = ceil_log2(TILE_SLOTS + 2) + 2
+
+
+def ring_rows(geometry):
+    """Input rows the line buffer holds: a window's rows, plus a stride of rows arriving."""
+    return min(geometry.kernel[0] + geometry.stride[0] + 1, 2 ** 16)
+
+
+def row_counter_width(geometry, rows):
+    """Bits of a wrap-around global row counter: every two compared differ by less than two
+    inferences' rows plus the ring, well within half the counter's range."""
+    return ceil_log2(2 * (geometry.height + rows + geometry.kernel[0]) + 1) + 1
+
+
+def earlier(a, b, width):
+    """``a < b`` for wrap-around counters of ``width`` bits whose true difference is below
+    ``2 ** (width - 1)``: the sign of their difference modulo ``2 ** width``."""
+    return (a - b)[width - 1]
+
+
+def _coordinate_shape(geometry):
+    """Window coordinates: from minus the padding to past the far edge by a kernel and a stride."""
+    g = geometry
+    return signed(signed_width(-max(g.padding), max(g.height, g.width) + max(g.kernel) +
+                               max(g.stride)))
+
+
+class PixelCursor:
+    """Walks output pixels across inferences: the window origin and the ring slot of its row."""
+
+    def __init__(self, geometry, rows, row_width, name):
+        g = self.geometry = geometry
+        self.rows = rows
+        coordinate = _coordinate_shape(g)
+        self.out_x = Signal(range(g.out_width), name=f"{name}_out_x")
+        self.out_y = Signal(range(g.out_height), name=f"{name}_out_y")
+        self.left = Signal(coordinate, init=-g.padding[1], name=f"{name}_left")
+        self.top = Signal(coordinate, init=-g.padding[0], name=f"{name}_top")
+        self.top_slot = Signal(range(rows), init=-g.padding[0] % rows, name=f"{name}_top_slot")
+        # Global row (wrap-around) of this inference's row 0.
+        self.row_base = Signal(row_width, name=f"{name}_row_base")
+
+    def oldest_row(self):
+        """Global index of the first input row this pixel's window reads."""
+        return self.row_base + Mux(self.top < 0, 0, self.top)
+
+    def rows_needed(self):
+        """Input rows (global count) that must be complete before this pixel can start."""
+        below = self.top + self.geometry.kernel[0]
+        return self.row_base + Mux(below > self.geometry.height, self.geometry.height, below)
+
+    def advance(self, m):
+        g, rows = self.geometry, self.rows
+
+        def wrap(value):
+            return Mux(value >= rows, value - rows, value)
+
+        with m.If(self.out_x != g.out_width - 1):
+            m.d.sync += [self.out_x.eq(self.out_x + 1), self.left.eq(self.left + g.stride[1])]
+        with m.Else():
+            m.d.sync += [self.out_x.eq(0), self.left.eq(-g.padding[1])]
+            with m.If(self.out_y != g.out_height - 1):
+                m.d.sync += [self.out_y.eq(self.out_y + 1), self.top.eq(self.top + g.stride[0]),
+                             self.top_slot.eq(wrap(self.top_slot + g.stride[0] % rows))]
+            with m.Else():
+                # The next inference's row 0 follows this inference's last row in the ring.
+                step = (g.height - (g.out_height - 1) * g.stride[0]) % rows
+                m.d.sync += [self.out_y.eq(0), self.top.eq(-g.padding[0]),
+                             self.top_slot.eq(wrap(self.top_slot + step)),
+                             self.row_base.eq(self.row_base + g.height)]
+
+
+class LaneWindow:
+    """One lane's walk over output pixels and the line-buffer rows it holds on to.
+
+    ``cursor`` is the pixel the lane examines next; ``retired`` the oldest pixel whose
+    products are not all done: its rows must stay in the ring (pairs of pixels examined may
+    still wait to read it). ``pixel_index`` counts pixels started; a pixel starts once its
+    rows are written (``rows_ready``) and the collector has freed its tile slot (``can_start``).
+    """
+
+    def __init__(self, m, geometry, rows, row_width, rows_written, collector_released, name):
+        g = self.geometry = geometry
+        self.rows, self.row_width = rows, row_width
+        self.pixel_index = Signal(PIXEL_COUNTER_WIDTH, name=f"{name}_pixel_index")
+        self.cursor = PixelCursor(g, rows, row_width, f"{name}_scan")
+        self.retired = PixelCursor(g, rows, row_width, f"{name}_retired")
+        self.oldest_needed = Signal(row_width, name=f"{name}_oldest_needed")
+        rows_needed = Signal(row_width, name=f"{name}_rows_needed")
+        m.d.comb += [self.oldest_needed.eq(self.retired.oldest_row()),
+                     rows_needed.eq(self.cursor.rows_needed())]
+        self.rows_ready = ~earlier(rows_written, rows_needed, row_width)
+        self.can_start = self.rows_ready & earlier(
+            self.pixel_index, collector_released + TILE_SLOTS, PIXEL_COUNTER_WIDTH)
+
+    def origin_layout(self):
+        """Fields of the pixel being examined that travel with its combos down the pipeline."""
+        coordinate = _coordinate_shape(self.geometry)
+        return {"slot": 1, "top": coordinate, "left": coordinate, "top_slot": range(self.rows)}
+
+    def origin(self, stage):
+        """Assignments latching the current pixel's origin into ``stage``."""
+        return [stage.slot.eq(self.pixel_index[0]), stage.top.eq(self.cursor.top),
+                stage.left.eq(self.cursor.left), stage.top_slot.eq(self.cursor.top_slot)]
+
+    def next_pixel(self, m):
+        m.d.sync += self.pixel_index.eq(self.pixel_index + 1)
+        self.cursor.advance(m)
+
+    def locate(self, m, stage, tap_y, tap_x):
+        """``(pad, ring_pixel)`` of a tap of the pixel latched in ``stage``: whether it falls in
+        the padding, and its pixel's index in the line buffer ring."""
+        g, rows = self.geometry, self.rows
+        row = stage.top + tap_y
+        column = stage.left + tap_x
+        pad = (row < 0) | (row >= g.height) | (column < 0) | (column >= g.width)
+        slot_of_row = Signal(range(rows))
+        m.d.comb += slot_of_row.eq(Mux(stage.top_slot + tap_y >= rows,
+                                       stage.top_slot + tap_y - rows, stage.top_slot + tap_y))
+        return pad, slot_of_row * g.width + column[:max(ceil_log2(g.width), 1)]
+
+
+def oldest_of(windows):
+    """The oldest row any of the lanes' windows still needs."""
+    oldest = windows[0].oldest_needed
+    for window in windows[1:]:
+        candidate = window.oldest_needed
+        oldest = Mux(earlier(candidate, oldest, window.row_width), candidate, oldest)
+    return oldest
+
+
+def elaborate_packer(m, engine, rows, rows_written, windows, bit_of_beat, word_write):
+    """Input beats -> words of one bit per channel (``bit_of_beat``), one word per (pixel,
+    group, chunk), written through ``word_write`` into the ring; counts ``rows_written``.
+
+    The input is ready while the ring has a row slot no lane needs any more. Returns the
+    ``taken`` handshake, for an engine that stores more per beat.
+    """
+    g = engine.geometry
+    words = rows * g.width * g.groups * g.chunks
+    address = Signal(range(words))
+    channel_in_group = Signal(range(g.group_channels))
+    bit = Signal(range(g.chunk))
+    column = Signal(range(g.width))
+    channel = Signal(range(g.in_channels))
+    bits = Signal(g.chunk)
+
+    row_width = windows[0].row_width
+    m.d.comb += engine.i_stream.ready.eq(
+        earlier(rows_written, oldest_of(windows) + rows, row_width))
+    taken = engine.i_stream.valid & engine.i_stream.ready
+
+    word_done = (bit == g.chunk - 1) | (channel_in_group == g.group_channels - 1)
+    word = bits | (bit_of_beat << bit)
+    m.d.comb += [word_write.addr.eq(address), word_write.data.eq(word)]
+    with m.If(taken):
+        with m.If(word_done):
+            m.d.comb += word_write.en.eq(1)
+            m.d.sync += [bits.eq(0), bit.eq(0),
+                         address.eq(Mux(address == words - 1, 0, address + 1))]
+        with m.Else():
+            m.d.sync += [bits.eq(word), bit.eq(bit + 1)]
+        with m.If(channel_in_group == g.group_channels - 1):
+            m.d.sync += channel_in_group.eq(0)
+        with m.Else():
+            m.d.sync += channel_in_group.eq(channel_in_group + 1)
+        with m.If(channel == g.in_channels - 1):
+            m.d.sync += channel.eq(0)
+            with m.If(column == g.width - 1):
+                m.d.sync += [column.eq(0), rows_written.eq(rows_written + 1)]
+            with m.Else():
+                m.d.sync += column.eq(column + 1)
+        with m.Else():
+            m.d.sync += channel.eq(channel + 1)
+    return taken
+
+
+def elaborate_filter_counter(m, filters, advance):
+    """Which of the lane's ``filters`` a pipeline stage is on, advanced by ``advance`` (the
+    filter's last entry passing)."""
+    filter_index = Signal(range(max(filters, 2)))
+    with m.If(advance):
+        m.d.sync += filter_index.eq(Mux(filter_index == filters - 1, 0, filter_index + 1))
+    return filter_index
+
+
+def group_of(geometry, lane_filters, filter_index):
+    """The input-channel group of the lane's ``filter_index``-th filter."""
+    g = geometry
+    return Array(Const(f // g.filters_per_group, range(max(g.groups, 2)))
+                 for f in lane_filters)[filter_index]
+
+
+def elaborate_accumulator(m, window, *, valid, last, value, filter_index, slot, filters,
+                          sum_shape, tile_write):
+    """Sum a filter's values; its last one writes the sum to the output tile, and a pixel's last
+    filter retires the pixel. Returns the count of pixels done (wrap-around)."""
+    accumulator = Signal(sum_shape)
+    total = Signal(sum_shape)
+    pixels_done = Signal(PIXEL_COUNTER_WIDTH)
+    m.d.comb += [total.eq(accumulator + value),
+                 tile_write.addr.eq(slot * filters + filter_index),
+                 tile_write.data.eq(total)]
+    with m.If(valid):
+        with m.If(last):
+            m.d.comb += tile_write.en.eq(1)
+            m.d.sync += accumulator.eq(0)
+            with m.If(filter_index == filters - 1):
+                m.d.sync += pixels_done.eq(pixels_done + 1)
+                window.retired.advance(m)
+        with m.Else():
+            m.d.sync += accumulator.eq(total)
+    return pixels_done

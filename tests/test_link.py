@@ -1,0 +1,375 @@
+# amaranth: UnusedElaboratable=no
+"""The UART host link: the UART alone and the whole HostLink in the Amaranth simulator, the host's
+framing against the HostLink top under Verilator (bytes over a simulated serial line), and
+``zeroskip.host.run`` against a board modelled in Python."""
+
+import json
+
+import numpy as np
+import pytest
+from amaranth.hdl import Module
+from amaranth.lib import wiring
+from amaranth.sim import Simulator
+
+import zeroskip
+from zeroskip import host, ir, reference
+from zeroskip.boards.link import HostLink
+from zeroskip.boards.uart import UARTRx, UARTTx, clocks_per_bit
+from zeroskip.cli import main
+from zeroskip.hdl.common import batch_from_beats
+
+from test_hdl_xnor import binary_inputs, linear_graph as xnor_linear_graph
+
+# The simulated link: 8 clocks per bit keeps simulations short.
+CLK_FREQ, BAUD = 1_000_000, 125_000
+DIVISOR = 8
+# 2048 cycles: 25 frames.
+TIMEOUT = 0.002
+
+
+def frame_levels(data, divisor, *, broken=()):
+    """The line levels, one per clock, that send ``data`` (bytes at ``broken`` with a low stop
+    bit), then one idle bit."""
+    levels = []
+    for index, byte in enumerate(data):
+        bits = [0] + [byte >> bit & 1 for bit in range(8)] + [0 if index in broken else 1]
+        levels += [level for bit in bits for level in [bit] * divisor]
+    return levels + [1] * divisor
+
+
+def decode_levels(levels, divisor):
+    """A line's levels, one per clock, back to bytes: each bit sampled in its middle."""
+    data, t = bytearray(), 0
+    while t < len(levels):
+        if levels[t] == 1:
+            t += 1
+            continue
+        middle = t + divisor // 2
+        if middle + 9 * divisor >= len(levels):
+            break
+        bits = [levels[middle + k * divisor] for k in range(10)]
+        assert bits[0] == 0 and bits[9] == 1, f"a bad frame at clock {t}: {bits}"
+        data.append(sum(bit << k for k, bit in enumerate(bits[1:9])))
+        t = middle + 9 * divisor
+    return bytes(data)
+
+
+def simulate(dut, testbench):
+    sim = Simulator(dut)
+    sim.add_clock(1e-6)
+    sim.add_testbench(testbench)
+    sim.run()
+
+
+# --- UART -------------------------------------------------------------------------------------
+
+def test_clocks_per_bit_checks_the_rate():
+    assert clocks_per_bit(12_000_000, 115200) == 104
+    assert clocks_per_bit(CLK_FREQ, BAUD) == DIVISOR
+    with pytest.raises(ValueError, match="at least 4"):
+        clocks_per_bit(1_000_000, 500_000)
+    with pytest.raises(ValueError, match="off"):
+        clocks_per_bit(1_000_000, 115200)  # 9 clocks per bit give 111111 baud, 3.5% slow
+    with pytest.raises(ValueError, match="baud must be a positive"):
+        clocks_per_bit(1_000_000, 0)
+    with pytest.raises(ValueError, match="divisor"):
+        UARTRx(3)
+
+
+@pytest.mark.parametrize("divisor, data", [(4, bytes(range(0, 256, 7)) + b"\xff"),
+                                           (7, b"\x00\xff\x55\xaa\x01\x80"),
+                                           (16, b"\x00\xff\x55\xaa\x01\x80")],
+                         ids=["4-clocks", "7-clocks", "16-clocks"])
+def test_uart_loopback_carries_bytes_back_to_back(divisor, data):
+    rx, tx = UARTRx(divisor), UARTTx(divisor)
+    m = Module()
+    m.submodules.rx, m.submodules.tx = rx, tx
+    wiring.connect(m, rx.o_stream, tx.i_stream)
+    levels = frame_levels(data, divisor)
+    sent = []
+
+    async def testbench(ctx):
+        for level in levels + [1] * 12 * divisor:  # the last frame echoed out
+            ctx.set(rx.rx, level)
+            sent.append(ctx.get(tx.tx))
+            assert not ctx.get(rx.framing_error) and not ctx.get(rx.overrun)
+            await ctx.tick()
+
+    simulate(m, testbench)
+    assert decode_levels(sent, divisor) == data
+
+
+def test_uart_rx_reports_framing_errors_overruns_and_ignores_glitches():
+    rx = UARTRx(DIVISOR)
+    pulses = {"framing_error": 0, "overrun": 0}
+    received = []
+
+    async def testbench(ctx):
+        levels = ([0, 0] + [1] * 3 * DIVISOR            # a glitch shorter than half a bit
+                  + frame_levels(b"\xa5", DIVISOR, broken={0})
+                  + frame_levels(b"\x3c\x42", DIVISOR))  # the second one overruns the first
+        for level in levels:
+            ctx.set(rx.rx, level)
+            for name in pulses:
+                pulses[name] += ctx.get(getattr(rx, name))
+            await ctx.tick()
+        while ctx.get(rx.o_stream.valid):
+            received.append(ctx.get(rx.o_stream.payload))
+            ctx.set(rx.o_stream.ready, 1)
+            await ctx.tick()
+
+    simulate(rx, testbench)
+    assert pulses == {"framing_error": 1, "overrun": 1}
+    assert received == [0x3C]
+
+
+# --- host framing -----------------------------------------------------------------------------
+
+def test_description_round_trips_and_errors_name_their_flags():
+    description = host.Description(1, 64, (8, False), 10, (8, True), 12_000_000, 0xDEADBEEF)
+    data = description.encode()
+    assert len(data) == host.DESCRIPTION_LENGTH
+    assert host.decode_description(data) == description
+    with pytest.raises(host.LinkError, match="timeout"):
+        host.decode_result(bytes([host.ERROR, 0x04]), 10)
+    with pytest.raises(host.LinkError, match="header byte 0x41"):
+        host.decode_description(b"A" + data[1:])
+    with pytest.raises(host.LinkError, match="has 15 bytes, expected 16"):
+        host.decode_description(data[:-1])
+    with pytest.raises(host.LinkError, match="did not answer"):
+        host.decode_result(b"", 10)
+
+
+def test_request_bytes_are_hwc_twos_complement_and_binary_as_bits():
+    act = ir.Activation(8, True, 0.1)
+    x = np.array([[[1, -2]], [[-128, 127]]])  # (C=2, H=1, W=2)
+    assert host.encode_infer(x, act) == bytes([host.INFER, 1, 0x80, 0xFE, 0x7F])
+    binary = ir.Activation(1, True, 1.0)
+    assert host.input_bytes(np.array([1, -1, -1]), binary) == b"\x01\x00\x00"
+
+
+# --- HostLink in the Amaranth simulator -------------------------------------------------------
+
+@pytest.fixture(scope="session")
+def tiny():
+    return tiny_design()
+
+
+def tiny_design():
+    """An image (3, 2, 4) of signed bytes flattened into 5 logits of either sign: the HWC order,
+    two's complement both ways; and 4 images."""
+    rng = np.random.default_rng(4)
+    act = ir.Activation(8, True, 0.1)
+    weight = rng.integers(-127, 128, (5, 24)) * (rng.random((5, 24)) < 0.5)
+    fc = ir.Linear("fc", ("flat",), weight.astype(np.int8), np.zeros(5, np.int32), 8, np.ones(5),
+                   ir.Requant(np.full(1, 2**14, np.int32), np.full(1, 21, np.int32), -128, 127),
+                   act)
+    graph = ir.Graph((ir.Input("x", (), (3, 2, 4), act), ir.Flatten("flat", ("x",)), fc), "fc",
+                     name="link_tiny")
+    x = rng.integers(-128, 128, (4, 3, 2, 4)) * (rng.random((4, 3, 2, 4)) < 0.6)
+    return zeroskip.compile(graph, lanes=2), x
+
+
+def test_host_link_checks_its_parameters(tiny):
+    design, _ = tiny
+    with pytest.raises(ValueError, match="clocks per bit"):
+        HostLink(design, clk_freq=1_000_000, baud=500_000)
+    with pytest.raises(ValueError, match="timeout must be at least 4 UART frames"):
+        HostLink(design, clk_freq=CLK_FREQ, baud=BAUD, timeout=0.0001)
+    with pytest.raises(ValueError, match="clk_freq must be an integer"):
+        HostLink(design, clk_freq=1e6, baud=BAUD)
+    pool = ir.Graph((ir.Input("x", (), (3, 4, 4), ir.Activation(8, True, 0.1)),
+                     ir.MaxPool2d("pool", ("x",), (2, 2), (2, 2), (0, 0))), "pool", name="pool")
+    with pytest.raises(ValueError, match=r"runs classifiers .* 'pool' outputs a \(3, 2, 2\)"):
+        HostLink(zeroskip.compile(pool), clk_freq=CLK_FREQ, baud=BAUD)
+
+
+def run_link(link, requests, answer_lengths):
+    """Send each request to ``link`` in the Amaranth simulator, read its answer's bytes."""
+    answers = []
+
+    async def testbench(ctx):
+        for request, length in zip(requests, answer_lengths):
+            levels = frame_levels(request, link.divisor)
+            line = []
+            for level in levels:
+                ctx.set(link.rx, level)
+                line.append(ctx.get(link.tx))
+                await ctx.tick()
+            # Until the whole answer has been sent (looked at once per frame time); the bound
+            # allows for the network's work, then the answer's frames.
+            for _ in range(20_000 + (length + 1) * 10 * link.divisor):
+                line.append(ctx.get(link.tx))
+                await ctx.tick()
+                if len(line) % (10 * link.divisor) == 0 and \
+                        len(decode_levels(line, link.divisor)) == length:
+                    break
+            answers.append(decode_levels(line, link.divisor))
+
+    simulate(link, testbench)
+    return answers
+
+
+@pytest.mark.slow
+def test_host_link_runs_a_binary_input_net_in_the_amaranth_simulator():
+    """Binary inputs travel as bytes 0 / 1; binary weights, int8 logits."""
+    rng = np.random.default_rng(5)
+    graph = xnor_linear_graph(rng, features=12, outputs=3, logits=True)
+    x = binary_inputs(rng, graph, batch=2)
+    design = zeroskip.compile(graph, lanes=1)
+    link = HostLink(design, clk_freq=CLK_FREQ, baud=BAUD, timeout=TIMEOUT)
+    requests = [host.encode_describe()] + [host.encode_infer(item, graph.input.act)
+                                           for item in x]
+    lengths = [host.DESCRIPTION_LENGTH] + [host.result_length(3)] * len(x)
+    describe, *answers = run_link(link, requests, lengths)
+    assert host.decode_description(describe) == host.expected_description(design, CLK_FREQ)
+    for answer, logits in zip(answers, reference.run(graph, x)):
+        result = host.decode_result(answer, 3)
+        np.testing.assert_array_equal(result.logits, logits)
+        assert result.label == np.argmax(logits) and result.latency_cycles > 0
+
+
+# --- HostLink under Verilator -----------------------------------------------------------------
+
+@pytest.fixture(scope="session")
+def link_model(verilator_build_root, tiny):
+    from zeroskip.testbench import runner
+    from zeroskip.testbench.verilog import convert
+
+    design, x = tiny
+    link = HostLink(design, clk_freq=CLK_FREQ, baud=BAUD, timeout=TIMEOUT)
+    model = runner.build_model(convert(link, "link_tiny"), "link_tiny", verilator_build_root,
+                               ports_only=True)
+    return model, link, x
+
+
+@pytest.mark.verilator
+@pytest.mark.slow
+def test_host_framing_against_the_gateware_over_a_simulated_uart(link_model, tmp_path):
+    from zeroskip.testbench import link_test, runner
+
+    model, link, x = link_model
+    link.design.graph.save(tmp_path / link_test.GRAPH_FILE)
+    np.save(tmp_path / link_test.INPUTS_FILE, x)
+    (tmp_path / link_test.JOB_FILE).write_text(json.dumps({
+        "divisor": link.divisor, "timeout_cycles": 1 << link.timeout_bits,
+        "description": link.description.hex()}))
+    runner.run_test_module(model, "zeroskip.testbench.link_test", tmp_path,
+                           link_test.RUN_DIR_ENV, None)
+    result_path = tmp_path / link_test.RESULT_FILE
+    assert result_path.is_file(), (tmp_path / "sim.log").read_text()[-3000:]
+    result = json.loads(result_path.read_text())
+    assert result["failure"] is None, result["failure"]
+    expected = reference.run(link.design.graph, x)
+    # Images 0..2, image 3 after the short request, image 0 again after the broken frame.
+    assert [entry["image"] for entry in result["results"]] == [0, 1, 2, 3, 0]
+    for entry in result["results"]:
+        assert entry["logits"] == expected[entry["image"]].tolist()
+        assert entry["class"] == int(np.argmax(expected[entry["image"]]))
+
+
+# --- zeroskip.host.run and `zeroskip run` against a board modelled in Python -----------------
+
+class ModelBoard:
+    """A serial port with a board behind it that answers like HostLink, from the golden model
+    (``corrupt`` adds 1 to the first logit of that image)."""
+
+    timeout = 1.0
+
+    def __init__(self, design, clk_freq=CLK_FREQ, corrupt=None):
+        self.design, self.corrupt = design, corrupt
+        self.description = host.expected_description(design, clk_freq)
+        self.pending, self.answers, self.images = bytearray(), bytearray(), 0
+
+    def reset_input_buffer(self):
+        self.answers.clear()
+
+    def write(self, data):
+        self.pending += data
+        in_count = self.description.in_count
+        while self.pending:
+            if self.pending[0] == host.DESCRIBE:
+                self.answers += self.description.encode()
+                del self.pending[:1]
+            elif self.pending[0] == host.INFER and len(self.pending) > in_count:
+                values = np.frombuffer(bytes(self.pending[1:in_count + 1]), np.int8)
+                x = batch_from_beats(values.astype(np.int64), self.design.in_shape)
+                logits = reference.run(self.design.graph, x)[0]
+                if self.images == self.corrupt:
+                    logits[0] += 1
+                self.answers += bytes([host.RESULT]) + logits.astype("<i4").tobytes() + \
+                    bytes([int(np.argmax(logits))]) + (1234).to_bytes(4, "little")
+                self.images += 1
+                del self.pending[:in_count + 1]
+            else:
+                break
+
+    def close(self):
+        self.pending.clear()
+
+    def read(self, count):
+        data = bytes(self.answers[:count])
+        del self.answers[:count]
+        return data
+
+
+@pytest.mark.slow
+def test_run_sends_each_image_and_checks_the_design(tiny):
+    design, x = tiny
+    result = host.run(ModelBoard(design), x, design=design)
+    expected = reference.run(design.graph, x)
+    np.testing.assert_array_equal(result.logits, expected)
+    np.testing.assert_array_equal(result.labels, expected.argmax(axis=1))
+    assert result.latency_cycles.tolist() == [1234] * len(x)
+    assert result.latency_seconds[0] == pytest.approx(1234 / CLK_FREQ)
+    with pytest.raises(host.LinkError, match="the board runs another design"):
+        host.run(ModelBoard(design), x, design=zeroskip.compile(design.graph, lanes=1))
+    with pytest.raises(host.InputMismatch, match="takes 24 values per image"):
+        host.run(ModelBoard(design), x[:, :2])
+    with pytest.raises(host.InputMismatch, match=r"integers in \[-128, 127\]"):
+        host.run(ModelBoard(design), x + 200)
+
+
+@pytest.fixture
+def board_build(tmp_path, tiny):
+    design, x = tiny
+    design.write(tmp_path / "build")
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "y.npy", reference.run(design.graph, x).argmax(axis=1))
+    return design, tmp_path
+
+
+@pytest.mark.slow
+def test_cli_run_prints_classes_accuracy_and_the_golden_check(board_build, monkeypatch, capsys):
+    design, path = board_build
+    monkeypatch.setattr(host, "_open", lambda port, baud: ModelBoard(design))
+    argv = ["run", "--port", "model", "--inputs", str(path / "x.npy"), "--build",
+            str(path / "build"), "--labels", str(path / "y.npy"), "--json", str(path / "r.json")]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "accuracy: 100.00 %" in out and "board == golden model: 4/4 images" in out
+    assert json.loads((path / "r.json").read_text())["golden_identical"] == 4
+
+    monkeypatch.setattr(host, "_open", lambda port, baud: ModelBoard(design, corrupt=2))
+    assert main(argv) == 1
+    assert "output of image 2 differs from the golden model" in capsys.readouterr().err
+
+
+def test_cli_run_refuses_bad_input_in_one_line(board_build, monkeypatch, capsys):
+    design, path = board_build
+    assert main(["run", "--port", str(path / "no-such-tty"), "--inputs",
+                 str(path / "x.npy")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no-such-tty" in err and "cannot open" in err
+    np.save(path / "wrong.npy", np.zeros((2, 5), np.float32))
+    assert main(["run", "--port", "x", "--inputs", str(path / "wrong.npy")]) == 2
+    assert "float inputs need --build" in capsys.readouterr().err
+    np.save(path / "wrong.npy", np.zeros((2, 5)))
+    assert main(["run", "--port", "x", "--inputs", str(path / "wrong.npy"), "--build",
+                 str(path / "build")]) == 2
+    assert "--inputs" in capsys.readouterr().err
+    np.save(path / "wrong.npy", np.zeros((2, 5), np.int64))
+    monkeypatch.setattr(host, "_open", lambda port, baud: ModelBoard(design))
+    assert main(["run", "--port", "model", "--inputs", str(path / "wrong.npy")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--inputs" in err and "takes 24 values per image" in err
