@@ -40,7 +40,7 @@ from .graph import (
 from .passes import _sole_consumer, prepare_float_graph
 from .qat import (
     EXACT, ActFormat, OutputQuantizer, QuantFlatten, QuantInput, QuantMaxPool, QuantWeightLayer,
-    QValue, _straight_through, quantize_multiplier, requantize_exact,
+    QValue, _straight_through, observe_ranges, quantize_multiplier, requantize_exact,
 )
 from .trace import trace
 
@@ -277,16 +277,7 @@ class BinaryNet(nn.Module):
             if isinstance(module, OutputQuantizer):
                 module.amax.zero_()
                 module.observed.fill_(False)
-        was_training = self.training
-        self.eval()
-        self.observing = True
-        try:
-            for batch in [batches] if isinstance(batches, torch.Tensor) else batches:
-                self.run(batch[0] if isinstance(batch, (tuple, list)) else batch)
-        finally:
-            self.observing = False
-            self.train(was_training)
-        return self
+        return observe_ranges(self, batches)
 
     @torch.no_grad()
     def to_graph(self, name="net"):

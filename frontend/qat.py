@@ -403,16 +403,23 @@ class QuantNet(nn.Module):
     @torch.no_grad()
     def calibrate(self, batches):
         """Observe activation ranges on float data (one tensor or an iterable of batches)."""
-        was_training = self.training
-        self.eval()
-        self.observing = True
-        try:
-            for batch in [batches] if isinstance(batches, torch.Tensor) else batches:
-                self.run(batch[0] if isinstance(batch, (tuple, list)) else batch)
-        finally:
-            self.observing = False
-            self.train(was_training)
-        return self
+        return observe_ranges(self, batches)
+
+
+@torch.no_grad()
+def observe_ranges(net, batches):
+    """Run ``net`` (a :class:`QuantNet` or a binary net) in eval mode with its quantizers
+    observing, on one tensor or an iterable of batches (a batch may be an ``(x, y)`` pair)."""
+    was_training = net.training
+    net.eval()
+    net.observing = True
+    try:
+        for batch in [batches] if isinstance(batches, torch.Tensor) else batches:
+            net.run(batch[0] if isinstance(batch, (tuple, list)) else batch)
+    finally:
+        net.observing = False
+        net.train(was_training)
+    return net
 
 
 def prepare(model, example_input, calibration=None, weight_bits=8, act_bits=8, epsilon=0):

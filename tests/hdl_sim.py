@@ -31,7 +31,8 @@ from amaranth.sim import Simulator
 
 from zeroskip.hdl.common import COUNTER_NAMES
 
-__all__ = ["drive", "collect", "simulate", "StreamRun", "run_streams", "activity_from_trace"]
+__all__ = ["drive", "collect", "simulate", "StreamRun", "run_streams", "activity_from_trace",
+           "engine_kinds", "rtl_network"]
 
 DEFAULT_TIMEOUT = 1000
 CLOCK_PERIOD = 1e-6
@@ -242,3 +243,42 @@ def activity_from_trace(taken, out_taken, starving, blocked, inputs_per_inferenc
         mid_input[first + 1:last + 1] = True
     stalled = busy & ((mid_input & starving) | blocked)
     return {"busy_cycles": int(busy.sum()), "stall_cycles": int(stalled.sum())}
+
+
+def engine_kinds(design, chunk=16):
+    """``{layer: engine class name}`` of the engines ``design``'s top builds, each elaborated."""
+    from amaranth.hdl import Fragment
+
+    engines = {spec.node.name: spec.engine(True, chunk) for spec in design.layers}
+    for engine in engines.values():
+        Fragment.get(engine, None)
+    return {name: type(engine).__name__ for name, engine in engines.items()}
+
+
+def rtl_network(design, x, stall_probability, *, timeout=20_000):
+    """``design``'s network top on the batch ``x`` with random stalls on every stream:
+    ``(outputs decoded into the graph's output shape, classes)``."""
+    from zeroskip.hdl.common import batch_from_beats, batch_to_beats, decode_beats, encode_beats
+
+    graph = design.graph
+    out_shape = graph.shapes[graph.output]
+    dut = design.engine()
+    received = {}
+
+    async def producer(ctx):
+        await drive(ctx, dut.i_stream, encode_beats(batch_to_beats(x), graph.input.act),
+                    np.random.default_rng(1), stall_probability, timeout=timeout)
+
+    async def sink(ctx):
+        received["outputs"] = await collect(ctx, dut.o_stream, len(x) * int(np.prod(out_shape)),
+                                            np.random.default_rng(2), stall_probability,
+                                            timeout=timeout)
+
+    async def class_sink(ctx):
+        received["classes"] = await collect(ctx, dut.o_stream_class, len(x),
+                                            np.random.default_rng(3), stall_probability,
+                                            timeout=timeout)
+
+    simulate(dut, producer, sink, class_sink)
+    outputs = decode_beats(np.array(received["outputs"], np.int64), graph.acts[graph.output])
+    return batch_from_beats(outputs, out_shape), received["classes"]

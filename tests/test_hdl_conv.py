@@ -6,7 +6,7 @@ import pytest
 
 from zeroskip import ir, reference
 from zeroskip.hdl import sparse_plan
-from zeroskip.hdl.common import batch_from_beats, batch_to_beats
+from zeroskip.hdl.common import batch_from_beats, batch_to_beats, decode_beats, encode_beats
 from zeroskip.hdl.conv import SparseConvEngine
 
 from hdl_sim import run_streams
@@ -51,14 +51,17 @@ def random_inputs(rng, graph, batch, density=0.5):
 
 
 def rtl_run(graph, x, *, lanes, zero_skip=True, chunk=8, seed=0, stalls=STALLS):
+    """The graph's last layer as a SparseConvEngine on ``x``: (outputs, counters, engine)."""
     node = graph.nodes[-1]
     engine = SparseConvEngine(node, graph.input.shape, graph.input.act, lanes=lanes,
                               zero_skip=zero_skip, chunk=chunk)
     out_shape = graph.shapes[node.name]
-    run = run_streams(engine, [(engine.i_stream, batch_to_beats(x))],
+    beats = encode_beats(batch_to_beats(x), graph.input.act)
+    run = run_streams(engine, [(engine.i_stream, beats)],
                       [(engine.o_stream, len(x) * int(np.prod(out_shape)))], seed=seed,
                       idle_probability=stalls, backpressure_probability=stalls)
-    return batch_from_beats(run.received[0], out_shape), run.counters, engine
+    out = decode_beats(np.array(run.received[0], np.int64), node.act)
+    return batch_from_beats(out, out_shape), run.counters, engine
 
 
 CONV_CASES = {

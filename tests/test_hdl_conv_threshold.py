@@ -4,15 +4,14 @@ first layer), in the Amaranth simulator: ``ref_*`` (golden) vs ``rtl_*``."""
 
 import numpy as np
 import pytest
-from amaranth.hdl import Fragment
 
 import zeroskip
 from zeroskip import ir, reference
-from zeroskip.hdl.common import batch_from_beats, batch_to_beats, decode_beats, encode_beats
 from zeroskip.hdl.conv import SparseConvEngine
 from zeroskip.testbench.verilog import convert, lint
 
-from hdl_sim import collect, drive, run_streams, simulate
+from hdl_sim import engine_kinds, rtl_network
+from test_hdl_conv import random_inputs, rtl_run
 
 STALLS = 0.3
 BINARY = ir.Activation(1, True, 1.0)
@@ -59,26 +58,6 @@ def linear_graph(rng, *, features, outputs, zeros=0.4):
     return ir.Graph((ir.Input("x", (), (features,), U8), node), "fc")
 
 
-def pixels(rng, graph, batch, density=0.4):
-    """Integer inputs, most of them 0 (the engine skips those)."""
-    act = graph.input.act
-    shape = (batch, *graph.input.shape)
-    return rng.integers(act.qmin, act.qmax + 1, shape) * (rng.random(shape) < density)
-
-
-def rtl_run(graph, x, *, lanes, zero_skip=True, chunk=8, seed=0, stalls=STALLS):
-    node = graph.nodes[-1]
-    engine = SparseConvEngine(node, graph.input.shape, graph.input.act, lanes=lanes,
-                              zero_skip=zero_skip, chunk=chunk)
-    out_shape = graph.shapes[node.name]
-    beats = encode_beats(batch_to_beats(x), graph.input.act)
-    run = run_streams(engine, [(engine.i_stream, beats)],
-                      [(engine.o_stream, len(x) * int(np.prod(out_shape)))], seed=seed,
-                      idle_probability=stalls, backpressure_probability=stalls)
-    out = decode_beats(np.array(run.received[0], np.int64), node.act)
-    return batch_from_beats(out, out_shape), run.counters, engine
-
-
 CONV_CASES = {
     "1ch_stride1_lanes1": (dict(channels=1, filters=4, size=6), 1),
     "1ch_stride2_lanes3": (dict(channels=1, filters=5, size=(7, 6), stride=2), 3),
@@ -94,7 +73,7 @@ def test_first_layer_conv_is_bit_exact_under_stalls(case):
     kwargs, lanes = CONV_CASES[case]
     rng = np.random.default_rng(sorted(CONV_CASES).index(case))
     graph = conv_graph(rng, **kwargs)
-    x = pixels(rng, graph, batch=2)
+    x = random_inputs(rng, graph, batch=2, density=0.4)
     ref_out = reference.run(graph, x)
     rtl_out, _, engine = rtl_run(graph, x, lanes=lanes)
     assert len(np.unique(ref_out)) == 2  # thresholds that split the outputs test something
@@ -106,7 +85,7 @@ def test_first_layer_conv_is_bit_exact_under_stalls(case):
 def test_linear_with_threshold_is_bit_exact_back_to_back(lanes):
     rng = np.random.default_rng(10 + lanes)
     graph = linear_graph(rng, features=40, outputs=7)
-    x = pixels(rng, graph, batch=3)
+    x = random_inputs(rng, graph, batch=3, density=0.4)
     ref_out = reference.run(graph, x)
     rtl_out, _, _ = rtl_run(graph, x, lanes=lanes)
     assert len(np.unique(ref_out)) == 2
@@ -118,7 +97,7 @@ def test_int8_weights_with_threshold(zero_skip):
     """A mixed graph's int8-weight layer ending in a threshold: the same output stage."""
     rng = np.random.default_rng(20)
     graph = conv_graph(rng, channels=4, filters=5, size=5, weight_bits=8, zeros=0.6)
-    x = pixels(rng, graph, batch=2)
+    x = random_inputs(rng, graph, batch=2, density=0.4)
     ref_out = reference.run(graph, x)
     # One filter per lane keeps the dense engine's input waits short of the driver's timeout.
     rtl_out, _, _ = rtl_run(graph, x, lanes=5, zero_skip=zero_skip)
@@ -137,7 +116,7 @@ def test_thresholds_beyond_the_sums_range():
                      weight_scale=node.weight_scale, padding=(1, 1), act=BINARY,
                      threshold=extreme)
     graph = ir.Graph((graph.input, node), "conv")
-    x = pixels(rng, graph, batch=1)
+    x = random_inputs(rng, graph, batch=1, density=0.4)
     ref_out = reference.run(graph, x)
     np.testing.assert_array_equal(ref_out[0, :, 0, 0], [-1, 1, -1, 1])
     np.testing.assert_array_equal(rtl_run(graph, x, lanes=2, stalls=0.0)[0], ref_out)
@@ -146,7 +125,7 @@ def test_thresholds_beyond_the_sums_range():
 def test_counters_match_the_golden_work_counts():
     rng = np.random.default_rng(7)
     graph = conv_graph(rng, channels=3, filters=5, size=5, stride=2, zeros=0.4)
-    x = pixels(rng, graph, batch=2)
+    x = random_inputs(rng, graph, batch=2, density=0.4)
     _, counters, _ = rtl_run(graph, x, lanes=3)
     work = reference.work(graph, x)["conv"]
     assert counters["effective_macs"] == work.effective_macs_total
@@ -192,31 +171,12 @@ def test_mixed_network_through_the_network_top():
     whole top is bit-exact under stalls, class output included."""
     rng = np.random.default_rng(12)
     graph = mixed_graph(rng)
-    x = pixels(rng, graph, batch=3, density=0.6)
+    x = random_inputs(rng, graph, batch=3, density=0.6)
     ref_out = reference.run(graph, x)
     design = zeroskip.compile(graph, lanes=2)
-    engines = {spec.node.name: spec.engine(True, 16) for spec in design.layers}
-    for engine in engines.values():
-        Fragment.get(engine, None)  # the engines the top will build, elaborated
-    assert {name: type(engine).__name__ for name, engine in engines.items()} == {
+    assert engine_kinds(design) == {
         "conv": "SparseConvEngine", "conv2": "XnorConvEngine", "pool": "MaxPool2dEngine",
         "fc": "XnorConvEngine"}
-    dut = design.engine()
-    received = {}
-
-    async def producer(ctx):
-        await drive(ctx, dut.i_stream, encode_beats(batch_to_beats(x), U8),
-                    np.random.default_rng(1), STALLS, timeout=20_000)
-
-    async def sink(ctx):
-        received["logits"] = await collect(ctx, dut.o_stream, ref_out.size,
-                                           np.random.default_rng(2), STALLS, timeout=20_000)
-
-    async def class_sink(ctx):
-        received["class"] = await collect(ctx, dut.o_stream_class, len(x),
-                                          np.random.default_rng(3), STALLS, timeout=20_000)
-
-    simulate(dut, producer, sink, class_sink)
-    logits = decode_beats(np.array(received["logits"], np.int64), S8)
-    np.testing.assert_array_equal(batch_from_beats(logits, (3,)), ref_out)
-    assert received["class"] == list(ref_out.argmax(axis=1))
+    logits, classes = rtl_network(design, x, STALLS)
+    np.testing.assert_array_equal(logits, ref_out)
+    assert classes == list(ref_out.argmax(axis=1))

@@ -3,7 +3,6 @@
 
 import numpy as np
 import pytest
-from amaranth.hdl import Fragment
 
 import zeroskip
 from zeroskip import ir, reference
@@ -11,7 +10,7 @@ from zeroskip.hdl.common import batch_from_beats, batch_to_beats, decode_beats, 
 from zeroskip.hdl.xnor import XnorConvEngine
 from zeroskip.testbench.verilog import convert, lint
 
-from hdl_sim import collect, drive, run_streams, simulate
+from hdl_sim import engine_kinds, rtl_network, run_streams
 
 STALLS = 0.3
 BINARY = ir.Activation(1, True, 1.0)
@@ -215,29 +214,11 @@ def test_mixed_graph_through_the_network_top():
     x = binary_inputs(rng, graph, batch=3)
     ref_out = reference.run(graph, x)
     design = zeroskip.compile(graph, lanes=2)
-    engines = {spec.node.name: spec.engine(True, 16) for spec in design.layers}
-    for engine in engines.values():
-        Fragment.get(engine, None)  # the engines the top will build, elaborated
-    assert {name: type(engine).__name__ for name, engine in engines.items()} == {
+    assert engine_kinds(design) == {
         "conv": "XnorConvEngine", "pool": "MaxPool2dEngine", "fc": "XnorConvEngine"}
-    dut = design.engine()
-    received = {}
-
-    async def producer(ctx):
-        await drive(ctx, dut.i_stream, encode_beats(batch_to_beats(x), BINARY),
-                    np.random.default_rng(1), STALLS, timeout=20_000)
-
-    async def sink(ctx):
-        received["logits"] = await collect(ctx, dut.o_stream, ref_out.size,
-                                           np.random.default_rng(2), STALLS, timeout=20_000)
-
-    async def class_sink(ctx):
-        received["class"] = await collect(ctx, dut.o_stream_class, len(x),
-                                          np.random.default_rng(3), STALLS, timeout=20_000)
-
-    simulate(dut, producer, sink, class_sink)
-    np.testing.assert_array_equal(batch_from_beats(received["logits"], (4,)), ref_out)
-    assert received["class"] == list(ref_out.argmax(axis=1))
+    logits, classes = rtl_network(design, x, STALLS)
+    np.testing.assert_array_equal(logits, ref_out)
+    assert classes == list(ref_out.argmax(axis=1))
 
 
 @pytest.mark.parametrize("kwargs, message", [
