@@ -1,11 +1,12 @@
 """Boards benchmark: the int8 and the binary digits nets placed and routed on each FPGA part.
 
     python benchmarks/boards_bench.py [--out benchmarks/results/boards.json]
-        [--graphs INT8.zsg BINARY.zsg] [--parts ice40-up5k ecp5-85k] [--images 20]
+        [--graphs INT8.zsg BINARY.zsg] [--configs ice40-up5k ecp5-85k ...] [--images 20]
 
 The nets are trained and exported as ``zeroskip demo`` and ``zeroskip demo --binary`` do (no
-RTL), unless ``--graphs`` gives them. Each net is compiled for each part with that part's
-settings in :data:`PART_SETTINGS`, then taken through ``zeroskip synth`` for the part
+RTL), unless ``--graphs`` gives them. Each net is compiled for each configuration of
+:data:`CONFIGURATIONS` (a part and the compile settings for it), then taken through
+``zeroskip synth`` for the part
 (:func:`zeroskip.boards.synth.run`: Yosys and nextpnr on the accelerator alone, in a three-pin
 wrapper) and co-simulated under Verilator on the first ``--images`` test images (every output
 checked against the golden model). Reported per net and part: the resources against the part's
@@ -31,13 +32,17 @@ from zeroskip.boards import synth
 
 RESULTS = Path(__file__).parent / "results"
 
-#: The compile settings per part (keyword arguments of :func:`zeroskip.compile`). Every design
-#: is compiled with the demo's calibration images, which ``lanes="auto"`` folds on.
-PART_SETTINGS = {
-    # The smallest engines: one multiplier per layer, 8-channel masks, no per-layer counters.
-    "ice40-up5k": {"lanes": 1, "chunk": 8, "layer_counters": False},
-    # The demo's folding; the per-layer counters are left out as on a board.
-    "ecp5-85k": {"lanes": "auto", "multipliers": 16, "layer_counters": False},
+# The smallest engines: one multiplier per layer, 8-channel masks, no per-layer counters (as on
+# a board: the host link reads the network's own counters only).
+SMALLEST = {"lanes": 1, "chunk": 8, "layer_counters": False}
+
+#: Configuration name -> (part, keyword arguments of :func:`zeroskip.compile`). Every design is
+#: compiled with the demo's calibration images, which ``lanes="auto"`` folds on.
+CONFIGURATIONS = {
+    "ice40-up5k": ("ice40-up5k", SMALLEST),
+    "ecp5-85k": ("ecp5-85k", SMALLEST),
+    # The demo's folding: more inferences per second, at a lower clock.
+    "ecp5-85k-16": ("ecp5-85k", {"lanes": "auto", "multipliers": 16, "layer_counters": False}),
 }
 
 
@@ -48,11 +53,13 @@ def trained_graphs():
     return {"int8": int8, "binary": binary}
 
 
-def measure(graph, part, settings, x_calibration, x_test, work, build_root):
-    """One net on one part: compile, ``zeroskip synth``, co-simulate; a JSON-ready dict."""
+def measure(graph, config, x_calibration, x_test, work, build_root):
+    """One net in one configuration: compile, ``zeroskip synth``, co-simulate; a JSON-ready
+    dict."""
+    part, settings = CONFIGURATIONS[config]
     started = time.perf_counter()
     design = zeroskip.compile(graph, **settings, calibration=x_calibration)
-    build = work / f"{graph.name}-{part}"
+    build = work / f"{graph.name}-{config}"
     design.write(build)
     compile_seconds = time.perf_counter() - started
     report = synth.run(build, part)
@@ -61,7 +68,7 @@ def measure(graph, part, settings, x_calibration, x_test, work, build_root):
     latency = statistics.median(int(c) for c in sim.latency_cycles)
     board = report.to_dict()
     return {
-        "settings": settings, "lanes": design.lanes, "multipliers_used": design.multipliers_used,
+        "part": part, "settings": settings, "lanes": design.lanes, "multipliers_used": design.multipliers_used,
         "fits": report.fits,
         "failure": report.failure_message() if not report.fits else "",
         "luts": report.luts, "ffs": report.ffs, "brams": report.brams, "dsps": report.dsps,
@@ -78,10 +85,10 @@ def measure(graph, part, settings, x_calibration, x_test, work, build_root):
     }
 
 
-def row(net, part, entry):
+def row(net, config, entry):
     fmax = f"{entry['fmax_mhz']:.1f}" if entry["fmax_mhz"] else "-"
     rate = f"{entry['inferences_per_second']:.0f}" if entry["inferences_per_second"] else "-"
-    return (f"{net:7} {part:11} {'yes' if entry['fits'] else 'NO':4} {entry['luts']:6} "
+    return (f"{net:7} {config:12} {'yes' if entry['fits'] else 'NO':4} {entry['luts']:6} "
             f"{entry['ffs']:6} {entry['brams']:5} {entry['dsps']:5} {fmax:>7} "
             f"{entry['interval_cycles']:8} {rate:>9}")
 
@@ -91,8 +98,8 @@ def main(argv=None):
     parser.add_argument("--out", default=str(RESULTS / "boards.json"))
     parser.add_argument("--graphs", nargs=2, metavar=("INT8", "BINARY"),
                         help="the int8 and binary graph files, instead of training them")
-    parser.add_argument("--parts", nargs="+", default=list(PART_SETTINGS),
-                        choices=list(PART_SETTINGS))
+    parser.add_argument("--configs", nargs="+", default=list(CONFIGURATIONS),
+                        choices=list(CONFIGURATIONS))
     parser.add_argument("--images", type=int, default=20,
                         help="test images co-simulated per design (default 20)")
     args = parser.parse_args(argv)
@@ -102,19 +109,21 @@ def main(argv=None):
               if args.graphs else trained_graphs())
     x_train, _, x_test, _ = demo.digits_data()
     results = {}
-    print("net     part        fits   LUTs    FFs  BRAM   DSP    fmax   cycles  inf/s")
+    print("net     config       fits   LUTs    FFs  BRAM   DSP    fmax   cycles  inf/s")
     with tempfile.TemporaryDirectory(prefix="zeroskip-boards-") as work:
         work = Path(work)
         for net, graph in graphs.items():
             x_calibration = graph.quantize_input(x_train[:demo.CALIBRATION_IMAGES].numpy())
             x_int = graph.quantize_input(x_test[:args.images].numpy())
-            for part in args.parts:
-                entry = measure(graph, part, PART_SETTINGS[part], x_calibration, x_int, work,
-                                work / "verilator")
-                results.setdefault(net, {})[part] = entry
-                print(row(net, part, entry), flush=True)
+            for config in args.configs:
+                entry = measure(graph, config, x_calibration, x_int, work, work / "verilator")
+                results.setdefault(net, {})[config] = entry
+                print(row(net, config, entry), flush=True)
     report = {
-        "benchmark": "boards", "part_settings": {part: PART_SETTINGS[part] for part in args.parts},
+        "benchmark": "boards",
+        "configurations": {config: {"part": CONFIGURATIONS[config][0],
+                                    "settings": CONFIGURATIONS[config][1]}
+                           for config in args.configs},
         "images": args.images, "results": results,
         "machine": {"python": platform.python_version(), "processor": platform.machine()},
         "seconds": round(time.perf_counter() - started, 1),

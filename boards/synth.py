@@ -173,6 +173,13 @@ PLACED_BELS = {
 }
 
 
+#: ``synth_ice40`` options every iCE40 design gets. A flip-flop whose enable drives fewer than
+#: four flip-flops takes it as logic instead: an iCE40 logic block's eight cells share one enable,
+#: and with hundreds of small enables nextpnr cannot legalise the binary digits net on the UP5K
+#: at 79 % of its cells (with this it places, 2 % fewer cells).
+ICE40_SYNTH_OPTIONS = "-dsp -dffe_min_ce_use 4"
+
+
 def _capacity(luts, brams, dsps, spram=0):
     return {"luts": luts, "ffs": luts, "brams": brams, "dsps": dsps, "spram": spram}
 
@@ -181,9 +188,9 @@ def _capacity(luts, brams, dsps, spram=0):
 #: DS1056, iCE40 LP/HX DS1040, ECP5 DS1044); nextpnr's own counts agree (see ``placed``).
 TARGETS = {target.name: target for target in (
     Target("ice40-up5k", "ice40", "iCE40UP5K", "SG48", ("--up5k", "--package", "sg48"),
-           "-device u -dsp -spram", _capacity(5280, 30, 8, 4), 40.0),
+           f"-device u -spram {ICE40_SYNTH_OPTIONS}", _capacity(5280, 30, 8, 4), 40.0),
     Target("ice40-hx8k", "ice40", "iCE40HX8K", "CT256", ("--hx8k", "--package", "ct256"),
-           "", _capacity(7680, 32, 0), 40.0),
+           ICE40_SYNTH_OPTIONS, _capacity(7680, 32, 0), 40.0),
     Target("ecp5-25k", "ecp5", "LFE5U-25F", "CABGA256", ("--25k", "--package", "CABGA256"),
            "", _capacity(24288, 56, 28), 120.0),
     Target("ecp5-85k", "ecp5", "LFE5U-85F", "CABGA381", ("--85k", "--package", "CABGA381"),

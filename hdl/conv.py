@@ -113,7 +113,11 @@ def elaborate_collector(m, engine, acc_bounds, lane_done, tile_read_ports, colle
                                        "slot": 1, "release": 1}))
     stage2 = Signal(data.StructLayout({"valid": 1, "channel": out_channel.shape(),
                                        "lane": lane_bits}))
-    room = out_fifo.level + stage1.valid + stage2.valid < OUT_FIFO_DEPTH - 1
+    # The tile's sum registered before the bias is added: a block RAM's output is slow.
+    sums = Array(port.data for port, _ in tile_read_ports)
+    stage3 = Signal(data.StructLayout({"valid": 1, "channel": out_channel.shape(),
+                                       "sum": tile_read_ports[0][0].data.shape()}))
+    room = out_fifo.level + stage1.valid + stage2.valid + stage3.valid < OUT_FIFO_DEPTH - 1
 
     m.d.comb += route_read.addr.eq(out_channel)
     m.d.sync += stage1.valid.eq(0)
@@ -132,18 +136,21 @@ def elaborate_collector(m, engine, acc_bounds, lane_done, tile_read_ports, colle
     for port, count in tile_read_ports:
         m.d.comb += port.addr.eq(stage1.slot * count + position)
     m.d.sync += [stage2.valid.eq(stage1.valid), stage2.channel.eq(stage1.channel),
-                 stage2.lane.eq(lane_index)]
+                 stage2.lane.eq(lane_index),
+                 stage3.valid.eq(stage2.valid), stage3.channel.eq(stage2.channel),
+                 stage3.sum.eq(sums[stage2.lane])]
     if node.threshold is None:
+        # Read with stage 1's channel, held until stage 3.
+        bias_2 = Signal.like(bias)
         m.d.comb += bias_read.addr.eq(out_channel)
-        m.d.sync += bias.eq(bias_read.data)
+        m.d.sync += [bias_2.eq(bias_read.data), bias.eq(bias_2)]
     with m.If(stage1.valid & stage1.release):
         m.d.sync += collector_released.eq(collector_released + 1)
 
-    sums = Array(port.data for port, _ in tile_read_ports)
     item = Signal(out_layout)
     m.d.comb += [
-        item.acc.eq(sums[stage2.lane] + bias), item.channel.eq(stage2.channel),
-        out_fifo.w_data.eq(item.as_value()), out_fifo.w_en.eq(stage2.valid),
+        item.acc.eq(stage3.sum + bias), item.channel.eq(stage3.channel),
+        out_fifo.w_data.eq(item.as_value()), out_fifo.w_en.eq(stage3.valid),
         output.i_stream.payload.eq(out_fifo.r_data),
         output.i_stream.valid.eq(out_fifo.r_rdy),
         out_fifo.r_en.eq(output.i_stream.ready),
@@ -187,7 +194,7 @@ class SparseConvEngine(wiring.Component):
     counters : Out(counters signature)
         ``busy_cycles``, ``effective_macs``, ``skipped_pairs``, ``stall_cycles`` since reset.
 
-    Latency: an output pixel leaves about 10 cycles after its last pair is issued through a
+    Latency: an output pixel leaves about 11 cycles after its last pair is issued through a
     requantizer, 2 fewer through a thresholder. Throughput: one pair per lane per cycle while
     the pair FIFOs are fed; at most one output per cycle.
     """
@@ -321,12 +328,23 @@ class SparseConvEngine(wiring.Component):
 
         # Stage A: the combo ROM is addressed, with the pixel's window origin alongside.
         stage_b = Signal(data.StructLayout({"valid": 1, "first": 1, **window.origin_layout()}))
-        # Stage B: the combo is known; the line buffer's mask word is addressed.
+        # Stage B: the combo is known; the tap is located in the line buffer.
+        ring_pixels = window.rows * g.width
+        stage_l = Signal(data.StructLayout({
+            "valid": 1, "first": 1, "pad": 1, "last": 1, "mask": unsigned(g.chunk),
+            "ring_pixel": range(ring_pixels), "group": range(max(g.groups, 2)),
+            "chunk": chunk_bits, "filter": pair_fifo_layout["filter"].shape, "slot": 1}))
+        # Stage L: the line buffer's mask word is addressed.
         stage_c = Signal(data.StructLayout({
-            "valid": 1, "first": 1, "pad": 1, "last": 1, "channels": range(g.chunk + 1),
+            "valid": 1, "first": 1, "pad": 1, "last": 1,
             "mask": unsigned(g.chunk), "act_base": pair_fifo_layout["act_base"].shape,
             "filter": pair_fifo_layout["filter"].shape, "slot": 1}))
-        room = pair_fifo.level + stage_b.valid + stage_c.valid < PAIR_FIFO_DEPTH - 1
+        # Entries in the FIFO or on their way to it (stages B, L and C), counted in a register
+        # of their own rather than summed from the FIFO's level each cycle: the sum and its
+        # comparison were the engine's longest path.
+        ahead = Signal(range(PAIR_FIFO_DEPTH + 1))
+        room = ahead < PAIR_FIFO_DEPTH - 1
+        examined = Signal()  # stage B takes a combo this cycle
 
         m.d.comb += combo_read.addr.eq(combo)
         m.d.sync += stage_b.valid.eq(0)
@@ -334,6 +352,7 @@ class SparseConvEngine(wiring.Component):
             with m.If(can_start):
                 m.d.sync += scanning.eq(1)
         with m.Elif(room):
+            m.d.comb += examined.eq(1)
             m.d.sync += [stage_b.valid.eq(1), stage_b.first.eq(combo == 0),
                          *window.origin(stage_b)]
             with m.If(combo == lane.combos - 1):
@@ -345,16 +364,23 @@ class SparseConvEngine(wiring.Component):
         entry_b = combo_layout(combo_read.data)
         filter_index = elaborate_filter_counter(m, filters, stage_b.valid & entry_b.last)
         pad, ring_pixel = window.locate(m, stage_b, entry_b.tap_y, entry_b.tap_x)
-        group = group_of(g, lane.filters, filter_index)
-        m.d.comb += mask_read.addr.eq(ring_pixel * words_per_pixel + group * g.chunks +
-                                      entry_b.chunk)
         m.d.sync += [
-            stage_c.valid.eq(stage_b.valid), stage_c.first.eq(stage_b.first),
-            stage_c.pad.eq(pad), stage_c.last.eq(entry_b.last),
-            stage_c.mask.eq(entry_b.mask),
-            stage_c.act_base.eq(ring_pixel * g.in_channels + group * g.group_channels +
-                                entry_b.chunk * g.chunk),
-            stage_c.filter.eq(filter_index), stage_c.slot.eq(stage_b.slot),
+            stage_l.valid.eq(stage_b.valid), stage_l.first.eq(stage_b.first),
+            stage_l.pad.eq(pad), stage_l.last.eq(entry_b.last), stage_l.mask.eq(entry_b.mask),
+            stage_l.ring_pixel.eq(ring_pixel),
+            stage_l.group.eq(group_of(g, lane.filters, filter_index)),
+            stage_l.chunk.eq(entry_b.chunk), stage_l.filter.eq(filter_index),
+            stage_l.slot.eq(stage_b.slot),
+        ]
+        m.d.comb += mask_read.addr.eq(stage_l.ring_pixel * words_per_pixel +
+                                      stage_l.group * g.chunks + stage_l.chunk)
+        m.d.sync += [
+            stage_c.valid.eq(stage_l.valid), stage_c.first.eq(stage_l.first),
+            stage_c.pad.eq(stage_l.pad), stage_c.last.eq(stage_l.last),
+            stage_c.mask.eq(stage_l.mask),
+            stage_c.act_base.eq(stage_l.ring_pixel * g.in_channels +
+                                stage_l.group * g.group_channels + stage_l.chunk * g.chunk),
+            stage_c.filter.eq(stage_l.filter), stage_c.slot.eq(stage_l.slot),
         ]
 
         # Stage C: the activation mask is here.
@@ -374,6 +400,9 @@ class SparseConvEngine(wiring.Component):
         ]
         with m.If(stage_c.valid):
             m.d.sync += running_base.eq(base + _popcount(weight_mask))
+        dropped = stage_c.valid & ~pair_fifo.w_en
+        taken = pair_fifo.r_en & pair_fifo.r_rdy
+        m.d.sync += ahead.eq(ahead + examined - dropped - taken)
         # The dense loop nest's pairs for this lane and pixel, credited as the pixel starts
         # (before any of its pairs issue), so that credited minus issued never goes negative.
         dense_pairs = len(lane.filters) * g.taps * g.group_channels
@@ -391,10 +420,6 @@ class SparseConvEngine(wiring.Component):
         remaining_after = remaining & (remaining - 1)
         entry_ends = ~current_valid | ~has_pair | (remaining_after == 0)
 
-        m.d.comb += [
-            weight_read.addr.eq(current.base + weight_index),
-            act_read.addr.eq(current.act_base + channel),
-        ]
         with m.If(has_pair):
             m.d.sync += remaining.eq(remaining_after)
         with m.If(entry_ends):
@@ -404,18 +429,33 @@ class SparseConvEngine(wiring.Component):
                 next_entry = pair_fifo_layout(pair_fifo.r_data)
                 m.d.sync += [current.eq(pair_fifo.r_data), remaining.eq(next_entry.pairs)]
 
-        # Token for the MAC stage, a cycle behind while the ROM and line buffer answer.
-        token = Signal(data.StructLayout({
+        # The issued pair: its channel and weight offset are registered before they are added
+        # to the entry's bases, so that the priority encoder, the prefix popcount and the RAM
+        # addresses do not share a cycle.
+        token_layout = data.StructLayout({
             "valid": 1, "pair": 1, "pad": 1, "last": 1, "filter": current.filter.shape(),
-            "slot": current.slot.shape()}))
+            "slot": current.slot.shape()})
+        issued = Signal(data.StructLayout({
+            "token": token_layout, "base": current.base.shape(), "offset": weight_index.shape(),
+            "act_base": current.act_base.shape(), "channel": channel.shape()}))
         m.d.sync += [
-            token.valid.eq(current_valid & (has_pair | current.last)),
-            token.pair.eq(has_pair),
-            token.pad.eq(current.pad),
-            token.last.eq(current.last & (remaining_after == 0) | current.last & ~has_pair),
-            token.filter.eq(current.filter),
-            token.slot.eq(current.slot),
+            issued.token.valid.eq(current_valid & (has_pair | current.last)),
+            issued.token.pair.eq(has_pair),
+            issued.token.pad.eq(current.pad),
+            issued.token.last.eq(current.last & (remaining_after == 0) |
+                                 current.last & ~has_pair),
+            issued.token.filter.eq(current.filter),
+            issued.token.slot.eq(current.slot),
+            issued.base.eq(current.base), issued.offset.eq(weight_index),
+            issued.act_base.eq(current.act_base), issued.channel.eq(channel),
         ]
+        m.d.comb += [
+            weight_read.addr.eq(issued.base + issued.offset),
+            act_read.addr.eq(issued.act_base + issued.channel),
+        ]
+        # Token for the MAC stage, a cycle behind while the ROM and line buffer answer.
+        token = Signal(token_layout)
+        m.d.sync += token.eq(issued.token)
 
         # --- MAC: operands and product registered, so that a RAM read, a multiply and an add
         # each have a cycle of their own ---------------------------------------------------

@@ -45,14 +45,14 @@ from .sparse_plan import plan as make_plan
 from .window import TILE_SLOTS
 
 # Cycles from a combo's scan to its entry being the issuer's current one: combo ROM read,
-# line-buffer mask read, FIFO write, and the buffered FIFO's two-cycle read latency.
-SCAN_TO_ISSUE = 5
+# tap located, line-buffer mask read, FIFO write, and the buffered FIFO's two-cycle read latency.
+SCAN_TO_ISSUE = 6
 # Pushed entries the examiner may have ahead of the issuer before its FIFO counts as full
-# (the FIFO holds 8, the examiner stops at 7 counting its two pipeline stages).
+# (the FIFO holds 8, the examiner stops at 7 counting its three pipeline stages).
 AHEAD = 6
-# From a lane's last issued pair to the collector starting on that pixel (operand and product
-# registers, accumulator, pixel counter).
-ISSUE_TO_COLLECT = 4
+# From a lane's last issued pair to the collector starting on that pixel (issue, operand and
+# product registers, accumulator, pixel counter).
+ISSUE_TO_COLLECT = 5
 # Calibration images the cycle model replays (evenly spaced through the batch): its cost grows
 # with images * pixels * combos, and the mean settles long before 32. Pair counts use them all.
 SIMULATED_IMAGES = 32

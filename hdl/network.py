@@ -8,7 +8,8 @@
                                                                             o_stream_class
 
 Every layer of the graph becomes its engine (:mod:`.conv`, :mod:`.pool`, :mod:`.add`); a flatten
-costs nothing (the compiler permutes the next linear layer's columns to the HWC stream). A tensor
+costs nothing (the compiler permutes the next linear layer's columns to the HWC stream). Every
+single link goes through a :class:`StreamRegister`, so no handshake path spans engines. A tensor
 read by several layers goes through a :class:`StreamFork`, and every branch of a fork gets a FIFO
 holding one whole tensor: then no branch can stall the fork while another still needs input of
 an inference the first has finished with, so the joins (adds) never deadlock, whatever the
@@ -33,7 +34,7 @@ from .activity import count_beats
 from .common import COUNTER_WIDTH, activation_shape, activation_stream, counters_signature
 
 __all__ = ["ArgmaxEngine", "LayerSpec", "NetworkCounters", "NetworkEngine", "StreamFork",
-           "NETWORK_COUNTER_NAMES"]
+           "StreamRegister", "NETWORK_COUNTER_NAMES"]
 
 #: The network's own counters: inferences finished, the latency of the last one (its first input
 #: beat taken to its last logit given, inclusive) and the interval between the last logits of the
@@ -81,6 +82,42 @@ class StreamFork(wiring.Component):
                 m.d.sync += sent.eq(0)
             with m.Else():
                 m.d.sync += sent.eq(sent | Cat(out.ready for out in outs))
+        return m
+
+
+class StreamRegister(wiring.Component):
+    """A register slice with a skid register (verilog-axis's ``axis_register``, skid type):
+    ``valid``, ``payload`` and ``ready`` all leave registers, so no combinational path crosses
+    it in either direction.
+
+    Members
+    -------
+    i_stream : In(stream.Signature(shape))
+    o_stream : Out(stream.Signature(shape))
+
+    Latency 1 cycle; one beat per cycle.
+    """
+
+    def __init__(self, shape):
+        self.shape = shape
+        super().__init__({"i_stream": In(stream.Signature(shape)),
+                          "o_stream": Out(stream.Signature(shape))})
+
+    def elaborate(self, platform):
+        m = Module()
+        # A beat that arrived while the output was held: ready was already given for it.
+        skid = Signal(self.shape)
+        skid_valid = Signal()
+        m.d.comb += self.i_stream.ready.eq(~skid_valid)
+        with m.If(self.o_stream.ready | ~self.o_stream.valid):
+            with m.If(skid_valid):
+                m.d.sync += [self.o_stream.payload.eq(skid), self.o_stream.valid.eq(1),
+                             skid_valid.eq(0)]
+            with m.Else():
+                m.d.sync += [self.o_stream.payload.eq(self.i_stream.payload),
+                             self.o_stream.valid.eq(self.i_stream.valid)]
+        with m.Elif(self.i_stream.valid & ~skid_valid):
+            m.d.sync += [skid.eq(self.i_stream.payload), skid_valid.eq(1)]
         return m
 
 
@@ -368,7 +405,12 @@ class NetworkEngine(wiring.Component):
             if not edges:
                 continue
             if len(edges) == 1:
-                wiring.connect(m, source, sink(*edges[0]))
+                # A register slice on every link between engines: their handshakes would
+                # otherwise chain into one combinational path through the whole network.
+                link = StreamRegister(activation_shape(acts[producer]))
+                m.submodules[f"link_{_identifier(producer)}"] = link
+                wiring.connect(m, source, link.i_stream)
+                wiring.connect(m, link.o_stream, sink(*edges[0]))
                 continue
             shape = activation_shape(acts[producer])
             fork = StreamFork(shape, len(edges))

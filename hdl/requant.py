@@ -111,13 +111,14 @@ class Requantizer(wiring.Component):
 
     Latency and throughput
     ----------------------
-    :attr:`latency` (4) cycles from the handshake of an input beat to its result on ``o_stream``
-    while ``o_stream.ready`` is high: ROM read, multiply, shift, round/clamp/prune. One beat per
+    :attr:`latency` (5) cycles from the handshake of an input beat to its result on ``o_stream``
+    while ``o_stream.ready`` is high: ROM read and saturation, multiply, sum of the product's
+    parts, shift, round/clamp/prune. One beat per
     cycle. The pipeline stalls as a whole when ``o_stream`` is not ready, so ``i_stream.ready``
     follows ``o_stream.ready`` combinationally (and never depends on ``i_stream.valid``).
     """
 
-    latency = 4
+    latency = 5
 
     def __init__(self, requant: ir.Requant, acc_shape, channels: int, out_act: ir.Activation):
         if not isinstance(requant, ir.Requant):
@@ -197,23 +198,31 @@ class Requantizer(wiring.Component):
                 saturated = Mux(incoming < low, low, saturated)
         valid_1 = Signal()
 
-        # Stage 2: the exact product; the accumulator's bits below the DSP's operand go in as
-        # shifted multipliers.
+        # Stage 2: the multiply, and beside it the accumulator's bits below the DSP's operand
+        # as shifted multipliers; registered apart, so that the DSP's output is not followed by
+        # an adder in the same cycle.
         multiplier_bits = max(int(requant.multiplier.max()).bit_length(), 1)
         acc_shape = acc.shape()
-        product = Signal(Shape(accumulator_product_width(acc_shape.width, multiplier_bits),
-                               acc_shape.signed))
+        product_shape = Shape(accumulator_product_width(acc_shape.width, multiplier_bits),
+                              acc_shape.signed)
         low_bits = max(acc_shape.width - DSP_OPERAND_BITS, 0)
-        exact_product = (acc >> low_bits) * multiplier << low_bits
-        for bit in range(low_bits):
-            exact_product += Mux(acc[bit], multiplier << bit, 0)
+        high_product_value = (acc >> low_bits) * multiplier
+        high_product = Signal(high_product_value.shape())
+        low_sum_value = sum((Mux(acc[bit], multiplier << bit, 0) for bit in range(low_bits)),
+                            start=0)
+        low_sum = Signal(max(multiplier_bits + low_bits, 1))
         valid_2 = Signal()
+
+        # Stage 2b: the exact product.
+        product = Signal(product_shape)
+        exact_product = (high_product << low_bits) + low_sum
+        valid_2b = Signal()
         if isinstance(shift, int):
             shift_2 = shift
         else:
-            shift_2 = Signal.like(shift)
+            shift_1b, shift_2 = Signal.like(shift), Signal.like(shift)
             with m.If(advance):
-                m.d.sync += shift_2.eq(shift)
+                m.d.sync += [shift_1b.eq(shift), shift_2.eq(shift_1b)]
 
         # Stage 3: floor(2 * product / 2**shift); a constant shift is wiring only.
         twice_quotient_value = (product.shift_left(1).shift_right(shift_2)
@@ -243,8 +252,11 @@ class Requantizer(wiring.Component):
                 valid_1.eq(self.i_stream.valid),
                 acc.eq(saturated),
                 valid_2.eq(valid_1),
+                high_product.eq(high_product_value),
+                low_sum.eq(low_sum_value),
+                valid_2b.eq(valid_2),
                 product.eq(exact_product),
-                valid_3.eq(valid_2),
+                valid_3.eq(valid_2b),
                 twice_quotient.eq(twice_quotient_value),
                 self.o_stream.valid.eq(valid_3),
                 self.o_stream.payload.eq(result),
