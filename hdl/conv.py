@@ -328,13 +328,14 @@ class SparseConvEngine(wiring.Component):
 
         # Stage A: the combo ROM is addressed, with the pixel's window origin alongside.
         stage_b = Signal(data.StructLayout({"valid": 1, "first": 1, **window.origin_layout()}))
-        # Stage B: the combo is known; the tap is located in the line buffer.
+        # Stage B: the combo is known; the tap is located in the line buffer (registered in
+        # stage L).
         ring_pixels = window.rows * g.width
         stage_l = Signal(data.StructLayout({
             "valid": 1, "first": 1, "pad": 1, "last": 1, "mask": unsigned(g.chunk),
             "ring_pixel": range(ring_pixels), "group": range(max(g.groups, 2)),
             "chunk": chunk_bits, "filter": pair_fifo_layout["filter"].shape, "slot": 1}))
-        # Stage L: the line buffer's mask word is addressed.
+        # Stage L: the tap is located; the line buffer's mask word is addressed.
         stage_c = Signal(data.StructLayout({
             "valid": 1, "first": 1, "pad": 1, "last": 1,
             "mask": unsigned(g.chunk), "act_base": pair_fifo_layout["act_base"].shape,
