@@ -59,6 +59,18 @@ def _popcount(value):
     return _sum(value[i] for i in range(len(value)))
 
 
+def _at_or_below(bits):
+    """Prefix OR: bit ``i`` is set when any of ``bits[0..i]`` is, by doubling (log depth, no
+    carry chain)."""
+    prefix = [bits[i] for i in range(len(bits))]
+    step = 1
+    while step < len(prefix):
+        prefix = [prefix[i] | prefix[i - step] if i >= step else prefix[i]
+                  for i in range(len(prefix))]
+        step *= 2
+    return Cat(*prefix)
+
+
 def _one_hot_index(one_hot):
     """Index of the set bit of a one-hot value (0 when none): one OR per index bit."""
     width = len(one_hot)
@@ -413,22 +425,33 @@ class SparseConvEngine(wiring.Component):
         current = Signal(pair_fifo_layout)
         current_valid = Signal()
         remaining = Signal(g.chunk)
+        # At most one pair remains: kept in a register beside `remaining`, so that whether the
+        # FIFO is read this cycle does not wait for a subtraction.
+        single = Signal(init=1)
         has_pair = current_valid & (remaining != 0)
-        lowest = Signal(g.chunk)
-        m.d.comb += lowest.eq(remaining & (~remaining + 1))  # the priority encoder, one-hot
+        # The priority encoder: the lowest remaining pair, one-hot, and the positions below it.
+        below_lowest, lowest = Signal(g.chunk), Signal(g.chunk)
+        m.d.comb += [below_lowest.eq(~_at_or_below(remaining)),
+                     lowest.eq(remaining & (below_lowest << 1 | 1))]
         channel = _one_hot_index(lowest)
-        weight_index = _popcount(current.weights & (lowest - 1))
-        remaining_after = remaining & (remaining - 1)
-        entry_ends = ~current_valid | ~has_pair | (remaining_after == 0)
+        weight_index = _popcount(current.weights & below_lowest)
+
+        def without_lowest(bits):
+            return bits & (bits - 1)
+
+        remaining_after = remaining & ~lowest
+        entry_ends = ~current_valid | single
 
         with m.If(has_pair):
-            m.d.sync += remaining.eq(remaining_after)
+            m.d.sync += [remaining.eq(remaining_after),
+                         single.eq(without_lowest(remaining_after) == 0)]
         with m.If(entry_ends):
             m.d.comb += pair_fifo.r_en.eq(1)
             m.d.sync += current_valid.eq(pair_fifo.r_rdy)
             with m.If(pair_fifo.r_rdy):
                 next_entry = pair_fifo_layout(pair_fifo.r_data)
-                m.d.sync += [current.eq(pair_fifo.r_data), remaining.eq(next_entry.pairs)]
+                m.d.sync += [current.eq(pair_fifo.r_data), remaining.eq(next_entry.pairs),
+                             single.eq(without_lowest(next_entry.pairs) == 0)]
 
         # The issued pair: its channel and weight offset are registered before they are added
         # to the entry's bases, so that the priority encoder, the prefix popcount and the RAM
@@ -443,8 +466,7 @@ class SparseConvEngine(wiring.Component):
             issued.token.valid.eq(current_valid & (has_pair | current.last)),
             issued.token.pair.eq(has_pair),
             issued.token.pad.eq(current.pad),
-            issued.token.last.eq(current.last & (remaining_after == 0) |
-                                 current.last & ~has_pair),
+            issued.token.last.eq(current.last & single),  # the entry's last pair, or none
             issued.token.filter.eq(current.filter),
             issued.token.slot.eq(current.slot),
             issued.base.eq(current.base), issued.offset.eq(weight_index),

@@ -60,8 +60,8 @@ SIMULATED_IMAGES = 32
 #: (:class:`~zeroskip.hdl.xnor.XnorConvEngine`'s default).
 XNOR_WIDTH = 32
 # Cycles from an XNOR lane issuing a pixel's last ROM entry to the collector taking the pixel:
-# ROM read, line-buffer read, agreeing bits registered, popcount, accumulate.
-XNOR_ISSUE_TO_COLLECT = 5
+# ROM read, line-buffer read, agreeing bits registered, popcount, sum, accumulate.
+XNOR_ISSUE_TO_COLLECT = 6
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ import math
 from dataclasses import dataclass
 
 from amaranth.hdl import Cat, Module, Mux, Shape, Signal
-from amaranth.lib import stream, wiring
+from amaranth.lib import data, stream, wiring
 from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
@@ -170,9 +170,9 @@ class ArgmaxEngine(wiring.Component):
     o_stream : Out(stream.Signature(logit))
         The logits, unchanged (combinational path).
     o_stream_class : Out(stream.Signature(range(features)))
-        One beat per inference, the cycle after its last logit is given.
+        One beat per inference, two cycles after its last logit is given.
 
-    Latency: 0 for the logits, 1 cycle for the class. One logit per cycle; an inference's last
+    Latency: 0 for the logits, 2 cycles for the class. One logit per cycle; an inference's last
     logit waits while the previous class has not been taken.
     """
 
@@ -193,23 +193,30 @@ class ArgmaxEngine(wiring.Component):
         class_valid = Signal()
         given = self.o_stream.valid & self.o_stream.ready
         position, last = count_beats(m, given, self.features)
+        # The logit given, compared with the best the cycle after: the comparison then does not
+        # share a cycle with the output's handshake.
+        seen = Signal(data.StructLayout({"valid": 1, "last": 1, "value": best_value.shape(),
+                                         "position": best_index.shape()}))
+        # An inference's last logit waits while a class, or a last logit still to compare, is
+        # ahead of it: so a class never overwrites one not taken.
+        hold = last & (class_valid | seen.valid & seen.last)
         m.d.comb += [
             self.o_stream.payload.eq(self.i_stream.payload),
-            self.o_stream.valid.eq(self.i_stream.valid & ~(last & class_valid)),
-            self.i_stream.ready.eq(self.o_stream.ready & ~(last & class_valid)),
+            self.o_stream.valid.eq(self.i_stream.valid & ~hold),
+            self.i_stream.ready.eq(self.o_stream.ready & ~hold),
             self.o_stream_class.valid.eq(class_valid),
         ]
-        value = self.i_stream.payload
+        m.d.sync += [seen.valid.eq(given), seen.last.eq(last),
+                     seen.value.eq(self.i_stream.payload), seen.position.eq(position)]
         # Strictly greater: the first of equal logits wins, as in numpy.
-        better = (position == 0) | (value > best_value)
-        index = Mux(better, position, best_index)
+        better = (seen.position == 0) | (seen.value > best_value)
+        index = Mux(better, seen.position, best_index)
         with m.If(self.o_stream_class.ready):
             m.d.sync += class_valid.eq(0)
-        with m.If(given):
+        with m.If(seen.valid):
             with m.If(better):
-                m.d.sync += [best_value.eq(value), best_index.eq(position)]
-            # A last logit is given only while no class waits, so this never overwrites one.
-            with m.If(last):
+                m.d.sync += [best_value.eq(seen.value), best_index.eq(seen.position)]
+            with m.If(seen.last):
                 m.d.sync += [class_valid.eq(1), self.o_stream_class.payload.eq(index)]
         return m
 

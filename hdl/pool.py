@@ -149,7 +149,7 @@ class _PoolEngine(wiring.Component):
         m = Module()
         channels = self.in_shape[0]
         rows, cols = self._rows, self._cols
-        advance = Signal()  # the scan and stage 1 move on
+        advance = Signal()  # the scan and stages 1 and 2 move on
 
         # Stage 0: the scan position (channel fastest, then column, then row) and its schedule.
         channel = Signal(range(channels))
@@ -191,17 +191,13 @@ class _PoolEngine(wiring.Component):
             shape=data.ArrayLayout(h_shape, cols.lanes), depth=channels, init=[])
         m.submodules.v_partials = v_mem = Memory(
             shape=data.ArrayLayout(v_shape, rows.lanes), depth=line_depth, init=[])
-        # Read as the scan takes a position, written back one cycle later; transparency covers a
-        # position that reads what the previous one writes (one channel, one output column).
+        # Each partial is read a stage before it is updated and written back; transparency covers
+        # a position that reads what the one ahead of it writes (one channel, one output column).
         h_write, v_write = h_mem.write_port(), v_mem.write_port()
         h_read = h_mem.read_port(transparent_for=(h_write,))
         v_read = v_mem.read_port(transparent_for=(v_write,))
-        m.d.comb += [
-            h_read.addr.eq(channel), h_read.en.eq(advance),
-            v_read.addr.eq(line_addr), v_read.en.eq(advance),
-        ]
 
-        # Stage 1: update the partials, finish a window.
+        # Stage 1: update the horizontal partials.
         valid_1 = Signal()
         value_1 = Signal(activation_shape(self._in_act))
         channel_1 = Signal.like(channel)
@@ -217,19 +213,39 @@ class _PoolEngine(wiring.Component):
                 row_1.eq(row_at),
                 col_1.eq(col_at),
             ]
-
         h_new = self._update_lanes(m, h_read.data, col_1, value_1, h_shape)
-        h_result = h_new[col_1.emit_lane]
-        v_new = self._update_lanes(m, v_read.data, row_1, h_result, v_shape)
-        emit_1 = valid_1 & col_1.emit & row_1.emit
         m.d.comb += [
+            h_read.addr.eq(channel), h_read.en.eq(advance),
             h_write.addr.eq(channel_1), h_write.data.eq(h_new),
             h_write.en.eq(valid_1 & advance),
-            v_write.addr.eq(line_addr_1), v_write.data.eq(v_new),
-            v_write.en.eq(valid_1 & col_1.emit & advance),
+            v_read.addr.eq(line_addr_1), v_read.en.eq(advance),
         ]
-        ready = self._output(m, v_new[row_1.emit_lane], channel_1, emit_1, advance)
-        m.d.comb += advance.eq(~emit_1 | ready)
+
+        # Stage 2: update the vertical partials with a row's window, finish a window. (Both
+        # updates in one stage were two comparisons in series, the engine's longest path.)
+        valid_2 = Signal()
+        h_result_2 = Signal(h_shape)
+        channel_2 = Signal.like(channel)
+        line_addr_2 = Signal.like(line_addr)
+        row_2 = Signal(rows.layout)
+        col_emit_2 = Signal()
+        with m.If(advance):
+            m.d.sync += [
+                valid_2.eq(valid_1),
+                h_result_2.eq(h_new[col_1.emit_lane]),
+                channel_2.eq(channel_1),
+                line_addr_2.eq(line_addr_1),
+                row_2.eq(row_1),
+                col_emit_2.eq(col_1.emit),
+            ]
+        v_new = self._update_lanes(m, v_read.data, row_2, h_result_2, v_shape)
+        emit_2 = valid_2 & col_emit_2 & row_2.emit
+        m.d.comb += [
+            v_write.addr.eq(line_addr_2), v_write.data.eq(v_new),
+            v_write.en.eq(valid_2 & col_emit_2 & advance),
+        ]
+        ready = self._output(m, v_new[row_2.emit_lane], channel_2, emit_2, advance)
+        m.d.comb += advance.eq(~emit_2 | ready)
 
         out_size = math.prod(self.out_shape)
         out_taken = self.o_stream.valid & self.o_stream.ready
@@ -281,15 +297,15 @@ class MaxPool2dEngine(_PoolEngine):
 
     Latency and throughput
     ----------------------
-    :attr:`latency` (2) cycles from the handshake of the last input beat a window needs to its
+    :attr:`latency` (3) cycles from the handshake of the last input beat a window needs to its
     result on ``o_stream`` (plus one cycle per padding position the scan passes first, for a
     window that ends in the right or bottom padding). One scan position per cycle:
     :attr:`scan_cycles` per inference, one input beat per cycle unless a window ends in the
     padding. ``i_stream.ready`` depends combinationally on ``o_stream.ready``.
     """
 
-    latency = 2
-    _pipeline_depth = 2  # stage 1 and the output register
+    latency = 3
+    _pipeline_depth = 3  # stages 1 and 2 and the output register
 
     def __init__(self, node: ir.MaxPool2d, in_shape, in_act: ir.Activation):
         super().__init__(node, ir.MaxPool2d, in_shape, in_act)
@@ -337,14 +353,14 @@ class AvgPool2dEngine(_PoolEngine):
 
     Latency and throughput
     ----------------------
-    :attr:`latency` (5) cycles from the handshake of the last input beat of a window to its result
-    on ``o_stream``: one to finish the sum, then the requantizer's 4. One input beat per cycle
+    :attr:`latency` (7) cycles from the handshake of the last input beat of a window to its result
+    on ``o_stream``: two to finish the sum, then the requantizer's 5. One input beat per cycle
     (:attr:`scan_cycles` per inference is the input size). ``i_stream.ready`` depends
     combinationally on ``o_stream.ready``.
     """
 
-    latency = 1 + Requantizer.latency
-    _pipeline_depth = 1 + Requantizer.latency
+    latency = 2 + Requantizer.latency
+    _pipeline_depth = 2 + Requantizer.latency
 
     def __init__(self, node: ir.AvgPool2d, in_shape, in_act: ir.Activation):
         super().__init__(node, ir.AvgPool2d, in_shape, in_act)

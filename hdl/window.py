@@ -50,7 +50,7 @@ def _coordinate_shape(geometry):
 class PixelCursor:
     """Walks output pixels across inferences: the window origin and the ring slot of its row."""
 
-    def __init__(self, geometry, rows, row_width, name):
+    def __init__(self, geometry, rows, row_width, name, *, track_needed=False):
         g = self.geometry = geometry
         self.rows = rows
         coordinate = _coordinate_shape(g)
@@ -61,15 +61,33 @@ class PixelCursor:
         self.top_slot = Signal(range(rows), init=-g.padding[0] % rows, name=f"{name}_top_slot")
         # Global row (wrap-around) of this inference's row 0.
         self.row_base = Signal(row_width, name=f"{name}_row_base")
+        # Input rows (global count) that must be complete before this pixel can start, if
+        # tracked: a register stepped with the cursor by a constant per output row (computed
+        # from the cursor it was the longest path).
+        self.needed = (Signal(row_width, init=self._rows_below(-g.padding[0]),
+                              name=f"{name}_needed") if track_needed else None)
 
     def oldest_row(self):
         """Global index of the first input row this pixel's window reads."""
         return self.row_base + Mux(self.top < 0, 0, self.top)
 
-    def rows_needed(self):
-        """Input rows (global count) that must be complete before this pixel can start."""
-        below = self.top + self.geometry.kernel[0]
-        return self.row_base + Mux(below > self.geometry.height, self.geometry.height, below)
+    def _rows_below(self, top):
+        """Rows of an inference from its row 0 to the bottom of a window whose top is ``top``."""
+        return min(top + self.geometry.kernel[0], self.geometry.height)
+
+    def _needed_steps(self):
+        """How far ``needed`` moves as the cursor leaves each output row (the last one's step
+        goes on to the next inference's first)."""
+        g = self.geometry
+        below = [self._rows_below(-g.padding[0] + y * g.stride[0]) for y in range(g.out_height)]
+        return [next_ - this for this, next_ in zip(below, below[1:])] + [
+            g.height + below[0] - below[-1]]
+
+    def needed_after(self):
+        """``needed`` once the cursor has advanced from this pixel."""
+        steps = self._needed_steps()
+        step = Array(Const(s, range(max(steps) + 1)) for s in steps)[self.out_y]
+        return Mux(self.out_x == self.geometry.out_width - 1, self.needed + step, self.needed)
 
     def advance(self, m):
         g, rows = self.geometry, self.rows
@@ -77,6 +95,8 @@ class PixelCursor:
         def wrap(value):
             return Mux(value >= rows, value - rows, value)
 
+        if self.needed is not None:
+            m.d.sync += self.needed.eq(self.needed_after())
         with m.If(self.out_x != g.out_width - 1):
             m.d.sync += [self.out_x.eq(self.out_x + 1), self.left.eq(self.left + g.stride[1])]
         with m.Else():
@@ -99,21 +119,36 @@ class LaneWindow:
     products are not all done: its rows must stay in the ring (pairs of pixels examined may
     still wait to read it). ``pixel_index`` counts pixels started; a pixel starts once its
     rows are written (``rows_ready``) and the collector has freed its tile slot (``can_start``).
+
+    Both conditions are registers, computed for the cursor as it will be after this cycle: a
+    start is then decided by two flip-flops, not by two counter comparisons. The counters they
+    are compared with (``rows_written``, ``collector_released``) only grow, so seeing them a
+    cycle late can only delay a start, never allow one early.
     """
 
     def __init__(self, m, geometry, rows, row_width, rows_written, collector_released, name):
         g = self.geometry = geometry
         self.rows, self.row_width = rows, row_width
         self.pixel_index = Signal(PIXEL_COUNTER_WIDTH, name=f"{name}_pixel_index")
-        self.cursor = PixelCursor(g, rows, row_width, f"{name}_scan")
+        self.cursor = PixelCursor(g, rows, row_width, f"{name}_scan", track_needed=True)
         self.retired = PixelCursor(g, rows, row_width, f"{name}_retired")
         self.oldest_needed = Signal(row_width, name=f"{name}_oldest_needed")
-        rows_needed = Signal(row_width, name=f"{name}_rows_needed")
-        m.d.comb += [self.oldest_needed.eq(self.retired.oldest_row()),
-                     rows_needed.eq(self.cursor.rows_needed())]
-        self.rows_ready = ~earlier(rows_written, rows_needed, row_width)
-        self.can_start = self.rows_ready & earlier(
-            self.pixel_index, collector_released + TILE_SLOTS, PIXEL_COUNTER_WIDTH)
+        m.d.comb += self.oldest_needed.eq(self.retired.oldest_row())
+        self._stepping = Signal(name=f"{name}_stepping")  # next_pixel() this cycle
+        self.rows_ready = Signal(name=f"{name}_rows_ready")
+        tile_free = Signal(name=f"{name}_tile_free")
+        cursor = self.cursor
+        m.d.sync += [
+            self.rows_ready.eq(Mux(self._stepping,
+                                   ~earlier(rows_written, cursor.needed_after(), row_width),
+                                   ~earlier(rows_written, cursor.needed, row_width))),
+            tile_free.eq(Mux(self._stepping,
+                             earlier(self.pixel_index, collector_released + (TILE_SLOTS - 1),
+                                     PIXEL_COUNTER_WIDTH),
+                             earlier(self.pixel_index, collector_released + TILE_SLOTS,
+                                     PIXEL_COUNTER_WIDTH))),
+        ]
+        self.can_start = self.rows_ready & tile_free
 
     def origin_layout(self):
         """Fields of the pixel being examined that travel with its combos down the pipeline."""
@@ -126,6 +161,7 @@ class LaneWindow:
                 stage.left.eq(self.cursor.left), stage.top_slot.eq(self.cursor.top_slot)]
 
     def next_pixel(self, m):
+        m.d.comb += self._stepping.eq(1)
         m.d.sync += self.pixel_index.eq(self.pixel_index + 1)
         self.cursor.advance(m)
 
@@ -167,10 +203,17 @@ def elaborate_packer(m, engine, rows, rows_written, windows, bit_of_beat, word_w
     channel = Signal(range(g.in_channels))
     bits = Signal(g.chunk)
 
+    # Whether the ring has room for the row being written: a register, computed for the row
+    # count after this cycle (the oldest row needed only grows, so seeing it a cycle late can
+    # only hold a beat back). Computed each cycle, it was the engine's longest path.
     row_width = windows[0].row_width
-    m.d.comb += engine.i_stream.ready.eq(
-        earlier(rows_written, oldest_of(windows) + rows, row_width))
+    limit = oldest_of(windows) + rows
+    room = Signal(init=1)
+    m.d.comb += engine.i_stream.ready.eq(room)
     taken = engine.i_stream.valid & engine.i_stream.ready
+    row_done = taken & (channel == g.in_channels - 1) & (column == g.width - 1)
+    m.d.sync += room.eq(Mux(row_done, earlier(rows_written + 1, limit, row_width),
+                            earlier(rows_written, limit, row_width)))
 
     word_done = (bit == g.chunk - 1) | (channel_in_group == g.group_channels - 1)
     word = bits | (bit_of_beat << bit)

@@ -87,9 +87,9 @@ class XnorConvEngine(wiring.Component):
     per output pixel: the sum over its filters of the (tap, word, plane) triples holding a
     nonzero weight bit, ``taps * ceil(C / groups / width)`` per filter for dense binary
     weights. A new pixel starts the cycle after the last entry of the previous one when its
-    input rows are in. An output pixel's first value leaves about 10 cycles after
-    its last entry (5 in the lane, 2 in the collector, 1 in the output FIFO, 2 in a thresholder
-    or 4 in a requantizer); then one output per cycle.
+    input rows are in. An output pixel's first value leaves about a dozen cycles after its last
+    entry (6 in the lane, 3 in the collector, 1 in the output FIFO, 2 in a thresholder or 5 in a
+    requantizer); then one output per cycle.
     """
 
     def __init__(self, node, in_shape, in_act, *, width=32, lanes=1):
@@ -210,20 +210,21 @@ class XnorConvEngine(wiring.Component):
         # Rows are released by pixels whose words have all been read (the window's retired
         # cursor), not by pixels scanned.
         entry = Signal(range(max(len(entries), 2)))
-        starting = (entry == 0) & window.can_start
+        midway = Signal()  # entry != 0, in a register: it decides every cycle's issue
+        starting = ~midway & window.can_start
         issue = Signal()
-        m.d.comb += [issue.eq((entry != 0) | window.can_start), rom_read.addr.eq(entry)]
-        waiting_for_rows = (entry == 0) & ~window.rows_ready
+        m.d.comb += [issue.eq(midway | window.can_start), rom_read.addr.eq(entry)]
+        waiting_for_rows = ~midway & ~window.rows_ready
 
         stage_b = Signal(data.StructLayout({"valid": 1, **window.origin_layout()}))
         m.d.sync += stage_b.valid.eq(issue)
         with m.If(issue):
             m.d.sync += window.origin(stage_b)
             with m.If(entry == len(entries) - 1):
-                m.d.sync += entry.eq(0)
+                m.d.sync += [entry.eq(0), midway.eq(0)]
                 window.next_pixel(m)
             with m.Else():
-                m.d.sync += entry.eq(entry + 1)
+                m.d.sync += [entry.eq(entry + 1), midway.eq(1)]
 
         # --- stage B: the entry is known; its line-buffer word is addressed ------------------
         entry_b = rom_read.data
@@ -249,18 +250,24 @@ class XnorConvEngine(wiring.Component):
                      stage_c.sign.eq(entry_b.sign), stage_c.count.eq(entry_b.count),
                      stage_c.filter.eq(filter_index), stage_c.slot.eq(stage_b.slot)]
 
-        # --- stage C: the activation word is here; the bits that agree are counted a byte at
-        # a time and registered, so that the popcount is split over two cycles --------------
+        # --- stage C: the activation word is here; the bits that agree are registered (the
+        # RAM's output and the popcount in one cycle were the engine's longest path) ----------
         carried = {name: shape for name, shape in stage_c_fields.items()
                    if name not in ("mask", "sign")}
-        stage_c2 = Signal(data.StructLayout({**carried, "credit": range(g.chunk + 1)}))
-        agree = stage_c.mask & ~(stage_c.sign ^ word_read.data)
+        carried["credit"] = range(g.chunk + 1)
+        stage_c1 = Signal(data.StructLayout({**carried, "agree": unsigned(g.chunk)}))
+        m.d.sync += [stage_c1[name].eq(stage_c[name]) for name in carried if name != "credit"]
+        m.d.sync += [stage_c1.credit.eq(credit),
+                     stage_c1.agree.eq(stage_c.mask & ~(stage_c.sign ^ word_read.data))]
+
+        # --- stage C1: the agreeing bits are counted a byte at a time and registered, so that
+        # the popcount is split over two cycles ----------------------------------------------
+        stage_c2 = Signal(data.StructLayout(carried))
         byte_counts = [Signal(range(9), name=f"agree_{index}_{low}")
                        for low in range(0, g.chunk, 8)]
-        m.d.sync += [stage_c2[name].eq(stage_c[name]) for name in carried]
-        m.d.sync += [stage_c2.credit.eq(credit),
-                     *(count.eq(_popcount(agree[low:low + 8]))
-                       for count, low in zip(byte_counts, range(0, g.chunk, 8)))]
+        m.d.sync += [stage_c2[name].eq(stage_c1[name]) for name in carried]
+        m.d.sync += [count.eq(_popcount(stage_c1.agree[low:low + 8]))
+                     for count, low in zip(byte_counts, range(0, g.chunk, 8))]
         stage_c = stage_c2
 
         # --- stage C2: matches minus mismatches -----------------------------------------------

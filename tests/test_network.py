@@ -183,6 +183,29 @@ def test_argmax_passes_logits_and_gives_numpys_class(logits):
     assert received["class"] == [int(np.argmax(row)) for row in batch]
 
 
+@pytest.mark.parametrize("features", [1, 2])
+def test_argmax_loses_no_class_when_every_logit_or_every_other_is_a_last_one(features):
+    rng = np.random.default_rng(features)
+    batch = rng.integers(-128, 128, (12, features))
+    dut = ArgmaxEngine(features, S8)
+    received = {}
+
+    async def producer(ctx):
+        await drive(ctx, dut.i_stream, [int(v) for v in batch.flat], rng, 0.1)
+
+    async def logits_sink(ctx):
+        received["logits"] = await collect(ctx, dut.o_stream, batch.size,
+                                           np.random.default_rng(2), 0.1)
+
+    async def class_sink(ctx):  # slow to take classes: the last logits must wait, not overwrite
+        received["class"] = await collect(ctx, dut.o_stream_class, len(batch),
+                                          np.random.default_rng(3), 0.7)
+
+    simulate(dut, producer, logits_sink, class_sink)
+    assert received["logits"] == [int(v) for v in batch.flat]
+    assert received["class"] == [int(np.argmax(row)) for row in batch]
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("make", [residual_graph, pooled_graph], ids=["residual", "pooled"])
 def test_ref_vs_rtl_network_in_the_amaranth_simulator(make):
