@@ -352,7 +352,7 @@ class SparseConvEngine(wiring.Component):
             "valid": 1, "first": 1, "pad": 1, "last": 1,
             "mask": unsigned(g.chunk), "act_base": pair_fifo_layout["act_base"].shape,
             "filter": pair_fifo_layout["filter"].shape, "slot": 1}))
-        # Entries in the FIFO or on their way to it (stages B, L and C), counted in a register
+        # Entries in the FIFO or on their way to it (stages B, R, L, C and M), counted in a register
         # of their own rather than summed from the FIFO's level each cycle: the sum and its
         # comparison were the engine's longest path.
         ahead = Signal(range(PAIR_FIFO_DEPTH + 1))
@@ -374,7 +374,12 @@ class SparseConvEngine(wiring.Component):
             with m.Else():
                 m.d.sync += combo.eq(combo + 1)
 
-        entry_b = combo_layout(combo_read.data)
+        # Stage B registers the combo as it leaves the ROM (stage R): a block RAM's output delay
+        # and locating the tap did not fit one cycle at 120 MHz on the ECP5.
+        stage_r = Signal.like(stage_b)
+        combo_r = Signal.like(combo_read.data)
+        m.d.sync += [stage_r.eq(stage_b), combo_r.eq(combo_read.data)]
+        stage_b, entry_b = stage_r, combo_layout(combo_r)
         filter_index = elaborate_filter_counter(m, filters, stage_b.valid & entry_b.last)
         pad, ring_pixel = window.locate(m, stage_b, entry_b.tap_y, entry_b.tap_x)
         m.d.sync += [
@@ -396,9 +401,14 @@ class SparseConvEngine(wiring.Component):
             stage_c.filter.eq(stage_l.filter), stage_c.slot.eq(stage_l.slot),
         ]
 
-        # Stage C: the activation mask is here.
+        # Stage C: the activation mask is here, and registered as it leaves the RAM (stage M),
+        # for the same reason as stage R.
+        stage_m = Signal.like(stage_c)
+        mask_m = Signal.like(mask_read.data)
+        m.d.sync += [stage_m.eq(stage_c), mask_m.eq(Mux(stage_c.pad, 0, mask_read.data))]
+        stage_c = stage_m
         weight_mask = stage_c.mask
-        act_mask = Mux(stage_c.pad, 0, mask_read.data)
+        act_mask = mask_m
         pairs = weight_mask & act_mask if self.plan.zero_skip else weight_mask
         running_base = Signal(pair_fifo_layout["base"].shape)
         base = Mux(stage_c.first, 0, running_base)

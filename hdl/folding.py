@@ -44,9 +44,10 @@ from .sparse_plan import ConvGeometry
 from .sparse_plan import plan as make_plan
 from .window import TILE_SLOTS
 
-# Cycles from a combo's scan to its entry being the issuer's current one: combo ROM read,
-# tap located, line-buffer mask read, FIFO write, and the buffered FIFO's two-cycle read latency.
-SCAN_TO_ISSUE = 6
+# Cycles from a combo's scan to its entry being the issuer's current one: combo ROM read and
+# registered, tap located, line-buffer mask read and registered, FIFO write, and the buffered
+# FIFO's two-cycle read latency.
+SCAN_TO_ISSUE = 8
 # Pushed entries the examiner may have ahead of the issuer before its FIFO counts as full
 # (the FIFO holds 8, the examiner stops at 7 counting its three pipeline stages).
 AHEAD = 6
