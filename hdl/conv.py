@@ -41,7 +41,10 @@ from .window import (PIXEL_COUNTER_WIDTH, TILE_SLOTS, LaneWindow, earlier, elabo
                      elaborate_filter_counter, elaborate_packer, group_of, ring_rows,
                      row_counter_width)
 
-PAIR_FIFO_DEPTH = 8
+# Entries the examiner may run ahead of the issuer: more than the cycles from a scan to the
+# issuer (folding.SCAN_TO_ISSUE), or one-pair entries would starve the issuer. 16 deep costs
+# no more than 8: one iCE40 block RAM, or one ECP5 LUT RAM deep, either way.
+PAIR_FIFO_DEPTH = 16
 OUT_FIFO_DEPTH = 8
 
 

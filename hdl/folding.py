@@ -39,6 +39,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .. import ir, reference
+from .conv import PAIR_FIFO_DEPTH
 from ..errors import ZeroskipError
 from .sparse_plan import ConvGeometry
 from .sparse_plan import plan as make_plan
@@ -49,8 +50,9 @@ from .window import TILE_SLOTS
 # FIFO's two-cycle read latency.
 SCAN_TO_ISSUE = 8
 # Pushed entries the examiner may have ahead of the issuer before its FIFO counts as full
-# (the FIFO holds 8, the examiner stops at 7 counting its three pipeline stages).
-AHEAD = 6
+# (the examiner stops one short of the FIFO's depth, counting the entries in its pipeline
+# stages).
+AHEAD = PAIR_FIFO_DEPTH - 2
 # From a lane's last issued pair to the collector starting on that pixel (issue, operand and
 # product registers, accumulator, pixel counter).
 ISSUE_TO_COLLECT = 5
