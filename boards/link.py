@@ -68,6 +68,7 @@ from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
 
 from ..hdl.common import activation_shape
+from ..hdl.network import StreamRegister
 from ..host import (DESCRIBE, DESCRIPTION_LENGTH, ERROR, INFER, RESULT, WORD_BYTES,
                     expected_description)
 from .uart import UARTRx, UARTTx, clocks_per_bit
@@ -153,13 +154,20 @@ class HostLink(wiring.Component):
         m.submodules.uart_rx = uart_rx = UARTRx(self.divisor)
         m.submodules.uart_tx = uart_tx = UARTTx(self.divisor)
         m.d.comb += [uart_rx.rx.eq(self.rx), self.tx.eq(uart_tx.tx)]
-        received, send = uart_rx.o_stream, uart_tx.i_stream
+        # Bytes to send pass a register slice: the transmitter's ready then comes from a
+        # register, not through the UART into every state's decision.
+        m.submodules.send_register = send_register = StreamRegister(8)
+        wiring.connect(m, send_register.o_stream, uart_tx.i_stream)
+        received, send = uart_rx.o_stream, send_register.i_stream
         sent = send.valid & send.ready
 
-        # Resetting the network drops the partial input of an abandoned request.
-        abandon = Signal()
+        # Resetting the network drops the partial input of an abandoned request. The reset is
+        # registered: it reaches every flip-flop of the network, and decided in the same cycle
+        # as a UART error it was the board's longest path. (The network gets no input meanwhile.)
+        abandon, network_reset = Signal(), Signal()
+        m.d.sync += network_reset.eq(abandon)
         engine = design.engine()
-        m.submodules.network = ResetInserter({"sync": abandon})(engine)
+        m.submodules.network = ResetInserter({"sync": network_reset})(engine)
         in_bits = activation_shape(design.in_act).width
         m.d.comb += engine.i_stream.payload.eq(received.payload[:in_bits])
 
