@@ -68,7 +68,8 @@ def measure(graph, config, x_calibration, x_test, work, build_root):
     latency = statistics.median(int(c) for c in sim.latency_cycles)
     board = report.to_dict()
     return {
-        "part": part, "settings": settings, "lanes": design.lanes, "multipliers_used": design.multipliers_used,
+        "part": part, "settings": settings, "lanes": design.lanes,
+        "multipliers_used": design.multipliers_used,
         "fits": report.fits,
         "failure": report.failure_message() if not report.fits else "",
         "luts": report.luts, "ffs": report.ffs, "brams": report.brams, "dsps": report.dsps,

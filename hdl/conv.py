@@ -355,9 +355,9 @@ class SparseConvEngine(wiring.Component):
             "valid": 1, "first": 1, "pad": 1, "last": 1,
             "mask": unsigned(g.chunk), "act_base": pair_fifo_layout["act_base"].shape,
             "filter": pair_fifo_layout["filter"].shape, "slot": 1}))
-        # Entries in the FIFO or on their way to it (stages B, R, L, C and M), counted in a register
-        # of their own rather than summed from the FIFO's level each cycle: the sum and its
-        # comparison were the engine's longest path.
+        # Entries in the FIFO or on their way to it (stages B, R, L, C and M), counted in a
+        # register of their own rather than summed from the FIFO's level each cycle: the sum and
+        # its comparison were the engine's longest path.
         ahead = Signal(range(PAIR_FIFO_DEPTH + 1))
         room = ahead < PAIR_FIFO_DEPTH - 1
         examined = Signal()  # stage B takes a combo this cycle

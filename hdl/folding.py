@@ -39,8 +39,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from .. import ir, reference
-from .conv import PAIR_FIFO_DEPTH
 from ..errors import ZeroskipError
+from .conv import PAIR_FIFO_DEPTH
 from .sparse_plan import ConvGeometry
 from .sparse_plan import plan as make_plan
 from .window import TILE_SLOTS

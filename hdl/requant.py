@@ -113,9 +113,9 @@ class Requantizer(wiring.Component):
     ----------------------
     :attr:`latency` (5) cycles from the handshake of an input beat to its result on ``o_stream``
     while ``o_stream.ready`` is high: ROM read and saturation, multiply, sum of the product's
-    parts, shift, round/clamp/prune. One beat per
-    cycle. The pipeline stalls as a whole when ``o_stream`` is not ready, so ``i_stream.ready``
-    follows ``o_stream.ready`` combinationally (and never depends on ``i_stream.valid``).
+    parts, shift, round/clamp/prune. One beat per cycle. The pipeline stalls as a whole when
+    ``o_stream`` is not ready, so ``i_stream.ready`` follows ``o_stream.ready`` combinationally
+    (and never depends on ``i_stream.valid``).
     """
 
     latency = 5
