@@ -179,12 +179,13 @@ class LaneWindow:
 
 
 def oldest_of(windows):
-    """The oldest row any of the lanes' windows still needs."""
-    oldest = windows[0].oldest_needed
-    for window in windows[1:]:
-        candidate = window.oldest_needed
-        oldest = Mux(earlier(candidate, oldest, window.row_width), candidate, oldest)
-    return oldest
+    """The oldest row any of the lanes' windows still needs: a balanced tree of comparisons."""
+    width = windows[0].row_width
+    rows = [window.oldest_needed for window in windows]
+    while len(rows) > 1:
+        rows = [Mux(earlier(rows[i + 1], rows[i], width), rows[i + 1], rows[i])
+                if i + 1 < len(rows) else rows[i] for i in range(0, len(rows), 2)]
+    return rows[0]
 
 
 def elaborate_packer(m, engine, rows, rows_written, windows, bit_of_beat, word_write):
@@ -207,7 +208,9 @@ def elaborate_packer(m, engine, rows, rows_written, windows, bit_of_beat, word_w
     # count after this cycle (the oldest row needed only grows, so seeing it a cycle late can
     # only hold a beat back). Computed each cycle, it was the engine's longest path.
     row_width = windows[0].row_width
-    limit = oldest_of(windows) + rows
+    oldest = Signal(row_width)  # registered too: it only grows, so a cycle late is safe
+    m.d.sync += oldest.eq(oldest_of(windows))
+    limit = oldest + rows
     room = Signal(init=1)
     m.d.comb += engine.i_stream.ready.eq(room)
     taken = engine.i_stream.valid & engine.i_stream.ready
