@@ -35,6 +35,10 @@ MIN_HARNESS_CAPACITY = 512
 
 _WEIGHT_LAYERS = (ir.Conv2d, ir.Linear)
 
+#: ``dataflow``: an engine per layer, all layers at once (:mod:`.network`); ``sequential``: one
+#: engine runs the layers one after another (:mod:`.sequential`), for the smallest FPGAs.
+ARCHITECTURES = ("dataflow", "sequential")
+
 
 def _default_build_root():
     cache = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
@@ -90,8 +94,9 @@ class Design:
     """
 
     def __init__(self, graph, layers, lanes, zero_skip, chunk, *, multipliers=None,
-                 estimates=None, layer_counters=True):
+                 estimates=None, layer_counters=True, architecture="dataflow"):
         self.graph, self.layers = graph, tuple(layers)
+        self.architecture = architecture
         self.lanes, self.zero_skip, self.chunk = dict(lanes), zero_skip, chunk
         self.layer_counters = layer_counters
         self.multipliers, self.estimates = multipliers, estimates
@@ -104,7 +109,16 @@ class Design:
     # --- hardware ----------------------------------------------------------------------------
 
     def engine(self):
-        """A fresh :class:`~zeroskip.hdl.network.NetworkEngine` (each elaboration needs its own)."""
+        """A fresh :class:`~zeroskip.hdl.network.NetworkEngine` or, for the sequential
+        architecture, :class:`~zeroskip.hdl.sequential.SequentialEngine` (each elaboration
+        needs its own)."""
+        if self.architecture == "sequential":
+            from .sequential import SequentialEngine
+
+            return SequentialEngine(self.layers, input_name=self.graph.input.name,
+                                    in_shape=self.in_shape, in_act=self.in_act,
+                                    out_shape=self.out_shape, out_act=self.out_act,
+                                    chunk=self.chunk)
         return NetworkEngine(self.layers, input_name=self.graph.input.name,
                              in_shape=self.in_shape, in_act=self.in_act,
                              output=_producer(self.graph, self.graph.output),
@@ -124,7 +138,7 @@ class Design:
 
     @property
     def multipliers_used(self):
-        return sum(self.lanes.values())
+        return 1 if self.architecture == "sequential" else sum(self.lanes.values())
 
     # --- build directory ---------------------------------------------------------------------
 
@@ -160,6 +174,7 @@ class Design:
             "graph": self.graph.name, "graph_file": GRAPH_FILE,
             "in_shape": list(self.in_shape), "out_shape": list(self.out_shape),
             "stream_order": "HWC", "ports": ports,
+            "architecture": self.architecture,
             "zero_skip": self.zero_skip, "chunk": self.chunk,
             "layer_counters": self.layer_counters,
             "multipliers": self.multipliers, "multipliers_used": self.multipliers_used,
@@ -172,8 +187,10 @@ class Design:
         manifest = self.manifest()
         mode = "zero-skip" if self.zero_skip else "dense"
         budget = f" of {self.multipliers}" if self.multipliers else ""
-        lines = [f"{self.top}: {self.graph.name}, {mode} engines, "
-                 f"{self.multipliers_used}{budget} multipliers, chunk {self.chunk}",
+        engines = f"{mode} engines, {self.multipliers_used}{budget} multipliers" \
+            if self.architecture == "dataflow" else \
+            "one zero-skip engine running the layers in turn, 1 multiplier"
+        lines = [f"{self.top}: {self.graph.name}, {engines}, chunk {self.chunk}",
                  f"input {tuple(self.in_shape)} {_act_text(self.in_act)} -> output "
                  f"{tuple(self.out_shape)} {_act_text(self.out_act)}"
                  + (" + argmax class" if self.has_class else ""), ""]
@@ -229,8 +246,10 @@ class Design:
         manifest, (lanes, zero_skip, chunk, multipliers) = read_manifest(
             directory, "lanes", "zero_skip", "chunk", "multipliers")
         graph = ir.load(directory / GRAPH_FILE)
-        design = compile(graph, lanes, zero_skip, chunk=chunk,
-                         layer_counters=manifest.get("layer_counters", True))
+        architecture = manifest.get("architecture", "dataflow")
+        design = compile(graph, 1 if architecture == "sequential" else lanes, zero_skip,
+                         chunk=chunk, layer_counters=manifest.get("layer_counters", True),
+                         architecture=architecture)
         design.multipliers = multipliers
         verilog_path = directory / manifest.get("verilog", f"{design.top}.v")
         if not verilog_path.is_file() or verilog_path.read_text() != design.verilog():
@@ -362,6 +381,18 @@ class Design:
         return int(batch * work * slowdown * 2) + 100_000
 
     @property
+    def sequential_plan(self):
+        """The :class:`~zeroskip.hdl.sequential.SequentialPlan` of the sequential
+        architecture (its steps and tensor slots)."""
+        from .sequential import SequentialPlan
+
+        if not hasattr(self, "_sequential_plan"):
+            self._sequential_plan = SequentialPlan.of(
+                self.layers, input_name=self.graph.input.name, in_shape=self.in_shape,
+                in_act=self.in_act, chunk=self.chunk)
+        return self._sequential_plan
+
+    @property
     def plans(self):
         """Layer name -> the static :class:`~zeroskip.hdl.sparse_plan.SparsePlan` of each conv /
         linear engine (lanes, ROM contents)."""
@@ -468,7 +499,8 @@ def _check_count(name, value, high=None):
 
 
 def compile(graph, lanes=1, zero_skip=True, *, multipliers=None,  # noqa: A001 (the API name)
-            calibration=None, chunk=DEFAULT_CHUNK, layer_counters=True):
+            calibration=None, chunk=DEFAULT_CHUNK, layer_counters=True,
+            architecture="dataflow"):
     """Compile a graph into a :class:`Design`: one engine per layer, one Verilog top.
 
     Parameters
@@ -493,10 +525,22 @@ def compile(graph, lanes=1, zero_skip=True, *, multipliers=None,  # noqa: A001 (
         Give every engine's counters (busy, effective MACs, skipped pairs, stalls) a port;
         False keeps only the network's (inferences, latency, interval), which saves their
         logic on small FPGAs.
+    architecture : "dataflow" or "sequential"
+        ``"sequential"`` runs a chain of conv2d / linear / maxpool2d layers one after another
+        on one engine with one multiplier (:mod:`zeroskip.hdl.sequential`): it needs
+        ``lanes=1`` and has only the network's counters.
     """
     if not isinstance(graph, ir.Graph):
         raise ZeroskipError(f"compile takes a zeroskip.ir.Graph, got {type(graph).__name__}")
     _check_count("chunk", chunk, 64)
+    if architecture not in ARCHITECTURES:
+        raise ZeroskipError(f"architecture must be one of {', '.join(ARCHITECTURES)}, got "
+                            f"{architecture!r}")
+    sequential = architecture == "sequential"
+    if sequential and (lanes != 1 or multipliers is not None or not zero_skip):
+        raise ZeroskipError("the sequential architecture is one zero-skip engine with one "
+                            "multiplier: it takes neither lanes nor a multiplier budget, nor "
+                            "dense mode")
     zero_skip = bool(zero_skip)
     found = _network_layers(graph)
     weight_layers = [node for node, *_ in found if isinstance(node, _WEIGHT_LAYERS)]
@@ -540,15 +584,18 @@ def compile(graph, lanes=1, zero_skip=True, *, multipliers=None,  # noqa: A001 (
                         chosen.get(node.name, 0), idents[node.name])
               for node, sources, in_shapes, in_acts in found]
     estimates = None
-    if calibration is not None:
+    if calibration is not None and not sequential:
         from .folding import estimate_graph
 
         estimates = estimate_graph(graph, calibration, chosen, zero_skip=zero_skip, chunk=chunk)
     design = Design(graph, layers, chosen, zero_skip, chunk, multipliers=multipliers,
-                    estimates=estimates, layer_counters=bool(layer_counters))
+                    estimates=estimates, layer_counters=bool(layer_counters) and not sequential,
+                    architecture=architecture)
     # The static plans (ROM contents) are made now, so that what cannot be built fails here.
     try:
         design.plans  # noqa: B018 (made for its checks)
+        if sequential:
+            design.sequential_plan  # noqa: B018 (made for its checks)
     except ValueError as error:
         raise ZeroskipError(f"graph {graph.name!r}: {error}") from None
     return design

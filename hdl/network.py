@@ -188,7 +188,11 @@ class ArgmaxEngine(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        best_value = Signal(activation_shape(self.act))
+        # Between inferences the best is the smallest value at index 0: then an inference's
+        # first logit needs no comparison of its own (one logic level less on the update).
+        shape = activation_shape(self.act)
+        smallest = -(1 << (shape.width - 1)) if shape.signed else 0
+        best_value = Signal(shape, init=smallest)
         best_index = Signal(range(max(self.features, 2)))
         class_valid = Signal()
         given = self.o_stream.valid & self.o_stream.ready
@@ -209,15 +213,16 @@ class ArgmaxEngine(wiring.Component):
         m.d.sync += [seen.valid.eq(given), seen.last.eq(last),
                      seen.value.eq(self.i_stream.payload), seen.position.eq(position)]
         # Strictly greater: the first of equal logits wins, as in numpy.
-        better = (seen.position == 0) | (seen.value > best_value)
+        better = seen.value > best_value
         index = Mux(better, seen.position, best_index)
         with m.If(self.o_stream_class.ready):
             m.d.sync += class_valid.eq(0)
         with m.If(seen.valid):
-            with m.If(better):
-                m.d.sync += [best_value.eq(seen.value), best_index.eq(seen.position)]
             with m.If(seen.last):
-                m.d.sync += [class_valid.eq(1), self.o_stream_class.payload.eq(index)]
+                m.d.sync += [class_valid.eq(1), self.o_stream_class.payload.eq(index),
+                             best_value.eq(smallest), best_index.eq(0)]
+            with m.Elif(better):
+                m.d.sync += [best_value.eq(seen.value), best_index.eq(seen.position)]
         return m
 
 

@@ -111,14 +111,14 @@ class Requantizer(wiring.Component):
 
     Latency and throughput
     ----------------------
-    :attr:`latency` (5) cycles from the handshake of an input beat to its result on ``o_stream``
+    :attr:`latency` (6) cycles from the handshake of an input beat to its result on ``o_stream``
     while ``o_stream.ready`` is high: ROM read and saturation, multiply, sum of the product's
-    parts, shift, round/clamp/prune. One beat per cycle. The pipeline stalls as a whole when
+    parts, shift, round, clamp/prune. One beat per cycle. The pipeline stalls as a whole when
     ``o_stream`` is not ready, so ``i_stream.ready`` follows ``o_stream.ready`` combinationally
     (and never depends on ``i_stream.valid``).
     """
 
-    latency = 5
+    latency = 6
 
     def __init__(self, requant: ir.Requant, acc_shape, channels: int, out_act: ir.Activation):
         if not isinstance(requant, ir.Requant):
@@ -230,8 +230,12 @@ class Requantizer(wiring.Component):
         twice_quotient = Signal(twice_quotient_value.shape())
         valid_3 = Signal()
 
-        # Stage 4 (the output register): round half up, clamp, prune.
-        rounded = (twice_quotient + 1).shift_right(1)
+        # Stage 4: round half up. Stage 5 (the output register): clamp, prune. Apart, because
+        # the round's carry chain followed by the clamp's comparisons was an iCE40's longest
+        # path.
+        rounded_value = (twice_quotient + 1).shift_right(1)
+        rounded = Signal(rounded_value.shape())
+        valid_4 = Signal()
         clamped = Signal(self.o_stream.payload.shape())
         m.d.comb += clamped.eq(rounded)
         # Only the comparisons the value's range can fail: a constant one is a lint warning.
@@ -258,7 +262,9 @@ class Requantizer(wiring.Component):
                 product.eq(exact_product),
                 valid_3.eq(valid_2b),
                 twice_quotient.eq(twice_quotient_value),
-                self.o_stream.valid.eq(valid_3),
+                valid_4.eq(valid_3),
+                rounded.eq(rounded_value),
+                self.o_stream.valid.eq(valid_4),
                 self.o_stream.payload.eq(result),
             ]
         return m

@@ -146,6 +146,8 @@ def test_report_reads_a_build_back(build_dir, tmp_path):
     (["--lanes", "2", "--multipliers", "1"], "more than the budget of 1"),
     (["--chunk", "99"], "chunk must be an integer from 1 to 64"),
     (["--lanes", "auto", "--calibration", "missing.npy"], "--calibration: no such file"),
+    (["--sequential", "--lanes", "2"], "takes neither lanes nor a multiplier budget"),
+    (["--sequential"], "(linear) reads a tensor of 4 channels per pixel with chunk 32"),
 ])
 def test_compile_refuses_bad_options_and_writes_nothing(small_graph_file, tmp_path, args,
                                                         fragment):
@@ -156,6 +158,15 @@ def test_compile_refuses_bad_options_and_writes_nothing(small_graph_file, tmp_pa
     else:
         assert_one_clear_error(result, fragment)
     assert not (tmp_path / "b").exists()
+
+
+def test_compile_sequential_writes_one_engine(small_graph_file, tmp_path):
+    result = zeroskip_command("compile", small_graph_file, "-o", tmp_path / "b", "--sequential",
+                              "--chunk", "4")
+    assert result.returncode == 0, result.stderr
+    manifest = json.loads((tmp_path / "b" / "manifest.json").read_text())
+    assert manifest["architecture"] == "sequential" and manifest["multipliers_used"] == 1
+    assert "one zero-skip engine running the layers in turn" in result.stdout
 
 
 def test_compile_into_a_file_is_refused(small_graph_file, tmp_path):

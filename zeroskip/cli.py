@@ -167,7 +167,8 @@ def _compile(args):
                            multipliers=args.multipliers if args.lanes == "auto" or
                            args.multipliers_given else None,
                            calibration=calibration, chunk=args.chunk,
-                           layer_counters=not args.no_layer_counters)
+                           layer_counters=not args.no_layer_counters,
+                           architecture="sequential" if args.sequential else "dataflow")
     design.write(output)
     print(design.report(), end="")
     print(f"wrote {output / (design.top + '.v')}, manifest.json, report.txt, graph.zsg")
@@ -393,6 +394,10 @@ def build_parser():
     compile_.add_argument("--no-layer-counters", action="store_true",
                           help="keep only the network's counters (latency, interval): saves "
                                "each engine's on small FPGAs")
+    compile_.add_argument("--sequential", action="store_true",
+                          help="one engine that runs the layers one after another (conv2d, "
+                               "linear, maxpool2d chains): fits the smallest FPGAs, one "
+                               "multiplier, no per-layer counters")
     compile_.add_argument("--json", metavar="PATH", help="also write the manifest as JSON")
     compile_.set_defaults(run=_compile)
 

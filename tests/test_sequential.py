@@ -1,0 +1,170 @@
+"""The sequential architecture: one engine running a chain of layers in turn. Refusals, build
+directories and lint without a simulator; ``ref_*`` (golden) vs ``rtl_*`` (Verilator) on small
+chains, under stalls, with the cycle estimate beside the measured cycles."""
+# amaranth: UnusedElaboratable=no
+
+import json
+
+import numpy as np
+import pytest
+
+import zeroskip
+from zeroskip import ir, reference
+from zeroskip.errors import ZeroskipError
+from zeroskip.hdl.design import Design
+from zeroskip.hdl.sequential import estimate_cycles
+
+U8 = ir.Activation(8, False, 0.05)
+S8 = ir.Activation(8, True, 0.05)
+U6 = ir.Activation(6, False, 0.05)
+
+
+def requant(rng, channels, act, *, epsilon=0):
+    return ir.Requant(rng.integers(2**14, 2**15, channels).astype(np.int32),
+                      rng.integers(15, 18, channels).astype(np.int32), act.qmin, act.qmax,
+                      epsilon)
+
+
+def conv(rng, name, source, channels, filters, *, kernel=3, stride=1, padding=1, act=U8,
+         density=0.4, groups=1, epsilon=0):
+    shape = (filters, channels // groups, kernel, kernel)
+    weight = rng.integers(-127, 128, shape) * (rng.random(shape) < density)
+    weight[0] = 0  # an all-zero filter still gives its bias, requantized
+    return ir.Conv2d(name, (source,), weight.astype(np.int8),
+                     rng.integers(-3000, 3000, filters).astype(np.int32), 8, np.ones(filters),
+                     (stride, stride), (padding, padding), groups,
+                     requant(rng, filters, act, epsilon=epsilon), act)
+
+
+def linear(rng, name, source, features, outputs, act=S8):
+    weight = rng.integers(-127, 128, (outputs, features)) * \
+        (rng.random((outputs, features)) < 0.5)
+    return ir.Linear(name, (source,), weight.astype(np.int8),
+                     rng.integers(-3000, 3000, outputs).astype(np.int32), 8, np.ones(outputs),
+                     requant(rng, 1, act), act)
+
+
+def classifier(rng):
+    """uint8 image -> conv (padded) -> max pool -> strided conv with pruned small outputs ->
+    flatten -> linear -> int8 logits: what the digits nets are made of."""
+    return ir.Graph((
+        ir.Input("x", (), (3, 6, 6), U8),
+        conv(rng, "c1", "x", 3, 8),
+        ir.MaxPool2d("p1", ("c1",), (2, 2), (2, 2)),
+        conv(rng, "c2", "p1", 8, 16, stride=2, act=S8, epsilon=2),
+        ir.Flatten("f", ("c2",)),
+        linear(rng, "fc", "f", 64, 10),
+    ), "fc", name="classifier")
+
+
+def odd_shapes(rng):
+    """Signed input narrower than a chunk, a 2x2 kernel without padding, 6-bit activations, an
+    overlapping pool (stride 1), a 1x1 conv, a feature-map output (no class)."""
+    return ir.Graph((
+        ir.Input("x", (), (2, 5, 5), S8),
+        conv(rng, "c1", "x", 2, 4, kernel=2, padding=0, act=U6, density=0.7),
+        ir.MaxPool2d("p1", ("c1",), (2, 2), (1, 1)),
+        conv(rng, "c2", "p1", 4, 8, kernel=3, padding=1, act=S8, density=0.5),
+        conv(rng, "c3", "c2", 8, 5, kernel=1, padding=0, act=S8, density=0.6),
+    ), "c3", name="odd")
+
+
+def inputs(rng, graph, batch, density=0.6):
+    act = graph.input.act
+    x = rng.integers(act.qmin, act.qmax + 1, (batch, *graph.input.shape))
+    return x * (rng.random(x.shape) < density)
+
+
+def residual(rng):
+    return ir.Graph((
+        ir.Input("x", (), (2, 4, 4), U8),
+        conv(rng, "a", "x", 2, 2),
+        ir.Add("add", ("a", "x"), (1, 1), requant(rng, 2, U8), U8),
+    ), "add", name="residual")
+
+
+# --- refusals, build directories, lint ------------------------------------------------------
+
+
+@pytest.mark.parametrize("make, kwargs, fragment", [
+    (residual, {}, "node 'add' (add): the sequential engine runs conv2d, linear and "
+                   "maxpool2d layers"),
+    (lambda rng: ir.Graph((
+        ir.Input("x", (), (4, 4, 4), U8), conv(rng, "dw", "x", 4, 4, groups=4)), "dw"),
+     {}, "node 'dw' (conv2d) has 4 groups"),
+    (lambda rng: ir.Graph((
+        ir.Input("x", (), (2, 4, 4), U8),
+        ir.MaxPool2d("p", ("x",), (2, 2), (2, 2), (1, 1))), "p"),
+     {}, "node 'p' (maxpool2d) is padded (1, 1)"),
+    (classifier, {"chunk": 32}, "node 'fc' (linear) reads a tensor of 16 channels per pixel "
+                                "with chunk 32"),
+    (classifier, {"lanes": 2}, "takes neither lanes nor a multiplier budget"),
+    (classifier, {"zero_skip": False}, "nor dense mode"),
+    (classifier, {"architecture": "systolic"}, "architecture must be one of dataflow, "
+                                               "sequential, got 'systolic'"),
+])
+def test_what_the_sequential_engine_cannot_run_is_refused_by_name(make, kwargs, fragment):
+    settings = {"architecture": "sequential", "chunk": 8, **kwargs}
+    with pytest.raises(ZeroskipError) as error:
+        zeroskip.compile(make(np.random.default_rng(0)), **settings)
+    assert fragment in str(error.value)
+
+
+def test_binary_input_is_refused():
+    rng = np.random.default_rng(0)
+    binary = ir.Activation(1, True, 1.0)
+    weight = rng.integers(-1, 2, (2, 2, 3, 3)).astype(np.int8)
+    graph = ir.Graph((
+        ir.Input("x", (), (2, 4, 4), binary),
+        ir.Conv2d("c", ("x",), weight, np.zeros(2, np.int32), 2, np.ones(2), (1, 1), (1, 1), 1,
+                  requant(rng, 2, U8), U8)), "c")
+    with pytest.raises(ZeroskipError, match="input 'x' is binary"):
+        zeroskip.compile(graph, architecture="sequential")
+
+
+def test_build_directory_records_the_architecture_and_loads_back(tmp_path):
+    from zeroskip.testbench.verilog import lint
+
+    design = zeroskip.compile(classifier(np.random.default_rng(1)), architecture="sequential",
+                              chunk=8)
+    verilog = design.write(tmp_path / "a")
+    zeroskip.compile(classifier(np.random.default_rng(1)), architecture="sequential",
+                     chunk=8).write(tmp_path / "b")
+    assert verilog.read_bytes() == (tmp_path / "b" / verilog.name).read_bytes()
+    manifest = json.loads((tmp_path / "a" / "manifest.json").read_text())
+    assert manifest["architecture"] == "sequential" and manifest["multipliers_used"] == 1
+    assert manifest["layer_counters"] is False
+    assert "one zero-skip engine running the layers in turn" in design.report()
+    loaded = Design.load(tmp_path / "a")
+    assert loaded.architecture == "sequential" and loaded.verilog() == design.verilog()
+    lint(verilog, design.top)
+
+
+# --- Verilator: ref vs rtl ------------------------------------------------------------------
+
+
+@pytest.mark.verilator
+@pytest.mark.slow
+@pytest.mark.parametrize("make, chunk", [(classifier, 8), (odd_shapes, 4)],
+                         ids=["classifier", "odd-shapes"])
+def test_rtl_sequential_engine_is_bit_exact_under_stalls(make, chunk, verilator_build_root):
+    rng = np.random.default_rng(5)
+    graph = make(rng)
+    x = inputs(rng, graph, 6)
+    design = zeroskip.compile(graph, architecture="sequential", chunk=chunk)
+    stalled = design.simulate(x, idle_probability=0.3, backpressure_probability=0.3, seed=2,
+                              build_root=verilator_build_root)
+    ref_outputs = reference.run(graph, x)
+    assert np.array_equal(stalled.outputs, ref_outputs)  # simulate checked it too
+    if len(graph.shapes[graph.output]) == 1:
+        assert np.array_equal(stalled.classes, ref_outputs.argmax(axis=1))
+    assert stalled.counters["network"]["inferences"] == len(x)
+
+    # Without stalls, one inference after the other: the latency is the interval, and the
+    # estimate walks the same combos and pairs.
+    free = design.simulate(x, build_root=verilator_build_root)
+    estimate = estimate_cycles(design.sequential_plan, graph, x)
+    assert np.all(np.abs(free.latency_cycles - estimate) <= 4), (free.latency_cycles, estimate)
+    # The engine's own latency counter starts at the first input beat taken, the testbench's at
+    # the first one offered.
+    assert 0 <= free.latency_cycles[-1] - free.counters["network"]["latency_cycles"] <= 2
