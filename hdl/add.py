@@ -49,7 +49,7 @@ class AddEngine(wiring.Component):
 
     Latency and throughput
     ----------------------
-    :attr:`latency` (6, the requantizer's) cycles from the handshake of an input pair to its
+    :attr:`latency` (7, the requantizer's) cycles from the handshake of an input pair to its
     result on ``o_stream``. One pair per cycle. Each input's ``ready`` depends combinationally
     on the other input's ``valid`` and on ``o_stream.ready``.
     """

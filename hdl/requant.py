@@ -111,14 +111,14 @@ class Requantizer(wiring.Component):
 
     Latency and throughput
     ----------------------
-    :attr:`latency` (6) cycles from the handshake of an input beat to its result on ``o_stream``
-    while ``o_stream.ready`` is high: ROM read and saturation, multiply, sum of the product's
-    parts, shift, round, clamp/prune. One beat per cycle. The pipeline stalls as a whole when
+    :attr:`latency` (7) cycles from the handshake of an input beat to its result on ``o_stream``
+    while ``o_stream.ready`` is high: comparison with the saturation bounds, saturation beside
+    the ROM read, multiply, sum of the product's parts, shift, round, clamp/prune. One beat per cycle. The pipeline stalls as a whole when
     ``o_stream`` is not ready, so ``i_stream.ready`` follows ``o_stream.ready`` combinationally
     (and never depends on ``i_stream.valid``).
     """
 
-    latency = 6
+    latency = 7
 
     def __init__(self, requant: ir.Requant, acc_shape, channels: int, out_act: ir.Activation):
         if not isinstance(requant, ir.Requant):
@@ -147,9 +147,9 @@ class Requantizer(wiring.Component):
             "o_stream": Out(activation_stream(out_act)),
         })
 
-    def _channel_parameters(self, m, advance):
-        """``(multiplier, shift)`` valid in stage 1: Python ints when shared by all channels,
-        else fields of a ROM read port addressed by the incoming channel."""
+    def _channel_parameters(self, m, advance, channel):
+        """``(multiplier, shift)`` valid in stage 1b: Python ints when shared by all channels,
+        else fields of a ROM read port addressed by ``channel`` (registered in stage 1)."""
         requant = self._requant
         parameters = {"multiplier": requant.multiplier, "shift": requant.shift}
         shared = {name: _shared_value(values) for name, values in parameters.items()}
@@ -164,7 +164,7 @@ class Requantizer(wiring.Component):
             init=[{name: int(values[channel]) for name, values in per_channel.items()}
                   for channel in range(self._channels)])
         port = rom.read_port()
-        m.d.comb += [port.addr.eq(self.i_stream.p.channel), port.en.eq(advance)]
+        m.d.comb += [port.addr.eq(channel), port.en.eq(advance)]
         return tuple(shared[name] if shared[name] is not None else getattr(port.data, name)
                      for name in parameters)
 
@@ -179,24 +179,28 @@ class Requantizer(wiring.Component):
             self.i_stream.ready.eq(advance),
         ]
 
-        # Stage 1: the accumulator, saturated, beside its channel's multiplier and shift.
-        multiplier, shift = self._channel_parameters(m, advance)
-        incoming = self.i_stream.p.acc
+        # Stage 1: the accumulator and its comparisons with the saturation bounds. Stage 1b: the
+        # accumulator saturated, beside its channel's multiplier and shift. Apart, because the
+        # comparisons' carry chains followed by the saturation's wide fan-out were an iCE40's
+        # longest path.
+        incoming = Signal(self._acc_shape)
+        channel = Signal.like(self.i_stream.p.channel)
+        multiplier, shift = self._channel_parameters(m, advance, channel)
         shape_low, shape_high = _shape_range(self._acc_shape)
         low, high = saturation_bounds(requant, self._channels)
         low, high = max(low, shape_low), min(high, shape_high)
-        if (low, high) == (shape_low, shape_high):
-            acc = Signal(self._acc_shape)
-            saturated = incoming
-        else:
-            acc = Signal(signed(signed_width(low, high)))
-            # Only the comparisons that can fail: a constant one is a lint warning.
-            saturated = incoming
-            if high < shape_high:
-                saturated = Mux(incoming > high, high, saturated)
-            if low > shape_low:
-                saturated = Mux(incoming < low, low, saturated)
-        valid_1 = Signal()
+        # Only the comparisons that can fail: a constant one is a lint warning.
+        comparisons, saturated = [], incoming
+        if high < shape_high:
+            above = Signal()
+            comparisons.append(above.eq(self.i_stream.p.acc > high))
+            saturated = Mux(above, high, saturated)
+        if low > shape_low:
+            below = Signal()
+            comparisons.append(below.eq(self.i_stream.p.acc < low))
+            saturated = Mux(below, low, saturated)
+        acc = Signal(signed(signed_width(low, high)) if comparisons else self._acc_shape)
+        valid_1, valid_1b = Signal(), Signal()
 
         # Stage 2: the multiply, and beside it the accumulator's bits below the DSP's operand
         # as shifted multipliers; registered apart, so that the DSP's output is not followed by
@@ -230,19 +234,23 @@ class Requantizer(wiring.Component):
         twice_quotient = Signal(twice_quotient_value.shape())
         valid_3 = Signal()
 
-        # Stage 4: round half up. Stage 5 (the output register): clamp, prune. Apart, because
-        # the round's carry chain followed by the clamp's comparisons was an iCE40's longest
-        # path.
+        # Stage 4: round half up, and beside it the clamp's comparisons, made on the value before
+        # rounding (for an integer t, ``(t + 1) >> 1 < m`` iff ``t < 2m - 1`` and ``> M`` iff
+        # ``t > 2M``). Stage 5 (the output register): clamp, prune. A carry chain followed by
+        # another was an iCE40's longest path.
         rounded_value = (twice_quotient + 1).shift_right(1)
         rounded = Signal(rounded_value.shape())
+        under, over = Signal(), Signal()
         valid_4 = Signal()
         clamped = Signal(self.o_stream.payload.shape())
         m.d.comb += clamped.eq(rounded)
         # Only the comparisons the value's range can fail: a constant one is a lint warning.
-        can_be_below = rounded.shape().signed or requant.clamp_min > 0
-        with m.If(rounded < requant.clamp_min if can_be_below else 0):
+        comparisons_4 = [over.eq(twice_quotient > 2 * requant.clamp_max)]
+        if rounded.shape().signed or requant.clamp_min > 0:
+            comparisons_4.append(under.eq(twice_quotient < 2 * requant.clamp_min - 1))
+        with m.If(under):
             m.d.comb += clamped.eq(requant.clamp_min)
-        with m.Elif(rounded > requant.clamp_max):
+        with m.Elif(over):
             m.d.comb += clamped.eq(requant.clamp_max)
         result = clamped
         if requant.epsilon > 0:
@@ -254,8 +262,11 @@ class Requantizer(wiring.Component):
         with m.If(advance):
             m.d.sync += [
                 valid_1.eq(self.i_stream.valid),
+                incoming.eq(self.i_stream.p.acc), channel.eq(self.i_stream.p.channel),
+                *comparisons,
+                valid_1b.eq(valid_1),
                 acc.eq(saturated),
-                valid_2.eq(valid_1),
+                valid_2.eq(valid_1b),
                 high_product.eq(high_product_value),
                 low_sum.eq(low_sum_value),
                 valid_2b.eq(valid_2),
@@ -263,7 +274,7 @@ class Requantizer(wiring.Component):
                 valid_3.eq(valid_2b),
                 twice_quotient.eq(twice_quotient_value),
                 valid_4.eq(valid_3),
-                rounded.eq(rounded_value),
+                rounded.eq(rounded_value), *comparisons_4,
                 self.o_stream.valid.eq(valid_4),
                 self.o_stream.payload.eq(result),
             ]

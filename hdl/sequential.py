@@ -53,7 +53,7 @@ STORED_BITS = 8
 #: Cycles a step spends besides its work: the setup cycle, the pipeline's fill and drain
 #: (measured under Verilator, see tests/test_sequential.py); and those of an inference besides
 #: its steps, its input and its output.
-CONV_STEP_OVERHEAD = 24
+CONV_STEP_OVERHEAD = 25
 POOL_STEP_OVERHEAD = 7
 INFERENCE_OVERHEAD = 7
 
@@ -499,10 +499,10 @@ class SequentialEngine(wiring.Component):
         weight_pointer = Signal.like(held.weight_base)
 
         pending = held.pending
-        # More than one pair left in the held entry: a register (it stalls the whole walk, so
-        # it must not be computed from the pairs in the same cycle).
-        several = Signal()
-        advance = ~(held.valid & several)
+        # More than one pair left in the held entry, and so the walk held: registers (the stall
+        # enables the whole walk, so it must not be computed from the pairs in the same cycle).
+        several, stall = Signal(), Signal()
+        advance = ~stall
         m.d.comb += [combo_read.addr.eq(combo), combo_read.en.eq(advance),
                      mask_read.en.eq(advance)]
         with m.If(advance):
@@ -601,13 +601,15 @@ class SequentialEngine(wiring.Component):
         with m.If(advance):
             pairs = stage_5.weights & stage_5.acts & stage_5.inside.replicate(len(pending))
             m.d.sync += [several.eq(more_than_one(pairs)),
+                         stall.eq(stage_5.valid & more_than_one(pairs)),
                          held.valid.eq(stage_5.valid), held.pending.eq(pairs),
                          held.ranks.eq(stage_5.ranks),
                          held.act_base.eq(stage_5.act_base),
                          held.weight_base.eq(stage_5.weight_base), held.last.eq(stage_5.last)]
         with m.Else():
             rest = pending & ~lowest
-            m.d.sync += [held.pending.eq(rest), several.eq(more_than_one(rest))]
+            m.d.sync += [held.pending.eq(rest), several.eq(more_than_one(rest)),
+                         stall.eq(more_than_one(rest))]
 
         # Multiply and accumulate: operands read (fetched), registered, multiplied, summed.
         m.d.comb += weight_read.addr.eq(token.weight)

@@ -229,6 +229,23 @@ def test_host_link_runs_a_binary_input_net_in_the_amaranth_simulator():
         assert result.label == np.argmax(logits) and result.latency_cycles > 0
 
 
+@pytest.mark.slow
+def test_host_link_runs_a_sequential_design_in_the_amaranth_simulator():
+    """One engine running the layers in turn sits behind the link as a pipeline does."""
+    pipeline, x = tiny_design()
+    design = zeroskip.compile(pipeline.graph, architecture="sequential", chunk=3)
+    link = HostLink(design, clk_freq=CLK_FREQ, baud=BAUD, timeout=TIMEOUT)
+    requests = [host.encode_describe()] + [host.encode_infer(item, design.graph.input.act)
+                                           for item in x[:2]]
+    lengths = [host.DESCRIPTION_LENGTH] + [host.result_length(5)] * 2
+    describe, *answers = run_link(link, requests, lengths)
+    assert host.decode_description(describe) == host.expected_description(design, CLK_FREQ)
+    for answer, logits in zip(answers, reference.run(design.graph, x[:2])):
+        result = host.decode_result(answer, 5)
+        np.testing.assert_array_equal(result.logits, logits)
+        assert result.label == np.argmax(logits) and result.latency_cycles > 0
+
+
 # --- HostLink under Verilator -----------------------------------------------------------------
 
 @pytest.fixture(scope="session")
