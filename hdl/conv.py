@@ -107,7 +107,7 @@ def elaborate_collector(m, engine, acc_bounds, lane_done, tile_read_ports, colle
         output = Thresholder(node.threshold, node.bias, acc_bounds, g.out_channels)
         bias = 0
     else:
-        output = Requantizer(node.requant, _biased_shape(acc_bounds, node.bias), g.out_channels,
+        output = Requantizer(node.requant, biased_shape(acc_bounds, node.bias), g.out_channels,
                              node.act)
         bias_shape = signed(signed_width(int(node.bias.min(initial=0)),
                                          int(node.bias.max(initial=0))))
@@ -173,7 +173,7 @@ def elaborate_collector(m, engine, acc_bounds, lane_done, tile_read_ports, colle
     wiring.connect(m, output.o_stream, wiring.flipped(engine.o_stream))
 
 
-def _biased_shape(acc_bounds, bias):
+def biased_shape(acc_bounds, bias):
     """The shape of a lane's sum plus its channel's bias."""
     low, high = acc_bounds
     return signed(signed_width(low + int(bias.min(initial=0)), high + int(bias.max(initial=0))))

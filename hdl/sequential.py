@@ -41,6 +41,7 @@ from amaranth.utils import ceil_log2
 
 from .. import ir
 from .common import activation_shape, activation_stream
+from .conv import biased_shape
 from .network import ArgmaxEngine, NetworkCounters, StreamRegister, network_counters_signature
 from .requant import Requantizer
 from .sparse_plan import ConvGeometry, plan, signed_width
@@ -303,10 +304,7 @@ class SequentialEngine(wiring.Component):
     @staticmethod
     def step_accumulator_shape(step):
         """Signed shape holding a conv step's sums with its bias."""
-        low, high = step.accumulator_bounds
-        bias = step.node.bias
-        return signed(signed_width(low + min(int(bias.min()), 0),
-                                   high + max(int(bias.max()), 0)))
+        return biased_shape(step.accumulator_bounds, step.node.bias)
 
     def accumulator_shape(self):
         """Signed shape holding every step's sums with its bias."""
