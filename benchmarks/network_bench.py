@@ -33,7 +33,7 @@ import numpy as np
 
 import zeroskip
 from zeroskip import demo, reference
-from zeroskip.hdl.folding import estimate_graph
+from zeroskip.compiler.folding import estimate_graph
 
 RESULTS = Path(__file__).parent / "results"
 

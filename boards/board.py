@@ -224,7 +224,7 @@ class BoardTop(wiring.Component):
 
     Parameters
     ----------
-    design : zeroskip.hdl.design.Design
+    design : zeroskip.design.Design
         The compiled network.
     clock_mhz : float
         The design clock; the PLL makes the closest frequency it can (within
@@ -409,7 +409,7 @@ def build_board(design, build, board, *, clock_mhz=None, baud=115200, log=None):
 
     Parameters
     ----------
-    design : zeroskip.hdl.design.Design
+    design : zeroskip.design.Design
     build : path-like
         The compile build directory; ``board-<board>/`` is written inside it, complete or not at
         all (a failed build leaves its logs in ``board-<board>.failed/`` instead).

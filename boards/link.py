@@ -68,7 +68,7 @@ from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
 
 from ..hdl.common import activation_shape
-from ..hdl.network import StreamRegister
+from ..hdl.stream import StreamRegister
 from ..host import (DESCRIBE, DESCRIPTION_LENGTH, ERROR, INFER, RESULT, WORD_BYTES,
                     expected_description)
 from .uart import UARTRx, UARTTx, clocks_per_bit
@@ -87,12 +87,12 @@ _FRAMING, _OVERRUN, _TIMEOUT = 0, 1, 2
 
 
 class HostLink(wiring.Component):
-    """A compiled network (its :meth:`~zeroskip.hdl.design.Design.engine`) behind a UART,
+    """A compiled network (its :meth:`~zeroskip.design.Design.engine`) behind a UART,
     speaking the protocol of this module's docstring.
 
     Parameters
     ----------
-    design : zeroskip.hdl.design.Design
+    design : zeroskip.design.Design
         The compiled network.
     clk_freq : int
         The clock frequency in Hz (the description reports it).

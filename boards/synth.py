@@ -429,7 +429,7 @@ def build_verilog(build):
     The Verilog is synthesized as the build holds it (no recompiling): only a file edited or
     swapped since ``zeroskip compile`` is refused.
     """
-    from ..hdl.design import MANIFEST_FILE, read_manifest
+    from ..build import MANIFEST_FILE, read_manifest
 
     build = Path(build)
     if not build.is_dir():

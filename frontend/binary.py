@@ -1,4 +1,4 @@
-"""Binary neural networks: binary weights, binary activations, thresholds (issue 5).
+"""Binary neural networks: binary weights, binary activations, thresholds.
 
 :func:`binarize` turns a float model into a :class:`BinaryNet`, trainable like a
 :class:`~.qat.QuantNet`:
@@ -32,15 +32,15 @@ from torch import nn
 
 from .. import ir
 from ..errors import FrontendError
-from .export import _activation, _requant
 from .graph import (
     FloatActivation, FloatBatchNorm, FloatConv2d, FloatFlatten, FloatInput, FloatLinear,
-    FloatMaxPool2d, WeightLayer,
+    FloatMaxPool2d, FloatWeightLayer,
 )
-from .passes import _sole_consumer, prepare_float_graph
+from .passes import prepare_float_graph, sole_consumer
 from .qat import (
-    EXACT, ActFormat, OutputQuantizer, QuantFlatten, QuantInput, QuantMaxPool, QuantWeightLayer,
-    QValue, _straight_through, observe_ranges, quantize_multiplier, requantize_exact,
+    EXACT, ActFormat, IntegerNet, OutputQuantizer, QuantFlatten, QuantInput, QuantMaxPool,
+    QuantWeightLayer, QValue, ir_activation, ir_requant, observe_ranges, quantize_multiplier,
+    requantize_exact, straight_through,
 )
 from .trace import trace
 
@@ -56,13 +56,13 @@ def split_binary_layers(graph, int8_layers):
     """
     signs, removed = {}, []
     for layer in graph.nodes:
-        if not isinstance(layer, WeightLayer) or layer.name in int8_layers:
+        if not isinstance(layer, FloatWeightLayer) or layer.name in int8_layers:
             continue
-        follower, bn = _sole_consumer(graph, layer.name), None
+        follower, bn = sole_consumer(graph, layer.name), None
         if isinstance(follower, FloatBatchNorm):
             bn = follower
             removed.append(bn.name)
-            follower = _sole_consumer(graph, bn.name)
+            follower = sole_consumer(graph, bn.name)
         if isinstance(follower, FloatActivation):
             removed.append(follower.name)
         elif bn is None:
@@ -190,34 +190,27 @@ class BinaryWeightLayer(nn.Module):
             limits = self._broadcast(torch.from_numpy(t.thresholds.astype(np.float64)), acc.dim())
             integer = torch.where(signs * acc >= limits, 1.0, -1.0).to(EXACT)
             surrogate = torch.clamp(self._batchnorm(z, False), -1.0, 1.0)
-            return QValue(_straight_through(surrogate, integer, 1.0), integer, 1.0)
+            return QValue(straight_through(surrogate, integer, 1.0), integer, 1.0)
         bias_int, multiplier, shift, out_scale = self.requant_parameters(x.scale)
         acc = acc + self._broadcast(bias_int, acc.dim())
         integer = requantize_exact(acc, multiplier, shift, LOGIT_FORMAT.qmin, LOGIT_FORMAT.qmax, 0)
-        return QValue(_straight_through(self.out.surrogate(z), integer, out_scale), integer,
+        return QValue(straight_through(self.out.surrogate(z), integer, out_scale), integer,
                       out_scale)
 
 
-class BinaryNet(nn.Module):
+class BinaryNet(IntegerNet):
     """A binary (or mixed int8 / binary) network, run node by node in topological order.
 
     ``forward(x)`` returns float outputs with gradients (see the module doc for the train and
-    eval modes); :meth:`forward_int` the exact integer output, equal to
+    eval modes); :meth:`forward_int` the exact integer output (in eval mode), equal to
     ``zeroskip.reference.run`` on :meth:`to_graph`'s graph.
     """
 
     def __init__(self, float_graph, signs, input_format, int8_layers):
-        super().__init__()
-        self.float_graph = float_graph
-        self.formats = {}
-        self.node_modules = nn.ModuleDict()
+        super().__init__(float_graph)
         for node in float_graph.nodes:
-            self.node_modules[node.name.replace(".", "_")] = self._build(
+            self.node_modules[self._key(node.name)] = self._build(
                 node, signs, input_format, int8_layers)
-        self.observing = False
-
-    def module(self, name):
-        return self.node_modules[name.replace(".", "_")]
 
     def _build(self, node, signs, input_format, int8_layers):
         if isinstance(node, FloatInput):
@@ -243,32 +236,10 @@ class BinaryNet(nn.Module):
         fmt = self.formats[name]
         return max(-fmt.qmin, fmt.qmax)
 
-    def run(self, x):
-        """Every node's :class:`~.qat.QValue` for the float batch ``x``."""
-        values = {}
-        for node in self.float_graph.nodes:
-            module = self.module(node.name)
-            if isinstance(node, FloatInput):
-                values[node.name] = module(x, self.observing)
-            elif isinstance(module, BinaryWeightLayer):
-                values[node.name] = module(values[node.inputs[0]], self.observing,
-                                           self._bound(node.inputs[0]))
-            else:
-                values[node.name] = module(*(values[i] for i in node.inputs), self.observing)
-        return values
-
-    def forward(self, x):
-        return self.run(x)[self.float_graph.output].value
-
-    @torch.no_grad()
-    def forward_int(self, x):
-        """The exact integer output for the float batch ``x`` (int64), in eval mode."""
-        was_training = self.training
-        self.eval()
-        try:
-            return self.run(x)[self.float_graph.output].integer.to(torch.int64)
-        finally:
-            self.train(was_training)
+    def _apply(self, node, module, values):
+        if isinstance(module, BinaryWeightLayer):
+            return module(values[node.inputs[0]], self.observing, self._bound(node.inputs[0]))
+        return super()._apply(node, module, values)
 
     @torch.no_grad()
     def calibrate(self, batches):
@@ -281,7 +252,6 @@ class BinaryNet(nn.Module):
 
     @torch.no_grad()
     def to_graph(self, name="net"):
-        """The IR graph of the calibrated net: exactly the integers of its eval forward."""
         scales, nodes = {}, []
         for node in self.float_graph.nodes:
             module, fmt, inputs = self.module(node.name), self.formats[node.name], tuple(
@@ -289,7 +259,7 @@ class BinaryNet(nn.Module):
             if isinstance(node, FloatInput):
                 scales[node.name] = module.out.scale
                 nodes.append(ir.Input(node.name, inputs, node.shape,
-                                      _activation(fmt, scales[node.name])))
+                                      ir_activation(fmt, scales[node.name])))
                 continue
             if isinstance(node, (FloatMaxPool2d, FloatFlatten)):
                 scales[node.name] = scales[inputs[0]]
@@ -301,7 +271,7 @@ class BinaryNet(nn.Module):
             if isinstance(module, QuantWeightLayer):
                 p = module.integer_parameters(in_scale)
                 fields = dict(weight=p.weight, weight_scale=p.weight_scale, bias=p.bias,
-                              weight_bits=module.weight_bits, requant=_requant(
+                              weight_bits=module.weight_bits, requant=ir_requant(
                                   p.multiplier, p.shift, p.clamp_min, p.clamp_max, p.epsilon))
                 scales[node.name] = p.out_scale
             else:
@@ -314,12 +284,12 @@ class BinaryNet(nn.Module):
                 else:
                     bias, multiplier, shift, scales[node.name] = module.requant_parameters(
                         in_scale)
-                    fields.update(bias=bias, requant=_requant(multiplier, shift, LOGIT_FORMAT.qmin,
+                    fields.update(bias=bias, requant=ir_requant(multiplier, shift, LOGIT_FORMAT.qmin,
                                                               LOGIT_FORMAT.qmax, 0))
             fields.update(weight=fields["weight"].numpy().astype(np.int8),
                           bias=fields["bias"].numpy().astype(np.int32),
                           weight_scale=fields["weight_scale"].numpy().astype(np.float64),
-                          act=_activation(fmt, scales[node.name]))
+                          act=ir_activation(fmt, scales[node.name]))
             if isinstance(node, FloatConv2d):
                 nodes.append(ir.Conv2d(node.name, inputs, stride=tuple(node.stride),
                                        padding=tuple(node.padding), groups=node.groups, **fields))
@@ -358,7 +328,7 @@ def binarize(model, example_input, calibration=None, *, input_bits=8, int8_layer
                             f"got {input_bits!r}")
     int8_layers = frozenset(int8_layers)
     traced = trace(model, example_input)
-    layer_names = {node.name for node in traced.nodes if isinstance(node, WeightLayer)}
+    layer_names = {node.name for node in traced.nodes if isinstance(node, FloatWeightLayer)}
     unknown = sorted(int8_layers - layer_names)
     if unknown:
         raise FrontendError(f"int8_layers names no Conv2d or Linear: {unknown}; layers are "

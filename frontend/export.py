@@ -1,21 +1,13 @@
 """Export: a PyTorch model to the layer IR.
 
-A :class:`~.qat.QuantNet` or a :class:`~.binary.BinaryNet` exports the integers its forward
-computes with; any other model is first quantized post-training (:func:`~.qat.prepare` with the
-calibration data).
+An :class:`~.qat.IntegerNet` (a :class:`~.qat.QuantNet` or a :class:`~.binary.BinaryNet`)
+exports the integers its forward computes with (its ``to_graph``); any other model is first
+quantized post-training (:func:`~.qat.prepare` with the calibration data).
 """
 
 from __future__ import annotations
 
-import numpy as np
-import torch
-
-from .. import ir
-from ..errors import FrontendError
-from .graph import (
-    FloatAdd, FloatAvgPool2d, FloatConv2d, FloatFlatten, FloatInput, FloatLinear, FloatMaxPool2d,
-)
-from .qat import QuantNet, prepare
+from .qat import IntegerNet, prepare
 
 
 def export(model, example_input, calibration=None, *, weight_bits=8, act_bits=8, epsilon=0,
@@ -37,71 +29,7 @@ def export(model, example_input, calibration=None, *, weight_bits=8, act_bits=8,
     weight_bits, act_bits, epsilon
         As for :func:`zeroskip.qat.prepare`; ignored for a QuantNet.
     """
-    from .binary import BinaryNet  # binary builds on this module's helpers
-
-    if isinstance(model, BinaryNet):
-        return model.to_graph(name or "net")
-    if not isinstance(model, QuantNet):
+    if not isinstance(model, IntegerNet):
         model = prepare(model, example_input, calibration, weight_bits=weight_bits,
                         act_bits=act_bits, epsilon=epsilon)
-    return to_graph(model, name or "net")
-
-
-def _requant(multiplier, shift, low, high, epsilon):
-    return ir.Requant(np.asarray(multiplier, np.int32), np.asarray(shift, np.int32),
-                      int(low), int(high), int(epsilon))
-
-
-def _activation(fmt, scale):
-    return ir.Activation(fmt.bits, fmt.signed, float(scale))
-
-
-@torch.no_grad()
-def to_graph(net, name="net"):
-    """The IR graph of a calibrated :class:`QuantNet`."""
-    scales, nodes = {}, []
-    for node in net.float_graph.nodes:
-        module, fmt = net.module(node.name), net.formats[node.name]
-        inputs = tuple(node.inputs)
-        if isinstance(node, FloatInput):
-            scales[node.name] = module.out.scale
-            nodes.append(ir.Input(node.name, inputs, node.shape,
-                                  _activation(fmt, scales[node.name])))
-        elif isinstance(node, (FloatConv2d, FloatLinear)):
-            p = module.integer_parameters(scales[inputs[0]])
-            scales[node.name] = p.out_scale
-            common = dict(
-                weight=p.weight.numpy().astype(np.int8), bias=p.bias.numpy().astype(np.int32),
-                weight_bits=module.weight_bits, weight_scale=p.weight_scale.numpy(),
-                requant=_requant(p.multiplier, p.shift, p.clamp_min, p.clamp_max, p.epsilon),
-                act=_activation(fmt, p.out_scale))
-            if isinstance(node, FloatConv2d):
-                nodes.append(ir.Conv2d(node.name, inputs, stride=tuple(node.stride),
-                                       padding=tuple(node.padding), groups=node.groups, **common))
-            else:
-                nodes.append(ir.Linear(node.name, inputs, **common))
-        elif isinstance(node, FloatAdd):
-            (m_a, m_b), shift, low, high, out_scale = module.integer_parameters(
-                scales[inputs[0]], scales[inputs[1]])
-            scales[node.name] = out_scale
-            nodes.append(ir.Add(node.name, inputs, input_multipliers=(m_a, m_b),
-                                requant=_requant([1], [shift], low, high, module.out.epsilon),
-                                act=_activation(fmt, out_scale)))
-        elif isinstance(node, FloatAvgPool2d):
-            scales[node.name] = scales[inputs[0]]
-            multiplier, shift, low, high = module.requant()
-            nodes.append(ir.AvgPool2d(node.name, inputs, kernel=tuple(node.kernel),
-                                      stride=tuple(node.stride),
-                                      requant=_requant(multiplier, shift, low, high,
-                                                       module.epsilon),
-                                      act=_activation(fmt, scales[node.name])))
-        elif isinstance(node, FloatMaxPool2d):
-            scales[node.name] = scales[inputs[0]]
-            nodes.append(ir.MaxPool2d(node.name, inputs, kernel=tuple(node.kernel),
-                                      stride=tuple(node.stride), padding=tuple(node.padding)))
-        elif isinstance(node, FloatFlatten):
-            scales[node.name] = scales[inputs[0]]
-            nodes.append(ir.Flatten(node.name, inputs))
-        else:
-            raise FrontendError(f"cannot export {type(node).__name__} {node.source!r}")
-    return ir.Graph(nodes=tuple(nodes), output=net.float_graph.output, name=name)
+    return model.to_graph(name or "net")

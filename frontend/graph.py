@@ -34,7 +34,7 @@ class FloatInput(FloatNode):
 
 
 @dataclass(frozen=True, eq=False)
-class WeightLayer(FloatNode):
+class FloatWeightLayer(FloatNode):
     """Conv2d or Linear with its (possibly pruned) weights.
 
     ``mask`` marks the weights that may be nonzero: pruned positions stay exactly zero through
@@ -49,14 +49,14 @@ class WeightLayer(FloatNode):
 
 
 @dataclass(frozen=True, eq=False)
-class FloatConv2d(WeightLayer):
+class FloatConv2d(FloatWeightLayer):
     stride: tuple[int, int] = (1, 1)
     padding: tuple[int, int] = (0, 0)
     groups: int = 1
 
 
 @dataclass(frozen=True, eq=False)
-class FloatLinear(WeightLayer):
+class FloatLinear(FloatWeightLayer):
     pass
 
 
@@ -105,7 +105,7 @@ class FloatIdentity(FloatNode):
     """Dropout, Identity: nothing at inference."""
 
 
-FUSABLE = (WeightLayer, FloatAvgPool2d, FloatAdd)
+FUSABLE = (FloatWeightLayer, FloatAvgPool2d, FloatAdd)
 
 
 @dataclass(frozen=True, eq=False)

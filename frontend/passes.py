@@ -11,11 +11,11 @@ from dataclasses import replace
 import torch
 
 from .graph import (
-    FUSABLE, FloatActivation, FloatBatchNorm, FloatFlatten, FloatMaxPool2d, WeightLayer,
+    FUSABLE, FloatActivation, FloatBatchNorm, FloatFlatten, FloatMaxPool2d, FloatWeightLayer,
 )
 
 
-def _sole_consumer(graph, name):
+def sole_consumer(graph, name):
     consumers = graph.consumers(name)
     return consumers[0] if len(consumers) == 1 and graph.output != name else None
 
@@ -32,8 +32,8 @@ class FoldBatchNorm:
             if not isinstance(bn, FloatBatchNorm):
                 continue
             layer = graph.node(bn.inputs[0])
-            if not isinstance(layer, WeightLayer) or layer.activation is not None \
-                    or _sole_consumer(graph, layer.name) is not bn:
+            if not isinstance(layer, FloatWeightLayer) or layer.activation is not None \
+                    or sole_consumer(graph, layer.name) is not bn:
                 continue
             layer = replacements.get(layer.name, layer)
             factor = bn.weight / torch.sqrt(bn.var + bn.eps)
@@ -60,8 +60,8 @@ class HoistActivation:
                     continue
                 middle = graph.node(act.inputs[0])
                 if isinstance(middle, (FloatMaxPool2d, FloatFlatten)) \
-                        and _sole_consumer(graph, middle.name) is act \
-                        and _sole_consumer(graph, middle.inputs[0]) is middle:
+                        and sole_consumer(graph, middle.name) is act \
+                        and sole_consumer(graph, middle.inputs[0]) is middle:
                     graph = self._swap(graph, act, middle)
                     break
             else:
@@ -98,7 +98,7 @@ class FuseActivation:
                 continue
             producer = graph.node(act.inputs[0])
             producer = replacements.get(producer.name, producer)
-            if not isinstance(producer, FUSABLE) or _sole_consumer(graph, producer.name) is not act:
+            if not isinstance(producer, FUSABLE) or sole_consumer(graph, producer.name) is not act:
                 continue
             # relu after relu6 is still relu6; relu6 after relu is relu6.
             kind = "relu6" if "relu6" in (act.kind, producer.activation) else "relu"

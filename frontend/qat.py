@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import ir
 from ..errors import FrontendError
 from ..ir import (
     INT32_MAX, INT32_MIN, MAX_BITS, MAX_SHIFT, MIN_BITS, activation_range, weight_range,
@@ -106,7 +107,7 @@ class QValue:
     scale: Optional[float] = None
 
 
-def _straight_through(surrogate, integer, scale):
+def straight_through(surrogate, integer, scale):
     exact = (integer * scale).to(surrogate.dtype)
     return surrogate + (exact - surrogate).detach()
 
@@ -170,7 +171,7 @@ class QuantInput(nn.Module):
         scale = self.out.scale
         integer = torch.clamp(torch.round(x.detach().to(EXACT) / scale),
                               self.out.fmt.qmin, self.out.fmt.qmax)
-        return QValue(_straight_through(x, integer, scale), integer, scale)
+        return QValue(straight_through(x, integer, scale), integer, scale)
 
 
 @dataclass(frozen=True)
@@ -241,7 +242,7 @@ class QuantWeightLayer(nn.Module):
             x.integer.dim() - 2))
         integer = requantize_exact(acc, p.multiplier, p.shift, p.clamp_min, p.clamp_max,
                                    p.epsilon)
-        return QValue(_straight_through(surrogate, integer, p.out_scale), integer, p.out_scale)
+        return QValue(straight_through(surrogate, integer, p.out_scale), integer, p.out_scale)
 
 
 class QuantAvgPool(nn.Module):
@@ -266,7 +267,7 @@ class QuantAvgPool(nn.Module):
         window_sum = F.avg_pool2d(x.integer, self.kernel, self.stride, divisor_override=1)
         multiplier, shift, low, high = self.requant()
         integer = requantize_exact(window_sum, multiplier, shift, low, high, self.epsilon)
-        return QValue(_straight_through(surrogate, integer, x.scale), integer, x.scale)
+        return QValue(straight_through(surrogate, integer, x.scale), integer, x.scale)
 
 
 class QuantAdd(nn.Module):
@@ -293,7 +294,7 @@ class QuantAdd(nn.Module):
         (m_a, m_b), shift, low, high, out_scale = self.integer_parameters(a.scale, b.scale)
         acc = a.integer * m_a + b.integer * m_b
         integer = requantize_exact(acc, [1], [shift], low, high, self.out.epsilon)
-        return QValue(_straight_through(self.out.surrogate(y), integer, out_scale), integer,
+        return QValue(straight_through(self.out.surrogate(y), integer, out_scale), integer,
                       out_scale)
 
 
@@ -327,22 +328,30 @@ def _per_layer(setting, name, what, default_low=MIN_BITS, default_high=MAX_BITS)
     return value
 
 
-class QuantNet(nn.Module):
-    """A quantized network: the float graph's nodes as QAT modules, run in topological order.
+def ir_requant(multiplier, shift, low, high, epsilon):
+    """An :class:`zeroskip.ir.Requant` from a layer's integer parameters."""
+    return ir.Requant(np.asarray(multiplier, np.int32), np.asarray(shift, np.int32),
+                      int(low), int(high), int(epsilon))
+
+
+def ir_activation(fmt, scale):
+    """The :class:`zeroskip.ir.Activation` of an :class:`ActFormat` at ``scale``."""
+    return ir.Activation(fmt.bits, fmt.signed, float(scale))
+
+
+class IntegerNet(nn.Module):
+    """A float graph's nodes as modules computing the IR's integers, run in topological order.
 
     ``forward(x)`` returns the dequantized output (a float tensor with gradients);
-    :meth:`forward_int` the exact integer output, which equals ``zeroskip.reference.run`` on the
-    exported graph. Call :meth:`calibrate` before the first quantized forward.
+    :meth:`forward_int` the exact integer output, which equals ``zeroskip.reference.run`` on
+    :meth:`to_graph`'s graph. Subclasses build the modules (``_build``) and the graph.
     """
 
-    def __init__(self, float_graph, weight_bits=8, act_bits=8, epsilon=0, input_signed=False):
+    def __init__(self, float_graph):
         super().__init__()
         self.float_graph = float_graph
         self.formats = {}
         self.node_modules = nn.ModuleDict()
-        for node in float_graph.nodes:
-            self.node_modules[self._key(node.name)] = self._build(
-                node, weight_bits, act_bits, epsilon, input_signed)
         self.observing = False
 
     @staticmethod
@@ -351,6 +360,54 @@ class QuantNet(nn.Module):
 
     def module(self, name):
         return self.node_modules[self._key(name)]
+
+    def _apply(self, node, module, values):
+        """One node's :class:`QValue` from its inputs' ``values``."""
+        return module(*(values[i] for i in node.inputs), self.observing)
+
+    def run(self, x):
+        """Every node's :class:`QValue` for the float batch ``x``."""
+        values = {}
+        for node in self.float_graph.nodes:
+            module = self.module(node.name)
+            if isinstance(node, FloatInput):
+                values[node.name] = module(x, self.observing)
+            else:
+                values[node.name] = self._apply(node, module, values)
+        return values
+
+    def forward(self, x):
+        return self.run(x)[self.float_graph.output].value
+
+    @torch.no_grad()
+    def forward_int(self, x):
+        """The exact integer output for the float batch ``x`` (int64), in eval mode."""
+        was_training = self.training
+        self.eval()
+        try:
+            return self.run(x)[self.float_graph.output].integer.to(torch.int64)
+        finally:
+            self.train(was_training)
+
+    @torch.no_grad()
+    def calibrate(self, batches):
+        """Observe activation ranges on float data (one tensor or an iterable of batches)."""
+        return observe_ranges(self, batches)
+
+    def to_graph(self, name="net"):
+        """The IR graph of the calibrated net: exactly the integers of its eval forward."""
+        raise NotImplementedError
+
+
+class QuantNet(IntegerNet):
+    """A quantized network (int2..int8 weights and activations), trainable with
+    quantization-aware training. Call :meth:`calibrate` before the first quantized forward."""
+
+    def __init__(self, float_graph, weight_bits=8, act_bits=8, epsilon=0, input_signed=False):
+        super().__init__(float_graph)
+        for node in float_graph.nodes:
+            self.node_modules[self._key(node.name)] = self._build(
+                node, weight_bits, act_bits, epsilon, input_signed)
 
     def _build(self, node, weight_bits, act_bits, epsilon, input_signed):
         def output_format(activation):
@@ -381,29 +438,58 @@ class QuantNet(nn.Module):
             return QuantFlatten()
         raise FrontendError(f"cannot quantize {type(node).__name__} {node.source!r}")
 
-    def run(self, x):
-        """Every node's :class:`QValue` for the float batch ``x``."""
-        values = {}
+    @torch.no_grad()
+    def to_graph(self, name="net"):
+        scales, nodes = {}, []
         for node in self.float_graph.nodes:
-            module = self.module(node.name)
+            module, fmt = self.module(node.name), self.formats[node.name]
+            inputs = tuple(node.inputs)
             if isinstance(node, FloatInput):
-                values[node.name] = module(x, self.observing)
+                scales[node.name] = module.out.scale
+                nodes.append(ir.Input(node.name, inputs, node.shape,
+                                      ir_activation(fmt, scales[node.name])))
+            elif isinstance(node, (FloatConv2d, FloatLinear)):
+                p = module.integer_parameters(scales[inputs[0]])
+                scales[node.name] = p.out_scale
+                common = dict(
+                    weight=p.weight.numpy().astype(np.int8), bias=p.bias.numpy().astype(np.int32),
+                    weight_bits=module.weight_bits, weight_scale=p.weight_scale.numpy(),
+                    requant=ir_requant(p.multiplier, p.shift, p.clamp_min, p.clamp_max,
+                                       p.epsilon),
+                    act=ir_activation(fmt, p.out_scale))
+                if isinstance(node, FloatConv2d):
+                    nodes.append(ir.Conv2d(node.name, inputs, stride=tuple(node.stride),
+                                           padding=tuple(node.padding), groups=node.groups,
+                                           **common))
+                else:
+                    nodes.append(ir.Linear(node.name, inputs, **common))
+            elif isinstance(node, FloatAdd):
+                (m_a, m_b), shift, low, high, out_scale = module.integer_parameters(
+                    scales[inputs[0]], scales[inputs[1]])
+                scales[node.name] = out_scale
+                nodes.append(ir.Add(node.name, inputs, input_multipliers=(m_a, m_b),
+                                    requant=ir_requant([1], [shift], low, high,
+                                                       module.out.epsilon),
+                                    act=ir_activation(fmt, out_scale)))
+            elif isinstance(node, FloatAvgPool2d):
+                scales[node.name] = scales[inputs[0]]
+                multiplier, shift, low, high = module.requant()
+                nodes.append(ir.AvgPool2d(node.name, inputs, kernel=tuple(node.kernel),
+                                          stride=tuple(node.stride),
+                                          requant=ir_requant(multiplier, shift, low, high,
+                                                             module.epsilon),
+                                          act=ir_activation(fmt, scales[node.name])))
+            elif isinstance(node, FloatMaxPool2d):
+                scales[node.name] = scales[inputs[0]]
+                nodes.append(ir.MaxPool2d(node.name, inputs, kernel=tuple(node.kernel),
+                                          stride=tuple(node.stride),
+                                          padding=tuple(node.padding)))
+            elif isinstance(node, FloatFlatten):
+                scales[node.name] = scales[inputs[0]]
+                nodes.append(ir.Flatten(node.name, inputs))
             else:
-                values[node.name] = module(*(values[i] for i in node.inputs), self.observing)
-        return values
-
-    def forward(self, x):
-        return self.run(x)[self.float_graph.output].value
-
-    @torch.no_grad()
-    def forward_int(self, x):
-        """The exact integer output for the float batch ``x`` (int64)."""
-        return self.run(x)[self.float_graph.output].integer.to(torch.int64)
-
-    @torch.no_grad()
-    def calibrate(self, batches):
-        """Observe activation ranges on float data (one tensor or an iterable of batches)."""
-        return observe_ranges(self, batches)
+                raise FrontendError(f"cannot export {type(node).__name__} {node.source!r}")
+        return ir.Graph(nodes=tuple(nodes), output=self.float_graph.output, name=name)
 
 
 @torch.no_grad()

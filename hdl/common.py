@@ -109,3 +109,10 @@ def hwc_permutation(shape):
     can read the HWC stream directly.
     """
     return to_beats(np.arange(int(np.prod(shape))).reshape(shape))
+
+
+def identifier(name, prefix):
+    """``name`` as a Verilog / signature identifier: non-alphanumerics become ``_``, and one
+    that does not start with a letter gets ``prefix`` (``"0"`` -> ``"n0"`` with ``"n"``)."""
+    cleaned = "".join(ch if ch.isalnum() else "_" for ch in name)
+    return cleaned if cleaned[:1].isalpha() else f"{prefix}{cleaned}"

@@ -32,6 +32,7 @@ from amaranth.utils import ceil_log2
 
 from .. import ir
 from .activity import count_activity, count_beats
+from .arith import popcount
 from .common import activation_shape, activation_stream, counters_signature
 from .requant import Requantizer
 from .sparse_plan import plan as make_plan
@@ -46,20 +47,6 @@ from .window import (PIXEL_COUNTER_WIDTH, TILE_SLOTS, LaneWindow, earlier, elabo
 # no more than 8: one iCE40 block RAM, or one ECP5 LUT RAM deep, either way.
 PAIR_FIFO_DEPTH = 16
 OUT_FIFO_DEPTH = 8
-
-
-def _sum(terms):
-    """The sum of ``terms`` as a balanced tree (shallow logic, few simulator steps)."""
-    terms = list(terms) or [Const(0, 1)]
-    while len(terms) > 1:
-        terms = [terms[i] + terms[i + 1] if i + 1 < len(terms) else terms[i]
-                 for i in range(0, len(terms), 2)]
-    return terms[0]
-
-
-def _popcount(value):
-    """Set bits of ``value``."""
-    return _sum(value[i] for i in range(len(value)))
 
 
 def _at_or_below(bits):
@@ -198,6 +185,8 @@ class SparseConvEngine(wiring.Component):
         False gives the dense engine of the same design: every weight stored, every pair issued.
     chunk : int
         Input channels examined together (the width of the masks and the priority encoder).
+    plan : zeroskip.hdl.sparse_plan.SparsePlan, optional
+        The plan of these arguments, when the compiler has made it already; made here if not.
 
     Members
     -------
@@ -214,7 +203,7 @@ class SparseConvEngine(wiring.Component):
     the pair FIFOs are fed; at most one output per cycle.
     """
 
-    def __init__(self, node, in_shape, in_act, *, lanes=1, zero_skip=True, chunk=16):
+    def __init__(self, node, in_shape, in_act, *, lanes=1, zero_skip=True, chunk=16, plan=None):
         if not isinstance(node, (ir.Conv2d, ir.Linear)):
             raise TypeError(f"SparseConvEngine takes a Conv2d or Linear node, not "
                             f"{type(node).__name__}")
@@ -227,7 +216,8 @@ class SparseConvEngine(wiring.Component):
         if not isinstance(chunk, int) or not 1 <= chunk <= 64:
             raise ValueError(f"chunk must be an integer from 1 to 64, got {chunk!r}")
         self.node, self.in_shape, self.in_act = node, tuple(in_shape), in_act
-        self.plan = make_plan(node, in_shape, in_act, lanes, zero_skip, chunk)
+        self.plan = make_plan(node, in_shape, in_act, lanes, zero_skip, chunk) if plan is None \
+            else plan
         self.geometry = self.plan.geometry
         self.sum_shape = signed(self.plan.accumulator_width)
         super().__init__({
@@ -295,7 +285,6 @@ class SparseConvEngine(wiring.Component):
     def _elaborate_lane(self, m, index, lane, act_mem, mask_mem, window):
         g = self.geometry
         filters = len(lane.filters)
-        words_per_pixel = g.groups * g.chunks
         weight_bits = self.node.weight_bits
 
         row_bits = max(ceil_log2(g.kernel[0]), 1)
@@ -322,6 +311,24 @@ class SparseConvEngine(wiring.Component):
         tile_write = tile.write_port()
         tile_read = tile.read_port()
 
+        pair_fifo, pair_fifo_layout, scanned, waiting_for_rows = self._elaborate_examiner(
+            m, index, lane, combo_layout, combo_read, mask_read, act_mem, window)
+        has_pair, pixels_done, effective = self._elaborate_issuer(
+            m, lane, pair_fifo, pair_fifo_layout, weight_read, act_read, tile_write, window)
+
+        return {"pixels_done": pixels_done, "issued": has_pair, "scanned": scanned,
+                "effective": effective, "waiting_for_rows": waiting_for_rows,
+                "tile_read": (tile_read, filters)}
+
+    def _elaborate_examiner(self, m, index, lane, combo_layout, combo_read, mask_read,
+                            act_mem, window):
+        """The combo walk of one lane, down to its pair FIFO: returns the FIFO, its entry
+        layout, the dense pairs credited as a pixel starts, and whether the lane waits for
+        input rows."""
+        g = self.geometry
+        filters = len(lane.filters)
+        words_per_pixel = g.groups * g.chunks
+        chunk_bits = max(ceil_log2(g.chunks), 1)
         # --- examiner: walks the combo list for one output pixel at a time ------------------
         # Rows are released by pixels the MAC has finished (the window's retired cursor), not
         # by pixels scanned: pairs of scanned pixels may still wait in the FIFO to read them.
@@ -425,7 +432,7 @@ class SparseConvEngine(wiring.Component):
             pair_fifo.w_en.eq(stage_c.valid & ((pairs != 0) | stage_c.last)),
         ]
         with m.If(stage_c.valid):
-            m.d.sync += running_base.eq(base + _popcount(weight_mask))
+            m.d.sync += running_base.eq(base + popcount(weight_mask))
         dropped = stage_c.valid & ~pair_fifo.w_en
         taken = pair_fifo.r_en & pair_fifo.r_rdy
         m.d.sync += ahead.eq(ahead + examined - dropped - taken)
@@ -433,7 +440,15 @@ class SparseConvEngine(wiring.Component):
         # (before any of its pairs issue), so that credited minus issued never goes negative.
         dense_pairs = len(lane.filters) * g.taps * g.group_channels
         scanned = Mux(~scanning & can_start, dense_pairs, 0)
+        return pair_fifo, pair_fifo_layout, scanned, waiting_for_rows
 
+    def _elaborate_issuer(self, m, lane, pair_fifo, pair_fifo_layout, weight_read, act_read,
+                          tile_write, window):
+        """One lane's issuer (a pair per cycle from its FIFO) and multiplier-accumulator:
+        returns whether a pair issues this cycle, the pixels done, and whether the product
+        being registered is an effective MAC."""
+        g = self.geometry
+        filters = len(lane.filters)
         # --- issuer: one pair per cycle ----------------------------------------------------
         current = Signal(pair_fifo_layout)
         current_valid = Signal()
@@ -447,7 +462,7 @@ class SparseConvEngine(wiring.Component):
         m.d.comb += [below_lowest.eq(~_at_or_below(remaining)),
                      lowest.eq(remaining & (below_lowest << 1 | 1))]
         channel = _one_hot_index(lowest)
-        weight_index = _popcount(current.weights & below_lowest)
+        weight_index = popcount(current.weights & below_lowest)
 
         def without_lowest(bits):
             return bits & (bits - 1)
@@ -512,10 +527,7 @@ class SparseConvEngine(wiring.Component):
         effective = Signal()
         m.d.comb += effective.eq(operands.valid & operands.pair & (weight != 0) &
                                  (activation != 0))
-
-        return {"pixels_done": pixels_done, "issued": has_pair, "scanned": scanned,
-                "effective": effective, "waiting_for_rows": waiting_for_rows,
-                "tile_read": (tile_read, filters)}
+        return has_pair, pixels_done, effective
 
     def _elaborate_counters(self, m, issued, scanned, effective, waiting_for_rows, rows):
         g = self.geometry

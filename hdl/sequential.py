@@ -40,11 +40,13 @@ from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
 
 from .. import ir
+from .argmax import ArgmaxEngine
 from .common import activation_shape, activation_stream
 from .conv import biased_shape
-from .network import ArgmaxEngine, NetworkCounters, StreamRegister, network_counters_signature
+from .counters import NetworkCounters, network_counters_signature
 from .requant import Requantizer
-from .sparse_plan import ConvGeometry, plan, signed_width
+from .sparse_plan import plan, signed_width
+from .stream import StreamRegister
 
 __all__ = ["SequentialEngine", "SequentialPlan", "estimate_cycles"]
 
@@ -86,17 +88,30 @@ class TensorSlot:
 
 @dataclass(frozen=True)
 class ConvStep:
-    """A conv2d or linear layer (a linear one as a 1x1 conv on a 1x1 image)."""
+    """A conv2d or linear layer (a linear one as a 1x1 conv on a 1x1 image), with its one-lane
+    :class:`~zeroskip.hdl.sparse_plan.SparsePlan` and where its combos, weights and biases start
+    in the shared ROMs."""
 
     node: object
-    geometry: ConvGeometry
-    lane: object            # the plan's only LanePlan
-    accumulator_bounds: tuple
+    plan: object
     source: TensorSlot
     target: TensorSlot
     combo_start: int
     weight_start: int
     bias_start: int
+
+    @property
+    def geometry(self):
+        return self.plan.geometry
+
+    @property
+    def lane(self):
+        """The plan's only :class:`~zeroskip.hdl.sparse_plan.LanePlan`."""
+        return self.plan.lanes[0]
+
+    @property
+    def accumulator_bounds(self):
+        return self.plan.accumulator_bounds
 
 
 @dataclass(frozen=True)
@@ -121,21 +136,28 @@ class PoolStep:
 @dataclass(frozen=True)
 class SequentialPlan:
     """What the sequential engine runs: its steps in order and the tensor slots between them
-    (``slots[0]`` the input, ``slots[i + 1]`` step ``i``'s output)."""
+    (``slots[0]`` the input, ``slots[i + 1]`` step ``i``'s output), ``chunk`` channels to an
+    activation-mask word."""
 
     layers: tuple
     steps: tuple
     slots: tuple
+    chunk: int
 
     @classmethod
     def of(cls, layers, *, input_name, in_shape, in_act, chunk):
-        """The plan of a chain of :class:`~zeroskip.hdl.network.LayerSpec`; a ValueError names
-        the layer that cannot be run and why."""
+        """The plan of a chain of layers (:class:`zeroskip.compiler.layers.LayerSpec`: each
+        with ``node``, ``sources``, ``in_shapes``, ``in_acts``); a ValueError names the layer
+        that cannot be run and why."""
         if not isinstance(chunk, int) or isinstance(chunk, bool) or not 1 <= chunk <= 64:
             raise ValueError(f"chunk must be an integer from 1 to 64, got {chunk!r}")
         layers = tuple(layers)
         steps, slots = _steps(layers, input_name, in_shape, in_act, chunk)
-        return cls(layers, tuple(steps), tuple(slots))
+        return cls(layers, tuple(steps), tuple(slots), chunk)
+
+    @property
+    def conv_steps(self):
+        return [step for step in self.steps if isinstance(step, ConvStep)]
 
 
 def _steps(layers, input_name, in_shape, in_act, chunk):
@@ -198,8 +220,7 @@ def _steps(layers, input_name, in_shape, in_act, chunk):
                              f"channels per pixel with chunk {chunk}: its activation masks line "
                              "up with the layer's only when the chunk divides the channels "
                              f"(compile with a chunk of {source.channels} or a divisor)")
-        steps.append(ConvStep(node, geometry, sparse.lanes[0], sparse.accumulator_bounds,
-                              source, target, combos, weights, biases))
+        steps.append(ConvStep(node, sparse, source, target, combos, weights, biases))
         combos += sparse.lanes[0].combos
         weights += max(len(sparse.lanes[0].weights), 1)
         biases += geometry.out_channels
@@ -226,14 +247,11 @@ class SequentialEngine(wiring.Component):
 
     Parameters
     ----------
-    layers : sequence of :class:`zeroskip.hdl.network.LayerSpec`
-        In order, each reading the one before (the first, the input); a linear layer after a
-        flatten already has its columns in HWC order.
-    input_name : str
+    plan : SequentialPlan
+        The steps (:meth:`SequentialPlan.of`: a chain of layers, each reading the one before,
+        the first the input; a linear layer after a flatten has its columns in HWC order).
     in_shape, in_act, out_shape, out_act :
         The network's input and output shapes and encodings (2..8-bit activations).
-    chunk : int
-        Input channels per activation-mask word.
 
     Members
     -------
@@ -249,13 +267,13 @@ class SequentialEngine(wiring.Component):
     Latency and interval are the same (one inference at a time): :func:`estimate_cycles`.
     """
 
-    def __init__(self, layers, *, input_name, in_shape, in_act, out_shape, out_act, chunk=8):
-        self.plan = SequentialPlan.of(layers, input_name=input_name, in_shape=in_shape,
-                                      in_act=in_act, chunk=chunk)
-        self.layers, self.steps, self.slots = self.plan.layers, self.plan.steps, self.plan.slots
+    def __init__(self, plan, *, in_shape, in_act, out_shape, out_act):
+        if not isinstance(plan, SequentialPlan):
+            raise TypeError(f"SequentialEngine takes a SequentialPlan, not {type(plan).__name__}")
+        self.plan = plan
+        self.layers, self.steps, self.slots = plan.layers, plan.steps, plan.slots
         self.in_shape, self.in_act = tuple(in_shape), in_act
         self.out_shape, self.out_act = tuple(out_shape), out_act
-        self.chunk = chunk
         if self.slots[-1].elements != math.prod(self.out_shape):
             raise ValueError(f"the last layer gives {self.slots[-1].elements} activations, the "
                              f"output {self.out_shape} needs {math.prod(self.out_shape)}")
@@ -270,7 +288,7 @@ class SequentialEngine(wiring.Component):
 
     @property
     def conv_steps(self):
-        return [step for step in self.steps if isinstance(step, ConvStep)]
+        return self.plan.conv_steps
 
     # --- static contents ---------------------------------------------------------------------
 
@@ -545,7 +563,7 @@ class SequentialEngine(wiring.Component):
                         + _times(m, entry.tap_x, conv.chunks, mask_addr_width) + entry.chunk)
         act_base = (stage_2.base + _times(m, entry.tap_y, conv.row, addr_width)
                     + _times(m, entry.tap_x, conv.channels, addr_width)
-                    + entry.chunk * self.chunk)
+                    + entry.chunk * self.plan.chunk)
         m.d.comb += mask_read.addr.eq(stage_3.mask_address)
         with m.If(advance):
             m.d.sync += [stage_3.valid.eq(stage_2.valid), stage_3.weights.eq(entry.mask),
@@ -830,7 +848,7 @@ class SequentialEngine(wiring.Component):
         m.submodules.network_counters = watch = NetworkCounters(
             math.prod(self.in_shape), math.prod(self.out_shape), inflight=2)
         # The handshakes reach the counters a cycle late, both: the differences are the same,
-        # and the output handshake no longer drives the counters' enables combinationally.
+        # and the output handshake does not drive the counters' enables combinationally.
         m.d.sync += [watch.input_taken.eq(self.i_stream.valid & self.i_stream.ready),
                      watch.output_taken.eq(self.o_stream.valid & self.o_stream.ready)]
         wiring.connect(m, wiring.flipped(self.counters.network), watch.counters)

@@ -40,14 +40,18 @@ from amaranth.lib.wiring import In, Out
 from .. import ir
 from .activity import count_activity, count_beats
 from .common import activation_stream, counters_signature
-from .conv import OUT_FIFO_DEPTH, _popcount, _sum, elaborate_collector
+from .arith import balanced_sum, popcount
+from .conv import OUT_FIFO_DEPTH, elaborate_collector
 from .sparse_plan import plan as make_plan
 from .sparse_plan import signed_width
 from .window import (PIXEL_COUNTER_WIDTH, TILE_SLOTS, LaneWindow, elaborate_accumulator,
                      elaborate_filter_counter, elaborate_packer, group_of, ring_rows,
                      row_counter_width)
 
-__all__ = ["XnorConvEngine"]
+__all__ = ["XNOR_WIDTH", "XnorConvEngine"]
+
+#: Input bits a lane reads per cycle (its line-buffer word and popcount width), by default.
+XNOR_WIDTH = 32
 
 
 class XnorConvEngine(wiring.Component):
@@ -70,6 +74,9 @@ class XnorConvEngine(wiring.Component):
     lanes : int
         Popcount units, 1 to the number of output channels; filters are spread over them by
         nonzero count.
+    plan : zeroskip.hdl.sparse_plan.SparsePlan, optional
+        The plan of these arguments (``zero_skip`` and a chunk of ``width``), when the compiler
+        has made it already; made here if not.
 
     Members
     -------
@@ -92,7 +99,7 @@ class XnorConvEngine(wiring.Component):
     requantizer); then one output per cycle.
     """
 
-    def __init__(self, node, in_shape, in_act, *, width=32, lanes=1):
+    def __init__(self, node, in_shape, in_act, *, width=XNOR_WIDTH, lanes=1, plan=None):
         if not isinstance(node, (ir.Conv2d, ir.Linear)):
             raise TypeError(f"XnorConvEngine takes a Conv2d or Linear node, not "
                             f"{type(node).__name__}")
@@ -106,7 +113,8 @@ class XnorConvEngine(wiring.Component):
         if not isinstance(lanes, int) or isinstance(lanes, bool):
             raise ValueError(f"lanes must be an integer, got {lanes!r}")
         self.node, self.in_shape, self.in_act = node, tuple(in_shape), in_act
-        self.plan = make_plan(node, in_shape, in_act, lanes, True, width)
+        self.plan = make_plan(node, in_shape, in_act, lanes, True, width) if plan is None \
+            else plan
         self.geometry = g = self.plan.geometry
         self.planes = node.weight_bits - 1
         self.entries = [self._entries(lane) for lane in self.plan.lanes]
@@ -266,12 +274,12 @@ class XnorConvEngine(wiring.Component):
         byte_counts = [Signal(range(9), name=f"agree_{index}_{low}")
                        for low in range(0, g.chunk, 8)]
         m.d.sync += [stage_c2[name].eq(stage_c1[name]) for name in carried]
-        m.d.sync += [count.eq(_popcount(stage_c1.agree[low:low + 8]))
+        m.d.sync += [count.eq(popcount(stage_c1.agree[low:low + 8]))
                      for count, low in zip(byte_counts, range(0, g.chunk, 8))]
         stage_c = stage_c2
 
         # --- stage C2: matches minus mismatches -----------------------------------------------
-        value = (_sum(byte_counts) << 1) - stage_c.count
+        value = (balanced_sum(byte_counts) << 1) - stage_c.count
         if self.planes > 1:
             value = value << stage_c.shift
         stage_d = Signal(data.StructLayout({

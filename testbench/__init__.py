@@ -3,8 +3,8 @@
 Modules
 -------
 verilog
-    Amaranth component to Verilog text (:func:`~zeroskip.testbench.verilog.convert`) and
-    Verilator's lint (:func:`~zeroskip.testbench.verilog.lint`).
+    Verilator's lint (:func:`~zeroskip.testbench.verilog.lint`) of the Verilog that
+    :func:`zeroskip.hdl.verilog.convert` writes.
 runner
     Verilator builds cached by content, and stream jobs run on them
     (:func:`~zeroskip.testbench.runner.simulate`).
@@ -19,11 +19,3 @@ fast, fast_test
     Builds and runs the harness (:func:`~zeroskip.testbench.fast.fast_simulate`) and its cocotb
     test module.
 """
-
-from pathlib import Path
-
-import zeroskip.hdl
-
-#: The project's Verilator configuration file (``hdl/verilator.vlt``): every lint waiver, each with
-#: the reason for it. Used by lint and by every simulation build.
-WAIVER_FILE = Path(zeroskip.hdl.__file__).resolve().parent / "verilator.vlt"

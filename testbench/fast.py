@@ -6,12 +6,13 @@ clock: Python loads the inputs, pulses ``start``, sleeps until ``done`` and read
 back, so the model runs at Verilator's native speed between the two. One compiled model serves
 any batch up to the harness's capacity. Typical use::
 
-    from zeroskip.testbench import fast, verilog
+    from zeroskip.hdl.verilog import convert
+    from zeroskip.testbench import fast
     from zeroskip.testbench.harness import Harness
 
     harness = Harness(engine, max_inferences=360, input_beats_per_inference=64,
                       output_beats_per_inference={"o_stream": 10})
-    text = verilog.convert(harness, "digits_harness")
+    text = convert(harness, "digits_harness")
     result = fast.fast_simulate(text, "digits_harness", beats, {"o_stream": True},
                                 (64, {"o_stream": 10}), idle_probability=0.3,
                                 backpressure_probability=0.3, build_root=build_root)
@@ -154,7 +155,7 @@ def fast_simulate(
     ----------
     harness_verilog_text : str
         A :class:`~zeroskip.testbench.harness.Harness` converted by
-        :func:`zeroskip.testbench.verilog.convert`.
+        :func:`zeroskip.hdl.verilog.convert`.
     top : str
         Its top module.
     inputs : array-like of int
@@ -205,30 +206,10 @@ def fast_simulate(
         :func:`zeroskip.testbench.runner.fst_available`; ``waves="vcd"`` always works).
     """
     input_beats_per_inference, output_beats_per_inference = beats_per_inference
-    beats = np.asarray(inputs).reshape(-1)
-    if beats.size and not np.issubdtype(beats.dtype, np.integer):
-        raise ValueError(f"input beats must be integers, got {beats.dtype}")
-    beats = beats.astype(np.int64)
-    if input_beats_per_inference < 1 or beats.size % input_beats_per_inference:
-        raise ValueError(f"{beats.size} input beats are not a whole number of inferences of "
-                         f"{input_beats_per_inference} beats")
-    if set(outputs) != set(output_beats_per_inference):
-        raise ValueError(f"outputs name {sorted(outputs)} but beats_per_inference names "
-                         f"{sorted(output_beats_per_inference)}")
-    thresholds = {}
-    for field, probability in [("idle_probability", idle_probability),
-                               ("backpressure_probability", backpressure_probability)]:
-        if not 0.0 <= probability < 1.0:
-            raise ValueError(f"{field} must be in [0, 1), got {probability}")
-        thresholds[field] = min(round(probability * 256), (1 << THRESHOLD_WIDTH) - 1)
-    if timeout_cycles < 1 or reset_cycles < 1:
-        raise ValueError("timeout_cycles and reset_cycles must be at least 1")
-    if waves is not None and waves not in runner.WAVE_FORMATS:
-        raise ValueError(f"waves must be one of {runner.WAVE_FORMATS} or None, got {waves!r}")
-    if waves == "fst" and not runner.fst_available():
-        raise runner.BuildError(
-            "FST waveforms need the lz4 headers, which Verilator's FST writer includes; install "
-            "them (Debian/Ubuntu: `apt-get install liblz4-dev`) or use waves='vcd'")
+    beats, thresholds = _checked_job(inputs, outputs, input_beats_per_inference,
+                                     output_beats_per_inference, idle_probability,
+                                     backpressure_probability, timeout_cycles, reset_cycles,
+                                     waves)
 
     model = runner.build_model(harness_verilog_text, top, build_root, waves=waves,
                                ports_only=True)
@@ -268,6 +249,42 @@ def fast_simulate(
         else:
             _simulate_reporting_progress(simulate, run_dir, job["inferences"], progress)
     seconds = time.monotonic() - started
+    return _read_result(model, run_dir, outputs, seconds, waves_path)
+
+
+def _checked_job(inputs, outputs, input_beats_per_inference, output_beats_per_inference,
+                 idle_probability, backpressure_probability, timeout_cycles, reset_cycles, waves):
+    """:func:`fast_simulate`'s arguments checked: the input beats as int64 and the stall
+    thresholds."""
+    beats = np.asarray(inputs).reshape(-1)
+    if beats.size and not np.issubdtype(beats.dtype, np.integer):
+        raise ValueError(f"input beats must be integers, got {beats.dtype}")
+    beats = beats.astype(np.int64)
+    if input_beats_per_inference < 1 or beats.size % input_beats_per_inference:
+        raise ValueError(f"{beats.size} input beats are not a whole number of inferences of "
+                         f"{input_beats_per_inference} beats")
+    if set(outputs) != set(output_beats_per_inference):
+        raise ValueError(f"outputs name {sorted(outputs)} but beats_per_inference names "
+                         f"{sorted(output_beats_per_inference)}")
+    thresholds = {}
+    for field, probability in [("idle_probability", idle_probability),
+                               ("backpressure_probability", backpressure_probability)]:
+        if not 0.0 <= probability < 1.0:
+            raise ValueError(f"{field} must be in [0, 1), got {probability}")
+        thresholds[field] = min(round(probability * 256), (1 << THRESHOLD_WIDTH) - 1)
+    if timeout_cycles < 1 or reset_cycles < 1:
+        raise ValueError("timeout_cycles and reset_cycles must be at least 1")
+    if waves is not None and waves not in runner.WAVE_FORMATS:
+        raise ValueError(f"waves must be one of {runner.WAVE_FORMATS} or None, got {waves!r}")
+    if waves == "fst" and not runner.fst_available():
+        raise runner.BuildError(
+            "FST waveforms need the lz4 headers, which Verilator's FST writer includes; install "
+            "them (Debian/Ubuntu: `apt-get install liblz4-dev`) or use waves='vcd'")
+    return beats, thresholds
+
+
+def _read_result(model, run_dir, outputs, seconds, waves_path):
+    """The :class:`FastResult` a finished run left in ``run_dir``."""
     where = f"run directory {run_dir}" + (f", waveform {waves_path}" if waves_path else "")
     result_path = run_dir / _RESULT_FILE
     if not result_path.exists():

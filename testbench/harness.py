@@ -68,7 +68,7 @@ class VerilogInstance(wiring.Component):
 
     Lets a harness wrap a design converted once (its Verilog text written beside the
     harness's) instead of elaborating and converting the design a second time. Ports follow
-    :func:`zeroskip.testbench.verilog.convert`'s naming: members joined by ``__``, plus ``clk``
+    :func:`zeroskip.hdl.verilog.convert`'s naming: members joined by ``__``, plus ``clk``
     and ``rst``.
 
     Parameters
@@ -271,20 +271,41 @@ class Harness(wiring.Component):
         with m.Elif(running):
             m.d.sync += cycle.eq(cycle + 1)
 
-        def stall_generator(name, index):
-            """A generator seeded at start; returns its current low byte."""
-            state = Signal(SEED_WIDTH, name=f"{name}_random", init=1)
-            mixed = Signal(SEED_WIDTH, name=f"{name}_seed")
-            m.d.comb += mixed.eq(self.seed ^ Const((_GOLDEN_RATIO_32 * (2 * index + 1))
-                                                   % (1 << SEED_WIDTH), SEED_WIDTH))
-            with m.If(self.start):
-                # xorshift never leaves 0: replace that one seed by a fixed nonzero one.
-                m.d.sync += state.eq(Mux(mixed == 0, _GOLDEN_RATIO_32, mixed))
-            with m.Else():
-                m.d.sync += state.eq(_xorshift32(state))
-            return state[:THRESHOLD_WIDTH]
+        self._elaborate_source(m, dut, running, cycle, inferences, idle_threshold)
+        complete, completed_per_stream = self._elaborate_sinks(m, dut, running, cycle, inferences,
+                                                               backpressure_threshold)
 
-        # Input memory, its load port, and the source that streams it into the DUT.
+        least = completed_per_stream[0]
+        for completed in completed_per_stream[1:]:
+            least = Mux(completed < least, completed, least)
+        m.d.comb += self.completed.eq(least)
+
+        # A register, so that `done` rises exactly once per run, on a clock edge.
+        m.d.sync += self.done.eq(~self.start & (~running | Cat(*complete).all()))
+
+        if "counters" in self.signature.members:
+            counters_signature = self.signature.members["counters"].signature
+            ours_and_theirs = zip(counters_signature.flatten(self.counters),
+                                  counters_signature.flatten(dut.counters), strict=True)
+            for (_, _, ours), (_, _, theirs) in ours_and_theirs:
+                m.d.comb += ours.eq(theirs)
+        return m
+
+    def _stall_generator(self, m, name, index):
+        """A generator seeded at start; returns its current low byte."""
+        state = Signal(SEED_WIDTH, name=f"{name}_random", init=1)
+        mixed = Signal(SEED_WIDTH, name=f"{name}_seed")
+        m.d.comb += mixed.eq(self.seed ^ Const((_GOLDEN_RATIO_32 * (2 * index + 1))
+                                               % (1 << SEED_WIDTH), SEED_WIDTH))
+        with m.If(self.start):
+            # xorshift never leaves 0: replace that one seed by a fixed nonzero one.
+            m.d.sync += state.eq(Mux(mixed == 0, _GOLDEN_RATIO_32, mixed))
+        with m.Else():
+            m.d.sync += state.eq(_xorshift32(state))
+        return state[:THRESHOLD_WIDTH]
+
+    def _elaborate_source(self, m, dut, running, cycle, inferences, idle_threshold):
+        """The input memory, its load port, and the source streaming it into the DUT."""
         input_memory = memory.Memory(shape=unsigned(self.lanes_per_load * self.input_width),
                                      depth=self.input_words, init=[])
         m.submodules.input_memory = input_memory
@@ -310,7 +331,7 @@ class Harness(wiring.Component):
         source_inference = Signal(range(self.max_inferences_value))
         # Set while an offered beat waits for ready: valid must then stay high.
         source_holding = Signal()
-        source_idle = stall_generator("source", 0) < idle_threshold
+        source_idle = self._stall_generator(m, "source", 0) < idle_threshold
         input_total = inferences * self.input_beats_per_inference
         source_valid = running & (source_address < input_total) & (source_holding | ~source_idle)
         source_taken = source_valid & dut.i_stream.ready
@@ -346,7 +367,9 @@ class Harness(wiring.Component):
         with m.Elif(source_valid):
             m.d.sync += source_holding.eq(1)
 
-        # A sink, a capture memory and a last-output timestamp memory per output stream.
+    def _elaborate_sinks(self, m, dut, running, cycle, inferences, backpressure_threshold):
+        """A sink, a capture memory and a last-output timestamp memory per output stream;
+        returns each stream's completion flag and completed-inference count."""
         complete = []
         completed_per_stream = []
         for index, name in enumerate(self.output_beats_per_inference, start=1):
@@ -362,7 +385,7 @@ class Harness(wiring.Component):
             expected_total = inferences * beats_per_inference
             stream_complete = captured_count >= expected_total
             complete.append(stream_complete)
-            drop_ready = stall_generator(name, index) < backpressure_threshold
+            drop_ready = self._stall_generator(m, name, index) < backpressure_threshold
             m.d.comb += out_stream.ready.eq(running & (stream_complete | ~drop_ready))
             taken = out_stream.valid & out_stream.ready
 
@@ -402,19 +425,4 @@ class Harness(wiring.Component):
                                  completed.eq(completed + 1)]
                 with m.Else():
                     m.d.sync += beat.eq(beat + 1)
-
-        least = completed_per_stream[0]
-        for completed in completed_per_stream[1:]:
-            least = Mux(completed < least, completed, least)
-        m.d.comb += self.completed.eq(least)
-
-        # A register, so that `done` rises exactly once per run, on a clock edge.
-        m.d.sync += self.done.eq(~self.start & (~running | Cat(*complete).all()))
-
-        if "counters" in self.signature.members:
-            counters_signature = self.signature.members["counters"].signature
-            ours_and_theirs = zip(counters_signature.flatten(self.counters),
-                                  counters_signature.flatten(dut.counters), strict=True)
-            for (_, _, ours), (_, _, theirs) in ours_and_theirs:
-                m.d.comb += ours.eq(theirs)
-        return m
+        return complete, completed_per_stream

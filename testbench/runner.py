@@ -2,7 +2,8 @@
 
 Typical use::
 
-    from zeroskip.testbench import runner, verilog
+    from zeroskip.hdl.verilog import convert
+    from zeroskip.testbench import runner
 
     job = runner.StreamJob(
         inputs={"i_stream": [3, -1, 7]},
@@ -10,7 +11,7 @@ Typical use::
         idle_probability=0.3,
         backpressure_probability=0.3,
     )
-    result = runner.simulate(verilog.convert(AddOne(), "add_one"), "add_one", job, build_root)
+    result = runner.simulate(convert(AddOne(), "add_one"), "add_one", job, build_root)
     result.outputs["o_stream"], result.cycles, result.counters["busy_cycles"]
 
 Builds. :func:`build_model` compiles a model once per distinct (Verilog text, top, tracing,
@@ -20,7 +21,7 @@ keeps two processes from compiling the same model at the same time).
 
 Runs. :func:`run` writes the job into a fresh run directory (``job.json`` and ``beats.npz``), runs
 the cocotb test module :mod:`zeroskip.testbench.stream_test` on the model, which writes
-``result.json`` and ``outputs.npz`` back there, and returns a :class:`SimResult`. A scoreboard
+``result.json`` and ``outputs.npz`` back there, and returns a :class:`StreamResult`. A scoreboard
 mismatch, a protocol violation or a timeout raises :class:`SimulationError` naming the stream
 and the beat.
 """
@@ -50,7 +51,7 @@ from cocotb_tools.runner import get_runner
 
 from zeroskip import toolchain
 from zeroskip.errors import ZeroskipError
-from zeroskip.testbench import WAIVER_FILE
+from zeroskip.hdl.verilog import WAIVER_FILE
 
 #: The cocotb test module every run executes.
 TEST_MODULE = "zeroskip.testbench.stream_test"
@@ -189,7 +190,7 @@ class StreamJob:
 
 
 @dataclasses.dataclass(frozen=True)
-class SimResult:
+class StreamResult:
     """What a run produced.
 
     Attributes
@@ -271,7 +272,7 @@ def build_model(
     Parameters
     ----------
     verilog_text : str
-        The design, e.g. from :func:`zeroskip.testbench.verilog.convert`.
+        The design, e.g. from :func:`zeroskip.hdl.verilog.convert`.
     top : str
         Its top module.
     build_root : path-like
@@ -316,7 +317,7 @@ def build_model(
 
 def run(
     model: VerilatorModel, job: StreamJob, *, run_dir: str | os.PathLike[str] | None = None
-) -> SimResult:
+) -> StreamResult:
     """Run one stream job on a model.
 
     Parameters
@@ -331,7 +332,7 @@ def run(
 
     Returns
     -------
-    SimResult
+    StreamResult
 
     Raises
     ------
@@ -373,7 +374,7 @@ def run(
         raise SimulationError(f"{model.top}: {result['failure']} ({where})", run_dir)
     with np.load(run_dir / _OUTPUTS_FILE) as outputs:
         beats = {name: outputs[name] for name in job.outputs}
-    return SimResult(
+    return StreamResult(
         outputs=beats,
         cycles=result["cycles"],
         counters=result["counters"],
@@ -411,7 +412,7 @@ def run_test_module(model: VerilatorModel, test_module: str, run_dir: Path, run_
 
 def simulate(
     verilog_text: str, top: str, job: StreamJob, build_root: str | os.PathLike[str]
-) -> SimResult:
+) -> StreamResult:
     """Build (or reuse) the model of ``verilog_text`` and run ``job`` on it.
 
     See :func:`build_model` and :func:`run` for the parameters and errors.

@@ -245,11 +245,11 @@ def activity_from_trace(taken, out_taken, starving, blocked, inputs_per_inferenc
     return {"busy_cycles": int(busy.sum()), "stall_cycles": int(stalled.sum())}
 
 
-def engine_kinds(design, chunk=16):
+def engine_kinds(design):
     """``{layer: engine class name}`` of the engines ``design``'s top builds, each elaborated."""
     from amaranth.hdl import Fragment
 
-    engines = {spec.node.name: spec.engine(True, chunk) for spec in design.layers}
+    engines = {spec.name: design.architecture.layer_engine(spec) for spec in design.layers}
     for engine in engines.values():
         Fragment.get(engine, None)
     return {name: type(engine).__name__ for name, engine in engines.items()}

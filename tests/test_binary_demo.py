@@ -8,7 +8,7 @@ from amaranth.hdl import Fragment
 import zeroskip
 from zeroskip import reference
 from zeroskip.hdl.common import batch_to_beats, encode_beats
-from zeroskip.hdl.folding import estimate_layer, xnor_entries
+from zeroskip.compiler.folding import estimate_layer, xnor_entries
 from zeroskip.hdl.xnor import XnorConvEngine
 
 from hdl_sim import run_streams
@@ -79,7 +79,7 @@ def test_auto_lanes_balance_a_binary_graph_on_its_xnor_engines():
     assert design.multipliers_used <= 6
     # The conv does 36 pixels x its filters' words, the linear layer a few words once.
     assert design.lanes["conv"] > design.lanes["fc"]
-    engines = {spec.node.name: spec.engine(True, design.chunk) for spec in design.layers}
+    engines = {spec.name: design.architecture.layer_engine(spec) for spec in design.layers}
     for engine in engines.values():
         Fragment.get(engine, None)  # elaborated, as the network top would
     for name in ("conv", "fc"):

@@ -5,7 +5,6 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-import torch.nn.utils.prune as torch_prune
 from torch import nn
 
 import zeroskip

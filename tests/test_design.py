@@ -8,7 +8,7 @@ import zeroskip
 from zeroskip import ir, reference
 from zeroskip.errors import ZeroskipError
 from zeroskip.hdl.common import batch_from_beats, batch_to_beats
-from zeroskip.hdl.design import Design
+from zeroskip.design import Design
 
 from hdl_sim import run_streams
 from test_hdl_conv import conv_graph, linear_graph, random_inputs
@@ -31,7 +31,7 @@ def test_flatten_before_linear_reads_the_hwc_stream():
     design = zeroskip.compile(graph, lanes=2)
     (fc,) = design.layers
     assert fc.sources == ("x",)  # the flatten has no engine of its own
-    engine = fc.engine(design.zero_skip, design.chunk)
+    engine = design.architecture.layer_engine(fc)
     run = run_streams(engine, [(engine.i_stream, batch_to_beats(x))],
                       [(engine.o_stream, 15)], seed=1, idle_probability=0.3,
                       backpressure_probability=0.3)

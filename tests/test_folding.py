@@ -8,7 +8,8 @@ import pytest
 import zeroskip
 from zeroskip import ir, reference
 from zeroskip.errors import ZeroskipError
-from zeroskip.hdl import folding, sparse_plan
+from zeroskip.compiler import folding
+from zeroskip.hdl import sparse_plan
 
 from test_hdl_conv import conv_graph, linear_graph, random_inputs
 

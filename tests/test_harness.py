@@ -16,7 +16,8 @@ from amaranth.sim import Simulator
 from zeroskip import reference
 from zeroskip.hdl.common import batch_from_beats, batch_to_beats
 from zeroskip.hdl.conv import SparseConvEngine
-from zeroskip.testbench import runner, verilog
+from zeroskip.testbench import runner
+from zeroskip.hdl.verilog import convert
 from zeroskip.testbench.fast import ProgressBar, fast_simulate
 from zeroskip.testbench.harness import Harness
 from zeroskip.testbench.runner import SimulationError
@@ -190,7 +191,7 @@ def test_passthrough_latency_is_one_register(verilator_build_root):
     harness = Harness(RegisterSlice(), max_inferences=8,
                       input_beats_per_inference=beats_per_inference,
                       output_beats_per_inference={"o_stream": beats_per_inference})
-    text = verilog.convert(harness, "passthrough_harness")
+    text = convert(harness, "passthrough_harness")
     beats = np.random.default_rng(3).integers(-128, 128, 8 * beats_per_inference)
     spec = (beats_per_inference, {"o_stream": beats_per_inference})
     result = fast_simulate(text, "passthrough_harness", beats, {"o_stream": True}, spec,
@@ -226,7 +227,7 @@ def test_conv_engine_is_bit_exact_in_the_harness(verilator_build_root):
     engine = SparseConvEngine(node, in_shape, graph.input.act, lanes=2)
     harness = Harness(engine, max_inferences=8, input_beats_per_inference=in_beats,
                       output_beats_per_inference={"o_stream": out_beats})
-    text = verilog.convert(harness, "conv_harness")
+    text = convert(harness, "conv_harness")
     spec = (in_beats, {"o_stream": out_beats})
     signed_output = {"o_stream": node.act.signed}
 
@@ -254,7 +255,7 @@ def test_progress_is_reported_while_running(verilator_build_root):
     inferences, delay = 20, 20_000
     harness = Harness(SlowSlice(delay), max_inferences=inferences, input_beats_per_inference=1,
                       output_beats_per_inference={"o_stream": 1})
-    text = verilog.convert(harness, "slow_harness")
+    text = convert(harness, "slow_harness")
     beats = np.arange(inferences) - 10
     spec = (1, {"o_stream": 1})
     calls = []
@@ -326,7 +327,7 @@ def test_progress_bar_draws_on_terminals_only():
 def test_waves_are_dumped_into_the_run_directory(verilator_build_root, monkeypatch):
     harness = Harness(RegisterSlice(), max_inferences=4, input_beats_per_inference=3,
                       output_beats_per_inference={"o_stream": 3})
-    text = verilog.convert(harness, "waves_harness")
+    text = convert(harness, "waves_harness")
     beats = np.arange(12) - 6
     spec = (3, {"o_stream": 3})
     result = fast_simulate(text, "waves_harness", beats, {"o_stream": True}, spec,

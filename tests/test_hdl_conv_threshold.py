@@ -8,7 +8,8 @@ import pytest
 import zeroskip
 from zeroskip import ir, reference
 from zeroskip.hdl.conv import SparseConvEngine
-from zeroskip.testbench.verilog import convert, lint
+from zeroskip.hdl.verilog import convert
+from zeroskip.testbench.verilog import lint
 
 from hdl_sim import engine_kinds, rtl_network
 from test_hdl_conv import random_inputs, rtl_run

@@ -8,7 +8,8 @@ import zeroskip
 from zeroskip import ir, reference
 from zeroskip.hdl.common import batch_from_beats, batch_to_beats, decode_beats, encode_beats
 from zeroskip.hdl.xnor import XnorConvEngine
-from zeroskip.testbench.verilog import convert, lint
+from zeroskip.hdl.verilog import convert
+from zeroskip.testbench.verilog import lint
 
 from hdl_sim import engine_kinds, rtl_network, run_streams
 

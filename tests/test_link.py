@@ -251,7 +251,7 @@ def test_host_link_runs_a_sequential_design_in_the_amaranth_simulator():
 @pytest.fixture(scope="session")
 def link_model(verilator_build_root, tiny):
     from zeroskip.testbench import runner
-    from zeroskip.testbench.verilog import convert
+    from zeroskip.hdl.verilog import convert
 
     design, x = tiny
     link = HostLink(design, clk_freq=CLK_FREQ, baud=BAUD, timeout=TIMEOUT)

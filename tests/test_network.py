@@ -11,8 +11,9 @@ import zeroskip
 from zeroskip import ir, reference
 from zeroskip.errors import ZeroskipError
 from zeroskip.hdl.common import batch_from_beats, batch_to_beats
-from zeroskip.hdl.design import Design
-from zeroskip.hdl.network import ArgmaxEngine, StreamFork, StreamRegister
+from zeroskip.design import Design
+from zeroskip.hdl.argmax import ArgmaxEngine
+from zeroskip.hdl.stream import StreamFork, StreamRegister
 
 from hdl_sim import collect, drive, simulate
 

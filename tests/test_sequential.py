@@ -11,8 +11,7 @@ import pytest
 import zeroskip
 from zeroskip import ir, reference
 from zeroskip.errors import ZeroskipError
-from zeroskip.hdl.design import Design
-from zeroskip.hdl.sequential import estimate_cycles
+from zeroskip.design import Design
 
 U8 = ir.Activation(8, False, 0.05)
 S8 = ir.Activation(8, True, 0.05)
@@ -136,7 +135,7 @@ def test_build_directory_records_the_architecture_and_loads_back(tmp_path):
     assert manifest["layer_counters"] is False
     assert "one zero-skip engine running the layers in turn" in design.report()
     loaded = Design.load(tmp_path / "a")
-    assert loaded.architecture == "sequential" and loaded.verilog() == design.verilog()
+    assert loaded.architecture.name == "sequential" and loaded.verilog() == design.verilog()
     lint(verilog, design.top)
 
 
@@ -163,7 +162,7 @@ def test_rtl_sequential_engine_is_bit_exact_under_stalls(make, chunk, verilator_
     # Without stalls, one inference after the other: the latency is the interval, and the
     # estimate walks the same combos and pairs.
     free = design.simulate(x, build_root=verilator_build_root)
-    estimate = estimate_cycles(design.sequential_plan, graph, x)
+    estimate = design.architecture.estimate(x).per_input
     assert np.all(np.abs(free.latency_cycles - estimate) <= 4), (free.latency_cycles, estimate)
     # The engine's own latency counter starts at the first input beat taken, the testbench's at
     # the first one offered.

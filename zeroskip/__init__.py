@@ -13,7 +13,7 @@ _LAZY = {
     "load": ("zeroskip.ir", "load"),
     "ZeroskipError": ("zeroskip.errors", "ZeroskipError"),
     "export": ("zeroskip.frontend.export", "export"),
-    "compile": ("zeroskip.hdl.design", "compile"),
+    "compile": ("zeroskip.design", "compile"),
     "prune": ("zeroskip.frontend.prune", "prune"),
     "binarize": ("zeroskip.frontend.binary", "binarize"),
     "stats": ("zeroskip.analysis", "stats"),

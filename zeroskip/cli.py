@@ -153,7 +153,7 @@ def _probability_argument(text):
 
 
 def _compile(args):
-    from .hdl.design import compile as compile_graph
+    from .design import compile as compile_graph
     from .ir import load
 
     _check_json_path(args.json)
@@ -181,7 +181,7 @@ def _sim(args):
     import numpy as np
 
     _check_json_path(args.json)
-    from .hdl.design import Design
+    from .design import Design
     from .simulation import SimulationSummary
     from .testbench.fast import ProgressBar
 
@@ -204,7 +204,7 @@ def _sim(args):
 
 
 def _report(args):
-    from .hdl.design import Design
+    from .design import Design
 
     _check_json_path(args.json)
     design = Design.load(args.build)  # checks the build is whole and consistent
@@ -248,7 +248,7 @@ EXIT_BOARD_FAILED = 1  # `zeroskip build-board`: no fit, or timing missed at the
 
 def _build_board(args):
     from .boards.board import BoardBuildError, build_board, check_board_options
-    from .hdl.design import Design
+    from .design import Design
 
     check_board_options(args.board, args.clock, args.baud)  # before the build is even read
     design = Design.load(args.build)
@@ -275,7 +275,7 @@ def _run_on_board(args):
     import numpy as np
 
     from . import host, reference
-    from .hdl.design import Design
+    from .design import Design
 
     _check_json_path(args.json)
     design = Design.load(args.build) if args.build else None

@@ -207,8 +207,8 @@ def run_hardware(graph, x_calibration, x_test, y_test, settings, *, out_dir=None
     """Compile the net twice at the same multiplier budget, zero-skip and dense, each folded on
     its own work (``lanes="auto"``); co-simulate the zero-skip one on every test image and the
     dense one on :data:`DENSE_IMAGES`. Every output is checked against the golden model."""
-    from .hdl.design import compile as compile_graph
-    from .hdl.folding import estimate_graph
+    from .design import compile as compile_graph
+    from .compiler.folding import estimate_graph
 
     designs = {}
     for zero_skip in (True, False):

@@ -273,7 +273,7 @@ def run(port, x_int, *, design=None, baud=115200, on_result=None):
         ``read``, ``write``, ``reset_input_buffer`` and ``timeout``.
     x_int : numpy.ndarray
         ``(N, C, H, W)`` or ``(N, F)`` integers of the input encoding (quantized already).
-    design : zeroskip.hdl.design.Design, optional
+    design : zeroskip.design.Design, optional
         Check that the board runs this design (its description, :func:`check_description`).
     baud : int
         The board's baud rate.

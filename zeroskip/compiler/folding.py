@@ -26,7 +26,7 @@ Binary-input layers
 -------------------
 A layer whose input is binary gets the XNOR-popcount engine (:mod:`.xnor`) instead: per output
 pixel a lane spends one cycle per entry of its ROM (one per tap, word of :data:`XNOR_WIDTH`
-channels and weight bit-plane holding a nonzero weight), whatever the activations, then the
+channels (:data:`zeroskip.hdl.xnor.XNOR_WIDTH`) and weight bit-plane holding a nonzero weight), whatever the activations, then the
 collector emits the pixel's channels one per cycle. :func:`estimate_layer` replays that schedule
 (:func:`_simulate_xnor`) with the same line-buffer and output-tile gates; it needs no
 calibration data beyond the pair counts it reports.
@@ -35,15 +35,17 @@ calibration data beyond the pair counts it reports.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
 from .. import ir, reference
 from ..errors import ZeroskipError
-from .conv import PAIR_FIFO_DEPTH
-from .sparse_plan import ConvGeometry
-from .sparse_plan import plan as make_plan
-from .window import TILE_SLOTS
+from ..hdl.conv import PAIR_FIFO_DEPTH
+from ..hdl.sparse_plan import ConvGeometry
+from ..hdl.sparse_plan import plan as make_plan
+from ..hdl.window import TILE_SLOTS
+from ..hdl.xnor import XNOR_WIDTH
 
 # Cycles from a combo's scan to its entry being the issuer's current one: combo ROM read and
 # registered, tap located, line-buffer mask read and registered, FIFO write, and the buffered
@@ -59,9 +61,6 @@ ISSUE_TO_COLLECT = 5
 # Calibration images the cycle model replays (evenly spaced through the batch): its cost grows
 # with images * pixels * combos, and the mean settles long before 32. Pair counts use them all.
 SIMULATED_IMAGES = 32
-#: Input bits an XNOR lane reads per cycle: the width the network builds its XNOR engines with
-#: (:class:`~zeroskip.hdl.xnor.XnorConvEngine`'s default).
-XNOR_WIDTH = 32
 # Cycles from an XNOR lane issuing a pixel's last ROM entry to the collector taking the pixel:
 # ROM read, line-buffer read, agreeing bits registered, popcount, sum, accumulate.
 XNOR_ISSUE_TO_COLLECT = 6
@@ -437,17 +436,67 @@ class _Calibration:
             cycles=float(_simulate_xnor(g, entries)), bound=max(floors, key=floors.get))
 
 
-def _calibrate(graph, x_int, chunk):
-    """A :class:`_Calibration` of every conv2d / linear node, in graph order."""
-    values = reference.run_layers(graph, x_int)
-    layers = []
-    for node in graph.nodes:
-        if isinstance(node, (ir.Conv2d, ir.Linear)):
-            x = values[node.input]
-            # A linear layer reads features; after a flatten those are the C-major ones.
-            x = x.reshape(len(x), -1) if isinstance(node, ir.Linear) else x
-            layers.append(_Calibration.of(node, x.shape[1:], graph.acts[node.input], x, chunk))
-    return layers
+class Calibration:
+    """A calibration batch run once through the golden model, and every conv2d / linear
+    layer's pair counts on it (which do not depend on the lanes): what :meth:`fold` and
+    :meth:`estimates` share.
+
+    Parameters
+    ----------
+    graph : zeroskip.ir.Graph
+    x_int : numpy.ndarray
+        Integer calibration batch for the graph's input.
+    chunk : int
+        Input channels the engines examine together.
+    """
+
+    def __init__(self, graph, x_int, chunk):
+        self.graph, self.x_int, self.chunk = graph, x_int, chunk
+
+    @cached_property
+    def layers(self):
+        """A :class:`_Calibration` of every conv2d / linear node, in graph order."""
+        values = reference.run_layers(self.graph, self.x_int)
+        layers = []
+        for node in self.graph.nodes:
+            if isinstance(node, (ir.Conv2d, ir.Linear)):
+                x = values[node.input]
+                # A linear layer reads features; after a flatten those are the C-major ones.
+                x = x.reshape(len(x), -1) if isinstance(node, ir.Linear) else x
+                layers.append(_Calibration.of(node, x.shape[1:], self.graph.acts[node.input], x,
+                                              self.chunk))
+        return layers
+
+    def estimates(self, lanes, *, zero_skip=True):
+        """:func:`estimate_layer` of every conv2d / linear node with ``lanes[name]`` lanes."""
+        missing = [layer.node.name for layer in self.layers if layer.node.name not in lanes]
+        if missing:
+            raise ZeroskipError(f"graph {self.graph.name!r}: no lanes given for "
+                                f"{', '.join(map(repr, missing))}")
+        return [layer.estimate(lanes[layer.node.name], zero_skip) for layer in self.layers]
+
+    def fold(self, multipliers, *, zero_skip=True):
+        """:func:`fold` on this batch."""
+        if not isinstance(multipliers, (int, np.integer)) or isinstance(multipliers, bool) \
+                or multipliers < 1:
+            raise ZeroskipError(f"multipliers must be a positive integer, got {multipliers!r}")
+        layers = self.layers
+        if multipliers < len(layers):
+            raise ZeroskipError(f"graph {self.graph.name!r} has {len(layers)} conv2d/linear "
+                                f"layers: it needs at least {len(layers)} multipliers (one "
+                                f"each), got {multipliers}")
+        lanes = [1] * len(layers)
+        cycles = [layer.estimate(1, zero_skip).cycles for layer in layers]
+        for _ in range(multipliers - len(layers)):
+            slowest = max(range(len(layers)), key=lambda i: (cycles[i], -i))
+            if lanes[slowest] == layers[slowest].node.out_channels:
+                break
+            faster = layers[slowest].estimate(lanes[slowest] + 1, zero_skip).cycles
+            if faster >= cycles[slowest]:
+                break
+            lanes[slowest] += 1
+            cycles[slowest] = faster
+        return {layer.node.name: count for layer, count in zip(layers, lanes)}
 
 
 def estimate_graph(graph, x_int, lanes, *, zero_skip=True, chunk=32):
@@ -467,12 +516,7 @@ def estimate_graph(graph, x_int, lanes, *, zero_skip=True, chunk=32):
     -------
     list of LayerEstimate
     """
-    layers = _calibrate(graph, x_int, chunk)
-    missing = [layer.node.name for layer in layers if layer.node.name not in lanes]
-    if missing:
-        raise ZeroskipError(f"graph {graph.name!r}: no lanes given for "
-                            f"{', '.join(map(repr, missing))}")
-    return [layer.estimate(lanes[layer.node.name], zero_skip) for layer in layers]
+    return Calibration(graph, x_int, chunk).estimates(lanes, zero_skip=zero_skip)
 
 
 def fold(graph, x_int, multipliers, *, zero_skip=True, chunk=32):
@@ -501,23 +545,4 @@ def fold(graph, x_int, multipliers, *, zero_skip=True, chunk=32):
     ZeroskipError
         If ``multipliers`` is not a positive integer or is fewer than the weight layers.
     """
-    if not isinstance(multipliers, (int, np.integer)) or isinstance(multipliers, bool) \
-            or multipliers < 1:
-        raise ZeroskipError(f"multipliers must be a positive integer, got {multipliers!r}")
-    layers = _calibrate(graph, x_int, chunk)
-    if multipliers < len(layers):
-        raise ZeroskipError(f"graph {graph.name!r} has {len(layers)} conv2d/linear layers: it "
-                            f"needs at least {len(layers)} multipliers (one each), got "
-                            f"{multipliers}")
-    lanes = [1] * len(layers)
-    cycles = [layer.estimate(1, zero_skip).cycles for layer in layers]
-    for _ in range(multipliers - len(layers)):
-        slowest = max(range(len(layers)), key=lambda i: (cycles[i], -i))
-        if lanes[slowest] == layers[slowest].node.out_channels:
-            break
-        faster = layers[slowest].estimate(lanes[slowest] + 1, zero_skip).cycles
-        if faster >= cycles[slowest]:
-            break
-        lanes[slowest] += 1
-        cycles[slowest] = faster
-    return {layer.node.name: count for layer, count in zip(layers, lanes)}
+    return Calibration(graph, x_int, chunk).fold(multipliers, zero_skip=zero_skip)

@@ -1,6 +1,7 @@
 """``zeroskip.compile``: a graph to one Verilog top, its build directory and its co-simulation.
 
-A :class:`Design` holds the decisions (the engine of every layer, its lanes), gives the Verilog
+:func:`compile` lets the compiler (:func:`zeroskip.compiler.choose`) make every decision and
+wraps the architecture it returns in a :class:`Design`, which gives the Verilog
 (:meth:`Design.verilog`, deterministic), writes a build directory (:meth:`Design.write`: the
 Verilog, ``manifest.json``, ``report.txt`` and the graph, so that :meth:`Design.load` can come
 back to it) and co-simulates batches under Verilator (:meth:`Design.simulate`), checking every
@@ -14,30 +15,23 @@ import json
 import math
 import os
 import tempfile
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
 
-from .. import ir, reference
-from ..errors import SimulationMismatch, ZeroskipError
-from .common import batch_from_beats, batch_to_beats, decode_beats, encode_beats, hwc_permutation
-from .network import NETWORK_COUNTER_NAMES, LayerSpec, NetworkEngine, counter_names
-
-DEFAULT_CHUNK = 32
-
-#: The files of a build directory besides the Verilog (``<top>.v``).
-MANIFEST_FILE, REPORT_FILE, GRAPH_FILE = "manifest.json", "report.txt", "graph.zsg"
+from . import compiler, ir, reference
+from .build import GRAPH_FILE, MANIFEST_FILE, REPORT_FILE, read_manifest, write_files
+from .errors import SimulationMismatch, ZeroskipError
+from .hdl.common import (batch_from_beats, batch_to_beats, decode_beats, encode_beats,
+                         identifier)
+from .hdl.counters import NETWORK_COUNTER_NAMES
+from .hdl.verilog import convert
 
 #: Harness capacities are rounded up to a power of two, at least this: batches of different
 #: sizes then share one Verilator build.
 MIN_HARNESS_CAPACITY = 512
-
-_WEIGHT_LAYERS = (ir.Conv2d, ir.Linear)
-
-#: ``dataflow``: an engine per layer, all layers at once (:mod:`.network`); ``sequential``: one
-#: engine runs the layers one after another (:mod:`.sequential`), for the smallest FPGAs.
-ARCHITECTURES = ("dataflow", "sequential")
 
 
 def _default_build_root():
@@ -64,7 +58,7 @@ class SimResult:
         follow each other as fast as the pipeline takes them: in steady state, the initiation
         interval.
     counters : dict
-        ``"network"`` (:data:`zeroskip.hdl.network.NETWORK_COUNTER_NAMES`) and, per layer node
+        ``"network"`` (:data:`zeroskip.hdl.counters.NETWORK_COUNTER_NAMES`) and, per layer node
         name, its engine's counters (:data:`zeroskip.hdl.common.COUNTER_NAMES`), at the end.
     seconds : float
         Wall time of the simulation run.
@@ -86,59 +80,53 @@ class SimResult:
 
 
 class Design:
-    """A compiled network: its engines, Verilog, build directory and co-simulation.
+    """A compiled network: its Verilog, build directory and co-simulation.
 
-    Made by :func:`compile` (or :meth:`load`). ``lanes`` maps every conv / linear layer to its
-    multipliers; ``estimates`` holds the folding model's per-layer cycle estimates when
-    calibration inputs were given.
+    Made by :func:`compile` (or :meth:`load`) around an ``architecture``
+    (:class:`zeroskip.compiler.Pipeline` or :class:`~zeroskip.compiler.Sequential`), which holds
+    the decisions: ``layers``, ``lanes`` (multipliers of every conv / linear layer), ``plans``,
+    ``estimates`` (the folding model's per-layer cycle estimates when calibration inputs were
+    given), the engine.
     """
 
-    def __init__(self, graph, layers, lanes, zero_skip, chunk, *, multipliers=None,
-                 estimates=None, layer_counters=True, architecture="dataflow"):
-        self.graph, self.layers = graph, tuple(layers)
+    def __init__(self, architecture):
         self.architecture = architecture
-        self.lanes, self.zero_skip, self.chunk = dict(lanes), zero_skip, chunk
-        self.layer_counters = layer_counters
-        self.multipliers, self.estimates = multipliers, estimates
-        self.top = f"zeroskip_{_identifier(graph.name)}"
-        self.in_shape = graph.shapes[graph.input.name]
-        self.out_shape = graph.shapes[graph.output]
-        self.in_act, self.out_act = graph.input.act, graph.acts[graph.output]
+        graph = self.graph = architecture.graph
+        self.top = f"zeroskip_{identifier(graph.name, 'net_')}"
+        self.in_shape, self.out_shape = architecture.in_shape, architecture.out_shape
+        self.in_act, self.out_act = architecture.in_act, architecture.out_act
         self.has_class = len(self.out_shape) == 1
+
+    # The compile's decisions, as the architecture made them.
+    layers = property(lambda self: self.architecture.layers)
+    lanes = property(lambda self: self.architecture.lanes)
+    zero_skip = property(lambda self: self.architecture.zero_skip)
+    chunk = property(lambda self: self.architecture.chunk)
+    layer_counters = property(lambda self: self.architecture.layer_counters)
+    multipliers = property(lambda self: self.architecture.multipliers)
+    multipliers_used = property(lambda self: self.architecture.multipliers_used)
+    plans = property(lambda self: self.architecture.plans)
+    estimates = property(lambda self: self.architecture.estimates)
 
     # --- hardware ----------------------------------------------------------------------------
 
     def engine(self):
-        """A fresh :class:`~zeroskip.hdl.network.NetworkEngine` or, for the sequential
-        architecture, :class:`~zeroskip.hdl.sequential.SequentialEngine` (each elaboration
-        needs its own)."""
-        if self.architecture == "sequential":
-            from .sequential import SequentialEngine
+        """A fresh top component (each elaboration needs its own)."""
+        return self.architecture.engine()
 
-            return SequentialEngine(self.layers, input_name=self.graph.input.name,
-                                    in_shape=self.in_shape, in_act=self.in_act,
-                                    out_shape=self.out_shape, out_act=self.out_act,
-                                    chunk=self.chunk)
-        return NetworkEngine(self.layers, input_name=self.graph.input.name,
-                             in_shape=self.in_shape, in_act=self.in_act,
-                             output=_producer(self.graph, self.graph.output),
-                             out_shape=self.out_shape, out_act=self.out_act,
-                             zero_skip=self.zero_skip, chunk=self.chunk,
-                             layer_counters=self.layer_counters)
+    @cached_property
+    def _converted(self):
+        engine = self.engine()
+        return convert(engine, self.top), engine.signature
 
     def verilog(self):
         """The Verilog text; the same graph and options give the same bytes."""
-        from ..testbench.verilog import convert
-
-        if not hasattr(self, "_verilog"):
-            engine = self.engine()
-            self._verilog = convert(engine, self.top)
-            self._signature = engine.signature
-        return self._verilog
+        return self._converted[0]
 
     @property
-    def multipliers_used(self):
-        return 1 if self.architecture == "sequential" else sum(self.lanes.values())
+    def signature(self):
+        """The top's signature (its ports), as the Verilog has it."""
+        return self._converted[1]
 
     # --- build directory ---------------------------------------------------------------------
 
@@ -151,7 +139,7 @@ class Design:
             entry = {"name": node.name, "op": node.op, "counter": spec.counter_name,
                      "in_shape": list(spec.in_shapes[0]),
                      "out_shape": list(self.graph.shapes[node.name])}
-            if isinstance(node, _WEIGHT_LAYERS):
+            if spec.has_weights:
                 plan = self.plans[node.name]
                 entry.update(lanes=spec.lanes, weights=int(node.weight.size),
                              nonzero_weights=int(np.count_nonzero(node.weight)),
@@ -174,23 +162,15 @@ class Design:
             "graph": self.graph.name, "graph_file": GRAPH_FILE,
             "in_shape": list(self.in_shape), "out_shape": list(self.out_shape),
             "stream_order": "HWC", "ports": ports,
-            "architecture": self.architecture,
-            "zero_skip": self.zero_skip, "chunk": self.chunk,
-            "layer_counters": self.layer_counters,
-            "multipliers": self.multipliers, "multipliers_used": self.multipliers_used,
-            "lanes": dict(self.lanes), "layers": layers,
-            "network_counters": list(NETWORK_COUNTER_NAMES),
+            **self.architecture.manifest_options(),
+            "layers": layers, "network_counters": list(NETWORK_COUNTER_NAMES),
         }
 
     def report(self):
         """A readable table of the layers, their lanes, work and estimated cycles."""
         manifest = self.manifest()
-        mode = "zero-skip" if self.zero_skip else "dense"
-        budget = f" of {self.multipliers}" if self.multipliers else ""
-        engines = f"{mode} engines, {self.multipliers_used}{budget} multipliers" \
-            if self.architecture == "dataflow" else \
-            "one zero-skip engine running the layers in turn, 1 multiplier"
-        lines = [f"{self.top}: {self.graph.name}, {engines}, chunk {self.chunk}",
+        lines = [f"{self.top}: {self.graph.name}, {self.architecture.summary()}, "
+                 f"chunk {self.chunk}",
                  f"input {tuple(self.in_shape)} {_act_text(self.in_act)} -> output "
                  f"{tuple(self.out_shape)} {_act_text(self.out_act)}"
                  + (" + argmax class" if self.has_class else ""), ""]
@@ -229,28 +209,21 @@ class Design:
             graph_path = Path(scratch) / GRAPH_FILE
             self.graph.save(graph_path)
             files[GRAPH_FILE] = graph_path.read_bytes()
-        if directory.exists() and not directory.is_dir():
-            raise ZeroskipError(f"build directory {str(directory)!r} is a file")
-        directory.mkdir(parents=True, exist_ok=True)
-        for name, content in files.items():
-            with tempfile.NamedTemporaryFile("wb", dir=directory, delete=False,
-                                             suffix=".partial") as handle:
-                handle.write(content)
-            os.replace(handle.name, directory / name)
+        write_files(directory, files)
         return directory / f"{self.top}.v"
 
     @classmethod
     def load(cls, directory):
         """The design a build directory was written from (compiled again, checked identical)."""
         directory = Path(directory)
-        manifest, (lanes, zero_skip, chunk, multipliers) = read_manifest(
-            directory, "lanes", "zero_skip", "chunk", "multipliers")
+        manifest, _ = read_manifest(directory, "lanes", "zero_skip", "chunk", "multipliers")
         graph = ir.load(directory / GRAPH_FILE)
-        architecture = manifest.get("architecture", "dataflow")
-        design = compile(graph, 1 if architecture == "sequential" else lanes, zero_skip,
-                         chunk=chunk, layer_counters=manifest.get("layer_counters", True),
-                         architecture=architecture)
-        design.multipliers = multipliers
+        name = manifest.get("architecture", compiler.Pipeline.name)
+        kind = compiler.ARCHITECTURES.get(name) if isinstance(name, str) else None
+        if kind is None:
+            raise ZeroskipError(f"{str(directory / MANIFEST_FILE)!r} names an unknown "
+                                f"architecture {name!r}")
+        design = compile(graph, architecture=name, **kind.options_from_manifest(manifest))
         verilog_path = directory / manifest.get("verilog", f"{design.top}.v")
         if not verilog_path.is_file() or verilog_path.read_text() != design.verilog():
             raise ZeroskipError(f"{str(verilog_path)!r} is missing or differs from what "
@@ -286,9 +259,8 @@ class Design:
         progress : callable, optional
             ``progress(done, total)`` inferences, called while the simulation runs.
         """
-        from ..testbench import fast, runner
-        from ..testbench.harness import Harness, VerilogInstance
-        from ..testbench.verilog import convert
+        from .testbench import fast, runner
+        from .testbench.harness import Harness, VerilogInstance
 
         x_int = reference.validate_input(self.graph, x_int)
         batch = len(x_int)
@@ -304,7 +276,7 @@ class Design:
             signs["o_stream_class"] = False
         # The harness instantiates the design's own Verilog: converted once, simulated as is.
         verilog = self.verilog()
-        harness = Harness(VerilogInstance(self._signature, self.top),
+        harness = Harness(VerilogInstance(self.signature, self.top),
                           max_inferences=capacity, input_beats_per_inference=in_beats,
                           output_beats_per_inference=outputs)
         top = f"{self.top}_harness"
@@ -374,65 +346,11 @@ class Design:
         work = math.prod(self.in_shape) + math.prod(self.out_shape)
         for spec in self.layers:
             work += math.prod(self.graph.shapes[spec.node.name]) + math.prod(spec.in_shapes[0])
-            if isinstance(spec.node, _WEIGHT_LAYERS):
+            if spec.has_weights:
                 work += math.prod(self.graph.shapes[spec.node.name]) * \
                     spec.node.weight[0].size // spec.lanes
         slowdown = 1.0 / ((1.0 - idle) * (1.0 - backpressure))
         return int(batch * work * slowdown * 2) + 100_000
-
-    @property
-    def sequential_plan(self):
-        """The :class:`~zeroskip.hdl.sequential.SequentialPlan` of the sequential
-        architecture (its steps and tensor slots)."""
-        from .sequential import SequentialPlan
-
-        if not hasattr(self, "_sequential_plan"):
-            self._sequential_plan = SequentialPlan.of(
-                self.layers, input_name=self.graph.input.name, in_shape=self.in_shape,
-                in_act=self.in_act, chunk=self.chunk)
-        return self._sequential_plan
-
-    @property
-    def plans(self):
-        """Layer name -> the static :class:`~zeroskip.hdl.sparse_plan.SparsePlan` of each conv /
-        linear engine (lanes, ROM contents)."""
-        from .folding import XNOR_WIDTH
-        from .sparse_plan import plan as make_plan
-
-        def layer_plan(spec):
-            # A binary-input layer's XNOR engine skips zero weights in both modes, a word of
-            # XNOR_WIDTH channels at a time.
-            if spec.in_acts[0].binary:
-                return make_plan(spec.node, spec.in_shapes[0], spec.in_acts[0], spec.lanes,
-                                 True, XNOR_WIDTH)
-            return make_plan(spec.node, spec.in_shapes[0], spec.in_acts[0], spec.lanes,
-                             self.zero_skip, self.chunk)
-
-        if not hasattr(self, "_plan_cache"):
-            self._plan_cache = {spec.node.name: layer_plan(spec) for spec in self.layers
-                                if isinstance(spec.node, _WEIGHT_LAYERS)}
-        return self._plan_cache
-
-
-def read_manifest(directory, *keys):
-    """A build directory's manifest and its values of ``keys``; a ZeroskipError says which
-    directory or file is not what ``zeroskip compile`` writes."""
-    directory = Path(directory)
-    manifest_path = directory / MANIFEST_FILE
-    if not manifest_path.is_file():
-        raise ZeroskipError(f"{str(directory)!r} is not a zeroskip build directory: it has "
-                            f"no {MANIFEST_FILE} (make one with `zeroskip compile`)")
-    try:
-        manifest = json.loads(manifest_path.read_text())
-        return manifest, [manifest[key] for key in keys]
-    except (ValueError, KeyError, TypeError) as error:
-        raise ZeroskipError(f"{str(manifest_path)!r} is not a zeroskip manifest: "
-                            f"{error}") from None
-
-
-def _identifier(name):
-    cleaned = "".join(ch if ch.isalnum() else "_" for ch in name)
-    return cleaned if cleaned[:1].isalpha() else f"net_{cleaned}"
 
 
 def _act_json(act):
@@ -443,63 +361,8 @@ def _act_text(act):
     return f"{'int' if act.signed else 'uint'}{act.bits}"
 
 
-def _producer(graph, name):
-    """The node whose engine produces ``name``'s stream: flattens are looked through."""
-    while isinstance(graph[name], ir.Flatten):
-        name = graph[name].input
-    return name
-
-
-def _flatten_reorders(graph, flatten):
-    """Whether a flatten's C-major order differs from the HWC stream it reads."""
-    channels, height, width = graph.shapes[flatten.input]
-    return channels > 1 and height * width > 1
-
-
-def _network_layers(graph):
-    """The engines' layers in order, looking through flattens; refuses what cannot be built."""
-    needed, frontier = set(), [graph.output]
-    while frontier:
-        name = frontier.pop()
-        if name not in needed:
-            needed.add(name)
-            frontier.extend(graph[name].inputs)
-    layers = []
-    for node in graph.nodes:
-        if node.name not in needed or isinstance(node, ir.Input):
-            continue
-        if isinstance(node, ir.Flatten):
-            readers = [c for c in graph.consumers(node.name) if c.name in needed]
-            if _flatten_reorders(graph, node) and (
-                    node.name == graph.output or
-                    any(not isinstance(c, ir.Linear) for c in readers)):
-                what = "is the graph output" if node.name == graph.output else \
-                    "feeds " + ", ".join(f"{c.name!r} ({c.op})" for c in readers
-                                         if not isinstance(c, ir.Linear))
-                raise ZeroskipError(
-                    f"node {node.name!r} (flatten) {what}: a flatten is built only before "
-                    "linear layers (their columns absorb it), or where it does not reorder")
-            continue
-        sources = tuple(_producer(graph, source) for source in node.inputs)
-        in_shapes = tuple(graph.shapes[source] for source in node.inputs)
-        in_acts = tuple(graph.acts[source] for source in node.inputs)
-        if isinstance(node, ir.Linear) and isinstance(graph[node.inputs[0]], ir.Flatten) \
-                and _flatten_reorders(graph, graph[node.inputs[0]]):
-            image_shape = graph.shapes[graph[node.inputs[0]].input]
-            node = replace(node, weight=node.weight[:, hwc_permutation(image_shape)])
-        layers.append((node, sources, in_shapes, in_acts))
-    return layers
-
-
-def _check_count(name, value, high=None):
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1 or \
-            high is not None and value > high:
-        limit = f"from 1 to {high}" if high else "of at least 1"
-        raise ZeroskipError(f"{name} must be an integer {limit}, got {value!r}")
-
-
 def compile(graph, lanes=1, zero_skip=True, *, multipliers=None,  # noqa: A001 (the API name)
-            calibration=None, chunk=DEFAULT_CHUNK, layer_counters=True,
+            calibration=None, chunk=compiler.DEFAULT_CHUNK, layer_counters=True,
             architecture="dataflow"):
     """Compile a graph into a :class:`Design`: one engine per layer, one Verilog top.
 
@@ -510,7 +373,7 @@ def compile(graph, lanes=1, zero_skip=True, *, multipliers=None,  # noqa: A001 (
         Multipliers of each conv / linear layer. An int gives every layer that many (a layer
         with fewer output channels gets one per channel); a dict names each layer's; ``"auto"``
         folds ``multipliers`` over the layers so the pipeline is balanced on the work left
-        after zero skipping, measured on ``calibration`` (:func:`zeroskip.hdl.folding.fold`).
+        after zero skipping, measured on ``calibration`` (:func:`zeroskip.compiler.folding.fold`).
     zero_skip : bool
         False compiles the dense engines of the same design, for comparison (``"auto"`` then
         folds on dense work).
@@ -530,75 +393,9 @@ def compile(graph, lanes=1, zero_skip=True, *, multipliers=None,  # noqa: A001 (
         on one engine with one multiplier (:mod:`zeroskip.hdl.sequential`): it needs
         ``lanes=1`` and has only the network's counters.
     """
-    if not isinstance(graph, ir.Graph):
-        raise ZeroskipError(f"compile takes a zeroskip.ir.Graph, got {type(graph).__name__}")
-    _check_count("chunk", chunk, 64)
-    if architecture not in ARCHITECTURES:
-        raise ZeroskipError(f"architecture must be one of {', '.join(ARCHITECTURES)}, got "
-                            f"{architecture!r}")
-    sequential = architecture == "sequential"
-    if sequential and (lanes != 1 or multipliers is not None or not zero_skip):
-        raise ZeroskipError("the sequential architecture is one zero-skip engine with one "
-                            "multiplier: it takes neither lanes nor a multiplier budget, nor "
-                            "dense mode")
-    zero_skip = bool(zero_skip)
-    found = _network_layers(graph)
-    weight_layers = [node for node, *_ in found if isinstance(node, _WEIGHT_LAYERS)]
-    if calibration is not None:
-        calibration = reference.validate_input(graph, calibration)
-    if isinstance(lanes, str):
-        if lanes != "auto":
-            raise ZeroskipError(f"lanes must be an integer, a dict or 'auto', got {lanes!r}")
-        if multipliers is None or calibration is None:
-            raise ZeroskipError("lanes='auto' folds a multiplier budget over the layers by the "
-                                "work measured on calibration inputs: give multipliers=N and "
-                                "calibration=x_int (CLI: --multipliers N --calibration X.npy)")
-        _check_count("multipliers", multipliers)
-        from .folding import fold
-
-        chosen = fold(graph, calibration, multipliers, zero_skip=zero_skip, chunk=chunk)
-    elif isinstance(lanes, dict):
-        names = {node.name for node in weight_layers}
-        unknown = sorted(set(lanes) - names)
-        missing = sorted(names - set(lanes))
-        if unknown or missing:
-            raise ZeroskipError(f"lanes must name every conv2d / linear layer {sorted(names)}; "
-                                + (f"unknown {unknown}" if unknown else f"missing {missing}"))
-        chosen = dict(lanes)
-    else:
-        _check_count("lanes", lanes)
-        chosen = {node.name: min(lanes, node.out_channels) for node in weight_layers}
-    if multipliers is not None:
-        _check_count("multipliers", multipliers)
-    for node in weight_layers:
-        value = chosen[node.name]
-        if not isinstance(value, int) or isinstance(value, bool) or \
-                not 1 <= value <= node.out_channels:
-            raise ZeroskipError(f"node {node.name!r}: lanes must be between 1 and its "
-                                f"{node.out_channels} output channels, got {value!r}")
-    if multipliers is not None and sum(chosen.values()) > multipliers:
-        raise ZeroskipError(f"the layers' lanes add up to {sum(chosen.values())} multipliers, "
-                            f"more than the budget of {multipliers}")
-    idents = counter_names([node.name for node, *_ in found])
-    layers = [LayerSpec(node, sources, in_shapes, in_acts,
-                        chosen.get(node.name, 0), idents[node.name])
-              for node, sources, in_shapes, in_acts in found]
-    estimates = None
-    if calibration is not None and not sequential:
-        from .folding import estimate_graph
-
-        estimates = estimate_graph(graph, calibration, chosen, zero_skip=zero_skip, chunk=chunk)
-    design = Design(graph, layers, chosen, zero_skip, chunk, multipliers=multipliers,
-                    estimates=estimates, layer_counters=bool(layer_counters) and not sequential,
-                    architecture=architecture)
-    # The static plans (ROM contents) are made now, so that what cannot be built fails here.
-    try:
-        design.plans  # noqa: B018 (made for its checks)
-        if sequential:
-            design.sequential_plan  # noqa: B018 (made for its checks)
-    except ValueError as error:
-        raise ZeroskipError(f"graph {graph.name!r}: {error}") from None
-    return design
+    return Design(compiler.choose(graph, lanes, zero_skip, multipliers=multipliers,
+                                  calibration=calibration, chunk=chunk,
+                                  layer_counters=layer_counters, architecture=architecture))
 
 
 __all__ = ["Design", "SimResult", "SimulationMismatch", "compile"]

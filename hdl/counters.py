@@ -1,0 +1,75 @@
+"""The network's own counters: inferences, latency and initiation interval, measured in hardware.
+
+An engine's counters (busy, effective MACs, skipped pairs, stalls) are
+:data:`zeroskip.hdl.common.COUNTER_NAMES`, driven by :mod:`.activity`.
+"""
+
+from __future__ import annotations
+
+from amaranth.hdl import Module, Mux, Signal
+from amaranth.lib import wiring
+from amaranth.lib.memory import Memory
+from amaranth.lib.wiring import In, Out
+from amaranth.utils import ceil_log2
+
+from .activity import count_beats
+from .common import COUNTER_WIDTH
+
+__all__ = ["NETWORK_COUNTER_NAMES", "NetworkCounters", "network_counters_signature"]
+
+#: The network's own counters: inferences finished, the latency of the last one (its first input
+#: beat taken to its last logit given, inclusive) and the interval between the last logits of the
+#: last two (the initiation interval, in steady state).
+NETWORK_COUNTER_NAMES = ("inferences", "latency_cycles", "interval_cycles")
+
+
+def network_counters_signature():
+    return wiring.Signature({name: Out(COUNTER_WIDTH) for name in NETWORK_COUNTER_NAMES})
+
+
+class NetworkCounters(wiring.Component):
+    """Latency and initiation interval, watched on the input and the output handshakes.
+
+    Each inference's first-input cycle waits in a ring of ``inflight`` entries until its last
+    output beat; ``inflight`` must exceed the inferences the pipeline can hold at once.
+
+    Members
+    -------
+    input_taken, output_taken : In(1)
+        Handshakes of the network's input stream and of its output (logit) stream.
+    counters : Out(Signature of :data:`NETWORK_COUNTER_NAMES`, 32 bits each)
+    """
+
+    def __init__(self, in_beats, out_beats, inflight):
+        self.in_beats, self.out_beats = in_beats, out_beats
+        self.inflight = 1 << max(ceil_log2(inflight), 1)
+        super().__init__({"input_taken": In(1), "output_taken": In(1),
+                          "counters": Out(network_counters_signature())})
+
+    def elaborate(self, platform):
+        m = Module()
+        cycle = Signal(COUNTER_WIDTH)
+        m.d.sync += cycle.eq(cycle + 1)
+        in_position, _ = count_beats(m, self.input_taken, self.in_beats)
+        _, out_last = count_beats(m, self.output_taken, self.out_beats)
+        m.submodules.starts = starts = Memory(shape=COUNTER_WIDTH, depth=self.inflight, init=[])
+        # A registered read (a RAM block, not a register file): its address is the entry of
+        # the inference finishing next, so the start is ready by the time it finishes.
+        write = starts.write_port()
+        read = starts.read_port(transparent_for=(write,))
+        started = Signal(ceil_log2(self.inflight))
+        finished = Signal(ceil_log2(self.inflight))
+        last_finish = Signal(COUNTER_WIDTH)
+        first_beat = self.input_taken & (in_position == 0)
+        finishing = self.output_taken & out_last
+        m.d.comb += [write.addr.eq(started), write.data.eq(cycle), write.en.eq(first_beat),
+                     read.addr.eq(Mux(finishing, finished + 1, finished))]
+        with m.If(first_beat):
+            m.d.sync += started.eq(started + 1)
+        with m.If(finishing):
+            m.d.sync += [finished.eq(finished + 1), last_finish.eq(cycle),
+                         self.counters.inferences.eq(self.counters.inferences + 1),
+                         self.counters.latency_cycles.eq(cycle - read.data + 1)]
+            with m.If(self.counters.inferences != 0):
+                m.d.sync += self.counters.interval_cycles.eq(cycle - last_finish)
+        return m

@@ -1,0 +1,62 @@
+"""Amaranth components to Verilog text, and the Verilator waivers that text needs.
+
+:func:`convert` writes a component as Verilog, its ports taken from the component's signature
+(``i_stream__payload``, ``counters__busy_cycles``, ... plus ``clk`` and ``rst`` when it has
+synchronous logic). Its output is deterministic: the same component gives the same bytes in any
+process and any checkout, which is what lets :mod:`zeroskip.testbench.runner` key its build cache
+on the Verilog text.
+
+:data:`WAIVER_FILE` is the project's only Verilator configuration (``verilator.vlt`` beside this
+module): every lint waiver, each with its reason, for files written by Amaranth's builtin Yosys.
+Lint and every simulation build use it (:mod:`zeroskip.testbench`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+from amaranth.back import verilog as amaranth_verilog
+
+__all__ = ["WAIVER_FILE", "convert"]
+
+WAIVER_FILE = Path(__file__).resolve().parent / "verilator.vlt"
+
+
+def convert(component, name: str) -> str:
+    """Write an Amaranth component as Verilog.
+
+    Parameters
+    ----------
+    component : amaranth.lib.wiring.Component
+        The design; its signature gives the ports, flattened with ``__`` (a stream member
+        ``i_stream`` becomes ``i_stream__payload``, ``i_stream__valid``, ``i_stream__ready``).
+    name : str
+        Name of the top module.
+
+    Returns
+    -------
+    str
+        The Verilog text. Deterministic: no source locations (they would be absolute paths of
+        whoever elaborated the design), no timestamps; the only varying part is the banner naming
+        the Yosys version, constant for a given installation.
+    """
+    with _builtin_yosys():
+        return amaranth_verilog.convert(component, name=name, emit_src=False)
+
+
+@contextlib.contextmanager
+def _builtin_yosys() -> Iterator[None]:
+    # Amaranth would otherwise take a system Yosys when there is one: its output differs by
+    # version, and the waivers match only the banner of the builtin one.
+    saved = os.environ.get("AMARANTH_USE_YOSYS")
+    os.environ["AMARANTH_USE_YOSYS"] = "builtin"
+    try:
+        yield
+    finally:
+        if saved is None:
+            del os.environ["AMARANTH_USE_YOSYS"]
+        else:
+            os.environ["AMARANTH_USE_YOSYS"] = saved

@@ -1,0 +1,226 @@
+"""The two architectures a graph compiles to, behind one interface.
+
+:class:`Pipeline` gives every layer an engine of its own and runs them all at once
+(:class:`zeroskip.hdl.network.NetworkEngine`); :class:`Sequential` runs the layers one after
+another on one engine (:class:`zeroskip.hdl.sequential.SequentialEngine`), for the smallest
+FPGAs. Both hold the decisions (the layers, their lanes, chunk, counters) and offer the same
+members:
+
+``plans``
+    Layer name -> the static :class:`~zeroskip.hdl.sparse_plan.SparsePlan` of every conv /
+    linear layer (ROM contents), made once and handed to the engines.
+``engine()``
+    A fresh top component (each elaboration needs its own).
+``multipliers_used``, ``summary()``
+    The multipliers the design instantiates; the report's one-line description.
+``estimates``, ``estimate(x_int)``
+    Cycle estimates: per layer on the compile's calibration batch (or None), and on any batch.
+``manifest_options()``, ``options_from_manifest(manifest)``
+    The decisions as they are written to and read from a build's manifest.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+
+import numpy as np
+
+from .. import ir
+from ..errors import ZeroskipError
+from ..hdl.add import AddEngine
+from ..hdl.conv import SparseConvEngine
+from ..hdl.network import NetworkEngine, Stage
+from ..hdl.pool import AvgPool2dEngine, MaxPool2dEngine
+from ..hdl.sequential import SequentialEngine, SequentialPlan, estimate_cycles
+from ..hdl.sparse_plan import plan as make_plan
+from ..hdl.xnor import XNOR_WIDTH, XnorConvEngine
+from .folding import Calibration
+from .layers import producer
+
+__all__ = ["Estimate", "Pipeline", "Sequential"]
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """Estimated cycles of a design on a batch.
+
+    ``interval_cycles`` is the estimated steady-state cycles per inference; ``layers`` the
+    folding model's :class:`~zeroskip.compiler.folding.LayerEstimate` per conv / linear layer
+    (pipeline); ``per_input`` the cycles of each input of the batch (sequential: one inference
+    at a time, so latency and interval are the same).
+    """
+
+    interval_cycles: float
+    layers: tuple = ()
+    per_input: np.ndarray | None = None
+
+
+class _Architecture:
+    """What both architectures hold: the graph, its layers and the compile's options."""
+
+    #: The name written to the manifest and taken by ``compile(architecture=...)``.
+    name = ""
+
+    def __init__(self, graph, layers, lanes, *, zero_skip=True, chunk, multipliers=None,
+                 layer_counters=True, calibration=None):
+        self.graph, self.layers = graph, tuple(layers)
+        self.lanes, self.zero_skip, self.chunk = dict(lanes), zero_skip, chunk
+        self.multipliers, self.layer_counters = multipliers, layer_counters
+        self.calibration = calibration
+        self.in_shape = graph.shapes[graph.input.name]
+        self.out_shape = graph.shapes[graph.output]
+        self.in_act, self.out_act = graph.input.act, graph.acts[graph.output]
+
+    def check(self):
+        """Make the static plans, so that what cannot be built fails at compile time (a
+        ValueError names the layer)."""
+        self.plans  # noqa: B018 (made for its checks)
+
+    def manifest_options(self):
+        return {"architecture": self.name, "zero_skip": self.zero_skip, "chunk": self.chunk,
+                "layer_counters": self.layer_counters, "multipliers": self.multipliers,
+                "multipliers_used": self.multipliers_used, "lanes": dict(self.lanes)}
+
+
+class Pipeline(_Architecture):
+    """An engine per layer, all layers at once, joined by streams; ``lanes`` multipliers per
+    conv / linear layer. ``calibration`` (a :class:`~zeroskip.compiler.folding.Calibration`)
+    gives :attr:`estimates`."""
+
+    name = "dataflow"
+    #: Every engine can give its counters a port.
+    LAYER_COUNTERS = True
+
+    @staticmethod
+    def check_options(*, lanes, multipliers, zero_skip):
+        """Any lanes, budget and mode go."""
+
+    @staticmethod
+    def options_from_manifest(manifest):
+        """``compile`` keyword arguments that rebuild the design a manifest describes."""
+        return {"lanes": manifest["lanes"], "zero_skip": manifest["zero_skip"],
+                "chunk": manifest["chunk"], "multipliers": manifest["multipliers"],
+                "layer_counters": manifest.get("layer_counters", True)}
+
+    @cached_property
+    def plans(self):
+        plans = {}
+        for spec in self.layers:
+            if not spec.has_weights:
+                continue
+            if spec.in_acts[0].binary:
+                # A binary-input layer's XNOR engine skips zero weights in both modes, a word
+                # of XNOR_WIDTH channels at a time.
+                plans[spec.name] = make_plan(spec.node, spec.in_shapes[0], spec.in_acts[0],
+                                             spec.lanes, True, XNOR_WIDTH)
+            else:
+                plans[spec.name] = make_plan(spec.node, spec.in_shapes[0], spec.in_acts[0],
+                                             spec.lanes, self.zero_skip, self.chunk)
+        return plans
+
+    @property
+    def multipliers_used(self):
+        return sum(self.lanes.values())
+
+    def summary(self):
+        mode = "zero-skip" if self.zero_skip else "dense"
+        budget = f" of {self.multipliers}" if self.multipliers else ""
+        return f"{mode} engines, {self.multipliers_used}{budget} multipliers"
+
+    @cached_property
+    def estimates(self):
+        """The folding model's estimate of every conv / linear layer on the calibration
+        batch, or None without one."""
+        if self.calibration is None:
+            return None
+        return self.calibration.estimates(self.lanes, zero_skip=self.zero_skip)
+
+    def estimate(self, x_int):
+        layers = Calibration(self.graph, x_int, self.chunk).estimates(
+            self.lanes, zero_skip=self.zero_skip)
+        return Estimate(max((e.cycles for e in layers), default=0.0), tuple(layers))
+
+    def layer_engine(self, spec):
+        node, in_shape, in_act = spec.node, spec.in_shapes[0], spec.in_acts[0]
+        if spec.has_weights and in_act.binary:
+            return XnorConvEngine(node, in_shape, in_act, lanes=spec.lanes,
+                                  plan=self.plans[spec.name])
+        if spec.has_weights:
+            return SparseConvEngine(node, in_shape, in_act, lanes=spec.lanes,
+                                    zero_skip=self.zero_skip, chunk=self.chunk,
+                                    plan=self.plans[spec.name])
+        if isinstance(node, ir.MaxPool2d):
+            return MaxPool2dEngine(node, in_shape, in_act)
+        if isinstance(node, ir.AvgPool2d):
+            return AvgPool2dEngine(node, in_shape, in_act)
+        return AddEngine(node, in_shape, *spec.in_acts)
+
+    def engine(self):
+        """A fresh :class:`~zeroskip.hdl.network.NetworkEngine`."""
+        stages = [Stage(spec.name, spec.counter_name, spec.sources, spec.ports,
+                        self.layer_engine(spec), spec.out_shape, spec.out_act)
+                  for spec in self.layers]
+        return NetworkEngine(stages, input_name=self.graph.input.name,
+                             in_shape=self.in_shape, in_act=self.in_act,
+                             output=producer(self.graph, self.graph.output),
+                             out_shape=self.out_shape, out_act=self.out_act,
+                             layer_counters=self.layer_counters)
+
+
+class Sequential(_Architecture):
+    """One engine runs a chain of conv2d / linear / maxpool2d layers one after another, with
+    one multiplier and only the network's counters."""
+
+    name = "sequential"
+    #: The layers share one engine: only the network's counters.
+    LAYER_COUNTERS = False
+
+    @staticmethod
+    def check_options(*, lanes, multipliers, zero_skip):
+        if lanes != 1 or multipliers is not None or not zero_skip:
+            raise ZeroskipError("the sequential architecture is one zero-skip engine with one "
+                                "multiplier: it takes neither lanes nor a multiplier budget, "
+                                "nor dense mode")
+
+    @staticmethod
+    def options_from_manifest(manifest):
+        return {"chunk": manifest["chunk"]}
+
+    @cached_property
+    def plan(self):
+        """The :class:`~zeroskip.hdl.sequential.SequentialPlan`: steps and tensor slots."""
+        return SequentialPlan.of(self.layers, input_name=self.graph.input.name,
+                                 in_shape=self.in_shape, in_act=self.in_act, chunk=self.chunk)
+
+    @cached_property
+    def plans(self):
+        return {step.node.name: step.plan for step in self.plan.conv_steps}
+
+    @property
+    def multipliers_used(self):
+        return 1
+
+    def summary(self):
+        return "one zero-skip engine running the layers in turn, 1 multiplier"
+
+    #: The compile's calibration does not fold anything here: no per-layer estimates.
+    estimates = None
+
+    def estimate(self, x_int):
+        per_input = estimate_cycles(self.plan, self.graph, x_int)
+        return Estimate(float(per_input.mean()) if len(per_input) else 0.0,
+                        per_input=per_input)
+
+    def engine(self):
+        """A fresh :class:`~zeroskip.hdl.sequential.SequentialEngine`."""
+        return SequentialEngine(self.plan, in_shape=self.in_shape, in_act=self.in_act,
+                                out_shape=self.out_shape, out_act=self.out_act)
+
+
+def check_count(name, value, high=None):
+    """A ZeroskipError unless ``value`` is an int from 1 (to ``high``)."""
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1 or \
+            high is not None and value > high:
+        limit = f"from 1 to {high}" if high else "of at least 1"
+        raise ZeroskipError(f"{name} must be an integer {limit}, got {value!r}")
