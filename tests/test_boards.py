@@ -15,8 +15,9 @@ from amaranth_boards.ulx3s import ULX3S_85F_Platform
 from torch import nn
 
 import zeroskip
-from zeroskip.boards.board import CLOCK_TOLERANCE, check_board_options, ecp5_pll, ice40_pll
+from zeroskip.boards.board import check_board_options
 from zeroskip.boards.icebreaker import ICEBreakerTop
+from zeroskip.boards.pll import CLOCK_TOLERANCE, ecp5_pll, ice40_pll
 from zeroskip.boards.ulx3s import ULX3STop
 from zeroskip.errors import ZeroskipError
 
