@@ -68,7 +68,7 @@ class BoardTop(wiring.Component):
         The compiled network.
     clock_mhz : float
         The design clock; the PLL makes the closest frequency it can (within
-        :data:`CLOCK_TOLERANCE`), and the UART divides that one.
+        :data:`~zeroskip.boards.pll.CLOCK_TOLERANCE`), and the UART divides that one.
     baud : int
         UART bit rate.
 

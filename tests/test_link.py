@@ -1,9 +1,11 @@
 # amaranth: UnusedElaboratable=no
-"""The UART host link: the UART alone and the whole HostLink in the Amaranth simulator, the host's
-framing against the HostLink top under Verilator (bytes over a simulated serial line), and
-``zeroskip.host.run`` against a board modelled in Python."""
+"""The UART host link: the UART alone and the whole HostLink in the Amaranth simulator, the
+protocol's framing (``zeroskip.boards.protocol``) against the HostLink top under Verilator (bytes
+over a simulated serial line), and ``zeroskip.host.run`` against a board modelled in Python."""
 
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -13,6 +15,7 @@ from amaranth.sim import Simulator
 
 import zeroskip
 from zeroskip import host, ir, reference
+from zeroskip.boards import protocol
 from zeroskip.boards.link import HostLink
 from zeroskip.boards.uart import UARTRx, UARTTx, clocks_per_bit
 from zeroskip.cli import main
@@ -126,26 +129,55 @@ def test_uart_rx_reports_framing_errors_overruns_and_ignores_glitches():
 # --- host framing -----------------------------------------------------------------------------
 
 def test_description_round_trips_and_errors_name_their_flags():
-    description = host.Description(1, 64, (8, False), 10, (8, True), 12_000_000, 0xDEADBEEF)
+    description = protocol.Description(1, 64, (8, False), 10, (8, True), 12_000_000, 0xDEADBEEF)
     data = description.encode()
-    assert len(data) == host.DESCRIPTION_LENGTH
-    assert host.decode_description(data) == description
-    with pytest.raises(host.LinkError, match="timeout"):
-        host.decode_result(bytes([host.ERROR, 0x04]), 10)
-    with pytest.raises(host.LinkError, match="header byte 0x41"):
-        host.decode_description(b"A" + data[1:])
-    with pytest.raises(host.LinkError, match="has 15 bytes, expected 16"):
-        host.decode_description(data[:-1])
-    with pytest.raises(host.LinkError, match="did not answer"):
-        host.decode_result(b"", 10)
+    assert len(data) == protocol.DESCRIPTION_LENGTH
+    assert protocol.decode_description(data) == description
+    with pytest.raises(protocol.LinkError, match="timeout"):
+        protocol.decode_result(bytes([protocol.ERROR, 0x04]), 10)
+    with pytest.raises(protocol.LinkError, match="header byte 0x41"):
+        protocol.decode_description(b"A" + data[1:])
+    with pytest.raises(protocol.LinkError, match="has 15 bytes, expected 16"):
+        protocol.decode_description(data[:-1])
+    with pytest.raises(protocol.LinkError, match="did not answer"):
+        protocol.decode_result(b"", 10)
 
 
 def test_request_bytes_are_hwc_twos_complement_and_binary_as_bits():
     act = ir.Activation(8, True, 0.1)
     x = np.array([[[1, -2]], [[-128, 127]]])  # (C=2, H=1, W=2)
-    assert host.encode_infer(x, act) == bytes([host.INFER, 1, 0x80, 0xFE, 0x7F])
+    assert protocol.encode_infer(x, act) == bytes([protocol.INFER, 1, 0x80, 0xFE, 0x7F])
     binary = ir.Activation(1, True, 1.0)
-    assert host.input_bytes(np.array([1, -1, -1]), binary) == b"\x01\x00\x00"
+    assert protocol.input_bytes(np.array([1, -1, -1]), binary) == b"\x01\x00\x00"
+
+
+@pytest.mark.parametrize("shape", [(3, 2, 4), (1, 5, 3), (7,)], ids=["chw", "one-channel", "flat"])
+@pytest.mark.parametrize("bits, signed", [(8, True), (4, False), (2, True), (1, True)],
+                         ids=["int8", "uint4", "int2", "binary"])
+def test_request_bytes_are_the_stream_the_network_reads(shape, bits, signed):
+    """The protocol writes the stream order and binary encoding in numpy alone; they must stay
+    the network's (hdl.common), since the gateware streams each byte straight into it."""
+    from zeroskip.hdl.common import encode_beats, to_beats
+
+    act = ir.Activation(bits, signed, 1.0)
+    rng = np.random.default_rng(bits + len(shape))
+    x = rng.choice([-1, 1], shape) if act.binary else rng.integers(act.qmin, act.qmax + 1, shape)
+    stream = encode_beats(to_beats(x), act).astype(np.int64) & 0xFF
+    assert protocol.input_bytes(x, act) == stream.astype(np.uint8).tobytes()
+    if act.binary:
+        with pytest.raises(ValueError, match="must be -1 or \\+1, found \\[0\\]"):
+            protocol.input_bytes(np.zeros(shape, np.int64), act)
+
+
+def test_protocol_loads_without_amaranth_or_pyserial():
+    """The host side imports the protocol; it must not pull in the gateware's or the port's
+    libraries (nor, through the package, the board platforms)."""
+    code = ("import sys, zeroskip.boards.protocol, zeroskip.host; print(sorted({m.split('.')[0] "
+            "for m in sys.modules} & {'amaranth', 'amaranth_boards', 'serial', 'torch'}))")
+    result = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True,
+                            text=True)
+    assert result.stdout.strip() == "[]", result.stdout + result.stderr
+    assert host.decode_result is protocol.decode_result and host.LinkError is protocol.LinkError
 
 
 # --- HostLink in the Amaranth simulator -------------------------------------------------------
@@ -218,13 +250,13 @@ def test_host_link_runs_a_binary_input_net_in_the_amaranth_simulator():
     x = binary_inputs(rng, graph, batch=2)
     design = zeroskip.compile(graph, lanes=1)
     link = HostLink(design, clk_freq=CLK_FREQ, baud=BAUD, timeout=TIMEOUT)
-    requests = [host.encode_describe()] + [host.encode_infer(item, graph.input.act)
+    requests = [protocol.encode_describe()] + [protocol.encode_infer(item, graph.input.act)
                                            for item in x]
-    lengths = [host.DESCRIPTION_LENGTH] + [host.result_length(3)] * len(x)
+    lengths = [protocol.DESCRIPTION_LENGTH] + [protocol.result_length(3)] * len(x)
     describe, *answers = run_link(link, requests, lengths)
-    assert host.decode_description(describe) == host.expected_description(design, CLK_FREQ)
+    assert protocol.decode_description(describe) == protocol.expected_description(design, CLK_FREQ)
     for answer, logits in zip(answers, reference.run(graph, x)):
-        result = host.decode_result(answer, 3)
+        result = protocol.decode_result(answer, 3)
         np.testing.assert_array_equal(result.logits, logits)
         assert result.label == np.argmax(logits) and result.latency_cycles > 0
 
@@ -235,13 +267,13 @@ def test_host_link_runs_a_sequential_design_in_the_amaranth_simulator():
     pipeline, x = tiny_design()
     design = zeroskip.compile(pipeline.graph, architecture="sequential", chunk=3)
     link = HostLink(design, clk_freq=CLK_FREQ, baud=BAUD, timeout=TIMEOUT)
-    requests = [host.encode_describe()] + [host.encode_infer(item, design.graph.input.act)
+    requests = [protocol.encode_describe()] + [protocol.encode_infer(item, design.graph.input.act)
                                            for item in x[:2]]
-    lengths = [host.DESCRIPTION_LENGTH] + [host.result_length(5)] * 2
+    lengths = [protocol.DESCRIPTION_LENGTH] + [protocol.result_length(5)] * 2
     describe, *answers = run_link(link, requests, lengths)
-    assert host.decode_description(describe) == host.expected_description(design, CLK_FREQ)
+    assert protocol.decode_description(describe) == protocol.expected_description(design, CLK_FREQ)
     for answer, logits in zip(answers, reference.run(design.graph, x[:2])):
-        result = host.decode_result(answer, 5)
+        result = protocol.decode_result(answer, 5)
         np.testing.assert_array_equal(result.logits, logits)
         assert result.label == np.argmax(logits) and result.latency_cycles > 0
 
@@ -295,7 +327,7 @@ class ModelBoard:
 
     def __init__(self, design, clk_freq=CLK_FREQ, corrupt=None):
         self.design, self.corrupt = design, corrupt
-        self.description = host.expected_description(design, clk_freq)
+        self.description = protocol.expected_description(design, clk_freq)
         self.pending, self.answers, self.images = bytearray(), bytearray(), 0
 
     def reset_input_buffer(self):
@@ -305,16 +337,16 @@ class ModelBoard:
         self.pending += data
         in_count = self.description.in_count
         while self.pending:
-            if self.pending[0] == host.DESCRIBE:
+            if self.pending[0] == protocol.DESCRIBE:
                 self.answers += self.description.encode()
                 del self.pending[:1]
-            elif self.pending[0] == host.INFER and len(self.pending) > in_count:
+            elif self.pending[0] == protocol.INFER and len(self.pending) > in_count:
                 values = np.frombuffer(bytes(self.pending[1:in_count + 1]), np.int8)
                 x = batch_from_beats(values.astype(np.int64), self.design.in_shape)
                 logits = reference.run(self.design.graph, x)[0]
                 if self.images == self.corrupt:
                     logits[0] += 1
-                self.answers += bytes([host.RESULT]) + logits.astype("<i4").tobytes() + \
+                self.answers += bytes([protocol.RESULT]) + logits.astype("<i4").tobytes() + \
                     bytes([int(np.argmax(logits))]) + (1234).to_bytes(4, "little")
                 self.images += 1
                 del self.pending[:in_count + 1]
