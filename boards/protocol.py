@@ -64,9 +64,10 @@ from ..errors import ZeroskipError
 
 __all__ = ["DESCRIBE", "INFER", "RESULT", "DESCRIPTION", "ERROR", "PROTOCOL_VERSION", "WORD_BYTES",
            "DESCRIPTION_LENGTH", "ERROR_LENGTH", "FRAMING_BIT", "OVERRUN_BIT", "TIMEOUT_BIT",
-           "ERROR_FLAGS", "MAX_INPUTS", "MAX_CLASSES", "Description", "LinkError", "Result",
-           "check_header", "decode_description", "decode_result", "design_id", "encode_describe",
-           "encode_infer", "expected_description", "input_bytes", "result_length"]
+           "ERROR_FLAGS", "MAX_INPUTS", "MAX_CLASSES", "Description", "LinkError",
+           "RequestRejected", "Result", "check_header", "decode_description", "decode_result",
+           "design_id", "encode_describe", "encode_infer", "error_flags_text",
+           "expected_description", "input_bytes", "result_length"]
 
 #: Request bytes (host to board).
 INFER, DESCRIBE = b"I"[0], b"?"[0]
@@ -94,6 +95,16 @@ MAX_INPUTS, MAX_CLASSES = 0xFFFF, 0x100
 
 class LinkError(ZeroskipError):
     """The board answered something other than what the protocol allows, or nothing at all."""
+
+
+class RequestRejected(LinkError):
+    """The board answered :data:`ERROR`: it abandoned the request; ``flags`` are its error flags
+    (bits of :data:`ERROR_FLAGS`). The same request may be sent again."""
+
+    def __init__(self, flags):
+        super().__init__(f"the board rejected the request: {error_flags_text(flags)} "
+                         f"(error code {flags:#04x})")
+        self.flags = flags
 
 
 @dataclass(frozen=True)
@@ -126,6 +137,27 @@ class Result:
     logits: np.ndarray  # int64, (out_count,)
     label: int  # the board's argmax
     latency_cycles: int
+
+    def encode(self):
+        """The response bytes, header included (what the gateware sends for this inference).
+
+        Raises
+        ------
+        ValueError, OverflowError
+            If a field does not fit its bytes (a logit 32 signed bits, the class one byte, the
+            latency 32 bits).
+        """
+        logits = np.asarray(self.logits, dtype=np.int64)
+        if logits.size and not (np.all(logits >= -2**31) and np.all(logits < 2**31)):
+            raise ValueError(f"logits must fit 32 signed bits, got {logits.min()} to "
+                             f"{logits.max()}")
+        return bytes([RESULT]) + logits.astype("<i4").tobytes() + bytes([int(self.label)]) + \
+            int(self.latency_cycles).to_bytes(WORD_BYTES, "little")
+
+
+def error_flags_text(flags):
+    """The error flags of an :data:`ERROR` response, in words (``'no reason'`` for none)."""
+    return ", ".join(text for bit, text in ERROR_FLAGS.items() if flags >> bit & 1) or "no reason"
 
 
 def _encoding_byte(bits, signed):
@@ -185,15 +217,12 @@ def result_length(out_count):
 
 def check_header(data, expected, length):
     """Raise :class:`LinkError` unless ``data`` is a whole response of ``length`` bytes with
-    header ``expected``: no answer, an error response (naming its flags), another header or
-    another length."""
+    header ``expected``: no answer, an error response (:class:`RequestRejected`, naming its
+    flags), another header or another length."""
     if not data:
         raise LinkError("the board did not answer")
     if data[0] == ERROR:
-        code = data[1] if len(data) > 1 else 0
-        flags = [text for bit, text in ERROR_FLAGS.items() if code >> bit & 1]
-        raise LinkError(f"the board rejected the request: {', '.join(flags) or 'no reason'} "
-                        f"(error code {code:#04x})")
+        raise RequestRejected(data[1] if len(data) > 1 else 0)
     if data[0] != expected:
         raise LinkError(f"the board answered header byte {data[0]:#04x}, expected "
                         f"{expected:#04x} ({chr(expected)!r})")
@@ -208,17 +237,29 @@ def decode_result(data, out_count):
     Raises
     ------
     LinkError
-        For an error response (naming its flags), a wrong header or length.
+        For an error response (:class:`RequestRejected`, naming its flags), a wrong header or
+        length, or a class index that is not one of the ``out_count`` logits.
     """
     check_header(data, RESULT, result_length(out_count))
     words = np.frombuffer(data, dtype="<i4", count=out_count, offset=1).astype(np.int64)
     label = data[1 + WORD_BYTES * out_count]
+    if label >= out_count:
+        raise LinkError(f"the board answered class {label}, beyond its {out_count} logits")
     latency = int.from_bytes(data[-WORD_BYTES:], "little")
     return Result(words, label, latency)
 
 
 def decode_description(data):
-    """A description response (header included) -> :class:`Description`."""
+    """A description response (header included) -> :class:`Description`.
+
+    Any 15 bytes after the header decode: whether the host can use what they describe (its
+    protocol version, its clock) is the host's check (:func:`zeroskip.host.check_compatible`).
+
+    Raises
+    ------
+    LinkError
+        For an error response (:class:`RequestRejected`), a wrong header or length.
+    """
     check_header(data, DESCRIPTION, DESCRIPTION_LENGTH)
 
     def encoding(byte):

@@ -1,11 +1,10 @@
 # amaranth: UnusedElaboratable=no
 """The UART host link: the UART alone and the whole HostLink in the Amaranth simulator, the
-protocol's framing (``zeroskip.boards.protocol``) against the HostLink top under Verilator (bytes
-over a simulated serial line), and ``zeroskip.host.run`` against a board modelled in Python."""
+protocol's framing (``zeroskip.boards.protocol``; its own tests are ``test_protocol.py``) against
+the HostLink top under Verilator (bytes over a simulated serial line), and ``zeroskip.host.run``
+against a board modelled in Python."""
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -124,60 +123,6 @@ def test_uart_rx_reports_framing_errors_overruns_and_ignores_glitches():
     simulate(rx, testbench)
     assert pulses == {"framing_error": 1, "overrun": 1}
     assert received == [0x3C]
-
-
-# --- host framing -----------------------------------------------------------------------------
-
-def test_description_round_trips_and_errors_name_their_flags():
-    description = protocol.Description(1, 64, (8, False), 10, (8, True), 12_000_000, 0xDEADBEEF)
-    data = description.encode()
-    assert len(data) == protocol.DESCRIPTION_LENGTH
-    assert protocol.decode_description(data) == description
-    with pytest.raises(protocol.LinkError, match="timeout"):
-        protocol.decode_result(bytes([protocol.ERROR, 0x04]), 10)
-    with pytest.raises(protocol.LinkError, match="header byte 0x41"):
-        protocol.decode_description(b"A" + data[1:])
-    with pytest.raises(protocol.LinkError, match="has 15 bytes, expected 16"):
-        protocol.decode_description(data[:-1])
-    with pytest.raises(protocol.LinkError, match="did not answer"):
-        protocol.decode_result(b"", 10)
-
-
-def test_request_bytes_are_hwc_twos_complement_and_binary_as_bits():
-    act = ir.Activation(8, True, 0.1)
-    x = np.array([[[1, -2]], [[-128, 127]]])  # (C=2, H=1, W=2)
-    assert protocol.encode_infer(x, act) == bytes([protocol.INFER, 1, 0x80, 0xFE, 0x7F])
-    binary = ir.Activation(1, True, 1.0)
-    assert protocol.input_bytes(np.array([1, -1, -1]), binary) == b"\x01\x00\x00"
-
-
-@pytest.mark.parametrize("shape", [(3, 2, 4), (1, 5, 3), (7,)], ids=["chw", "one-channel", "flat"])
-@pytest.mark.parametrize("bits, signed", [(8, True), (4, False), (2, True), (1, True)],
-                         ids=["int8", "uint4", "int2", "binary"])
-def test_request_bytes_are_the_stream_the_network_reads(shape, bits, signed):
-    """The protocol writes the stream order and binary encoding in numpy alone; they must stay
-    the network's (hdl.common), since the gateware streams each byte straight into it."""
-    from zeroskip.hdl.common import encode_beats, to_beats
-
-    act = ir.Activation(bits, signed, 1.0)
-    rng = np.random.default_rng(bits + len(shape))
-    x = rng.choice([-1, 1], shape) if act.binary else rng.integers(act.qmin, act.qmax + 1, shape)
-    stream = encode_beats(to_beats(x), act).astype(np.int64) & 0xFF
-    assert protocol.input_bytes(x, act) == stream.astype(np.uint8).tobytes()
-    if act.binary:
-        with pytest.raises(ValueError, match="must be -1 or \\+1, found \\[0\\]"):
-            protocol.input_bytes(np.zeros(shape, np.int64), act)
-
-
-def test_protocol_loads_without_amaranth_or_pyserial():
-    """The host side imports the protocol; it must not pull in the gateware's or the port's
-    libraries (nor, through the package, the board platforms)."""
-    code = ("import sys, zeroskip.boards.protocol, zeroskip.host; print(sorted({m.split('.')[0] "
-            "for m in sys.modules} & {'amaranth', 'amaranth_boards', 'serial', 'torch'}))")
-    result = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True,
-                            text=True)
-    assert result.stdout.strip() == "[]", result.stdout + result.stderr
-    assert host.decode_result is protocol.decode_result and host.LinkError is protocol.LinkError
 
 
 # --- HostLink in the Amaranth simulator -------------------------------------------------------
