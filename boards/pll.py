@@ -110,6 +110,12 @@ def _ecp5_settings(f_in):
                 yield f_out, (clki_div, clkfb_div, clkop_div)
 
 
+def _check_input(family, f_in, in_limits):
+    if not _within(f_in, in_limits):
+        raise ZeroskipError(f"{family} PLL input {f_in:g} MHz is outside {in_limits[0]} to "
+                            f"{in_limits[1]} MHz")
+
+
 def _check_reachable(family, f_in, f_out, best, achievable, out_limits):
     if abs(best - f_out) <= CLOCK_TOLERANCE * f_out and _within(best, out_limits):
         return
@@ -130,9 +136,7 @@ def ice40_pll(f_in, f_out):
         If no setting comes within :data:`CLOCK_TOLERANCE` of ``f_out``; the message names the
         nearest achievable frequencies.
     """
-    if not _within(f_in, _ICE40_IN):
-        raise ZeroskipError(f"iCE40 PLL input {f_in:g} MHz is outside {_ICE40_IN[0]} to "
-                            f"{_ICE40_IN[1]} MHz")
+    _check_input("iCE40", f_in, _ICE40_IN)
     settings = [(f, s) for f, s in _ice40_settings(f_in) if _within(f, _ICE40_OUT)]
     best_f, best = settings[0]
     for f, setting in settings:  # the first of the closest, as icepll keeps it
@@ -158,9 +162,7 @@ def ecp5_pll(f_in, f_out):
         If no setting comes within :data:`CLOCK_TOLERANCE` of ``f_out``; the message names the
         nearest achievable frequencies.
     """
-    if not _within(f_in, _ECP5_IN):
-        raise ZeroskipError(f"ECP5 PLL input {f_in:g} MHz is outside {_ECP5_IN[0]} to "
-                            f"{_ECP5_IN[1]} MHz")
+    _check_input("ECP5", f_in, _ECP5_IN)
     best_f, best, best_vco = None, None, None
     achievable = set()
     for f, setting in _ecp5_settings(f_in):
