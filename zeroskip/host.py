@@ -10,7 +10,9 @@ board answers.
 
 from __future__ import annotations
 
+import functools
 import math
+import operator
 import time
 from dataclasses import dataclass
 
@@ -18,16 +20,17 @@ import numpy as np
 
 from .boards.protocol import (DESCRIBE, DESCRIPTION, DESCRIPTION_LENGTH, ERROR, ERROR_FLAGS,
                               ERROR_LENGTH, INFER, PROTOCOL_VERSION, RESULT, WORD_BYTES,
-                              Description, LinkError, Result, check_header, decode_description,
-                              decode_result, design_id, encode_describe, encode_infer,
-                              expected_description, input_bytes, result_length)
+                              Description, LinkError, RequestRejected, Result, check_header,
+                              decode_description, decode_result, design_id, encode_describe,
+                              encode_infer, error_flags_text, expected_description, input_bytes,
+                              result_length)
 from .errors import ZeroskipError
 
-__all__ = ["DESCRIBE", "INFER", "RESULT", "DESCRIPTION", "ERROR", "PROTOCOL_VERSION",
-           "WORD_BYTES", "DESCRIPTION_LENGTH", "ERROR_LENGTH", "ERROR_FLAGS",
-           "READ_TIMEOUT_SECONDS", "Description", "InputMismatch", "LinkError", "Result",
-           "RunResult", "check_description", "decode_description", "decode_result", "design_id",
-           "encode_describe", "encode_infer", "expected_description", "input_bytes",
+__all__ = ["DESCRIBE", "INFER", "RESULT", "DESCRIPTION", "ERROR", "PROTOCOL_VERSION", "WORD_BYTES",
+           "DESCRIPTION_LENGTH", "ERROR_LENGTH", "ERROR_FLAGS", "READ_TIMEOUT_SECONDS", "ATTEMPTS",
+           "RequestRejected", "check_compatible", "Description", "InputMismatch", "LinkError",
+           "Result", "RunResult", "check_description", "decode_description", "decode_result",
+           "design_id", "encode_describe", "encode_infer", "expected_description", "input_bytes",
            "result_length", "run"]
 
 
@@ -51,7 +54,8 @@ class RunResult:
         ``(N,)``, the network's latency counter per inference (it includes the link's pacing:
         see :mod:`zeroskip.boards.link`).
     wall_seconds : numpy.ndarray
-        ``(N,)``, host wall time per request, from its first byte written to its answer read.
+        ``(N,)``, host wall time per image, from the first byte of the request the board
+        answered written to its answer read (an image the board rejected is sent again).
     """
 
     description: Description
@@ -64,6 +68,11 @@ class RunResult:
     def latency_seconds(self):
         return self.latency_cycles / self.description.clk_freq
 
+
+#: Times :func:`run` sends an image the board rejects (:data:`ERROR`) before it gives up: a
+#: rejection is a disturbance on the line, rarely twice in a row; a board that rejects every
+#: attempt has a lasting fault (its baud rate is not the host's, or its network overruns).
+ATTEMPTS = 3
 
 #: Seconds a read of :func:`run` waits for the board's bytes: an answer's bytes take milliseconds
 #: on the line, the 'E' after a dropped request comes within two board timeouts (under 0.4 s at
@@ -80,21 +89,21 @@ def _open(port, baud):
         raise ZeroskipError(f"serial port {port!r}: cannot open it: {error}") from None
 
 
-def _read(connection, count, what):
+def _read(connection, count):
     data = connection.read(count)
     if len(data) != count:
-        raise LinkError(f"the board stopped answering {what}: {len(data)} of {count} bytes "
-                        f"within {connection.timeout} s")
+        raise LinkError(f"the board stopped answering: {len(data)} of {count} bytes within "
+                        f"{connection.timeout} s")
     return bytes(data)
 
 
-def _answer(connection, header, length, what):
+def _answer(connection, header, length):
     """Read one response: its header first, so that an error response is read whole and a
     wrong header is reported at once."""
-    first = _read(connection, 1, what)
+    first = _read(connection, 1)
     if first[0] not in (header, ERROR):
         check_header(first, header, length)
-    data = first + _read(connection, (ERROR_LENGTH if first[0] == ERROR else length) - 1, what)
+    data = first + _read(connection, (ERROR_LENGTH if first[0] == ERROR else length) - 1)
     if first[0] == ERROR:
         check_header(data, header, length)
     return data
@@ -106,19 +115,58 @@ def _describe(connection):
         connection.reset_input_buffer()
         connection.write(encode_describe())
         try:
-            return decode_description(_answer(connection, DESCRIPTION, DESCRIPTION_LENGTH,
-                                              "a describe request"))
-        except LinkError:
+            return decode_description(_answer(connection, DESCRIPTION, DESCRIPTION_LENGTH))
+        except LinkError as error:
             if attempt:
-                raise
+                raise LinkError(f"the describe request: {error}") from None
 
 
-def check_description(description, design):
-    """Raise :class:`LinkError` unless the board runs ``design`` (any clock)."""
-    expected = expected_description(design, description.clk_freq)
+def _infer(connection, request, out_count):
+    """Send one image's request and read its :class:`Result`, sending it again after each
+    :data:`ERROR` answer, :data:`ATTEMPTS` times in all. Returns the result and the seconds of
+    the attempt the board answered."""
+    rejected = []
+    for _ in range(ATTEMPTS):
+        started = time.monotonic()
+        connection.write(request)
+        try:
+            data = _answer(connection, RESULT, result_length(out_count))
+        except RequestRejected as error:
+            rejected.append(error.flags)
+            connection.reset_input_buffer()  # whatever the broken request left on the line
+            continue
+        return decode_result(data, out_count), time.monotonic() - started
+    flags = functools.reduce(operator.or_, rejected)
+    raise LinkError(f"the board rejected it {ATTEMPTS} times: {error_flags_text(flags)} (error "
+                    f"codes {', '.join(f'{code:#04x}' for code in rejected)})")
+
+
+def check_compatible(description):
+    """Raise :class:`LinkError` unless this host can talk to a board describing itself so: the
+    board speaks this host's protocol version (:data:`PROTOCOL_VERSION`), its clock is above
+    0 Hz (latencies in cycles are converted to seconds with it), and its input encoding is an
+    activation's (1 to 8 bits, a 1-bit one signed: every input value travels as one byte)."""
+    from .ir import Activation
+
     if description.version != PROTOCOL_VERSION:
         raise LinkError(f"the board speaks link protocol version {description.version}, this "
                         f"host version {PROTOCOL_VERSION}")
+    if description.clk_freq <= 0:
+        raise LinkError(f"the board reports a clock of {description.clk_freq} Hz: its latencies "
+                        "in cycles cannot be converted to seconds")
+    bits, signed = description.in_encoding
+    try:
+        Activation(bits, signed, 1.0)
+    except ZeroskipError as error:
+        raise LinkError(f"the board describes an input encoding the protocol does not carry "
+                        f"({bits}-bit, {'signed' if signed else 'unsigned'}): {error}") from None
+
+
+def check_description(description, design):
+    """Raise :class:`LinkError` unless the host can talk to the board
+    (:func:`check_compatible`) and the board runs ``design`` (any clock)."""
+    check_compatible(description)
+    expected = expected_description(design, description.clk_freq)
     if description != expected:
         raise LinkError(f"the board runs another design: id {description.design_id:08x}, "
                         f"{description.in_count} inputs, {description.out_count} outputs; the "
@@ -137,7 +185,8 @@ def run(port, x_int, *, design=None, baud=115200, on_result=None):
     x_int : numpy.ndarray
         ``(N, C, H, W)`` or ``(N, F)`` integers of the input encoding (quantized already).
     design : zeroskip.hdl.design.Design, optional
-        Check that the board runs this design (its description, :func:`check_description`).
+        Check that the board runs this design (its description, :func:`check_description`);
+        without it the board's description is still checked (:func:`check_compatible`).
     baud : int
         The board's baud rate.
     on_result : callable, optional
@@ -155,7 +204,13 @@ def run(port, x_int, *, design=None, baud=115200, on_result=None):
     InputMismatch
         If the inputs do not fit what the board runs.
     LinkError
-        If the board runs another design, rejects a request or stops answering.
+        If the board's description fails :func:`check_compatible`, it runs another design
+        (with ``design``), rejects an image :data:`ATTEMPTS` times in a row, answers out of
+        protocol (a class beyond its logits, say) or stops answering; the message names the
+        image.
+
+    An image the board rejects (:data:`ERROR`: a framing error, an overrun or a timeout on the
+    line) is sent again, up to :data:`ATTEMPTS` times in all.
     """
     from .ir import Activation
 
@@ -163,10 +218,11 @@ def run(port, x_int, *, design=None, baud=115200, on_result=None):
     connection = _open(port, baud) if isinstance(port, str) else port
     try:
         description = _describe(connection)
-        if design is not None:
+        if design is None:
+            check_compatible(description)
+        else:
             check_description(description, design)
-        bits, signed = description.in_encoding
-        act = Activation(bits, signed, 1.0)
+        act = Activation(*description.in_encoding, 1.0)
         if x_int.ndim < 2 or math.prod(x_int.shape[1:]) != description.in_count:
             raise InputMismatch(f"inputs of shape {x_int.shape} do not fit the board's network: "
                                 f"it takes {description.in_count} values per image")
@@ -175,14 +231,13 @@ def run(port, x_int, *, design=None, baud=115200, on_result=None):
             what = "-1 or +1" if act.binary else f"integers in [{act.qmin}, {act.qmax}]"
             raise InputMismatch(f"inputs must be {what} (the board's input encoding), got "
                                 f"{x_int.dtype} values from {x_int.min()} to {x_int.max()}")
-        length = result_length(description.out_count)
         results, seconds = [], []
         for index, x in enumerate(x_int):
-            started = time.monotonic()
-            connection.write(encode_infer(x, act))
-            result = decode_result(_answer(connection, RESULT, length, f"image {index}"),
-                                   description.out_count)
-            seconds.append(time.monotonic() - started)
+            try:
+                result, elapsed = _infer(connection, encode_infer(x, act), description.out_count)
+            except LinkError as error:
+                raise LinkError(f"image {index}: {error}") from None
+            seconds.append(elapsed)
             results.append(result)
             if on_result is not None:
                 on_result(index, result, description)
