@@ -10,8 +10,8 @@ bitstream).
 
 :func:`build_board` runs an amaranth-boards platform's build script with the YoWASP tools (Yosys,
 nextpnr, icepack / ecppack from PyPI) and writes ``board-<board>/`` with the bitstream, the logs,
-nextpnr's timing and utilisation report and ``board.json``. The PLL calculators
-(:func:`ice40_pll`, :func:`ecp5_pll`) search the dividers as ``icepll`` and ``ecppll`` do.
+nextpnr's timing and utilisation report and ``board.json``. The boards it knows are the registry
+in :mod:`zeroskip.boards`; the PLL settings come from :mod:`zeroskip.boards.pll`.
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ from __future__ import annotations
 import gc
 import hashlib
 import json
-import math
 import os
 import re
 import shutil
@@ -28,7 +27,6 @@ import tempfile
 import time
 import warnings
 from dataclasses import asdict, dataclass
-from fractions import Fraction
 from pathlib import Path
 
 from amaranth import Cat, ClockDomain, Module, Signal
@@ -38,11 +36,10 @@ from amaranth.lib.cdc import ResetSynchronizer
 
 from ..errors import ZeroskipError
 from ..toolchain import yowasp_executable
+from . import get_board
+from .pll import CLOCK_TOLERANCE
 from .pnr import parse_report
 from .uart import clocks_per_bit
-
-#: A requested clock is reachable when a PLL setting comes this close (relative).
-CLOCK_TOLERANCE = 0.005
 
 #: In ``board-<board>/``: nextpnr's timing and utilisation report, and the build's record.
 REPORT_FILE, BOARD_FILE = "nextpnr-report.json", "board.json"
@@ -53,163 +50,6 @@ HEARTBEAT_S, BUSY_S = 1.0, 0.1
 
 class BoardBuildError(ZeroskipError):
     """The design does not fit the FPGA or misses timing at the requested clock."""
-
-
-# --- PLL calculators --------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ICE40PLL:
-    """SB_PLL40_* settings in SIMPLE feedback: f_out = f_in / (divr + 1) * (divf + 1) / 2**divq.
-
-    Frequencies in MHz; ``filter_range`` is the loop filter setting for ``f_pfd``.
-    """
-
-    f_in: float
-    f_out: float
-    divr: int
-    divf: int
-    divq: int
-    filter_range: int
-
-    @property
-    def f_pfd(self):
-        return self.f_in / (self.divr + 1)
-
-    @property
-    def f_vco(self):
-        return self.f_pfd * (self.divf + 1)
-
-
-@dataclass(frozen=True)
-class ECP5PLL:
-    """EHXPLLL settings with CLKOP fed back: f_out = f_in / clki_div * clkfb_div.
-
-    Frequencies in MHz; ``clkop_div`` sets the VCO (``f_out * clkop_div``), ``clkop_cphase`` the
-    180 degree phase shift ecppll (and Lattice's tools) give the primary output.
-    """
-
-    f_in: float
-    f_out: float
-    clki_div: int
-    clkfb_div: int
-    clkop_div: int
-
-    @property
-    def f_vco(self):
-        return self.f_out * self.clkop_div
-
-    @property
-    def clkop_cphase(self):
-        return self.clkop_div // 2
-
-
-# Limits from icepll (iCE40 sysCLOCK PLL) and ecppll (ECP5 sysCLOCK PLL), in MHz.
-_ICE40_IN, _ICE40_PFD, _ICE40_VCO, _ICE40_OUT = (10, 133), (10, 133), (533, 1066), (16, 275)
-_ECP5_IN, _ECP5_PFD, _ECP5_VCO, _ECP5_OUT = (8, 400), (3.125, 400), (400, 800), (10, 400)
-
-
-def _within(value, limits):
-    return limits[0] <= value <= limits[1]
-
-
-def _ice40_settings(f_in):
-    """Every SIMPLE-feedback setting as (f_out, (divr, divf, divq)), in icepll's search order.
-
-    Exact rationals, so that equally close settings tie exactly and the first one wins.
-    """
-    f_in = Fraction(f_in)
-    for divr in range(16):
-        f_pfd = f_in / (divr + 1)
-        if not _within(f_pfd, _ICE40_PFD):
-            continue
-        for divf in range(128):
-            f_vco = f_pfd * (divf + 1)
-            if not _within(f_vco, _ICE40_VCO):
-                continue
-            for divq in range(1, 7):
-                yield f_vco / 2 ** divq, (divr, divf, divq)
-
-
-def _ecp5_settings(f_in):
-    """Every CLKOP-feedback setting as (f_out, (clki_div, clkfb_div, clkop_div)), in ecppll's
-    search order (exact rationals, as for the iCE40)."""
-    f_in = Fraction(f_in)
-    for clki_div in range(1, 129):
-        f_pfd = f_in / clki_div
-        if not _within(f_pfd, _ECP5_PFD):
-            continue
-        for clkfb_div in range(1, 81):
-            f_out = f_pfd * clkfb_div
-            # Only the output dividers that put the VCO (f_out * clkop_div) in range.
-            lowest = max(1, math.ceil(_ECP5_VCO[0] / f_out))
-            for clkop_div in range(lowest, min(128, math.floor(_ECP5_VCO[1] / f_out)) + 1):
-                yield f_out, (clki_div, clkfb_div, clkop_div)
-
-
-def _check_reachable(family, f_in, f_out, best, achievable, out_limits):
-    if abs(best - f_out) <= CLOCK_TOLERANCE * f_out and _within(best, out_limits):
-        return
-    below = max((f for f in achievable if f < f_out), default=None)
-    above = min((f for f in achievable if f > f_out), default=None)
-    nearest = " and ".join(f"{f:.3f} MHz" for f in (below, above) if f is not None)
-    raise ZeroskipError(f"--clock: {f_out:g} MHz is not reachable by the {family} PLL from the "
-                        f"{f_in:g} MHz oscillator (output {out_limits[0]:g} to "
-                        f"{out_limits[1]:g} MHz); nearest achievable: {nearest}")
-
-
-def ice40_pll(f_in, f_out):
-    """The SB_PLL40_PAD setting icepll chooses for ``f_in`` -> ``f_out`` (MHz).
-
-    Raises
-    ------
-    ZeroskipError
-        If no setting comes within :data:`CLOCK_TOLERANCE` of ``f_out``; the message names the
-        nearest achievable frequencies.
-    """
-    if not _within(f_in, _ICE40_IN):
-        raise ZeroskipError(f"iCE40 PLL input {f_in:g} MHz is outside {_ICE40_IN[0]} to "
-                            f"{_ICE40_IN[1]} MHz")
-    settings = [(f, s) for f, s in _ice40_settings(f_in) if _within(f, _ICE40_OUT)]
-    best_f, best = settings[0]
-    for f, setting in settings:  # the first of the closest, as icepll keeps it
-        if abs(f - f_out) < abs(best_f - f_out):
-            best_f, best = f, setting
-    _check_reachable("iCE40", f_in, f_out, float(best_f), {float(f) for f, _ in settings},
-                     _ICE40_OUT)
-    divr, divf, divq = best
-    f_pfd = f_in / (divr + 1)
-    filter_range = next(i + 1 for i, top in enumerate((17, 26, 44, 66, 101, float("inf")))
-                        if f_pfd < top)
-    return ICE40PLL(f_in, float(best_f), divr, divf, divq, filter_range)
-
-
-def ecp5_pll(f_in, f_out):
-    """The EHXPLLL setting ecppll chooses for ``f_in`` -> ``f_out`` (MHz).
-
-    Among equally close settings the one with its VCO nearest 600 MHz wins, as in ecppll.
-
-    Raises
-    ------
-    ZeroskipError
-        If no setting comes within :data:`CLOCK_TOLERANCE` of ``f_out``; the message names the
-        nearest achievable frequencies.
-    """
-    if not _within(f_in, _ECP5_IN):
-        raise ZeroskipError(f"ECP5 PLL input {f_in:g} MHz is outside {_ECP5_IN[0]} to "
-                            f"{_ECP5_IN[1]} MHz")
-    best_f, best, best_vco = None, None, None
-    achievable = set()
-    for f, setting in _ecp5_settings(f_in):
-        achievable.add(float(f))
-        vco = f * setting[2]
-        error = abs(f - f_out)
-        if best is None or error < abs(best_f - f_out) or (
-                error == abs(best_f - f_out) and abs(vco - 600) < abs(best_vco - 600)):
-            best_f, best, best_vco = f, setting, vco
-    _check_reachable("ECP5", f_in, f_out, float(best_f),
-                     {f for f in achievable if _within(f, _ECP5_OUT)}, _ECP5_OUT)
-    return ECP5PLL(f_in, float(best_f), *best)
 
 
 # --- board top ----------------------------------------------------------------------------------
@@ -228,7 +68,7 @@ class BoardTop(wiring.Component):
         The compiled network.
     clock_mhz : float
         The design clock; the PLL makes the closest frequency it can (within
-        :data:`CLOCK_TOLERANCE`), and the UART divides that one.
+        :data:`~zeroskip.boards.pll.CLOCK_TOLERANCE`), and the UART divides that one.
     baud : int
         UART bit rate.
 
@@ -349,14 +189,6 @@ class Board:
     synth_opts: str = ""
 
 
-def boards():
-    """The boards by name."""
-    from .icebreaker import ICEBREAKER
-    from .ulx3s import ULX3S
-
-    return {board.name: board for board in (ICEBREAKER, ULX3S)}
-
-
 @dataclass(frozen=True)
 class BoardBuild:
     """What :func:`build_board` made (``board.json`` holds the same)."""
@@ -395,10 +227,7 @@ def board_directory(build, board):
 def check_board_options(board, clock_mhz=None, baud=115200):
     """The :class:`Board` named ``board`` and the clock to build at, once both it and ``baud``
     are known to be reachable (ZeroskipError naming the option otherwise)."""
-    known = boards()
-    if board not in known:
-        raise ZeroskipError(f"--board: unknown board {board!r}; known: {', '.join(known)}")
-    spec = known[board]
+    spec = get_board(board)
     clock_mhz = spec.default_clock_mhz if clock_mhz is None else clock_mhz
     spec.top.clock_setting(clock_mhz, baud)
     return spec, clock_mhz
@@ -414,7 +243,7 @@ def build_board(design, build, board, *, clock_mhz=None, baud=115200, log=None):
         The compile build directory; ``board-<board>/`` is written inside it, complete or not at
         all (a failed build leaves its logs in ``board-<board>.failed/`` instead).
     board : str
-        A key of :func:`boards`.
+        A key of :func:`zeroskip.boards.boards`.
     clock_mhz : float, optional
         The design clock; the board's default when not given.
     baud : int

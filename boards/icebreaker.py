@@ -12,7 +12,8 @@ from __future__ import annotations
 from amaranth import Instance
 from amaranth_boards.icebreaker import ICEBreakerPlatform
 
-from .board import Board, BoardTop, ice40_pll
+from .board import Board, BoardTop
+from .pll import ice40_pll
 from .synth import ICE40_SYNTH_OPTIONS
 
 

@@ -1,50 +1,13 @@
-"""A compiled network behind a UART: the board end of the host link (the host end is
-:mod:`zeroskip.host`).
+"""A compiled network behind a UART: the board end of the host link.
 
-Protocol
---------
-8N1 serial at the board's baud rate (115200 by default). The host sends a request and waits for
-its response before the next one; every multi-byte integer is little-endian.
+:class:`HostLink` speaks the protocol of :mod:`zeroskip.boards.protocol` (the host end is
+:mod:`zeroskip.host`): it streams the bytes of an ``'I'`` request straight into the network,
+answers ``'R'`` with its logits, class and latency counter, ``'?'`` with the design's
+description, and ``'E'`` when it abandons a request.
 
-Requests (host to board):
-
-``'I'`` (0x49) then the input values, **one byte each**
-    One inference. The values go in the network's stream order (HWC: pixel by pixel, row-major,
-    all channels of a pixel together; a flat input in feature order), each as the low 8 bits of
-    its integer in the input encoding (two's complement when signed; a binary input as 1 for +1
-    and 0 for -1). Every encoding has at most 8 bits, so a byte holds any value; the board keeps
-    the encoding's low bits and streams each byte straight into the network as it arrives.
-``'?'`` (0x3F)
-    Describe the design.
-
-Any other byte where a request should start is ignored.
-
-Responses (board to host):
-
-``'R'`` (0x52), the logits (4 bytes each, signed), the class (1 byte), the latency (4 bytes)
-    The result of ``'I'``: every logit sign-extended to 32 bits (a binary output as -1 / +1),
-    then the class (the argmax, the first of equal logits), then the network's
-    ``latency_cycles`` counter for this inference: clock cycles from its first input beat taken
-    to its last logit taken. Over the link the network is fed one byte per UART frame and its
-    logits leave at the UART's pace, so this latency *includes the link's pacing*: it is the
-    time the board spent on the request, not the network's latency at full stream rate (that is
-    what ``zeroskip sim`` measures).
-``'D'`` (0x44) and 15 bytes
-    The answer to ``'?'``: protocol version (1 byte), input values (2), input encoding (1 byte:
-    bits, plus 0x80 if signed), output values (2), output encoding (1), clock frequency in Hz
-    (4), design id (4: the first 32 bits of the SHA-256 of the network's Verilog, as in the build
-    directory's ``manifest.json``). The host converts cycles to seconds with the clock and checks
-    it talks to the net it expects with the rest (:func:`zeroskip.host.expected_description`).
-``'E'`` (0x45) and 1 byte of flags
-    A request was abandoned: bit 0 framing error (a byte with a low stop bit), bit 1 overrun
-    (a byte arrived before the network took the one before), bit 2 timeout (the request stopped
-    short: no byte for the timeout).
-
-Robustness. A framing error, an overrun or a gap of the timeout (0.1 s by default) in the middle
-of an ``'I'`` request abandons it: the network is reset (the partial input it holds is
-dropped), and the board ignores the line until it has been quiet for the timeout again (the rest
-of a broken image is never read as requests), then answers ``'E'`` and waits for the next
-request. Bytes that arrive while the board answers are dropped. The timeout is counted by a
+Abandoned requests. A framing error, an overrun or a gap of the timeout in the middle of an
+``'I'`` request resets the network (the partial input it holds is dropped); the board then waits
+for the line to be quiet for the timeout and answers ``'E'``. The timeout is counted by a
 power-of-two counter: it is at least the ``timeout`` asked for and less than twice it.
 An overrun means the network took an input byte slower than the UART delivers them (a first layer
 with too few lanes for the baud rate): compile it with more lanes, or lower the baud rate.
@@ -69,26 +32,24 @@ from amaranth.utils import ceil_log2
 
 from ..hdl.common import activation_shape
 from ..hdl.stream import StreamRegister
-from ..host import (DESCRIBE, DESCRIPTION_LENGTH, ERROR, INFER, RESULT, WORD_BYTES,
-                    expected_description)
+from .protocol import (DESCRIBE, DESCRIPTION_LENGTH, ERROR, FRAMING_BIT, INFER, MAX_CLASSES,
+                       MAX_INPUTS, OVERRUN_BIT, RESULT, TIMEOUT_BIT, WORD_BYTES,
+                       expected_description)
 from .uart import UARTRx, UARTTx, clocks_per_bit
 
 __all__ = ["DEFAULT_TIMEOUT", "HostLink"]
 
-#: Seconds of silence that end a request stopped short.
+#: Seconds of silence that end a request stopped short (the protocol's 0.1 s default).
 DEFAULT_TIMEOUT = 0.1
 
 # Frames of silence the timeout must at least last, so that a host writing bytes back to back
 # never trips it.
 _MIN_TIMEOUT_FRAMES = 4
 
-# Error flag bits of an 'E' response.
-_FRAMING, _OVERRUN, _TIMEOUT = 0, 1, 2
-
 
 class HostLink(wiring.Component):
     """A compiled network (its :meth:`~zeroskip.design.Design.engine`) behind a UART,
-    speaking the protocol of this module's docstring.
+    speaking the protocol of :mod:`zeroskip.boards.protocol`.
 
     Parameters
     ----------
@@ -139,9 +100,10 @@ class HostLink(wiring.Component):
         if not design.has_class:
             raise ValueError(f"the host link runs classifiers (a flat output); "
                              f"{design.graph.name!r} outputs a {design.out_shape} tensor")
-        if self.in_count > 0xFFFF or self.out_count > 0x100:
-            raise ValueError(f"the link carries at most 65535 input values and 256 classes, the "
-                             f"network has {self.in_count} and {self.out_count}")
+        if self.in_count > MAX_INPUTS or self.out_count > MAX_CLASSES:
+            raise ValueError(f"the link carries at most {MAX_INPUTS} input values and "
+                             f"{MAX_CLASSES} classes, the network has {self.in_count} and "
+                             f"{self.out_count}")
         self.design, self.clk_freq, self.baud = design, clk_freq, baud
         self.timeout_bits = ceil_log2(math.ceil(timeout * clk_freq))
         self.description = expected_description(design, clk_freq).encode()
@@ -208,8 +170,8 @@ class HostLink(wiring.Component):
                     with m.If(count == 0):
                         m.d.sync += [count.eq(self.out_count - 1), self.error.eq(0)]
                         m.next = "result_header"
-                failed = [(_FRAMING, uart_rx.framing_error), (_OVERRUN, uart_rx.overrun),
-                          (_TIMEOUT, timed_out)]
+                failed = [(FRAMING_BIT, uart_rx.framing_error),
+                          (OVERRUN_BIT, uart_rx.overrun), (TIMEOUT_BIT, timed_out)]
                 with m.If(uart_rx.framing_error | uart_rx.overrun | timed_out):
                     m.d.comb += abandon.eq(1)
                     m.d.sync += [flags.eq(sum(condition << bit for bit, condition in failed)),

@@ -11,7 +11,8 @@ from amaranth import Instance
 from amaranth.lib import io
 from amaranth_boards.ulx3s import ULX3S_85F_Platform
 
-from .board import Board, BoardTop, ecp5_pll
+from .board import Board, BoardTop
+from .pll import ecp5_pll
 
 
 class ULX3STop(BoardTop):

@@ -1,12 +1,14 @@
-"""The cocotb test module of the UART host link: :mod:`zeroskip.host`'s framing against the
+"""The cocotb test module of the UART host link: the host's framing
+(:mod:`zeroskip.boards.protocol`, which :mod:`zeroskip.host` uses) against the
 :class:`zeroskip.boards.link.HostLink` gateware, bytes over a simulated serial line.
 
 ``tests/test_link.py`` builds a HostLink top under Verilator and starts the simulator with this
 module and a run directory (in :data:`RUN_DIR_ENV`) holding ``job.json`` (clocks per bit,
 timeout, the expected description), ``graph.zsg`` and ``inputs.npy``. The test drives the
-``rx`` pin bit by bit with the bytes of :func:`zeroskip.host.encode_infer` and
-:func:`~zeroskip.host.encode_describe`, decodes the ``tx`` pin back into bytes, decodes those
-with :func:`~zeroskip.host.decode_result` and :func:`~zeroskip.host.decode_description`, and
+``rx`` pin bit by bit with the bytes of :func:`~zeroskip.boards.protocol.encode_infer` and
+:func:`~zeroskip.boards.protocol.encode_describe`, decodes the ``tx`` pin back into bytes,
+decodes those with :func:`~zeroskip.boards.protocol.decode_result` and
+:func:`~zeroskip.boards.protocol.decode_description`, and
 checks every logit and class against the golden model (:func:`zeroskip.reference.run`). It also
 sends a request stopped short and one with a broken frame, each followed by a good one. It writes
 ``result.json`` (``failure``: null or what went wrong; the decoded results) and fails on the first
@@ -24,7 +26,8 @@ import numpy as np
 from cocotb.clock import Clock
 from cocotb.triggers import ClockCycles, FallingEdge, Timer
 
-from zeroskip import host, ir, reference
+from zeroskip import ir, reference
+from zeroskip.boards import protocol
 
 #: Environment variable naming the run directory.
 RUN_DIR_ENV = "ZEROSKIP_LINK_RUN_DIR"
@@ -99,9 +102,9 @@ async def link_test(dut):
         patience = 4 * job["timeout_cycles"] // job["divisor"] + 1000
 
         async def infer(index):
-            await line.write(host.encode_infer(x[index], graph.input.act))
-            result = host.decode_result(await line.read(host.result_length(out_count), patience),
-                                        out_count)
+            await line.write(protocol.encode_infer(x[index], graph.input.act))
+            answer = await line.read(protocol.result_length(out_count), patience)
+            result = protocol.decode_result(answer, out_count)
             np.testing.assert_array_equal(result.logits, expected[index].reshape(-1),
                                           err_msg=f"logits of image {index}")
             assert result.label == int(np.argmax(expected[index])), \
@@ -111,18 +114,19 @@ async def link_test(dut):
                             "class": result.label, "latency_cycles": result.latency_cycles})
 
         async def expect_error(flag, what):
-            answer = await line.read(host.ERROR_LENGTH, patience)
+            answer = await line.read(protocol.ERROR_LENGTH, patience)
             try:
-                host.decode_result(answer, out_count)
-            except host.LinkError as error:
-                assert host.ERROR_FLAGS[flag] in str(error), f"{what}: {error}"
+                protocol.decode_result(answer, out_count)
+            except protocol.LinkError as error:
+                assert protocol.ERROR_FLAGS[flag] in str(error), f"{what}: {error}"
             else:
                 raise AssertionError(f"{what}: the board answered a result")
 
         await line.write(b"\x00\xff")  # stray bytes where a request should start are ignored
-        await line.write(host.encode_describe())
-        description = host.decode_description(await line.read(host.DESCRIPTION_LENGTH, patience))
-        expected_description = host.decode_description(bytes.fromhex(job["description"]))
+        await line.write(protocol.encode_describe())
+        answer = await line.read(protocol.DESCRIPTION_LENGTH, patience)
+        description = protocol.decode_description(answer)
+        expected_description = protocol.decode_description(bytes.fromhex(job["description"]))
         assert description == expected_description, \
             f"the board describes {description}, expected {expected_description}"
 
@@ -130,19 +134,19 @@ async def link_test(dut):
             await infer(index)
 
         # A request stopped short: the board gives up after the timeout, then takes a new one.
-        request = host.encode_infer(x[-1], graph.input.act)
+        request = protocol.encode_infer(x[-1], graph.input.act)
         await line.write(request[:3])
-        await expect_error(2, "a request stopped short")
+        await expect_error(protocol.TIMEOUT_BIT, "a request stopped short")
         await infer(len(x) - 1)
 
         # A broken frame in the middle of an image: the rest of the image is not read as
         # requests, the board reports the framing error, then works again.
         await line.write(request, broken={2})
-        await expect_error(0, "a request with a broken frame")
+        await expect_error(protocol.FRAMING_BIT, "a request with a broken frame")
         await infer(0)
         assert line.bad_frames == 0, f"{line.bad_frames} frames from the board had a low stop bit"
         assert not line.received, f"the board sent {len(line.received)} bytes too many"
-    except (AssertionError, host.LinkError) as error:
+    except (AssertionError, protocol.LinkError) as error:
         failure = str(error)
     (run_dir / RESULT_FILE).write_text(json.dumps({"failure": failure, "results": results},
                                                   indent=2) + "\n")

@@ -1,5 +1,5 @@
-"""Board tops and `zeroskip build-board`: PLL calculators, option errors, elaboration, and (synth,
-slow) real bitstreams for the iCEBreaker and the ULX3S."""
+"""Board tops and `zeroskip build-board`: PLL calculators, the board registry, option errors,
+elaboration, and (synth, slow) real bitstreams for the iCEBreaker and the ULX3S."""
 
 import gc
 import hashlib
@@ -15,8 +15,10 @@ from amaranth_boards.ulx3s import ULX3S_85F_Platform
 from torch import nn
 
 import zeroskip
-from zeroskip.boards.board import CLOCK_TOLERANCE, check_board_options, ecp5_pll, ice40_pll
+from zeroskip.boards import boards, get_board
+from zeroskip.boards.board import check_board_options
 from zeroskip.boards.icebreaker import ICEBreakerTop
+from zeroskip.boards.pll import CLOCK_TOLERANCE, ecp5_pll, ice40_pll
 from zeroskip.boards.ulx3s import ULX3STop
 from zeroskip.errors import ZeroskipError
 
@@ -96,6 +98,15 @@ def test_unreachable_clock_names_the_achievable_ones(calculator, f_in, f_out, ne
     with pytest.raises(ZeroskipError, match="not reachable") as error:
         calculator(f_in, f_out)
     assert nearest in str(error.value) and "--clock" in str(error.value)
+
+
+def test_the_registry_names_every_board_and_refuses_others():
+    assert {name: spec.top for name, spec in boards().items()} == {
+        "icebreaker": ICEBreakerTop, "ulx3s": ULX3STop}
+    assert get_board("ulx3s") is boards()["ulx3s"]
+    with pytest.raises(ZeroskipError, match=r"--board: unknown board 'de10'; known: icebreaker, "
+                                            r"ulx3s$"):
+        get_board("de10")
 
 
 def test_board_options_are_checked_before_any_build():

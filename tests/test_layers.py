@@ -26,7 +26,9 @@ ALLOWED = {
     "zeroskip.frontend": CORE | {"zeroskip.frontend"},
     "zeroskip.hdl": CORE | {"zeroskip.hdl"},
     "zeroskip.compiler": CORE | {"zeroskip.hdl", "zeroskip.compiler"},
-    "zeroskip.testbench": CORE | {"zeroskip.hdl", "zeroskip.testbench"},
+    # The host link's cocotb test speaks the link's protocol (pure Python) to its gateware.
+    "zeroskip.testbench": CORE | {"zeroskip.hdl", "zeroskip.testbench",
+                                  "zeroskip.boards.protocol"},
     "zeroskip.design": CORE | {"zeroskip.build", "zeroskip.compiler", "zeroskip.hdl",
                                "zeroskip.testbench"},
     "zeroskip.boards": CORE | {"zeroskip.build", "zeroskip.hdl", "zeroskip.boards"},

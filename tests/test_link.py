@@ -1,8 +1,10 @@
 # amaranth: UnusedElaboratable=no
-"""The UART host link: the UART alone and the whole HostLink in the Amaranth simulator, the host's
-framing against the HostLink top under Verilator (bytes over a simulated serial line), and
-``zeroskip.host.run`` against a board modelled in Python."""
+"""The UART host link: the UART alone and the whole HostLink in the Amaranth simulator, the
+protocol's framing (``zeroskip.boards.protocol``; its own tests are ``test_protocol.py``) against
+the HostLink top under Verilator (bytes over a simulated serial line), and ``zeroskip.host.run``
+against a board modelled in Python."""
 
+import dataclasses
 import json
 
 import numpy as np
@@ -10,15 +12,18 @@ import pytest
 from amaranth.hdl import Module
 from amaranth.lib import wiring
 from amaranth.sim import Simulator
+from hypothesis import given, strategies as st
 
 import zeroskip
 from zeroskip import host, ir, reference
+from zeroskip.boards import protocol
 from zeroskip.boards.link import HostLink
 from zeroskip.boards.uart import UARTRx, UARTTx, clocks_per_bit
 from zeroskip.cli import main
 from zeroskip.hdl.common import batch_from_beats
 
 from test_hdl_xnor import binary_inputs, linear_graph as xnor_linear_graph
+from test_protocol import FUZZ, mutated
 
 # The simulated link: 8 clocks per bit keeps simulations short.
 CLK_FREQ, BAUD = 1_000_000, 125_000
@@ -123,31 +128,6 @@ def test_uart_rx_reports_framing_errors_overruns_and_ignores_glitches():
     assert received == [0x3C]
 
 
-# --- host framing -----------------------------------------------------------------------------
-
-def test_description_round_trips_and_errors_name_their_flags():
-    description = host.Description(1, 64, (8, False), 10, (8, True), 12_000_000, 0xDEADBEEF)
-    data = description.encode()
-    assert len(data) == host.DESCRIPTION_LENGTH
-    assert host.decode_description(data) == description
-    with pytest.raises(host.LinkError, match="timeout"):
-        host.decode_result(bytes([host.ERROR, 0x04]), 10)
-    with pytest.raises(host.LinkError, match="header byte 0x41"):
-        host.decode_description(b"A" + data[1:])
-    with pytest.raises(host.LinkError, match="has 15 bytes, expected 16"):
-        host.decode_description(data[:-1])
-    with pytest.raises(host.LinkError, match="did not answer"):
-        host.decode_result(b"", 10)
-
-
-def test_request_bytes_are_hwc_twos_complement_and_binary_as_bits():
-    act = ir.Activation(8, True, 0.1)
-    x = np.array([[[1, -2]], [[-128, 127]]])  # (C=2, H=1, W=2)
-    assert host.encode_infer(x, act) == bytes([host.INFER, 1, 0x80, 0xFE, 0x7F])
-    binary = ir.Activation(1, True, 1.0)
-    assert host.input_bytes(np.array([1, -1, -1]), binary) == b"\x01\x00\x00"
-
-
 # --- HostLink in the Amaranth simulator -------------------------------------------------------
 
 @pytest.fixture(scope="session")
@@ -218,13 +198,13 @@ def test_host_link_runs_a_binary_input_net_in_the_amaranth_simulator():
     x = binary_inputs(rng, graph, batch=2)
     design = zeroskip.compile(graph, lanes=1)
     link = HostLink(design, clk_freq=CLK_FREQ, baud=BAUD, timeout=TIMEOUT)
-    requests = [host.encode_describe()] + [host.encode_infer(item, graph.input.act)
+    requests = [protocol.encode_describe()] + [protocol.encode_infer(item, graph.input.act)
                                            for item in x]
-    lengths = [host.DESCRIPTION_LENGTH] + [host.result_length(3)] * len(x)
+    lengths = [protocol.DESCRIPTION_LENGTH] + [protocol.result_length(3)] * len(x)
     describe, *answers = run_link(link, requests, lengths)
-    assert host.decode_description(describe) == host.expected_description(design, CLK_FREQ)
+    assert protocol.decode_description(describe) == protocol.expected_description(design, CLK_FREQ)
     for answer, logits in zip(answers, reference.run(graph, x)):
-        result = host.decode_result(answer, 3)
+        result = protocol.decode_result(answer, 3)
         np.testing.assert_array_equal(result.logits, logits)
         assert result.label == np.argmax(logits) and result.latency_cycles > 0
 
@@ -235,13 +215,13 @@ def test_host_link_runs_a_sequential_design_in_the_amaranth_simulator():
     pipeline, x = tiny_design()
     design = zeroskip.compile(pipeline.graph, architecture="sequential", chunk=3)
     link = HostLink(design, clk_freq=CLK_FREQ, baud=BAUD, timeout=TIMEOUT)
-    requests = [host.encode_describe()] + [host.encode_infer(item, design.graph.input.act)
+    requests = [protocol.encode_describe()] + [protocol.encode_infer(item, design.graph.input.act)
                                            for item in x[:2]]
-    lengths = [host.DESCRIPTION_LENGTH] + [host.result_length(5)] * 2
+    lengths = [protocol.DESCRIPTION_LENGTH] + [protocol.result_length(5)] * 2
     describe, *answers = run_link(link, requests, lengths)
-    assert host.decode_description(describe) == host.expected_description(design, CLK_FREQ)
+    assert protocol.decode_description(describe) == protocol.expected_description(design, CLK_FREQ)
     for answer, logits in zip(answers, reference.run(design.graph, x[:2])):
-        result = host.decode_result(answer, 5)
+        result = protocol.decode_result(answer, 5)
         np.testing.assert_array_equal(result.logits, logits)
         assert result.label == np.argmax(logits) and result.latency_cycles > 0
 
@@ -288,15 +268,24 @@ def test_host_framing_against_the_gateware_over_a_simulated_uart(link_model, tmp
 # --- zeroskip.host.run and `zeroskip run` against a board modelled in Python -----------------
 
 class ModelBoard:
-    """A serial port with a board behind it that answers like HostLink, from the golden model
-    (``corrupt`` adds 1 to the first logit of that image)."""
+    """A serial port with a board behind it that answers like HostLink, from the golden model.
+
+    ``corrupt`` adds 1 to the first logit of that image; ``changes`` replaces fields of the
+    description it answers; ``rejections`` maps an image to the error flags of the ``'E'``
+    answers its requests get, in turn, before one is answered; ``wrong_class`` answers that
+    image with a class one past the last logit. ``requests`` lists the image each request was.
+    """
 
     timeout = 1.0
 
-    def __init__(self, design, clk_freq=CLK_FREQ, corrupt=None):
-        self.design, self.corrupt = design, corrupt
-        self.description = host.expected_description(design, clk_freq)
-        self.pending, self.answers, self.images = bytearray(), bytearray(), 0
+    def __init__(self, design, clk_freq=CLK_FREQ, corrupt=None, *, changes=None,
+                 rejections=None, wrong_class=None):
+        self.design, self.corrupt, self.wrong_class = design, corrupt, wrong_class
+        self.description = dataclasses.replace(
+            protocol.expected_description(design, clk_freq), **(changes or {}))
+        self.rejections = {image: list(flags) for image, flags in (rejections or {}).items()}
+        self.pending, self.answers, self.requests = bytearray(), bytearray(), []
+        self.images = 0  # images answered: the host sends the next one only after an answer
 
     def reset_input_buffer(self):
         self.answers.clear()
@@ -305,21 +294,28 @@ class ModelBoard:
         self.pending += data
         in_count = self.description.in_count
         while self.pending:
-            if self.pending[0] == host.DESCRIBE:
+            if self.pending[0] == protocol.DESCRIBE:
                 self.answers += self.description.encode()
                 del self.pending[:1]
-            elif self.pending[0] == host.INFER and len(self.pending) > in_count:
-                values = np.frombuffer(bytes(self.pending[1:in_count + 1]), np.int8)
-                x = batch_from_beats(values.astype(np.int64), self.design.in_shape)
-                logits = reference.run(self.design.graph, x)[0]
-                if self.images == self.corrupt:
-                    logits[0] += 1
-                self.answers += bytes([host.RESULT]) + logits.astype("<i4").tobytes() + \
-                    bytes([int(np.argmax(logits))]) + (1234).to_bytes(4, "little")
-                self.images += 1
+            elif self.pending[0] == protocol.INFER and len(self.pending) > in_count:
+                self.requests.append(self.images)
+                self.answers += self.answer(bytes(self.pending[1:in_count + 1]))
                 del self.pending[:in_count + 1]
             else:
                 break
+
+    def answer(self, request):
+        """The answer to an ``'I'`` request with these input bytes."""
+        if self.rejections.get(self.images):
+            return bytes([protocol.ERROR, self.rejections[self.images].pop(0)])
+        values = np.frombuffer(request, np.int8)
+        x = batch_from_beats(values.astype(np.int64), self.design.in_shape)
+        logits = reference.run(self.design.graph, x)[0]
+        if self.images == self.corrupt:
+            logits[0] += 1
+        label = len(logits) if self.images == self.wrong_class else int(np.argmax(logits))
+        self.images += 1
+        return protocol.Result(logits, label, 1234).encode()
 
     def close(self):
         self.pending.clear()
@@ -345,6 +341,99 @@ def test_run_sends_each_image_and_checks_the_design(tiny):
         host.run(ModelBoard(design), x[:, :2])
     with pytest.raises(host.InputMismatch, match=r"integers in \[-128, 127\]"):
         host.run(ModelBoard(design), x + 200)
+
+
+FRAMING, TIMEOUT = 1 << protocol.FRAMING_BIT, 1 << protocol.TIMEOUT_BIT
+
+
+def test_run_sends_an_image_the_board_rejected_again(tiny):
+    design, x = tiny
+    board = ModelBoard(design, rejections={1: [TIMEOUT, FRAMING]})
+    result = host.run(board, x)
+    np.testing.assert_array_equal(result.logits, reference.run(design.graph, x))
+    assert board.requests == [0, 1, 1, 1, 2, 3] and len(result.wall_seconds) == len(x)
+
+
+def test_run_gives_up_on_an_image_rejected_every_time_naming_it_and_the_flags(tiny):
+    design, x = tiny
+    board = ModelBoard(design, rejections={2: [TIMEOUT, FRAMING, TIMEOUT, 0]})
+    with pytest.raises(host.LinkError) as error:
+        host.run(board, x)
+    assert str(error.value) == (
+        f"image 2: the board rejected it {host.ATTEMPTS} times: "
+        f"{protocol.ERROR_FLAGS[protocol.FRAMING_BIT]}, "
+        f"{protocol.ERROR_FLAGS[protocol.TIMEOUT_BIT]} (error codes 0x04, 0x01, 0x04)")
+    assert board.requests == [0, 1, 2, 2, 2]
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"version": 2}, "the board speaks link protocol version 2, this host version 1"),
+    ({"clk_freq": 0}, "the board reports a clock of 0 Hz: its latencies in cycles cannot be "
+                      "converted to seconds"),
+    ({"in_encoding": (9, True)}, "the board describes an input encoding the protocol does not "
+                                 "carry (9-bit, signed): field 'bits': must be <= 8, got 9"),
+    ({"in_encoding": (1, False)}, "the board describes an input encoding the protocol does not "
+                                  "carry (1-bit, unsigned): field 'signed': a binary (1-bit) "
+                                  "activation must be signed: its values are -1 and +1"),
+], ids=["version", "clock-0", "9-bits", "unsigned-binary"])
+def test_run_checks_the_description_with_or_without_a_build(tiny, changes, message):
+    design, x = tiny
+    for build in (None, design):
+        board = ModelBoard(design, changes=changes)
+        with pytest.raises(host.LinkError) as error:
+            host.run(board, x, design=build)
+        assert str(error.value) == message and not board.requests
+
+
+def test_run_refuses_a_class_beyond_the_logits(tiny):
+    design, x = tiny
+    with pytest.raises(host.LinkError, match=r"^image 1: the board answered class 5, beyond "
+                                             r"its 5 logits$"):
+        host.run(ModelBoard(design, wrong_class=1), x)
+
+
+class ScriptedPort:
+    """A serial port whose board answers each request written with the next of ``answers``
+    (and nothing once they run out)."""
+
+    timeout = 1.0
+
+    def __init__(self, answers):
+        self.script, self.answers = list(answers), bytearray()
+
+    def reset_input_buffer(self):
+        self.answers.clear()
+
+    def write(self, data):
+        if self.script:
+            self.answers += self.script.pop(0)
+
+    def read(self, count):
+        data = bytes(self.answers[:count])
+        del self.answers[:count]
+        return data
+
+
+SCRIPTED_DESCRIPTION = protocol.Description(protocol.PROTOCOL_VERSION, 4, (8, True), 3, (8, True),
+                                            1_000_000, 0x1234)
+
+
+@FUZZ
+@given(describe=mutated(SCRIPTED_DESCRIPTION.encode()), answers=st.lists(
+    mutated(protocol.Result(np.array([5, -7, 9]), 2, 1234).encode())
+    | st.integers(0, 255).map(lambda flags: bytes([protocol.ERROR, flags])), max_size=8))
+def test_run_over_a_fuzzed_line_returns_results_or_a_one_line_error(describe, answers):
+    """Whatever a board answers, run gives results the protocol allows, or a LinkError /
+    InputMismatch of one line: no other exception."""
+    x = np.array([[1, -2, 3, -4], [0, 7, -8, 5]])
+    try:
+        run = host.run(ScriptedPort([describe, *answers]), x)
+    except (host.LinkError, host.InputMismatch) as error:
+        assert "\n" not in str(error)
+        return
+    assert run.description.version == protocol.PROTOCOL_VERSION
+    assert run.description.clk_freq > 0 and run.labels.shape == (len(x),)
+    assert ((0 <= run.labels) & (run.labels < run.description.out_count)).all()
 
 
 @pytest.fixture
@@ -390,3 +479,13 @@ def test_cli_run_refuses_bad_input_in_one_line(board_build, monkeypatch, capsys)
     assert main(["run", "--port", "model", "--inputs", str(path / "wrong.npy")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--inputs" in err and "takes 24 values per image" in err
+
+
+def test_cli_run_with_a_board_at_clock_0_is_one_line(board_build, monkeypatch, capsys):
+    design, path = board_build
+    monkeypatch.setattr(host, "_open", lambda port, baud: ModelBoard(design, clk_freq=0))
+    for build in ([], ["--build", str(path / "build")]):
+        assert main(["run", "--port", "model", "--inputs", str(path / "x.npy"), *build]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "Traceback" not in err, err
+        assert "--port model: the board reports a clock of 0 Hz" in err, err

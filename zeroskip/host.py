@@ -1,175 +1,41 @@
 """The host end of the UART link to a board running a network
 (:class:`zeroskip.boards.link.HostLink`).
 
-The protocol is documented in :mod:`zeroskip.boards.link`. Here are its constants, the pure
-framing functions (:func:`encode_infer`, :func:`encode_describe`, :func:`decode_result`,
-:func:`decode_description`, :func:`expected_description`), used both by :func:`run` over a real
-serial port and by the cocotb test that drives the gateware's pins, and :func:`run`, which sends
-a batch to a board with pyserial.
+The protocol, its constants and its pure framing functions are :mod:`zeroskip.boards.protocol`;
+they are importable from here too (:func:`encode_infer`, :func:`encode_describe`,
+:func:`decode_result`, :func:`decode_description`, :func:`expected_description`, ...). Here is
+:func:`run`, which sends a batch to a board over a serial port (pyserial) and checks what the
+board answers.
 """
 
 from __future__ import annotations
 
-import hashlib
+import functools
 import math
+import operator
 import time
 from dataclasses import dataclass
 
 import numpy as np
 
+from .boards.protocol import (DESCRIBE, DESCRIPTION, DESCRIPTION_LENGTH, ERROR, ERROR_FLAGS,
+                              ERROR_LENGTH, INFER, PROTOCOL_VERSION, RESULT, WORD_BYTES,
+                              Description, LinkError, RequestRejected, Result, check_header,
+                              decode_description, decode_result, design_id, encode_describe,
+                              encode_infer, error_flags_text, expected_description, input_bytes,
+                              result_length)
 from .errors import ZeroskipError
 
-__all__ = ["DESCRIBE", "INFER", "RESULT", "DESCRIPTION", "ERROR", "PROTOCOL_VERSION",
-           "WORD_BYTES", "DESCRIPTION_LENGTH", "ERROR_LENGTH", "ERROR_FLAGS",
-           "READ_TIMEOUT_SECONDS", "Description", "InputMismatch", "LinkError", "Result", "RunResult",
-           "check_description", "decode_description", "decode_result", "design_id",
-           "encode_describe", "encode_infer", "expected_description", "input_bytes",
+__all__ = ["DESCRIBE", "INFER", "RESULT", "DESCRIPTION", "ERROR", "PROTOCOL_VERSION", "WORD_BYTES",
+           "DESCRIPTION_LENGTH", "ERROR_LENGTH", "ERROR_FLAGS", "READ_TIMEOUT_SECONDS", "ATTEMPTS",
+           "RequestRejected", "check_compatible", "Description", "InputMismatch", "LinkError",
+           "Result", "RunResult", "check_description", "decode_description", "decode_result",
+           "design_id", "encode_describe", "encode_infer", "expected_description", "input_bytes",
            "result_length", "run"]
-
-#: Request bytes (host to board).
-INFER, DESCRIBE = b"I"[0], b"?"[0]
-#: Response headers (board to host).
-RESULT, DESCRIPTION, ERROR = b"R"[0], b"D"[0], b"E"[0]
-#: Bumped when a field changes; the description carries it.
-PROTOCOL_VERSION = 1
-#: Bytes of each logit and of the latency in a result (little-endian).
-WORD_BYTES = 4
-#: A description: header, version, input count (2), input encoding, output count (2), output
-#: encoding, clock in Hz (4), design id (4).
-DESCRIPTION_LENGTH = 16
-#: An error response: header and the error flags.
-ERROR_LENGTH = 2
-#: The flags of an error response, by bit.
-ERROR_FLAGS = {0: "framing error (a byte with a low stop bit)",
-               1: "overrun (a byte arrived before the network took the previous one)",
-               2: "timeout (the request stopped short)"}
-
-
-class LinkError(ZeroskipError):
-    """The board answered something other than what the protocol allows, or nothing at all."""
 
 
 class InputMismatch(ZeroskipError):
     """The inputs do not fit the network the board runs."""
-
-
-@dataclass(frozen=True)
-class Description:
-    """What a board says it runs (the answer to :data:`DESCRIBE`).
-
-    Encodings are ``(bits, signed)``; ``design_id`` is :func:`design_id` of the design.
-    """
-
-    version: int
-    in_count: int
-    in_encoding: tuple
-    out_count: int
-    out_encoding: tuple
-    clk_freq: int
-    design_id: int
-
-    def encode(self):
-        """The response bytes, header included (what the gateware sends)."""
-        return bytes([DESCRIPTION, self.version]) + self.in_count.to_bytes(2, "little") + \
-            bytes([_encoding_byte(*self.in_encoding)]) + self.out_count.to_bytes(2, "little") + \
-            bytes([_encoding_byte(*self.out_encoding)]) + \
-            self.clk_freq.to_bytes(4, "little") + self.design_id.to_bytes(4, "little")
-
-
-@dataclass(frozen=True)
-class Result:
-    """One inference as the board answered it."""
-
-    logits: np.ndarray  # int64, (out_count,)
-    label: int  # the board's argmax
-    latency_cycles: int
-
-
-def _encoding_byte(bits, signed):
-    return bits | (0x80 if signed else 0)
-
-
-def design_id(design):
-    """32 bits naming a compiled design: the first 8 hex digits of its Verilog's SHA-256 (the
-    ``verilog_sha256`` of its build directory's manifest)."""
-    return int(hashlib.sha256(design.verilog().encode()).hexdigest()[:8], 16)
-
-
-def expected_description(design, clk_freq):
-    """The :class:`Description` a board running ``design`` at ``clk_freq`` Hz answers."""
-    in_act, out_act = design.in_act, design.out_act
-    return Description(PROTOCOL_VERSION, math.prod(design.in_shape), (in_act.bits, in_act.signed),
-                       math.prod(design.out_shape), (out_act.bits, out_act.signed),
-                       int(clk_freq), design_id(design))
-
-
-def input_bytes(x, act):
-    """One input tensor, (C, H, W) or (F,) integers of encoding ``act``, as the bytes of a
-    request: stream order (HWC), each value's low 8 bits (two's complement), a binary value as
-    1 for +1 and 0 for -1."""
-    from .hdl.common import encode_beats, to_beats
-
-    return (encode_beats(to_beats(x), act).astype(np.int64) & 0xFF).astype(np.uint8).tobytes()
-
-
-def encode_infer(x, act):
-    """The request for one inference of input ``x`` (see :func:`input_bytes`)."""
-    return bytes([INFER]) + input_bytes(x, act)
-
-
-def encode_describe():
-    return bytes([DESCRIBE])
-
-
-def result_length(out_count):
-    """Bytes of a result response: header, logits, class, latency."""
-    return 1 + WORD_BYTES * out_count + 1 + WORD_BYTES
-
-
-def _check_header(data, expected, length):
-    if not data:
-        raise LinkError("the board did not answer")
-    if data[0] == ERROR:
-        code = data[1] if len(data) > 1 else 0
-        flags = [text for bit, text in ERROR_FLAGS.items() if code >> bit & 1]
-        raise LinkError(f"the board rejected the request: {', '.join(flags) or 'no reason'} "
-                        f"(error code {code:#04x})")
-    if data[0] != expected:
-        raise LinkError(f"the board answered header byte {data[0]:#04x}, expected "
-                        f"{expected:#04x} ({chr(expected)!r})")
-    if len(data) != length:
-        raise LinkError(f"the board's {chr(expected)!r} answer has {len(data)} bytes, expected "
-                        f"{length}")
-
-
-def decode_result(data, out_count):
-    """A result response (header included) -> :class:`Result`.
-
-    Raises
-    ------
-    LinkError
-        For an error response (naming its flags), a wrong header or length.
-    """
-    _check_header(data, RESULT, result_length(out_count))
-    words = np.frombuffer(data, dtype="<i4", count=out_count, offset=1).astype(np.int64)
-    label = data[1 + WORD_BYTES * out_count]
-    latency = int.from_bytes(data[-WORD_BYTES:], "little")
-    return Result(words, label, latency)
-
-
-def decode_description(data):
-    """A description response (header included) -> :class:`Description`."""
-    _check_header(data, DESCRIPTION, DESCRIPTION_LENGTH)
-
-    def encoding(byte):
-        return byte & 0x7F, bool(byte & 0x80)
-
-    return Description(version=data[1], in_count=int.from_bytes(data[2:4], "little"),
-                       in_encoding=encoding(data[4]),
-                       out_count=int.from_bytes(data[5:7], "little"),
-                       out_encoding=encoding(data[7]),
-                       clk_freq=int.from_bytes(data[8:12], "little"),
-                       design_id=int.from_bytes(data[12:16], "little"))
 
 
 @dataclass(frozen=True)
@@ -188,7 +54,8 @@ class RunResult:
         ``(N,)``, the network's latency counter per inference (it includes the link's pacing:
         see :mod:`zeroskip.boards.link`).
     wall_seconds : numpy.ndarray
-        ``(N,)``, host wall time per request, from its first byte written to its answer read.
+        ``(N,)``, host wall time per image, from the first byte of the request the board
+        answered written to its answer read (an image the board rejected is sent again).
     """
 
     description: Description
@@ -201,6 +68,11 @@ class RunResult:
     def latency_seconds(self):
         return self.latency_cycles / self.description.clk_freq
 
+
+#: Times :func:`run` sends an image the board rejects (:data:`ERROR`) before it gives up: a
+#: rejection is a disturbance on the line, rarely twice in a row; a board that rejects every
+#: attempt has a lasting fault (its baud rate is not the host's, or its network overruns).
+ATTEMPTS = 3
 
 #: Seconds a read of :func:`run` waits for the board's bytes: an answer's bytes take milliseconds
 #: on the line, the 'E' after a dropped request comes within two board timeouts (under 0.4 s at
@@ -217,23 +89,23 @@ def _open(port, baud):
         raise ZeroskipError(f"serial port {port!r}: cannot open it: {error}") from None
 
 
-def _read(connection, count, what):
+def _read(connection, count):
     data = connection.read(count)
     if len(data) != count:
-        raise LinkError(f"the board stopped answering {what}: {len(data)} of {count} bytes "
-                        f"within {connection.timeout} s")
+        raise LinkError(f"the board stopped answering: {len(data)} of {count} bytes within "
+                        f"{connection.timeout} s")
     return bytes(data)
 
 
-def _answer(connection, header, length, what):
+def _answer(connection, header, length):
     """Read one response: its header first, so that an error response is read whole and a
     wrong header is reported at once."""
-    first = _read(connection, 1, what)
+    first = _read(connection, 1)
     if first[0] not in (header, ERROR):
-        _check_header(first, header, length)
-    data = first + _read(connection, (ERROR_LENGTH if first[0] == ERROR else length) - 1, what)
+        check_header(first, header, length)
+    data = first + _read(connection, (ERROR_LENGTH if first[0] == ERROR else length) - 1)
     if first[0] == ERROR:
-        _check_header(data, header, length)
+        check_header(data, header, length)
     return data
 
 
@@ -243,19 +115,58 @@ def _describe(connection):
         connection.reset_input_buffer()
         connection.write(encode_describe())
         try:
-            return decode_description(_answer(connection, DESCRIPTION, DESCRIPTION_LENGTH,
-                                              "a describe request"))
-        except LinkError:
+            return decode_description(_answer(connection, DESCRIPTION, DESCRIPTION_LENGTH))
+        except LinkError as error:
             if attempt:
-                raise
+                raise LinkError(f"the describe request: {error}") from None
 
 
-def check_description(description, design):
-    """Raise :class:`LinkError` unless the board runs ``design`` (any clock)."""
-    expected = expected_description(design, description.clk_freq)
+def _infer(connection, request, out_count):
+    """Send one image's request and read its :class:`Result`, sending it again after each
+    :data:`ERROR` answer, :data:`ATTEMPTS` times in all. Returns the result and the seconds of
+    the attempt the board answered."""
+    rejected = []
+    for _ in range(ATTEMPTS):
+        started = time.monotonic()
+        connection.write(request)
+        try:
+            data = _answer(connection, RESULT, result_length(out_count))
+        except RequestRejected as error:
+            rejected.append(error.flags)
+            connection.reset_input_buffer()  # whatever the broken request left on the line
+            continue
+        return decode_result(data, out_count), time.monotonic() - started
+    flags = functools.reduce(operator.or_, rejected)
+    raise LinkError(f"the board rejected it {ATTEMPTS} times: {error_flags_text(flags)} (error "
+                    f"codes {', '.join(f'{code:#04x}' for code in rejected)})")
+
+
+def check_compatible(description):
+    """Raise :class:`LinkError` unless this host can talk to a board describing itself so: the
+    board speaks this host's protocol version (:data:`PROTOCOL_VERSION`), its clock is above
+    0 Hz (latencies in cycles are converted to seconds with it), and its input encoding is an
+    activation's (1 to 8 bits, a 1-bit one signed: every input value travels as one byte)."""
+    from .ir import Activation
+
     if description.version != PROTOCOL_VERSION:
         raise LinkError(f"the board speaks link protocol version {description.version}, this "
                         f"host version {PROTOCOL_VERSION}")
+    if description.clk_freq <= 0:
+        raise LinkError(f"the board reports a clock of {description.clk_freq} Hz: its latencies "
+                        "in cycles cannot be converted to seconds")
+    bits, signed = description.in_encoding
+    try:
+        Activation(bits, signed, 1.0)
+    except ZeroskipError as error:
+        raise LinkError(f"the board describes an input encoding the protocol does not carry "
+                        f"({bits}-bit, {'signed' if signed else 'unsigned'}): {error}") from None
+
+
+def check_description(description, design):
+    """Raise :class:`LinkError` unless the host can talk to the board
+    (:func:`check_compatible`) and the board runs ``design`` (any clock)."""
+    check_compatible(description)
+    expected = expected_description(design, description.clk_freq)
     if description != expected:
         raise LinkError(f"the board runs another design: id {description.design_id:08x}, "
                         f"{description.in_count} inputs, {description.out_count} outputs; the "
@@ -274,7 +185,8 @@ def run(port, x_int, *, design=None, baud=115200, on_result=None):
     x_int : numpy.ndarray
         ``(N, C, H, W)`` or ``(N, F)`` integers of the input encoding (quantized already).
     design : zeroskip.design.Design, optional
-        Check that the board runs this design (its description, :func:`check_description`).
+        Check that the board runs this design (its description, :func:`check_description`);
+        without it the board's description is still checked (:func:`check_compatible`).
     baud : int
         The board's baud rate.
     on_result : callable, optional
@@ -292,7 +204,13 @@ def run(port, x_int, *, design=None, baud=115200, on_result=None):
     InputMismatch
         If the inputs do not fit what the board runs.
     LinkError
-        If the board runs another design, rejects a request or stops answering.
+        If the board's description fails :func:`check_compatible`, it runs another design
+        (with ``design``), rejects an image :data:`ATTEMPTS` times in a row, answers out of
+        protocol (a class beyond its logits, say) or stops answering; the message names the
+        image.
+
+    An image the board rejects (:data:`ERROR`: a framing error, an overrun or a timeout on the
+    line) is sent again, up to :data:`ATTEMPTS` times in all.
     """
     from .ir import Activation
 
@@ -300,10 +218,11 @@ def run(port, x_int, *, design=None, baud=115200, on_result=None):
     connection = _open(port, baud) if isinstance(port, str) else port
     try:
         description = _describe(connection)
-        if design is not None:
+        if design is None:
+            check_compatible(description)
+        else:
             check_description(description, design)
-        bits, signed = description.in_encoding
-        act = Activation(bits, signed, 1.0)
+        act = Activation(*description.in_encoding, 1.0)
         if x_int.ndim < 2 or math.prod(x_int.shape[1:]) != description.in_count:
             raise InputMismatch(f"inputs of shape {x_int.shape} do not fit the board's network: "
                                 f"it takes {description.in_count} values per image")
@@ -312,14 +231,13 @@ def run(port, x_int, *, design=None, baud=115200, on_result=None):
             what = "-1 or +1" if act.binary else f"integers in [{act.qmin}, {act.qmax}]"
             raise InputMismatch(f"inputs must be {what} (the board's input encoding), got "
                                 f"{x_int.dtype} values from {x_int.min()} to {x_int.max()}")
-        length = result_length(description.out_count)
         results, seconds = [], []
         for index, x in enumerate(x_int):
-            started = time.monotonic()
-            connection.write(encode_infer(x, act))
-            result = decode_result(_answer(connection, RESULT, length, f"image {index}"),
-                                   description.out_count)
-            seconds.append(time.monotonic() - started)
+            try:
+                result, elapsed = _infer(connection, encode_infer(x, act), description.out_count)
+            except LinkError as error:
+                raise LinkError(f"image {index}: {error}") from None
+            seconds.append(elapsed)
             results.append(result)
             if on_result is not None:
                 on_result(index, result, description)
