@@ -47,13 +47,14 @@ UNPRUNED_CHANNELS_ATTR = "zeroskip_unpruned_out_channels"
 
 _BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d)
 _ELEMENTWISE_MODULES = (nn.ReLU, nn.ReLU6, nn.Dropout, nn.Identity)
-_SPATIAL_MODULES = (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d)
+_SPATIAL_MODULES = (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.ZeroPad2d)
 _ELEMENTWISE_FUNCTIONS = (torch.relu, F.relu)
 _ADD_FUNCTIONS = (operator.add, operator.iadd, torch.add)
 _RESHAPE_METHODS = ("flatten", "view", "reshape")
 
 _TRACEABLE_OPS = (
-    "BatchNorm1d/2d, ReLU, ReLU6, MaxPool2d, AvgPool2d, AdaptiveAvgPool2d, Dropout, Identity, "
+    "BatchNorm1d/2d, ReLU, ReLU6, MaxPool2d, AvgPool2d, AdaptiveAvgPool2d, ZeroPad2d, Dropout, "
+    "Identity, "
     "depthwise Conv2d, torch.relu / F.relu, and flatten / view / reshape to (N, -1)"
 )
 
