@@ -11,7 +11,8 @@ import numpy as np
 import torch
 
 from .. import ir
-from ..errors import FrontendError
+from ..analysis import empty_layers
+from ..errors import FrontendError, warn_empty_layers
 from .graph import (
     FloatAdd, FloatAvgPool2d, FloatConv2d, FloatFlatten, FloatInput, FloatLinear, FloatMaxPool2d,
 )
@@ -36,15 +37,23 @@ def export(model, example_input, calibration=None, *, weight_bits=8, act_bits=8,
         calibrated already.
     weight_bits, act_bits, epsilon
         As for :func:`zeroskip.qat.prepare`; ignored for a QuantNet.
+
+    Warns
+    -----
+    zeroskip.errors.EmptyLayerWarning
+        Naming every conv2d and linear layer of the graph without a nonzero integer weight.
     """
     from .binary import BinaryNet  # binary builds on this module's helpers
 
     if isinstance(model, BinaryNet):
-        return model.to_graph(name or "net")
-    if not isinstance(model, QuantNet):
-        model = prepare(model, example_input, calibration, weight_bits=weight_bits,
-                        act_bits=act_bits, epsilon=epsilon)
-    return to_graph(model, name or "net")
+        graph = model.to_graph(name or "net")
+    else:
+        if not isinstance(model, QuantNet):
+            model = prepare(model, example_input, calibration, weight_bits=weight_bits,
+                            act_bits=act_bits, epsilon=epsilon)
+        graph = to_graph(model, name or "net")
+    warn_empty_layers(empty_layers(graph), f"export of graph {graph.name!r}")
+    return graph
 
 
 def _requant(multiplier, shift, low, high, epsilon):

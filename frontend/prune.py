@@ -31,7 +31,7 @@ from torch.fx import Node, symbolic_trace
 from torch.fx.passes.shape_prop import ShapeProp
 from torch.nn.utils import prune as torch_prune
 
-from zeroskip.errors import FrontendError
+from zeroskip.errors import FrontendError, warn_empty_layers
 
 __all__ = ["prune", "sparsity", "remove_reparametrization"]
 
@@ -123,6 +123,12 @@ def prune(
         pruned, a structured pruning where no selected layer can lose channels, or a model that
         structured pruning cannot trace or run on ``example_input``.
 
+    Warns
+    -----
+    zeroskip.errors.EmptyLayerWarning
+        Naming every Conv2d and Linear layer of the model left without a nonzero weight (global
+        pruning can empty a layer whose weights are all small).
+
     Notes
     -----
     Structured pruning replaces parameters with smaller ones, so optimizers built before the
@@ -144,6 +150,7 @@ def prune(
     if granularity == "element":
         scores = _weight_scores(model, targets, criterion, data, loss_fn)
         _prune_elements(targets, scores, amount, scope)
+        _warn_empty_layers(model)
         return model
 
     if example_input is None:
@@ -166,7 +173,15 @@ def prune(
     for group, removed in zip(groups, removals):
         if removed:
             _shrink(group, removed)
+    _warn_empty_layers(model)
     return model
+
+
+def _warn_empty_layers(model):
+    """An EmptyLayerWarning naming every Conv2d / Linear left without a nonzero weight."""
+    empty = [(name, module.weight.numel()) for name, module in model.named_modules()
+             if isinstance(module, PRUNABLE_TYPES) and not _effective_weight(module).any()]
+    warn_empty_layers(empty, "prune", stacklevel=4)
 
 
 def sparsity(model: nn.Module) -> float:

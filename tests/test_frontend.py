@@ -14,7 +14,7 @@ from torch import nn
 
 import zeroskip
 from zeroskip import ir, reference
-from zeroskip.errors import FrontendError
+from zeroskip.errors import EmptyLayerWarning, FrontendError
 from zeroskip.frontend.passes import prepare_float_graph
 from zeroskip.frontend.qat import prepare, quantize_multiplier
 from zeroskip.frontend.trace import trace
@@ -275,7 +275,10 @@ def test_a_dead_layer_exports_zeros_and_stays_exact():
                           nn.ReLU(), nn.Flatten(), nn.Linear(16, 3)).eval()
     torch_prune.l1_unstructured(model[2], "weight", amount=1.0)  # nothing reaches layer 4
     x = torch.rand(8, 3, 4, 4)
-    graph, _, _ = check_exact(model, x)
+    with pytest.warns(EmptyLayerWarning, match=r"^export of graph 'net': layer '2' \(16 "
+                                                r"weights\) keeps no nonzero weight: the output "
+                                                r"is the bias alone$"):
+        graph, _, _ = check_exact(model, x)
     assert not reference.run_layers(graph, graph.quantize_input(x.numpy()))["2"].any()
 
 
