@@ -192,19 +192,19 @@ def test_keras_same_padding(size, kernel, stride, expected):
 
 def test_asymmetric_keras_padding_is_an_explicit_zero_pad():
     resnet, dscnn = models.ic_resnet8(), models.kws_dscnn()
-    assert resnet.stack2.a.conv.pad.padding == (0, 1, 0, 1)
-    assert resnet.stack2.a.conv.conv.padding == (0, 0)
+    assert resnet.stack2.a.pad.padding == (0, 1, 0, 1)
+    assert resnet.stack2.a.conv.padding == (0, 0)
     assert isinstance(resnet.stack2.shortcut.pad, nn.Identity)  # 1x1 at stride 2: no padding
-    assert isinstance(resnet.stack1.a.conv.pad, nn.Identity)
-    assert resnet.stack1.a.conv.conv.padding == (1, 1)
-    assert dscnn.stem.conv.pad.padding == (1, 1, 4, 5)
+    assert isinstance(resnet.stack1.a.pad, nn.Identity)
+    assert resnet.stack1.a.conv.padding == (1, 1)
+    assert dscnn.stem.pad.padding == (1, 1, 4, 5)
     # keras's pool of (int(49 / 2), int(10 / 2)) on the 25x5 map: not global
     assert dscnn.pool.kernel_size == (24, 5)
 
 
 def test_mobilenet_alpha_scales_every_width():
     model = models.vww_mobilenet_v1(alpha=0.5)
-    assert model.stem.conv.conv.out_channels == 16 and model.fc.in_features == 512
+    assert model.stem.conv.out_channels == 16 and model.fc.in_features == 512
     with pytest.raises(ValueError, match="alpha 0.01"):
         models.vww_mobilenet_v1(alpha=0.01)
 

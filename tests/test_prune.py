@@ -362,19 +362,19 @@ def test_filter_pruning_through_zero_padding_and_a_depthwise_conv():
     from zeroskip.models import DepthwiseSeparable
 
     model = _exact_eval(nn.Sequential(nn.Conv2d(3, 8, 1), DepthwiseSeparable(8, 12, 2, (6, 6))))
-    assert isinstance(model[1].dw.conv.pad, nn.ZeroPad2d)
+    assert isinstance(model[1].dw.pad, nn.ZeroPad2d)
     dead = {1, 6}
     for index in dead:
         with torch.no_grad():
             model[0].weight[index] = 0
             model[0].bias[index] = 0
-        _silence_filter(model[1].dw.conv.conv, model[1].dw.bn, index)
+        _silence_filter(model[1].dw.conv, model[1].dw.bn, index)
     x = torch.randn(2, 3, 6, 6, dtype=torch.float64)
     expected = model(x)
 
     prune(model, 0.25, "filter", example_input=x, layers=["0"])
 
-    assert model[1].dw.conv.conv.groups == model[1].pw.conv.conv.in_channels == 6
+    assert model[1].dw.conv.groups == model[1].pw.conv.in_channels == 6
     torch.testing.assert_close(model(x), expected)
 
 

@@ -228,7 +228,7 @@ def _one_torch_thread():
         torch.set_num_threads(threads)
 
 
-# --- MLPerf Tiny reference networks ---------------------------------------------------------------
+# --- MLPerf Tiny reference networks --------------------------------------------------------------
 #
 # Layer for layer as mlcommons/tiny benchmark/training/*/keras_model.py (vww_model.py for VWW).
 # Keras layers keep their defaults in torch: every Conv2D, DepthwiseConv2D and Dense has a bias,
@@ -253,41 +253,45 @@ def _bn2d(channels):
     return nn.BatchNorm2d(channels, eps=KERAS_BN_EPS)
 
 
-class KerasSameConv(nn.Module):
-    """A keras ``Conv2D`` / ``DepthwiseConv2D`` with ``padding='same'`` on a known input size.
+def _keras_same_conv(in_channels, out_channels, kernel, stride, in_size, groups):
+    """``(pad, conv, out_size)`` of a keras conv with 'same' padding on an ``in_size`` input:
+    ``pad`` is ``nn.Identity`` when the padding is symmetric (the conv pads itself) and an
+    ``nn.ZeroPad2d`` holding all of it otherwise (the conv pads nothing)."""
+    kernel = (kernel, kernel) if isinstance(kernel, int) else tuple(kernel)
+    (top, bottom), (left, right) = (keras_same_padding(n, k, stride)
+                                    for n, k in zip(in_size, kernel))
+    symmetric = top == bottom and left == right
+    pad = nn.Identity() if symmetric else nn.ZeroPad2d((left, right, top, bottom))
+    conv = nn.Conv2d(in_channels, out_channels, kernel, stride=stride,
+                     padding=(top, left) if symmetric else 0, groups=groups)
+    return pad, conv, tuple(-(-n // stride) for n in in_size)
 
-    ``pad`` is ``nn.Identity`` when the keras padding is symmetric (the conv pads itself) and
-    ``nn.ZeroPad2d`` holding all of it otherwise (the conv pads nothing). ``conv`` is the
-    ``nn.Conv2d`` with a bias, as keras has.
-    """
+
+class KerasSameConv(nn.Module):
+    """A keras ``Conv2D`` / ``DepthwiseConv2D`` with ``padding='same'`` on a known input size:
+    ``pad`` (``nn.Identity`` or ``nn.ZeroPad2d``), then ``conv`` (with a bias, as keras's)."""
 
     def __init__(self, in_channels, out_channels, kernel, stride, in_size, groups=1):
         super().__init__()
-        kernel = (kernel, kernel) if isinstance(kernel, int) else tuple(kernel)
-        (top, bottom), (left, right) = (keras_same_padding(n, k, stride)
-                                        for n, k in zip(in_size, kernel))
-        symmetric = top == bottom and left == right
-        self.pad = nn.Identity() if symmetric else nn.ZeroPad2d((left, right, top, bottom))
-        self.conv = nn.Conv2d(in_channels, out_channels, kernel, stride=stride,
-                              padding=(top, left) if symmetric else 0, groups=groups)
-        self.out_size = tuple(-(-n // stride) for n in in_size)
+        self.pad, self.conv, self.out_size = _keras_same_conv(
+            in_channels, out_channels, kernel, stride, in_size, groups)
 
     def forward(self, x):
         return self.conv(self.pad(x))
 
 
 class _ConvBnRelu(nn.Module):
-    """KerasSameConv, BatchNormalization, ReLU."""
+    """A keras conv with 'same' padding (``pad``, ``conv``), BatchNormalization, ReLU."""
 
     def __init__(self, in_channels, out_channels, kernel, stride, in_size, groups=1):
         super().__init__()
-        self.conv = KerasSameConv(in_channels, out_channels, kernel, stride, in_size, groups)
+        self.pad, self.conv, self.out_size = _keras_same_conv(
+            in_channels, out_channels, kernel, stride, in_size, groups)
         self.bn = _bn2d(out_channels)
         self.relu = nn.ReLU()
-        self.out_size = self.conv.out_size
 
     def forward(self, x):
-        return self.relu(self.bn(self.conv(x)))
+        return self.relu(self.bn(self.conv(self.pad(x))))
 
 
 class ResNetStack(nn.Module):
@@ -344,9 +348,9 @@ def ic_resnet8(filters=16):
     Returns
     -------
     ResNet8
-        Layers ``stem.conv.conv``, ``stack<i>.a.conv.conv``, ``stack<i>.conv_b.conv``,
+        Layers ``stem.conv``, ``stack<i>.a.conv``, ``stack<i>.conv_b.conv``,
         ``stack<i>.shortcut.conv``, ``fc``; the stride-2 3x3 convs pad with a ZeroPad2d
-        (``...conv.pad``: keras pads 0 above / left and 1 below / right there).
+        (``stack<i>.a.pad``: keras pads 0 above / left and 1 below / right there).
     """
     return ResNet8(filters)
 
@@ -400,8 +404,8 @@ def kws_dscnn():
     Returns
     -------
     DSCNN
-        Layers ``stem.conv.conv``, ``blocks.<i>.dw.conv.conv`` (depthwise),
-        ``blocks.<i>.pw.conv.conv``, ``fc``.
+        Layers ``stem.conv``, ``blocks.<i>.dw.conv`` (depthwise), ``blocks.<i>.pw.conv``,
+        ``fc``.
     """
     return DSCNN()
 
@@ -480,8 +484,8 @@ def vww_mobilenet_v1(alpha=0.25):
     Returns
     -------
     MobileNetV1
-        Layers ``stem.conv.conv``, ``blocks.<i>.dw.conv.conv`` (depthwise),
-        ``blocks.<i>.pw.conv.conv``, ``fc``.
+        Layers ``stem.conv``, ``blocks.<i>.dw.conv`` (depthwise), ``blocks.<i>.pw.conv``,
+        ``fc``.
     """
     return MobileNetV1(alpha)
 
@@ -739,17 +743,17 @@ def mlperf_graph(name, *, sparsity=0.9, seed=0, calibration_images=64):
 
     No data set is reachable here, so nothing is trained: the weights are random (seeded,
     :func:`init_keras_like`). Every conv and linear layer but the depthwise ones is pruned
-    element-wise by magnitude to ``sparsity`` on its own, each filter keeping at least one
-    weight (:func:`prune_layerwise`; the narrow layers' sparsity is then a little lower); then the
-    BatchNorm statistics are set to those of the pruned net on ``calibration_images``
-    synthetic inputs (:func:`mlperf_inputs`, :func:`set_batchnorm_statistics`), so that after
-    folding about half of each ReLU's outputs are zero, as in a trained net. Not globally: initial weights scale with
-    ``1 / sqrt(fan_in)``, so global magnitude pruning takes the wide-fan-in layers almost
-    whole (at 90 % the autoencoder's input layer keeps 86 of its 81,920 He-normal weights, and
-    none at torch's default initialisation). Depthwise 3x3 filters are kept dense: they hold 9
-    weights each (pruned to 90 %, most would be empty) and 10 % of the DS-CNN's weights, 5 %
-    of the MobileNet's. The net is then quantized post-training to int8 with
-    ``zeroskip.export(model, example, calibration=inputs)``.
+    element-wise by magnitude to ``sparsity`` on its own, each filter keeping at least its
+    largest weight (:func:`prune_layerwise`; narrow layers end a little less sparse). Not
+    globally: initial weights scale with ``1 / sqrt(fan_in)``, so global magnitude pruning takes
+    the wide-fan-in layers almost whole (at 90 % the autoencoder's input layer keeps 86 of its
+    81,920 He-normal weights, and none at torch's default initialisation). Depthwise 3x3
+    filters are kept dense: pruned to 90 %, most of their 9-weight filters would be empty, and
+    they are 10 % of the DS-CNN's weights, 5 % of the MobileNet's. Then the BatchNorm
+    statistics are set to the pruned net's on ``calibration_images`` synthetic inputs
+    (:func:`mlperf_inputs`, :func:`set_batchnorm_statistics`), so that about half of each
+    ReLU's outputs are zero, as in a trained net, and the net is quantized post-training to
+    int8 with ``zeroskip.export(model, example, calibration=inputs)``.
 
     Parameters
     ----------
