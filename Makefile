@@ -45,6 +45,7 @@ bench: $(INSTALL_STAMP)
 	$(VENV_PYTHON) benchmarks/engine_bench.py
 	$(VENV_PYTHON) benchmarks/binary_bench.py
 	$(VENV_PYTHON) benchmarks/boards_bench.py
+	$(VENV_PYTHON) benchmarks/mlperf_bench.py
 
 doctor: $(INSTALL_STAMP)
 	$(VENV_PYTHON) -m zeroskip.toolchain

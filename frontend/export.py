@@ -7,6 +7,8 @@ quantized post-training (:func:`~.qat.prepare` with the calibration data).
 
 from __future__ import annotations
 
+from ..analysis import empty_layers
+from ..errors import warn_empty_layers
 from .qat import IntegerNet, prepare
 
 
@@ -28,8 +30,15 @@ def export(model, example_input, calibration=None, *, weight_bits=8, act_bits=8,
         calibrated already.
     weight_bits, act_bits, epsilon
         As for :func:`zeroskip.qat.prepare`; ignored for a QuantNet.
+
+    Warns
+    -----
+    zeroskip.errors.EmptyLayerWarning
+        Naming every conv2d and linear layer of the graph without a nonzero integer weight.
     """
     if not isinstance(model, IntegerNet):
         model = prepare(model, example_input, calibration, weight_bits=weight_bits,
                         act_bits=act_bits, epsilon=epsilon)
-    return model.to_graph(name or "net")
+    graph = model.to_graph(name or "net")
+    warn_empty_layers(empty_layers(graph), f"export of graph {graph.name!r}")
+    return graph

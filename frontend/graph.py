@@ -91,6 +91,13 @@ class FloatAvgPool2d(FloatNode):
 
 
 @dataclass(frozen=True, eq=False)
+class FloatPad(FloatNode):
+    """Zero padding ``(left, right, top, bottom)``, to be folded into the Conv2d it feeds."""
+
+    padding: tuple[int, int, int, int] = (0, 0, 0, 0)
+
+
+@dataclass(frozen=True, eq=False)
 class FloatAdd(FloatNode):
     activation: Optional[str] = None
 
@@ -155,6 +162,12 @@ class FloatGraph:
                 raise FrontendError(
                     f"BatchNorm {node.source!r} does not directly follow a Conv2d or Linear whose "
                     "output it alone reads, so it cannot be folded")
+            if isinstance(node, FloatPad):
+                consumers = ", ".join(repr(c.source) for c in self.consumers(node.name)) or \
+                    "the model output"
+                raise FrontendError(
+                    f"zero padding {node.source!r} feeds {consumers}; zeroskip folds zero padding "
+                    "only into the one Conv2d it alone feeds")
             if isinstance(node, FloatActivation):
                 producer = self.node(node.inputs[0])
                 raise FrontendError(

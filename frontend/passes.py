@@ -1,7 +1,8 @@
 """Rewrites of the float graph, each a pass with one contract: ``apply(graph) -> graph``.
 
-They bring a traced model to the form :mod:`.qat` quantizes: BatchNorm folded into the conv or
-linear before it, every ReLU / ReLU6 fused into the op that produces its input.
+They bring a traced model to the form :mod:`.qat` quantizes: zero padding folded into the conv
+after it, BatchNorm folded into the conv or linear before it, every ReLU / ReLU6 fused into the
+op that produces its input.
 """
 
 from __future__ import annotations
@@ -9,15 +10,55 @@ from __future__ import annotations
 from dataclasses import replace
 
 import torch
+import torch.nn.functional as F
 
 from .graph import (
-    FUSABLE, FloatActivation, FloatBatchNorm, FloatFlatten, FloatMaxPool2d, FloatWeightLayer,
+    FUSABLE, FloatActivation, FloatBatchNorm, FloatConv2d, FloatFlatten, FloatMaxPool2d,
+    FloatPad, FloatWeightLayer,
 )
 
 
 def sole_consumer(graph, name):
     consumers = graph.consumers(name)
     return consumers[0] if len(consumers) == 1 and graph.output != name else None
+
+
+class FoldPad:
+    """``conv(pad(x))`` -> ``conv'(x)``: zero padding moved into the conv it alone feeds.
+
+    The IR pads symmetrically. Padding ``p_before, p_after`` on top of the conv's own ``q`` per
+    side becomes ``q + max(p_before, p_after)`` per side, and the kernel grows by
+    ``max - p_before`` zero taps before and ``max - p_after`` after, which puts every window
+    back where it was: exactly the same outputs, and the same output size. Keras's 'same'
+    padding at stride 2 on an even size (0 before, 1 after) turns a 3x3 kernel into 4x4. The
+    added taps are masked: they stay zero through QAT and export, zero-skip engines never issue
+    them, but they count as weights and dense MACs of the graph.
+    """
+
+    def apply(self, graph):
+        replacements, removed = {}, []
+        for pad in graph.nodes:
+            if not isinstance(pad, FloatPad):
+                continue
+            conv = sole_consumer(graph, pad.name)
+            if not isinstance(conv, FloatConv2d) or conv.inputs != (pad.name,):
+                continue
+            left, right, top, bottom = pad.padding
+            height = self._fold(top, bottom, conv.padding[0])
+            width = self._fold(left, right, conv.padding[1])
+            # F.pad lists the last dimension first: (left, right, top, bottom) of the kernel.
+            taps = (width[1], width[2], height[1], height[2])
+            replacements[conv.name] = replace(
+                conv, padding=(height[0], width[0]), weight=F.pad(conv.weight, taps),
+                mask=F.pad(conv.mask, taps))
+            removed.append(pad.name)
+        return graph.replace_nodes(replacements, removed)
+
+    @staticmethod
+    def _fold(before, after, own):
+        """Symmetric padding and the zero taps to add before and after, for one dimension."""
+        wider = max(before, after)
+        return own + wider, wider - before, wider - after
 
 
 class FoldBatchNorm:
@@ -107,7 +148,7 @@ class FuseActivation:
         return graph.replace_nodes(replacements, removed)
 
 
-DEFAULT_PASSES = (FoldBatchNorm(), HoistActivation(), FuseActivation())
+DEFAULT_PASSES = (FoldPad(), FoldBatchNorm(), HoistActivation(), FuseActivation())
 
 
 def prepare_float_graph(graph, passes=DEFAULT_PASSES):

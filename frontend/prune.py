@@ -31,7 +31,7 @@ from torch.fx import Node, symbolic_trace
 from torch.fx.passes.shape_prop import ShapeProp
 from torch.nn.utils import prune as torch_prune
 
-from zeroskip.errors import FrontendError
+from zeroskip.errors import FrontendError, warn_empty_layers
 
 __all__ = ["prune", "sparsity", "remove_reparametrization"]
 
@@ -47,13 +47,14 @@ UNPRUNED_CHANNELS_ATTR = "zeroskip_unpruned_out_channels"
 
 _BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d)
 _ELEMENTWISE_MODULES = (nn.ReLU, nn.ReLU6, nn.Dropout, nn.Identity)
-_SPATIAL_MODULES = (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d)
+_SPATIAL_MODULES = (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.ZeroPad2d)
 _ELEMENTWISE_FUNCTIONS = (torch.relu, F.relu)
 _ADD_FUNCTIONS = (operator.add, operator.iadd, torch.add)
 _RESHAPE_METHODS = ("flatten", "view", "reshape")
 
 _TRACEABLE_OPS = (
-    "BatchNorm1d/2d, ReLU, ReLU6, MaxPool2d, AvgPool2d, AdaptiveAvgPool2d, Dropout, Identity, "
+    "BatchNorm1d/2d, ReLU, ReLU6, MaxPool2d, AvgPool2d, AdaptiveAvgPool2d, ZeroPad2d, Dropout, "
+    "Identity, "
     "depthwise Conv2d, torch.relu / F.relu, and flatten / view / reshape to (N, -1)"
 )
 
@@ -122,6 +123,12 @@ def prune(
         pruned, a structured pruning where no selected layer can lose channels, or a model that
         structured pruning cannot trace or run on ``example_input``.
 
+    Warns
+    -----
+    zeroskip.errors.EmptyLayerWarning
+        Naming every Conv2d and Linear layer of the model left without a nonzero weight (global
+        pruning can empty a layer whose weights are all small).
+
     Notes
     -----
     Structured pruning replaces parameters with smaller ones, so optimizers built before the
@@ -143,6 +150,7 @@ def prune(
     if granularity == "element":
         scores = _weight_scores(model, targets, criterion, data, loss_fn)
         _prune_elements(targets, scores, amount, scope)
+        _warn_empty_layers(model)
         return model
 
     if example_input is None:
@@ -165,7 +173,15 @@ def prune(
     for group, removed in zip(groups, removals):
         if removed:
             _shrink(group, removed)
+    _warn_empty_layers(model)
     return model
+
+
+def _warn_empty_layers(model):
+    """An EmptyLayerWarning naming every Conv2d / Linear left without a nonzero weight."""
+    empty = [(name, module.weight.numel()) for name, module in model.named_modules()
+             if isinstance(module, PRUNABLE_TYPES) and not _effective_weight(module).any()]
+    warn_empty_layers(empty, "prune", stacklevel=4)
 
 
 def sparsity(model: nn.Module) -> float:

@@ -16,7 +16,7 @@ from torch.fx.passes.shape_prop import ShapeProp
 from ..errors import FrontendError
 from .graph import (
     FloatActivation, FloatAdd, FloatAvgPool2d, FloatBatchNorm, FloatConv2d, FloatFlatten,
-    FloatGraph, FloatIdentity, FloatInput, FloatLinear, FloatMaxPool2d,
+    FloatGraph, FloatIdentity, FloatInput, FloatLinear, FloatMaxPool2d, FloatPad,
 )
 
 MODULE_HANDLERS = {}
@@ -154,6 +154,25 @@ def _adaptive_pool_module(node, m, ctx):
     return _global_pool(node, ctx, m.output_size, f"AdaptiveAvgPool2d {node.target!r}")
 
 
+def _zero_pad(node, ctx, padding, value, where):
+    """Zero padding of the last two dimensions; ``padding`` as torch gives it, last dim first."""
+    padding = tuple(padding)
+    if value not in (None, 0) or len(padding) not in (2, 4) or \
+            not all(isinstance(p, int) and p >= 0 for p in padding):
+        raise FrontendError(f"{where}: only zero padding of height and width by non-negative "
+                            f"amounts is supported, got padding {padding} with value {value!r}")
+    if len(ctx.in_shape(node)) != 3:
+        raise FrontendError(f"{where}: padding is supported only on (N, C, H, W) inputs, got "
+                            f"shape {ctx.in_shape(node)} after the batch")
+    return FloatPad(ctx.name(node), ctx.inputs(node), _source(node),
+                    padding=(padding + (0, 0))[:4])
+
+
+@_handles(MODULE_HANDLERS, nn.ZeroPad2d, nn.ConstantPad2d)
+def _pad_module(node, m, ctx):
+    return _zero_pad(node, ctx, m.padding, m.value, f"{type(m).__name__} {node.target!r}")
+
+
 @_handles(MODULE_HANDLERS, nn.Flatten)
 def _flatten_module(node, m, ctx):
     return ctx.flatten(node, f"Flatten {node.target!r}")
@@ -212,6 +231,16 @@ def _avgpool_function(node, ctx):
 def _adaptive_pool_function(node, ctx):
     return _global_pool(node, ctx, _argument(node, 1, "output_size", None),
                         f"adaptive_avg_pool2d {node.name!r}")
+
+
+@_handles(FUNCTION_HANDLERS, F.pad)
+def _pad_function(node, ctx):
+    where = f"pad {node.name!r}"
+    mode = _argument(node, 2, "mode", "constant")
+    if mode != "constant":
+        raise FrontendError(f"{where}: mode {mode!r} is not supported, only zero padding")
+    return _zero_pad(node, ctx, _argument(node, 1, "pad", ()), _argument(node, 3, "value", None),
+                     where)
 
 
 @_handles(FUNCTION_HANDLERS, torch.flatten)

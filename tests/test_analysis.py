@@ -7,8 +7,10 @@ import pytest
 
 from zeroskip import ir
 from zeroskip.analysis import (
-    MAX_GAP_BITS, bitmap_bits, cheapest_encoding, dense_bits, relative_index_bits, stats,
+    MAX_GAP_BITS, bitmap_bits, cheapest_encoding, dense_bits, empty_layers, relative_index_bits,
+    stats,
 )
+from zeroskip.errors import EmptyLayerWarning
 
 U8 = ir.Activation(bits=8, signed=False, scale=0.1)
 
@@ -168,6 +170,27 @@ def test_effective_macs_of_a_hand_computed_linear():
     (fc,) = summary.layers
     assert (fc.dense_macs, fc.effective_macs_total, fc.effective_macs) == (6, 3, 1.5)
     assert summary.batch_size == 2 and summary.total.effective_macs == 1.5
+
+
+def test_layers_without_a_nonzero_weight_are_named_in_one_warning():
+    graph = small_graph(np.zeros((2, 1, 3, 3)), np.zeros((3, 18)))
+    assert empty_layers(graph) == [("conv", 18), ("fc", 54)]
+    with pytest.warns(EmptyLayerWarning) as caught:
+        summary = stats(graph)
+    assert [str(w.message) for w in caught] == [
+        "graph 'net': 2 layers 'conv' (18 weights), 'fc' (54 weights) keep no nonzero weight: "
+        "the output is the bias alone"]
+    assert caught[0].filename == __file__  # points at the caller
+    assert summary.total.nonzero_weights == 0
+
+
+def test_one_nonzero_weight_is_enough_not_to_warn():
+    conv_weight = np.zeros((2, 1, 3, 3))
+    conv_weight[1, 0, 2, 2] = -1
+    linear_weight = np.zeros((3, 18))
+    linear_weight[0, 17] = 1
+    assert empty_layers(small_graph(conv_weight, linear_weight)) == []
+    stats(small_graph(conv_weight, linear_weight))  # warnings are errors under pytest
 
 
 def test_layer_storage_by_hand():

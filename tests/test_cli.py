@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 import zeroskip
+from zeroskip.errors import EmptyLayerWarning
 
 
 def zeroskip_command(*args, cwd=None):
@@ -45,6 +46,23 @@ def test_stats_prints_a_table_and_writes_json(small_graph_file, tmp_path):
     data = json.loads((tmp_path / "s.json").read_text())
     assert data["total"]["weights"] == 4 * 9 + 64 * 3
     assert "effective" in result.stdout.lower()
+    assert result.stderr == ""
+
+
+def test_stats_warns_in_one_line_of_a_layer_without_weights(tmp_path):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Flatten(),
+                          nn.Linear(64, 3)).eval()
+    with torch.no_grad():
+        model[0].weight.zero_()
+    with pytest.warns(EmptyLayerWarning):
+        zeroskip.export(model, torch.rand(8, 1, 4, 4), name="dead").save(tmp_path / "dead.zsg")
+    result = zeroskip_command("stats", tmp_path / "dead.zsg")
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.splitlines() == [
+        "zeroskip: warning: graph 'dead': layer '0' (36 weights) keeps no nonzero weight: the "
+        "output is the bias alone"]
+    assert "total" in result.stdout
 
 
 def test_missing_graph_file(tmp_path):

@@ -14,7 +14,7 @@ from torch import nn
 
 import zeroskip
 from zeroskip import ir, reference
-from zeroskip.errors import FrontendError
+from zeroskip.errors import EmptyLayerWarning, FrontendError
 from zeroskip.frontend.passes import prepare_float_graph
 from zeroskip.frontend.qat import prepare, quantize_multiplier
 from zeroskip.frontend.trace import trace
@@ -71,6 +71,17 @@ class Functional(nn.Module):
         return self.fc(x.view(x.size(0), -1))
 
 
+class PadFunction(nn.Module):
+    """F.pad with a different amount on every side, before a conv that pads too."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 5, 3, padding=1)
+
+    def forward(self, x):
+        return torch.relu(self.conv(F.pad(x, (1, 0, 2, 0))))
+
+
 OP_MODELS = {
     "conv2d_stride_padding": lambda: nn.Sequential(nn.Conv2d(3, 8, 3, stride=2, padding=1)),
     "conv2d_5x5_rectangular": lambda: nn.Sequential(nn.Conv2d(3, 4, (5, 3), padding=(2, 1))),
@@ -91,6 +102,9 @@ OP_MODELS = {
     "functional": Functional,
     "relu_after_maxpool": lambda: nn.Sequential(nn.Conv2d(3, 4, 3), nn.MaxPool2d(2), nn.ReLU(),
                                                 nn.Flatten(), nn.Linear(4, 2)),
+    "zero_pad_keras_same_stride_2": lambda: nn.Sequential(nn.ZeroPad2d((0, 1, 0, 1)),
+                                                          nn.Conv2d(3, 8, 3, stride=2)),
+    "pad_function": PadFunction,
     "dropout_identity": lambda: nn.Sequential(nn.Conv2d(3, 4, 3), nn.Dropout(0.5),
                                               nn.Identity(), nn.ReLU()),
 }
@@ -127,6 +141,43 @@ def test_batchnorm_folding_preserves_the_float_function():
     actual = F.relu(F.conv2d(x, conv.weight, conv.bias))
     torch.testing.assert_close(actual, expected, rtol=1e-5, atol=1e-5)
     assert conv.activation == "relu"
+
+
+@pytest.mark.parametrize("padding, conv_padding, kernel, expected_padding, zero_taps", [
+    # keras 'same', stride 2, even size: one row below and one column right only
+    ((0, 1, 0, 1), 0, (3, 3), (1, 1), {"top": 1, "left": 1}),
+    # keras 'same' of the KWS DS-CNN's (10, 4) stride-2 conv on 49x10: 4 above, 5 below
+    ((1, 1, 4, 5), 0, (10, 4), (5, 1), {"top": 1}),
+    # symmetric: merged into the conv's own padding, no tap added
+    ((1, 1, 1, 1), 1, (3, 3), (2, 2), {}),
+    # more before than after, on top of the conv's own padding
+    ((2, 0, 0, 1), 1, (3, 3), (2, 3), {"right": 2, "top": 1}),
+])
+def test_zero_padding_folds_into_the_conv_exactly(padding, conv_padding, kernel,
+                                                  expected_padding, zero_taps):
+    generator = torch.Generator().manual_seed(sum(padding))
+    torch.manual_seed(2)
+    model = nn.Sequential(nn.ZeroPad2d(padding),
+                          nn.Conv2d(2, 3, kernel, stride=2, padding=conv_padding)).eval()
+    x = torch.randn(4, 2, 12, 10, generator=generator)
+    folded = prepare_float_graph(trace(model, x))
+    (conv,) = [n for n in folded.nodes if n.name != "input"]
+    assert conv.padding == expected_padding
+    grown = {"top": 0, "bottom": 0, "left": 0, "right": 0} | zero_taps
+    assert conv.weight.shape[2:] == (kernel[0] + grown["top"] + grown["bottom"],
+                                     kernel[1] + grown["left"] + grown["right"])
+    inner = (slice(None), slice(None), slice(grown["top"], conv.weight.shape[2] - grown["bottom"]),
+             slice(grown["left"], conv.weight.shape[3] - grown["right"]))
+    torch.testing.assert_close(conv.weight[inner], model[1].weight.detach())
+    added_taps = conv.weight.clone()
+    added_taps[inner] = 0
+    assert not added_taps.any()
+    assert conv.mask[inner].all() and int(conv.mask.sum()) == model[1].weight.numel()
+    with torch.no_grad():
+        expected = model(x)
+    actual = F.conv2d(x, conv.weight, conv.bias, stride=2, padding=conv.padding)
+    torch.testing.assert_close(actual, expected, rtol=1e-5, atol=1e-5)
+    check_exact(model, x)
 
 
 @pytest.mark.parametrize("bits", range(2, 9))
@@ -224,7 +275,10 @@ def test_a_dead_layer_exports_zeros_and_stays_exact():
                           nn.ReLU(), nn.Flatten(), nn.Linear(16, 3)).eval()
     torch_prune.l1_unstructured(model[2], "weight", amount=1.0)  # nothing reaches layer 4
     x = torch.rand(8, 3, 4, 4)
-    graph, _, _ = check_exact(model, x)
+    with pytest.warns(EmptyLayerWarning, match=r"^export of graph 'net': layer '2' \(16 "
+                                                r"weights\) keeps no nonzero weight: the output "
+                                                r"is the bias alone$"):
+        graph, _, _ = check_exact(model, x)
     assert not reference.run_layers(graph, graph.quantize_input(x.numpy()))["2"].any()
 
 
@@ -269,6 +323,11 @@ class Multiply(nn.Module):
         return x * x
 
 
+class ReflectPad(nn.Module):
+    def forward(self, x):
+        return F.pad(x, (1, 1, 1, 1), mode="reflect")
+
+
 class MeanMethod(nn.Module):
     def forward(self, x):
         return x.mean(1)
@@ -291,6 +350,20 @@ REFUSED = {
                         r"BatchNorm '0' does not directly follow"),
     "adaptive pool to 2": (lambda: nn.Sequential(nn.AdaptiveAvgPool2d(2)),
                            r"output size 1 \(global"),
+    "padding before a pool": (lambda: nn.Sequential(nn.ZeroPad2d(1), nn.MaxPool2d(2)),
+                              r"zero padding '0' feeds '1'; zeroskip folds zero padding only "
+                              r"into the one Conv2d it alone feeds"),
+    "padding read twice": (lambda: nn.Sequential(nn.Conv2d(3, 4, 1), nn.ZeroPad2d(1),
+                                                 Residual()),
+                           r"zero padding '1' feeds '2.conv1', 'add'"),
+    "nonzero constant padding": (lambda: nn.Sequential(nn.ConstantPad2d(1, 0.5),
+                                                       nn.Conv2d(3, 3, 3)),
+                                 r"ConstantPad2d '0': only zero padding .* value 0.5"),
+    "cropping": (lambda: nn.Sequential(nn.ZeroPad2d((0, 0, -1, 1)), nn.Conv2d(3, 3, 3)),
+                 r"ZeroPad2d '0': only zero padding of height and width by non-negative "
+                 r"amounts"),
+    "reflect padding function": (lambda: ReflectPad(),
+                                 r"pad 'pad': mode 'reflect' is not supported"),
     "avgpool padding": (lambda: nn.Sequential(nn.AvgPool2d(3, padding=1)),
                         r"AvgPool2d '0': average pooling with padding"),
 }

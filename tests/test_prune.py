@@ -10,7 +10,7 @@ from torch import nn
 from torch.fx import symbolic_trace
 from torch.nn.utils import prune as torch_prune
 
-from zeroskip.errors import FrontendError
+from zeroskip.errors import EmptyLayerWarning, FrontendError
 from zeroskip.frontend.prune import UNPRUNED_CHANNELS_ATTR, prune, remove_reparametrization, sparsity
 
 
@@ -131,6 +131,28 @@ def test_element_global_magnitude_reaches_amount_and_removes_smallest():
         kept.append(magnitude[module.weight_mask == 1])
     # One threshold over all layers: every removed weight is at most as large as every kept one.
     assert torch.cat(pruned).max() <= torch.cat(kept).min()
+
+
+def test_global_pruning_that_empties_layers_names_them_in_one_warning():
+    model = SmallCNN()
+    with torch.no_grad():
+        model.conv1.weight.mul_(1e-3)  # all below every other layer's weights
+        model.conv2.weight.mul_(1e-3)
+    with pytest.warns(EmptyLayerWarning) as caught:
+        prune(model, 0.7)
+    assert [str(w.message) for w in caught] == [
+        "prune: 2 layers 'conv1' (72 weights), 'conv2' (1,152 weights) keep no nonzero weight: "
+        "the output is the bias alone"]
+    assert caught[0].filename == __file__  # points at the caller of prune
+    assert not model.conv1.weight.any() and model.fc.weight.any()
+
+
+def test_pruning_that_leaves_a_weight_in_every_layer_does_not_warn():
+    model = SmallCNN()
+    with torch.no_grad():
+        model.conv1.weight.mul_(1e-3)
+    prune(model, 0.9, scope="layer")  # warnings are errors under pytest
+    assert all(module.weight.any() for module in _prunable(model).values())
 
 
 def test_element_layer_scope_prunes_each_layer_to_amount():
@@ -333,6 +355,27 @@ def test_filter_pruning_through_a_depthwise_conv_shrinks_it_too():
     assert torch.equal(dw.weight, original.dw.weight[_others(8, dead)])
     torch.testing.assert_close(model(x), expected)
     torch.testing.assert_close(symbolic_trace(model)(x), expected)
+
+
+def test_filter_pruning_through_zero_padding_and_a_depthwise_conv():
+    """Keras-style 'same' padding at stride 2 (zeroskip.models.DepthwiseSeparable)."""
+    from zeroskip.models import DepthwiseSeparable
+
+    model = _exact_eval(nn.Sequential(nn.Conv2d(3, 8, 1), DepthwiseSeparable(8, 12, 2, (6, 6))))
+    assert isinstance(model[1].dw.pad, nn.ZeroPad2d)
+    dead = {1, 6}
+    for index in dead:
+        with torch.no_grad():
+            model[0].weight[index] = 0
+            model[0].bias[index] = 0
+        _silence_filter(model[1].dw.conv, model[1].dw.bn, index)
+    x = torch.randn(2, 3, 6, 6, dtype=torch.float64)
+    expected = model(x)
+
+    prune(model, 0.25, "filter", example_input=x, layers=["0"])
+
+    assert model[1].dw.conv.groups == model[1].pw.conv.in_channels == 6
+    torch.testing.assert_close(model(x), expected)
 
 
 def test_channel_pruning_behind_a_depthwise_conv_and_global_pooling():

@@ -40,10 +40,11 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from . import ir, reference
+from .errors import warn_empty_layers
 
 __all__ = [
     "MAX_GAP_BITS", "dense_bits", "binary_bits", "bitmap_bits", "relative_index_bits", "cheapest_encoding",
-    "LayerStats", "NetworkStats", "stats",
+    "LayerStats", "NetworkStats", "empty_layers", "stats",
 ]
 
 MAX_GAP_BITS = 8
@@ -266,6 +267,13 @@ class NetworkStats:
         return "\n".join(lines + notes)
 
 
+def empty_layers(graph):
+    """``(name, weights)`` of every conv2d and linear node of ``graph`` without a nonzero
+    weight, in topological order."""
+    return [(node.name, int(node.weight.size)) for node in graph.nodes
+            if isinstance(node, (ir.Conv2d, ir.Linear)) and not np.any(node.weight)]
+
+
 def stats(graph, x_int=None):
     """Parameters, storage and MACs of every layer of ``graph``, and their totals.
 
@@ -279,8 +287,14 @@ def stats(graph, x_int=None):
     Returns
     -------
     NetworkStats
+
+    Warns
+    -----
+    zeroskip.errors.EmptyLayerWarning
+        Naming every conv2d and linear layer without a nonzero weight.
     """
     work = reference.work(graph, x_int)
+    warn_empty_layers(empty_layers(graph), f"graph {graph.name!r}")
     layers = []
     for name, layer_work in work.items():
         node = graph[name]

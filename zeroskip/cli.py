@@ -1,17 +1,20 @@
 """The ``zeroskip`` command.
 
 Bad input (a malformed graph file, an unsupported model, a missing tool) ends in one line on
-stderr naming what is wrong and where, and exit status 2; never a traceback.
+stderr naming what is wrong and where, and exit status 2; never a traceback. A warning (a layer
+without weights, say) is one line ``zeroskip: warning: ...`` on stderr, and the command goes on.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
+import warnings
 from pathlib import Path
 
-from .errors import SimulationMismatch, ZeroskipError
+from .errors import SimulationMismatch, ZeroskipError, ZeroskipWarning
 
 EXIT_BAD_INPUT = 2
 EXIT_MISMATCH = 1  # the RTL disagreed with the golden model
@@ -474,6 +477,24 @@ def build_parser():
     return parser
 
 
+@contextlib.contextmanager
+def _warnings_as_lines():
+    """Print every ZeroskipWarning as one ``zeroskip: warning:`` line on stderr (each time it
+    is given); other warnings as Python shows them."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", ZeroskipWarning)
+        show = warnings.showwarning
+
+        def show_line(message, category, filename, lineno, file=None, line=None):
+            if issubclass(category, ZeroskipWarning):
+                print(f"zeroskip: warning: {message}", file=sys.stderr)
+            else:
+                show(message, category, filename, lineno, file, line)
+
+        warnings.showwarning = show_line
+        yield
+
+
 def main(argv=None):
     args = build_parser().parse_args(argv)
     if args.command == "compile":
@@ -481,7 +502,8 @@ def main(argv=None):
         if args.multipliers is None:
             args.multipliers = DEFAULT_MULTIPLIERS
     try:
-        return args.run(args)
+        with _warnings_as_lines():
+            return args.run(args)
     except SimulationMismatch as error:
         print(f"zeroskip: mismatch: {error}", file=sys.stderr)
         return EXIT_MISMATCH
