@@ -42,6 +42,7 @@ import json
 import zipfile
 import zlib
 from dataclasses import dataclass, field, fields
+from functools import cache
 from pathlib import Path
 from typing import ClassVar, Union
 
@@ -87,9 +88,17 @@ def weight_range(bits):
     return -limit, limit
 
 
+@cache
+def _fields_of(cls):
+    """``dataclasses.fields(cls)``, computed once per class (it is asked once per node)."""
+    return fields(cls)
+
+
 def _check(condition, message, node=None, field=None):
+    """Raise a GraphError unless ``condition``. ``message`` is text, or a function making it
+    (for checks run per node, where formatting it every time costs more than checking)."""
     if not condition:
-        raise GraphError(message, node=node, field=field)
+        raise GraphError(message() if callable(message) else message, node=node, field=field)
 
 
 def _check_int(value, name, node, *, low=None, high=None):
@@ -237,7 +246,7 @@ class Node:
     arity: ClassVar[int] = 1
 
     def __post_init__(self):
-        for f in fields(self):
+        for f in _fields_of(type(self)):
             value = getattr(self, f.name)
             if isinstance(value, np.ndarray):
                 object.__setattr__(self, f.name, _frozen_array(value))
@@ -485,6 +494,7 @@ class Flatten(Node):
 
 
 NODE_TYPES = {cls.op: cls for cls in (Input, Conv2d, Linear, MaxPool2d, AvgPool2d, Add, Flatten)}
+_NODE_CLASSES = tuple(NODE_TYPES.values())
 AnyNode = Union[Input, Conv2d, Linear, MaxPool2d, AvgPool2d, Add, Flatten]
 
 
@@ -516,33 +526,45 @@ class Graph:
             in_acts = tuple(acts[name] for name in node.inputs)
             shapes[node.name], acts[node.name] = node.infer(in_shapes, in_acts)
         _check(isinstance(self.output, str) and self.output in shapes,
-               f"names no node; nodes are {sorted(shapes)}", None, "output")
+               lambda: f"{self.output!r} names no node; nodes are {sorted(shapes)}", None,
+               "output")
         object.__setattr__(self, "shapes", shapes)
         object.__setattr__(self, "acts", acts)
+        # Lookups by name in constant time: stats and compile look up every layer.
+        consumers = {name: [] for name in shapes}
+        for node in self.nodes:
+            for source in dict.fromkeys(node.inputs):
+                consumers[source].append(node)
+        object.__setattr__(self, "_by_name", {node.name: node for node in self.nodes})
+        object.__setattr__(self, "_consumers", consumers)
 
     @staticmethod
     def _topological(nodes):
+        """``nodes`` ordered so that each follows its inputs; linear in nodes and edges."""
         by_name = {}
         for node in nodes:
-            _check(isinstance(node, tuple(NODE_TYPES.values())),
-                   f"is not an IR node: {type(node).__name__}", None, "nodes")
+            _check(isinstance(node, _NODE_CLASSES),
+                   lambda: f"is not an IR node: {type(node).__name__}", None, "nodes")
             _check(isinstance(node.name, str) and node.name, "must be a non-empty string",
                    node.name, "name")
             _check(node.name not in by_name, "duplicate node name", node.name, "name")
             _check(isinstance(node.inputs, tuple) and len(node.inputs) == node.arity,
-                   f"{node.op} takes {node.arity} input(s), got {node.inputs!r}",
+                   lambda: f"{node.op} takes {node.arity} input(s), got {node.inputs!r}",
                    node.name, "inputs")
             _check(all(isinstance(source, str) for source in node.inputs),
-                   f"must be node names, got {node.inputs!r}", node.name, "inputs")
+                   lambda: f"must be node names, got {node.inputs!r}", node.name, "inputs")
             by_name[node.name] = node
         inputs = [node for node in nodes if isinstance(node, Input)]
         _check(len(inputs) == 1, f"a graph has exactly one input node, found {len(inputs)}",
                None, "nodes")
         for node in nodes:
             for source in node.inputs:
-                _check(source in by_name, f"reads unknown node {source!r}", node.name, "inputs")
+                _check(source in by_name, lambda: f"reads unknown node {source!r}", node.name,
+                       "inputs")
         # Depth-first with an explicit stack: a recursive walk would overflow Python's stack on a
-        # long chain listed outputs-first. ``path`` holds the open nodes, for the cycle message.
+        # long chain listed outputs-first. ``path`` holds the open nodes, for the cycle message
+        # (built only when a cycle is found: building it per edge would make long chains
+        # quadratic).
         ordered, state = [], {}
         for root in nodes:
             if state.get(root.name) == "done":
@@ -558,19 +580,17 @@ class Graph:
                     state[node.name] = "done"
                     ordered.append(node)
                 elif state.get(source) != "done":
-                    _check(state.get(source) != "open",
-                           "is part of a cycle: " + " -> ".join(path + [source]), source,
-                           "inputs")
+                    if state.get(source) == "open":
+                        cycle = path[path.index(source):] + [source]
+                        raise GraphError("is part of a cycle: " + " -> ".join(cycle),
+                                         node=source, field="inputs")
                     state[source] = "open"
                     path.append(source)
                     stack.append((by_name[source], iter(by_name[source].inputs)))
         return tuple(ordered)
 
     def __getitem__(self, name):
-        for node in self.nodes:
-            if node.name == name:
-                return node
-        raise KeyError(name)
+        return self._by_name[name]
 
     @property
     def input(self):
@@ -578,7 +598,8 @@ class Graph:
             node for node in self.nodes if isinstance(node, Input))
 
     def consumers(self, name):
-        return [node for node in self.nodes if name in node.inputs]
+        """The nodes reading ``name``, in topological order (each once)."""
+        return list(self._consumers.get(name, ()))
 
     def quantize_input(self, x_float):
         """Real-valued input batch -> integers of the input encoding (round half to even).
@@ -725,20 +746,20 @@ def _node_from_json(entry, index, tensors, version):
     _check(isinstance(name, str) and name, "must be a non-empty string", f"#{index}", "name")
     op = entry.get("op")
     _check(isinstance(op, str) and op in NODE_TYPES,
-           f"unknown op {op!r}; known ops: {', '.join(sorted(NODE_TYPES))}", name, "op")
+           lambda: f"unknown op {op!r}; known ops: {', '.join(sorted(NODE_TYPES))}", name, "op")
     cls = NODE_TYPES[op]
     inputs = entry.get("inputs")
     _check(isinstance(inputs, list) and all(isinstance(i, str) for i in inputs),
            "must be a list of node names", name, "inputs")
     kwargs = {"name": name, "inputs": tuple(inputs)}
-    for f in fields(cls):
+    for f in _fields_of(cls):
         if f.name in ("name", "inputs") or (
                 version == 1 and f.name in _ADDED_IN_VERSION_2 and f.name not in entry):
             continue
         _check(f.name in entry, "missing", name, f.name)
         kwargs[f.name] = _value_from_json(entry[f.name], f.name, name, tensors)
     unknown = sorted(set(entry) - set(kwargs) - {"op"})
-    _check(not unknown, f"unknown field(s) {unknown} for op {op!r}", name, unknown[0] if
+    _check(not unknown, lambda: f"unknown field(s) {unknown} for op {op!r}", name, unknown[0] if
            unknown else None)
     return cls(**kwargs)
 
