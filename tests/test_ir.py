@@ -363,7 +363,7 @@ def test_a_100k_node_chain_sorts_in_linear_time(order):
     nodes = chain[::-1] if order == "outputs first" else random.Random(0).sample(chain,
                                                                                  len(chain))
     start = time.perf_counter()
-    graph = ir.Graph(nodes=tuple(nodes), output="f99999")
+    graph = ir.Graph(nodes=tuple(nodes), output="f99999", limits=ir.Limits(nodes=100_001))
     assert time.perf_counter() - start < 20  # about 1.5 s on 2 busy cores
     assert [node.name for node in graph.nodes[:3]] == ["x", "f0", "f1"]
     assert graph["f500"].inputs == ("f499",) and graph.consumers("f500") == [graph["f501"]]
