@@ -21,7 +21,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from zeroskip import analysis, ir
+from zeroskip import analysis, ir, reference
 from zeroskip.errors import GraphError, ZeroskipError
 
 from test_cli import assert_one_clear_error
@@ -523,6 +523,38 @@ def test_a_cycle_through_a_long_chain_is_named_in_a_short_message():
     assert time.perf_counter() - start < 10
     assert len(str(error.value)) < 400 and "characters left out" in str(error.value)
     assert str(error.value).endswith("-> f0")
+
+
+# --- NaN and infinite inputs ---------------------------------------------------------------------
+
+@pytest.mark.parametrize("value, kind", [(np.nan, "NaN"), (np.inf, "+inf"), (-np.inf, "-inf")])
+def test_non_finite_inputs_are_named_by_input_and_position(value, kind):
+    graph = good_graph()
+    x = np.zeros((5, 4, 8, 8))
+    x[3, 0, 4, 5] = value
+    x[4, 1, 0, 0] = value  # only the first is named
+    expected = f"input batch for node 'x': input 3 at (0, 4, 5) is {kind}"
+    with pytest.raises(ZeroskipError) as error:
+        graph.quantize_input(x)
+    assert str(error.value) == expected
+    with pytest.raises(ZeroskipError) as error:
+        reference.validate_input(graph, x)
+    assert str(error.value) == expected
+
+
+def test_binary_inputs_refuse_nan_too():
+    binary = ir.Activation(bits=1, signed=True, scale=1.0)
+    graph = ir.Graph(nodes=(ir.Input(name="x", inputs=(), shape=(3,), act=binary),),
+                     output="x")
+    with pytest.raises(ZeroskipError, match=re.escape("input 1 at (1,) is NaN")):
+        graph.quantize_input(np.array([[1.0, -1.0, 0.0], [0.5, np.nan, 2.0]]))
+    assert graph.quantize_input(np.array([[1.0, -1.0, 0.0]])).tolist() == [[1, -1, 1]]
+
+
+def test_finite_inputs_still_saturate():
+    graph = good_graph()
+    x = np.full((1, 4, 8, 8), 1e300)
+    assert (graph.quantize_input(x) == U8.qmax).all()
 
 
 # --- fuzzing -------------------------------------------------------------------------------------

@@ -59,8 +59,8 @@ from .errors import GraphError, ZeroskipError
 
 __all__ = [
     "IR_VERSION", "READABLE_VERSIONS", "FILE_FORMAT", "MIN_BITS", "MAX_BITS", "BINARY_BITS",
-    "MULTIPLIER_BITS", "MAX_SHIFT", "MAX_NAME_LENGTH", "LIMITS_VARIABLE", "Limits", "Activation",
-    "Requant", "Threshold", "Input", "WeightLayer", "Conv2d", "Linear", "MaxPool2d",
+    "MULTIPLIER_BITS", "MAX_SHIFT", "MAX_NAME_LENGTH", "LIMITS_VARIABLE", "Limits", "check_finite",
+    "Activation", "Requant", "Threshold", "Input", "WeightLayer", "Conv2d", "Linear", "MaxPool2d",
     "AvgPool2d", "Add", "Flatten", "Node", "Graph", "load", "weight_range", "activation_range",
 ]
 
@@ -209,6 +209,20 @@ def _check_name(name, node, field):
            f"hold at most {MAX_NAME_LENGTH}", node, field)
     _check(name.isascii() and name.isprintable(), lambda: f"{name!r} holds a character other "
            "than printable ASCII", node, field)
+
+
+def check_finite(x, what):
+    """Raise :class:`ZeroskipError` at the first (C order) NaN or infinite value of the float
+    batch ``x``, as "``what``: input 3 at (0, 4, 5) is NaN" (the sample, then the position)."""
+    finite = np.isfinite(x)
+    if finite.all():
+        return
+    index = tuple(int(i) for i in np.unravel_index(np.argmin(finite), x.shape))
+    value = float(x[index])
+    kind = "NaN" if math.isnan(value) else "+inf" if value > 0 else "-inf"
+    where = "input" if not index else f"input {index[0]}" + (
+        f" at {index[1:]}" if len(index) > 1 else "")
+    raise ZeroskipError(f"{what}: {where} is {kind}")
 
 
 def activation_range(bits, signed):
@@ -779,13 +793,16 @@ class Graph:
     def quantize_input(self, x_float):
         """Real-valued input batch -> integers of the input encoding (round half to even).
 
-        A binary input takes the sign, 0 counting as +1 (as a threshold's tie does).
+        A binary input takes the sign, 0 counting as +1 (as a threshold's tie does). Values
+        beyond the encoding saturate; a NaN or infinite one raises :class:`ZeroskipError`
+        naming the input and the position (:func:`check_finite`).
         """
         act = self.input.act
+        x = np.asarray(x_float, dtype=np.float64)
+        check_finite(x, f"input batch for node {self.input.name!r}")
         if act.binary:
-            return np.where(np.asarray(x_float, dtype=np.float64) >= 0, 1, -1).astype(np.int64)
-        q = np.round(np.asarray(x_float, dtype=np.float64) / act.scale)
-        return np.clip(q, act.qmin, act.qmax).astype(np.int64)
+            return np.where(x >= 0, 1, -1).astype(np.int64)
+        return np.clip(np.round(x / act.scale), act.qmin, act.qmax).astype(np.int64)
 
     def dequantize_output(self, y_int):
         """Integer outputs of the output node -> real values."""
