@@ -557,6 +557,35 @@ def test_finite_inputs_still_saturate():
     assert (graph.quantize_input(x) == U8.qmax).all()
 
 
+def test_the_cli_names_a_nan_input(saved, tmp_path):
+    x = np.zeros((5, 4, 8, 8), np.float32)
+    x[3, 0, 4, 5] = np.nan
+    np.save(tmp_path / "x.npy", x)
+    assert_one_clear_error(cli_bounded("stats", saved, "--inputs", tmp_path / "x.npy"),
+                           "--inputs: ", "input 3 at (0, 4, 5) is NaN")
+
+
+# --- the CLI: one line, exit 2, nothing written --------------------------------------------------
+
+def test_json_output_that_is_a_directory(saved, tmp_path):
+    (tmp_path / "out").mkdir()
+    result = cli_bounded("stats", saved, "--json", tmp_path / "out")
+    assert_one_clear_error(result, "--json: ", "is a directory")
+    assert not any((tmp_path / "out").iterdir()) and not result.stdout
+
+
+def test_out_of_memory_is_one_line(members, tmp_path):
+    # With the tensor limit raised past what the process may allocate (its address space capped
+    # at 1 GiB here), reading the member runs out of memory: the CLI says so in one line.
+    path = write_zip(tmp_path / "bomb.zsg", {**members, "c1.weight.npy": Raw(
+        deflated_zeros(2048), 2 << 30)})
+    env = {**os.environ, ir.LIMITS_VARIABLE: "tensor_bytes=4e9"}
+    result, seconds, peak_mb = bounded(["-m", "zeroskip", "stats", path, "--json",
+                                        tmp_path / "out.json"], env, address_space=1 << 30)
+    assert_one_clear_error(result, "out of memory")
+    assert not (tmp_path / "out.json").exists()
+
+
 # --- fuzzing -------------------------------------------------------------------------------------
 
 JSON_VALUES = st.recursive(
