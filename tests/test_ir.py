@@ -5,6 +5,7 @@ import copy
 import io
 import json
 import random
+import time
 import zipfile
 
 import numpy as np
@@ -351,6 +352,21 @@ def test_long_chain_listed_outputs_first():
     chain += [ir.Flatten(name=f"f{i}", inputs=(f"f{i - 1}" if i else "x",)) for i in range(3000)]
     graph = ir.Graph(nodes=tuple(reversed(chain)), output="f2999")
     assert [node.name for node in graph.nodes[:3]] == ["x", "f0", "f1"]
+
+
+@pytest.mark.parametrize("order", ["outputs first", "shuffled"])
+def test_a_100k_node_chain_sorts_in_linear_time(order):
+    # Building the cycle message on every edge would make this quadratic (264 s in stats).
+    chain = [ir.Input(name="x", inputs=(), shape=(4,), act=U8)]
+    chain += [ir.Flatten(name=f"f{i}", inputs=(f"f{i - 1}" if i else "x",))
+              for i in range(100_000)]
+    nodes = chain[::-1] if order == "outputs first" else random.Random(0).sample(chain,
+                                                                                 len(chain))
+    start = time.perf_counter()
+    graph = ir.Graph(nodes=tuple(nodes), output="f99999", limits=ir.Limits(nodes=100_001))
+    assert time.perf_counter() - start < 20  # about 1.5 s on 2 busy cores
+    assert [node.name for node in graph.nodes[:3]] == ["x", "f0", "f1"]
+    assert graph["f500"].inputs == ("f499",) and graph.consumers("f500") == [graph["f501"]]
 
 
 @pytest.mark.parametrize("make, node, field", [

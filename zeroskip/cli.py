@@ -25,17 +25,14 @@ DEFAULT_MULTIPLIERS = 16
 
 
 def _write_json(data, path):
-    path = Path(path)
-    if not path.parent.is_dir():
-        raise ZeroskipError(f"--json: directory {str(path.parent)!r} does not exist")
-    path.write_text(json.dumps(data, indent=2) + "\n")
+    _check_json_path(path)
+    Path(path).write_text(json.dumps(data, indent=2) + "\n")
 
 
 def _doctor(args):
     from . import toolchain
 
-    if args.json and not Path(args.json).parent.is_dir():
-        raise ZeroskipError(f"--json: directory {str(Path(args.json).parent)!r} does not exist")
+    _check_json_path(args.json)
     return toolchain.run_doctor(smoke=not args.no_smoke, json_path=args.json)
 
 
@@ -81,9 +78,12 @@ def _demo(args):
 
 
 def _check_json_path(path):
-    """Refuse a --json path whose directory is missing before any work, not after it."""
+    """Refuse a --json path that cannot be written (its directory missing, or a directory
+    itself) before any work, not after it."""
     if path and not Path(path).parent.is_dir():
         raise ZeroskipError(f"--json: directory {str(Path(path).parent)!r} does not exist")
+    if path and Path(path).is_dir():
+        raise ZeroskipError(f"--json: {str(path)!r} is a directory, not a file path")
 
 
 def _load_array(path, option):
@@ -110,9 +110,9 @@ def _load_inputs(path, graph, option="--inputs"):
     from . import reference
 
     x = _load_array(path, option)
-    if np.issubdtype(x.dtype, np.floating):
-        x = graph.quantize_input(x)
     try:
+        if np.issubdtype(x.dtype, np.floating):
+            x = graph.quantize_input(x)
         return reference.validate_input(graph, x)
     except ZeroskipError as error:
         raise ZeroskipError(f"{option}: {str(path)!r}: {error}") from None
@@ -509,6 +509,11 @@ def main(argv=None):
         return EXIT_MISMATCH
     except ZeroskipError as error:
         print(f"zeroskip: error: {error}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except MemoryError as error:
+        detail = " ".join(str(error).split())
+        print(f"zeroskip: error: out of memory{': ' + detail if detail else ''} (the input is "
+              "too large for this machine)", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         return 130

@@ -33,26 +33,35 @@ exactly):
   Flatten is C-major, as torch's. AvgPool2d and Add take no binary input.
 
 File format version 2 added binary activations and thresholds; version-1 files still load.
+
+Bounds: node and graph names are 1..128 printable ASCII characters, and every graph (loaded or
+built in memory) stays within :class:`Limits` (file sizes, node count, shapes, windows,
+activations and MACs per inference), which ``ZEROSKIP_LIMITS`` or a ``limits=`` argument raise.
 """
 
 from __future__ import annotations
 
 import io
 import json
+import math
+import os
 import zipfile
 import zlib
-from dataclasses import dataclass, field, fields
+from contextlib import contextmanager
+from dataclasses import InitVar, dataclass, field, fields
+from functools import cache
 from pathlib import Path
 from typing import ClassVar, Union
 
 import numpy as np
 
-from .errors import GraphError
+from .errors import GraphError, ZeroskipError
 
 __all__ = [
     "IR_VERSION", "READABLE_VERSIONS", "FILE_FORMAT", "MIN_BITS", "MAX_BITS", "BINARY_BITS",
-    "MULTIPLIER_BITS", "MAX_SHIFT", "Activation", "Requant", "Threshold", "Input", "WeightLayer", "Conv2d", "Linear", "MaxPool2d", "AvgPool2d", "Add",
-    "Flatten", "Node", "Graph", "load", "weight_range", "activation_range",
+    "MULTIPLIER_BITS", "MAX_SHIFT", "MAX_NAME_LENGTH", "LIMITS_VARIABLE", "Limits", "check_finite",
+    "Activation", "Requant", "Threshold", "Input", "WeightLayer", "Conv2d", "Linear", "MaxPool2d",
+    "AvgPool2d", "Add", "Flatten", "Node", "Graph", "load", "weight_range", "activation_range",
 ]
 
 IR_VERSION = 2
@@ -68,6 +77,152 @@ BINARY_BITS = 1
 MULTIPLIER_BITS = 16
 MAX_SHIFT = 62
 INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
+# Names end up in Verilog identifiers, file names ("zeroskip_<graph name>.v") and one-line error
+# messages: printable ASCII keeps all three well formed, 128 characters keeps file names far
+# below the usual 255-byte limit.
+MAX_NAME_LENGTH = 128
+LIMITS_VARIABLE = "ZEROSKIP_LIMITS"
+# Longest message text and node name an error shows; longer ones keep their two ends.
+_MESSAGE_CHARS = 300
+_NODE_LABEL_CHARS = 60
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Bounds on what a graph may ask of the machine; each a positive integer.
+
+    The defaults leave ample headroom over the MLPerf Tiny networks (MobileNetV1-0.25 on
+    96x96x3: ~7.5 M MACs, ~0.5 M weights; ResNet-8: ~12.5 M MACs) while keeping a hostile file
+    to seconds and a few hundred MB. :func:`load` applies the file bounds; constructing a
+    :class:`Graph` applies the others, so graphs built in memory are bounded too.
+
+    ``ZEROSKIP_LIMITS="macs=5e9,activations=2e8"`` raises (or lowers) any of them wherever no
+    ``limits=`` argument is given, the command line included.
+
+    Attributes
+    ----------
+    directory_bytes : int
+        The zip's central directory (one entry per member).
+    json_bytes : int
+        ``graph.json`` inflated.
+    tensor_bytes : int
+        Every tensor member read, inflated, together (members the JSON never names are skipped).
+    nodes : int
+    dimension : int
+        Each entry of the input node's shape.
+    kernel, stride, padding : int
+        Each entry of a conv or pool's window size, stride and padding.
+    activations : int
+        Output elements of all nodes together (the input included), per inference.
+    macs : int
+        Per inference: dense multiply-accumulates of conv2d and linear layers plus the window
+        reads of pools.
+    """
+
+    directory_bytes: int = 16 << 20
+    json_bytes: int = 16 << 20
+    tensor_bytes: int = 256 << 20
+    nodes: int = 10_000
+    dimension: int = 65_536
+    kernel: int = 256
+    stride: int = 256
+    padding: int = 256
+    activations: int = 10**8
+    macs: int = 10**9
+
+    def __post_init__(self):
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if not (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+                raise ZeroskipError(f"limit {f.name} must be a positive integer, got {value!r}")
+
+    @classmethod
+    def from_environment(cls, environ=None):
+        """The defaults, replaced by those ``ZEROSKIP_LIMITS`` sets (``name=N,...``; ``N`` may
+        be written ``2e9`` or ``2_000_000_000``). A malformed one raises :class:`ZeroskipError`."""
+        text = (os.environ if environ is None else environ).get(LIMITS_VARIABLE, "")
+        values = {}
+        names = [f.name for f in fields(cls)]
+        for item in filter(None, (part.strip() for part in text.split(","))):
+            name, equals, number = (part.strip() for part in item.partition("="))
+            if name not in names or not equals:
+                raise ZeroskipError(f"{LIMITS_VARIABLE}: {item!r} is not NAME=N with NAME one "
+                                    f"of {', '.join(names)}")
+            values[name] = _limit_value(number, name)
+        try:
+            return cls(**values)
+        except ZeroskipError as error:
+            raise ZeroskipError(f"{LIMITS_VARIABLE}: {error}") from None
+
+    def check(self, value, name, what, node=None, field=None, unit=""):
+        """If ``value`` exceeds limit ``name``, raise a GraphError: "<what> <value><unit>, above
+        the limit <name>=<bound> (raise it with ...)"."""
+        bound = getattr(self, name)
+        if value > bound:
+            # Python formats integers of more than 4300 digits only on request.
+            shown = f"{value:,}" if value < 10**30 else f"about 2^{value.bit_length() - 1}"
+            raise GraphError(f"{what} {shown}{unit}, above the limit {name}={bound:,} (raise "
+                             f"it with {LIMITS_VARIABLE}=\"{name}=N\" or ir.Limits)",
+                             node=_node_label(node), field=field)
+
+
+def _limit_value(text, name):
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value.is_integer()):
+        raise ZeroskipError(f"{LIMITS_VARIABLE}: {name}={text!r} is not a whole number")
+    return int(value)
+
+
+def _limits(limits):
+    """``limits`` itself, or the environment's (:meth:`Limits.from_environment`) for None."""
+    if limits is None:
+        return Limits.from_environment()
+    if not isinstance(limits, Limits):
+        raise TypeError(f"limits must be a zeroskip.ir.Limits, got {type(limits).__name__}")
+    return limits
+
+
+def _clip(text, limit=_MESSAGE_CHARS):
+    """``text`` cut to about ``limit`` characters, keeping both ends (where and what)."""
+    if len(text) <= limit:
+        return text
+    head, tail = limit * 3 // 4, limit // 4
+    return f"{text[:head]} ...({len(text) - head - tail:,} characters left out)... {text[-tail:]}"
+
+
+def _node_label(node):
+    return _clip(node, _NODE_LABEL_CHARS) if isinstance(node, str) else node
+
+
+def _check_name(name, node, field):
+    """A node's or the graph's name: 1..MAX_NAME_LENGTH printable ASCII characters."""
+    _check(isinstance(name, str), lambda: f"must be a string, got {name!r}", node, field)
+    _check(name, "must be a non-empty string", node, field)
+    _check(len(name) <= MAX_NAME_LENGTH, lambda: f"is {len(name):,} characters long; names "
+           f"hold at most {MAX_NAME_LENGTH}", node, field)
+    _check(name.isascii() and name.isprintable(), lambda: f"{name!r} holds a character other "
+           "than printable ASCII", node, field)
+
+
+def check_finite(x, what):
+    """Raise :class:`ZeroskipError` at the first (C order) NaN or infinite value of the float
+    batch ``x``, as "``what``: input 3 at (0, 4, 5) is NaN" (the sample, then the position)."""
+    finite = np.isfinite(x)
+    if finite.all():
+        return
+    index = tuple(int(i) for i in np.unravel_index(np.argmin(finite), x.shape))
+    value = float(x[index])
+    kind = "NaN" if math.isnan(value) else "+inf" if value > 0 else "-inf"
+    where = "input" if not index else f"input {index[0]}" + (
+        f" at {index[1:]}" if len(index) > 1 else "")
+    raise ZeroskipError(f"{what}: {where} is {kind}")
 
 
 def activation_range(bits, signed):
@@ -87,9 +242,20 @@ def weight_range(bits):
     return -limit, limit
 
 
+@cache
+def _fields_of(cls):
+    """``dataclasses.fields(cls)``, computed once per class (it is asked once per node)."""
+    return fields(cls)
+
+
 def _check(condition, message, node=None, field=None):
+    """Raise a GraphError unless ``condition``. ``message`` is text, or a function making it
+    (for checks run per node, where formatting it every time costs more than checking)."""
     if not condition:
-        raise GraphError(message, node=node, field=field)
+        text = message() if callable(message) else message
+        # Only a numpy array's repr (a tensor where a number was due) spans lines: one line.
+        text = " ".join(line.strip() for line in text.splitlines())
+        raise GraphError(_clip(text), node=_node_label(node), field=field)
 
 
 def _check_int(value, name, node, *, low=None, high=None):
@@ -237,7 +403,7 @@ class Node:
     arity: ClassVar[int] = 1
 
     def __post_init__(self):
-        for f in fields(self):
+        for f in _fields_of(type(self)):
             value = getattr(self, f.name)
             if isinstance(value, np.ndarray):
                 object.__setattr__(self, f.name, _frozen_array(value))
@@ -481,10 +647,38 @@ class Flatten(Node):
     op: ClassVar[str] = "flatten"
 
     def infer(self, in_shapes, in_acts):
-        return (int(np.prod(in_shapes[0])),), in_acts[0]
+        return (math.prod(in_shapes[0]),), in_acts[0]
+
+
+def _check_node_limits(node, shape, limits, totals):
+    """Hold ``node`` (validated, output ``shape``) to ``limits``; ``totals`` carries the
+    activations and MACs of the nodes before it, and gains this node's."""
+    if isinstance(node, Input):
+        for size in shape:
+            limits.check(size, "dimension", "input shape entry", node.name, "shape")
+    if isinstance(node, (Conv2d, MaxPool2d, AvgPool2d)):
+        limits.check(max(node.kernel), "kernel", "kernel side", node.name,
+                     "weight" if isinstance(node, Conv2d) else "kernel")
+    for name in ("stride", "padding"):
+        if hasattr(node, name):
+            limits.check(max(getattr(node, name)), name, f"{name} entry", node.name, name)
+    elements = math.prod(shape)
+    totals["activations"] += elements
+    limits.check(totals["activations"], "activations", "activations per inference up to this "
+                 "node", node.name, "shape" if isinstance(node, Input) else None)
+    if isinstance(node, (Conv2d, Linear)):
+        macs, field_name = elements * math.prod(node.weight.shape[1:]), "weight"
+    elif isinstance(node, (MaxPool2d, AvgPool2d)):
+        macs, field_name = elements * math.prod(node.kernel), "kernel"
+    else:
+        return
+    totals["macs"] += macs
+    limits.check(totals["macs"], "macs", "MACs and pool window reads per inference up to this "
+                 "node", node.name, field_name)
 
 
 NODE_TYPES = {cls.op: cls for cls in (Input, Conv2d, Linear, MaxPool2d, AvgPool2d, Add, Flatten)}
+_NODE_CLASSES = tuple(NODE_TYPES.values())
 AnyNode = Union[Input, Conv2d, Linear, MaxPool2d, AvgPool2d, Add, Flatten]
 
 
@@ -493,8 +687,9 @@ class Graph:
     """A validated network: nodes in topological order, one input, one output.
 
     Constructing a Graph validates it (raising :class:`GraphError` naming the node and field), so
-    every Graph in memory is well formed. ``shapes`` and ``acts`` give each node's output shape
-    (without batch) and activation encoding.
+    every Graph in memory is well formed and within ``limits`` (:class:`Limits`; None: the
+    environment's, see :meth:`Limits.from_environment`). ``shapes`` and ``acts`` give each
+    node's output shape (without batch) and activation encoding.
     """
 
     nodes: tuple[AnyNode, ...]
@@ -503,46 +698,62 @@ class Graph:
     version: int = IR_VERSION
     shapes: dict = field(init=False, repr=False)
     acts: dict = field(init=False, repr=False)
+    limits: InitVar[Limits | None] = None
 
-    def __post_init__(self):
+    def __post_init__(self, limits):
+        limits = _limits(limits)
         _check(self.version == IR_VERSION,
                f"unknown IR version {self.version!r}; this zeroskip reads version {IR_VERSION}",
                None, "version")
+        _check_name(self.name, None, "name")
         nodes = tuple(self.nodes)
+        limits.check(len(nodes), "nodes", "node count", None, "nodes")
         object.__setattr__(self, "nodes", self._topological(nodes))
-        shapes, acts = {}, {}
+        shapes, acts, totals = {}, {}, {"activations": 0, "macs": 0}
         for node in self.nodes:
             in_shapes = tuple(shapes[name] for name in node.inputs)
             in_acts = tuple(acts[name] for name in node.inputs)
             shapes[node.name], acts[node.name] = node.infer(in_shapes, in_acts)
+            _check_node_limits(node, shapes[node.name], limits, totals)
         _check(isinstance(self.output, str) and self.output in shapes,
-               f"names no node; nodes are {sorted(shapes)}", None, "output")
+               lambda: f"{self.output!r} names no node; nodes are {sorted(shapes)}", None,
+               "output")
         object.__setattr__(self, "shapes", shapes)
         object.__setattr__(self, "acts", acts)
+        # Lookups by name in constant time: stats and compile look up every layer.
+        consumers = {name: [] for name in shapes}
+        for node in self.nodes:
+            for source in dict.fromkeys(node.inputs):
+                consumers[source].append(node)
+        object.__setattr__(self, "_by_name", {node.name: node for node in self.nodes})
+        object.__setattr__(self, "_consumers", consumers)
 
     @staticmethod
     def _topological(nodes):
+        """``nodes`` ordered so that each follows its inputs; linear in nodes and edges."""
         by_name = {}
         for node in nodes:
-            _check(isinstance(node, tuple(NODE_TYPES.values())),
-                   f"is not an IR node: {type(node).__name__}", None, "nodes")
-            _check(isinstance(node.name, str) and node.name, "must be a non-empty string",
-                   node.name, "name")
+            _check(isinstance(node, _NODE_CLASSES),
+                   lambda: f"is not an IR node: {type(node).__name__}", None, "nodes")
+            _check_name(node.name, node.name if isinstance(node.name, str) else None, "name")
             _check(node.name not in by_name, "duplicate node name", node.name, "name")
             _check(isinstance(node.inputs, tuple) and len(node.inputs) == node.arity,
-                   f"{node.op} takes {node.arity} input(s), got {node.inputs!r}",
+                   lambda: f"{node.op} takes {node.arity} input(s), got {node.inputs!r}",
                    node.name, "inputs")
             _check(all(isinstance(source, str) for source in node.inputs),
-                   f"must be node names, got {node.inputs!r}", node.name, "inputs")
+                   lambda: f"must be node names, got {node.inputs!r}", node.name, "inputs")
             by_name[node.name] = node
         inputs = [node for node in nodes if isinstance(node, Input)]
         _check(len(inputs) == 1, f"a graph has exactly one input node, found {len(inputs)}",
                None, "nodes")
         for node in nodes:
             for source in node.inputs:
-                _check(source in by_name, f"reads unknown node {source!r}", node.name, "inputs")
+                _check(source in by_name, lambda: f"reads unknown node {source!r}", node.name,
+                       "inputs")
         # Depth-first with an explicit stack: a recursive walk would overflow Python's stack on a
-        # long chain listed outputs-first. ``path`` holds the open nodes, for the cycle message.
+        # long chain listed outputs-first. ``path`` holds the open nodes, for the cycle message
+        # (built only when a cycle is found: building it per edge would make long chains
+        # quadratic).
         ordered, state = [], {}
         for root in nodes:
             if state.get(root.name) == "done":
@@ -558,19 +769,17 @@ class Graph:
                     state[node.name] = "done"
                     ordered.append(node)
                 elif state.get(source) != "done":
-                    _check(state.get(source) != "open",
-                           "is part of a cycle: " + " -> ".join(path + [source]), source,
-                           "inputs")
+                    if state.get(source) == "open":
+                        cycle = path[path.index(source):] + [source]
+                        raise GraphError(_clip("is part of a cycle: " + " -> ".join(cycle)),
+                                         node=_node_label(source), field="inputs")
                     state[source] = "open"
                     path.append(source)
                     stack.append((by_name[source], iter(by_name[source].inputs)))
         return tuple(ordered)
 
     def __getitem__(self, name):
-        for node in self.nodes:
-            if node.name == name:
-                return node
-        raise KeyError(name)
+        return self._by_name[name]
 
     @property
     def input(self):
@@ -578,18 +787,22 @@ class Graph:
             node for node in self.nodes if isinstance(node, Input))
 
     def consumers(self, name):
-        return [node for node in self.nodes if name in node.inputs]
+        """The nodes reading ``name``, in topological order (each once)."""
+        return list(self._consumers.get(name, ()))
 
     def quantize_input(self, x_float):
         """Real-valued input batch -> integers of the input encoding (round half to even).
 
-        A binary input takes the sign, 0 counting as +1 (as a threshold's tie does).
+        A binary input takes the sign, 0 counting as +1 (as a threshold's tie does). Values
+        beyond the encoding saturate; a NaN or infinite one raises :class:`ZeroskipError`
+        naming the input and the position (:func:`check_finite`).
         """
         act = self.input.act
+        x = np.asarray(x_float, dtype=np.float64)
+        check_finite(x, f"input batch for node {self.input.name!r}")
         if act.binary:
-            return np.where(np.asarray(x_float, dtype=np.float64) >= 0, 1, -1).astype(np.int64)
-        q = np.round(np.asarray(x_float, dtype=np.float64) / act.scale)
-        return np.clip(q, act.qmin, act.qmax).astype(np.int64)
+            return np.where(x >= 0, 1, -1).astype(np.int64)
+        return np.clip(np.round(x / act.scale), act.qmin, act.qmax).astype(np.int64)
 
     def dequantize_output(self, y_int):
         """Integer outputs of the output node -> real values."""
@@ -647,30 +860,98 @@ def _value_to_json(value, key, tensors):
     return value
 
 
-def load(path):
+def load(path, limits=None):
     """Read a graph file written by :meth:`Graph.save`, validating everything in it.
+
+    Only ``graph.json`` and the tensors it names are inflated, each checked against ``limits``
+    (:class:`Limits`; None: the environment's) by its zip header before and by its bytes while
+    it inflates, so a file costs memory in proportion to the limits whatever it holds.
 
     Raises
     ------
     GraphError
-        naming the node and field at fault, for any malformed, truncated or inconsistent file.
+        naming the node and field at fault, for any malformed, truncated, inconsistent or
+        over-limit file.
     """
+    limits = _limits(limits)
     path = Path(path)
     _check(path.is_file(), f"no such file: {str(path)!r}", None, "path")
+    with _unreadable_as_graph_error(path):
+        handle = open(path, "rb")
+    with handle, _open_archive(handle, path, limits) as archive:
+        _check(GRAPH_MEMBER in archive.NameToInfo, f"{str(path)!r} has no {GRAPH_MEMBER}", None,
+               "path")
+        document = _parse_document(_inflate(archive, path, GRAPH_MEMBER, limits, "json_bytes"),
+                                   limits)
+        tensors = _TensorReader(archive, path, limits)
+        nodes = [_node_from_json(entry, index, tensors, document["version"]) for index, entry in
+                 enumerate(document["nodes"])]
+    _check(isinstance(document["output"], str), "must be a node name", None, "output")
+    return Graph(nodes=tuple(nodes), output=document["output"],
+                 name=document.get("name", "net"), limits=limits)
+
+
+# What reading a damaged zip can raise: zlib.error, a damaged deflate stream; NotImplementedError
+# / RuntimeError, members zipfile cannot decode (unknown compression, encryption); the others,
+# damaged headers and directories.
+_ZIP_ERRORS = (zipfile.BadZipFile, zipfile.LargeZipFile, zlib.error, EOFError, OSError,
+               ValueError, NotImplementedError, RuntimeError)
+
+
+@contextmanager
+def _unreadable_as_graph_error(path):
     try:
-        with zipfile.ZipFile(path) as archive:
-            members = {info.filename: archive.read(info) for info in archive.infolist()}
-    # zlib.error: a damaged deflate stream; NotImplementedError / RuntimeError: what zipfile
-    # raises for members it cannot decode (unknown compression, encryption).
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, zlib.error, EOFError, OSError, ValueError,
-            NotImplementedError, RuntimeError) as error:
+        yield
+    except _ZIP_ERRORS as error:
         raise GraphError(f"{str(path)!r} is not a readable zeroskip graph file (corrupted or "
-                         f"truncated: {error})") from None
-    _check(GRAPH_MEMBER in members, f"{str(path)!r} has no {GRAPH_MEMBER}", None, "path")
+                         f"truncated: {_clip(' '.join(str(error).split()))})") from None
+
+
+def _open_archive(handle, path, limits):
+    """The zip in ``handle``, its central directory within ``limits.directory_bytes``."""
+    with _unreadable_as_graph_error(path):
+        # zipfile reads the whole central directory at once: bound it first, by the same end
+        # record (found the same way) zipfile takes its size from.
+        end_record = zipfile._EndRecData(handle)
+        if end_record is not None:
+            limits.check(end_record[zipfile._ECD_SIZE], "directory_bytes", "the zip directory "
+                         "takes", None, "path", " bytes")
+        return zipfile.ZipFile(handle)
+
+
+_INFLATE_CHUNK = 1 << 20
+# Graph.save deflates every member; stored members cost nothing to allow. Other methods are
+# refused: zipfile inflates bzip2 and lzma without an output bound per read.
+_COMPRESSION = {zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED}
+
+
+def _inflate(archive, path, name, limits, limit_name, used=0):
+    """Member ``name``'s bytes. With the ``used`` bytes read before under the same limit, they
+    stay within limit ``limit_name``: by the size the member's header declares, before
+    inflating, and by what it inflates to, in bounded chunks, in case the header lies."""
+    info = archive.getinfo(name)
+    _check(info.compress_type in _COMPRESSION, f"member {name!r} uses compression method "
+           f"{info.compress_type}; graph files are deflated (8) or stored (0)", None, "path")
+    what = f"the tensors up to member {name!r} inflate to" if used else \
+        f"member {name!r} inflates to"
+    limits.check(used + info.file_size, limit_name, what, None, "path", " bytes (by its header)")
+    room = getattr(limits, limit_name) - used
+    chunks, size = [], 0
+    with _unreadable_as_graph_error(path), archive.open(info) as stream:
+        while chunk := stream.read(min(_INFLATE_CHUNK, room + 1 - size)):
+            size += len(chunk)
+            limits.check(used + size, limit_name, what, None, "path", " bytes or more")
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _parse_document(text, limits):
+    """graph.json's document, its format, version, node list and output checked."""
     try:
-        document = json.loads(members[GRAPH_MEMBER])
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:
-        raise GraphError(f"{GRAPH_MEMBER} is not valid JSON: {error}") from None
+        document = json.loads(text)
+    # ValueError: json refuses integers of more than 4300 digits that way.
+    except (UnicodeDecodeError, ValueError, RecursionError) as error:
+        raise GraphError(f"{GRAPH_MEMBER} is not valid JSON: {_clip(str(error))}") from None
     _check(isinstance(document, dict) and document.get("format") == FILE_FORMAT,
            f"not a {FILE_FORMAT} document", None, "format")
     version = document.get("version")
@@ -680,39 +961,61 @@ def load(path):
     for key in ("nodes", "output"):
         _check(key in document, "missing", None, key)
     _check(isinstance(document["nodes"], list), "must be a list", None, "nodes")
-    tensors = _TensorReader(members)
-    nodes = [_node_from_json(entry, index, tensors, version) for index, entry in
-             enumerate(document["nodes"])]
-    _check(isinstance(document["output"], str), "must be a node name", None, "output")
-    name = document.get("name", "net")
-    _check(isinstance(name, str), f"must be a string, got {name!r}", None, "name")
-    return Graph(nodes=tuple(nodes), output=document["output"], name=name)
+    # Before any node is built (Graph checks it again, for graphs built in memory).
+    limits.check(len(document["nodes"]), "nodes", "node count", None, "nodes")
+    return document
+
+
+_NPY_MAGIC, _ZIP_MAGIC = b"\x93NUMPY", b"PK"
 
 
 class _TensorReader:
-    def __init__(self, members):
-        self._members = members
+    """Reads the tensors nodes name from the open archive, all together within
+    ``limits.tensor_bytes``."""
+
+    def __init__(self, archive, path, limits):
+        self._archive, self._path, self._limits = archive, path, limits
+        self._used = 0
 
     def __call__(self, ref, node, field_name):
         _check(isinstance(ref, dict) and isinstance(ref.get("tensor"), str),
                f"must be a tensor reference {{\"tensor\": KEY}}, got {ref!r}", node, field_name)
         member = ref["tensor"] + ".npy"
-        _check(member in self._members, f"tensor {ref['tensor']!r} is missing from the file",
-               node, field_name)
+        _check(member in self._archive.NameToInfo, f"tensor {ref['tensor']!r} is missing from "
+               "the file", node, field_name)
+        data = _inflate(self._archive, self._path, member, self._limits, "tensor_bytes",
+                        self._used)
+        self._used += len(data)
+        if data.startswith(_ZIP_MAGIC):  # a zip member that is itself an .npz archive
+            raise GraphError(f"tensor {ref['tensor']!r} is an archive, not one .npy array",
+                             node=_node_label(node), field=field_name)
         # np.load parses the .npy header with Python's tokenizer, so a damaged header can raise
         # almost anything (SyntaxError, TokenError, TypeError, ...); with pickles refused it runs
         # no code from the file, so every failure here means a damaged member.
         try:
-            array = np.load(io.BytesIO(self._members[member]), allow_pickle=False)
+            return _npy_array(data)
         except Exception as error:
-            raise GraphError(f"tensor {ref['tensor']!r} is unreadable: "
-                             f"{type(error).__name__}: {error}", node=node,
-                             field=field_name) from None
-        if not isinstance(array, np.ndarray):
-            array.close()  # a zip member that is itself an .npz archive
-            raise GraphError(f"tensor {ref['tensor']!r} is an archive, not one .npy array",
-                             node=node, field=field_name)
-        return array
+            raise GraphError(_clip(f"tensor {ref['tensor']!r} is unreadable: "
+                                   f"{type(error).__name__}: {' '.join(str(error).split())}"),
+                             node=_node_label(node), field=field_name) from None
+
+
+def _npy_array(data):
+    """The array in ``data``, one .npy file. np.load allocates what the header declares before
+    it reads the data, so the header must first agree with the bytes that follow it."""
+    if not data.startswith(_NPY_MAGIC):
+        raise ValueError(f"not a .npy file: it starts with {data[:8]!r}")
+    stream = io.BytesIO(data)
+    version = np.lib.format.read_magic(stream)
+    if version not in ((1, 0), (2, 0)):
+        raise ValueError(f".npy format version {version} (tensors are written as 1.0)")
+    shape, _, dtype = getattr(np.lib.format, f"read_array_header_{version[0]}_0")(stream)
+    declared, held = math.prod(shape) * dtype.itemsize, len(data) - stream.tell()
+    if dtype.hasobject or dtype.itemsize == 0 or declared != held:
+        raise ValueError(f"the header declares {dtype} of shape {shape} ({declared:,} bytes), "
+                         f"the member holds {held:,}")
+    stream.seek(0)
+    return np.load(stream, allow_pickle=False)
 
 
 # Fields a version-1 file lacks; they take their defaults.
@@ -722,23 +1025,23 @@ _ADDED_IN_VERSION_2 = {"threshold"}
 def _node_from_json(entry, index, tensors, version):
     _check(isinstance(entry, dict), "must be an object", f"#{index}", None)
     name = entry.get("name")
-    _check(isinstance(name, str) and name, "must be a non-empty string", f"#{index}", "name")
+    _check_name(name, f"#{index}", "name")
     op = entry.get("op")
     _check(isinstance(op, str) and op in NODE_TYPES,
-           f"unknown op {op!r}; known ops: {', '.join(sorted(NODE_TYPES))}", name, "op")
+           lambda: f"unknown op {op!r}; known ops: {', '.join(sorted(NODE_TYPES))}", name, "op")
     cls = NODE_TYPES[op]
     inputs = entry.get("inputs")
     _check(isinstance(inputs, list) and all(isinstance(i, str) for i in inputs),
            "must be a list of node names", name, "inputs")
     kwargs = {"name": name, "inputs": tuple(inputs)}
-    for f in fields(cls):
+    for f in _fields_of(cls):
         if f.name in ("name", "inputs") or (
                 version == 1 and f.name in _ADDED_IN_VERSION_2 and f.name not in entry):
             continue
         _check(f.name in entry, "missing", name, f.name)
         kwargs[f.name] = _value_from_json(entry[f.name], f.name, name, tensors)
     unknown = sorted(set(entry) - set(kwargs) - {"op"})
-    _check(not unknown, f"unknown field(s) {unknown} for op {op!r}", name, unknown[0] if
+    _check(not unknown, lambda: f"unknown field(s) {unknown} for op {op!r}", name, unknown[0] if
            unknown else None)
     return cls(**kwargs)
 
@@ -748,10 +1051,13 @@ def _value_from_json(value, field_name, node, tensors):
         _check(isinstance(value, dict) and set(value) == {"bits", "signed", "scale"},
                "must be {bits, signed, scale}", node, field_name)
         scale = value["scale"]
+        if isinstance(scale, int) and not isinstance(scale, bool):
+            try:
+                scale = float(scale)
+            except OverflowError:  # beyond the float range: infinite, which Activation refuses
+                scale = math.inf if scale > 0 else -math.inf
         try:
-            return Activation(bits=value["bits"], signed=value["signed"],
-                              scale=float(scale) if isinstance(scale, (int, float)) and
-                              not isinstance(scale, bool) else scale)
+            return Activation(bits=value["bits"], signed=value["signed"], scale=scale)
         except GraphError as error:
             raise GraphError(f"{error.field}: {str(error).split(': ', 1)[-1]}",
                              node=node, field=field_name) from None

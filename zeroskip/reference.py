@@ -83,11 +83,14 @@ def validate_input(graph, x_int):
     Raises
     ------
     ZeroskipError
-        Saying whether the dtype, the shape or a value is wrong, and for a value, where.
+        Saying whether the dtype, the shape or a value is wrong, and for a value, where (a float
+        batch holding NaN or infinity says so first, see :func:`zeroskip.ir.check_finite`).
     """
     node = graph.input
     what = f"input batch for node {node.name!r}"
     array = np.asarray(x_int)
+    if array.dtype.kind == "f":
+        ir.check_finite(array, what)
     if array.dtype.kind not in "iu":
         raise ZeroskipError(f"{what} must be an integer array, got dtype {array.dtype.name}; "
                             "quantize real values with Graph.quantize_input first")
