@@ -74,6 +74,8 @@ class NetworkEngine(wiring.Component):
     layer_counters : bool
         False leaves the engines' counters out of the signature; synthesis then removes them
         (the network's own counters stay).
+    argmax : bool, optional
+        Give ``o_stream_class``; needs a flat output; by default, for every flat output.
 
     Members
     -------
@@ -82,7 +84,7 @@ class NetworkEngine(wiring.Component):
     o_stream : Out(stream.Signature(output activation))
         The output tensor (integer logits for a classifier), HWC or feature order.
     o_stream_class : Out(stream.Signature(range(features)))
-        Only for a flat output: its argmax, one beat per inference after its last logit.
+        Only with ``argmax``: the output's argmax, one beat per inference after its last logit.
     counters : Out(Signature)
         ``network`` (:data:`~.counters.NETWORK_COUNTER_NAMES`) and, with ``layer_counters``,
         per stage under its ``counter_name``, the engine's counters
@@ -93,12 +95,14 @@ class NetworkEngine(wiring.Component):
     """
 
     def __init__(self, stages, *, input_name, in_shape, in_act, output, out_shape, out_act,
-                 layer_counters=True):
+                 layer_counters=True, argmax=None):
         self.stages = tuple(stages)
         self.input_name, self.in_shape, self.in_act = input_name, tuple(in_shape), in_act
         self.output, self.out_shape, self.out_act = output, tuple(out_shape), out_act
         self.layer_counters = bool(layer_counters)
-        self.has_class = len(self.out_shape) == 1
+        self.has_class = len(self.out_shape) == 1 if argmax is None else bool(argmax)
+        if self.has_class and len(self.out_shape) != 1:
+            raise ValueError(f"argmax needs a flat output, got shape {self.out_shape}")
         counters = {"network": Out(network_counters_signature())}
         if self.layer_counters:
             counters.update({stage.counter_name: Out(counters_signature())

@@ -252,6 +252,8 @@ class SequentialEngine(wiring.Component):
         the first the input; a linear layer after a flatten has its columns in HWC order).
     in_shape, in_act, out_shape, out_act :
         The network's input and output shapes and encodings (2..8-bit activations).
+    argmax : bool, optional
+        Give ``o_stream_class``; needs a flat output; by default, for every flat output.
 
     Members
     -------
@@ -260,14 +262,14 @@ class SequentialEngine(wiring.Component):
     o_stream : Out(stream.Signature(output activation))
         The output tensor, HWC or feature order.
     o_stream_class : Out(stream.Signature(range(features)))
-        Only for a flat output: its argmax, one beat per inference after its last logit.
+        Only with ``argmax``: the output's argmax, one beat per inference after its last logit.
     counters : Out(Signature)
         ``network`` (:data:`zeroskip.hdl.network.NETWORK_COUNTER_NAMES`).
 
     Latency and interval are the same (one inference at a time): :func:`estimate_cycles`.
     """
 
-    def __init__(self, plan, *, in_shape, in_act, out_shape, out_act):
+    def __init__(self, plan, *, in_shape, in_act, out_shape, out_act, argmax=None):
         if not isinstance(plan, SequentialPlan):
             raise TypeError(f"SequentialEngine takes a SequentialPlan, not {type(plan).__name__}")
         self.plan = plan
@@ -277,7 +279,9 @@ class SequentialEngine(wiring.Component):
         if self.slots[-1].elements != math.prod(self.out_shape):
             raise ValueError(f"the last layer gives {self.slots[-1].elements} activations, the "
                              f"output {self.out_shape} needs {math.prod(self.out_shape)}")
-        self.has_class = len(self.out_shape) == 1
+        self.has_class = len(self.out_shape) == 1 if argmax is None else bool(argmax)
+        if self.has_class and len(self.out_shape) != 1:
+            raise ValueError(f"argmax needs a flat output, got shape {self.out_shape}")
         members = {"i_stream": In(activation_stream(in_act)),
                    "o_stream": Out(activation_stream(out_act)),
                    "counters": Out(wiring.Signature(

@@ -187,6 +187,14 @@ def test_compile_sequential_writes_one_engine(small_graph_file, tmp_path):
     assert "one zero-skip engine running the layers in turn" in result.stdout
 
 
+def test_compile_without_the_class_port(small_graph_file, tmp_path):
+    result = zeroskip_command("compile", small_graph_file, "-o", tmp_path / "b", "--no-argmax")
+    assert result.returncode == 0, result.stderr
+    manifest = json.loads((tmp_path / "b" / "manifest.json").read_text())
+    assert manifest["argmax"] is False and "o_stream_class" not in manifest["ports"]
+    assert "argmax class" not in result.stdout
+
+
 def test_compile_into_a_file_is_refused(small_graph_file, tmp_path):
     (tmp_path / "b").write_text("taken")
     assert_one_clear_error(zeroskip_command("compile", small_graph_file, "-o", tmp_path / "b"),

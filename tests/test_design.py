@@ -101,3 +101,31 @@ def test_without_layer_counters_only_the_network_counts(tmp_path, verilator_buil
     result = design.simulate(x, idle_probability=0.2, seed=1, build_root=verilator_build_root)
     np.testing.assert_array_equal(result.outputs, reference.run(graph, x))
     assert set(result.counters) == {"network"} and result.counters["network"]["inferences"] == 3
+
+
+def test_class_port_by_default_for_class_scores_and_not_for_a_reconstruction(tmp_path):
+    rng = np.random.default_rng(5)
+    scores = linear_graph(rng, features=12, outputs=4)
+    reconstruction = linear_graph(rng, features=6, outputs=6)
+    assert zeroskip.compile(scores).has_class
+    design = zeroskip.compile(reconstruction)
+    assert not design.has_class and "o_stream_class" not in design.signature.members
+    assert "o_stream_class__valid" not in design.verilog()
+    assert zeroskip.compile(reconstruction, argmax=True).has_class
+    dropped = zeroskip.compile(scores, argmax=False)
+    assert "o_stream_class" not in dropped.signature.members
+    dropped.write(tmp_path / "b")
+    loaded = Design.load(tmp_path / "b")
+    assert not loaded.has_class and loaded.verilog() == dropped.verilog()
+    assert loaded.manifest()["argmax"] is False and "o_stream_class" not in \
+        loaded.manifest()["ports"]
+
+
+def test_argmax_of_an_image_output_is_refused():
+    rng = np.random.default_rng(6)
+    graph = conv_graph(rng, channels=2, filters=3, size=4, kernel=3)
+    with pytest.raises(ZeroskipError, match=r"argmax needs a flat output; graph .* outputs "
+                                            r"\(3, 2, 2\)"):
+        zeroskip.compile(graph, argmax=True)
+    with pytest.raises(ZeroskipError, match="argmax must be True, False or None"):
+        zeroskip.compile(graph, argmax="yes")

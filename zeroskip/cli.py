@@ -171,7 +171,8 @@ def _compile(args):
                            args.multipliers_given else None,
                            calibration=calibration, chunk=args.chunk,
                            layer_counters=not args.no_layer_counters,
-                           architecture="sequential" if args.sequential else "dataflow")
+                           architecture="sequential" if args.sequential else "dataflow",
+                           argmax=args.argmax)
     design.write(output)
     print(design.report(), end="")
     print(f"wrote {output / (design.top + '.v')}, manifest.json, report.txt, graph.zsg")
@@ -401,6 +402,10 @@ def build_parser():
                           help="one engine that runs the layers one after another (conv2d, "
                                "linear, maxpool2d chains): fits the smallest FPGAs, one "
                                "multiplier, no per-layer counters")
+    compile_.add_argument("--argmax", action=argparse.BooleanOptionalAction, default=None,
+                          help="give the class (the argmax of a flat output) on a port of its "
+                               "own; by default yes for a flat output unless it has as many "
+                               "values as the input (an autoencoder's reconstruction)")
     compile_.add_argument("--json", metavar="PATH", help="also write the manifest as JSON")
     compile_.set_defaults(run=_compile)
 

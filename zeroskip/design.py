@@ -95,7 +95,7 @@ class Design:
         self.top = f"zeroskip_{identifier(graph.name, 'net_')}"
         self.in_shape, self.out_shape = architecture.in_shape, architecture.out_shape
         self.in_act, self.out_act = architecture.in_act, architecture.out_act
-        self.has_class = len(self.out_shape) == 1
+        self.has_class = architecture.argmax
 
     # The compile's decisions, as the architecture made them.
     layers = property(lambda self: self.architecture.layers)
@@ -363,7 +363,7 @@ def _act_text(act):
 
 def compile(graph, lanes=1, zero_skip=True, *, multipliers=None,  # noqa: A001 (the API name)
             calibration=None, chunk=compiler.DEFAULT_CHUNK, layer_counters=True,
-            architecture="dataflow"):
+            architecture="dataflow", argmax=None):
     """Compile a graph into a :class:`Design`: one engine per layer, one Verilog top.
 
     Parameters
@@ -392,10 +392,15 @@ def compile(graph, lanes=1, zero_skip=True, *, multipliers=None,  # noqa: A001 (
         ``"sequential"`` runs a chain of conv2d / linear / maxpool2d layers one after another
         on one engine with one multiplier (:mod:`zeroskip.hdl.sequential`): it needs
         ``lanes=1`` and has only the network's counters.
+    argmax : bool, optional
+        Give the class (the argmax of a flat output, the first of equal values) on
+        ``o_stream_class``. By default a flat output gets it unless it has as many values as
+        the input (an autoencoder's reconstruction is not class scores).
     """
     return Design(compiler.choose(graph, lanes, zero_skip, multipliers=multipliers,
                                   calibration=calibration, chunk=chunk,
-                                  layer_counters=layer_counters, architecture=architecture))
+                                  layer_counters=layer_counters, architecture=architecture,
+                                  argmax=argmax))
 
 
 __all__ = ["Design", "SimResult", "SimulationMismatch", "compile"]

@@ -10,6 +10,8 @@ directory and the co-simulation.
 
 from __future__ import annotations
 
+import math
+
 from .. import ir, reference
 from ..errors import ZeroskipError
 from .architecture import Estimate, Pipeline, Sequential, check_count
@@ -62,8 +64,23 @@ def _chosen_lanes(lanes, weight_layers, multipliers, calibration, zero_skip):
     return chosen
 
 
+def _argmax(graph, argmax):
+    """Whether the design gives the class of its output: ``argmax`` checked, or the default
+    (a flat output, unless it has as many values as the input)."""
+    out_shape = graph.shapes[graph.output]
+    flat = len(out_shape) == 1
+    if argmax is None:
+        return flat and math.prod(out_shape) != math.prod(graph.shapes[graph.input.name])
+    if not isinstance(argmax, bool):
+        raise ZeroskipError(f"argmax must be True, False or None, got {argmax!r}")
+    if argmax and not flat:
+        raise ZeroskipError(f"argmax needs a flat output; graph {graph.name!r} outputs "
+                            f"{tuple(out_shape)} from node {graph.output!r}")
+    return argmax
+
+
 def choose(graph, lanes=1, zero_skip=True, *, multipliers=None, calibration=None,
-           chunk=DEFAULT_CHUNK, layer_counters=True, architecture="dataflow"):
+           chunk=DEFAULT_CHUNK, layer_counters=True, architecture="dataflow", argmax=None):
     """The architecture of a graph with every decision made; see :func:`zeroskip.compile` for
     the parameters. A ZeroskipError names what cannot be built."""
     if not isinstance(graph, ir.Graph):
@@ -75,6 +92,7 @@ def choose(graph, lanes=1, zero_skip=True, *, multipliers=None, calibration=None
                             f"{architecture!r}")
     kind.check_options(lanes=lanes, multipliers=multipliers, zero_skip=zero_skip)
     zero_skip = bool(zero_skip)
+    argmax = _argmax(graph, argmax)
     found = network_layers(graph)
     weight_layers = [node for node, *_ in found if isinstance(node, WEIGHT_LAYERS)]
     if calibration is not None:
@@ -87,7 +105,8 @@ def choose(graph, lanes=1, zero_skip=True, *, multipliers=None, calibration=None
               for node, sources, in_shapes, in_acts in found]
     chosen_architecture = kind(
         graph, layers, chosen, zero_skip=zero_skip, chunk=chunk, multipliers=multipliers,
-        layer_counters=bool(layer_counters) and kind.LAYER_COUNTERS, calibration=calibration)
+        layer_counters=bool(layer_counters) and kind.LAYER_COUNTERS, calibration=calibration,
+        argmax=argmax)
     try:
         chosen_architecture.check()
     except ValueError as error:

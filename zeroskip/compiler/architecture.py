@@ -63,8 +63,9 @@ class _Architecture:
     name = ""
 
     def __init__(self, graph, layers, lanes, *, zero_skip=True, chunk, multipliers=None,
-                 layer_counters=True, calibration=None):
+                 layer_counters=True, calibration=None, argmax=False):
         self.graph, self.layers = graph, tuple(layers)
+        self.argmax = argmax
         self.lanes, self.zero_skip, self.chunk = dict(lanes), zero_skip, chunk
         self.multipliers, self.layer_counters = multipliers, layer_counters
         self.calibration = calibration
@@ -80,7 +81,8 @@ class _Architecture:
     def manifest_options(self):
         return {"architecture": self.name, "zero_skip": self.zero_skip, "chunk": self.chunk,
                 "layer_counters": self.layer_counters, "multipliers": self.multipliers,
-                "multipliers_used": self.multipliers_used, "lanes": dict(self.lanes)}
+                "multipliers_used": self.multipliers_used, "lanes": dict(self.lanes),
+                "argmax": self.argmax}
 
 
 class Pipeline(_Architecture):
@@ -101,7 +103,8 @@ class Pipeline(_Architecture):
         """``compile`` keyword arguments that rebuild the design a manifest describes."""
         return {"lanes": manifest["lanes"], "zero_skip": manifest["zero_skip"],
                 "chunk": manifest["chunk"], "multipliers": manifest["multipliers"],
-                "layer_counters": manifest.get("layer_counters", True)}
+                "layer_counters": manifest.get("layer_counters", True),
+                "argmax": _manifest_argmax(manifest)}
 
     @cached_property
     def plans(self):
@@ -165,7 +168,7 @@ class Pipeline(_Architecture):
                              in_shape=self.in_shape, in_act=self.in_act,
                              output=producer(self.graph, self.graph.output),
                              out_shape=self.out_shape, out_act=self.out_act,
-                             layer_counters=self.layer_counters)
+                             layer_counters=self.layer_counters, argmax=self.argmax)
 
 
 class Sequential(_Architecture):
@@ -185,7 +188,7 @@ class Sequential(_Architecture):
 
     @staticmethod
     def options_from_manifest(manifest):
-        return {"chunk": manifest["chunk"]}
+        return {"chunk": manifest["chunk"], "argmax": _manifest_argmax(manifest)}
 
     @cached_property
     def plan(self):
@@ -215,7 +218,13 @@ class Sequential(_Architecture):
     def engine(self):
         """A fresh :class:`~zeroskip.hdl.sequential.SequentialEngine`."""
         return SequentialEngine(self.plan, in_shape=self.in_shape, in_act=self.in_act,
-                                out_shape=self.out_shape, out_act=self.out_act)
+                                out_shape=self.out_shape, out_act=self.out_act,
+                                argmax=self.argmax)
+
+
+def _manifest_argmax(manifest):
+    """The manifest's ``argmax``; builds that predate the option gave a flat output one."""
+    return manifest.get("argmax", len(manifest["out_shape"]) == 1)
 
 
 def check_count(name, value, high=None):
