@@ -159,7 +159,7 @@ def test_report_reads_a_build_back(build_dir, tmp_path):
 
 
 @pytest.mark.parametrize("args, fragment", [
-    (["--lanes", "auto"], "give multipliers=N and calibration=x_int"),
+    (["--lanes", "auto", "--multipliers", "0"], "multipliers must be an integer of at least 1"),
     (["--lanes", "0"], "expected a positive integer or 'auto'"),
     (["--lanes", "2", "--multipliers", "1"], "more than the budget of 1"),
     (["--chunk", "99"], "chunk must be an integer from 1 to 64"),
@@ -185,6 +185,15 @@ def test_compile_sequential_writes_one_engine(small_graph_file, tmp_path):
     manifest = json.loads((tmp_path / "b" / "manifest.json").read_text())
     assert manifest["architecture"] == "sequential" and manifest["multipliers_used"] == 1
     assert "one zero-skip engine running the layers in turn" in result.stdout
+
+
+def test_compile_auto_without_calibration_warns_in_one_line(small_graph_file, tmp_path):
+    result = zeroskip_command("compile", small_graph_file, "-o", tmp_path / "b", "--lanes",
+                              "auto", "--multipliers", "4")
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.startswith("zeroskip: warning: lanes='auto' without calibration "
+                                    "inputs folds on the weights alone")
+    assert len(result.stderr.strip().splitlines()) == 1
 
 
 def test_compile_without_the_class_port(small_graph_file, tmp_path):

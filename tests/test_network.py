@@ -9,7 +9,8 @@ import pytest
 
 import zeroskip
 from zeroskip import ir, reference
-from zeroskip.errors import ZeroskipError
+from zeroskip.compiler import folding
+from zeroskip.errors import ZeroskipError, ZeroskipWarning
 from zeroskip.hdl.common import batch_from_beats, batch_to_beats
 from zeroskip.design import Design
 from zeroskip.hdl.argmax import ArgmaxEngine
@@ -272,16 +273,23 @@ def test_lanes_are_capped_by_output_channels_and_checked_by_name():
         zeroskip.compile("net.zsg")
 
 
-def test_auto_lanes_need_a_budget_and_calibration_inputs():
+def test_auto_lanes_need_a_budget_and_fold_on_calibration_inputs_or_the_weights():
     rng = np.random.default_rng(0)
     graph = pooled_graph(rng)
-    with pytest.raises(ZeroskipError, match="give multipliers=N and calibration=x_int"):
-        zeroskip.compile(graph, "auto", multipliers=4)
-    with pytest.raises(ZeroskipError, match="give multipliers=N and calibration=x_int"):
+    with pytest.raises(ZeroskipError, match="lanes='auto' folds a multiplier budget over the "
+                                            "layers: give multipliers=N"):
         zeroskip.compile(graph, "auto", calibration=inputs(rng, graph, 4))
     design = zeroskip.compile(graph, "auto", multipliers=5, calibration=inputs(rng, graph, 4))
     assert 2 <= sum(design.lanes.values()) <= 5
     assert {e.name for e in design.estimates} == {"c1", "fc"}
+    # Without inputs, every activation counts as nonzero: the fold sees the weights alone.
+    with pytest.warns(ZeroskipWarning, match="folds on the weights alone"):
+        blind = zeroskip.compile(graph, "auto", multipliers=5)
+    assert 2 <= sum(blind.lanes.values()) <= 5 and blind.estimates is None
+    weights_alone = folding.Calibration(graph, None, 32).estimates(design.lanes)
+    measured = folding.Calibration(graph, inputs(rng, graph, 4), 32).estimates(design.lanes)
+    assert all(w.effective_macs >= m.effective_macs for w, m in zip(weights_alone, measured))
+    assert weights_alone[-1].effective_macs == np.count_nonzero(graph["fc"].weight)
 
 
 def test_a_flatten_that_reorders_is_built_only_before_a_linear_layer():

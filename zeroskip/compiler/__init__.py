@@ -11,9 +11,10 @@ directory and the co-simulation.
 from __future__ import annotations
 
 import math
+import warnings
 
 from .. import ir, reference
-from ..errors import ZeroskipError
+from ..errors import ZeroskipError, ZeroskipWarning
 from .architecture import Estimate, Pipeline, Sequential, check_count
 from .folding import Calibration
 from .layers import WEIGHT_LAYERS, LayerSpec, counter_names, network_layers
@@ -28,16 +29,23 @@ DEFAULT_CHUNK = 32
 ARCHITECTURES = {Pipeline.name: Pipeline, Sequential.name: Sequential}
 
 
-def _chosen_lanes(lanes, weight_layers, multipliers, calibration, zero_skip):
+def _chosen_lanes(graph, lanes, weight_layers, multipliers, calibration, chunk, zero_skip):
     """Lanes per conv / linear layer from the ``lanes`` option; checked against the budget."""
     if isinstance(lanes, str):
         if lanes != "auto":
             raise ZeroskipError(f"lanes must be an integer, a dict or 'auto', got {lanes!r}")
-        if multipliers is None or calibration is None:
-            raise ZeroskipError("lanes='auto' folds a multiplier budget over the layers by the "
-                                "work measured on calibration inputs: give multipliers=N and "
-                                "calibration=x_int (CLI: --multipliers N --calibration X.npy)")
+        if multipliers is None:
+            raise ZeroskipError("lanes='auto' folds a multiplier budget over the layers: give "
+                                "multipliers=N (CLI: --multipliers N), and calibration inputs "
+                                "to fold on the work left after skipping zeros (--calibration "
+                                "X.npy)")
         check_count("multipliers", multipliers)
+        if calibration is None:
+            warnings.warn("lanes='auto' without calibration inputs folds on the weights alone "
+                          "(every activation taken as nonzero); give calibration inputs to "
+                          "fold on the work left after skipping zero activations",
+                          ZeroskipWarning, stacklevel=4)
+            calibration = Calibration(graph, None, chunk)
         chosen = calibration.fold(multipliers, zero_skip=zero_skip)
     elif isinstance(lanes, dict):
         names = {node.name for node in weight_layers}
@@ -98,7 +106,8 @@ def choose(graph, lanes=1, zero_skip=True, *, multipliers=None, calibration=None
     if calibration is not None:
         # Run through the golden model once, for the folding and the estimates alike.
         calibration = Calibration(graph, reference.validate_input(graph, calibration), chunk)
-    chosen = _chosen_lanes(lanes, weight_layers, multipliers, calibration, zero_skip)
+    chosen = _chosen_lanes(graph, lanes, weight_layers, multipliers, calibration, chunk,
+                           zero_skip)
     idents = counter_names([node.name for node, *_ in found])
     layers = [LayerSpec(node, sources, in_shapes, in_acts, chosen.get(node.name, 0),
                         idents[node.name])

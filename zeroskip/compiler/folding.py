@@ -444,8 +444,9 @@ class Calibration:
     Parameters
     ----------
     graph : zeroskip.ir.Graph
-    x_int : numpy.ndarray
-        Integer calibration batch for the graph's input.
+    x_int : numpy.ndarray or None
+        Integer calibration batch for the graph's input; None takes every activation of every
+        layer's input as nonzero (padding aside): the work of the weights alone.
     chunk : int
         Input channels the engines examine together.
     """
@@ -456,11 +457,12 @@ class Calibration:
     @cached_property
     def layers(self):
         """A :class:`_Calibration` of every conv2d / linear node, in graph order."""
-        values = reference.run_layers(self.graph, self.x_int)
+        values = None if self.x_int is None else reference.run_layers(self.graph, self.x_int)
         layers = []
         for node in self.graph.nodes:
             if isinstance(node, (ir.Conv2d, ir.Linear)):
-                x = values[node.input]
+                x = np.ones((1, *self.graph.shapes[node.input]), np.int64) if values is None \
+                    else values[node.input]
                 # A linear layer reads features; after a flatten those are the C-major ones.
                 x = x.reshape(len(x), -1) if isinstance(node, ir.Linear) else x
                 layers.append(_Calibration.of(node, x.shape[1:], self.graph.acts[node.input], x,
