@@ -14,7 +14,7 @@ from amaranth_boards.icebreaker import ICEBreakerPlatform
 
 from .board import Board, BoardTop
 from .pll import ice40_pll
-from .synth import ICE40_SYNTH_OPTIONS
+from ..parts import ICE40_SYNTH_OPTIONS
 
 
 class ICEBreakerTop(BoardTop):

@@ -21,7 +21,7 @@ accelerator alone, from Yosys's mapped netlist; ``wrapper`` counts the wrapper's
 ``luts`` are LUT4 sites: on iCE40 the ``SB_LUT4`` cells (a logic cell holds one LUT4, one
 flip-flop and one carry, so this is a lower bound of the logic cells used); on ECP5 the ``LUT4``
 cells plus two per ``CCU2C`` carry cell and four per ``TRELLIS_DPR16X4`` LUT RAM. The fit is
-decided on these counts against :attr:`Target.capacity` before nextpnr runs; nextpnr then places
+decided on these counts against :attr:`zeroskip.parts.Part.capacity` before nextpnr runs; nextpnr then places
 and routes the accelerator and the wrapper together, and ``placed`` holds its utilisation per bel
 type (the whole, wrapper included) and ``fmax_mhz`` the achieved frequency of ``clk`` (every
 register of the accelerator and of the wrapper is on it), asked for ``target_mhz``.
@@ -39,6 +39,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ..errors import ToolchainError, ZeroskipError
+from ..parts import PARTS, RESOURCES
+from ..parts import part as find_part
 from ..toolchain import yowasp_executable
 from . import pnr
 
@@ -124,43 +126,8 @@ def synthesize(verilog_text, top, family, *, timeout=1800):
 
 # --- parts -------------------------------------------------------------------------------------
 
-#: The resources a fit is decided on, with the words the no-fit message uses.
-RESOURCES = {"luts": "LUTs", "ffs": "FFs", "brams": "RAM blocks", "dsps": "DSPs",
-             "spram": "SPRAM blocks"}
-
-
-@dataclass(frozen=True)
-class Target:
-    """One FPGA part: how Yosys and nextpnr are asked for it, and what it holds.
-
-    Attributes
-    ----------
-    name : str
-        The ``--target`` name.
-    family : str
-        ``"ice40"`` or ``"ecp5"``: the Yosys ``synth_*`` pass and the nextpnr tool.
-    device, package : str
-        The part and its package, as the vendor names them.
-    nextpnr_args : tuple of str
-        The device and package arguments of nextpnr.
-    yosys_options : str
-        Extra options of ``synth_<family>``.
-    capacity : dict of str to int
-        Per resource of :data:`RESOURCES`: LUT4 sites (logic cells on iCE40), flip-flops,
-        block RAMs (``SB_RAM40_4K`` / ``DP16KD``), multipliers (``SB_MAC16`` /
-        ``MULT18X18D``), SPRAMs.
-    default_mhz : float
-        The frequency nextpnr is asked for unless ``--freq`` says otherwise.
-    """
-
-    name: str
-    family: str
-    device: str
-    package: str
-    nextpnr_args: tuple
-    yosys_options: str
-    capacity: dict
-    default_mhz: float
+#: The parts, by name (:mod:`zeroskip.parts`); ``part.capacity`` is what a fit is decided on.
+TARGETS = PARTS
 
 
 #: nextpnr's bel type holding each resource, per family (an iCE40 logic cell holds a LUT and
@@ -173,36 +140,10 @@ PLACED_BELS = {
 }
 
 
-#: ``synth_ice40`` options every iCE40 design gets. A flip-flop whose enable drives fewer than
-#: four flip-flops takes it as logic instead: an iCE40 logic block's eight cells share one enable,
-#: and with hundreds of small enables nextpnr cannot legalise the binary digits net on the UP5K
-#: at 79 % of its cells (with this it places, 2 % fewer cells).
-ICE40_SYNTH_OPTIONS = "-dsp -dffe_min_ce_use 4"
-
-
-def _capacity(luts, brams, dsps, spram=0):
-    return {"luts": luts, "ffs": luts, "brams": brams, "dsps": dsps, "spram": spram}
-
-
-#: The parts ``zeroskip synth`` knows. Capacities from the Lattice data sheets (iCE40 UltraPlus
-#: DS1056, iCE40 LP/HX DS1040, ECP5 DS1044); nextpnr's own counts agree (see ``placed``).
-TARGETS = {target.name: target for target in (
-    Target("ice40-up5k", "ice40", "iCE40UP5K", "SG48", ("--up5k", "--package", "sg48"),
-           f"-device u -spram {ICE40_SYNTH_OPTIONS}", _capacity(5280, 30, 8, 4), 40.0),
-    Target("ice40-hx8k", "ice40", "iCE40HX8K", "CT256", ("--hx8k", "--package", "ct256"),
-           ICE40_SYNTH_OPTIONS, _capacity(7680, 32, 0), 40.0),
-    Target("ecp5-25k", "ecp5", "LFE5U-25F", "CABGA256", ("--25k", "--package", "CABGA256"),
-           "", _capacity(24288, 56, 28), 120.0),
-    Target("ecp5-85k", "ecp5", "LFE5U-85F", "CABGA381", ("--85k", "--package", "CABGA381"),
-           "", _capacity(83640, 208, 156), 120.0),
-)}
-
-
 def target(name):
-    """The :class:`Target` called ``name``; a :class:`ZeroskipError` naming the known ones."""
-    if name not in TARGETS:
-        raise ZeroskipError(f"--target: unknown part {name!r}; known: {', '.join(TARGETS)}")
-    return TARGETS[name]
+    """The :class:`zeroskip.parts.Part` called ``name``; a :class:`ZeroskipError` naming the
+    known ones."""
+    return find_part(name)
 
 
 def resource_counts(cells, family):
