@@ -343,12 +343,12 @@ def test_run_sends_each_image_and_checks_the_design(tiny):
         host.run(ModelBoard(design), x + 200)
 
 
-FRAMING, TIMEOUT = 1 << protocol.FRAMING_BIT, 1 << protocol.TIMEOUT_BIT
+FRAMING_FLAG, TIMEOUT_FLAG = 1 << protocol.FRAMING_BIT, 1 << protocol.TIMEOUT_BIT
 
 
 def test_run_sends_an_image_the_board_rejected_again(tiny):
     design, x = tiny
-    board = ModelBoard(design, rejections={1: [TIMEOUT, FRAMING]})
+    board = ModelBoard(design, rejections={1: [TIMEOUT_FLAG, FRAMING_FLAG]})
     result = host.run(board, x)
     np.testing.assert_array_equal(result.logits, reference.run(design.graph, x))
     assert board.requests == [0, 1, 1, 1, 2, 3] and len(result.wall_seconds) == len(x)
@@ -356,7 +356,7 @@ def test_run_sends_an_image_the_board_rejected_again(tiny):
 
 def test_run_gives_up_on_an_image_rejected_every_time_naming_it_and_the_flags(tiny):
     design, x = tiny
-    board = ModelBoard(design, rejections={2: [TIMEOUT, FRAMING, TIMEOUT, 0]})
+    board = ModelBoard(design, rejections={2: [TIMEOUT_FLAG, FRAMING_FLAG, TIMEOUT_FLAG, 0]})
     with pytest.raises(host.LinkError) as error:
         host.run(board, x)
     assert str(error.value) == (
