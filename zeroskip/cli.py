@@ -166,13 +166,23 @@ def _compile(args):
     output = Path(args.output)
     if output.exists() and not output.is_dir():
         raise ZeroskipError(f"-o: {str(output)!r} exists and is not a directory")
-    design = compile_graph(graph, args.lanes, zero_skip=not args.dense,
-                           multipliers=args.multipliers if args.lanes == "auto" or
-                           args.multipliers_given else None,
-                           calibration=calibration, chunk=args.chunk,
-                           layer_counters=not args.no_layer_counters,
-                           architecture="sequential" if args.sequential else "dataflow",
-                           argmax=args.argmax)
+    if args.target is not None:
+        if args.lanes != 1 or args.sequential:
+            raise ZeroskipError("--target chooses the architecture and the lanes itself: give "
+                                "neither --lanes nor --sequential with it (--multipliers N "
+                                "caps it)")
+        design = compile_graph(graph, zero_skip=not args.dense,
+                               multipliers=args.multipliers if args.multipliers_given else None,
+                               calibration=calibration, chunk=args.chunk, argmax=args.argmax,
+                               target=args.target)
+    else:
+        design = compile_graph(graph, args.lanes, zero_skip=not args.dense,
+                               multipliers=args.multipliers if args.lanes == "auto" or
+                               args.multipliers_given else None,
+                               calibration=calibration, chunk=args.chunk,
+                               layer_counters=not args.no_layer_counters,
+                               architecture="sequential" if args.sequential else "dataflow",
+                               argmax=args.argmax)
     design.write(output)
     print(design.report(), end="")
     print(f"wrote {output / (design.top + '.v')}, manifest.json, report.txt, graph.zsg")
@@ -393,8 +403,14 @@ def build_parser():
                                "the work on; needed by --lanes auto")
     compile_.add_argument("--dense", action="store_true",
                           help="dense engines (no zero skipping), for comparison")
-    compile_.add_argument("--chunk", type=int, default=32, metavar="N",
-                          help="input channels a conv engine examines at once (default 32)")
+    compile_.add_argument("--chunk", type=int, default=None, metavar="N",
+                          help="input channels a conv engine examines at once (default 32; "
+                               "--target chooses it unless given)")
+    compile_.add_argument("--target", metavar="PART", default=None,
+                          help="choose the architecture, chunk and lanes so that the design "
+                               "fits this FPGA part with the shortest estimated latency "
+                               "(ice40-up5k, ice40-hx8k, ecp5-25k, ecp5-85k); --multipliers "
+                               "caps it, --calibration inputs measure the work")
     compile_.add_argument("--no-layer-counters", action="store_true",
                           help="keep only the network's counters (latency, interval): saves "
                                "each engine's on small FPGAs")

@@ -164,6 +164,8 @@ class Design:
             "stream_order": "HWC", "ports": ports,
             **self.architecture.manifest_options(),
             "layers": layers, "network_counters": list(NETWORK_COUNTER_NAMES),
+            **({"target": self.architecture.target_choice.to_dict()}
+               if self.architecture.target_choice is not None else {}),
         }
 
     def report(self):
@@ -192,6 +194,9 @@ class Design:
             slowest = max(self.estimates, key=lambda e: e.cycles)
             lines += ["", f"estimated initiation interval {slowest.cycles:.0f} cycles "
                           f"(layer {slowest.name!r}, {slowest.bound}-bound)"]
+        choice = self.architecture.target_choice
+        if choice is not None:
+            lines += ["", *choice.lines()]
         return "\n".join(lines) + "\n"
 
     def write(self, directory):
@@ -223,7 +228,7 @@ class Design:
         if kind is None:
             raise ZeroskipError(f"{str(directory / MANIFEST_FILE)!r} names an unknown "
                                 f"architecture {name!r}")
-        design = compile(graph, architecture=name, **kind.options_from_manifest(manifest))
+        design = compile(graph, **kind.options_from_manifest(manifest))
         verilog_path = directory / manifest.get("verilog", f"{design.top}.v")
         if not verilog_path.is_file() or verilog_path.read_text() != design.verilog():
             raise ZeroskipError(f"{str(verilog_path)!r} is missing or differs from what "
@@ -362,8 +367,8 @@ def _act_text(act):
 
 
 def compile(graph, lanes=1, zero_skip=True, *, multipliers=None,  # noqa: A001 (the API name)
-            calibration=None, chunk=compiler.DEFAULT_CHUNK, layer_counters=True,
-            architecture="dataflow", argmax=None):
+            calibration=None, chunk=None, layer_counters=True, architecture="dataflow",
+            argmax=None, target=None):
     """Compile a graph into a :class:`Design`: one engine per layer, one Verilog top.
 
     Parameters
@@ -382,8 +387,9 @@ def compile(graph, lanes=1, zero_skip=True, *, multipliers=None,  # noqa: A001 (
     calibration : numpy.ndarray, optional
         Integer inputs of the graph; needed by ``"auto"``; with them the design also carries
         per-layer cycle estimates.
-    chunk : int
-        Input channels a conv engine examines at once (mask and priority-encoder width).
+    chunk : int, optional
+        Input channels a conv engine examines at once (mask and priority-encoder width);
+        32 by default (``target`` chooses it unless given).
     layer_counters : bool
         Give every engine's counters (busy, effective MACs, skipped pairs, stalls) a port;
         False keeps only the network's (inferences, latency, interval), which saves their
@@ -396,11 +402,17 @@ def compile(graph, lanes=1, zero_skip=True, *, multipliers=None,  # noqa: A001 (
         Give the class (the argmax of a flat output, the first of equal values) on
         ``o_stream_class``. By default a flat output gets it unless it has as many values as
         the input (an autoencoder's reconstruction is not class scores).
+    target : str, optional
+        An FPGA part (:data:`zeroskip.parts.PARTS`): the architecture, the chunk and the lanes
+        are chosen so that the design fits the part by the resource model
+        (:mod:`zeroskip.compiler.resources`) with the shortest estimated single-stream latency
+        (:mod:`zeroskip.compiler.target`); ``multipliers`` caps it. Not with ``lanes`` or
+        ``architecture``.
     """
     return Design(compiler.choose(graph, lanes, zero_skip, multipliers=multipliers,
                                   calibration=calibration, chunk=chunk,
                                   layer_counters=layer_counters, architecture=architecture,
-                                  argmax=argmax))
+                                  argmax=argmax, target=target))
 
 
 __all__ = ["Design", "SimResult", "SimulationMismatch", "compile"]

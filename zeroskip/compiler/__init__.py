@@ -87,12 +87,44 @@ def _argmax(graph, argmax):
     return argmax
 
 
+def _choose_for_target(graph, target, lanes, zero_skip, multipliers, calibration, chunk,
+                       architecture, argmax):
+    """``choose`` with ``target``: the search of :mod:`.target` makes the decisions."""
+    from .target import choose_for_target
+
+    if lanes != 1 or architecture != Pipeline.name:
+        raise ZeroskipError("target=PART chooses the architecture and the lanes itself: give "
+                            "neither lanes nor architecture with it (multipliers=N caps it)")
+    if multipliers is not None:
+        check_count("multipliers", multipliers)
+    if chunk is not None:
+        check_count("chunk", chunk, 64)
+    if calibration is None:
+        warnings.warn("target=PART without calibration inputs folds on the weights alone "
+                      "(every activation taken as nonzero); give calibration inputs to fold "
+                      "on the work left after skipping zero activations", ZeroskipWarning,
+                      stacklevel=4)
+    else:
+        calibration = reference.validate_input(graph, calibration)
+    choice = choose_for_target(
+        graph, target, Calibration(graph, calibration, chunk or DEFAULT_CHUNK)
+        if calibration is not None else None, multipliers=multipliers, chunk=chunk,
+        zero_skip=zero_skip, choose=choose)
+    chosen = choose(graph, **choice.options, calibration=calibration, argmax=argmax)
+    chosen.target_choice = choice
+    return chosen
+
+
 def choose(graph, lanes=1, zero_skip=True, *, multipliers=None, calibration=None,
-           chunk=DEFAULT_CHUNK, layer_counters=True, architecture="dataflow", argmax=None):
+           chunk=None, layer_counters=True, architecture="dataflow", argmax=None, target=None):
     """The architecture of a graph with every decision made; see :func:`zeroskip.compile` for
     the parameters. A ZeroskipError names what cannot be built."""
     if not isinstance(graph, ir.Graph):
         raise ZeroskipError(f"compile takes a zeroskip.ir.Graph, got {type(graph).__name__}")
+    if target is not None:
+        return _choose_for_target(graph, target, lanes, zero_skip, multipliers, calibration,
+                                  chunk, architecture, argmax)
+    chunk = DEFAULT_CHUNK if chunk is None else chunk
     check_count("chunk", chunk, 64)
     kind = ARCHITECTURES.get(architecture) if isinstance(architecture, str) else None
     if kind is None:

@@ -69,6 +69,8 @@ class _Architecture:
         self.lanes, self.zero_skip, self.chunk = dict(lanes), zero_skip, chunk
         self.multipliers, self.layer_counters = multipliers, layer_counters
         self.calibration = calibration
+        #: What ``target=PART`` chose and why (a :class:`~.target.TargetChoice`), or None.
+        self.target_choice = None
         self.in_shape = graph.shapes[graph.input.name]
         self.out_shape = graph.shapes[graph.output]
         self.in_act, self.out_act = graph.input.act, graph.acts[graph.output]
@@ -77,6 +79,11 @@ class _Architecture:
         """Make the static plans, so that what cannot be built fails at compile time (a
         ValueError names the layer)."""
         self.plans  # noqa: B018 (made for its checks)
+
+    def compile_options(self):
+        """``compile`` keyword arguments that build this architecture again."""
+        return self.options_from_manifest({**self.manifest_options(),
+                                           "out_shape": list(self.out_shape)})
 
     def manifest_options(self):
         return {"architecture": self.name, "zero_skip": self.zero_skip, "chunk": self.chunk,
@@ -101,26 +108,25 @@ class Pipeline(_Architecture):
     @staticmethod
     def options_from_manifest(manifest):
         """``compile`` keyword arguments that rebuild the design a manifest describes."""
-        return {"lanes": manifest["lanes"], "zero_skip": manifest["zero_skip"],
-                "chunk": manifest["chunk"], "multipliers": manifest["multipliers"],
+        return {"architecture": Pipeline.name, "lanes": manifest["lanes"],
+                "zero_skip": manifest["zero_skip"], "chunk": manifest["chunk"],
+                "multipliers": manifest["multipliers"],
                 "layer_counters": manifest.get("layer_counters", True),
                 "argmax": _manifest_argmax(manifest)}
 
+    def plan(self, spec):
+        """The static plan of one conv / linear layer at ``spec.lanes`` (made anew)."""
+        if spec.in_acts[0].binary:
+            # A binary-input layer's XNOR engine skips zero weights in both modes, a word of
+            # XNOR_WIDTH channels at a time.
+            return make_plan(spec.node, spec.in_shapes[0], spec.in_acts[0], spec.lanes, True,
+                             XNOR_WIDTH)
+        return make_plan(spec.node, spec.in_shapes[0], spec.in_acts[0], spec.lanes,
+                         self.zero_skip, self.chunk)
+
     @cached_property
     def plans(self):
-        plans = {}
-        for spec in self.layers:
-            if not spec.has_weights:
-                continue
-            if spec.in_acts[0].binary:
-                # A binary-input layer's XNOR engine skips zero weights in both modes, a word
-                # of XNOR_WIDTH channels at a time.
-                plans[spec.name] = make_plan(spec.node, spec.in_shapes[0], spec.in_acts[0],
-                                             spec.lanes, True, XNOR_WIDTH)
-            else:
-                plans[spec.name] = make_plan(spec.node, spec.in_shapes[0], spec.in_acts[0],
-                                             spec.lanes, self.zero_skip, self.chunk)
-        return plans
+        return {spec.name: self.plan(spec) for spec in self.layers if spec.has_weights}
 
     @property
     def multipliers_used(self):
@@ -145,14 +151,19 @@ class Pipeline(_Architecture):
         return Estimate(max((e.cycles for e in layers), default=0.0), tuple(layers))
 
     def layer_engine(self, spec):
+        """A fresh engine of one layer; a spec with other lanes than the design's gets a plan
+        of its own (the resource model counts engines at several lanes)."""
         node, in_shape, in_act = spec.node, spec.in_shapes[0], spec.in_acts[0]
+        plan = None
+        if spec.has_weights:
+            plan = self.plans.get(spec.name)
+            if plan is None or len(plan.lanes) != spec.lanes:
+                plan = self.plan(spec)
         if spec.has_weights and in_act.binary:
-            return XnorConvEngine(node, in_shape, in_act, lanes=spec.lanes,
-                                  plan=self.plans[spec.name])
+            return XnorConvEngine(node, in_shape, in_act, lanes=spec.lanes, plan=plan)
         if spec.has_weights:
             return SparseConvEngine(node, in_shape, in_act, lanes=spec.lanes,
-                                    zero_skip=self.zero_skip, chunk=self.chunk,
-                                    plan=self.plans[spec.name])
+                                    zero_skip=self.zero_skip, chunk=self.chunk, plan=plan)
         if isinstance(node, ir.MaxPool2d):
             return MaxPool2dEngine(node, in_shape, in_act)
         if isinstance(node, ir.AvgPool2d):
@@ -188,7 +199,8 @@ class Sequential(_Architecture):
 
     @staticmethod
     def options_from_manifest(manifest):
-        return {"chunk": manifest["chunk"], "argmax": _manifest_argmax(manifest)}
+        return {"architecture": Sequential.name, "chunk": manifest["chunk"],
+                "argmax": _manifest_argmax(manifest)}
 
     @cached_property
     def plan(self):

@@ -482,23 +482,34 @@ class Calibration:
         if not isinstance(multipliers, (int, np.integer)) or isinstance(multipliers, bool) \
                 or multipliers < 1:
             raise ZeroskipError(f"multipliers must be a positive integer, got {multipliers!r}")
-        layers = self.layers
-        if multipliers < len(layers):
-            raise ZeroskipError(f"graph {self.graph.name!r} has {len(layers)} conv2d/linear "
-                                f"layers: it needs at least {len(layers)} multipliers (one "
+        if multipliers < len(self.layers):
+            raise ZeroskipError(f"graph {self.graph.name!r} has {len(self.layers)} conv2d/linear "
+                                f"layers: it needs at least {len(self.layers)} multipliers (one "
                                 f"each), got {multipliers}")
+        lanes = None
+        # The budget's range first: zip stops before asking the fold for one step too many.
+        for _, lanes in zip(range(multipliers - len(self.layers) + 1),
+                            self.fold_steps(zero_skip=zero_skip)):
+            pass
+        return lanes
+
+    def fold_steps(self, *, zero_skip=True):
+        """The greedy fold, one multiplier at a time: lanes per layer (a dict) with one lane
+        each, then after every multiplier that helps, until none does. :meth:`fold` at a
+        budget is the step that spends it (or the last)."""
+        layers = self.layers
         lanes = [1] * len(layers)
         cycles = [layer.estimate(1, zero_skip).cycles for layer in layers]
-        for _ in range(multipliers - len(layers)):
+        while True:
+            yield {layer.node.name: count for layer, count in zip(layers, lanes)}
             slowest = max(range(len(layers)), key=lambda i: (cycles[i], -i))
             if lanes[slowest] == layers[slowest].node.out_channels:
-                break
+                return
             faster = layers[slowest].estimate(lanes[slowest] + 1, zero_skip).cycles
             if faster >= cycles[slowest]:
-                break
+                return
             lanes[slowest] += 1
             cycles[slowest] = faster
-        return {layer.node.name: count for layer, count in zip(layers, lanes)}
 
 
 def estimate_graph(graph, x_int, lanes, *, zero_skip=True, chunk=32):

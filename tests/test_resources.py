@@ -1,0 +1,177 @@
+"""The resource model (zeroskip.compiler.resources) and ``target=PART`` (zeroskip.compiler.target).
+
+The memory mapping follows Yosys's ``memory_libmap`` costs; the pipeline estimate (engines counted
+at one and two lanes, the network's own parts with the engines left out) must equal the count of
+the whole design; and the model is checked against Yosys itself on a small design per family.
+"""
+# amaranth: UnusedElaboratable=no
+
+import json
+
+import numpy as np
+import pytest
+
+import zeroskip
+from zeroskip.compiler import resources
+from zeroskip.compiler.resources import MemoryUse, map_memory
+from zeroskip.design import Design
+from zeroskip.errors import ZeroskipError, ZeroskipWarning
+from zeroskip.parts import PARTS, part
+
+from test_network import inputs, pooled_graph, residual_graph
+
+
+@pytest.mark.parametrize("memory, family, expected", [
+    # A line buffer of 2,560 bytes: two 2048x9 blocks on ECP5, five 512x8 on iCE40.
+    (MemoryUse("a", 8, 2560, 1, 1), "ecp5", {"brams": 2}),
+    (MemoryUse("a", 8, 2560, 1, 1), "ice40", {"brams": 5}),
+    # Two read ports of a RAM: a copy each.
+    (MemoryUse("a", 8, 2560, 2, 1), "ecp5", {"brams": 4}),
+    # A small RAM: LUT RAM on ECP5 (16x4 primitives, four LUT sites each), flip-flops on iCE40.
+    (MemoryUse("a", 8, 40, 1, 1), "ecp5", {"lutram_sites": 24}),
+    (MemoryUse("a", 1, 40, 1, 1), "ice40", {"ffs": 40}),
+    # A small ROM stays logic; on a tie with LUT RAM too (Yosys keeps logic).
+    (MemoryUse("a", 20, 16, 1, 0), "ecp5", {}),
+    (MemoryUse("a", 8, 128, 1, 0), "ecp5", {}),
+    # A ROM read on two ports: one ECP5 block serves both.
+    (MemoryUse("a", 16, 1024, 2, 0), "ecp5", {"brams": 1}),
+    (MemoryUse("a", 16, 1024, 2, 0), "ice40", {"brams": 8}),
+])
+def test_memories_map_as_yosys_costs_them(memory, family, expected):
+    mapping = map_memory(memory, family)
+    assert {key: value for key, value in vars(mapping).items() if value} == expected
+
+
+def test_memories_are_read_off_the_elaborated_design():
+    rng = np.random.default_rng(0)
+    design = zeroskip.compile(pooled_graph(rng), lanes=2, chunk=4)
+    found = {memory.path: memory for memory in resources.memories(design.engine())}
+    # Both lanes of the conv read its line buffer; each lane has its own ROMs.
+    assert found["/layer_c1/act_mem"].read_ports == 2
+    assert {"/layer_c1/combo_rom_0", "/layer_c1/combo_rom_1"} <= set(found)
+    assert found["/layer_c1/combo_rom_0"].rom and not found["/layer_c1/act_mem"].rom
+
+
+@pytest.mark.parametrize("family", ["ecp5", "ice40"])
+def test_pipeline_estimate_equals_the_whole_design_counted_at_once(family):
+    rng = np.random.default_rng(1)
+    graph = residual_graph(rng)
+    cache = {}
+    for lanes in (1, 3):
+        design = zeroskip.compile(graph, lanes=lanes, chunk=4)
+        fast = resources.estimate(design.architecture, part(f"{family}-85k" if family == "ecp5"
+                                                          else "ice40-up5k"), cache)
+        whole = resources.component_resources(design.engine(), family)
+        assert fast.brams == whole.brams and fast.dsps == whole.dsps
+        # Engines at three lanes are extrapolated from one and two: logic within a few %.
+        assert abs(fast.luts - whole.luts) <= 0.03 * whole.luts
+        assert abs(fast.ffs - whole.ffs) <= 0.03 * whole.ffs
+
+
+def test_multipliers_are_one_dsp_each():
+    rng = np.random.default_rng(2)
+    design = zeroskip.compile(pooled_graph(rng), lanes=3)
+    counts = resources.component_resources(design.engine(), "ecp5")
+    # c1: 3 lanes + its requantizer; fc: 3 lanes + its requantizer.
+    assert counts.dsps == 8
+
+
+@pytest.mark.synth
+@pytest.mark.slow
+@pytest.mark.parametrize("target", ["ecp5-25k", "ice40-up5k"])
+def test_model_against_yosys(target, tmp_path):
+    from zeroskip.boards import synth
+
+    rng = np.random.default_rng(3)
+    design = zeroskip.compile(residual_graph(rng), lanes=2, chunk=4, layer_counters=False)
+    model = resources.estimate(design.architecture, part(target))
+    counts = synth.synthesize(design.verilog(), design.top, part(target).family)
+    measured = synth.resource_counts(counts.cells, part(target).family)
+    assert model.brams == measured["brams"] and model.dsps == measured["dsps"]
+    assert abs(model.luts - measured["luts"]) <= 0.15 * measured["luts"], (model, measured)
+    assert abs(model.ffs - measured["ffs"]) <= 0.2 * measured["ffs"], (model, measured)
+
+
+# --- target=PART ---------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def small():
+    rng = np.random.default_rng(4)
+    graph = pooled_graph(rng)
+    return graph, inputs(rng, graph, 8)
+
+
+def test_target_chooses_a_fitting_pipeline_and_says_what_bound_it(small, tmp_path):
+    graph, x = small
+    design = zeroskip.compile(graph, target="ecp5-85k", calibration=x)
+    choice = design.architecture.target_choice
+    assert design.architecture.name == "dataflow" and choice.part is PARTS["ecp5-85k"]
+    assert not choice.resources.over(PARTS["ecp5-85k"].capacity)
+    # Nothing on this part stops the fold but the fold itself.
+    assert choice.binding == "the fold: no layer gets faster with another multiplier"
+    # Every chunk was tried, as a pipeline and as one engine; the fastest that fits won.
+    fitting = [latency for _, _, _, fits, latency in choice.tried if fits]
+    assert {entry[1] for entry in choice.tried} == {8, 16, 32}
+    assert choice.latency_cycles == min(fitting)
+    report = design.report()
+    assert "target ecp5-85k: dataflow" in report and "bound by: the fold" in report
+    design.write(tmp_path / "b")
+    manifest = json.loads((tmp_path / "b" / "manifest.json").read_text())
+    assert manifest["target"]["part"] == "ecp5-85k"
+    assert manifest["target"]["estimated_resources"] == choice.resources.as_dict()
+    # The build loads back as the design it is (the choice's options are in the manifest).
+    assert Design.load(tmp_path / "b").verilog() == design.verilog()
+
+
+def test_target_respects_the_multiplier_cap(small):
+    graph, x = small
+    design = zeroskip.compile(graph, target="ecp5-85k", calibration=x, multipliers=3)
+    assert design.multipliers_used <= 3
+    assert design.architecture.target_choice.binding in (
+        "the multiplier cap of 3", "the fold: no layer gets faster with another multiplier")
+
+
+def test_target_falls_back_to_one_engine_where_a_pipeline_does_not_fit(small):
+    graph, x = small
+    design = zeroskip.compile(graph, target="ice40-hx8k", calibration=x, chunk=4)
+    choice = design.architecture.target_choice
+    assert not choice.resources.over(PARTS["ice40-hx8k"].capacity)
+    assert {entry[0] for entry in choice.tried} == {"dataflow", "sequential"}
+
+
+def test_target_without_calibration_warns_and_folds_on_the_weights(small):
+    graph, _ = small
+    with pytest.warns(ZeroskipWarning, match="target=PART without calibration inputs"):
+        design = zeroskip.compile(graph, target="ecp5-25k")
+    assert design.architecture.target_choice is not None
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"target": "ice40-up9k"}, "target: unknown part 'ice40-up9k'; known: ice40-up5k"),
+    ({"target": "ecp5-85k", "lanes": 2}, "chooses the architecture and the lanes itself"),
+    ({"target": "ecp5-85k", "architecture": "sequential"}, "chooses the architecture"),
+    ({"target": "ecp5-85k", "multipliers": 0}, "multipliers must be an integer"),
+])
+def test_target_refuses_what_it_cannot_honour(small, kwargs, message):
+    """Each kind of bad request in one message."""
+    graph, x = small
+    with pytest.raises(ZeroskipError, match=message):
+        zeroskip.compile(graph, calibration=x, **kwargs)
+
+
+def test_cli_compile_for_a_target(small, tmp_path):
+    from test_cli import zeroskip_command
+
+    graph, x = small
+    graph.save(tmp_path / "net.zsg")
+    np.save(tmp_path / "x.npy", x)
+    result = zeroskip_command("compile", tmp_path / "net.zsg", "-o", tmp_path / "b",
+                              "--target", "ecp5-25k", "--calibration", tmp_path / "x.npy")
+    assert result.returncode == 0, result.stderr
+    assert "target ecp5-25k:" in result.stdout and "bound by:" in result.stdout
+    manifest = json.loads((tmp_path / "b" / "manifest.json").read_text())
+    assert manifest["target"]["part"] == "ecp5-25k"
+    refused = zeroskip_command("compile", tmp_path / "net.zsg", "-o", tmp_path / "c",
+                               "--target", "ecp5-25k", "--lanes", "2")
+    assert refused.returncode == 2 and "give neither --lanes nor --sequential" in refused.stderr
+    assert not (tmp_path / "c").exists()

@@ -1,0 +1,170 @@
+"""``--target PART``: the fastest design that fits a part.
+
+:func:`choose_for_target` tries the pipeline at every chunk of :data:`CHUNKS` and every step of
+the greedy fold (:meth:`~.folding.Calibration.fold_steps`), keeping for each chunk the largest
+fold whose estimated resources (:mod:`.resources`) fit the part, and the sequential engine;
+among those that fit it takes the shortest estimated single-stream latency (:mod:`.latency` for
+the pipeline, the engine's own estimate for the sequential one). The result says what was
+chosen and what bound it: a resource of the part, the multiplier cap, or a fold that no longer
+shortens anything.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from .. import parts as parts_
+from ..errors import ZeroskipError
+from .folding import Calibration
+from .latency import pipeline_latency
+from .resources import Resources, estimate
+
+__all__ = ["CHUNKS", "TargetChoice", "choose_for_target"]
+
+#: The chunks the search tries (input channels a conv engine examines at once).
+CHUNKS = (8, 16, 32)
+
+
+@dataclass
+class TargetChoice:
+    """What ``--target`` chose, and why.
+
+    ``options`` are the keyword arguments of :func:`zeroskip.compile` that build the choice;
+    ``binding`` says what stopped it from being faster; ``tried`` lists every candidate
+    considered (architecture, chunk, multipliers, fits, latency)."""
+
+    part: object
+    architecture: str
+    options: dict
+    resources: Resources
+    latency_cycles: float
+    binding: str
+    tried: list = field(default_factory=list)
+
+    def to_dict(self):
+        """JSON-ready: the part, the estimates and what bound the choice."""
+        return {"part": self.part.name, "architecture": self.architecture,
+                "estimated_resources": self.resources.as_dict(),
+                "capacity": dict(self.part.capacity),
+                "estimated_latency_cycles": round(self.latency_cycles, 1),
+                "binding": self.binding,
+                "tried": [{"architecture": a, "chunk": c, "multipliers": m, "fits": f,
+                           "estimated_latency_cycles": None if lat is None or lat == math.inf
+                           else round(lat, 1)} for a, c, m, f, lat in self.tried]}
+
+    def lines(self):
+        """The report's lines about the choice."""
+        capacity = self.part.capacity
+        used = self.resources.as_dict()
+        usage = ", ".join(f"{used[key]:,} of {capacity[key]:,} {parts_.RESOURCES[key]}"
+                          for key in ("luts", "ffs", "brams", "dsps", "spram")
+                          if capacity.get(key) or used[key])
+        return [f"target {self.part.name}: {self.architecture}, chunk "
+                f"{self.options.get('chunk')}, estimated latency {self.latency_cycles:,.0f} "
+                f"cycles ({self.latency_cycles / self.part.default_mhz:,.1f} us at "
+                f"{self.part.default_mhz:g} MHz)",
+                f"  estimated resources: {usage}",
+                f"  bound by: {self.binding}"]
+
+
+def _pipeline_candidates(graph, part, calibration, multipliers, chunk, zero_skip, choose,
+                         counts):
+    """The largest fold at ``chunk`` that fits, by bisection over the fold's steps."""
+    steps = []
+    for lanes in Calibration(graph, calibration.x_int if calibration else None,
+                             chunk).fold_steps(zero_skip=zero_skip):
+        if multipliers is not None and sum(lanes.values()) > multipliers:
+            break
+        steps.append(lanes)
+    cache = {}
+
+    def build(index):
+        if index not in cache:
+            architecture = choose(graph, steps[index], zero_skip, chunk=chunk,
+                                  layer_counters=False)
+            cache[index] = (architecture, estimate(architecture, part, counts))
+        return cache[index]
+
+    def fits(index):
+        return not build(index)[1].over(part.capacity)
+
+    if not steps or not fits(0):
+        return None, (build(0) if steps else None)
+    low, high = 0, len(steps) - 1
+    while low < high:
+        middle = (low + high + 1) // 2
+        if fits(middle):
+            low = middle
+        else:
+            high = middle - 1
+    architecture, resources = build(low)
+    if low + 1 < len(steps):
+        over = build(low + 1)[1].over(part.capacity)
+        binding = ", ".join(f"{parts_.RESOURCES[key]} ({share:.0%} with one more multiplier)"
+                            for key, share in sorted(over.items(), key=lambda kv: -kv[1]))
+    elif multipliers is not None and sum(steps[-1].values()) == multipliers:
+        binding = f"the multiplier cap of {multipliers}"
+    else:
+        binding = "the fold: no layer gets faster with another multiplier"
+    return (architecture, resources, binding), None
+
+
+def choose_for_target(graph, part_name, calibration=None, *, multipliers=None, chunk=None,
+                      zero_skip=True, choose):
+    """The fastest design of ``graph`` that fits ``part_name`` (see the module doc).
+
+    ``calibration`` is a :class:`~.folding.Calibration` or None (then the folds see the
+    weights alone); ``choose`` is :func:`zeroskip.compiler.choose` (passed in: it calls this).
+    """
+    part = parts_.part(part_name, option="target")
+    chunks = (chunk,) if chunk is not None else CHUNKS
+    fitting, smallest = [], None
+    tried = []
+    counts = {}  # the engines' resource counts, shared by the candidates
+    for candidate_chunk in chunks:
+        found, failed = _pipeline_candidates(graph, part, calibration, multipliers,
+                                             candidate_chunk, zero_skip, choose, counts)
+        if found is None:
+            if failed is not None:
+                tried.append(("dataflow", candidate_chunk, failed[0].multipliers_used, False,
+                              None))
+                if smallest is None or failed[1].luts < smallest[1].luts:
+                    smallest = failed
+            continue
+        architecture, resources, binding = found
+        cycles = {e.name: e.cycles for e in Calibration(
+            graph, calibration.x_int if calibration is not None else None,
+            candidate_chunk).estimates(architecture.lanes, zero_skip=zero_skip)}
+        latency = pipeline_latency(architecture.layers, graph, cycles)
+        tried.append(("dataflow", candidate_chunk, architecture.multipliers_used, True, latency))
+        fitting.append((latency, architecture, resources, binding))
+    for candidate_chunk in chunks:
+        try:
+            architecture = choose(graph, 1, True, chunk=candidate_chunk,
+                                  architecture="sequential")
+        except ZeroskipError:
+            continue
+        resources = estimate(architecture, part)
+        over = resources.over(part.capacity)
+        latency = None
+        if not over and calibration is not None:
+            latency = architecture.estimate(calibration.x_int).interval_cycles
+        elif not over:
+            latency = math.inf
+        tried.append(("sequential", candidate_chunk, 1, not over, latency))
+        if not over:
+            fitting.append((latency, architecture, resources, "one multiplier (sequential)"))
+    if not fitting:
+        if smallest is None:
+            raise ZeroskipError(f"graph {graph.name!r}: no design fits {part.name}")
+        over = smallest[1].over(part.capacity)
+        raise ZeroskipError(
+            f"graph {graph.name!r} does not fit {part.name} with one lane per layer: "
+            + ", ".join(f"{parts_.RESOURCES[key]} {share:.0%} of the part"
+                        for key, share in over.items()))
+    latency, architecture, resources, binding = min(fitting, key=lambda entry: entry[0])
+    options = architecture.compile_options()
+    options.pop("multipliers", None)
+    options.pop("argmax", None)
+    return TargetChoice(part, architecture.name, options, resources, latency, binding, tried)
