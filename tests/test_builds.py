@@ -15,13 +15,14 @@ import signal
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 import zeroskip
 from zeroskip import build as builds
-from zeroskip import cli
+from zeroskip import cli, toolchain
 from zeroskip.boards import board as board_module
 from zeroskip.boards import pnr, synth
 from zeroskip.design import Design
@@ -453,3 +454,46 @@ def test_sigterm_during_synth_cleans_up(fresh, tmp_path):
     assert process.returncode == 128 + signal.SIGTERM, err
     assert err == "zeroskip: terminated\n"
     assert listing(tmp_path) == before
+
+
+# --- the cache ---------------------------------------------------------------------------------
+
+
+def test_cache_shows_its_size_and_clears(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    assert toolchain.cache_usage().bytes == 0
+    models = toolchain.verilator_cache_dir()
+    for build, runs in (("net-0123", 2), ("other-4567", 0)):
+        (models / build / "runs").mkdir(parents=True)
+        (models / build / "Vtop").write_bytes(b"\0" * 1000)
+        for index in range(runs):
+            (models / build / "runs" / f"fast-{index}").mkdir()
+            (models / build / "runs" / f"fast-{index}" / "sim.log").write_bytes(b"\0" * 500)
+    (models / ".net-0123.lock").write_text("")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "keep").write_text("mine")
+    (models / "link").symlink_to(outside)
+
+    code, out, _ = run(capsys, "cache", "--json", tmp_path / "cache.json")
+    assert code == 0
+    assert out == f"cache {tmp_path / 'cache' / 'zeroskip'}: 3.0 kB in 2 Verilator builds and " \
+                  "2 kept runs\n"
+    assert json.loads((tmp_path / "cache.json").read_text())["bytes"] == 3000
+
+    code, out, _ = run(capsys, "doctor", "--no-smoke")
+    assert f"cache {tmp_path / 'cache' / 'zeroskip'}: 3.0 kB in 2 Verilator builds" in out
+
+    code, out, _ = run(capsys, "cache", "--clear")
+    assert code == 0 and out.startswith("cleared cache ")
+    assert list((tmp_path / "cache" / "zeroskip").iterdir()) == []
+    assert (outside / "keep").read_text() == "mine"
+    code, out, _ = run(capsys, "cache")
+    assert out.endswith(": 0 bytes in 0 Verilator builds and 0 kept runs\n")
+
+
+def test_cache_directory_follows_xdg(monkeypatch, tmp_path):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    assert toolchain.verilator_cache_dir() == tmp_path / "zeroskip" / "verilator"
+    monkeypatch.setenv("XDG_CACHE_HOME", "relative/dir")  # ignored, as the XDG spec says
+    assert toolchain.cache_dir() == Path.home() / ".cache" / "zeroskip"

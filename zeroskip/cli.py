@@ -50,6 +50,18 @@ def _doctor(args):
     return toolchain.run_doctor(smoke=not args.no_smoke, json_path=args.json)
 
 
+def _cache(args):
+    from . import toolchain
+
+    _check_json_path(args.json)
+    usage = toolchain.clear_cache() if args.clear else toolchain.cache_usage()
+    print(f"{'cleared ' if args.clear else ''}cache {usage.describe()}")
+    if args.json:
+        _write_json({"path": str(usage.path), "bytes": usage.bytes, "builds": usage.builds,
+                     "runs": usage.runs, "cleared": args.clear}, args.json)
+    return 0
+
+
 def _demo(args):
     from . import binary_demo, demo
 
@@ -385,6 +397,16 @@ def build_parser():
     doctor.add_argument("--no-smoke", action="store_true", help="versions only, no smoke tests")
     doctor.add_argument("--json", metavar="PATH", help="also write the table as JSON")
     doctor.set_defaults(run=_doctor)
+
+    cache = commands.add_parser(
+        "cache", help="where the Verilator models are cached, and how much they take",
+        description="Show zeroskip's cache ($XDG_CACHE_HOME/zeroskip, or ~/.cache/zeroskip): "
+        "the Verilator models, built once per design and reused, and the run directories kept "
+        "(of failed runs, and of runs that dumped a waveform).")
+    cache.add_argument("--clear", action="store_true",
+                       help="empty it (models are built again when next needed)")
+    cache.add_argument("--json", metavar="PATH", help="also write the figures as JSON")
+    cache.set_defaults(run=_cache)
 
     demo = commands.add_parser("demo", help="the built-in digits flow, end to end")
     demo.add_argument("--binary", action="store_true",

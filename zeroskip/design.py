@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import tempfile
 from dataclasses import dataclass
 from functools import cached_property
@@ -24,6 +23,7 @@ from . import compiler, ir, reference
 from .build import (BUILD_FORMAT, GRAPH_FILE, MANIFEST_FILE, REPORT_FILE, digests,
                     open_build, write_build)
 from .errors import SimulationMismatch, ZeroskipError
+from .toolchain import verilator_cache_dir
 from .hdl.common import (batch_from_beats, batch_to_beats, decode_beats, encode_beats,
                          identifier)
 from .hdl.counters import NETWORK_COUNTER_NAMES
@@ -32,11 +32,6 @@ from .hdl.verilog import convert
 #: Harness capacities are rounded up to a power of two, at least this: batches of different
 #: sizes then share one Verilator build.
 MIN_HARNESS_CAPACITY = 512
-
-
-def _default_build_root():
-    cache = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(cache) / "zeroskip" / "verilator"
 
 
 @dataclass(frozen=True)
@@ -273,8 +268,8 @@ class Design:
             Compare every output and class with the golden model; a difference raises
             :class:`SimulationMismatch` naming the inference and the position.
         build_root : path, optional
-            Where Verilator models are cached (by content); ``$XDG_CACHE_HOME/zeroskip/verilator``
-            by default.
+            Where Verilator models are cached (by content);
+            :func:`zeroskip.toolchain.verilator_cache_dir` by default.
         progress : callable, optional
             ``progress(done, total)`` inferences, called while the simulation runs.
         """
@@ -310,7 +305,7 @@ class Design:
                 verilog + convert(harness, top), top,
                 encode_beats(batch_to_beats(x_int), self.in_act), signs,
                 (in_beats, outputs),
-                build_root=build_root or _default_build_root(),
+                build_root=build_root or verilator_cache_dir(),
                 idle_probability=idle_probability,
                 backpressure_probability=backpressure_probability, seed=seed,
                 timeout_cycles=self._cycle_budget(batch, idle_probability,
