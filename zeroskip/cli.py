@@ -386,8 +386,6 @@ def _run_on_board(args):
 
 
 def build_parser():
-    from .boards.synth import TARGETS
-
     parser = argparse.ArgumentParser(
         prog="zeroskip", description="Pruned, quantized PyTorch networks to Verilog engines "
         "that skip zero weights and zero activations at run time.")
@@ -504,6 +502,14 @@ def build_parser():
     run.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     run.set_defaults(run=_run_on_board)
 
+    _add_fpga_commands(commands)
+    return parser
+
+
+def _add_fpga_commands(commands):
+    """``synth`` and ``build-board``."""
+    from .boards.synth import TARGETS
+
     synth = commands.add_parser(
         "synth", help="synthesize, place and route a build for an FPGA part: resources, fmax",
         description="Synthesize (Yosys) and place and route (nextpnr) a build's accelerator "
@@ -536,7 +542,6 @@ def build_parser():
     board.add_argument("--baud", type=int, default=115200, metavar="N",
                        help="UART bit rate (default 115200)")
     board.set_defaults(run=_build_board)
-    return parser
 
 
 @contextlib.contextmanager
