@@ -22,8 +22,8 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
-import tempfile
 import time
 import warnings
 from dataclasses import asdict, dataclass
@@ -34,11 +34,12 @@ from amaranth.hdl import UnusedElaboratable
 from amaranth.lib import io, wiring
 from amaranth.lib.cdc import ResetSynchronizer
 
-from ..errors import ZeroskipError
+from ..build import replace_directory, scratch_directory
+from ..errors import ToolchainError, ZeroskipError
 from ..toolchain import yowasp_executable
 from . import get_board
 from .pll import CLOCK_TOLERANCE
-from .pnr import parse_report
+from .pnr import last_error, parse_report
 from .uart import clocks_per_bit
 
 #: In ``board-<board>/``: nextpnr's timing and utilisation report, and the build's record.
@@ -261,6 +262,8 @@ def build_board(design, build, board, *, clock_mhz=None, baud=115200, log=None):
         Bad input (unknown board, unreachable clock, baud too fast for the clock).
     BoardBuildError
         The design does not fit the FPGA, or misses timing at the clock.
+    zeroskip.errors.ToolchainError
+        A tool of the build failed; the message names it and the logs.
     """
     spec, requested = check_board_options(board, clock_mhz, baud)
     top = spec.top(design, clock_mhz=requested, baud=baud)
@@ -274,23 +277,20 @@ def build_board(design, build, board, *, clock_mhz=None, baud=115200, log=None):
     build = Path(build)
     final, failed = board_directory(build, board), build / f"board-{board}.failed"
     started = time.monotonic()
-    work = Path(tempfile.mkdtemp(prefix=f".board-{board}-", dir=build))
+    work = scratch_directory(build, f".board-{board}-")
     try:
-        work.chmod(0o777 & ~_umask())  # mkdtemp makes it private; the result is not
         plan.extract(work)
         if log:
             log(f"{spec.title}: synthesis, place and route at {top.pll.f_out:.3f} MHz")
-        with open(work / "build.log", "w") as output:
-            status = subprocess.run(["sh", f"build_{name}.sh"], cwd=work, env=env, check=False,
-                                    stdin=subprocess.DEVNULL, stdout=output,
-                                    stderr=subprocess.STDOUT).returncode
+        status = _run_script(work, name, env)
         seconds = time.monotonic() - started
         problem = _build_problem(work, name, spec, status, top.pll.f_out)
         if problem is not None:
+            error, message = problem
             _remove_products(work, name)
             _remove_intermediates(work, name)
-            _replace(work, failed)
-            raise BoardBuildError(f"{spec.title}: {problem} (logs in {failed})")
+            replace_directory(work, failed)
+            raise error(f"{spec.title}: {message} (logs in {failed})")
         report = json.loads((work / REPORT_FILE).read_text())
         bitstream = work / f"{name}.{spec.bitstream_suffix}"
         data = bitstream.read_bytes()
@@ -304,17 +304,26 @@ def build_board(design, build, board, *, clock_mhz=None, baud=115200, log=None):
                   "bitstream": bitstream.name}
         (work / BOARD_FILE).write_text(json.dumps(record, indent=2) + "\n")
         _remove_intermediates(work, name)
-        _replace(work, final)
+        replace_directory(work, final)
         shutil.rmtree(failed, ignore_errors=True)
         return result
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def _umask():
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+def _run_script(work, name, env):
+    """Run amaranth's build script in ``work`` (output in ``build.log``): its exit status. In
+    a session of its own, so that an interruption stops the tools it started too."""
+    with open(work / "build.log", "w") as output:
+        process = subprocess.Popen(["sh", f"build_{name}.sh"], cwd=work, env=env,
+                                   stdin=subprocess.DEVNULL, stdout=output,
+                                   stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            return process.wait()
+        except BaseException:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+            raise
 
 
 def _tool_variable(tool):
@@ -322,13 +331,6 @@ def _tool_variable(tool):
     from amaranth._toolchain import tool_env_var
 
     return tool_env_var(tool)
-
-
-def _replace(work, target):
-    """Move the finished ``work`` directory to ``target``, replacing what was there."""
-    if target.exists():
-        shutil.rmtree(target)
-    work.rename(target)
 
 
 def _remove_products(work, name):
@@ -348,32 +350,44 @@ _UTILISATION = re.compile(r"^Info:\s+(\w+):\s+(\d+)/\s*(\d+)\s+\d+%", re.MULTILI
 
 
 def _build_problem(work, name, spec, status, clock_mhz):
-    """A one-line reason the build failed, or None when it gave a bitstream meeting timing."""
+    """Why the build gave no bitstream meeting timing, as ``(error class, one line)``, or None.
+
+    :class:`BoardBuildError` when the design does not fit or misses timing, ToolchainError
+    when a tool failed (naming the step).
+    """
     pnr_log = work / f"{name}.tim"
     pnr_text = pnr_log.read_text(errors="replace") if pnr_log.is_file() else ""
     over = [(cell, int(used), int(available))
             for cell, used, available in _UTILISATION.findall(pnr_text)
             if int(used) > int(available)]
     if over:
-        return "does not fit: " + ", ".join(
+        return BoardBuildError, "does not fit: " + ", ".join(
             f"{cell} {used} of {available} ({used - available} over, "
             f"{100 * used / available:.0f}%)" for cell, used, available in over)
     if status != 0 or not (work / REPORT_FILE).is_file():
-        return f"the build failed: {_last_error(work)}"
+        return ToolchainError, _failed_step(work, name, spec, status)
     fmax = _fmax(json.loads((work / REPORT_FILE).read_text()), clock_mhz)
     if fmax < clock_mhz:
-        return (f"misses timing: fmax {fmax:.2f} MHz < clock {clock_mhz:.3f} MHz "
-                f"({100 * (clock_mhz - fmax) / clock_mhz:.0f}% short)")
+        return BoardBuildError, (f"misses timing: fmax {fmax:.2f} MHz < clock {clock_mhz:.3f} "
+                                 f"MHz ({100 * (clock_mhz - fmax) / clock_mhz:.0f}% short)")
     if not (work / f"{name}.{spec.bitstream_suffix}").is_file():
-        return f"the build gave no {name}.{spec.bitstream_suffix}"
+        return ToolchainError, f"{spec.tools[2][0]} gave no {name}.{spec.bitstream_suffix}"
     return None
 
 
-def _last_error(work):
-    text = (work / "build.log").read_text(errors="replace")
-    errors = [line.strip() for line in text.splitlines() if "ERROR" in line.upper()]
-    lines = errors or [line.strip() for line in text.splitlines() if line.strip()]
-    return lines[-1] if lines else "no output"
+def _failed_step(work, name, spec, status):
+    """One line: which tool of the build script failed (the first whose product is missing)
+    and its last error."""
+    (yosys, _), (nextpnr, _), (packer, _) = spec.tools
+    if not (work / f"{name}.json").is_file():
+        step, log = yosys, f"{name}.rpt"
+    elif not (work / REPORT_FILE).is_file():
+        step, log = nextpnr, f"{name}.tim"
+    else:
+        step, log = packer, "build.log"
+    text = "".join((work / file).read_text(errors="replace")
+                   for file in dict.fromkeys((log, "build.log")) if (work / file).is_file())
+    return f"{step} failed (exit status {status}): {last_error(text)}"
 
 
 def _fmax(report, clock_mhz):

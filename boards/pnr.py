@@ -65,7 +65,8 @@ def run_tool(command, workdir, timeout, what):
     started = time.perf_counter()
     try:
         result = subprocess.run([str(part) for part in command], check=False, cwd=workdir,
-                                capture_output=True, text=True, timeout=timeout)
+                                capture_output=True, text=True, errors="replace",
+                                timeout=timeout)
     except subprocess.TimeoutExpired:
         raise ToolchainError(f"{Path(command[0]).name} took more than {timeout} s on "
                              f"{what}") from None
@@ -95,12 +96,18 @@ def clock_fmax(fmax):
     return round(min(fmax.values()), 2) if fmax else None
 
 
-def _last_error(log_text):
-    errors = [line.strip() for line in log_text.splitlines() if line.startswith("ERROR")]
-    if errors:
-        return errors[-1]
-    lines = [line.strip() for line in log_text.splitlines() if line.strip()]
-    return lines[-1] if lines else "no output"
+#: The longest tool message quoted in an error (the rest is in the log).
+MESSAGE_CHARACTERS = 300
+
+
+def last_error(text):
+    """One line from a tool's log and output: its last ``ERROR`` line, or else its last line
+    (the exception of a Python traceback), shortened to :data:`MESSAGE_CHARACTERS`."""
+    lines = [" ".join(line.split()) for line in text.splitlines()]
+    errors = [line for line in lines if line.startswith("ERROR")]
+    lines = errors or [line for line in lines if line]
+    line = lines[-1] if lines else "no output"
+    return line if len(line) <= MESSAGE_CHARACTERS else line[:MESSAGE_CHARACTERS - 3] + "..."
 
 
 def is_no_fit(error):
@@ -121,11 +128,11 @@ def place_and_route(workdir, family, device_args, netlist, freq_mhz, *, seed=1, 
                "--log", "nextpnr.log", "-q"]
     result, seconds, cpu_seconds = run_tool(command, workdir, timeout, str(netlist))
     log_path = workdir / "nextpnr.log"
-    log_text = log_path.read_text() if log_path.is_file() else ""
+    log_text = log_path.read_text(errors="replace") if log_path.is_file() else ""
     report_path = workdir / "nextpnr-report.json"
     if result.returncode != 0 or not report_path.is_file():
         return PnrResult(ok=False, seconds=seconds, cpu_seconds=cpu_seconds,
-                         error=_last_error(log_text + result.stdout + result.stderr))
+                         error=last_error(log_text + result.stdout + result.stderr))
     fmax, constraint, utilization = parse_report(json.loads(report_path.read_text()))
     return PnrResult(ok=True, fmax_mhz=fmax, constraint_mhz=constraint,
                      utilization=utilization, seconds=seconds, cpu_seconds=cpu_seconds)

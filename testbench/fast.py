@@ -23,9 +23,11 @@ inferences done and the total) and dump a waveform (``waves="vcd"`` or ``"fst"``
 :attr:`FastResult.waves_path`).
 
 Builds go through :func:`zeroskip.testbench.runner.build_model` (its cache, waivers and make
-fixes). A run writes ``job.json`` and ``inputs.npz`` into a fresh run directory, runs the cocotb
-test module :mod:`zeroskip.testbench.fast_test`, which writes ``result.json`` and
-``outputs.npz`` back, and returns a :class:`FastResult`. With progress reporting, the simulator
+fixes). A run writes ``job.json`` and ``inputs.npz`` into a fresh run directory under the
+model's ``runs/``, runs the cocotb test module :mod:`zeroskip.testbench.fast_test`, which writes
+``result.json`` and ``outputs.npz`` back, and returns a :class:`FastResult`. The run directory is
+removed after a successful run; one that failed (the error names it) or dumped a waveform keeps
+it. With progress reporting, the simulator
 runs in a worker thread while the calling thread polls ``progress.json``, which the test module
 rewrites after every slice of the run, and leaves a ``cancel`` file to stop the run early if the
 callback raises or the caller is interrupted.
@@ -36,6 +38,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
 import sys
 import tempfile
 import threading
@@ -99,8 +102,9 @@ class FastResult:
         Wall-clock time from ``start`` to ``done`` alone, as measured inside the simulation.
     build_seconds : float
         Time spent compiling the model for this call (0.0 when a build was reused).
-    run_dir : pathlib.Path
-        The run's directory (job and result files, ``sim.log``).
+    run_dir : pathlib.Path or None
+        The run's directory (job and result files, ``sim.log``, the waveform), kept when a
+        waveform was asked for; None when the run succeeded without one (it was removed).
     waves_path : pathlib.Path or None
         The waveform the run dumped (``waves.vcd`` or ``waves.fst`` in ``run_dir``), or None if
         none was asked for.
@@ -114,7 +118,7 @@ class FastResult:
     seconds: float
     simulation_seconds: float
     build_seconds: float
-    run_dir: Path
+    run_dir: Path | None
     waves_path: Path | None = None
 
     @property
@@ -249,7 +253,13 @@ def fast_simulate(
         else:
             _simulate_reporting_progress(simulate, run_dir, job["inferences"], progress)
     seconds = time.monotonic() - started
-    return _read_result(model, run_dir, outputs, seconds, waves_path)
+    result = _read_result(model, run_dir, outputs, seconds, waves_path)
+    if waves_path is None:
+        # Nothing in it is wanted after a successful run; a failed one keeps it (the error
+        # names it), and so does one that dumped a waveform.
+        shutil.rmtree(run_dir, ignore_errors=True)
+        result = dataclasses.replace(result, run_dir=None)
+    return result
 
 
 def _checked_job(inputs, outputs, input_beats_per_inference, output_beats_per_inference,

@@ -21,7 +21,8 @@ keeps two processes from compiling the same model at the same time).
 
 Runs. :func:`run` writes the job into a fresh run directory (``job.json`` and ``beats.npz``), runs
 the cocotb test module :mod:`zeroskip.testbench.stream_test` on the model, which writes
-``result.json`` and ``outputs.npz`` back there, and returns a :class:`StreamResult`. A scoreboard
+``result.json`` and ``outputs.npz`` back there, and returns a :class:`StreamResult`. The run
+directory is removed after a successful run without a waveform; a failure names it. A scoreboard
 mismatch, a protocol violation or a timeout raises :class:`SimulationError` naming the stream
 and the beat.
 """
@@ -202,8 +203,9 @@ class StreamResult:
         output beat taken: a streaming design with latency L moves N beats in N + L cycles.
     counters : dict of str to int
         Final value of every ``counters__<name>`` port, keyed by ``<name>``.
-    run_dir : pathlib.Path
-        The run's directory (job and result files, ``sim.log``, the waveform).
+    run_dir : pathlib.Path or None
+        The run's directory (job and result files, ``sim.log``, the waveform); None when
+        :func:`run` made it and removed it after the run succeeded without a waveform.
     waves : pathlib.Path or None
         The waveform file, if the job asked for one.
     seconds : float
@@ -213,7 +215,7 @@ class StreamResult:
     outputs: dict[str, np.ndarray]
     cycles: int
     counters: dict[str, int]
-    run_dir: Path
+    run_dir: Path | None
     waves: Path | None
     seconds: float
 
@@ -328,7 +330,8 @@ def run(
         Every stream of the design must appear in it, inputs in ``inputs`` and outputs in
         ``outputs``.
     run_dir : path-like, optional
-        Where to put the run's files; by default a fresh directory under ``model.build_dir/runs``.
+        Where to put the run's files; by default a fresh directory under ``model.build_dir/runs``,
+        removed after a successful run without a waveform.
 
     Returns
     -------
@@ -343,7 +346,8 @@ def run(
         If the run fails; the message names the stream and beat, or says what timed out.
     """
     _check_job(model, job)
-    if run_dir is None:
+    made_here = run_dir is None
+    if made_here:
         runs = model.build_dir / "runs"
         runs.mkdir(exist_ok=True)
         run_dir = Path(tempfile.mkdtemp(prefix="run-", dir=runs))
@@ -374,6 +378,10 @@ def run(
         raise SimulationError(f"{model.top}: {result['failure']} ({where})", run_dir)
     with np.load(run_dir / _OUTPUTS_FILE) as outputs:
         beats = {name: outputs[name] for name in job.outputs}
+    if made_here and waves_path is None:
+        # A run directory of ours is wanted only after a failure or with a waveform.
+        shutil.rmtree(run_dir, ignore_errors=True)
+        run_dir = None
     return StreamResult(
         outputs=beats,
         cycles=result["cycles"],

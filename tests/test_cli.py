@@ -234,16 +234,23 @@ def test_sim_refuses_inputs_of_the_wrong_shape_before_building(build_dir, tmp_pa
 def test_sim_checks_the_rtl_and_records_its_numbers(build_dir, small_graph_file, tmp_path):
     x = np.load(small_graph_file.parent / "x.npy")
     np.save(tmp_path / "y.npy", np.arange(len(x)) % 3)
+    # A sim.json that is a link out of the build: replaced, its target untouched.
+    (tmp_path / "precious").write_text("mine")
+    (build_dir / "sim.json").symlink_to(tmp_path / "precious")
     result = zeroskip_command("sim", build_dir, "--inputs", small_graph_file.parent / "x.npy",
                               "--labels", tmp_path / "y.npy", "--idle", "0.2",
-                              "--backpressure", "0.2", "--outputs", tmp_path / "out.npy",
+                              "--backpressure", "0.2", "--outputs", tmp_path / "out",
                               "--json", tmp_path / "sim.json")
     assert result.returncode == 0, result.stderr
+    assert (tmp_path / "precious").read_text() == "mine"
+    assert not (build_dir / "sim.json").is_symlink()
+    assert json.loads((build_dir / "sim.json").read_text())["inferences"] == len(x)
     summary = json.loads((tmp_path / "sim.json").read_text())
     assert summary["bit_exact"] == summary["inferences"] == len(x)
     assert summary["interval_cycles"] > 0 and summary["latency_cycles"] > 0
     graph = zeroskip.load(small_graph_file)
-    np.testing.assert_array_equal(np.load(tmp_path / "out.npy"),
+    # Written to exactly the path given (np.save would have made it out.npy).
+    np.testing.assert_array_equal(np.load(tmp_path / "out"),
                                   zeroskip.reference.run(graph, graph.quantize_input(x)))
     assert "bit-exact vs golden model" in result.stdout
     report = zeroskip_command("report", build_dir)

@@ -47,3 +47,33 @@ def test_table_and_json_carry_the_same_numbers(digits_demo, tmp_path):
     loaded = json.loads((tmp_path / "demo.json").read_text())
     assert loaded["golden_accuracy"] == result.golden_accuracy
     assert loaded["settings"]["sparsity"] == 0.9
+
+
+def test_the_same_table_whatever_the_thread_count():
+    """Trained at the demo's width, a net's float sums (and so its pruned, quantized weights)
+    follow the thread count unless the demo pins it: on 2 threads and on 1 this setting gave
+    different effective MACs before it did."""
+    import torch
+
+    settings = demo.DemoSettings(float_epochs=2, prune_epochs=1, qat_epochs=1, hardware=False)
+    threads = torch.get_num_threads()
+    runs = []
+    try:
+        for count in (2, 1):
+            torch.set_num_threads(count)
+            result, graph = demo.run(settings)
+            assert torch.get_num_threads() == count  # put back after the run
+            runs.append((result, graph))
+    finally:
+        torch.set_num_threads(threads)
+    (first, first_graph), (second, second_graph) = runs
+
+    def table(result):
+        return [line for line in result.format_table().splitlines()
+                if not line.startswith("time")]
+
+    assert table(first) == table(second)
+    assert first.effective_macs == second.effective_macs
+    for node, again in zip(first_graph.nodes, second_graph.nodes, strict=True):
+        if hasattr(node, "weight"):
+            np.testing.assert_array_equal(node.weight, again.weight)

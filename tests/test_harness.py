@@ -209,12 +209,20 @@ def test_passthrough_latency_is_one_register(verilator_build_root):
     assert (stalled.outputs["o_stream"] == beats[:15]).all()
     assert (stalled.latencies >= beats_per_inference + 1).all()
 
-    with pytest.raises(SimulationError, match="did not rise within 10 cycles"):
+    # A successful run leaves no run directory behind; a failed one keeps it and names it.
+    runs = verilator_build_root.glob("passthrough_harness-*/runs/*")
+    assert result.run_dir is None and stalled.run_dir is None and not list(runs)
+    with pytest.raises(SimulationError, match="did not rise within 10 cycles") as timeout:
         fast_simulate(text, "passthrough_harness", beats, {"o_stream": True}, spec,
                       build_root=verilator_build_root, timeout_cycles=10)
-    with pytest.raises(SimulationError, match="holds at most 8"):
+    with pytest.raises(SimulationError, match="holds at most 8") as overflow:
         fast_simulate(text, "passthrough_harness", np.zeros(9 * beats_per_inference, int),
                       {"o_stream": True}, spec, build_root=verilator_build_root)
+    kept = sorted(verilator_build_root.glob("passthrough_harness-*/runs/*"))
+    assert kept == sorted([timeout.value.run_dir, overflow.value.run_dir])
+    assert all(f"run directory {path}" in str(error.value)
+               for path, error in zip((timeout.value.run_dir, overflow.value.run_dir),
+                                      (timeout, overflow)))
 
 
 @pytest.mark.verilator

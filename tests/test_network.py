@@ -2,6 +2,7 @@
 decisions and refusals, build directories, and Verilator co-simulation of whole graphs."""
 # amaranth: UnusedElaboratable=no
 
+import hashlib
 import json
 
 import numpy as np
@@ -317,6 +318,11 @@ def test_build_directory_is_deterministic_complete_and_loads_back(tmp_path):
     loaded = Design.load(tmp_path / "a")
     assert loaded.verilog() == first.read_text() and loaded.lanes == manifest["lanes"]
     first.write_text(first.read_text().replace("module", "module ", 1))
+    with pytest.raises(ZeroskipError, match="differs from the one manifest.json was written"):
+        Design.load(tmp_path / "a")
+    # With its hash updated too, the edit is found by compiling the graph again.
+    manifest["files"][first.name] = hashlib.sha256(first.read_bytes()).hexdigest()
+    (tmp_path / "a" / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(ZeroskipError, match="differs from what graph.zsg and manifest.json"):
         Design.load(tmp_path / "a")
     with pytest.raises(ZeroskipError, match="is not a zeroskip build directory"):

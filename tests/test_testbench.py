@@ -285,7 +285,10 @@ def passthrough_job(beats, **settings):
 @pytest.mark.verilator
 def test_passthrough_under_idle_and_backpressure(passthrough):
     beats = np.random.default_rng(0).integers(0, 256, 300)
+    kept = sorted((passthrough.build_dir / "runs").glob("*"))
     result = runner.run(passthrough, passthrough_job(beats, seed=7, **SHAKEN))
+    # The run's directory went with its success (failed runs keep theirs: see below).
+    assert result.run_dir is None and sorted((passthrough.build_dir / "runs").glob("*")) == kept
     np.testing.assert_array_equal(result.outputs["o_stream"], beats)
     assert result.outputs["o_stream"].dtype == np.int64
     # Each side stalls about a third of the cycles: well over the 301 of a free-running run.

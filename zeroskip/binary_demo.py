@@ -17,7 +17,8 @@ from pathlib import Path
 import numpy as np
 
 from . import reference
-from .demo import CALIBRATION_IMAGES, DemoResult, accuracy, digits_data, run_hardware
+from .demo import (CALIBRATION_IMAGES, DemoResult, accuracy, deterministic_torch, digits_data,
+                   run_hardware)
 
 
 @dataclass(frozen=True)
@@ -84,29 +85,22 @@ def train_binary(net, x, y, settings):
 def run(settings=BinaryDemoSettings()):
     """Train, calibrate and export the binary digits net; ``(result, graph, net)``.
 
-    Training runs on one thread: the float sums then come out the same on any machine (the
-    trained net depends on the thread count otherwise), and this small net trains faster on one
-    thread than on two busy ones.
+    Pinned as the int8 demo is (:func:`zeroskip.demo.deterministic_torch`: one thread,
+    deterministic algorithms, the seed), so the net does not depend on the thread count.
     """
-    import torch
-
     from .frontend.binary import binarize
 
-    torch.manual_seed(settings.seed)
     x_train, y_train, x_test, y_test = digits_data()
-    net = binarize(binary_digits_cnn(settings.channels), x_train[:8], x_train)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with deterministic_torch(settings.seed):
+        net = binarize(binary_digits_cnn(settings.channels), x_train[:8], x_train)
         start = time.perf_counter()
         train_binary(net, x_train, y_train, settings)
         train_seconds = time.perf_counter() - start
-    finally:
-        torch.set_num_threads(threads)
-    net.calibrate(x_train)
-    graph = net.to_graph("binary-digits")
+        net.calibrate(x_train)
+        graph = net.to_graph("binary-digits")
+        forward = net.forward_int(x_test).numpy()
     golden = reference.run(graph, graph.quantize_input(x_test.numpy()))
-    agreeing = int(np.all(net.forward_int(x_test).numpy() == golden, axis=1).sum())
+    agreeing = int(np.all(forward == golden, axis=1).sum())
     result = BinaryDemoResult(accuracy=accuracy(golden.argmax(axis=1), y_test.numpy()),
                               agreeing_images=agreeing, test_images=len(x_test),
                               train_seconds=train_seconds)

@@ -10,7 +10,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import signal
 import sys
+import threading
 import warnings
 from pathlib import Path
 
@@ -18,7 +20,8 @@ from .errors import SimulationMismatch, ZeroskipError, ZeroskipWarning
 
 EXIT_BAD_INPUT = 2
 EXIT_MISMATCH = 1  # the RTL disagreed with the golden model
-EXIT_NO_FIT = 1  # `zeroskip synth`: the design does not fit the part (or nextpnr failed)
+EXIT_NO_FIT = 1  # `zeroskip synth`: the design does not fit the part
+EXIT_TERMINATED = 128 + 15  # SIGTERM, as a shell reports a process it ended
 
 #: Multiplier budget of ``--lanes auto`` when ``--multipliers`` is not given.
 DEFAULT_MULTIPLIERS = 16
@@ -26,7 +29,18 @@ DEFAULT_MULTIPLIERS = 16
 
 def _write_json(data, path):
     _check_json_path(path)
-    Path(path).write_text(json.dumps(data, indent=2) + "\n")
+    _write_output(path, (json.dumps(data, indent=2) + "\n").encode(), "--json")
+
+
+def _write_output(path, data, option):
+    """Write an output file the user named, aside and renamed into place."""
+    from .build import write_result
+
+    path = Path(path)
+    try:
+        write_result(path.parent, path.name, data)
+    except ZeroskipError as error:
+        raise ZeroskipError(f"{option}: {error}") from None
 
 
 def _doctor(args):
@@ -34,6 +48,18 @@ def _doctor(args):
 
     _check_json_path(args.json)
     return toolchain.run_doctor(smoke=not args.no_smoke, json_path=args.json)
+
+
+def _cache(args):
+    from . import toolchain
+
+    _check_json_path(args.json)
+    usage = toolchain.clear_cache() if args.clear else toolchain.cache_usage()
+    print(f"{'cleared ' if args.clear else ''}cache {usage.describe()}")
+    if args.json:
+        _write_json({"path": str(usage.path), "bytes": usage.bytes, "builds": usage.builds,
+                     "runs": usage.runs, "cleared": args.clear}, args.json)
+    return 0
 
 
 def _demo(args):
@@ -80,10 +106,10 @@ def _demo(args):
 def _check_json_path(path):
     """Refuse a --json path that cannot be written (its directory missing, or a directory
     itself) before any work, not after it."""
-    if path and not Path(path).parent.is_dir():
-        raise ZeroskipError(f"--json: directory {str(Path(path).parent)!r} does not exist")
-    if path and Path(path).is_dir():
-        raise ZeroskipError(f"--json: {str(path)!r} is a directory, not a file path")
+    from .build import check_output_path
+
+    if path is not None:
+        check_output_path(path, "--json")
 
 
 def _load_array(path, option):
@@ -156,6 +182,7 @@ def _probability_argument(text):
 
 
 def _compile(args):
+    from .build import check_build_target
     from .design import compile as compile_graph
     from .ir import load
 
@@ -163,9 +190,10 @@ def _compile(args):
     graph = load(args.graph)
     calibration = _load_inputs(args.calibration, graph, "--calibration") \
         if args.calibration else None
+    if not args.output:
+        raise ZeroskipError("-o: the build directory's path is empty")
     output = Path(args.output)
-    if output.exists() and not output.is_dir():
-        raise ZeroskipError(f"-o: {str(output)!r} exists and is not a directory")
+    check_build_target(output)  # before the compile's work, not after it
     if args.target is not None:
         if args.lanes != 1 or args.sequential:
             raise ZeroskipError("--target chooses the architecture and the lanes itself: give "
@@ -192,14 +220,20 @@ def _compile(args):
 
 
 def _sim(args):
+    import io
+
     import numpy as np
 
-    _check_json_path(args.json)
+    from .build import SIM_FILE, check_output_path, open_build
     from .design import Design
     from .simulation import SimulationSummary
     from .testbench.fast import ProgressBar
 
-    design = Design.load(args.build)
+    _check_json_path(args.json)
+    if args.outputs is not None:
+        check_output_path(args.outputs, "--outputs")  # before the simulation, not after it
+    build = open_build(args.build)
+    design = Design.from_build(build)
     x_int = _load_inputs(args.inputs, design.graph, "--inputs")
     labels = None
     if args.labels:
@@ -209,31 +243,42 @@ def _sim(args):
                              waves=args.waves, progress=ProgressBar(sys.stderr))
     summary = SimulationSummary.of(design, x_int, result, labels)
     print(summary.format_table())
-    Path(args.build, "sim.json").write_text(json.dumps(summary.to_dict(), indent=2) + "\n")
+    if result.waves is not None:
+        print(f"waveform: {result.waves} (kept in the cache; `zeroskip cache --clear` "
+              "removes it)")
+    build.write_result(SIM_FILE, summary.to_dict())
     if args.outputs:
-        np.save(args.outputs, result.outputs)
+        saved = io.BytesIO()
+        np.save(saved, result.outputs)
+        _write_output(args.outputs, saved.getvalue(), "--outputs")
     if args.json:
         _write_json(summary.to_dict(), args.json)
     return 0
 
 
 def _report(args):
+    from .build import REPORT_FILE, SIM_FILE, open_build
     from .design import Design
 
     _check_json_path(args.json)
-    design = Design.load(args.build)  # checks the build is whole and consistent
-    report = {"design": json.loads(Path(args.build, "manifest.json").read_text())}
+    build = open_build(args.build)
+    Design.from_build(build)  # the Verilog is what the graph and the options compile to
+    report = {"design": build.manifest}
     # The report written at compile time carries the folding's estimates (they need the
     # calibration inputs, which the build does not keep).
-    saved = Path(args.build, "report.txt")
-    text = saved.read_text() if saved.is_file() else design.report()
-    measured = Path(args.build, "sim.json")
-    if measured.is_file():
+    text = build.read_text(REPORT_FILE)
+    measured = build.read_result(SIM_FILE)
+    if measured is not None:
         from .simulation import SimulationSummary
 
-        summary = SimulationSummary.from_dict(json.loads(measured.read_text()))
+        try:
+            summary = SimulationSummary.from_dict(measured)
+            table = summary.format_table()
+        except (TypeError, ValueError, KeyError, AttributeError) as error:
+            raise ZeroskipError(f"{SIM_FILE} in {str(build.path)!r} is not what `zeroskip sim` "
+                                f"writes: {' '.join(str(error).split())}") from None
         report["simulation"] = summary.to_dict()
-        text += "\nlast co-simulation (sim.json):\n" + summary.format_table() + "\n"
+        text += f"\nlast co-simulation ({SIM_FILE}):\n" + table + "\n"
     print(text, end="")
     if args.json:
         _write_json(report, args.json)
@@ -351,8 +396,6 @@ def _run_on_board(args):
 
 
 def build_parser():
-    from .boards.synth import TARGETS
-
     parser = argparse.ArgumentParser(
         prog="zeroskip", description="Pruned, quantized PyTorch networks to Verilog engines "
         "that skip zero weights and zero activations at run time.")
@@ -362,6 +405,16 @@ def build_parser():
     doctor.add_argument("--no-smoke", action="store_true", help="versions only, no smoke tests")
     doctor.add_argument("--json", metavar="PATH", help="also write the table as JSON")
     doctor.set_defaults(run=_doctor)
+
+    cache = commands.add_parser(
+        "cache", help="where the Verilator models are cached, and how much they take",
+        description="Show zeroskip's cache ($XDG_CACHE_HOME/zeroskip, or ~/.cache/zeroskip): "
+        "the Verilator models, built once per design and reused, and the run directories kept "
+        "(of failed runs, and of runs that dumped a waveform).")
+    cache.add_argument("--clear", action="store_true",
+                       help="empty it (models are built again when next needed)")
+    cache.add_argument("--json", metavar="PATH", help="also write the figures as JSON")
+    cache.set_defaults(run=_cache)
 
     demo = commands.add_parser("demo", help="the built-in digits flow, end to end")
     demo.add_argument("--binary", action="store_true",
@@ -465,11 +518,20 @@ def build_parser():
     run.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     run.set_defaults(run=_run_on_board)
 
+    _add_fpga_commands(commands)
+    return parser
+
+
+def _add_fpga_commands(commands):
+    """``synth`` and ``build-board``."""
+    from .boards.synth import TARGETS
+
     synth = commands.add_parser(
         "synth", help="synthesize, place and route a build for an FPGA part: resources, fmax",
         description="Synthesize (Yosys) and place and route (nextpnr) a build's accelerator "
         "alone, inside a three-pin wrapper, for one part; writes BUILD/synth-<target>.json and "
-        "keeps the logs in BUILD/synth-<target>/. Exits 1 when the design does not fit.")
+        "keeps the logs in BUILD/synth-<target>/. Exits 1 when the design does not fit; a tool "
+        "that fails is one line and exit 2, its logs in BUILD/synth-<target>.failed/.")
     synth.add_argument("build", help="a build directory written by `zeroskip compile`")
     synth.add_argument("--target", required=True, metavar="PART",
                        help=f"the FPGA part: {', '.join(TARGETS)}")
@@ -485,7 +547,8 @@ def build_parser():
         "from PyPI): the build's network behind the board's FTDI UART, clocked by the FPGA's "
         "PLL. Writes BUILD/board-<board>/ (bitstream, logs, nextpnr's timing report, "
         "board.json). Exits 1, leaving no bitstream, when the design does not fit or misses "
-        "timing at the clock.")
+        "timing at the clock; a tool that fails is one line and exit 2. Either way the logs "
+        "are in BUILD/board-<board>.failed/.")
     board.add_argument("build", help="a build directory written by `zeroskip compile`")
     board.add_argument("--board", required=True, metavar="BOARD",
                        help="icebreaker (iCE40UP5K) or ulx3s (ECP5 LFE5U-85F)")
@@ -495,7 +558,6 @@ def build_parser():
     board.add_argument("--baud", type=int, default=115200, metavar="N",
                        help="UART bit rate (default 115200)")
     board.set_defaults(run=_build_board)
-    return parser
 
 
 @contextlib.contextmanager
@@ -516,6 +578,29 @@ def _warnings_as_lines():
         yield
 
 
+class Terminated(BaseException):
+    """SIGTERM arrived: raised in the main thread so that every ``finally`` and ``with`` on the
+    way out runs (temporary directories go, tools started are stopped)."""
+
+
+def _terminate(signum, frame):
+    raise Terminated
+
+
+@contextlib.contextmanager
+def _terminated_as_exception():
+    """While the command runs, SIGTERM raises :class:`Terminated` (in the main thread only:
+    elsewhere signal handlers cannot be set, and the default stays)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def main(argv=None):
     args = build_parser().parse_args(argv)
     if args.command == "compile":
@@ -523,8 +608,11 @@ def main(argv=None):
         if args.multipliers is None:
             args.multipliers = DEFAULT_MULTIPLIERS
     try:
-        with _warnings_as_lines():
+        with _terminated_as_exception(), _warnings_as_lines():
             return args.run(args)
+    except Terminated:
+        print("zeroskip: terminated", file=sys.stderr)
+        return EXIT_TERMINATED
     except SimulationMismatch as error:
         print(f"zeroskip: mismatch: {error}", file=sys.stderr)
         return EXIT_MISMATCH

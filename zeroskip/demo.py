@@ -1,13 +1,15 @@
 """The built-in demo: a small CNN on scikit-learn's 8x8 digits, pruned, int8-trained, exported.
 
-Everything is local (scikit-learn ships the data set) and seeded: the same run gives the same
-numbers. The flow is float training -> global magnitude pruning (element-wise) with a float
-fine-tune -> post-training calibration -> int8 quantization-aware fine-tune -> export to the IR,
-then the golden integer model measures accuracy and work.
+Everything is local (scikit-learn ships the data set) and pinned (:func:`deterministic_torch`:
+one thread, deterministic algorithms, seeds): the same run gives the same numbers whatever the
+machine's thread count. The flow is float training -> global magnitude pruning (element-wise)
+with a float fine-tune -> post-training calibration -> int8 quantization-aware fine-tune ->
+export to the IR, then the golden integer model measures accuracy and work.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from dataclasses import asdict, dataclass
@@ -19,6 +21,29 @@ from . import reference
 
 TEST_IMAGES = 360
 SPLIT_SEED = 0
+
+
+@contextlib.contextmanager
+def deterministic_torch(seed):
+    """Within: PyTorch on one thread, with deterministic algorithms only, seeded with ``seed``;
+    the thread count and the algorithm setting are put back after.
+
+    A float sum's order follows the thread count (each thread sums its share), so a net
+    trained on 2 threads differs from one trained on 1 in the last bits, and pruning and
+    quantization turn those bits into different weights: the demo's tables then moved from
+    machine to machine. This small net also trains faster on one thread than on two busy ones.
+    """
+    import torch
+
+    threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    torch.set_num_threads(1)
+    torch.use_deterministic_algorithms(True)
+    torch.manual_seed(seed)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+        torch.use_deterministic_algorithms(deterministic)
 
 
 def digits_data():
@@ -254,23 +279,24 @@ def run(settings=DemoSettings(), out_dir=None, *, build_root=None, progress=None
     from .analysis import stats
 
     started = time.perf_counter()
-    torch.manual_seed(settings.seed)
     x_train, y_train, x_test, y_test = digits_data()
-    model = train(digits_cnn(settings.width), x_train, y_train, settings.float_epochs, 3e-3,
-                  settings.seed + 1)
-    with torch.no_grad():
-        float_accuracy = accuracy(model(x_test).argmax(1), y_test)
-    prune(model, settings.sparsity, granularity="element", criterion="magnitude",
-          scope="global")
-    train(model, x_train, y_train, settings.prune_epochs, 1e-3, settings.seed + 2)
-    remove_reparametrization(model)
-    net = prepare(model, x_train[:8], calibration=x_train)
-    train(net, x_train, y_train, settings.qat_epochs, 3e-4, settings.seed + 3)
-    graph = export(net, x_train[:8], name="digits")
+    with deterministic_torch(settings.seed):
+        model = train(digits_cnn(settings.width), x_train, y_train, settings.float_epochs, 3e-3,
+                      settings.seed + 1)
+        with torch.no_grad():
+            float_accuracy = accuracy(model(x_test).argmax(1), y_test)
+        prune(model, settings.sparsity, granularity="element", criterion="magnitude",
+              scope="global")
+        train(model, x_train, y_train, settings.prune_epochs, 1e-3, settings.seed + 2)
+        remove_reparametrization(model)
+        net = prepare(model, x_train[:8], calibration=x_train)
+        train(net, x_train, y_train, settings.qat_epochs, 3e-4, settings.seed + 3)
+        graph = export(net, x_train[:8], name="digits")
+        qat_forward = net.forward_int(x_test).numpy()
 
     x_int = graph.quantize_input(x_test.numpy())
     golden = reference.run(graph, x_int)
-    qat_matches = int(np.sum(np.all(net.forward_int(x_test).numpy() == golden, axis=1)))
+    qat_matches = int(np.sum(np.all(qat_forward == golden, axis=1)))
     summary = stats(graph, x_int)
     if out_dir is not None:
         Path(out_dir).mkdir(parents=True, exist_ok=True)

@@ -10,10 +10,8 @@ output against the golden model.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
-import os
 import tempfile
 from dataclasses import dataclass
 from functools import cached_property
@@ -22,8 +20,10 @@ from pathlib import Path
 import numpy as np
 
 from . import compiler, ir, reference
-from .build import GRAPH_FILE, MANIFEST_FILE, REPORT_FILE, read_manifest, write_files
+from .build import (BUILD_FORMAT, GRAPH_FILE, MANIFEST_FILE, REPORT_FILE, digests,
+                    open_build, write_build)
 from .errors import SimulationMismatch, ZeroskipError
+from .toolchain import verilator_cache_dir
 from .hdl.common import (batch_from_beats, batch_to_beats, decode_beats, encode_beats,
                          identifier)
 from .hdl.counters import NETWORK_COUNTER_NAMES
@@ -32,11 +32,6 @@ from .hdl.verilog import convert
 #: Harness capacities are rounded up to a power of two, at least this: batches of different
 #: sizes then share one Verilator build.
 MIN_HARNESS_CAPACITY = 512
-
-
-def _default_build_root():
-    cache = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(cache) / "zeroskip" / "verilator"
 
 
 @dataclass(frozen=True)
@@ -130,8 +125,8 @@ class Design:
 
     # --- build directory ---------------------------------------------------------------------
 
-    def manifest(self):
-        """What the build directory holds, as JSON-ready data."""
+    def _layer_entries(self):
+        """The manifest's ``layers``: per layer its shapes, lanes, weights and estimates."""
         layers = []
         estimates = {e.name: e for e in self.estimates or ()}
         for spec in self.layers:
@@ -153,24 +148,38 @@ class Design:
                                  dense_macs=round(estimate.dense_pairs),
                                  bound=estimate.bound)
             layers.append(entry)
+        return layers
+
+    @cached_property
+    def _build_files(self):
+        """The build directory's files but the manifest: name -> bytes."""
+        with tempfile.TemporaryDirectory() as scratch:
+            graph_path = Path(scratch) / GRAPH_FILE
+            self.graph.save(graph_path)
+            graph = graph_path.read_bytes()
+        return {f"{self.top}.v": self.verilog().encode(), REPORT_FILE: self.report().encode(),
+                GRAPH_FILE: graph}
+
+    def manifest(self):
+        """What the build directory holds, as JSON-ready data; ``files`` maps every other
+        file of the build to its SHA-256."""
         ports = {"i_stream": _act_json(self.in_act), "o_stream": _act_json(self.out_act)}
         if self.has_class:
             ports["o_stream_class"] = {"classes": self.out_shape[0]}
         return {
-            "zeroskip_build": 1, "top": self.top, "verilog": f"{self.top}.v",
-            "verilog_sha256": hashlib.sha256(self.verilog().encode()).hexdigest(),
+            "zeroskip_build": BUILD_FORMAT, "top": self.top, "verilog": f"{self.top}.v",
+            "files": digests(self._build_files),
             "graph": self.graph.name, "graph_file": GRAPH_FILE,
             "in_shape": list(self.in_shape), "out_shape": list(self.out_shape),
             "stream_order": "HWC", "ports": ports,
             **self.architecture.manifest_options(),
-            "layers": layers, "network_counters": list(NETWORK_COUNTER_NAMES),
+            "layers": self._layer_entries(), "network_counters": list(NETWORK_COUNTER_NAMES),
             **({"target": self.architecture.target_choice.to_dict()}
                if self.architecture.target_choice is not None else {}),
         }
 
     def report(self):
         """A readable table of the layers, their lanes, work and estimated cycles."""
-        manifest = self.manifest()
         lines = [f"{self.top}: {self.graph.name}, {self.architecture.summary()}, "
                  f"chunk {self.chunk}",
                  f"input {tuple(self.in_shape)} {_act_text(self.in_act)} -> output "
@@ -178,7 +187,7 @@ class Design:
                  + (" + argmax class" if self.has_class else ""), ""]
         header = ("layer", "op", "in -> out", "lanes", "nonzero w", "est cycles", "bound")
         rows = []
-        for entry in manifest["layers"]:
+        for entry in self._layer_entries():
             shapes = f"{'x'.join(map(str, entry['in_shape']))} -> " \
                      f"{'x'.join(map(str, entry['out_shape']))}"
             weights = f"{entry['nonzero_weights']}/{entry['weights']}" if "weights" in entry \
@@ -202,38 +211,43 @@ class Design:
     def write(self, directory):
         """Write the build directory: ``<top>.v``, ``manifest.json``, ``report.txt``, the graph.
 
-        Everything is generated before anything is written, and each file is written aside and
-        renamed into place, so a failure never leaves half a build. Returns the Verilog path.
+        All or nothing (:func:`zeroskip.build.write_build`): everything is generated, written
+        into a temporary sibling and renamed into place. ``directory`` must be absent, empty or
+        a zeroskip build (replaced whole). Returns the Verilog's path.
         """
-        directory = Path(directory)
-        files = {f"{self.top}.v": self.verilog().encode(),
-                 MANIFEST_FILE: (json.dumps(self.manifest(), indent=2, sort_keys=True)
-                                 + "\n").encode(),
-                 REPORT_FILE: self.report().encode()}
-        with tempfile.TemporaryDirectory() as scratch:
-            graph_path = Path(scratch) / GRAPH_FILE
-            self.graph.save(graph_path)
-            files[GRAPH_FILE] = graph_path.read_bytes()
-        write_files(directory, files)
+        files = dict(self._build_files)
+        files[MANIFEST_FILE] = (json.dumps(self.manifest(), indent=2, sort_keys=True)
+                                + "\n").encode()
+        directory = write_build(directory, files)
         return directory / f"{self.top}.v"
 
     @classmethod
     def load(cls, directory):
-        """The design a build directory was written from (compiled again, checked identical)."""
-        directory = Path(directory)
-        manifest, _ = read_manifest(directory, "lanes", "zero_skip", "chunk", "multipliers")
-        graph = ir.load(directory / GRAPH_FILE)
+        """The design a build directory was written from: its files checked
+        (:func:`zeroskip.build.open_build`), compiled again and checked identical."""
+        return cls.from_build(open_build(directory))
+
+    @classmethod
+    def from_build(cls, build):
+        """The design of a checked :class:`zeroskip.build.Build`, compiled again from its graph
+        and options; its Verilog must be the build's, byte for byte."""
+        manifest = build.manifest
+        where = repr(str(build.path / MANIFEST_FILE))
         name = manifest.get("architecture", compiler.Pipeline.name)
         kind = compiler.ARCHITECTURES.get(name) if isinstance(name, str) else None
         if kind is None:
-            raise ZeroskipError(f"{str(directory / MANIFEST_FILE)!r} names an unknown "
-                                f"architecture {name!r}")
-        design = compile(graph, **kind.options_from_manifest(manifest))
-        verilog_path = directory / manifest.get("verilog", f"{design.top}.v")
-        if not verilog_path.is_file() or verilog_path.read_text() != design.verilog():
-            raise ZeroskipError(f"{str(verilog_path)!r} is missing or differs from what "
-                                f"{GRAPH_FILE} and {MANIFEST_FILE} compile to; run `zeroskip "
-                                "compile` again")
+            raise ZeroskipError(f"{where} names an unknown architecture {name!r}")
+        try:
+            options = kind.options_from_manifest(manifest)
+        except (KeyError, TypeError, ValueError) as error:
+            raise ZeroskipError(f"{where} is not a zeroskip manifest: "
+                                f"{type(error).__name__} {error}") from None
+        design = compile(ir.load(build.graph_path), **options)
+        verilog = design.verilog().encode()
+        if build.top != design.top or build.verilog_path.stat().st_size != len(verilog) or \
+                build.verilog_path.read_bytes() != verilog:
+            raise ZeroskipError(f"{str(build.verilog_path)!r} differs from what {GRAPH_FILE} "
+                                f"and {MANIFEST_FILE} compile to; run `zeroskip compile` again")
         return design
 
     # --- co-simulation -----------------------------------------------------------------------
@@ -259,8 +273,8 @@ class Design:
             Compare every output and class with the golden model; a difference raises
             :class:`SimulationMismatch` naming the inference and the position.
         build_root : path, optional
-            Where Verilator models are cached (by content); ``$XDG_CACHE_HOME/zeroskip/verilator``
-            by default.
+            Where Verilator models are cached (by content);
+            :func:`zeroskip.toolchain.verilator_cache_dir` by default.
         progress : callable, optional
             ``progress(done, total)`` inferences, called while the simulation runs.
         """
@@ -296,13 +310,15 @@ class Design:
                 verilog + convert(harness, top), top,
                 encode_beats(batch_to_beats(x_int), self.in_act), signs,
                 (in_beats, outputs),
-                build_root=build_root or _default_build_root(),
+                build_root=build_root or verilator_cache_dir(),
                 idle_probability=idle_probability,
                 backpressure_probability=backpressure_probability, seed=seed,
                 timeout_cycles=self._cycle_budget(batch, idle_probability,
                                                   backpressure_probability), **options)
-        except runner.SimulationError as error:
-            raise ZeroskipError(f"co-simulation of {self.top!r} failed: {error}") from None
+        except (runner.SimulationError, runner.BuildError) as error:
+            # One line: the rest (the end of a log) is in the file the first line names.
+            first = str(error).splitlines()[0] if str(error) else type(error).__name__
+            raise ZeroskipError(f"co-simulation of {self.top!r} failed: {first}") from None
         y = batch_from_beats(decode_beats(result.outputs["o_stream"], self.out_act),
                              self.out_shape)
         classes = result.outputs["o_stream_class"] if self.has_class else None

@@ -104,7 +104,8 @@ class Limits:
     directory_bytes : int
         The zip's central directory (one entry per member).
     json_bytes : int
-        ``graph.json`` inflated.
+        ``graph.json`` inflated; also a build directory's ``manifest.json`` and ``sim.json``
+        (:mod:`zeroskip.build`).
     tensor_bytes : int
         Every tensor member read, inflated, together (members the JSON never names are skipped).
     nodes : int

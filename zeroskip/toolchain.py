@@ -19,6 +19,7 @@ what ``zeroskip doctor`` and ``python -m zeroskip.toolchain`` show.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib.metadata
 import importlib.util
@@ -587,6 +588,84 @@ TOOL_NAMES: tuple[str, ...] = tuple(_CHECKS)
 
 
 # ---------------------------------------------------------------------------------------------
+# The cache
+
+
+def cache_dir() -> Path:
+    """zeroskip's cache: ``$XDG_CACHE_HOME/zeroskip``, or ``~/.cache/zeroskip`` (an
+    ``XDG_CACHE_HOME`` that is not an absolute path is ignored, as the XDG spec says)."""
+    base = os.environ.get("XDG_CACHE_HOME", "")
+    return (Path(base) if os.path.isabs(base) else Path.home() / ".cache") / "zeroskip"
+
+
+def verilator_cache_dir() -> Path:
+    """Where Verilator models are cached by content (one directory per model, with a ``runs``
+    directory holding the runs kept: failed ones and those that dumped a waveform)."""
+    return cache_dir() / "verilator"
+
+
+@dataclasses.dataclass(frozen=True)
+class CacheUsage:
+    """What the cache holds: ``bytes`` on disk (file sizes, links not followed), the Verilator
+    ``builds`` and the ``runs`` kept in them."""
+
+    path: Path
+    bytes: int
+    builds: int
+    runs: int
+
+    def describe(self) -> str:
+        """One line: where, how much, how many builds and kept runs."""
+        return (f"{self.path}: {_size_text(self.bytes)} in {self.builds} Verilator build"
+                f"{'' if self.builds == 1 else 's'} and {self.runs} kept run"
+                f"{'' if self.runs == 1 else 's'}")
+
+
+def _size_text(count: int) -> str:
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if count >= scale:
+            return f"{count / scale:.1f} {unit}"
+    return f"{count} bytes"
+
+
+def cache_usage() -> CacheUsage:
+    """Measure :func:`cache_dir` (an absent cache is empty)."""
+    root = cache_dir()
+    total = 0
+    for folder, _, files in os.walk(root):
+        for name in files:
+            with contextlib.suppress(OSError):  # a file removed while we walk
+                total += os.lstat(os.path.join(folder, name)).st_size
+    models = verilator_cache_dir()
+    builds = [path for path in _entries(models) if path.is_dir() and not path.is_symlink()]
+    runs = sum(len(_entries(build / "runs")) for build in builds)
+    return CacheUsage(root, total, len(builds), runs)
+
+
+def _entries(folder: Path) -> list[Path]:
+    try:
+        return list(folder.iterdir())
+    except OSError:  # absent, or not a directory
+        return []
+
+
+def clear_cache() -> CacheUsage:
+    """Empty :func:`cache_dir` (itself is kept; a link to it is not followed further) and
+    return what it held. A simulation running meanwhile loses its model and fails."""
+    usage = cache_usage()
+    for entry in _entries(usage.path):
+        try:
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
+        except OSError as error:
+            raise ZeroskipError(f"cannot clear the cache: {str(entry)!r}: "
+                                f"{error.strerror or error}") from None
+    return usage
+
+
+# ---------------------------------------------------------------------------------------------
 # Checking and reporting
 
 
@@ -673,7 +752,7 @@ def run_doctor(
     smoke: bool = True,
     json_path: str | os.PathLike[str] | None = None,
 ) -> int:
-    """Check every tool, print an aligned table and return an exit status.
+    """Check every tool, print an aligned table and the cache's size; return an exit status.
 
     Parameters
     ----------
@@ -699,6 +778,7 @@ def run_doctor(
         )
     statuses = check_tools(smoke=smoke)
     print(_format_table(statuses), file=out)
+    print(f"\ncache {cache_usage().describe()} (`zeroskip cache --clear` empties it)", file=out)
     failed = [status.name for status in statuses if not status.ok]
     if failed:
         summary = f"{len(failed)} of {len(statuses)} tools failed: {', '.join(failed)}."
