@@ -83,6 +83,12 @@ _BLOCKS = {
 _LUTRAM = {"ecp5": ((4, 16), 4, 4)}
 
 
+#: Cost units Yosys adds to a RAM mapping (block or LUT RAM) of a RAM for its ports (fitted:
+#: it keeps an 8x9 RAM and a 20x7 one in logic on iCE40, where one or two 64-unit blocks
+#: would do).
+RAM_PORT_EMULATION = 12
+
+
 @dataclass(frozen=True)
 class MemoryMapping:
     """How one memory maps: block RAMs, LUT4 sites of LUT RAM, flip-flops of logic."""
@@ -106,17 +112,19 @@ def map_memory(memory, family):
     ports_per_block = 2 if family == "ecp5" and memory.rom else 1
     copies = math.ceil(max(memory.read_ports, 1) / ports_per_block)
     # As logic: a ROM becomes LUTs (a sixteenth of a cost unit a bit), a RAM flip-flops. On a
-    # tie Yosys keeps logic, and takes a block RAM before LUT RAM (which a registered read
-    # costs flip-flops beside).
+    # tie Yosys keeps logic, and takes a block RAM before LUT RAM.
     options = [(memory.bits / 16, MemoryMapping()) if memory.rom else
                (memory.bits, MemoryMapping(ffs=memory.bits))]
     blocks = _fit(memory.width, memory.depth, geometries) * copies
-    options.append((blocks * block_cost, MemoryMapping(brams=blocks)))
+    # A RAM's ports cost Yosys's emulation score besides its primitives (about six points at
+    # two units each: the read port beside the write port, its transparency).
+    emulation = 0 if memory.rom else RAM_PORT_EMULATION
+    options.append((blocks * block_cost + emulation, MemoryMapping(brams=blocks)))
     if family in _LUTRAM:
         (w, d), cost, sites = _LUTRAM[family]
         count = math.ceil(memory.width / w) * math.ceil(memory.depth / d) * \
             max(memory.read_ports, 1)
-        options.append((count * cost, MemoryMapping(lutram_sites=count * sites)))
+        options.append((count * cost + emulation, MemoryMapping(lutram_sites=count * sites)))
     return min(options, key=lambda option: option[0])[1]
 
 
@@ -181,7 +189,7 @@ def netlist_features(component, fragment=None):
         if not hasattr(cell, "module_idx"):
             continue
         module = ".".join(netlist.modules[cell.module_idx].name)
-        found = _cell_bits(cell)
+        found = _cell_bits(cell, netlist)
         counts = features.setdefault(module, {})
         for kind, bits in zip(found[::2], found[1::2]):
             if kind:
@@ -197,8 +205,9 @@ _KINDS = {"+": "add", "-": "add", "u<": "compare", "u>": "compare", "u<=": "comp
           "<<": "shift", ">>": "shift", "u>>": "shift", "s>>": "shift", "*": "multiply"}
 
 
-def _significant(value):
-    """Bits of a netlist value without its sign extension and its top zeros."""
+def _significant(value, netlist):
+    """Bits of a netlist value without its sign extension and its top zeros (a right shift by
+    a constant drops as many)."""
     from amaranth.hdl import _nir
 
     if value.is_const:
@@ -207,6 +216,11 @@ def _significant(value):
     width = len(nets)
     while width > 1 and (nets[width - 1] == nets[width - 2] or nets[width - 1] == zero):
         width -= 1
+    source = netlist.cells[nets[0].cell] if not nets[0].is_const else None
+    if type(source).__name__ == "Operator" and source.operator in ("s>>", "u>>") and \
+            source.inputs[1].is_const and all(net.cell == nets[0].cell for net in nets[:width]):
+        width = min(width, max(_significant(source.inputs[0], netlist) -
+                               _constant(source.inputs[1]), 1))
     return width
 
 
@@ -217,7 +231,7 @@ def _constant(value):
     return sum(1 << index for index, net in enumerate(value) if net == one)
 
 
-def _multiply(a, b):
+def _multiply(a, b, netlist):
     """A multiply as Yosys maps it: by a constant power of two a shift, else a DSP block once
     both operands have two bits or more (``mul2dsp``), as many blocks as it takes 18x18 ones
     (ECP5: ``dsp``) or 16x16 ones with a product of 11 bits or more (iCE40: ``dsp16``)."""
@@ -226,7 +240,7 @@ def _multiply(a, b):
             constant = _constant(value)
             if constant & (constant - 1) == 0:
                 return "shift", len(a) + len(b)
-    wa, wb = _significant(a), _significant(b)
+    wa, wb = _significant(a, netlist), _significant(b, netlist)
     if min(wa, wb) < 2:
         return "gate", wa + wb
     ecp5 = math.ceil(wa / 18) * math.ceil(wb / 18)
@@ -234,13 +248,13 @@ def _multiply(a, b):
     return "dsp", ecp5, "dsp16", ice40, "dsp_bits", wa * wb
 
 
-def _cell_bits(cell):
+def _cell_bits(cell, netlist):
     name = type(cell).__name__
     if name == "Operator":
         kind = _KINDS.get(cell.operator, "gate")
         width = max((len(value) for value in cell.inputs), default=cell.width)
         if kind == "multiply":
-            return _multiply(*cell.inputs)
+            return _multiply(*cell.inputs, netlist)
         return kind, width
     if name == "FlipFlop":
         return "ff", len(cell.data)
@@ -260,7 +274,9 @@ LOGIC_MODEL = {
     "ecp5": {"luts": {"add": 0.1777, "compare": 1.1639, "equal": 0.7511, "mux": 1.4873,
                       "reduce": 3.9146, "shift": 0.5145, "part": 4.6509, "rom_logic": 0.0461},
              "ffs": {"ff": 0.9562}},
-    "ice40": {"luts": {}, "ffs": {"ff": 0.85}},
+    "ice40": {"luts": {"add": 0.1586, "mux": 2.4069, "gate": 0.0909, "rom_logic": 0.1898,
+                       "ram_logic": 2.3425},
+              "ffs": {"ff": 0.9591, "ram_logic": 1.1341}},
 }
 
 
