@@ -27,6 +27,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from amaranth.hdl import Value
 from amaranth.sim import Simulator
 
 from zeroskip.hdl.common import COUNTER_NAMES
@@ -282,3 +283,253 @@ def rtl_network(design, x, stall_probability, *, timeout=20_000):
     simulate(dut, producer, sink, class_sink)
     outputs = decode_beats(np.array(received["outputs"], np.int64), graph.acts[graph.output])
     return batch_from_beats(outputs, out_shape), received["classes"]
+
+
+# --- reset in the middle of an inference ---------------------------------------------------------
+
+#: Where :func:`run_reset` puts the reset: among the inputs of the interrupted inference, after
+#: them while the engine works (outputs held back), or among its outputs.
+RESET_PHASES = ("input", "compute", "output")
+
+
+@dataclass(frozen=True)
+class ResetRun:
+    """What :func:`run_reset` saw from the reset on.
+
+    Attributes
+    ----------
+    received : list of list
+        Each sink's beats after the reset, in ``sinks`` order.
+    counters : dict or None
+        ``dut.counters`` once every sink had its beats, if ``dut`` has a flat counters port.
+    reset_cycle : int
+        The cycle the reset began.
+    moved : tuple of int
+        Beats each source took and each sink gave before the reset (``sources`` then
+        ``sinks``): where in the inference the reset came.
+    """
+
+    received: list
+    counters: dict | None
+    reset_cycle: int
+    moved: tuple
+
+
+class _Port:
+    """One stream of :func:`run_reset`: a source's beats before and after the reset, or a
+    sink's counts of them, and how far the current epoch has gone."""
+
+    def __init__(self, stream, before, after, rng, *, sink):
+        self.stream, self.before, self.after, self.rng, self.sink = \
+            stream, before, after, rng, sink
+        self.restart(before)
+
+    def restart(self, beats):
+        """Begin an epoch: nothing on offer; a source sends ``beats``, a sink collects."""
+        self.done = 0         # beats taken (a source) or given (a sink)
+        self.offered = None   # a source's beat on offer, or a sink's refused payload
+        self.beats = [] if self.sink else list(beats)
+
+
+def _rams(fragment):
+    """Every memory with a write port in the hierarchy of ``fragment`` (its ROMs left out).
+
+    MemoryInstance keeps its contents and ports in private attributes; this reads them only
+    to fill RAMs with garbage."""
+    from amaranth.hdl import MemoryInstance
+
+    if isinstance(fragment, MemoryInstance) and fragment._write_ports:
+        yield fragment._data
+    for subfragment, _, _ in fragment.subfragments:
+        yield from _rams(subfragment)
+
+
+class _ResetHarness:
+    """``dut`` with its sync domain's reset driven by ``rst``, elaborated once so that its RAMs
+    can be reached."""
+
+    def __init__(self, dut):
+        from amaranth.hdl import Elaboratable, Fragment, Module, ResetInserter, Signal
+
+        harness = self
+
+        class Top(Elaboratable):
+            def elaborate(self, platform):
+                m = Module()
+                m.submodules.dut = ResetInserter({"sync": harness.rst})(dut)
+                return m
+
+        self.rst = Signal()
+        self.fragment = Fragment.get(Top(), None)
+        self.rams = list(_rams(self.fragment))
+
+
+def _phase_reached(phase, sources, sinks, stalled, point):
+    """Whether the interrupted epoch has gone far enough for a reset in ``phase``: ``point``
+    beats (a fraction of 1) of the first source's, or the first sink's; ``stalled``: the sources
+    took no beat for a while."""
+    def part(total):
+        return min(max(round(point * total), 1), max(total - 1, 1))
+
+    if phase == "input":
+        return sources[0].done >= part(len(sources[0].before))
+    if phase == "compute":
+        return stalled or all(source.done == len(source.before) for source in sources)
+    return sinks[0].done >= part(sinks[0].before)
+
+
+def run_reset(dut, sources, sinks, *, phase, seed, stalls=0.3, reset_cycles=1, drain=64,
+              compute_cycles=8, timeout=20_000):
+    """Interrupt inferences with a reset, then run more: the beats that come out after it.
+
+    Parameters
+    ----------
+    dut : wiring.Component
+    sources : list of (stream, before, after)
+        An input stream, the beats of the inference(s) the reset interrupts, and those sent
+        after it.
+    sinks : list of (stream, before, after)
+        An output stream, the number of beats the interrupted inference(s) would give, and the
+        number expected after the reset.
+    phase : str
+        One of :data:`RESET_PHASES`: the reset comes once a part (10 to 90 %, drawn) of the first
+        source's ``before`` beats are taken; or, with every sink holding ``ready`` low, 1 to ``compute_cycles``
+        cycles after the last of them is taken (or after the sources stall for
+        ``compute_cycles``: an engine whose input waits for its output); or once a part of the
+        first sink's ``before`` beats are given.
+    seed : int
+    stalls : float
+        Probability of an idle input cycle and of a cycle without ``ready``, per stream.
+    reset_cycles : int
+        Cycles ``rst`` is held high; the streams are idle meanwhile. Every RAM of ``dut`` is
+        filled with random garbage as the reset begins (ROMs keep their contents).
+    drain : int
+        Cycles, after the last expected beat, in which no sink may give another one.
+
+    Returns
+    -------
+    ResetRun
+
+    Raises
+    ------
+    AssertionError
+        A stream rule broken on an output, a beat too many, or no progress for ``timeout``
+        cycles.
+    """
+    if phase not in RESET_PHASES:
+        raise ValueError(f"phase must be one of {RESET_PHASES}, got {phase!r}")
+    harness = _ResetHarness(dut)
+    rng = np.random.default_rng(seed)
+    rngs = [np.random.default_rng(child) for child in
+            np.random.SeedSequence(seed).spawn(len(sources) + len(sinks))]
+    srcs = [_Port(stream, before, after, rngs[i], sink=False)
+            for i, (stream, before, after) in enumerate(sources)]
+    snks = [_Port(stream, before, after, rngs[len(sources) + i], sink=True)
+            for i, (stream, before, after) in enumerate(sinks)]
+    result = {}
+    extra_delay = int(rng.integers(1, compute_cycles + 1))
+    point = float(rng.uniform(0.1, 0.9))
+
+    async def testbench(ctx):
+        epoch, idle, reset_cycle, delay = "before", 0, None, extra_delay
+        cycle = 0
+        while True:
+            if epoch == "before" and _phase_reached(phase, srcs, snks, idle > compute_cycles,
+                                                      point):
+                if phase != "compute" or delay == 0:
+                    epoch, reset_cycle = "reset", cycle
+                    result["moved"] = tuple(port.done for port in (*srcs, *snks))
+                delay -= 1
+            if epoch == "reset":
+                await _reset(ctx, harness, srcs, snks, rng, reset_cycles)
+                for port in (*srcs, *snks):
+                    port.restart(port.after)
+                epoch, idle = "after", 0
+            hold_outputs = epoch == "before" and phase == "compute"
+            progress = await _cycle(ctx, srcs, snks, stalls, hold_outputs)
+            cycle += 1
+            idle = 0 if progress else idle + 1
+            assert idle < timeout, f"no progress for {timeout} cycles ({epoch} the reset)"
+            if epoch == "after" and all(len(s.beats) >= s.after for s in snks):
+                break
+        await _drain(ctx, srcs, snks, drain)
+        result["received"] = [sink.beats for sink in snks]
+        result["counters"] = ({name: ctx.get(getattr(dut.counters, name))
+                               for name in COUNTER_NAMES}
+                              if _flat_counters(dut) else None)
+        result["reset_cycle"] = reset_cycle
+
+    sim = Simulator(harness.fragment)
+    sim.add_clock(CLOCK_PERIOD)
+    sim.add_testbench(testbench)
+    sim.run()
+    return ResetRun(**result)
+
+
+def _flat_counters(dut):
+    counters = getattr(dut, "counters", None)
+    return counters is not None and all(hasattr(counters, name) for name in COUNTER_NAMES)
+
+
+async def _reset(ctx, harness, sources, sinks, rng, cycles):
+    """``rst`` high for ``cycles`` cycles, the streams idle, every RAM filled with garbage."""
+    for port in sources:
+        ctx.set(port.stream.valid, 0)
+    for port in sinks:
+        ctx.set(port.stream.ready, 0)
+    for data in harness.rams:
+        for address in range(data.depth):
+            row = Value.cast(data[address])  # a struct row's bits
+            ctx.set(row, int(rng.integers(0, 1 << len(row))) if row.shape().signed is False
+                    else int(rng.integers(-(1 << len(row) - 1), 1 << len(row) - 1)))
+    ctx.set(harness.rst, 1)
+    for _ in range(cycles):
+        await ctx.tick()
+    ctx.set(harness.rst, 0)
+
+
+async def _cycle(ctx, sources, sinks, stalls, hold_outputs):
+    """One clock cycle of every stream; True when a beat moved."""
+    for port in sources:
+        if port.offered is None and port.done < len(port.beats) and \
+                port.rng.random() >= stalls:
+            port.offered = port.beats[port.done]
+            ctx.set(port.stream.payload, _settable(port.offered))
+        ctx.set(port.stream.valid, port.offered is not None)
+    for port in sinks:
+        ctx.set(port.stream.ready, not hold_outputs and port.rng.random() >= stalls)
+    signals = [port.stream.ready for port in sources]
+    for port in sinks:
+        signals += [port.stream.valid, port.stream.ready, port.stream.payload]
+    _, _, *values = await ctx.tick().sample(*signals)
+    progress = False
+    for port, ready in zip(sources, values):
+        if port.offered is not None and ready:
+            port.offered, port.done, progress = None, port.done + 1, True
+    values = values[len(sources):]
+    for index, port in enumerate(sinks):
+        valid, ready, payload = values[3 * index:3 * index + 3]
+        if port.offered is not None:
+            assert valid, f"valid dropped before beat {port.done} was taken"
+            assert payload == port.offered, (f"payload of beat {port.done} changed from "
+                                              f"{port.offered} to {payload} while waiting")
+        port.offered = None
+        if valid and ready:
+            port.beats.append(payload)
+            port.done, progress = port.done + 1, True
+        elif valid:
+            port.offered = payload
+    return progress
+
+
+async def _drain(ctx, sources, sinks, cycles):
+    """``cycles`` cycles with the sources idle and every sink ready: no beat may come."""
+    for port in sources:
+        ctx.set(port.stream.valid, 0)
+    for port in sinks:
+        ctx.set(port.stream.ready, 1)
+    for _ in range(cycles):
+        _, _, *valids = await ctx.tick().sample(*[port.stream.valid for port in sinks])
+        for port, valid in zip(sinks, valids):
+            assert not valid, (f"a beat beyond the {len(port.beats)} expected after the reset "
+                               f"(on {port.stream.payload!r})")
