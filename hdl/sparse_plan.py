@@ -11,6 +11,26 @@ costs nothing but its scan.
 Filters are assigned to lanes (one multiplier each) greedily by nonzero count, largest first, so
 that lanes carry balanced work. In dense mode every weight slot is stored and every pair issued:
 the same engine, for comparison.
+
+Packed scans
+------------
+Where a group has fewer channels than a chunk (a depthwise layer, a first layer of 1 or 3
+channels), a combo of one filter holds a pair or two, and the examiner's scan (one combo per
+cycle) bounds the layer rather than its pairs. With ``pack = k``, a combo covers one tap of ``k``
+consecutive filters: its mask has ``pair_channels`` bits per filter, filter-major, and its pairs
+belong to different filters (the lane keeps a partial sum per filter of the pack). For a
+depthwise layer the ``k`` filters read ``k`` consecutive channels, so the activation mask is one
+line-buffer word (a *diagonal* pack); for a dense layer they read the same channels, so the
+chunk's activation mask is repeated for every filter.
+
+Wide streams and the output tile
+--------------------------------
+A stream beat may carry ``in_width`` (``out_width``) channels of a pixel. The collector then
+gives ``out_width`` sums a cycle, so the lanes' output tiles are laid out for it: filters go to
+lanes in *blocks* of ``block`` consecutive filters (a tile word holds a block's sums), and the
+lanes are split into ``columns``: block ``b`` and lane ``l`` belong to column ``b mod columns``
+and ``l mod columns``, so every beat reads one word from one lane of each column. With widths of
+1 and no packing a block is one filter and there is one column: every filter goes to any lane.
 """
 
 from __future__ import annotations
@@ -29,9 +49,22 @@ def signed_width(low, high):
         if low < 0 or high > 0 else 1
 
 
+def is_power_of_two(value):
+    return isinstance(value, int) and value >= 1 and value & (value - 1) == 0
+
+
+def power_of_two_floor(value):
+    return 1 << (int(value).bit_length() - 1)
+
+
+def power_of_two_ceil(value):
+    return 1 << (int(value) - 1).bit_length()
+
+
 @dataclass(frozen=True)
 class ConvGeometry:
-    """Shapes of a conv2d (or of a linear layer, as a 1x1 conv on a 1x1 image)."""
+    """Shapes of a conv2d (or of a linear layer, as a 1x1 conv on a 1x1 image), with the
+    engine's stream widths (channels per beat in and out) and its pack (filters per combo)."""
 
     in_channels: int
     height: int
@@ -42,19 +75,22 @@ class ConvGeometry:
     padding: tuple[int, int]
     groups: int
     chunk: int
+    pack: int = 1
+    in_beat: int = 1
+    out_beat: int = 1
 
     @classmethod
-    def of(cls, node, in_shape, chunk):
+    def of(cls, node, in_shape, chunk, *, pack=1, in_beat=1, out_beat=1):
         """The geometry of ``node``; a chunk never exceeds the channels of a group (a wider
         mask would only carry constant zeros through the engine)."""
         if isinstance(node, ir.Linear):
             (features,) = in_shape
             return cls(features, 1, 1, node.weight.shape[0], (1, 1), (1, 1), (0, 0), 1,
-                       min(chunk, features))
+                       min(chunk, features), pack, in_beat, out_beat)
         channels, height, width = in_shape
         return cls(channels, height, width, node.weight.shape[0], node.kernel,
                    tuple(node.stride), tuple(node.padding), node.groups,
-                   min(chunk, channels // node.groups))
+                   min(chunk, channels // node.groups), pack, in_beat, out_beat)
 
     @property
     def group_channels(self):
@@ -93,19 +129,89 @@ class ConvGeometry:
         """(F, Cg, kh, kw) view of a conv or linear weight."""
         return weight.reshape(self.out_channels, self.group_channels, *self.kernel)
 
+    @property
+    def depthwise(self):
+        """One input channel and one filter per group."""
+        return self.groups > 1 and self.group_channels == 1 and self.filters_per_group == 1
+
+    @property
+    def diagonal(self):
+        """A packed depthwise layer: a combo's filters read consecutive channels."""
+        return self.pack > 1 and self.depthwise
+
+    @property
+    def pair_channels(self):
+        """Mask bits per filter of a combo: the chunk (padded to a power of two when packed, so
+        that a pair's filter is the high bits of its index); 1 in a depthwise pack."""
+        if self.pack == 1:
+            return self.chunk
+        return 1 if self.diagonal else power_of_two_ceil(self.chunk)
+
+    @property
+    def mask_bits(self):
+        """Bits of a combo's mask: pairs it can hold."""
+        return self.pack * self.pair_channels
+
+    @property
+    def mask_word(self):
+        """Bits of a line-buffer mask word: a chunk's channels, or, in a depthwise pack, the
+        wider of a pack and an input beat."""
+        return max(self.pack, self.in_beat) if self.diagonal else self.chunk
+
+    @property
+    def mask_groups(self):
+        """``(groups, channels per group)`` the line buffer's mask words are cut by: the
+        layer's, or one group of all channels in a depthwise pack."""
+        return (1, self.in_channels) if self.diagonal else (self.groups, self.group_channels)
+
+    @property
+    def mask_words_per_pixel(self):
+        if self.diagonal:
+            return self.in_channels // self.mask_word
+        return self.groups * self.chunks
+
+    def check(self, name):
+        """A ValueError naming the layer unless the widths and the pack fit the geometry."""
+        c_in, c_out = self.in_channels, self.out_channels
+        problems = []
+        if not is_power_of_two(self.pack) or c_out % self.pack:
+            problems.append(f"pack {self.pack} must be a power of two dividing its {c_out} "
+                            "output channels")
+        elif self.pack > 1 and not self.depthwise and (self.groups != 1 or self.chunks != 1):
+            problems.append(f"pack {self.pack} needs a depthwise layer or one group that one "
+                            f"chunk holds ({self.group_channels} channels, chunk {self.chunk})")
+        elif self.mask_bits > 64:
+            problems.append(f"pack {self.pack} makes combo masks of {self.mask_bits} bits, "
+                            "more than 64")
+        if not is_power_of_two(self.in_beat) or c_in % self.in_beat:
+            problems.append(f"an input width of {self.in_beat} must be a power of two "
+                            f"dividing its {c_in} input channels")
+        elif not self.diagonal and (self.chunk % self.in_beat or
+                                    self.group_channels % self.in_beat):
+            problems.append(f"an input width of {self.in_beat} must divide its chunk "
+                            f"({self.chunk}) and its channels per group "
+                            f"({self.group_channels})")
+        if not is_power_of_two(self.out_beat) or c_out % self.out_beat:
+            problems.append(f"an output width of {self.out_beat} must be a power of two "
+                            f"dividing its {c_out} output channels")
+        if problems:
+            raise ValueError(f"node {name!r}: " + "; ".join(problems))
+
 
 @dataclass(frozen=True, eq=False)
 class LanePlan:
     """What one lane stores: its filters and, in combo order, the combo list and the weights.
 
-    Only combos with a stored weight are listed, plus one closing entry per filter (``last``)
-    when its final combo would otherwise be missing, so that every filter produces its output.
+    Only combos with a stored weight are listed, plus one closing entry per *unit* (a filter,
+    or a pack of filters) (``last``) when its final combo would otherwise be missing, so that
+    every filter produces its output.
     """
 
     filters: tuple[int, ...]
-    masks: np.ndarray      # (combos,): bit i set = channel chunk*G + i has a stored weight
+    masks: np.ndarray      # (combos,): bit i * pair_channels + j set = filter i of the unit
+    #                        has a stored weight at channel chunk * chunk_size + j
     taps: np.ndarray       # (combos, 3): kernel row, kernel column, chunk
-    last: np.ndarray       # (combos,) bool: the filter's final entry
+    last: np.ndarray       # (combos,) bool: the unit's final entry
     weights: np.ndarray    # stored weights in combo order (nonzeros only, or all in dense mode)
 
     @property
@@ -120,6 +226,8 @@ class SparsePlan:
     zero_skip: bool
     weight_bits: int
     accumulator_bounds: tuple[int, int]
+    block: int = 1    # consecutive filters per tile word, one lane's
+    columns: int = 1  # lane columns: block b and lane l in column b mod columns, l mod columns
 
     @property
     def accumulator_width(self):
@@ -130,8 +238,8 @@ class SparsePlan:
     def combo_bits(self):
         """Bits of one combo ROM word: mask, kernel row, kernel column, chunk, last flag."""
         g = self.geometry
-        return g.chunk + sum(max(int(n - 1).bit_length(), 1)
-                             for n in (g.kernel[0], g.kernel[1], g.chunks)) + 1
+        return g.mask_bits + sum(max(int(n - 1).bit_length(), 1)
+                                 for n in (g.kernel[0], g.kernel[1], g.chunks)) + 1
 
     @property
     def storage_bits(self):
@@ -146,6 +254,24 @@ class SparsePlan:
             for position, filter_index in enumerate(lane.filters):
                 where[filter_index] = (lane_index, position)
         return [where[f] for f in range(self.geometry.out_channels)]
+
+    def collector_routes(self):
+        """Per output beat of a pixel, per column: ``(lane within the column, the block's
+        position in the lane, the beat's first element in the block)``."""
+        g = self.geometry
+        where = {}
+        for lane_index, lane in enumerate(self.lanes):
+            for position, first in enumerate(lane.filters[::self.block]):
+                where[first // self.block] = (lane_index // self.columns, position)
+        routes = []
+        for beat in range(g.out_channels // g.out_beat):
+            if self.columns == 1:
+                first = beat * g.out_beat
+                routes.append([(*where[first // self.block], first % self.block)])
+            else:
+                routes.append([(*where[beat * self.columns + column], 0)
+                               for column in range(self.columns)])
+        return routes
 
 
 def assign_lanes(nonzeros, lanes):
@@ -172,40 +298,105 @@ def accumulator_bounds(weight4d, in_act):
     return int(min(low.min(), 0)), int(max(high.max(), 0))
 
 
-def plan(node, in_shape, in_act, lanes, zero_skip=True, chunk=16):
-    """The :class:`SparsePlan` of a Conv2d or Linear node."""
-    geometry = ConvGeometry.of(node, in_shape, chunk)
+def _assign_blocks(work, lanes, block, columns):
+    """Filters to lanes by whole blocks, column by column (:func:`assign_lanes` within each)."""
+    block_work = work.reshape(-1, block).sum(axis=1)
+    members = [()] * lanes
+    for column in range(columns):
+        blocks = np.arange(column, len(block_work), columns)
+        lane_ids = range(column, lanes, columns)
+        for lane, chosen in zip(lane_ids, assign_lanes(block_work[blocks], len(lane_ids))):
+            members[lane] = tuple(f for index in chosen
+                                  for f in range(blocks[index] * block,
+                                                 (blocks[index] + 1) * block))
+    return members
+
+
+def tile_layout(geometry, work, lanes, name):
+    """``(block, columns, filters of every lane)`` of the output tile (see the module doc).
+
+    Every power of two of columns up to the output width and the lanes is tried, each block
+    the output width over the columns (at least the pack), and the one whose busiest lane has
+    the least ``work`` taken (fewer columns on a tie); a ValueError names the layer if none
+    fits (a column with more lanes than blocks).
+    """
+    g = geometry
+    if g.out_beat == 1 and g.pack == 1:
+        return 1, 1, assign_lanes(work, lanes)
+    best = None
+    columns = 1
+    while columns <= min(lanes, g.out_beat):
+        block = max(g.pack, g.out_beat // columns)
+        blocks = g.out_channels // block
+        if g.out_channels % block == 0 and blocks >= columns and \
+                -(-lanes // columns) <= blocks // columns:
+            members = _assign_blocks(work, lanes, block, columns)
+            busiest = max(int(work[list(filters)].sum()) for filters in members)
+            if best is None or busiest < best[0]:
+                best = (busiest, block, columns, members)
+        columns *= 2
+    if best is None:
+        raise ValueError(f"node {name!r}: {lanes} lanes do not fit an output tile of "
+                         f"{g.out_channels} channels for an output width of {g.out_beat} and "
+                         f"pack {g.pack}: every lane needs a block of "
+                         f"{max(g.pack, g.out_beat // power_of_two_floor(min(lanes, g.out_beat)))}"
+                         " filters of its own")
+    return best[1:]
+
+
+def _unit_entries(geometry, weight4d, first, zero_skip):
+    """The combos of one unit (a filter, or a pack of filters from ``first``): ``(mask, tap)``
+    entries and the weights they store, in mask-bit order."""
+    g = geometry
+    entries, weights = [], []
+    for dy in range(g.kernel[0]):
+        for dx in range(g.kernel[1]):
+            for c in range(g.chunks):
+                start = c * g.chunk
+                mask = 0
+                for i in range(g.pack):
+                    values = weight4d[first + i, start:start + g.chunk_channels(c), dy, dx]
+                    keep = values != 0 if zero_skip else np.ones(len(values), bool)
+                    mask |= int(sum(1 << (i * g.pair_channels + int(j))
+                                    for j in np.flatnonzero(keep)))
+                    weights.extend(values[keep].tolist())
+                if mask:
+                    entries.append((mask, (dy, dx, c)))
+    return entries or [(0, (0, 0, 0))], weights  # an all-zero unit still outputs its biases
+
+
+def plan(node, in_shape, in_act, lanes, zero_skip=True, chunk=16, *, pack=1, in_width=1,
+         out_width=1):
+    """The :class:`SparsePlan` of a Conv2d or Linear node.
+
+    ``pack`` filters share a combo (see the module doc); ``in_width`` and ``out_width`` are the
+    channels per beat of the engine's streams. A ValueError names what does not fit.
+    """
+    geometry = ConvGeometry.of(node, in_shape, chunk, pack=pack, in_beat=in_width,
+                               out_beat=out_width)
     weight4d = geometry.as_weight4d(node.weight)
     if not 1 <= lanes <= geometry.out_channels:
         raise ValueError(f"lanes must be between 1 and the {geometry.out_channels} output "
                          f"channels of {node.name!r}, got {lanes}")
+    geometry.check(node.name)
     nonzeros = (weight4d != 0).reshape(geometry.out_channels, -1).sum(axis=1)
     work = nonzeros if zero_skip else np.full(geometry.out_channels, weight4d[0].size)
+    block, columns, assignment = tile_layout(geometry, work, lanes, node.name)
     lane_plans = []
-    for filters in assign_lanes(work, lanes):
+    for filters in assignment:
         masks, taps, last, weights = [], [], [], []
-        for f in filters:
-            entries = []
-            for dy in range(geometry.kernel[0]):
-                for dx in range(geometry.kernel[1]):
-                    for c in range(geometry.chunks):
-                        start = c * geometry.chunk
-                        values = weight4d[f, start:start + geometry.chunk_channels(c), dy, dx]
-                        keep = values != 0 if zero_skip else np.ones(len(values), bool)
-                        if keep.any():
-                            entries.append((int(sum(1 << i for i in np.flatnonzero(keep))),
-                                            (dy, dx, c)))
-                            weights.extend(values[keep].tolist())
-            entries = entries or [(0, (0, 0, 0))]  # an all-zero filter still outputs its bias
+        for first in filters[::geometry.pack]:
+            entries, values = _unit_entries(geometry, weight4d, first, zero_skip)
+            weights.extend(values)
             for position, (mask, tap) in enumerate(entries):
                 masks.append(mask)
                 taps.append(tap)
                 last.append(position == len(entries) - 1)
-        lane_plans.append(LanePlan(filters, np.array(masks, dtype=np.int64),
+        lane_plans.append(LanePlan(filters, np.array(masks, dtype=np.uint64),
                                    np.array(taps, dtype=np.int64).reshape(-1, 3),
                                    np.array(last, dtype=bool), np.array(weights, dtype=np.int64)))
     return SparsePlan(geometry, tuple(lane_plans), zero_skip, node.weight_bits,
-                      accumulator_bounds(weight4d, in_act))
+                      accumulator_bounds(weight4d, in_act), block, columns)
 
 
 def stored_weights(sparse_plan):
@@ -214,14 +405,15 @@ def stored_weights(sparse_plan):
     weight = np.zeros((g.out_channels, g.group_channels, *g.kernel), np.int64)
     for lane in sparse_plan.lanes:
         values = iter(lane.weights)
-        filters = iter(lane.filters)
-        f = next(filters)
+        units = iter(lane.filters[::g.pack])
+        first = next(units)
         for mask, (dy, dx, c), last in zip(lane.masks, lane.taps, lane.last):
-            for i in range(g.chunk):
-                if int(mask) >> i & 1:
-                    weight[f, c * g.chunk + i, dy, dx] = next(values)
+            for bit in range(g.mask_bits):
+                if int(mask) >> bit & 1:
+                    i, j = divmod(bit, g.pair_channels)
+                    weight[first + i, c * g.chunk + j, dy, dx] = next(values)
             if last:
-                f = next(filters, None)
+                first = next(units, None)
     return weight
 
 

@@ -39,8 +39,23 @@ CLOCK_PERIOD = 1e-6
 
 
 def _settable(beat):
-    """numpy integers as Python ints (the simulator takes ints, or dicts for struct payloads)."""
-    return int(beat) if isinstance(beat, (int, np.integer)) else beat
+    """numpy integers as Python ints, a row of a wide beat as a list of them (the simulator
+    takes ints, lists for array payloads, or dicts for struct payloads)."""
+    if isinstance(beat, (int, np.integer)):
+        return int(beat)
+    if isinstance(beat, (np.ndarray, list, tuple)):
+        return [int(value) for value in beat]
+    return beat
+
+
+def _plain(payload):
+    """A received payload as Python values: an int, or a list of ints for an array payload."""
+    if isinstance(payload, int):
+        return payload
+    try:
+        return [int(value) for value in payload]
+    except TypeError:
+        return payload
 
 
 async def drive(ctx, stream, beats, rng, idle_probability=0.0, *, timeout=DEFAULT_TIMEOUT):
@@ -108,7 +123,7 @@ async def collect(ctx, stream, count, rng, backpressure_probability=0.0, *,
                                         f"to {payload} before it was taken")
         refused = None
         if valid and ready:
-            beats.append(payload)
+            beats.append(_plain(payload))
             idle = 0
         else:
             if valid:

@@ -6,7 +6,8 @@ import pytest
 
 from zeroskip import ir, reference
 from zeroskip.hdl import sparse_plan
-from zeroskip.hdl.common import batch_from_beats, batch_to_beats, decode_beats, encode_beats
+from zeroskip.hdl.common import (batch_from_beats, batch_to_beats, decode_beats, encode_beats,
+                                 from_wide, to_wide)
 from zeroskip.hdl.conv import SparseConvEngine
 
 from hdl_sim import run_streams
@@ -50,17 +51,19 @@ def random_inputs(rng, graph, batch, density=0.5):
     return rng.integers(act.qmin, act.qmax + 1, shape) * (rng.random(shape) < density)
 
 
-def rtl_run(graph, x, *, lanes, zero_skip=True, chunk=8, seed=0, stalls=STALLS):
+def rtl_run(graph, x, *, lanes, zero_skip=True, chunk=8, seed=0, stalls=STALLS, pack=1,
+            in_width=1, out_width=1):
     """The graph's last layer as a SparseConvEngine on ``x``: (outputs, counters, engine)."""
     node = graph.nodes[-1]
     engine = SparseConvEngine(node, graph.input.shape, graph.input.act, lanes=lanes,
-                              zero_skip=zero_skip, chunk=chunk)
+                              zero_skip=zero_skip, chunk=chunk, pack=pack, in_width=in_width,
+                              out_width=out_width)
     out_shape = graph.shapes[node.name]
-    beats = encode_beats(batch_to_beats(x), graph.input.act)
+    beats = to_wide(encode_beats(batch_to_beats(x), graph.input.act), in_width)
     run = run_streams(engine, [(engine.i_stream, beats)],
-                      [(engine.o_stream, len(x) * int(np.prod(out_shape)))], seed=seed,
-                      idle_probability=stalls, backpressure_probability=stalls)
-    out = decode_beats(np.array(run.received[0], np.int64), node.act)
+                      [(engine.o_stream, len(x) * int(np.prod(out_shape)) // out_width)],
+                      seed=seed, idle_probability=stalls, backpressure_probability=stalls)
+    out = decode_beats(from_wide(np.array(run.received[0], np.int64), out_width), node.act)
     return batch_from_beats(out, out_shape), run.counters, engine
 
 
