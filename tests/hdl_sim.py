@@ -273,7 +273,8 @@ def engine_kinds(design):
 def rtl_network(design, x, stall_probability, *, timeout=20_000):
     """``design``'s network top on the batch ``x`` with random stalls on every stream:
     ``(outputs decoded into the graph's output shape, classes)``."""
-    from zeroskip.hdl.common import batch_from_beats, batch_to_beats, decode_beats, encode_beats
+    from zeroskip.hdl.common import (batch_from_beats, batch_to_beats, decode_beats,
+                                     encode_beats, from_wide, to_wide)
 
     graph = design.graph
     out_shape = graph.shapes[graph.output]
@@ -281,13 +282,14 @@ def rtl_network(design, x, stall_probability, *, timeout=20_000):
     received = {}
 
     async def producer(ctx):
-        await drive(ctx, dut.i_stream, encode_beats(batch_to_beats(x), graph.input.act),
-                    np.random.default_rng(1), stall_probability, timeout=timeout)
+        beats = to_wide(encode_beats(batch_to_beats(x), graph.input.act), design.in_width)
+        await drive(ctx, dut.i_stream, beats, np.random.default_rng(1), stall_probability,
+                    timeout=timeout)
 
     async def sink(ctx):
-        received["outputs"] = await collect(ctx, dut.o_stream, len(x) * int(np.prod(out_shape)),
-                                            np.random.default_rng(2), stall_probability,
-                                            timeout=timeout)
+        received["outputs"] = await collect(
+            ctx, dut.o_stream, len(x) * int(np.prod(out_shape)) // design.out_width,
+            np.random.default_rng(2), stall_probability, timeout=timeout)
 
     async def class_sink(ctx):
         received["classes"] = await collect(ctx, dut.o_stream_class, len(x),
@@ -295,5 +297,6 @@ def rtl_network(design, x, stall_probability, *, timeout=20_000):
                                             timeout=timeout)
 
     simulate(dut, producer, sink, class_sink)
-    outputs = decode_beats(np.array(received["outputs"], np.int64), graph.acts[graph.output])
+    outputs = decode_beats(from_wide(np.array(received["outputs"], np.int64), design.out_width),
+                           graph.acts[graph.output])
     return batch_from_beats(outputs, out_shape), received["classes"]

@@ -17,6 +17,8 @@ members:
     Cycle estimates: per layer on the compile's calibration batch (or None), and on any batch.
 ``manifest_options()``, ``options_from_manifest(manifest)``
     The decisions as they are written to and read from a build's manifest.
+``in_width``, ``out_width``
+    Activations per beat of the top's input and output streams.
 """
 
 from __future__ import annotations
@@ -35,8 +37,10 @@ from ..hdl.pool import AvgPool2dEngine, MaxPool2dEngine
 from ..hdl.sequential import SequentialEngine, SequentialPlan, estimate_cycles
 from ..hdl.sparse_plan import plan as make_plan
 from ..hdl.xnor import XNOR_WIDTH, XnorConvEngine
+from .balance import port_estimate
 from .folding import Calibration
 from .layers import producer
+from .streams import layouts
 
 __all__ = ["Estimate", "Pipeline", "Sequential"]
 
@@ -63,7 +67,7 @@ class _Architecture:
     name = ""
 
     def __init__(self, graph, layers, lanes, *, zero_skip=True, chunk, multipliers=None,
-                 layer_counters=True, calibration=None):
+                 layer_counters=True, calibration=None, widths=None, packs=None):
         self.graph, self.layers = graph, tuple(layers)
         self.lanes, self.zero_skip, self.chunk = dict(lanes), zero_skip, chunk
         self.multipliers, self.layer_counters = multipliers, layer_counters
@@ -71,6 +75,14 @@ class _Architecture:
         self.in_shape = graph.shapes[graph.input.name]
         self.out_shape = graph.shapes[graph.output]
         self.in_act, self.out_act = graph.input.act, graph.acts[graph.output]
+        # Activations per beat of every tensor's stream, and filters per combo of every conv /
+        # linear layer (all 1: one activation a beat, no packs).
+        self.widths = {name: 1 for name in [graph.input.name, *(s.name for s in self.layers)]}
+        self.widths.update(widths or {})
+        self.packs = {spec.name: 1 for spec in self.layers if spec.has_weights}
+        self.packs.update(packs or {})
+        self.in_width = self.widths[graph.input.name]
+        self.out_width = self.widths[producer(graph, graph.output)] if self.layers else 1
 
     def check(self):
         """Make the static plans, so that what cannot be built fails at compile time (a
@@ -80,7 +92,8 @@ class _Architecture:
     def manifest_options(self):
         return {"architecture": self.name, "zero_skip": self.zero_skip, "chunk": self.chunk,
                 "layer_counters": self.layer_counters, "multipliers": self.multipliers,
-                "multipliers_used": self.multipliers_used, "lanes": dict(self.lanes)}
+                "multipliers_used": self.multipliers_used, "lanes": dict(self.lanes),
+                "stream_widths": dict(self.widths), "packs": dict(self.packs)}
 
 
 class Pipeline(_Architecture):
@@ -93,15 +106,22 @@ class Pipeline(_Architecture):
     LAYER_COUNTERS = True
 
     @staticmethod
-    def check_options(*, lanes, multipliers, zero_skip):
-        """Any lanes, budget and mode go."""
+    def check_options(*, lanes, multipliers, zero_skip, stream_width=None, pack=None):
+        """Any lanes, budget, mode, widths and packs go."""
 
     @staticmethod
     def options_from_manifest(manifest):
         """``compile`` keyword arguments that rebuild the design a manifest describes."""
         return {"lanes": manifest["lanes"], "zero_skip": manifest["zero_skip"],
                 "chunk": manifest["chunk"], "multipliers": manifest["multipliers"],
-                "layer_counters": manifest.get("layer_counters", True)}
+                "layer_counters": manifest.get("layer_counters", True),
+                "stream_width": manifest.get("stream_widths", 1),
+                "pack": manifest.get("packs", False)}
+
+    @cached_property
+    def layouts(self):
+        """Layer name -> ``(pack, input widths in port order, output width)``."""
+        return layouts(self.layers, self.widths, self.packs, chunk=self.chunk)
 
     @cached_property
     def plans(self):
@@ -109,14 +129,16 @@ class Pipeline(_Architecture):
         for spec in self.layers:
             if not spec.has_weights:
                 continue
+            pack, in_widths, out_width = self.layouts[spec.name]
             if spec.in_acts[0].binary:
                 # A binary-input layer's XNOR engine skips zero weights in both modes, a word
-                # of XNOR_WIDTH channels at a time.
+                # of XNOR_WIDTH channels at a time, one activation a beat.
                 plans[spec.name] = make_plan(spec.node, spec.in_shapes[0], spec.in_acts[0],
                                              spec.lanes, True, XNOR_WIDTH)
             else:
                 plans[spec.name] = make_plan(spec.node, spec.in_shapes[0], spec.in_acts[0],
-                                             spec.lanes, self.zero_skip, self.chunk)
+                                             spec.lanes, self.zero_skip, self.chunk, pack=pack,
+                                             in_width=in_widths[0], out_width=out_width)
         return plans
 
     @property
@@ -128,44 +150,60 @@ class Pipeline(_Architecture):
         budget = f" of {self.multipliers}" if self.multipliers else ""
         return f"{mode} engines, {self.multipliers_used}{budget} multipliers"
 
+    def _estimates(self, calibration):
+        """The folding model's estimate of every conv / linear layer on ``calibration``, and
+        the cycles the ports of every other engine take (:func:`~.balance.port_estimate`), in
+        layer order."""
+        weights = iter(calibration.estimates(
+            self.lanes, zero_skip=self.zero_skip,
+            layouts={name: (pack, in_widths[0], out_width)
+                     for name, (pack, in_widths, out_width) in self.layouts.items()}))
+        by_name = {e.name: e for e in weights}
+        return tuple(by_name[spec.name] if spec.has_weights else
+                     port_estimate(spec, self.layouts[spec.name][1][0],
+                                   self.layouts[spec.name][2]) for spec in self.layers)
+
     @cached_property
     def estimates(self):
-        """The folding model's estimate of every conv / linear layer on the calibration
-        batch, or None without one."""
+        """The folding model's estimate of every engine on the calibration batch (see
+        :meth:`_estimates`), or None without one."""
         if self.calibration is None:
             return None
-        return self.calibration.estimates(self.lanes, zero_skip=self.zero_skip)
+        return self._estimates(self.calibration)
 
     def estimate(self, x_int):
-        layers = Calibration(self.graph, x_int, self.chunk).estimates(
-            self.lanes, zero_skip=self.zero_skip)
-        return Estimate(max((e.cycles for e in layers), default=0.0), tuple(layers))
+        layers = self._estimates(Calibration(self.graph, x_int, self.chunk))
+        return Estimate(max((e.cycles for e in layers), default=0.0), layers)
 
     def layer_engine(self, spec):
         node, in_shape, in_act = spec.node, spec.in_shapes[0], spec.in_acts[0]
+        pack, in_widths, out_width = self.layouts[spec.name]
+        widths = {"in_width": in_widths[0], "out_width": out_width}
         if spec.has_weights and in_act.binary:
             return XnorConvEngine(node, in_shape, in_act, lanes=spec.lanes,
                                   plan=self.plans[spec.name])
         if spec.has_weights:
             return SparseConvEngine(node, in_shape, in_act, lanes=spec.lanes,
                                     zero_skip=self.zero_skip, chunk=self.chunk,
-                                    plan=self.plans[spec.name])
+                                    plan=self.plans[spec.name], pack=pack, **widths)
         if isinstance(node, ir.MaxPool2d):
-            return MaxPool2dEngine(node, in_shape, in_act)
+            return MaxPool2dEngine(node, in_shape, in_act, **widths)
         if isinstance(node, ir.AvgPool2d):
-            return AvgPool2dEngine(node, in_shape, in_act)
-        return AddEngine(node, in_shape, *spec.in_acts)
+            return AvgPool2dEngine(node, in_shape, in_act, **widths)
+        return AddEngine(node, in_shape, *spec.in_acts, **widths)
 
     def engine(self):
         """A fresh :class:`~zeroskip.hdl.network.NetworkEngine`."""
         stages = [Stage(spec.name, spec.counter_name, spec.sources, spec.ports,
-                        self.layer_engine(spec), spec.out_shape, spec.out_act)
+                        self.layer_engine(spec), spec.out_shape, spec.out_act,
+                        self.layouts[spec.name][1], self.layouts[spec.name][2])
                   for spec in self.layers]
         return NetworkEngine(stages, input_name=self.graph.input.name,
                              in_shape=self.in_shape, in_act=self.in_act,
                              output=producer(self.graph, self.graph.output),
                              out_shape=self.out_shape, out_act=self.out_act,
-                             layer_counters=self.layer_counters)
+                             layer_counters=self.layer_counters, in_width=self.in_width,
+                             out_width=self.out_width)
 
 
 class Sequential(_Architecture):
@@ -177,11 +215,14 @@ class Sequential(_Architecture):
     LAYER_COUNTERS = False
 
     @staticmethod
-    def check_options(*, lanes, multipliers, zero_skip):
+    def check_options(*, lanes, multipliers, zero_skip, stream_width=None, pack=None):
         if lanes != 1 or multipliers is not None or not zero_skip:
             raise ZeroskipError("the sequential architecture is one zero-skip engine with one "
                                 "multiplier: it takes neither lanes nor a multiplier budget, "
                                 "nor dense mode")
+        if stream_width not in (None, 1) or pack not in (None, False):
+            raise ZeroskipError("the sequential architecture streams one activation a beat "
+                                "and packs no combos: it takes neither stream widths nor packs")
 
     @staticmethod
     def options_from_manifest(manifest):

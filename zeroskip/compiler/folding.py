@@ -98,6 +98,9 @@ class LayerEstimate:
     ideal_cycles: float
     cycles: float
     bound: str
+    pack: int = 1
+    in_width: int = 1
+    out_width: int = 1
 
 
 def _window_nonzero(geometry, x_in):
@@ -134,13 +137,17 @@ def _pair_counts(geometry, weight4d, x_in):
 def _issue_work(sparse_plan, pairs):
     """Per lane, the issuer's cycles of every combo: ``(N, pixels, lanes, longest list)``.
 
-    -1 marks a combo the examiner drops (no pair and not a filter's last) and list padding.
+    -1 marks a combo the examiner drops (no pair and not a unit's last) and list padding. A
+    packed combo's pairs are those of its filters (the units are aligned packs of filters).
     """
     g = sparse_plan.geometry
+    if g.pack > 1:
+        pairs = pairs.reshape(*pairs.shape[:2], -1, g.pack, *pairs.shape[3:]).sum(axis=3)
     longest = max(lane.combos for lane in sparse_plan.lanes)
     work = np.full((*pairs.shape[:2], len(sparse_plan.lanes), longest), -1, np.int32)
     for lane_index, lane in enumerate(sparse_plan.lanes):
-        filter_of_combo = np.array(lane.filters)[np.cumsum(lane.last) - lane.last]
+        units = np.array(lane.filters[::g.pack]) // g.pack
+        filter_of_combo = units[np.cumsum(lane.last) - lane.last]
         tap = lane.taps[:, 0] * g.kernel[1] + lane.taps[:, 1]
         if sparse_plan.zero_skip:
             # A closing entry (mask 0) of an all-zero filter counts no pair.
@@ -228,7 +235,10 @@ def _simulate(sparse_plan, work):
     combos = np.array([lane.combos for lane in sparse_plan.lanes])
     needed, oldest = _pixel_rows(g)
     ring_rows = min(g.kernel[0] + g.stride[0] + 1, 2 ** 16)
-    row_beats = g.width * g.in_channels
+    row_beats = g.width * g.in_channels // g.in_beat
+    # A wide input's line-buffer word is registered before its element is picked.
+    issue_to_collect = ISSUE_TO_COLLECT + (g.in_beat > 1)
+    out_beats = g.out_channels // g.out_beat
     streams = [np.roll(np.arange(images), 1), np.arange(images)]
     pixel_oldest = np.concatenate([oldest + m * g.height for m in range(len(streams))])
 
@@ -262,8 +272,8 @@ def _simulate(sparse_plan, work):
             scan_free, issue_free, pops = _lane_pixel(work[ids, pixel], listed, first_scan,
                                                       issue_free, pops)
             lane_done.append(issue_free)
-            collect = np.maximum(collector_free, issue_free.max(axis=1) + ISSUE_TO_COLLECT)
-            collector_free = collect + g.out_channels
+            collect = np.maximum(collector_free, issue_free.max(axis=1) + issue_to_collect)
+            collector_free = collect + out_beats
             releases.append(collector_free)
         last_outputs.append(collector_free)
     return last_outputs[1] - last_outputs[0]
@@ -332,7 +342,8 @@ def _simulate_xnor(geometry, entries):
     return last_outputs[1] - last_outputs[0]
 
 
-def estimate_layer(node, in_shape, in_act, lanes, x_in, *, zero_skip=True, chunk=32):
+def estimate_layer(node, in_shape, in_act, lanes, x_in, *, zero_skip=True, chunk=32, pack=1,
+                   in_width=1, out_width=1):
     """Estimate one conv2d / linear engine's work and steady-state cycles on calibration inputs.
 
     Parameters
@@ -351,6 +362,8 @@ def estimate_layer(node, in_shape, in_act, lanes, x_in, *, zero_skip=True, chunk
         False estimates the dense engine of the same design.
     chunk : int
         Input channels the engine examines together.
+    pack, in_width, out_width : int
+        Filters per combo and the streams' activations a beat (:mod:`.streams`).
 
     Returns
     -------
@@ -359,9 +372,11 @@ def estimate_layer(node, in_shape, in_act, lanes, x_in, *, zero_skip=True, chunk
     Raises
     ------
     ZeroskipError
-        If ``lanes`` is out of range or ``x_in`` is not a batch of ``in_shape``.
+        If ``lanes`` is out of range, the pack or the widths do not fit, or ``x_in`` is not a
+        batch of ``in_shape``.
     """
-    return _Calibration.of(node, in_shape, in_act, x_in, chunk).estimate(lanes, zero_skip)
+    return _Calibration.of(node, in_shape, in_act, x_in, chunk).estimate(
+        lanes, zero_skip, pack=pack, in_width=in_width, out_width=out_width)
 
 
 @dataclass(frozen=True, eq=False)
@@ -385,12 +400,13 @@ class _Calibration:
         return cls(node, tuple(in_shape), in_act, chunk,
                    _pair_counts(geometry, geometry.as_weight4d(node.weight), x_in))
 
-    def estimate(self, lanes, zero_skip):
+    def estimate(self, lanes, zero_skip, *, pack=1, in_width=1, out_width=1):
         if self.in_act.binary:
             return self._estimate_xnor(lanes)
         try:
             sparse_plan = make_plan(self.node, self.in_shape, self.in_act, lanes, zero_skip,
-                                    self.chunk)
+                                    self.chunk, pack=pack, in_width=in_width,
+                                    out_width=out_width)
         except ValueError as error:
             raise ZeroskipError(str(error)) from None
         g = sparse_plan.geometry
@@ -407,14 +423,15 @@ class _Calibration:
         floors = {
             "compute": np.where(work > 0, work, 0).sum(axis=(1, 3)).max(axis=1).mean(),
             "scan": g.out_pixels * (max(lane.combos for lane in sparse_plan.lanes) + 1),
-            "output": g.out_pixels * g.out_channels,
-            "input": g.in_channels * g.height * g.width,
+            "output": g.out_pixels * g.out_channels // out_width,
+            "input": g.in_channels * g.height * g.width // in_width,
         }
         return LayerEstimate(
             name=self.node.name, lanes=lanes,
             dense_pairs=float(g.out_pixels * dense_pixel_pairs),
             effective_macs=float(pixel_pairs.sum(axis=1).mean()), ideal_cycles=float(ideal),
-            cycles=float(_simulate(sparse_plan, work).mean()), bound=max(floors, key=floors.get))
+            cycles=float(_simulate(sparse_plan, work).mean()), bound=max(floors, key=floors.get),
+            pack=pack, in_width=in_width, out_width=out_width)
 
     def _estimate_xnor(self, lanes):
         """The XNOR engine skips zero weights in either mode: ``zero_skip`` does not apply."""
@@ -467,13 +484,22 @@ class Calibration:
                                               self.chunk))
         return layers
 
-    def estimates(self, lanes, *, zero_skip=True):
-        """:func:`estimate_layer` of every conv2d / linear node with ``lanes[name]`` lanes."""
+    @cached_property
+    def by_name(self):
+        return {layer.node.name: layer for layer in self.layers}
+
+    def estimates(self, lanes, *, zero_skip=True, layouts=None):
+        """:func:`estimate_layer` of every conv2d / linear node with ``lanes[name]`` lanes and
+        ``layouts[name]`` = ``(pack, input width, output width)`` (1, 1, 1 if not given)."""
         missing = [layer.node.name for layer in self.layers if layer.node.name not in lanes]
         if missing:
             raise ZeroskipError(f"graph {self.graph.name!r}: no lanes given for "
                                 f"{', '.join(map(repr, missing))}")
-        return [layer.estimate(lanes[layer.node.name], zero_skip) for layer in self.layers]
+        layouts = layouts or {}
+        return [layer.estimate(lanes[layer.node.name], zero_skip,
+                               **dict(zip(("pack", "in_width", "out_width"),
+                                          layouts.get(layer.node.name, (1, 1, 1)))))
+                for layer in self.layers]
 
     def fold(self, multipliers, *, zero_skip=True):
         """:func:`fold` on this batch."""
