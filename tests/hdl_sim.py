@@ -167,7 +167,7 @@ class StreamRun:
 
 
 def run_streams(dut, sources, sinks, *, seed, idle_probability=0.0,
-                backpressure_probability=0.0, record=()):
+                backpressure_probability=0.0, record=(), timeout=DEFAULT_TIMEOUT):
     """Drive every source stream and drain every sink stream of ``dut`` concurrently.
 
     Parameters
@@ -181,6 +181,8 @@ def run_streams(dut, sources, sinks, *, seed, idle_probability=0.0,
         See :func:`drive` and :func:`collect`.
     record : sequence of Value
         Signals to sample every cycle into :attr:`StreamRun.trace`.
+    timeout : int
+        Cycles a stream may make no progress (see :func:`drive` and :func:`collect`).
 
     Returns
     -------
@@ -194,12 +196,13 @@ def run_streams(dut, sources, sinks, *, seed, idle_probability=0.0,
 
     def producer(stream, beats, rng):
         async def testbench(ctx):
-            await drive(ctx, stream, beats, rng, idle_probability)
+            await drive(ctx, stream, beats, rng, idle_probability, timeout=timeout)
         return testbench
 
     def consumer(index, stream, count, rng):
         async def testbench(ctx):
-            received[index] = await collect(ctx, stream, count, rng, backpressure_probability)
+            received[index] = await collect(ctx, stream, count, rng, backpressure_probability,
+                                            timeout=timeout)
         return testbench
 
     async def read_counters(ctx):

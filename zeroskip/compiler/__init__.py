@@ -69,7 +69,7 @@ def _stream_options(lanes, stream_width, pack, calibration):
     stream_width = ("auto" if auto else 1) if stream_width is None else stream_width
     pack = auto if pack is None else pack
     if stream_width == "auto":
-        if calibration is None:
+        if calibration is None and not auto:  # lanes="auto" says so itself
             raise ZeroskipError("stream_width='auto' chooses the widths by the work measured "
                                 "on calibration inputs: give calibration=x_int (CLI: "
                                 "--calibration X.npy)")

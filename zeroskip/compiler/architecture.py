@@ -39,6 +39,7 @@ from ..hdl.sparse_plan import plan as make_plan
 from ..hdl.xnor import XNOR_WIDTH, XnorConvEngine
 from .balance import port_estimate
 from .folding import Calibration
+from .latency import network_latency
 from .layers import producer
 from .streams import layouts
 
@@ -50,14 +51,16 @@ class Estimate:
     """Estimated cycles of a design on a batch.
 
     ``interval_cycles`` is the estimated steady-state cycles per inference; ``layers`` the
-    folding model's :class:`~zeroskip.compiler.folding.LayerEstimate` per conv / linear layer
-    (pipeline); ``per_input`` the cycles of each input of the batch (sequential: one inference
-    at a time, so latency and interval are the same).
+    folding model's :class:`~zeroskip.compiler.folding.LayerEstimate` per engine (pipeline);
+    ``per_input`` the cycles of each input of the batch (sequential: one inference at a time,
+    so latency and interval are the same); ``latency_cycles`` the mean single-stream latency
+    (first inference, pipeline empty: :mod:`zeroskip.compiler.latency`).
     """
 
     interval_cycles: float
     layers: tuple = ()
     per_input: np.ndarray | None = None
+    latency_cycles: float | None = None
 
 
 class _Architecture:
@@ -172,8 +175,17 @@ class Pipeline(_Architecture):
         return self._estimates(self.calibration)
 
     def estimate(self, x_int):
-        layers = self._estimates(Calibration(self.graph, x_int, self.chunk))
-        return Estimate(max((e.cycles for e in layers), default=0.0), layers)
+        calibration = Calibration(self.graph, x_int, self.chunk)
+        layers = self._estimates(calibration)
+        return Estimate(max((e.cycles for e in layers), default=0.0), layers,
+                        latency_cycles=float(network_latency(self, calibration).mean()))
+
+    @cached_property
+    def latency(self):
+        """The mean single-stream latency on the calibration batch, or None without one."""
+        if self.calibration is None:
+            return None
+        return float(network_latency(self, self.calibration).mean())
 
     def layer_engine(self, spec):
         node, in_shape, in_act = spec.node, spec.in_shapes[0], spec.in_acts[0]

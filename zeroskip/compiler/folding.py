@@ -61,6 +61,9 @@ ISSUE_TO_COLLECT = 5
 # Calibration images the cycle model replays (evenly spaced through the batch): its cost grows
 # with images * pixels * combos, and the mean settles long before 32. Pair counts use them all.
 SIMULATED_IMAGES = 32
+# Cycles from an input row's last beat being taken to a pixel waiting on it starting its scan:
+# the row count and the window's rows-ready flag are registers.
+ROW_READY = 1
 # Cycles from an XNOR lane issuing a pixel's last ROM entry to the collector taking the pixel:
 # ROM read, line-buffer read, agreeing bits registered, popcount, sum, accumulate.
 XNOR_ISSUE_TO_COLLECT = 6
@@ -229,8 +232,22 @@ def _simulate(sparse_plan, work):
     Each image runs as the second of a two-inference stream behind its predecessor in the batch
     (the last image for the first), so the pipeline is full when it starts.
     """
-    g = sparse_plan.geometry
     images = len(work)
+    first, second = _timeline(sparse_plan, work, [np.roll(np.arange(images), 1),
+                                                  np.arange(images)])
+    return second[:, -1] - first[:, -1]
+
+
+def _timeline(sparse_plan, work, streams, arrivals=None):
+    """Replays inferences back to back through an empty engine: per inference of ``streams``
+    (a list of calibration image indices, one per image of the batch), ``(images, pixels)``:
+    the cycle the collector has given each output pixel's last beat.
+
+    ``arrivals`` (``(images, rows)``, or None for an input always ready) is the cycle each
+    input row's last beat can reach the line buffer at the earliest.
+    """
+    g = sparse_plan.geometry
+    images = len(streams[0])
     lane_count = len(sparse_plan.lanes)
     combos = np.array([lane.combos for lane in sparse_plan.lanes])
     needed, oldest = _pixel_rows(g)
@@ -239,14 +256,13 @@ def _simulate(sparse_plan, work):
     # A wide input's line-buffer word is registered before its element is picked.
     issue_to_collect = ISSUE_TO_COLLECT + (g.in_beat > 1)
     out_beats = g.out_channels // g.out_beat
-    streams = [np.roll(np.arange(images), 1), np.arange(images)]
     pixel_oldest = np.concatenate([oldest + m * g.height for m in range(len(streams))])
 
     scan_free = np.zeros((images, lane_count), np.int64)
     issue_free = np.zeros((images, lane_count), np.int64)
     pops = np.zeros((images, lane_count, AHEAD), np.int64)
     listed = np.arange(work.shape[-1]) < combos[:, None]
-    lane_done, releases, row_done, last_outputs = [], [], [], []
+    lane_done, releases, row_done, outputs = [], [], [], []
     collector_free = np.zeros(images, np.int64)
 
     def row_complete(row):
@@ -258,25 +274,28 @@ def _simulate(sparse_plan, work):
             blocking = np.searchsorted(pixel_oldest, r - ring_rows, side="right") - 1
             if blocking >= 0:
                 start = np.maximum(start, lane_done[blocking].max(axis=1) + 1)
-            row_done.append(start + row_beats)
+            done = start + row_beats
+            row_done.append(done if arrivals is None else np.maximum(done, arrivals[:, r]))
         return row_done[row]
 
     for image, ids in enumerate(streams):
+        given = []
         for pixel in range(g.out_pixels):
             index = image * g.out_pixels + pixel
             rows_in = image * g.height + needed[pixel]  # a window all in padding needs none
             gate = row_complete(rows_in - 1) if rows_in else np.zeros(images, np.int64)
             if index >= TILE_SLOTS:
                 gate = np.maximum(gate, releases[index - TILE_SLOTS])
-            first_scan = np.maximum(scan_free, gate[:, None]) + 1
+            first_scan = np.maximum(scan_free, gate[:, None] + ROW_READY) + 1
             scan_free, issue_free, pops = _lane_pixel(work[ids, pixel], listed, first_scan,
                                                       issue_free, pops)
             lane_done.append(issue_free)
             collect = np.maximum(collector_free, issue_free.max(axis=1) + issue_to_collect)
             collector_free = collect + out_beats
             releases.append(collector_free)
-        last_outputs.append(collector_free)
-    return last_outputs[1] - last_outputs[0]
+            given.append(collector_free)
+        outputs.append(np.stack(given, axis=1))
+    return outputs
 
 
 def xnor_entries(sparse_plan, weight_bits):
