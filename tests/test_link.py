@@ -226,6 +226,30 @@ def test_host_link_runs_a_sequential_design_in_the_amaranth_simulator():
         assert result.label == np.argmax(logits) and result.latency_cycles > 0
 
 
+@pytest.mark.slow
+def test_host_link_runs_a_design_with_wide_ports_in_the_amaranth_simulator():
+    """Four activations a beat in and out of the network; the link still carries one value a
+    byte (width converters at the network's ports)."""
+    rng = np.random.default_rng(6)
+    act = ir.Activation(8, True, 0.1)
+    weight = rng.integers(-127, 128, (4, 16)) * (rng.random((4, 16)) < 0.5)
+    fc = ir.Linear("fc", ("flat",), weight.astype(np.int8), np.zeros(4, np.int32), 8, np.ones(4),
+                   ir.Requant(np.full(1, 2**14, np.int32), np.full(1, 21, np.int32), -128, 127),
+                   act)
+    graph = ir.Graph((ir.Input("x", (), (4, 2, 2), act), ir.Flatten("flat", ("x",)), fc), "fc",
+                     name="link_wide")
+    x = rng.integers(-128, 128, (2, 4, 2, 2))
+    design = zeroskip.compile(graph, lanes=2, stream_width=4)
+    assert (design.in_width, design.out_width) == (4, 4)
+    link = HostLink(design, clk_freq=CLK_FREQ, baud=BAUD, timeout=TIMEOUT)
+    requests = [protocol.encode_infer(item, act) for item in x]
+    answers = run_link(link, requests, [protocol.result_length(4)] * len(x))
+    for answer, logits in zip(answers, reference.run(graph, x)):
+        result = protocol.decode_result(answer, 4)
+        np.testing.assert_array_equal(result.logits, logits)
+        assert result.label == np.argmax(logits)
+
+
 # --- HostLink under Verilator -----------------------------------------------------------------
 
 @pytest.fixture(scope="session")

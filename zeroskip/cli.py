@@ -145,6 +145,18 @@ def _lanes_argument(text):
     return value
 
 
+def _stream_width_argument(text):
+    if text == "auto":
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer or 'auto', got {text!r}")
+    return value
+
+
 def _probability_argument(text):
     try:
         value = float(text)
@@ -171,7 +183,8 @@ def _compile(args):
                            args.multipliers_given else None,
                            calibration=calibration, chunk=args.chunk,
                            layer_counters=not args.no_layer_counters,
-                           architecture="sequential" if args.sequential else "dataflow")
+                           architecture="sequential" if args.sequential else "dataflow",
+                           stream_width=args.stream_width, pack=args.pack)
     design.write(output)
     print(design.report(), end="")
     print(f"wrote {output / (design.top + '.v')}, manifest.json, report.txt, graph.zsg")
@@ -397,6 +410,15 @@ def build_parser():
     compile_.add_argument("--no-layer-counters", action="store_true",
                           help="keep only the network's counters (latency, interval): saves "
                                "each engine's on small FPGAs")
+    compile_.add_argument("--stream-width", type=_stream_width_argument, default=None,
+                          metavar="N|auto",
+                          help="activations per beat of the streams between the engines: at "
+                               "most N for every tensor, or 'auto' to widen the streams that "
+                               "bind an engine, measured on --calibration (default auto with "
+                               "--lanes auto, else 1)")
+    compile_.add_argument("--pack", action=argparse.BooleanOptionalAction, default=None,
+                          help="packed scans: several filters per combo in depthwise layers "
+                               "and layers of few channels (default on with --lanes auto)")
     compile_.add_argument("--sequential", action="store_true",
                           help="one engine that runs the layers one after another (conv2d, "
                                "linear, maxpool2d chains): fits the smallest FPGAs, one "

@@ -187,11 +187,14 @@ def balance(calibration, layers, *, input_name, in_shape, multipliers=None, lane
 
 def _add_lanes(spec, lanes, widths, multipliers, helps, packed):
     """``lanes`` with the fewest more lanes for ``spec`` that ``helps``, or None. One more lane
-    may not help a wide output (its lanes come in columns) nor a packed layer (whose pack
-    shrinks as lanes grow): up to :data:`LOOK_AHEAD` more are tried there."""
+    may not help a wide output (its lanes come in columns, :data:`LOOK_AHEAD` or the width
+    more are tried) nor a packed layer (whose pack halves as its lanes double: up to as many
+    more as it has are tried)."""
     spare = multipliers - sum(lanes.values())
     width = widths.get(spec.name, 1)
-    ahead = max(width, LOOK_AHEAD) if width > 1 or packed else 1
+    ahead = 1
+    if width > 1 or packed:
+        ahead = max(width, LOOK_AHEAD, lanes[spec.name] if packed else 1)
     for extra in range(1, min(spare, spec.node.out_channels - lanes[spec.name], ahead) + 1):
         more = {**lanes, spec.name: lanes[spec.name] + extra}
         if helps(more, widths):
