@@ -38,9 +38,9 @@ from .requant import Requantizer, SideBySide, requant_slice
 from .sparse_plan import plan as make_plan
 from .sparse_plan import signed_width
 from .threshold import Thresholder, threshold_slice
-from .window import (PIXEL_COUNTER_WIDTH, TILE_SLOTS, LaneWindow, earlier, elaborate_accumulator,
-                     elaborate_block_accumulator, elaborate_filter_counter, elaborate_packer,
-                     group_of, ring_rows, row_counter_width)
+from .window import (LaneWindow, earlier, elaborate_accumulator, elaborate_block_accumulator,
+                     elaborate_filter_counter, elaborate_packer, group_of, pixel_counter_width,
+                     ring_rows, row_counter_width, slot_bits)
 
 # Entries the examiner may run ahead of the issuer: more than the cycles from a scan to the
 # issuer (folding.SCAN_TO_ISSUE), or one-pair entries would starve the issuer. 16 deep costs
@@ -78,7 +78,7 @@ def elaborate_collector(m, engine, acc_bounds, lane_done, tile_read_ports, colle
     tile read port and filter count. ``collector_released`` counts pixels whose tile slot is
     free again. Pixel counts wrap around (:data:`~zeroskip.hdl.window.PIXEL_COUNTER_WIDTH`).
     """
-    if engine.plan.block > 1 or engine.geometry.out_beat > 1:
+    if engine.plan.block > 1 or engine.geometry.out_beat > 1 or engine.plan.split > 1:
         _elaborate_wide_collector(m, engine, acc_bounds, lane_done, tile_read_ports,
                                   collector_released)
         return
@@ -112,11 +112,13 @@ def elaborate_collector(m, engine, acc_bounds, lane_done, tile_read_ports, colle
     m.submodules.out_fifo = out_fifo
     m.submodules["thresholder" if node.threshold is not None else "requantizer"] = output
 
-    pixel = Signal(PIXEL_COUNTER_WIDTH)
+    slots = engine.plan.slots
+    pixel = Signal(pixel_counter_width(slots))
     out_channel = Signal(range(max(g.out_channels, 2)))
-    ready_lanes = Cat(earlier(pixel, done, PIXEL_COUNTER_WIDTH) for done in lane_done).all()
+    ready_lanes = Cat(earlier(pixel, done, pixel_counter_width(slots))
+                      for done in lane_done).all()
     stage1 = Signal(data.StructLayout({"valid": 1, "channel": out_channel.shape(),
-                                       "slot": 1, "release": 1}))
+                                       "slot": slot_bits(slots), "release": 1}))
     stage2 = Signal(data.StructLayout({"valid": 1, "channel": out_channel.shape(),
                                        "lane": lane_bits}))
     # The tile's sum registered before the bias is added: a block RAM's output is slow.
@@ -129,7 +131,7 @@ def elaborate_collector(m, engine, acc_bounds, lane_done, tile_read_ports, colle
     m.d.sync += stage1.valid.eq(0)
     with m.If(ready_lanes & room):
         m.d.sync += [stage1.valid.eq(1), stage1.channel.eq(out_channel),
-                     stage1.slot.eq(pixel[0]),
+                     stage1.slot.eq(pixel[0] if slots == 2 else pixel[:slot_bits(slots)]),
                      stage1.release.eq(out_channel == g.out_channels - 1)]
         with m.If(out_channel == g.out_channels - 1):
             m.d.sync += [out_channel.eq(0), pixel.eq(pixel + 1)]
@@ -181,20 +183,21 @@ def _wide_output(engine, acc_bounds, beats):
 
 def _elaborate_wide_collector(m, engine, acc_bounds, lane_done, tile_read_ports,
                               collector_released):
-    """The collector of a wide output stream or of a tile in blocks: when every lane has
-    finished an output pixel, one beat of ``out_beat`` sums a cycle, each read from a lane of
-    every column (:meth:`~zeroskip.hdl.sparse_plan.SparsePlan.collector_routes`), through
-    side-by-side requantizers or thresholders to ``engine.o_stream``."""
+    """The collector of a wide output stream, of a tile in blocks or of split filters: when
+    every lane has finished an output pixel, one beat of ``out_beat`` sums a cycle, each read
+    from a lane of every group (:meth:`~zeroskip.hdl.sparse_plan.SparsePlan.collector_routes`;
+    a split filter's parts added), through side-by-side requantizers or thresholders to
+    ``engine.o_stream``."""
     g, plan = engine.geometry, engine.plan
-    width, columns, block = g.out_beat, plan.columns, plan.block
+    width, groups, block = g.out_beat, plan.groups, plan.block
     beats = g.out_channels // width
-    lanes_of = [list(range(column, len(tile_read_ports), columns)) for column in range(columns)]
+    lanes_of = [list(range(group, len(tile_read_ports), groups)) for group in range(groups)]
     lane_bits = max(ceil_log2(max(len(lanes) for lanes in lanes_of)), 1)
     slices = max(block // width, 1)  # beats in a tile word, when one column holds a beat
     route_layout = data.StructLayout({
-        "lane": data.ArrayLayout(lane_bits, columns),
+        "lane": data.ArrayLayout(lane_bits, groups),
         "position": data.ArrayLayout(max(ceil_log2(max(n for _, n in tile_read_ports)), 1),
-                                     columns),
+                                     groups),
         "slice": max(ceil_log2(slices), 1)})
     m.submodules.route_rom = route_rom = Memory(
         shape=route_layout, depth=beats,
@@ -210,21 +213,26 @@ def _elaborate_wide_collector(m, engine, acc_bounds, lane_done, tile_read_ports,
     m.submodules.out_fifo = out_fifo = SyncFIFOBuffered(width=out_layout.size,
                                                         depth=OUT_FIFO_DEPTH)
 
-    pixel = Signal(PIXEL_COUNTER_WIDTH)
+    counter = pixel_counter_width(plan.slots)
+    pixel = Signal(counter)
     beat = Signal(range(max(beats, 2)))
-    ready_lanes = Cat(earlier(pixel, done, PIXEL_COUNTER_WIDTH) for done in lane_done).all()
-    stage1 = Signal(data.StructLayout({"valid": 1, "beat": beat.shape(), "slot": 1,
-                                       "release": 1}))
+    ready_lanes = Cat(earlier(pixel, done, counter) for done in lane_done).all()
+    stage1 = Signal(data.StructLayout({"valid": 1, "beat": beat.shape(),
+                                       "slot": slot_bits(plan.slots), "release": 1}))
     stage2 = Signal(data.StructLayout({"valid": 1, "beat": beat.shape(),
                                        "lane": route_layout["lane"].shape,
                                        "slice": route_layout["slice"].shape}))
     stage3 = Signal(data.StructLayout({"valid": 1, "beat": beat.shape(),
                                        "sum": data.ArrayLayout(element, width)}))
-    room = out_fifo.level + stage1.valid + stage2.valid + stage3.valid < OUT_FIFO_DEPTH - 1
+    # Split filters' parts are added a stage of their own after the words are read.
+    stage2b = Signal.like(stage2)
+    room = out_fifo.level + stage1.valid + stage2.valid + stage3.valid + \
+        (stage2b.valid if plan.split > 1 else 0) < OUT_FIFO_DEPTH - 1
     m.d.comb += route_read.addr.eq(beat)
     m.d.sync += stage1.valid.eq(0)
     with m.If(ready_lanes & room):
-        m.d.sync += [stage1.valid.eq(1), stage1.beat.eq(beat), stage1.slot.eq(pixel[0]),
+        m.d.sync += [stage1.valid.eq(1), stage1.beat.eq(beat),
+                     stage1.slot.eq(pixel[:slot_bits(plan.slots)]),
                      stage1.release.eq(beat == beats - 1)]
         with m.If(beat == beats - 1):
             m.d.sync += [beat.eq(0), pixel.eq(pixel + 1)]
@@ -232,14 +240,17 @@ def _elaborate_wide_collector(m, engine, acc_bounds, lane_done, tile_read_ports,
             m.d.sync += beat.eq(beat + 1)
     route = route_read.data
     for lane, (port, count) in enumerate(tile_read_ports):
-        m.d.comb += port.addr.eq(stage1.slot * count + route.position[lane % columns])
+        m.d.comb += port.addr.eq(stage1.slot * count + route.position[lane % groups])
     m.d.sync += [stage2.valid.eq(stage1.valid), stage2.beat.eq(stage1.beat),
                  stage2.lane.eq(route.lane), stage2.slice.eq(route.slice)]
-    # A tile word of every column, from the lane the route names: a beat is either a slice of
-    # one column's word or the columns' words side by side.
+    # A tile word of every group, from the lane the route names.
     words = [Array(Value.cast(tile_read_ports[lane][0].data) for lane in lanes)[stage2.lane[index]]
              for index, lanes in enumerate(lanes_of)]
-    if columns > 1:
+    if plan.split > 1:
+        words = _added_parts(m, plan, words, element, stage2, stage2b)
+        stage2 = stage2b
+    # A beat is either a slice of one column's word or the columns' words side by side.
+    if plan.columns > 1:
         beat_sums = Cat(*words)
     else:
         beat_sums = words[0] if slices == 1 else \
@@ -264,6 +275,9 @@ def _elaborate_wide_collector(m, engine, acc_bounds, lane_done, tile_read_ports,
         bias_2, bias = Signal.like(bias_read.data), Signal.like(bias_read.data)
         m.d.comb += bias_read.addr.eq(beat)
         m.d.sync += [bias_2.eq(bias_read.data), bias.eq(bias_2)]
+        if plan.split > 1:
+            bias_2b = Signal.like(bias)
+            m.d.sync += [bias_2b.eq(bias_2), bias.eq(bias_2b)]
         m.d.comb += [acc.eq(stage3.sum[index] + bias[index]) for index, acc in enumerate(accs)]
     m.d.comb += [
         item.channel.eq(stage3.beat),
@@ -273,6 +287,23 @@ def _elaborate_wide_collector(m, engine, acc_bounds, lane_done, tile_read_ports,
         out_fifo.r_en.eq(output.i_stream.ready),
     ]
     wiring.connect(m, output.o_stream, wiring.flipped(engine.o_stream))
+
+
+def _added_parts(m, plan, words, element, stage, registered_stage):
+    """The groups' tile words registered (with ``stage`` into ``registered_stage``), then
+    each column's parts of split filters added element by element: one word per column."""
+    width = len(words[0])
+    held = Signal(len(words) * width)
+    m.d.sync += [registered_stage.eq(stage), held.eq(Cat(*words))]
+    words = [held.word_select(index, width) for index in range(len(words))]
+    columns = []
+    for column in range(plan.columns):
+        parts = words[column * plan.split:(column + 1) * plan.split]
+        # A filter's sum fits its accumulator, whatever its parts add up to on the way.
+        columns.append(Cat(*[
+            sum(part.word_select(index, element.width).as_signed() for part in parts)
+            [:element.width] for index in range(width // element.width)]))
+    return columns
 
 
 def biased_shape(acc_bounds, bias):
@@ -306,6 +337,9 @@ class SparseConvEngine(wiring.Component):
     in_width, out_width : int
         Activations per beat of ``i_stream`` and ``o_stream``: powers of two dividing the
         channels (and, in, the chunk and the channels per group, but for a depthwise pack).
+    slots : int
+        Output pixels the lanes may run ahead of the collector (the tile's depth), a power of
+        two from 2.
     plan : zeroskip.hdl.sparse_plan.SparsePlan, optional
         The plan of these arguments, when the compiler has made it already; made here if not.
 
@@ -326,7 +360,7 @@ class SparseConvEngine(wiring.Component):
     """
 
     def __init__(self, node, in_shape, in_act, *, lanes=1, zero_skip=True, chunk=16, plan=None,
-                 pack=1, in_width=1, out_width=1):
+                 pack=1, in_width=1, out_width=1, slots=2):
         if not isinstance(node, (ir.Conv2d, ir.Linear)):
             raise TypeError(f"SparseConvEngine takes a Conv2d or Linear node, not "
                             f"{type(node).__name__}")
@@ -340,12 +374,14 @@ class SparseConvEngine(wiring.Component):
             raise ValueError(f"chunk must be an integer from 1 to 64, got {chunk!r}")
         self.node, self.in_shape, self.in_act = node, tuple(in_shape), in_act
         self.plan = make_plan(node, in_shape, in_act, lanes, zero_skip, chunk, pack=pack,
-                              in_width=in_width, out_width=out_width) if plan is None else plan
+                              in_width=in_width, out_width=out_width, slots=slots) \
+            if plan is None else plan
         self.geometry = g = self.plan.geometry
-        if plan is not None and (g.pack, g.in_beat, g.out_beat) != (pack, in_width, out_width):
-            raise ValueError(f"the plan of {node.name!r} has pack {g.pack} and widths "
-                             f"{g.in_beat} / {g.out_beat}, the engine was given {pack} and "
-                             f"{in_width} / {out_width}")
+        if plan is not None and (g.pack, g.in_beat, g.out_beat, plan.slots) != \
+                (pack, in_width, out_width, slots):
+            raise ValueError(f"the plan of {node.name!r} has pack {g.pack}, widths "
+                             f"{g.in_beat} / {g.out_beat} and {plan.slots} tile slots, the "
+                             f"engine was given {pack}, {in_width} / {out_width} and {slots}")
         self.in_width, self.out_width = g.in_beat, g.out_beat
         self.sum_shape = signed(self.plan.accumulator_width)
         super().__init__({
@@ -367,7 +403,8 @@ class SparseConvEngine(wiring.Component):
 
         row_width = row_counter_width(g, rows)
         rows_written = Signal(row_width)
-        collector_released = Signal(PIXEL_COUNTER_WIDTH)  # pixels whose tile slot is free again
+        # Pixels whose tile slot is free again.
+        collector_released = Signal(pixel_counter_width(self.plan.slots))
 
         # One line buffer, read by every lane through a port of its own.
         m.submodules.act_mem = act_mem = Memory(shape=in_shape, depth=ring_beats, init=[])
@@ -375,7 +412,8 @@ class SparseConvEngine(wiring.Component):
                                                   init=[])
 
         windows = [LaneWindow(m, g, rows, row_width, rows_written, collector_released,
-                              f"lane_{index}") for index in range(len(lanes))]
+                              f"lane_{index}", slots=self.plan.slots)
+                   for index in range(len(lanes))]
         self._elaborate_writer(m, act_mem, mask_mem, rows, rows_written, windows)
 
         lane_done = []
@@ -434,7 +472,7 @@ class SparseConvEngine(wiring.Component):
         # wide or packed): the collector reads a block at once.
         tile = Memory(shape=self.sum_shape if block == 1 else
                       data.ArrayLayout(self.sum_shape, block),
-                      depth=TILE_SLOTS * filters // block, init=[])
+                      depth=self.plan.slots * filters // block, init=[])
         m.submodules[f"combo_rom_{index}"] = combo_rom
         m.submodules[f"weight_rom_{index}"] = weight_rom
         m.submodules[f"tile_{index}"] = tile
@@ -480,7 +518,7 @@ class SparseConvEngine(wiring.Component):
             "base": unsigned(max(ceil_log2(max(len(lane.weights), 1) + 1), 1)),
             "act_base": unsigned(max(ceil_log2(act_mem.depth * g.in_beat), 1)),
             "pad": 1, "last": 1, "filter": unsigned(max(ceil_log2(filters), 1)),
-            "slot": unsigned(max(ceil_log2(TILE_SLOTS), 1)),
+            "slot": unsigned(slot_bits(self.plan.slots)),
         })
         pair_fifo = SyncFIFOBuffered(width=pair_fifo_layout.size, depth=PAIR_FIFO_DEPTH)
         m.submodules[f"pair_fifo_{index}"] = pair_fifo
@@ -494,13 +532,15 @@ class SparseConvEngine(wiring.Component):
         stage_l = Signal(data.StructLayout({
             "valid": 1, "first": 1, "pad": 1, "last": 1, "mask": unsigned(g.mask_bits),
             "ring_pixel": range(ring_pixels), **unit_fields,
-            "chunk": chunk_bits, "filter": pair_fifo_layout["filter"].shape, "slot": 1}))
+            "chunk": chunk_bits, "filter": pair_fifo_layout["filter"].shape,
+            "slot": slot_bits(self.plan.slots)}))
         # Stage L: the tap is located; the line buffer's mask word is addressed.
         slice_field = {"slice": unit_fields["slice"]} if "slice" in unit_fields else {}
         stage_c = Signal(data.StructLayout({
             "valid": 1, "first": 1, "pad": 1, "last": 1,
             "mask": unsigned(g.mask_bits), "act_base": pair_fifo_layout["act_base"].shape,
-            "filter": pair_fifo_layout["filter"].shape, "slot": 1, **slice_field}))
+            "filter": pair_fifo_layout["filter"].shape, "slot": slot_bits(self.plan.slots),
+            **slice_field}))
         # Entries in the FIFO or on their way to it (stages B, R, L, C and M), counted in a
         # register of their own rather than summed from the FIFO's level each cycle: the sum and
         # its comparison were the engine's longest path.
@@ -782,7 +822,7 @@ class SparseConvEngine(wiring.Component):
             finish=given & last_out,
             starved=idle_multipliers & Cat(waiting_for_rows).any() & ~self.i_stream.valid,
             blocked=idle_multipliers & self.o_stream.valid & ~self.o_stream.ready,
-            max_inflight=rows + TILE_SLOTS + OUT_FIFO_DEPTH + 8)
+            max_inflight=rows + self.plan.slots + OUT_FIFO_DEPTH + 8)
         m.d.sync += [
             self.counters.effective_macs.eq(self.counters.effective_macs + sum(effective)),
             self.counters.skipped_pairs.eq(self.counters.skipped_pairs + sum(scanned) -

@@ -14,14 +14,30 @@ from amaranth.utils import ceil_log2
 
 from .sparse_plan import signed_width
 
-__all__ = ["PIXEL_COUNTER_WIDTH", "TILE_SLOTS", "LaneWindow", "PixelCursor", "earlier",
+__all__ = ["DEEP_TILE_SLOTS", "PIXEL_COUNTER_WIDTH", "TILE_SLOTS", "LaneWindow", "PixelCursor",
+           "earlier", "pixel_counter_width", "slot_bits",
            "elaborate_accumulator", "elaborate_block_accumulator", "elaborate_filter_counter",
            "elaborate_packer", "group_of",
            "ring_rows", "row_counter_width"]
 
 TILE_SLOTS = 2  # output pixels the lanes may run ahead of the collector, plus one
-#: Output-pixel counters differ by at most TILE_SLOTS + 1; this leaves a margin of two bits.
-PIXEL_COUNTER_WIDTH = ceil_log2(TILE_SLOTS + 2) + 2
+#: The deeper output tile of engines with wide streams, packs or split filters: with little
+#: work per lane and pixel, a lane's trip from a pixel's scan to its collection (some thirty
+#: cycles) would otherwise bound the engine at half that a pixel.
+DEEP_TILE_SLOTS = 4
+
+
+def pixel_counter_width(slots):
+    """Output-pixel counters differ by at most ``slots + 1``; this leaves a margin of two
+    bits."""
+    return ceil_log2(slots + 2) + 2
+
+
+def slot_bits(slots):
+    return max(ceil_log2(slots), 1)
+
+
+PIXEL_COUNTER_WIDTH = pixel_counter_width(TILE_SLOTS)
 
 
 def ring_rows(geometry):
@@ -124,13 +140,16 @@ class LaneWindow:
     Both conditions are registers, computed for the cursor as it will be after this cycle: a
     start is then decided by two flip-flops, not by two counter comparisons. The counters they
     are compared with (``rows_written``, ``collector_released``) only grow, so seeing them a
-    cycle late can only delay a start, never allow one early.
+    cycle late can only delay a start, never allow one early. The output tile holds ``slots``
+    pixels: a lane runs up to ``slots`` pixels ahead of the collector.
     """
 
-    def __init__(self, m, geometry, rows, row_width, rows_written, collector_released, name):
+    def __init__(self, m, geometry, rows, row_width, rows_written, collector_released, name,
+                 slots=TILE_SLOTS):
         g = self.geometry = geometry
-        self.rows, self.row_width = rows, row_width
-        self.pixel_index = Signal(PIXEL_COUNTER_WIDTH, name=f"{name}_pixel_index")
+        self.rows, self.row_width, self.slots = rows, row_width, slots
+        width = pixel_counter_width(slots)
+        self.pixel_index = Signal(width, name=f"{name}_pixel_index")
         self.cursor = PixelCursor(g, rows, row_width, f"{name}_scan", track_needed=True)
         self.retired = PixelCursor(g, rows, row_width, f"{name}_retired")
         self.oldest_needed = Signal(row_width, name=f"{name}_oldest_needed")
@@ -144,21 +163,22 @@ class LaneWindow:
                                    ~earlier(rows_written, cursor.needed_after(), row_width),
                                    ~earlier(rows_written, cursor.needed, row_width))),
             tile_free.eq(Mux(self._stepping,
-                             earlier(self.pixel_index, collector_released + (TILE_SLOTS - 1),
-                                     PIXEL_COUNTER_WIDTH),
-                             earlier(self.pixel_index, collector_released + TILE_SLOTS,
-                                     PIXEL_COUNTER_WIDTH))),
+                             earlier(self.pixel_index, collector_released + (slots - 1), width),
+                             earlier(self.pixel_index, collector_released + slots, width))),
         ]
         self.can_start = self.rows_ready & tile_free
 
     def origin_layout(self):
         """Fields of the pixel being examined that travel with its combos down the pipeline."""
         coordinate = _coordinate_shape(self.geometry)
-        return {"slot": 1, "top": coordinate, "left": coordinate, "top_slot": range(self.rows)}
+        return {"slot": slot_bits(self.slots), "top": coordinate, "left": coordinate,
+                "top_slot": range(self.rows)}
 
     def origin(self, stage):
         """Assignments latching the current pixel's origin into ``stage``."""
-        return [stage.slot.eq(self.pixel_index[0]), stage.top.eq(self.cursor.top),
+        slot = self.pixel_index[0] if self.slots == 2 else \
+            self.pixel_index[:slot_bits(self.slots)]
+        return [stage.slot.eq(slot), stage.top.eq(self.cursor.top),
                 stage.left.eq(self.cursor.left), stage.top_slot.eq(self.cursor.top_slot)]
 
     def next_pixel(self, m):
@@ -272,7 +292,7 @@ def elaborate_accumulator(m, window, *, valid, last, value, filter_index, slot, 
     filter retires the pixel. Returns the count of pixels done (wrap-around)."""
     accumulator = Signal(sum_shape)
     total = Signal(sum_shape)
-    pixels_done = Signal(PIXEL_COUNTER_WIDTH)
+    pixels_done = Signal(pixel_counter_width(window.slots))
     m.d.comb += [total.eq(accumulator + value),
                  tile_write.addr.eq(slot * filters + filter_index),
                  tile_write.data.eq(total)]
@@ -299,7 +319,7 @@ def elaborate_block_accumulator(m, window, *, valid, last, value, unit, sub, slo
     shift = per_word.bit_length() - 1
     partials = [Signal(sum_shape, name=f"partial_{index}") for index in range(pack)]
     total = Signal(sum_shape)
-    pixels_done = Signal(PIXEL_COUNTER_WIDTH)
+    pixels_done = Signal(pixel_counter_width(window.slots))
     current = partials[0] if pack == 1 else Array(partials)[sub]
     m.d.comb += total.eq(current + value)
     sums = [total] if pack == 1 else [Mux(sub == index, total, partial)

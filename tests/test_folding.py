@@ -95,7 +95,7 @@ def test_bad_estimate_arguments_are_refused(net):
         folding.estimate_graph(graph, x, {"a": 1, "b": 1})
     node = graph["a"]
     with pytest.raises(ZeroskipError, match="lanes must be between 1 and the 8 output channels"):
-        folding.estimate_layer(node, (3, 6, 6), graph.input.act, 9, x)
+        folding.estimate_layer(node, (3, 6, 6), graph.input.act, 65, x)
     with pytest.raises(ZeroskipError, match=r"must be a batch of shape \(N, 3, 6, 6\)"):
         folding.estimate_layer(node, (3, 6, 6), graph.input.act, 1, x[:, :2])
 
@@ -200,7 +200,7 @@ MODEL_CASES = {
                              weight_density=1.0), dict(lanes=2, pack=8)),
     "depthwise_pack4_wide": (dict(channels=32, filters=32, size=6, kernel=3, padding=1,
                                   groups=32, weight_density=1.0),
-                             dict(lanes=4, pack=4, in_width=8, out_width=8)),
+                             dict(lanes=4, pack=4, in_width=8, out_width=8, slots=4)),
     "one_channel_pack8": (dict(channels=1, filters=16, size=6, kernel=3, padding=1,
                                weight_density=0.3), dict(lanes=2, pack=8)),
     "three_channels_pack4": (dict(channels=3, filters=16, size=6, kernel=3, padding=1,
@@ -209,6 +209,10 @@ MODEL_CASES = {
                             weight_density=0.1), dict(lanes=8, in_width=4, out_width=8)),
     "columns": (dict(channels=16, filters=16, size=6, kernel=3, padding=1,
                      weight_density=0.1), dict(lanes=6, out_width=4)),
+    "split_deep_tile": (dict(channels=16, filters=8, size=6, kernel=3, padding=1,
+                             weight_density=0.1), dict(lanes=16, out_width=2, slots=4)),
+    "deep_tile": (dict(channels=16, filters=16, size=6, kernel=3, padding=1,
+                       weight_density=0.1), dict(lanes=16, slots=8)),
 }
 
 

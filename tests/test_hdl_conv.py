@@ -52,12 +52,12 @@ def random_inputs(rng, graph, batch, density=0.5):
 
 
 def rtl_run(graph, x, *, lanes, zero_skip=True, chunk=8, seed=0, stalls=STALLS, pack=1,
-            in_width=1, out_width=1, timeout=1000):
+            in_width=1, out_width=1, slots=2, timeout=1000):
     """The graph's last layer as a SparseConvEngine on ``x``: (outputs, counters, engine)."""
     node = graph.nodes[-1]
     engine = SparseConvEngine(node, graph.input.shape, graph.input.act, lanes=lanes,
                               zero_skip=zero_skip, chunk=chunk, pack=pack, in_width=in_width,
-                              out_width=out_width)
+                              out_width=out_width, slots=slots)
     out_shape = graph.shapes[node.name]
     beats = to_wide(encode_beats(batch_to_beats(x), graph.input.act), in_width)
     run = run_streams(engine, [(engine.i_stream, beats)],
@@ -177,7 +177,7 @@ def test_storage_counts_only_nonzeros_when_skipping():
 
 @pytest.mark.parametrize("kwargs, message", [
     (dict(lanes=0), "lanes must be between 1 and the 4 output channels"),
-    (dict(lanes=5), "lanes must be between 1 and the 4 output channels"),
+    (dict(lanes=33), r"lanes must be between 1 and the 4 output channels of 'conv' \(times 8"),
     (dict(chunk=0), "chunk must be an integer from 1 to 64"),
 ])
 def test_bad_parameters_are_refused(kwargs, message):
@@ -197,7 +197,7 @@ def test_only_conv_and_linear_nodes():
 WIDE_CASES = {
     # name: (graph arguments, engine arguments)
     "in2_out2": (dict(channels=8, filters=8, size=4, kernel=3, padding=1),
-                 dict(lanes=3, in_width=2, out_width=2)),
+                 dict(lanes=3, in_width=2, out_width=2, slots=4)),
     "in4_out1": (dict(channels=8, filters=6, size=4, kernel=3, stride=2, padding=1),
                  dict(lanes=2, in_width=4)),
     "in1_out4_columns": (dict(channels=8, filters=8, size=4, kernel=3, padding=1),
@@ -205,20 +205,29 @@ WIDE_CASES = {
     "in2_out4_blocks": (dict(channels=4, filters=8, size=4, kernel=3, padding=1),
                         dict(lanes=2, in_width=2, out_width=4)),
     "linear_in4_out2": (dict(linear=True), dict(lanes=3, in_width=4, out_width=2)),
+    # More lanes than filters: every filter cut over 2 or 4 lanes, the parts added.
+    "split2": (dict(channels=8, filters=4, size=4, kernel=3, padding=1), dict(lanes=8)),
+    "split2_out2": (dict(channels=8, filters=4, size=4, kernel=3, padding=1),
+                    dict(lanes=6, out_width=2)),
+    "split4_in2_out4": (dict(channels=8, filters=4, size=4, kernel=3, padding=1),
+                        dict(lanes=16, in_width=2, out_width=4, slots=8)),
+    "linear_split2": (dict(linear=True), dict(lanes=16)),
 }
 
 PACK_CASES = {
     # Depthwise: a pack reads one mask word of consecutive channels.
     "depthwise_pack4": (dict(channels=8, filters=8, size=5, kernel=3, padding=1, groups=8,
-                             weight_density=0.9), dict(lanes=2, pack=4)),
+                             weight_density=0.9), dict(lanes=2, pack=4, slots=4)),
     "depthwise_pack2_in4_out4": (dict(channels=8, filters=8, size=5, kernel=3, stride=2,
                                       padding=1, groups=8, weight_density=0.9),
                                  dict(lanes=2, pack=2, in_width=4, out_width=4)),
     "depthwise_pack2_in8": (dict(channels=8, filters=8, size=4, kernel=3, padding=1, groups=8,
                                  weight_density=0.9), dict(lanes=2, pack=2, in_width=8)),
+    "depthwise_pack4_split2": (dict(channels=8, filters=8, size=4, kernel=3, padding=1,
+                                    groups=8, weight_density=0.9), dict(lanes=4, pack=4)),
     # First layers: one or three channels, the chunk's mask repeated for every filter.
     "one_channel_pack8": (dict(channels=1, filters=8, size=5, kernel=3, padding=1),
-                          dict(lanes=1, pack=8)),
+                          dict(lanes=1, pack=8, slots=4)),
     "one_channel_pack4_out2": (dict(channels=1, filters=8, size=(6, 4), kernel=(4, 2),
                                     stride=2, padding=1), dict(lanes=2, pack=4, out_width=2)),
     "three_channels_pack4": (dict(channels=3, filters=8, size=5, kernel=3, padding=1),
@@ -298,6 +307,25 @@ def test_packed_plans_store_every_weight_once():
         for lane in plan.lanes:
             assert all(first % pack == 0 for first in lane.filters[::pack])
             assert all(int(mask) < 1 << plan.geometry.mask_bits for mask in lane.masks)
+
+
+def test_split_filters_put_their_parts_on_distinct_lanes():
+    """Twice as many lanes as filters: every filter's combos in two parts of about the same
+    weights, each on a lane of its own; together they store every weight once."""
+    rng = np.random.default_rng(10)
+    graph = conv_graph(rng, channels=16, filters=4, size=3, kernel=3, weight_density=0.5)
+    node = graph.nodes[-1]
+    plan = sparse_plan.plan(node, graph.input.shape, graph.input.act, lanes=8)
+    assert (plan.split, plan.groups) == (2, 2)
+    np.testing.assert_array_equal(sparse_plan.stored_weights(plan),
+                                  node.weight.astype(np.int64))
+    for f in range(4):
+        holders = [lane for lane in plan.lanes if f in lane.filters]
+        assert sorted(lane.part for lane in holders) == [0, 1]
+        loads = [int((sparse_plan.lane_weights(plan, lane)[f] != 0).sum()) for lane in holders]
+        assert abs(loads[0] - loads[1]) <= 16  # at most a chunk's weights apart
+    with pytest.raises(ValueError, match="lanes must be between 1 and the 4 output channels"):
+        sparse_plan.plan(node, graph.input.shape, graph.input.act, lanes=33)
 
 
 def test_tile_columns_put_every_beat_on_distinct_lanes():

@@ -256,8 +256,9 @@ def test_lanes_are_capped_by_output_channels_and_checked_by_name():
     graph = pooled_graph(np.random.default_rng(0))
     assert zeroskip.compile(graph, lanes=8).lanes == {"c1": 3, "fc": 4}
     assert zeroskip.compile(graph, lanes={"c1": 2, "fc": 1}).lanes == {"c1": 2, "fc": 1}
-    with pytest.raises(ZeroskipError, match=r"node 'c1': lanes must be between 1 and its 3"):
-        zeroskip.compile(graph, lanes={"c1": 4, "fc": 1})
+    with pytest.raises(ZeroskipError, match=r"node 'c1': lanes must be between 1 and 8 times its "
+                                            r"3 output channels"):
+        zeroskip.compile(graph, lanes={"c1": 25, "fc": 1})
     with pytest.raises(ZeroskipError, match=r"missing \['fc'\]"):
         zeroskip.compile(graph, lanes={"c1": 1})
     with pytest.raises(ZeroskipError, match=r"unknown \['c9'\]"):

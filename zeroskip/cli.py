@@ -145,18 +145,6 @@ def _lanes_argument(text):
     return value
 
 
-def _stream_width_argument(text):
-    if text == "auto":
-        return text
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer or 'auto', got {text!r}")
-    return value
-
-
 def _probability_argument(text):
     try:
         value = float(text)
@@ -410,7 +398,7 @@ def build_parser():
     compile_.add_argument("--no-layer-counters", action="store_true",
                           help="keep only the network's counters (latency, interval): saves "
                                "each engine's on small FPGAs")
-    compile_.add_argument("--stream-width", type=_stream_width_argument, default=None,
+    compile_.add_argument("--stream-width", type=_lanes_argument, default=None,
                           metavar="N|auto",
                           help="activations per beat of the streams between the engines: at "
                                "most N for every tensor, or 'auto' to widen the streams that "

@@ -378,7 +378,7 @@ def _act_text(act):
 
 def compile(graph, lanes=1, zero_skip=True, *, multipliers=None,  # noqa: A001 (the API name)
             calibration=None, chunk=compiler.DEFAULT_CHUNK, layer_counters=True,
-            architecture="dataflow", stream_width=None, pack=None):
+            architecture="dataflow", stream_width=None, pack=None, tile_slots=None):
     """Compile a graph into a :class:`Design`: one engine per layer, one Verilog top.
 
     Parameters
@@ -419,11 +419,15 @@ def compile(graph, lanes=1, zero_skip=True, *, multipliers=None,  # noqa: A001 (
         narrower than the chunk (:mod:`zeroskip.hdl.sparse_plan`). True gives each the largest
         pack that fits its lanes; a dict names layers' packs. The default is True with
         ``lanes="auto"``, else False.
+    tile_slots : int, optional
+        Output pixels a conv engine's lanes may run ahead of its collector (a power of two
+        from 2): 4 by default, 2 with one activation a beat and no packs (the engines' depth
+        before wide streams).
     """
     return Design(compiler.choose(graph, lanes, zero_skip, multipliers=multipliers,
                                   calibration=calibration, chunk=chunk,
                                   layer_counters=layer_counters, architecture=architecture,
-                                  stream_width=stream_width, pack=pack))
+                                  stream_width=stream_width, pack=pack, tile_slots=tile_slots))
 
 
 __all__ = ["Design", "SimResult", "SimulationMismatch", "compile"]

@@ -15,6 +15,8 @@ from dataclasses import replace
 
 from .. import ir, reference
 from ..errors import ZeroskipError
+from ..hdl.sparse_plan import MAX_SPLIT
+from ..hdl.window import DEEP_TILE_SLOTS, TILE_SLOTS
 from .architecture import Estimate, Pipeline, Sequential, check_count
 from .balance import balance, fixed_widths
 from .folding import Calibration
@@ -54,20 +56,27 @@ def _check_lanes(chosen, weight_layers, multipliers):
     for node in weight_layers:
         value = chosen[node.name]
         if not isinstance(value, int) or isinstance(value, bool) or \
-                not 1 <= value <= node.out_channels:
-            raise ZeroskipError(f"node {node.name!r}: lanes must be between 1 and its "
-                                f"{node.out_channels} output channels, got {value!r}")
+                not 1 <= value <= node.out_channels * MAX_SPLIT:
+            raise ZeroskipError(f"node {node.name!r}: lanes must be between 1 and {MAX_SPLIT} "
+                                f"times its {node.out_channels} output channels (beyond them "
+                                f"each filter is cut over several lanes), got {value!r}")
     if multipliers is not None and sum(chosen.values()) > multipliers:
         raise ZeroskipError(f"the layers' lanes add up to {sum(chosen.values())} multipliers, "
                             f"more than the budget of {multipliers}")
 
 
-def _stream_options(lanes, stream_width, pack, calibration):
-    """``stream_width`` and ``pack`` checked, their defaults filled in: chosen by the folding
-    model with ``lanes="auto"``, one activation a beat and no packs otherwise."""
+def _stream_options(lanes, stream_width, pack, tile_slots, calibration):
+    """``stream_width``, ``pack`` and ``tile_slots`` checked, their defaults filled in: chosen
+    by the folding model with ``lanes="auto"``, one activation a beat and no packs otherwise;
+    deep tiles but with one activation a beat and no packs."""
     auto = lanes == "auto"
     stream_width = ("auto" if auto else 1) if stream_width is None else stream_width
     pack = auto if pack is None else pack
+    if tile_slots is None:
+        tile_slots = TILE_SLOTS if stream_width == 1 and pack is False else DEEP_TILE_SLOTS
+    elif not isinstance(tile_slots, int) or isinstance(tile_slots, bool) or tile_slots < 2 \
+            or tile_slots & (tile_slots - 1):
+        raise ZeroskipError(f"tile_slots must be a power of two from 2, got {tile_slots!r}")
     if stream_width == "auto":
         if calibration is None and not auto:  # lanes="auto" says so itself
             raise ZeroskipError("stream_width='auto' chooses the widths by the work measured "
@@ -84,12 +93,12 @@ def _stream_options(lanes, stream_width, pack, calibration):
     elif not isinstance(pack, bool):
         raise ZeroskipError(f"pack must be True, False or a dict of layer to pack, got "
                             f"{pack!r}")
-    return stream_width, pack
+    return stream_width, pack, tile_slots
 
 
 def _decide(graph, specs, lanes, multipliers, calibration, options):
     """``(lanes, widths, packs)`` of a pipeline: folded, balanced or as given."""
-    stream_width, pack, zero_skip, chunk = options
+    stream_width, pack, zero_skip, chunk, slots = options
     weight_layers = [spec.node for spec in specs if spec.has_weights]
     input_name, in_shape = graph.input.name, graph.shapes[graph.input.name]
     if lanes == "auto":
@@ -119,14 +128,14 @@ def _decide(graph, specs, lanes, multipliers, calibration, options):
     if chosen is None or widths == "auto":
         balanced = balance(calibration, specs, input_name=input_name, in_shape=in_shape,
                            multipliers=multipliers, lanes=chosen, widths=widths, pack=pack,
-                           zero_skip=zero_skip, chunk=chunk)
+                           zero_skip=zero_skip, chunk=chunk, slots=slots)
         return balanced.lanes, balanced.widths, balanced.packs
     return chosen, widths, chosen_packs(specs, chosen, widths, pack, chunk=chunk)
 
 
 def choose(graph, lanes=1, zero_skip=True, *, multipliers=None, calibration=None,
            chunk=DEFAULT_CHUNK, layer_counters=True, architecture="dataflow", stream_width=None,
-           pack=None):
+           pack=None, tile_slots=None):
     """The architecture of a graph with every decision made; see :func:`zeroskip.compile` for
     the parameters. A ZeroskipError names what cannot be built."""
     if not isinstance(graph, ir.Graph):
@@ -137,23 +146,24 @@ def choose(graph, lanes=1, zero_skip=True, *, multipliers=None, calibration=None
         raise ZeroskipError(f"architecture must be one of {', '.join(ARCHITECTURES)}, got "
                             f"{architecture!r}")
     kind.check_options(lanes=lanes, multipliers=multipliers, zero_skip=zero_skip,
-                       stream_width=stream_width, pack=pack)
+                       stream_width=stream_width, pack=pack, tile_slots=tile_slots)
     zero_skip = bool(zero_skip)
     found = network_layers(graph)
     if calibration is not None:
         # Run through the golden model once, for the folding and the estimates alike.
         calibration = Calibration(graph, reference.validate_input(graph, calibration), chunk)
-    stream_width, pack = _stream_options(lanes, stream_width, pack, calibration)
+    stream_width, pack, tile_slots = _stream_options(lanes, stream_width, pack, tile_slots,
+                                                     calibration)
     idents = counter_names([node.name for node, *_ in found])
     specs = [LayerSpec(node, sources, in_shapes, in_acts, 0, idents[node.name])
              for node, sources, in_shapes, in_acts in found]
     chosen, widths, packs = _decide(graph, specs, lanes, multipliers, calibration,
-                                    (stream_width, pack, zero_skip, chunk))
+                                    (stream_width, pack, zero_skip, chunk, tile_slots))
     layers = [replace(spec, lanes=chosen.get(spec.name, 0)) for spec in specs]
     chosen_architecture = kind(
         graph, layers, chosen, zero_skip=zero_skip, chunk=chunk, multipliers=multipliers,
         layer_counters=bool(layer_counters) and kind.LAYER_COUNTERS, calibration=calibration,
-        widths=widths, packs=packs)
+        widths=widths, packs=packs, tile_slots=tile_slots)
     try:
         chosen_architecture.check()
     except ValueError as error:

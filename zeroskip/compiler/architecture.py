@@ -36,6 +36,7 @@ from ..hdl.network import NetworkEngine, Stage
 from ..hdl.pool import AvgPool2dEngine, MaxPool2dEngine
 from ..hdl.sequential import SequentialEngine, SequentialPlan, estimate_cycles
 from ..hdl.sparse_plan import plan as make_plan
+from ..hdl.window import TILE_SLOTS
 from ..hdl.xnor import XNOR_WIDTH, XnorConvEngine
 from .balance import port_estimate
 from .folding import Calibration
@@ -70,7 +71,8 @@ class _Architecture:
     name = ""
 
     def __init__(self, graph, layers, lanes, *, zero_skip=True, chunk, multipliers=None,
-                 layer_counters=True, calibration=None, widths=None, packs=None):
+                 layer_counters=True, calibration=None, widths=None, packs=None,
+                 tile_slots=TILE_SLOTS):
         self.graph, self.layers = graph, tuple(layers)
         self.lanes, self.zero_skip, self.chunk = dict(lanes), zero_skip, chunk
         self.multipliers, self.layer_counters = multipliers, layer_counters
@@ -84,6 +86,7 @@ class _Architecture:
         self.widths.update(widths or {})
         self.packs = {spec.name: 1 for spec in self.layers if spec.has_weights}
         self.packs.update(packs or {})
+        self.tile_slots = tile_slots
         self.in_width = self.widths[graph.input.name]
         self.out_width = self.widths[producer(graph, graph.output)] if self.layers else 1
 
@@ -96,7 +99,8 @@ class _Architecture:
         return {"architecture": self.name, "zero_skip": self.zero_skip, "chunk": self.chunk,
                 "layer_counters": self.layer_counters, "multipliers": self.multipliers,
                 "multipliers_used": self.multipliers_used, "lanes": dict(self.lanes),
-                "stream_widths": dict(self.widths), "packs": dict(self.packs)}
+                "stream_widths": dict(self.widths), "packs": dict(self.packs),
+                "tile_slots": self.tile_slots}
 
 
 class Pipeline(_Architecture):
@@ -109,8 +113,9 @@ class Pipeline(_Architecture):
     LAYER_COUNTERS = True
 
     @staticmethod
-    def check_options(*, lanes, multipliers, zero_skip, stream_width=None, pack=None):
-        """Any lanes, budget, mode, widths and packs go."""
+    def check_options(*, lanes, multipliers, zero_skip, stream_width=None, pack=None,
+                      tile_slots=None):
+        """Any lanes, budget, mode, widths, packs and tiles go."""
 
     @staticmethod
     def options_from_manifest(manifest):
@@ -119,7 +124,8 @@ class Pipeline(_Architecture):
                 "chunk": manifest["chunk"], "multipliers": manifest["multipliers"],
                 "layer_counters": manifest.get("layer_counters", True),
                 "stream_width": manifest.get("stream_widths", 1),
-                "pack": manifest.get("packs", False)}
+                "pack": manifest.get("packs", False),
+                "tile_slots": manifest.get("tile_slots", TILE_SLOTS)}
 
     @cached_property
     def layouts(self):
@@ -141,7 +147,8 @@ class Pipeline(_Architecture):
             else:
                 plans[spec.name] = make_plan(spec.node, spec.in_shapes[0], spec.in_acts[0],
                                              spec.lanes, self.zero_skip, self.chunk, pack=pack,
-                                             in_width=in_widths[0], out_width=out_width)
+                                             in_width=in_widths[0], out_width=out_width,
+                                             slots=self.tile_slots)
         return plans
 
     @property
@@ -158,7 +165,7 @@ class Pipeline(_Architecture):
         the cycles the ports of every other engine take (:func:`~.balance.port_estimate`), in
         layer order."""
         weights = iter(calibration.estimates(
-            self.lanes, zero_skip=self.zero_skip,
+            self.lanes, zero_skip=self.zero_skip, slots=self.tile_slots,
             layouts={name: (pack, in_widths[0], out_width)
                      for name, (pack, in_widths, out_width) in self.layouts.items()}))
         by_name = {e.name: e for e in weights}
@@ -197,7 +204,8 @@ class Pipeline(_Architecture):
         if spec.has_weights:
             return SparseConvEngine(node, in_shape, in_act, lanes=spec.lanes,
                                     zero_skip=self.zero_skip, chunk=self.chunk,
-                                    plan=self.plans[spec.name], pack=pack, **widths)
+                                    plan=self.plans[spec.name], pack=pack,
+                                    slots=self.tile_slots, **widths)
         if isinstance(node, ir.MaxPool2d):
             return MaxPool2dEngine(node, in_shape, in_act, **widths)
         if isinstance(node, ir.AvgPool2d):
@@ -227,12 +235,14 @@ class Sequential(_Architecture):
     LAYER_COUNTERS = False
 
     @staticmethod
-    def check_options(*, lanes, multipliers, zero_skip, stream_width=None, pack=None):
+    def check_options(*, lanes, multipliers, zero_skip, stream_width=None, pack=None,
+                      tile_slots=None):
         if lanes != 1 or multipliers is not None or not zero_skip:
             raise ZeroskipError("the sequential architecture is one zero-skip engine with one "
                                 "multiplier: it takes neither lanes nor a multiplier budget, "
                                 "nor dense mode")
-        if stream_width not in (None, 1) or pack not in (None, False):
+        if stream_width not in (None, 1) or pack not in (None, False) or \
+                tile_slots not in (None, TILE_SLOTS):
             raise ZeroskipError("the sequential architecture streams one activation a beat "
                                 "and packs no combos: it takes neither stream widths nor packs")
 

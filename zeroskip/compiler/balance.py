@@ -17,6 +17,8 @@ from dataclasses import dataclass
 
 from .. import ir
 from ..errors import ZeroskipError
+from ..hdl.sparse_plan import MAX_SPLIT
+from ..hdl.window import TILE_SLOTS
 from .folding import LayerEstimate
 from .layers import WEIGHT_LAYERS
 from .streams import MAX_WIDTH, chosen_packs, layouts, packable, width_choices
@@ -78,9 +80,9 @@ def fixed_widths(layers, input_name, in_shape, limit):
 class _Model:
     """The estimates of a pipeline's engines for given lanes, widths and packs, cached."""
 
-    def __init__(self, calibration, layers, *, zero_skip, chunk, pack):
+    def __init__(self, calibration, layers, *, zero_skip, chunk, pack, slots):
         self.calibration, self.layers = calibration, layers
-        self.zero_skip, self.chunk, self.pack = zero_skip, chunk, pack
+        self.zero_skip, self.chunk, self.pack, self.slots = zero_skip, chunk, pack, slots
         self.cache = {}
 
     def packs(self, lanes, widths):
@@ -94,7 +96,7 @@ class _Model:
             if isinstance(spec.node, WEIGHT_LAYERS):
                 self.cache[key] = self.calibration.by_name[spec.name].estimate(
                     lanes, self.zero_skip, pack=pack, in_width=in_widths[0],
-                    out_width=out_width)
+                    out_width=out_width, slots=self.slots)
             else:
                 self.cache[key] = port_estimate(spec, in_widths[0], out_width)
         return self.cache[key]
@@ -120,7 +122,7 @@ def _wider(widths, tensors, shapes, narrow):
 
 
 def balance(calibration, layers, *, input_name, in_shape, multipliers=None, lanes=None,
-            widths="auto", pack=True, zero_skip=True, chunk=32):
+            widths="auto", pack=True, zero_skip=True, chunk=32, slots=TILE_SLOTS):
     """Lanes (unless given), stream widths (when ``"auto"``) and packs of a pipeline.
 
     Parameters
@@ -137,18 +139,24 @@ def balance(calibration, layers, *, input_name, in_shape, multipliers=None, lane
         ``"auto"`` chooses them; a dict (tensor -> width) keeps them.
     pack : bool or dict
         As :func:`zeroskip.compiler.streams.chosen_packs` takes it.
+    slots : int
+        Output pixels a conv engine's tile holds.
 
     Returns
     -------
     Balanced
     """
     weight_layers = [spec for spec in layers if isinstance(spec.node, WEIGHT_LAYERS)]
-    model = _Model(calibration, layers, zero_skip=zero_skip, chunk=chunk, pack=pack)
+    model = _Model(calibration, layers, zero_skip=zero_skip, chunk=chunk, pack=pack,
+                   slots=slots)
     shapes = {input_name: in_shape, **{spec.name: spec.out_shape for spec in layers}}
     narrow = {spec.name for spec in weight_layers if spec.in_acts[0].binary}
     auto_widths = widths == "auto"
     widths = {name: 1 for name in shapes} if auto_widths else dict(widths)
     fold_lanes = lanes is None
+    # One activation a beat and no packs: the folding of the engines without either, which
+    # never cuts a filter over several lanes.
+    legacy = not auto_widths and pack is False and set(widths.values()) == {1}
     lanes = {spec.name: 1 for spec in weight_layers} if fold_lanes else dict(lanes)
     # With fixed widths only the lanes can change, and only a conv / linear engine's cycles
     # with them: the slowest of those gets the next lane.
@@ -176,7 +184,8 @@ def balance(calibration, layers, *, input_name, in_shape, multipliers=None, lane
                 widths, changed = wider, True
         if not changed and fold_lanes and isinstance(spec.node, WEIGHT_LAYERS):
             more = _add_lanes(spec, lanes, widths, multipliers, helps,
-                              packed=pack is not False and packable(spec, chunk))
+                              packed=pack is not False and packable(spec, chunk),
+                              split=not legacy and not spec.in_acts[0].binary)
             if more is not None:
                 lanes, changed = more, True
         if not changed:
@@ -185,17 +194,19 @@ def balance(calibration, layers, *, input_name, in_shape, multipliers=None, lane
     return Balanced(lanes, widths, packs, tuple(model.all(lanes, widths)))
 
 
-def _add_lanes(spec, lanes, widths, multipliers, helps, packed):
+def _add_lanes(spec, lanes, widths, multipliers, helps, packed, split):
     """``lanes`` with the fewest more lanes for ``spec`` that ``helps``, or None. One more lane
     may not help a wide output (its lanes come in columns, :data:`LOOK_AHEAD` or the width
-    more are tried) nor a packed layer (whose pack halves as its lanes double: up to as many
-    more as it has are tried)."""
+    more are tried), a packed layer (whose pack halves as its lanes double) nor one with a lane
+    per filter (``split``: beyond, its filters are cut in two): up to as many more as it has
+    are tried there."""
     spare = multipliers - sum(lanes.values())
-    width = widths.get(spec.name, 1)
+    width, count = widths.get(spec.name, 1), lanes[spec.name]
+    most = spec.node.out_channels * (MAX_SPLIT if split else 1)
     ahead = 1
-    if width > 1 or packed:
-        ahead = max(width, LOOK_AHEAD, lanes[spec.name] if packed else 1)
-    for extra in range(1, min(spare, spec.node.out_channels - lanes[spec.name], ahead) + 1):
+    if width > 1 or packed or (split and count >= spec.node.out_channels):
+        ahead = max(width, LOOK_AHEAD, count if packed or split else 1)
+    for extra in range(1, min(spare, most - count, ahead) + 1):
         more = {**lanes, spec.name: lanes[spec.name] + extra}
         if helps(more, widths):
             return more

@@ -284,8 +284,8 @@ def _timeline(sparse_plan, work, streams, arrivals=None):
             index = image * g.out_pixels + pixel
             rows_in = image * g.height + needed[pixel]  # a window all in padding needs none
             gate = row_complete(rows_in - 1) if rows_in else np.zeros(images, np.int64)
-            if index >= TILE_SLOTS:
-                gate = np.maximum(gate, releases[index - TILE_SLOTS])
+            if index >= sparse_plan.slots:
+                gate = np.maximum(gate, releases[index - sparse_plan.slots])
             first_scan = np.maximum(scan_free, gate[:, None] + ROW_READY) + 1
             scan_free, issue_free, pops = _lane_pixel(work[ids, pixel], listed, first_scan,
                                                       issue_free, pops)
@@ -362,7 +362,7 @@ def _simulate_xnor(geometry, entries):
 
 
 def estimate_layer(node, in_shape, in_act, lanes, x_in, *, zero_skip=True, chunk=32, pack=1,
-                   in_width=1, out_width=1):
+                   in_width=1, out_width=1, slots=TILE_SLOTS):
     """Estimate one conv2d / linear engine's work and steady-state cycles on calibration inputs.
 
     Parameters
@@ -383,6 +383,8 @@ def estimate_layer(node, in_shape, in_act, lanes, x_in, *, zero_skip=True, chunk
         Input channels the engine examines together.
     pack, in_width, out_width : int
         Filters per combo and the streams' activations a beat (:mod:`.streams`).
+    slots : int
+        Output pixels a lane's tile holds.
 
     Returns
     -------
@@ -395,7 +397,7 @@ def estimate_layer(node, in_shape, in_act, lanes, x_in, *, zero_skip=True, chunk
         batch of ``in_shape``.
     """
     return _Calibration.of(node, in_shape, in_act, x_in, chunk).estimate(
-        lanes, zero_skip, pack=pack, in_width=in_width, out_width=out_width)
+        lanes, zero_skip, pack=pack, in_width=in_width, out_width=out_width, slots=slots)
 
 
 @dataclass(frozen=True, eq=False)
@@ -419,13 +421,14 @@ class _Calibration:
         return cls(node, tuple(in_shape), in_act, chunk,
                    _pair_counts(geometry, geometry.as_weight4d(node.weight), x_in))
 
-    def estimate(self, lanes, zero_skip, *, pack=1, in_width=1, out_width=1):
+    def estimate(self, lanes, zero_skip, *, pack=1, in_width=1, out_width=1,
+                 slots=TILE_SLOTS):
         if self.in_act.binary:
             return self._estimate_xnor(lanes)
         try:
             sparse_plan = make_plan(self.node, self.in_shape, self.in_act, lanes, zero_skip,
                                     self.chunk, pack=pack, in_width=in_width,
-                                    out_width=out_width)
+                                    out_width=out_width, slots=slots)
         except ValueError as error:
             raise ZeroskipError(str(error)) from None
         g = sparse_plan.geometry
@@ -507,15 +510,16 @@ class Calibration:
     def by_name(self):
         return {layer.node.name: layer for layer in self.layers}
 
-    def estimates(self, lanes, *, zero_skip=True, layouts=None):
+    def estimates(self, lanes, *, zero_skip=True, layouts=None, slots=TILE_SLOTS):
         """:func:`estimate_layer` of every conv2d / linear node with ``lanes[name]`` lanes and
-        ``layouts[name]`` = ``(pack, input width, output width)`` (1, 1, 1 if not given)."""
+        ``layouts[name]`` = ``(pack, input width, output width)`` (1, 1, 1 if not given),
+        ``slots`` pixels a tile."""
         missing = [layer.node.name for layer in self.layers if layer.node.name not in lanes]
         if missing:
             raise ZeroskipError(f"graph {self.graph.name!r}: no lanes given for "
                                 f"{', '.join(map(repr, missing))}")
         layouts = layouts or {}
-        return [layer.estimate(lanes[layer.node.name], zero_skip,
+        return [layer.estimate(lanes[layer.node.name], zero_skip, slots=slots,
                                **dict(zip(("pack", "in_width", "out_width"),
                                           layouts.get(layer.node.name, (1, 1, 1)))))
                 for layer in self.layers]

@@ -77,20 +77,23 @@ def packable(spec, chunk):
     return g.depthwise or (g.groups == 1 and g.chunks == 1 and g.group_channels < chunk)
 
 
-def pack_choices(spec, lanes, *, chunk, in_width=1, out_width=1, zero_skip=True):
+def pack_choices(spec, lanes, *, chunk, in_width=1, out_width=1):
     """The packs above 1 that fit a layer with ``lanes`` and these widths, largest first: a
-    combo mask of at most ``chunk`` bits and at least one block of the output tile per lane."""
+    combo mask of at most ``chunk`` bits, and an output tile the lanes fit (with more lanes
+    than packs, each pack's combos are cut over several lanes)."""
     if not packable(spec, chunk):
         return []
     node = spec.node
     choices = []
-    pack = power_of_two_floor(max(node.out_channels // lanes, 1))
+    pack = power_of_two_floor(node.out_channels)
     while pack > 1:
         g = _geometry(spec, chunk, pack, in_width, out_width)
         if g.mask_bits <= chunk:
             try:
                 g.check(spec.name)
-                tile_layout(g, np.ones(node.out_channels, np.int64), lanes, spec.name)
+                units = node.out_channels // pack
+                tile_layout(g, lambda split: np.ones((units, split), np.int64), lanes,
+                            spec.name)
                 choices.append(pack)
             except ValueError:
                 pass
