@@ -159,7 +159,7 @@ def test_compile_takes_stream_widths_and_packs(small_graph_file, tmp_path):
     # One input channel streams one a beat, the conv's 4 channels 4, the 3 logits 1.
     widths = manifest["stream_widths"]
     assert widths.pop("0") == 4 and set(widths.values()) == {1} and len(widths) == 2
-    assert manifest["packs"] == {"0": 2, "3": 1}
+    assert manifest["packs"] == {"0": 4, "3": 1}  # one pack of the 4 filters, on 2 lanes
     assert "pack" in result.stdout and "1 -> 4" in result.stdout
 
 

@@ -132,10 +132,14 @@ def test_stream_width_caps_every_tensor_and_packs_follow_the_lanes():
     assert design.widths == {"x": 2, "stem": 4, "block.a": 4, "block.b": 4, "block.add": 4,
                              "dw": 4, "pw": 2, "gap": 2, "fc": 1}
     assert (design.in_width, design.out_width) == (2, 1)
-    # The 4-channel layers fit one chunk: two lanes get a pack of two filters each.
-    assert design.packs == {"stem": 2, "block.a": 2, "block.b": 2, "dw": 2, "pw": 2, "fc": 1}
-    assert zeroskip.compile(graph, lanes=2).widths == dict.fromkeys(design.widths, 1)
-    assert set(zeroskip.compile(graph, lanes=2).packs.values()) == {1}
+    # The 4-channel layers fit one chunk: one pack of all four filters, cut over the two lanes;
+    # the pack must divide the output channels (6 for 'pw', 5 for 'fc').
+    assert design.packs == {"stem": 4, "block.a": 4, "block.b": 4, "dw": 4, "pw": 2, "fc": 1}
+    assert design.plans["stem"].split == 2 and design.plans["pw"].split == 1
+    assert design.architecture.tile_slots == 4
+    narrow = zeroskip.compile(graph, lanes=2)
+    assert narrow.widths == dict.fromkeys(design.widths, 1)
+    assert set(narrow.packs.values()) == {1} and narrow.architecture.tile_slots == 2
 
 
 def test_bad_stream_widths_and_packs_are_refused():
@@ -157,6 +161,8 @@ def test_bad_stream_widths_and_packs_are_refused():
         zeroskip.compile(pooled_graph(np.random.default_rng(0)), pack={"fc": 4})
     with pytest.raises(ZeroskipError, match="node 'pw': pack 2 needs a depthwise layer"):
         zeroskip.compile(graph, chunk=2, pack={"pw": 2})
+    with pytest.raises(ZeroskipError, match="tile_slots must be a power of two from 2, got 3"):
+        zeroskip.compile(graph, tile_slots=3)
     with pytest.raises(ZeroskipError, match="takes neither stream widths nor packs"):
         zeroskip.compile(pooled_graph(np.random.default_rng(0)), architecture="sequential",
                          stream_width=2, chunk=3)
@@ -169,6 +175,7 @@ def test_widths_and_packs_go_to_the_manifest_and_load_back(tmp_path):
     path = design.write(tmp_path / "build")
     manifest = json.loads((tmp_path / "build" / "manifest.json").read_text())
     assert manifest["stream_widths"] == design.widths and manifest["packs"] == design.packs
+    assert manifest["tile_slots"] == 4
     assert manifest["ports"]["i_stream"]["width"] == design.in_width
     layer = next(entry for entry in manifest["layers"] if entry["name"] == "dw")
     assert layer["pack"] == design.packs["dw"] and "in_width" in layer

@@ -23,11 +23,14 @@ from .folding import LayerEstimate
 from .layers import WEIGHT_LAYERS
 from .streams import MAX_WIDTH, chosen_packs, layouts, packable, width_choices
 
-__all__ = ["Balanced", "LOOK_AHEAD", "balance", "fixed_widths", "port_estimate"]
+__all__ = ["Balanced", "HEAD_START", "LOOK_AHEAD", "balance", "fixed_widths", "port_estimate"]
 
 #: More lanes tried at once for a layer with a wide output or a pack, when one more does not
 #: make it faster.
 LOOK_AHEAD = 4
+#: The share of the budget given out at once, in proportion to the layers' cycles at one
+#: lane, before the folding adds lanes one step at a time.
+HEAD_START = 0.5
 
 
 @dataclass(frozen=True)
@@ -155,9 +158,14 @@ def balance(calibration, layers, *, input_name, in_shape, multipliers=None, lane
     widths = {name: 1 for name in shapes} if auto_widths else dict(widths)
     fold_lanes = lanes is None
     # One activation a beat and no packs: the folding of the engines without either, which
-    # never cuts a filter over several lanes.
+    # never cuts a filter over several lanes and starts from one lane each.
     legacy = not auto_widths and pack is False and set(widths.values()) == {1}
-    lanes = {spec.name: 1 for spec in weight_layers} if fold_lanes else dict(lanes)
+    if not fold_lanes:
+        lanes = dict(lanes)
+    elif legacy:
+        lanes = {spec.name: 1 for spec in weight_layers}
+    else:
+        lanes = _first_lanes(model, layers, widths, multipliers)
     # With fixed widths only the lanes can change, and only a conv / linear engine's cycles
     # with them: the slowest of those gets the next lane.
     candidates = range(len(layers)) if auto_widths else \
@@ -206,8 +214,32 @@ def _add_lanes(spec, lanes, widths, multipliers, helps, packed, split):
     ahead = 1
     if width > 1 or packed or (split and count >= spec.node.out_channels):
         ahead = max(width, LOOK_AHEAD, count if packed or split else 1)
-    for extra in range(1, min(spare, most - count, ahead) + 1):
+    # Every count up to LOOK_AHEAD more, then a quarter, a half and all the lanes more (each
+    # try is an estimate of the layer).
+    extras = sorted({extra for extra in (*range(1, LOOK_AHEAD + 1), ahead // 4, ahead // 2,
+                                         ahead)
+                     if 1 <= extra <= min(spare, most - count, ahead)})
+    for extra in extras:
         more = {**lanes, spec.name: lanes[spec.name] + extra}
         if helps(more, widths):
             return more
     return None
+
+
+def _first_lanes(model, layers, widths, multipliers):
+    """Lanes to start the folding from: a share of :data:`HEAD_START` of the budget, in
+    proportion to each conv / linear layer's cycles at one lane (at least one each)."""
+    weight_layers = [spec for spec in layers if isinstance(spec.node, WEIGHT_LAYERS)]
+    ones = {spec.name: 1 for spec in weight_layers}
+    cycles = {e.name: e.cycles for e in model.all(ones, widths) if e.name in ones}
+    total = sum(cycles.values())
+    spare = multipliers - len(weight_layers)
+    lanes = {}
+    for spec in weight_layers:
+        share = int(HEAD_START * spare * cycles[spec.name] / total)
+        lanes[spec.name] = 1 + min(share, spec.node.out_channels - 1)
+    try:
+        model.all(lanes, widths)
+    except ZeroskipError:  # a share that no tile fits: start from one lane each
+        return ones
+    return lanes

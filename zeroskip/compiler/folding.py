@@ -61,6 +61,10 @@ ISSUE_TO_COLLECT = 5
 # Calibration images the cycle model replays (evenly spaced through the batch): its cost grows
 # with images * pixels * combos, and the mean settles long before 32. Pair counts use them all.
 SIMULATED_IMAGES = 32
+# Output pixels times images the model replays at most, a layer of many pixels replaying fewer
+# images (at least MIN_SIMULATED_IMAGES): the mean over its pixels settles with fewer.
+SIMULATED_PIXELS = 16384
+MIN_SIMULATED_IMAGES = 8
 # Cycles from an input row's last beat being taken to a pixel waiting on it starting its scan:
 # the row count and the window's rows-ready flag are registers.
 ROW_READY = 1
@@ -171,15 +175,39 @@ def _pixel_rows(geometry):
     return np.minimum(top + g.kernel[0], g.height), np.maximum(top, 0)
 
 
-def _lane_pixel(cost, listed, first_scan, issue_free, pops):
+class _Queues:
+    """What the examiner queues for every pixel of one inference per image, computed once for
+    all pixels: ``cost`` ``(images, pixels, lanes, combos)`` are issue cycles (<= 0 where no
+    entry is queued); for each combo the issue cycles and the entries queued ahead of it, the
+    queued combos' positions in order; and index grids for gathering along the combos."""
+
+    def __init__(self, cost, listed):
+        self.cost = cost
+        self.queued = cost > 0
+        work = np.where(self.queued, cost, 0)
+        self.before = work.cumsum(axis=3) - work  # issue cycles queued ahead of each combo
+        self.rank = self.queued.cumsum(axis=3) - self.queued  # entries queued ahead of each
+        # The queued combos' positions, in order (the stable sort keeps them first).
+        self.order = np.argsort(~self.queued, axis=3, kind="stable")
+        self.total = self.queued.sum(axis=3)
+        images, _, lanes, combos = cost.shape
+        self.listed = listed
+        self.images = np.arange(images)[:, None, None]
+        self.lanes = np.arange(lanes)[None, :, None]
+        self.step = np.arange(combos)
+        self.last_listed = listed.sum(axis=1) - 1
+
+
+def _lane_pixel(queues, pixel, first_scan, issue_free, pops):
     """One output pixel through every lane's examiner and issuer.
 
     Parameters
     ----------
-    cost : numpy.ndarray
-        ``(images, lanes, combos)``: issue cycles of each combo, <= 0 where none is queued.
-    listed : numpy.ndarray
-        ``(lanes, combos)`` bool: the combo exists in the lane's list (the rest is padding).
+    queues : _Queues
+        The examiner's entries of every pixel (``listed``: ``(lanes, combos)`` bool, the combo
+        exists in the lane's list; the rest is padding).
+    pixel : int
+        The pixel.
     first_scan : numpy.ndarray
         ``(images, lanes)``: the cycle the first combo may be scanned.
     issue_free : numpy.ndarray
@@ -199,30 +227,26 @@ def _lane_pixel(cost, listed, first_scan, issue_free, pops):
     AHEAD entries wait, so scans depend on starts and starts on scans; iterating from the
     unblocked scans rises to the fixed point (the exact schedule) in a few rounds.
     """
-    queued = cost > 0
-    work = np.where(queued, cost, 0)
-    before = work.cumsum(axis=2) - work  # issue cycles queued ahead of each combo
-    rank = queued.cumsum(axis=2) - queued  # entries queued ahead of each combo
-    # The queued combos' positions, in order (the stable sort keeps them first).
-    order = np.argsort(~queued, axis=2, kind="stable")
-    step = np.arange(cost.shape[2])
+    q = queues
+    cost, queued = q.cost[:, pixel], q.queued[:, pixel]
+    before, rank, order = q.before[:, pixel], q.rank[:, pixel], q.order[:, pixel]
+    images, lanes = q.images, q.lanes
+    step = q.step
     scan = first_scan[..., None] + step
     while True:
         arrival = np.where(queued, scan + SCAN_TO_ISSUE - before, 0)
         start = before + np.maximum(np.maximum.accumulate(arrival, axis=2), issue_free[..., None])
-        history = np.concatenate([pops, np.take_along_axis(start, order, axis=2)], axis=2)
-        blocked = np.take_along_axis(history, rank, axis=2)
+        history = np.concatenate([pops, start[images, lanes, order]], axis=2)
+        blocked = history[images, lanes, rank]
         rescan = step + np.maximum.accumulate(np.maximum(blocked - step,
                                                          first_scan[..., None]), axis=2)
-        rescan = np.where(listed, rescan, scan)
+        rescan = np.where(q.listed, rescan, scan)
         if (rescan == scan).all():
             break
         scan = rescan
-    total = queued.sum(axis=2)
     last = np.where(queued, start + cost, issue_free[..., None]).max(axis=2)
-    recent = np.take_along_axis(history, total[..., None] + np.arange(pops.shape[2]), axis=2)
-    final_scan = np.take_along_axis(scan, np.broadcast_to(listed.sum(axis=1)[:, None] - 1,
-                                                          (*scan.shape[:2], 1)), axis=2)[..., 0]
+    recent = history[images, lanes, q.total[:, pixel][..., None] + np.arange(pops.shape[2])]
+    final_scan = scan[:, np.arange(scan.shape[1]), q.last_listed]
     return final_scan + 1, np.maximum(issue_free, last), recent
 
 
@@ -279,6 +303,7 @@ def _timeline(sparse_plan, work, streams, arrivals=None):
         return row_done[row]
 
     for image, ids in enumerate(streams):
+        queues = _Queues(work[ids], listed)
         given = []
         for pixel in range(g.out_pixels):
             index = image * g.out_pixels + pixel
@@ -287,8 +312,8 @@ def _timeline(sparse_plan, work, streams, arrivals=None):
             if index >= sparse_plan.slots:
                 gate = np.maximum(gate, releases[index - sparse_plan.slots])
             first_scan = np.maximum(scan_free, gate[:, None] + ROW_READY) + 1
-            scan_free, issue_free, pops = _lane_pixel(work[ids, pixel], listed, first_scan,
-                                                      issue_free, pops)
+            scan_free, issue_free, pops = _lane_pixel(queues, pixel, first_scan, issue_free,
+                                                      pops)
             lane_done.append(issue_free)
             collect = np.maximum(collector_free, issue_free.max(axis=1) + issue_to_collect)
             collector_free = collect + out_beats
@@ -438,8 +463,9 @@ class _Calibration:
             ideal = np.ceil(pixel_pairs / lanes).sum(axis=1).mean()
         else:
             ideal = g.out_pixels * np.ceil(dense_pixel_pairs / lanes)
-        sample = np.unique(np.linspace(0, len(self.pairs) - 1, SIMULATED_IMAGES).round()
-                           .astype(int))
+        images = max(MIN_SIMULATED_IMAGES, min(SIMULATED_IMAGES,
+                                               SIMULATED_PIXELS // g.out_pixels))
+        sample = np.unique(np.linspace(0, len(self.pairs) - 1, images).round().astype(int))
         work = _issue_work(sparse_plan, self.pairs[sample])
         # Lanes balance over pixels (they may run apart): each floor is the busiest lane's total.
         floors = {

@@ -26,7 +26,7 @@ import numpy as np
 from .. import ir
 from ..hdl.pool import AvgPool2dEngine, MaxPool2dEngine
 from ..hdl.requant import Requantizer
-from .folding import (SIMULATED_IMAGES, XNOR_ISSUE_TO_COLLECT, _issue_work, _pixel_rows,
+from .folding import (MIN_SIMULATED_IMAGES, XNOR_ISSUE_TO_COLLECT, _issue_work, _pixel_rows,
                       _timeline, xnor_entries)
 from .layers import WEIGHT_LAYERS, producer
 
@@ -46,7 +46,7 @@ COLLECT_TO_OUTPUT = 3 + Requantizer.latency
 def _sample(calibration):
     """The calibration images every layer replays (as the folding model samples them)."""
     count = len(calibration.x_int)
-    return np.unique(np.linspace(0, count - 1, SIMULATED_IMAGES).round().astype(int))
+    return np.unique(np.linspace(0, count - 1, MIN_SIMULATED_IMAGES).round().astype(int))
 
 
 def _conv_rows(layer, plan, arrivals, sample):
@@ -118,7 +118,7 @@ def _add_rows(spec, arrivals_a, arrivals_b, in_width, out_width):
 
 def network_latency(architecture, calibration):
     """The estimated single-stream latency of a pipeline, in cycles, per calibration image
-    sampled (:data:`~zeroskip.compiler.folding.SIMULATED_IMAGES` of them)."""
+    sampled (:data:`~zeroskip.compiler.folding.MIN_SIMULATED_IMAGES` of them)."""
     sample = _sample(calibration)
     graph = architecture.graph
     in_shape = architecture.in_shape
