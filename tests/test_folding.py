@@ -284,3 +284,21 @@ def test_balance_with_one_activation_a_beat_and_no_packs_folds_as_before(net):
         design = zeroskip.compile(graph, "auto", multipliers=budget, calibration=x,
                                   stream_width=1, pack=False)
         assert design.lanes == folding.fold(graph, x, budget)
+
+
+def test_a_chain_of_linear_layers_gets_wider_streams_for_its_latency():
+    """Every tensor one pixel: a layer starts once its input's last beat is in, so the folding
+    also widens streams that shorten the single-stream latency, which it checks by the model."""
+    from test_network import S8, linear
+
+    rng = np.random.default_rng(9)
+    nodes = [ir.Input("x", (), (64,), S8)]
+    for index in range(4):
+        nodes.append(linear(rng, f"fc{index}", nodes[-1].name, 64, 64, density=0.1))
+    graph = ir.Graph(tuple(nodes), "fc3", name="chain")
+    x = random_inputs(rng, graph, batch=8)
+    design = zeroskip.compile(graph, "auto", multipliers=16, calibration=x)
+    narrow = zeroskip.compile(graph, "auto", multipliers=16, calibration=x,
+                              stream_width={name: 1 for name in design.widths})
+    assert max(design.widths.values()) > 1
+    assert design.architecture.latency < 0.9 * narrow.architecture.latency

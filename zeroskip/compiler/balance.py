@@ -31,6 +31,10 @@ LOOK_AHEAD = 4
 #: The share of the budget given out at once, in proportion to the layers' cycles at one
 #: lane, before the folding adds lanes one step at a time.
 HEAD_START = 0.5
+#: A network of one-pixel tensors gets a stream twice as wide when that shortens its latency by
+#: this share at least, up to this width.
+LATENCY_GAIN = 0.005
+LATENCY_WIDTH = 16
 
 
 @dataclass(frozen=True)
@@ -198,8 +202,63 @@ def balance(calibration, layers, *, input_name, in_shape, multipliers=None, lane
                 lanes, changed = more, True
         if not changed:
             break
+    if auto_widths and all(_one_pixel(shape) for shape in shapes.values()):
+        widths = _widen_for_latency(model, lanes, widths, shapes, narrow, input_name, in_shape)
     packs = model.packs(lanes, widths)
     return Balanced(lanes, widths, packs, tuple(model.all(lanes, widths)))
+
+
+def _one_pixel(shape):
+    return len(shape) == 1 or shape[1] * shape[2] == 1
+
+
+def _widen_for_latency(model, lanes, widths, shapes, narrow, input_name, in_shape):
+    """Wider streams of a network whose every tensor is one pixel (a chain of linear layers):
+    each layer starts only once its input's last beat is in, so along the chain the beats add
+    up in the single-stream latency. The stream whose doubling shortens the latency model's
+    estimate most, by at least :data:`LATENCY_GAIN`, is doubled, until none does (up to
+    :data:`LATENCY_WIDTH`)."""
+    current = _latency(model, lanes, widths, input_name, in_shape)
+    while True:
+        best = None
+        for tensor in shapes:
+            if widths.get(tensor, 1) >= LATENCY_WIDTH:
+                continue
+            wider = _wider(widths, (tensor,), shapes, narrow)
+            if wider is None:
+                continue
+            try:
+                latency = _latency(model, lanes, wider, input_name, in_shape)
+            except (ZeroskipError, ValueError):
+                continue
+            if best is None or latency < best[0]:
+                best = (latency, wider)
+        if best is None or best[0] > current * (1 - LATENCY_GAIN):
+            return widths
+        current, widths = best
+
+
+def _latency(model, lanes, widths, input_name, in_shape):
+    """The latency model's mean estimate for these lanes and widths."""
+    from types import SimpleNamespace
+
+    from ..hdl.sparse_plan import plan as make_plan
+    from .latency import network_latency
+
+    packs = model.packs(lanes, widths)
+    shapes = layouts(model.layers, widths, packs, chunk=model.chunk)
+    plans = {}
+    for spec in model.layers:
+        if isinstance(spec.node, WEIGHT_LAYERS):
+            pack, in_widths, out_width = shapes[spec.name]
+            plans[spec.name] = make_plan(spec.node, spec.in_shapes[0], spec.in_acts[0],
+                                         lanes[spec.name], model.zero_skip, model.chunk,
+                                         pack=pack, in_width=in_widths[0], out_width=out_width,
+                                         slots=model.slots)
+    pipeline = SimpleNamespace(graph=model.calibration.graph, in_shape=in_shape,
+                               in_width=widths[input_name], layers=model.layers, widths=widths,
+                               layouts=shapes, plans=plans)
+    return float(network_latency(pipeline, model.calibration).mean())
 
 
 def _add_lanes(spec, lanes, widths, multipliers, helps, packed, split):

@@ -118,7 +118,11 @@ def _add_rows(spec, arrivals_a, arrivals_b, in_width, out_width):
 
 def network_latency(architecture, calibration):
     """The estimated single-stream latency of a pipeline, in cycles, per calibration image
-    sampled (:data:`~zeroskip.compiler.folding.MIN_SIMULATED_IMAGES` of them)."""
+    sampled (:data:`~zeroskip.compiler.folding.MIN_SIMULATED_IMAGES` of them).
+
+    ``architecture`` is a :class:`~zeroskip.compiler.architecture.Pipeline`, or anything with
+    its ``graph``, ``in_shape``, ``in_width``, ``layers``, ``widths``, ``layouts`` and ``plans``.
+    """
     sample = _sample(calibration)
     graph = architecture.graph
     in_shape = architecture.in_shape
