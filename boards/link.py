@@ -31,6 +31,7 @@ from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
 
 from ..hdl.common import activation_shape
+from ..hdl.network import NarrowedNetwork
 from ..hdl.stream import StreamRegister
 from .protocol import (DESCRIBE, DESCRIPTION_LENGTH, ERROR, FRAMING_BIT, INFER, MAX_CLASSES,
                        MAX_INPUTS, OVERRUN_BIT, RESULT, TIMEOUT_BIT, WORD_BYTES,
@@ -129,6 +130,9 @@ class HostLink(wiring.Component):
         abandon, network_reset = Signal(), Signal()
         m.d.sync += network_reset.eq(abandon)
         engine = design.engine()
+        if getattr(design, "in_width", 1) > 1 or getattr(design, "out_width", 1) > 1:
+            # The link carries one value a byte: width converters at the network's ports.
+            engine = NarrowedNetwork(engine)
         m.submodules.network = ResetInserter({"sync": network_reset})(engine)
         in_bits = activation_shape(design.in_act).width
         m.d.comb += engine.i_stream.payload.eq(received.payload[:in_bits])

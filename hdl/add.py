@@ -12,8 +12,9 @@ from zeroskip import ir
 from zeroskip.errors import GraphError
 
 from .activity import count_activity, count_beats
-from .common import activation_stream, counters_signature
-from .requant import Requantizer
+from .common import activation_shape, activation_stream, check_width, counters_signature
+from .requant import Requantizer, wide_requantizer
+from .stream import StreamWidthConverter
 
 __all__ = ["AddEngine"]
 
@@ -35,13 +36,18 @@ class AddEngine(wiring.Component):
         ``(features,)``; the requantizer's channel is ``channels`` or the feature.
     act_a, act_b : zeroskip.ir.Activation
         Encodings of the two inputs.
+    in_width, out_width : int
+        Activations per beat of both inputs, and of the output: powers of two dividing the
+        channels (the features of a flat tensor). Pairs of beats go through ``in_width``
+        requantizers side by side; another output width through a
+        :class:`~zeroskip.hdl.stream.StreamWidthConverter`.
 
     Members
     -------
-    i_stream_a : ``In(activation_stream(act_a))``
-    i_stream_b : ``In(activation_stream(act_b))``
+    i_stream_a : ``In(activation_stream(act_a, in_width))``
+    i_stream_b : ``In(activation_stream(act_b, in_width))``
         The two input tensors, HWC (or feature order), inference after inference.
-    o_stream : ``Out(activation_stream(node.act))``
+    o_stream : ``Out(activation_stream(node.act, out_width))``
         The output tensor, in the same order.
     counters : ``Out(counters_signature())``
         ``busy_cycles`` and ``stall_cycles``; ``effective_macs`` and ``skipped_pairs`` stay 0
@@ -50,13 +56,14 @@ class AddEngine(wiring.Component):
     Latency and throughput
     ----------------------
     :attr:`latency` (7, the requantizer's) cycles from the handshake of an input pair to its
-    result on ``o_stream``. One pair per cycle. Each input's ``ready`` depends combinationally
+    result on ``o_stream`` (2 more through a width converter). One pair of beats per cycle. Each input's ``ready`` depends combinationally
     on the other input's ``valid`` and on ``o_stream.ready``.
     """
 
     latency = Requantizer.latency
 
-    def __init__(self, node: ir.Add, shape, act_a: ir.Activation, act_b: ir.Activation):
+    def __init__(self, node: ir.Add, shape, act_a: ir.Activation, act_b: ir.Activation, *,
+                 in_width=1, out_width=1):
         if not isinstance(node, ir.Add):
             raise TypeError(f"node must be a zeroskip.ir.Add, got {type(node).__name__}")
         for name, act in (("act_a", act_a), ("act_b", act_b)):
@@ -75,10 +82,14 @@ class AddEngine(wiring.Component):
         self.shape = shape
         self._node = node
         self._acts = act_a, act_b
+        what = f"{'input' if len(shape) == 3 else 'flat input'} of {shape[0]} " + \
+            ("channels" if len(shape) == 3 else "features")
+        self.in_width = check_width(in_width, shape[0], what)
+        self.out_width = check_width(out_width, shape[0], what.replace("input", "output"))
         super().__init__({
-            "i_stream_a": In(activation_stream(act_a)),
-            "i_stream_b": In(activation_stream(act_b)),
-            "o_stream": Out(activation_stream(node.act)),
+            "i_stream_a": In(activation_stream(act_a, in_width)),
+            "i_stream_b": In(activation_stream(act_b, in_width)),
+            "o_stream": Out(activation_stream(node.act, out_width)),
             "counters": Out(counters_signature()),
         })
 
@@ -93,10 +104,11 @@ class AddEngine(wiring.Component):
         m = Module()
         a, b = self.i_stream_a, self.i_stream_b
         m_a, m_b = self._node.input_multipliers
-        channels, size = self.shape[0], math.prod(self.shape)
+        width = self.in_width
+        channels, size = self.shape[0] // width, math.prod(self.shape) // width  # in beats
 
-        m.submodules.requantizer = requantizer = Requantizer(
-            self._node.requant, self._sum_shape(), channels, self._node.act)
+        m.submodules.requantizer = requantizer = wide_requantizer(
+            self._node.requant, self._sum_shape(), self.shape[0], self._node.act, width)
         pair_valid = a.valid & b.valid
         taken = pair_valid & requantizer.i_stream.ready
 
@@ -112,18 +124,27 @@ class AddEngine(wiring.Component):
             a.ready.eq(requantizer.i_stream.ready & b.valid),
             b.ready.eq(requantizer.i_stream.ready & a.valid),
             requantizer.i_stream.valid.eq(pair_valid),
-            requantizer.i_stream.p.acc.eq(a.payload * m_a + b.payload * m_b),
+            *([requantizer.i_stream.p.acc.eq(a.payload * m_a + b.payload * m_b)] if width == 1
+              else [requantizer.i_stream.p.acc[index].eq(a.payload[index] * m_a +
+                                                         b.payload[index] * m_b)
+                    for index in range(width)]),
             requantizer.i_stream.p.channel.eq(channel),
         ]
-        wiring.connect(m, requantizer.o_stream, wiring.flipped(self.o_stream))
+        if self.out_width == width:
+            wiring.connect(m, requantizer.o_stream, wiring.flipped(self.o_stream))
+        else:
+            m.submodules.widths = widths = StreamWidthConverter(
+                activation_shape(self._node.act), width, self.out_width)
+            wiring.connect(m, requantizer.o_stream, widths.i_stream)
+            wiring.connect(m, widths.o_stream, wiring.flipped(self.o_stream))
 
         out_taken = self.o_stream.valid & self.o_stream.ready
-        _, last_out = count_beats(m, out_taken, size)
+        _, last_out = count_beats(m, out_taken, math.prod(self.shape) // self.out_width)
         count_activity(
             m, self.counters,
             begin=taken & (beat == 0),
             finish=out_taken & last_out,
             starved=(beat != 0) & requantizer.i_stream.ready & ~pair_valid,
             blocked=self.o_stream.valid & ~self.o_stream.ready,
-            max_inflight=Requantizer.latency + 1)
+            max_inflight=Requantizer.latency + (1 if self.out_width == width else 4))
         return m

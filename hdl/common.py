@@ -3,7 +3,10 @@
 Streams
     Every engine reads ``i_stream`` and writes ``o_stream`` (an add reads ``i_stream_a`` and
     ``i_stream_b``), each a :class:`amaranth.lib.stream.Signature` carrying **one activation per
-    beat**, shaped by the IR's :class:`~zeroskip.ir.Activation` (:func:`activation_shape`). A
+    beat**, shaped by the IR's :class:`~zeroskip.ir.Activation` (:func:`activation_shape`), or,
+    for a stream of width ``W > 1``, **W consecutive activations** of the stream order as a
+    ``data.ArrayLayout(activation_shape, W)`` (:func:`stream_shape`; ``W`` divides the channels
+    of a pixel, or the features of a flat tensor, so a beat never spans two pixels). A
     binary activation travels as **one bit**: 1 means +1, 0 means -1 (:func:`encode_beats`,
     :func:`decode_beats` convert; every other width carries its integer as it is). A
     tensor travels in **HWC order**: pixel by pixel, row-major, all channels of a pixel in a row;
@@ -25,7 +28,7 @@ from __future__ import annotations
 
 import numpy as np
 from amaranth.hdl import signed, unsigned
-from amaranth.lib import stream, wiring
+from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import Out
 
 COUNTER_WIDTH = 32
@@ -39,8 +42,25 @@ def activation_shape(act):
     return signed(act.bits) if act.signed else unsigned(act.bits)
 
 
-def activation_stream(act):
-    return stream.Signature(activation_shape(act))
+def stream_shape(act, width=1):
+    """The payload of a stream of ``width`` activations of encoding ``act`` per beat: one
+    activation's shape, or an array of ``width`` of them."""
+    shape = activation_shape(act)
+    return shape if width == 1 else data.ArrayLayout(shape, width)
+
+
+def activation_stream(act, width=1):
+    return stream.Signature(stream_shape(act, width))
+
+
+def check_width(width, size, what):
+    """A ValueError unless ``width`` is a power of two dividing ``size`` (``what`` names the
+    stream and the size, e.g. "input of 3 channels")."""
+    if not isinstance(width, int) or isinstance(width, bool) or width < 1 or \
+            width & (width - 1) or size % width:
+        raise ValueError(f"the {what} takes a stream width that is a power of two dividing "
+                         f"{size}, got {width!r}")
+    return width
 
 
 def counters_signature():
@@ -91,6 +111,19 @@ def from_beats(beats, shape):
 def batch_to_beats(x):
     """A batch (N, ...) -> all its beats, inference after inference."""
     return np.concatenate([to_beats(item) for item in x]) if len(x) else np.zeros(0, np.int64)
+
+
+def to_wide(elements, width):
+    """Activations in stream order -> beats of ``width`` (an ``(N, width)`` array; the values
+    themselves for a width of 1)."""
+    elements = np.asarray(elements)
+    return elements if width == 1 else elements.reshape(-1, width)
+
+
+def from_wide(beats, width):
+    """Beats of ``width`` (as :func:`to_wide` gives them, or lists) -> activations in order."""
+    beats = np.asarray(beats)
+    return beats if width == 1 else beats.reshape(-1)
 
 
 def batch_from_beats(beats, shape):

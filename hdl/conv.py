@@ -23,7 +23,7 @@ image whose channels are the features.
 
 from __future__ import annotations
 
-from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, signed, unsigned
+from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, Value, signed, unsigned
 from amaranth.lib import data, wiring
 from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.memory import Memory
@@ -33,14 +33,14 @@ from amaranth.utils import ceil_log2
 from .. import ir
 from .activity import count_activity, count_beats
 from .arith import popcount
-from .common import activation_shape, activation_stream, counters_signature
-from .requant import Requantizer
+from .common import activation_shape, activation_stream, counters_signature, stream_shape
+from .requant import Requantizer, SideBySide, requant_slice
 from .sparse_plan import plan as make_plan
 from .sparse_plan import signed_width
-from .threshold import Thresholder
-from .window import (PIXEL_COUNTER_WIDTH, TILE_SLOTS, LaneWindow, earlier, elaborate_accumulator,
-                     elaborate_filter_counter, elaborate_packer, group_of, ring_rows,
-                     row_counter_width)
+from .threshold import Thresholder, threshold_slice
+from .window import (LaneWindow, earlier, elaborate_accumulator, elaborate_block_accumulator,
+                     elaborate_filter_counter, elaborate_packer, group_of, pixel_counter_width,
+                     ring_rows, row_counter_width, slot_bits)
 
 # Entries the examiner may run ahead of the issuer: more than the cycles from a scan to the
 # issuer (folding.SCAN_TO_ISSUE), or one-pair entries would starve the issuer. 16 deep costs
@@ -78,6 +78,10 @@ def elaborate_collector(m, engine, acc_bounds, lane_done, tile_read_ports, colle
     tile read port and filter count. ``collector_released`` counts pixels whose tile slot is
     free again. Pixel counts wrap around (:data:`~zeroskip.hdl.window.PIXEL_COUNTER_WIDTH`).
     """
+    if engine.plan.block > 1 or engine.geometry.out_beat > 1 or engine.plan.split > 1:
+        _elaborate_wide_collector(m, engine, acc_bounds, lane_done, tile_read_ports,
+                                  collector_released)
+        return
     g = engine.geometry
     node = engine.node
     where = engine.plan.lane_of_filter()
@@ -108,11 +112,13 @@ def elaborate_collector(m, engine, acc_bounds, lane_done, tile_read_ports, colle
     m.submodules.out_fifo = out_fifo
     m.submodules["thresholder" if node.threshold is not None else "requantizer"] = output
 
-    pixel = Signal(PIXEL_COUNTER_WIDTH)
+    slots = engine.plan.slots
+    pixel = Signal(pixel_counter_width(slots))
     out_channel = Signal(range(max(g.out_channels, 2)))
-    ready_lanes = Cat(earlier(pixel, done, PIXEL_COUNTER_WIDTH) for done in lane_done).all()
+    ready_lanes = Cat(earlier(pixel, done, pixel_counter_width(slots))
+                      for done in lane_done).all()
     stage1 = Signal(data.StructLayout({"valid": 1, "channel": out_channel.shape(),
-                                       "slot": 1, "release": 1}))
+                                       "slot": slot_bits(slots), "release": 1}))
     stage2 = Signal(data.StructLayout({"valid": 1, "channel": out_channel.shape(),
                                        "lane": lane_bits}))
     # The tile's sum registered before the bias is added: a block RAM's output is slow.
@@ -125,7 +131,7 @@ def elaborate_collector(m, engine, acc_bounds, lane_done, tile_read_ports, colle
     m.d.sync += stage1.valid.eq(0)
     with m.If(ready_lanes & room):
         m.d.sync += [stage1.valid.eq(1), stage1.channel.eq(out_channel),
-                     stage1.slot.eq(pixel[0]),
+                     stage1.slot.eq(pixel[0] if slots == 2 else pixel[:slot_bits(slots)]),
                      stage1.release.eq(out_channel == g.out_channels - 1)]
         with m.If(out_channel == g.out_channels - 1):
             m.d.sync += [out_channel.eq(0), pixel.eq(pixel + 1)]
@@ -160,6 +166,146 @@ def elaborate_collector(m, engine, acc_bounds, lane_done, tile_read_ports, colle
     wiring.connect(m, output.o_stream, wiring.flipped(engine.o_stream))
 
 
+def _wide_output(engine, acc_bounds, beats):
+    """``(output, bias)``: the side-by-side requantizers or thresholders of a wide collector
+    (a single one for one channel a beat), and the bias per beat (None for thresholders)."""
+    node, width = engine.node, engine.geometry.out_beat
+    if node.threshold is not None:
+        units = [Thresholder(threshold_slice(node.threshold, index, width),
+                             node.bias[index::width], acc_bounds, beats)
+                 for index in range(width)]
+        return (units[0] if width == 1 else SideBySide(units)), None
+    acc_shape = biased_shape(acc_bounds, node.bias)
+    units = [Requantizer(requant_slice(node.requant, index, width), acc_shape, beats, node.act)
+             for index in range(width)]
+    return (units[0] if width == 1 else SideBySide(units)), node.bias.reshape(beats, width)
+
+
+def _elaborate_wide_collector(m, engine, acc_bounds, lane_done, tile_read_ports,
+                              collector_released):
+    """The collector of a wide output stream, of a tile in blocks or of split filters: when
+    every lane has finished an output pixel, one beat of ``out_beat`` sums a cycle, each read
+    from a lane of every group (:meth:`~zeroskip.hdl.sparse_plan.SparsePlan.collector_routes`;
+    a split filter's parts added), through side-by-side requantizers or thresholders to
+    ``engine.o_stream``."""
+    g, plan = engine.geometry, engine.plan
+    width, groups, block = g.out_beat, plan.groups, plan.block
+    beats = g.out_channels // width
+    lanes_of = [list(range(group, len(tile_read_ports), groups)) for group in range(groups)]
+    lane_bits = max(ceil_log2(max(len(lanes) for lanes in lanes_of)), 1)
+    slices = max(block // width, 1)  # beats in a tile word, when one column holds a beat
+    route_layout = data.StructLayout({
+        "lane": data.ArrayLayout(lane_bits, groups),
+        "position": data.ArrayLayout(max(ceil_log2(max(n for _, n in tile_read_ports)), 1),
+                                     groups),
+        "slice": max(ceil_log2(slices), 1)})
+    m.submodules.route_rom = route_rom = Memory(
+        shape=route_layout, depth=beats,
+        init=[{"lane": [lane for lane, _, _ in route], "slice": route[0][2] // width,
+               "position": [position for _, position, _ in route]}
+              for route in plan.collector_routes()])
+    route_read = route_rom.read_port()
+    output, bias_values = _wide_output(engine, acc_bounds, beats)
+    m.submodules.side_by_side = output
+    sum_shape = tile_read_ports[0][0].data.shape()
+    element = sum_shape.elem_shape if block > 1 else sum_shape
+    out_layout = output.i_stream.payload.shape()
+    m.submodules.out_fifo = out_fifo = SyncFIFOBuffered(width=out_layout.size,
+                                                        depth=OUT_FIFO_DEPTH)
+
+    counter = pixel_counter_width(plan.slots)
+    pixel = Signal(counter)
+    beat = Signal(range(max(beats, 2)))
+    ready_lanes = Cat(earlier(pixel, done, counter) for done in lane_done).all()
+    stage1 = Signal(data.StructLayout({"valid": 1, "beat": beat.shape(),
+                                       "slot": slot_bits(plan.slots), "release": 1}))
+    stage2 = Signal(data.StructLayout({"valid": 1, "beat": beat.shape(),
+                                       "lane": route_layout["lane"].shape,
+                                       "slice": route_layout["slice"].shape}))
+    stage3 = Signal(data.StructLayout({"valid": 1, "beat": beat.shape(),
+                                       "sum": data.ArrayLayout(element, width)}))
+    # Split filters' parts are added a stage of their own after the words are read.
+    stage2b = Signal.like(stage2)
+    room = out_fifo.level + stage1.valid + stage2.valid + stage3.valid + \
+        (stage2b.valid if plan.split > 1 else 0) < OUT_FIFO_DEPTH - 1
+    m.d.comb += route_read.addr.eq(beat)
+    m.d.sync += stage1.valid.eq(0)
+    with m.If(ready_lanes & room):
+        m.d.sync += [stage1.valid.eq(1), stage1.beat.eq(beat),
+                     stage1.slot.eq(pixel[:slot_bits(plan.slots)]),
+                     stage1.release.eq(beat == beats - 1)]
+        with m.If(beat == beats - 1):
+            m.d.sync += [beat.eq(0), pixel.eq(pixel + 1)]
+        with m.Else():
+            m.d.sync += beat.eq(beat + 1)
+    route = route_read.data
+    for lane, (port, count) in enumerate(tile_read_ports):
+        m.d.comb += port.addr.eq(stage1.slot * count + route.position[lane % groups])
+    m.d.sync += [stage2.valid.eq(stage1.valid), stage2.beat.eq(stage1.beat),
+                 stage2.lane.eq(route.lane), stage2.slice.eq(route.slice)]
+    # A tile word of every group, from the lane the route names.
+    words = [Array(Value.cast(tile_read_ports[lane][0].data) for lane in lanes)[stage2.lane[index]]
+             for index, lanes in enumerate(lanes_of)]
+    if plan.split > 1:
+        words = _added_parts(m, plan, words, element, stage2, stage2b)
+        stage2 = stage2b
+    # A beat is either a slice of one column's word or the columns' words side by side.
+    if plan.columns > 1:
+        beat_sums = Cat(*words)
+    else:
+        beat_sums = words[0] if slices == 1 else \
+            words[0].word_select(stage2.slice, width * element.width)
+    m.d.sync += [stage3.valid.eq(stage2.valid), stage3.beat.eq(stage2.beat),
+                 stage3.sum.eq(beat_sums)]
+    with m.If(stage1.valid & stage1.release):
+        m.d.sync += collector_released.eq(collector_released + 1)
+
+    item = Signal(out_layout)
+    accs = [item.acc] if width == 1 else [item.acc[index] for index in range(width)]
+    if bias_values is None:
+        m.d.comb += [acc.eq(stage3.sum[index]) for index, acc in enumerate(accs)]
+    else:
+        bias_shape = signed(signed_width(int(bias_values.min(initial=0)),
+                                         int(bias_values.max(initial=0))))
+        m.submodules.bias_rom = bias_rom = Memory(
+            shape=data.ArrayLayout(bias_shape, width), depth=beats,
+            init=[[int(b) for b in row] for row in bias_values])
+        bias_read = bias_rom.read_port()
+        # Read with stage 1's beat, held until stage 3.
+        bias_2, bias = Signal.like(bias_read.data), Signal.like(bias_read.data)
+        m.d.comb += bias_read.addr.eq(beat)
+        m.d.sync += [bias_2.eq(bias_read.data), bias.eq(bias_2)]
+        if plan.split > 1:
+            bias_2b = Signal.like(bias)
+            m.d.sync += [bias_2b.eq(bias_2), bias.eq(bias_2b)]
+        m.d.comb += [acc.eq(stage3.sum[index] + bias[index]) for index, acc in enumerate(accs)]
+    m.d.comb += [
+        item.channel.eq(stage3.beat),
+        out_fifo.w_data.eq(item.as_value()), out_fifo.w_en.eq(stage3.valid),
+        output.i_stream.payload.eq(out_fifo.r_data),
+        output.i_stream.valid.eq(out_fifo.r_rdy),
+        out_fifo.r_en.eq(output.i_stream.ready),
+    ]
+    wiring.connect(m, output.o_stream, wiring.flipped(engine.o_stream))
+
+
+def _added_parts(m, plan, words, element, stage, registered_stage):
+    """The groups' tile words registered (with ``stage`` into ``registered_stage``), then
+    each column's parts of split filters added element by element: one word per column."""
+    width = len(words[0])
+    held = Signal(len(words) * width)
+    m.d.sync += [registered_stage.eq(stage), held.eq(Cat(*words))]
+    words = [held.word_select(index, width) for index in range(len(words))]
+    columns = []
+    for column in range(plan.columns):
+        parts = words[column * plan.split:(column + 1) * plan.split]
+        # A filter's sum fits its accumulator, whatever its parts add up to on the way.
+        columns.append(Cat(*[
+            sum(part.word_select(index, element.width).as_signed() for part in parts)
+            [:element.width] for index in range(width // element.width)]))
+    return columns
+
+
 def biased_shape(acc_bounds, bias):
     """The shape of a lane's sum plus its channel's bias."""
     low, high = acc_bounds
@@ -185,25 +331,36 @@ class SparseConvEngine(wiring.Component):
         False gives the dense engine of the same design: every weight stored, every pair issued.
     chunk : int
         Input channels examined together (the width of the masks and the priority encoder).
+    pack : int
+        Filters per combo (:mod:`.sparse_plan`: packed scans), for a depthwise layer or one
+        whose group fits a chunk; 1 examines one filter per combo.
+    in_width, out_width : int
+        Activations per beat of ``i_stream`` and ``o_stream``: powers of two dividing the
+        channels (and, in, the chunk and the channels per group, but for a depthwise pack).
+    slots : int
+        Output pixels the lanes may run ahead of the collector (the tile's depth), a power of
+        two from 2.
     plan : zeroskip.hdl.sparse_plan.SparsePlan, optional
         The plan of these arguments, when the compiler has made it already; made here if not.
 
     Members
     -------
-    i_stream : In(stream.Signature(activation))
-        Input activations, HWC order.
-    o_stream : Out(stream.Signature(activation))
-        Output activations, HWC order: integers after a requant, one bit per beat after a
-        threshold (1 = +1, 0 = -1).
+    i_stream : In(stream.Signature(stream_shape(activation, in_width)))
+        Input activations, HWC order, ``in_width`` a beat.
+    o_stream : Out(stream.Signature(stream_shape(activation, out_width)))
+        Output activations, HWC order, ``out_width`` a beat: integers after a requant, one bit
+        each after a threshold (1 = +1, 0 = -1).
     counters : Out(counters signature)
         ``busy_cycles``, ``effective_macs``, ``skipped_pairs``, ``stall_cycles`` since reset.
 
     Latency: an output pixel leaves about 11 cycles after its last pair is issued through a
-    requantizer, 2 fewer through a thresholder. Throughput: one pair per lane per cycle while
-    the pair FIFOs are fed; at most one output per cycle.
+    requantizer, 2 fewer through a thresholder (one more for an input wider than 1). Throughput:
+    one pair per lane per cycle while the pair FIFOs are fed; at most one output beat and one
+    input beat per cycle.
     """
 
-    def __init__(self, node, in_shape, in_act, *, lanes=1, zero_skip=True, chunk=16, plan=None):
+    def __init__(self, node, in_shape, in_act, *, lanes=1, zero_skip=True, chunk=16, plan=None,
+                 pack=1, in_width=1, out_width=1, slots=2):
         if not isinstance(node, (ir.Conv2d, ir.Linear)):
             raise TypeError(f"SparseConvEngine takes a Conv2d or Linear node, not "
                             f"{type(node).__name__}")
@@ -216,13 +373,20 @@ class SparseConvEngine(wiring.Component):
         if not isinstance(chunk, int) or not 1 <= chunk <= 64:
             raise ValueError(f"chunk must be an integer from 1 to 64, got {chunk!r}")
         self.node, self.in_shape, self.in_act = node, tuple(in_shape), in_act
-        self.plan = make_plan(node, in_shape, in_act, lanes, zero_skip, chunk) if plan is None \
-            else plan
-        self.geometry = self.plan.geometry
+        self.plan = make_plan(node, in_shape, in_act, lanes, zero_skip, chunk, pack=pack,
+                              in_width=in_width, out_width=out_width, slots=slots) \
+            if plan is None else plan
+        self.geometry = g = self.plan.geometry
+        if plan is not None and (g.pack, g.in_beat, g.out_beat, plan.slots) != \
+                (pack, in_width, out_width, slots):
+            raise ValueError(f"the plan of {node.name!r} has pack {g.pack}, widths "
+                             f"{g.in_beat} / {g.out_beat} and {plan.slots} tile slots, the "
+                             f"engine was given {pack}, {in_width} / {out_width} and {slots}")
+        self.in_width, self.out_width = g.in_beat, g.out_beat
         self.sum_shape = signed(self.plan.accumulator_width)
         super().__init__({
-            "i_stream": In(activation_stream(in_act)),
-            "o_stream": Out(activation_stream(node.act)),
+            "i_stream": In(activation_stream(in_act, g.in_beat)),
+            "o_stream": Out(activation_stream(node.act, g.out_beat)),
             "counters": Out(counters_signature()),
         })
 
@@ -233,22 +397,23 @@ class SparseConvEngine(wiring.Component):
         g = self.geometry
         lanes = self.plan.lanes
         rows = ring_rows(g)
-        words_per_pixel = g.groups * g.chunks
-        ring_beats = rows * g.width * g.in_channels
-        ring_words = rows * g.width * words_per_pixel
-        in_shape = activation_shape(self.in_act)
+        ring_beats = rows * g.width * g.in_channels // g.in_beat
+        ring_words = rows * g.width * g.mask_words_per_pixel
+        in_shape = stream_shape(self.in_act, g.in_beat)
 
         row_width = row_counter_width(g, rows)
         rows_written = Signal(row_width)
-        collector_released = Signal(PIXEL_COUNTER_WIDTH)  # pixels whose tile slot is free again
+        # Pixels whose tile slot is free again.
+        collector_released = Signal(pixel_counter_width(self.plan.slots))
 
         # One line buffer, read by every lane through a port of its own.
         m.submodules.act_mem = act_mem = Memory(shape=in_shape, depth=ring_beats, init=[])
-        m.submodules.mask_mem = mask_mem = Memory(shape=unsigned(g.chunk), depth=ring_words,
+        m.submodules.mask_mem = mask_mem = Memory(shape=unsigned(g.mask_word), depth=ring_words,
                                                   init=[])
 
         windows = [LaneWindow(m, g, rows, row_width, rows_written, collector_released,
-                              f"lane_{index}") for index in range(len(lanes))]
+                              f"lane_{index}", slots=self.plan.slots)
+                   for index in range(len(lanes))]
         self._elaborate_writer(m, act_mem, mask_mem, rows, rows_written, windows)
 
         lane_done = []
@@ -275,7 +440,9 @@ class SparseConvEngine(wiring.Component):
         act_write = act_mem.write_port()
         act_addr = Signal(range(act_mem.depth))
         beat = self.i_stream.payload
-        taken = elaborate_packer(m, self, rows, rows_written, windows, beat != 0,
+        nonzero = beat != 0 if self.in_width == 1 else \
+            Cat(beat[index] != 0 for index in range(self.in_width))
+        taken = elaborate_packer(m, self, rows, rows_written, windows, nonzero,
                                  mask_mem.write_port())
         m.d.comb += [act_write.addr.eq(act_addr), act_write.data.eq(beat)]
         with m.If(taken):
@@ -286,11 +453,12 @@ class SparseConvEngine(wiring.Component):
         g = self.geometry
         filters = len(lane.filters)
         weight_bits = self.node.weight_bits
+        block = self.plan.block
 
         row_bits = max(ceil_log2(g.kernel[0]), 1)
         column_bits = max(ceil_log2(g.kernel[1]), 1)
         chunk_bits = max(ceil_log2(g.chunks), 1)
-        combo_layout = data.StructLayout({"mask": unsigned(g.chunk), "tap_y": row_bits,
+        combo_layout = data.StructLayout({"mask": unsigned(g.mask_bits), "tap_y": row_bits,
                                           "tap_x": column_bits, "chunk": chunk_bits, "last": 1})
         assert combo_layout.size == self.plan.combo_bits
         combo_words = [combo_layout.const({"mask": int(mask), "tap_y": int(ty), "tap_x": int(tx),
@@ -300,7 +468,11 @@ class SparseConvEngine(wiring.Component):
                            init=combo_words)
         weight_rom = Memory(shape=signed(weight_bits), depth=max(len(lane.weights), 1),
                             init=[int(v) for v in lane.weights] or [0])
-        tile = Memory(shape=self.sum_shape, depth=TILE_SLOTS * filters, init=[])
+        # A tile word holds a block of the lane's filters (one filter, unless the output is
+        # wide or packed): the collector reads a block at once.
+        tile = Memory(shape=self.sum_shape if block == 1 else
+                      data.ArrayLayout(self.sum_shape, block),
+                      depth=self.plan.slots * filters // block, init=[])
         m.submodules[f"combo_rom_{index}"] = combo_rom
         m.submodules[f"weight_rom_{index}"] = weight_rom
         m.submodules[f"tile_{index}"] = tile
@@ -308,7 +480,10 @@ class SparseConvEngine(wiring.Component):
         mask_read = mask_mem.read_port()
         weight_read = weight_rom.read_port()
         act_read = act_mem.read_port()
-        tile_write = tile.write_port()
+        if block == 1:
+            tile_write = tile.write_port()
+        else:
+            tile_write = tile.write_port(granularity=1)
         tile_read = tile.read_port()
 
         pair_fifo, pair_fifo_layout, scanned, waiting_for_rows = self._elaborate_examiner(
@@ -318,7 +493,7 @@ class SparseConvEngine(wiring.Component):
 
         return {"pixels_done": pixels_done, "issued": has_pair, "scanned": scanned,
                 "effective": effective, "waiting_for_rows": waiting_for_rows,
-                "tile_read": (tile_read, filters)}
+                "tile_read": (tile_read, filters // block)}
 
     def _elaborate_examiner(self, m, index, lane, combo_layout, combo_read, mask_read,
                             act_mem, window):
@@ -326,8 +501,8 @@ class SparseConvEngine(wiring.Component):
         layout, the dense pairs credited as a pixel starts, and whether the lane waits for
         input rows."""
         g = self.geometry
-        filters = len(lane.filters)
-        words_per_pixel = g.groups * g.chunks
+        filters = len(lane.filters) // g.pack  # units: filters, or packs of filters
+        words_per_pixel = g.mask_words_per_pixel
         chunk_bits = max(ceil_log2(g.chunks), 1)
         # --- examiner: walks the combo list for one output pixel at a time ------------------
         # Rows are released by pixels the MAC has finished (the window's retired cursor), not
@@ -339,11 +514,11 @@ class SparseConvEngine(wiring.Component):
         m.d.comb += waiting_for_rows.eq(~scanning & ~window.rows_ready)
 
         pair_fifo_layout = data.StructLayout({
-            "pairs": unsigned(g.chunk), "weights": unsigned(g.chunk),
+            "pairs": unsigned(g.mask_bits), "weights": unsigned(g.mask_bits),
             "base": unsigned(max(ceil_log2(max(len(lane.weights), 1) + 1), 1)),
-            "act_base": unsigned(max(ceil_log2(act_mem.depth), 1)),
+            "act_base": unsigned(max(ceil_log2(act_mem.depth * g.in_beat), 1)),
             "pad": 1, "last": 1, "filter": unsigned(max(ceil_log2(filters), 1)),
-            "slot": unsigned(max(ceil_log2(TILE_SLOTS), 1)),
+            "slot": unsigned(slot_bits(self.plan.slots)),
         })
         pair_fifo = SyncFIFOBuffered(width=pair_fifo_layout.size, depth=PAIR_FIFO_DEPTH)
         m.submodules[f"pair_fifo_{index}"] = pair_fifo
@@ -353,15 +528,19 @@ class SparseConvEngine(wiring.Component):
         # Stage B: the combo is known; the tap is located in the line buffer (registered in
         # stage L).
         ring_pixels = window.rows * g.width
+        unit_fields, unit_values = self._unit_location(lane)
         stage_l = Signal(data.StructLayout({
-            "valid": 1, "first": 1, "pad": 1, "last": 1, "mask": unsigned(g.chunk),
-            "ring_pixel": range(ring_pixels), "group": range(max(g.groups, 2)),
-            "chunk": chunk_bits, "filter": pair_fifo_layout["filter"].shape, "slot": 1}))
+            "valid": 1, "first": 1, "pad": 1, "last": 1, "mask": unsigned(g.mask_bits),
+            "ring_pixel": range(ring_pixels), **unit_fields,
+            "chunk": chunk_bits, "filter": pair_fifo_layout["filter"].shape,
+            "slot": slot_bits(self.plan.slots)}))
         # Stage L: the tap is located; the line buffer's mask word is addressed.
+        slice_field = {"slice": unit_fields["slice"]} if "slice" in unit_fields else {}
         stage_c = Signal(data.StructLayout({
             "valid": 1, "first": 1, "pad": 1, "last": 1,
-            "mask": unsigned(g.chunk), "act_base": pair_fifo_layout["act_base"].shape,
-            "filter": pair_fifo_layout["filter"].shape, "slot": 1}))
+            "mask": unsigned(g.mask_bits), "act_base": pair_fifo_layout["act_base"].shape,
+            "filter": pair_fifo_layout["filter"].shape, "slot": slot_bits(self.plan.slots),
+            **slice_field}))
         # Entries in the FIFO or on their way to it (stages B, R, L, C and M), counted in a
         # register of their own rather than summed from the FIFO's level each cycle: the sum and
         # its comparison were the engine's longest path.
@@ -396,29 +575,36 @@ class SparseConvEngine(wiring.Component):
             stage_l.valid.eq(stage_b.valid), stage_l.first.eq(stage_b.first),
             stage_l.pad.eq(pad), stage_l.last.eq(entry_b.last), stage_l.mask.eq(entry_b.mask),
             stage_l.ring_pixel.eq(ring_pixel),
-            stage_l.group.eq(group_of(g, lane.filters, filter_index)),
+            *[stage_l[name].eq(value(filter_index)) for name, value in unit_values.items()],
             stage_l.chunk.eq(entry_b.chunk), stage_l.filter.eq(filter_index),
             stage_l.slot.eq(stage_b.slot),
         ]
-        m.d.comb += mask_read.addr.eq(stage_l.ring_pixel * words_per_pixel +
-                                      stage_l.group * g.chunks + stage_l.chunk)
+        if g.pack == 1:
+            m.d.comb += mask_read.addr.eq(stage_l.ring_pixel * words_per_pixel +
+                                          stage_l.group * g.chunks + stage_l.chunk)
+            act_base = stage_l.ring_pixel * g.in_channels + \
+                stage_l.group * g.group_channels + stage_l.chunk * g.chunk
+        else:
+            # A pack's combos all read one mask word per pixel: the chunk is always 0.
+            word, channel = (stage_l.word, stage_l.channel) if g.diagonal else (0, 0)
+            m.d.comb += mask_read.addr.eq(stage_l.ring_pixel * words_per_pixel + word)
+            act_base = stage_l.ring_pixel * g.in_channels + channel
         m.d.sync += [
             stage_c.valid.eq(stage_l.valid), stage_c.first.eq(stage_l.first),
             stage_c.pad.eq(stage_l.pad), stage_c.last.eq(stage_l.last),
             stage_c.mask.eq(stage_l.mask),
-            stage_c.act_base.eq(stage_l.ring_pixel * g.in_channels +
-                                stage_l.group * g.group_channels + stage_l.chunk * g.chunk),
+            stage_c.act_base.eq(act_base),
             stage_c.filter.eq(stage_l.filter), stage_c.slot.eq(stage_l.slot),
+            *[stage_c.slice.eq(stage_l.slice) for _ in slice_field],
         ]
 
         # Stage C: the activation mask is here, and registered as it leaves the RAM (stage M),
         # for the same reason as stage R.
         stage_m = Signal.like(stage_c)
-        mask_m = Signal.like(mask_read.data)
-        m.d.sync += [stage_m.eq(stage_c), mask_m.eq(Mux(stage_c.pad, 0, mask_read.data))]
+        m.d.sync += stage_m.eq(stage_c)
+        act_mask = self._activation_mask(m, stage_c, mask_read.data)
         stage_c = stage_m
         weight_mask = stage_c.mask
-        act_mask = mask_m
         pairs = weight_mask & act_mask if self.plan.zero_skip else weight_mask
         running_base = Signal(pair_fifo_layout["base"].shape)
         base = Mux(stage_c.first, 0, running_base)
@@ -442,23 +628,67 @@ class SparseConvEngine(wiring.Component):
         scanned = Mux(~scanning & can_start, dense_pairs, 0)
         return pair_fifo, pair_fifo_layout, scanned, waiting_for_rows
 
+    def _unit_location(self, lane):
+        """What locates a unit's mask word and channels in the line buffer, as stage fields:
+        ``(layout fields, {field: value of the unit index})``. A filter's group (no pack); a
+        depthwise pack's word, first channel and slice of the word; nothing for a dense pack
+        (its one group has one word per pixel)."""
+        g = self.geometry
+        if g.pack == 1:
+            return ({"group": range(max(g.groups, 2))},
+                    {"group": lambda index: group_of(g, lane.filters, index)})
+        if not g.diagonal:
+            return {}, {}
+        firsts = lane.filters[::g.pack]
+        tables = {"word": [first // g.mask_word for first in firsts],
+                  "channel": list(firsts)}
+        fields = {"word": range(max(g.mask_words_per_pixel, 2)),
+                  "channel": range(max(g.in_channels, 2))}
+        if g.mask_word > g.pack:
+            tables["slice"] = [first % g.mask_word // g.pack for first in firsts]
+            fields["slice"] = range(g.mask_word // g.pack)
+
+        def lookup(values, shape):
+            return lambda index: Array(Const(v, shape) for v in values)[index]
+        return fields, {name: lookup(values, fields[name]) for name, values in tables.items()}
+
+    def _activation_mask(self, m, stage, word):
+        """The activation mask of a combo's pairs, from the mask word as it leaves the RAM,
+        registered (zero on a padded tap): the word itself (no pack), the pack's slice of it
+        (depthwise: one channel per filter), or the chunk's mask repeated for every filter of
+        the pack (dense)."""
+        g = self.geometry
+        if g.pack == 1:
+            mask_m = Signal.like(word)
+            m.d.sync += mask_m.eq(Mux(stage.pad, 0, word))
+            return mask_m
+        if g.diagonal:
+            mask_m = Signal(g.pack)
+            part = word if g.mask_word == g.pack else word.word_select(stage.slice, g.pack)
+            m.d.sync += mask_m.eq(Mux(stage.pad, 0, part))
+            return mask_m
+        mask_m = Signal(g.chunk)
+        m.d.sync += mask_m.eq(Mux(stage.pad, 0, word))
+        spare = g.pair_channels - g.chunk
+        per_filter = Cat(mask_m, Const(0, spare)) if spare else mask_m
+        return Cat(*[per_filter] * g.pack)
+
     def _elaborate_issuer(self, m, lane, pair_fifo, pair_fifo_layout, weight_read, act_read,
                           tile_write, window):
         """One lane's issuer (a pair per cycle from its FIFO) and multiplier-accumulator:
         returns whether a pair issues this cycle, the pixels done, and whether the product
         being registered is an effective MAC."""
         g = self.geometry
-        filters = len(lane.filters)
         # --- issuer: one pair per cycle ----------------------------------------------------
         current = Signal(pair_fifo_layout)
         current_valid = Signal()
-        remaining = Signal(g.chunk)
+        remaining = Signal(g.mask_bits)
         # At most one pair remains: kept in a register beside `remaining`, so that whether the
         # FIFO is read this cycle does not wait for a subtraction.
         single = Signal(init=1)
         has_pair = current_valid & (remaining != 0)
         # The priority encoder: the lowest remaining pair, one-hot, and the positions below it.
-        below_lowest, lowest = Signal(g.chunk), Signal(g.chunk)
+        below_lowest, lowest = Signal(g.mask_bits), Signal(g.mask_bits)
         m.d.comb += [below_lowest.eq(~_at_or_below(remaining)),
                      lowest.eq(remaining & (below_lowest << 1 | 1))]
         channel = _one_hot_index(lowest)
@@ -483,10 +713,18 @@ class SparseConvEngine(wiring.Component):
 
         # The issued pair: its channel and weight offset are registered before they are added
         # to the entry's bases, so that the priority encoder, the prefix popcount and the RAM
-        # addresses do not share a cycle.
-        token_layout = data.StructLayout({
-            "valid": 1, "pair": 1, "pad": 1, "last": 1, "filter": current.filter.shape(),
-            "slot": current.slot.shape()})
+        # addresses do not share a cycle. In a pack the pair's index is its filter in the pack
+        # (``sub``) and its channel: the same bits (depthwise), or high and low bits (dense).
+        fields = {"valid": 1, "pair": 1, "pad": 1, "last": 1, "filter": current.filter.shape(),
+                  "slot": current.slot.shape()}
+        low_bits = max(g.pair_channels.bit_length() - 1, 0)
+        if g.pack > 1:
+            fields["sub"] = range(g.pack)
+            sub, channel = (channel, channel) if g.diagonal else \
+                (channel[low_bits:], channel[:low_bits])
+        if g.in_beat > 1:
+            fields["select"] = range(g.in_beat)
+        token_layout = data.StructLayout(fields)
         issued = Signal(data.StructLayout({
             "token": token_layout, "base": current.base.shape(), "offset": weight_index.shape(),
             "act_base": current.act_base.shape(), "channel": channel.shape()}))
@@ -499,35 +737,75 @@ class SparseConvEngine(wiring.Component):
             issued.token.slot.eq(current.slot),
             issued.base.eq(current.base), issued.offset.eq(weight_index),
             issued.act_base.eq(current.act_base), issued.channel.eq(channel),
+            *([issued.token.sub.eq(sub)] if g.pack > 1 else []),
         ]
-        m.d.comb += [
-            weight_read.addr.eq(issued.base + issued.offset),
-            act_read.addr.eq(issued.act_base + issued.channel),
-        ]
+        return has_pair, *self._elaborate_mac(m, lane, issued, weight_read, act_read,
+                                              tile_write, window)
+
+    def _elaborate_mac(self, m, lane, issued, weight_read, act_read, tile_write, window):
+        """The multiplier-accumulator behind the issuer: returns the pixels done and whether
+        the product being registered is an effective MAC."""
+        g = self.geometry
+        filters = len(lane.filters)
+        if g.in_beat == 1:
+            m.d.comb += [
+                weight_read.addr.eq(issued.base + issued.offset),
+                act_read.addr.eq(issued.act_base + issued.channel),
+            ]
+        else:
+            # A line-buffer word holds an input beat: the pair's activation is an element of it.
+            element = issued.act_base + issued.channel
+            shift = g.in_beat.bit_length() - 1
+            m.d.comb += [weight_read.addr.eq(issued.base + issued.offset),
+                         act_read.addr.eq(element[shift:])]
         # Token for the MAC stage, a cycle behind while the ROM and line buffer answer.
-        token = Signal(token_layout)
+        token = Signal(issued.token.shape())
         m.d.sync += token.eq(issued.token)
+        if g.in_beat > 1:
+            m.d.sync += token.select.eq(element[:shift])
 
         # --- MAC: operands and product registered, so that a RAM read, a multiply and an add
         # each have a cycle of their own ---------------------------------------------------
         weight = Signal.like(weight_read.data)
-        activation = Signal.like(act_read.data)
+        if g.in_beat == 1:
+            activation = Signal.like(act_read.data)
+        else:
+            activation = Signal(activation_shape(self.in_act))
         operands = Signal.like(token)
-        m.d.sync += [weight.eq(weight_read.data),
-                     activation.eq(Mux(token.pad | ~token.pair, 0, act_read.data)),
-                     operands.eq(token)]
+        if g.in_beat == 1:
+            m.d.sync += [weight.eq(weight_read.data),
+                         activation.eq(Mux(token.pad | ~token.pair, 0, act_read.data)),
+                         operands.eq(token)]
+        else:
+            # The word is registered as it leaves the RAM before its element is picked (a
+            # block RAM's output delay and a multiplexer did not share a cycle).
+            word, weight_0, token_0 = (Signal.like(act_read.data), Signal.like(weight),
+                                       Signal.like(token))
+            m.d.sync += [word.eq(act_read.data), weight_0.eq(weight_read.data),
+                         token_0.eq(token),
+                         weight.eq(weight_0),
+                         activation.eq(Mux(token_0.pad | ~token_0.pair, 0,
+                                           word[token_0.select])),
+                         operands.eq(token_0)]
         product_value = weight * activation
         product = Signal(product_value.shape())
         multiplied = Signal.like(token)
         m.d.sync += [product.eq(product_value), multiplied.eq(operands)]
-        pixels_done = elaborate_accumulator(
-            m, window, valid=multiplied.valid, last=multiplied.last, value=product,
-            filter_index=multiplied.filter, slot=multiplied.slot, filters=filters,
-            sum_shape=self.sum_shape, tile_write=tile_write)
+        if g.pack == 1 and self.plan.block == 1:
+            pixels_done = elaborate_accumulator(
+                m, window, valid=multiplied.valid, last=multiplied.last, value=product,
+                filter_index=multiplied.filter, slot=multiplied.slot, filters=filters,
+                sum_shape=self.sum_shape, tile_write=tile_write)
+        else:
+            pixels_done = elaborate_block_accumulator(
+                m, window, valid=multiplied.valid, last=multiplied.last, value=product,
+                unit=multiplied.filter, sub=multiplied.sub if g.pack > 1 else None,
+                slot=multiplied.slot, units=filters // g.pack, pack=g.pack,
+                block=self.plan.block, sum_shape=self.sum_shape, tile_write=tile_write)
         effective = Signal()
         m.d.comb += effective.eq(operands.valid & operands.pair & (weight != 0) &
                                  (activation != 0))
-        return has_pair, pixels_done, effective
+        return pixels_done, effective
 
     def _elaborate_counters(self, m, issued, scanned, effective, waiting_for_rows, rows):
         g = self.geometry
@@ -544,7 +822,7 @@ class SparseConvEngine(wiring.Component):
             finish=given & last_out,
             starved=idle_multipliers & Cat(waiting_for_rows).any() & ~self.i_stream.valid,
             blocked=idle_multipliers & self.o_stream.valid & ~self.o_stream.ready,
-            max_inflight=rows + TILE_SLOTS + OUT_FIFO_DEPTH + 8)
+            max_inflight=rows + self.plan.slots + OUT_FIFO_DEPTH + 8)
         m.d.sync += [
             self.counters.effective_macs.eq(self.counters.effective_macs + sum(effective)),
             self.counters.skipped_pairs.eq(self.counters.skipped_pairs + sum(scanned) -

@@ -22,13 +22,18 @@ Padding: max pooling pads with the input's ``qmin``, which never wins a max, so 
 begins in the left or top padding simply starts at the first pixel. A window that ends in the
 right or bottom padding closes at a scan position beyond the input, which takes a cycle but no
 input beat; this is the only time the scan is longer than the input.
+
+Wide streams: with an input of ``W`` channels a beat, the scan steps over a pixel's channels
+``W`` at a time, and every partial word holds ``W`` channels' partials, reduced side by side.
+An output width other than the input's goes through a
+:class:`~zeroskip.hdl.stream.StreamWidthConverter`.
 """
 
 from __future__ import annotations
 
 import math
 
-from amaranth.hdl import Module, Mux, Shape, Signal, unsigned
+from amaranth.hdl import Cat, Module, Mux, Shape, Signal, unsigned
 from amaranth.lib import data, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
@@ -38,8 +43,9 @@ from zeroskip import ir
 from zeroskip.errors import GraphError
 
 from .activity import count_activity, count_beats
-from .common import activation_shape, activation_stream, counters_signature
-from .requant import Requantizer
+from .common import activation_shape, activation_stream, check_width, counters_signature
+from .requant import Requantizer, wide_requantizer
+from .stream import StreamWidthConverter
 
 __all__ = ["MaxPool2dEngine", "AvgPool2dEngine"]
 
@@ -87,6 +93,18 @@ class _AxisSchedule:
             self.init[last].update(emit=1, emit_lane=lane)
 
 
+def _wide(shape, width):
+    """A word of ``width`` channels' ``shape`` (the shape itself for one)."""
+    return shape if width == 1 else data.ArrayLayout(shape, width)
+
+
+def _emitted(partials, lane, width):
+    """The window results of a beat's channels: each channel's partial of ``lane``."""
+    if width == 1:
+        return partials[lane]
+    return Cat(partials[index][lane] for index in range(width))
+
+
 def _checked_shape(in_shape):
     if (not isinstance(in_shape, tuple) or len(in_shape) != 3 or
             not all(isinstance(size, int) and not isinstance(size, bool) and size >= 1
@@ -104,7 +122,7 @@ class _PoolEngine(wiring.Component):
     (beats held after stage 0) that follow from it.
     """
 
-    def __init__(self, node, node_type, in_shape, in_act):
+    def __init__(self, node, node_type, in_shape, in_act, in_width=1, out_width=1):
         if not isinstance(node, node_type):
             raise TypeError(f"node must be a zeroskip.ir.{node_type.__name__}, got "
                             f"{type(node).__name__}")
@@ -119,20 +137,23 @@ class _PoolEngine(wiring.Component):
                              f"{error}") from None
         self.in_shape, self.out_shape = in_shape, out_shape
         self._in_act, self._out_act = in_act, out_act
+        self.in_width = check_width(in_width, in_shape[0], f"input of {in_shape[0]} channels")
+        self.out_width = check_width(out_width, in_shape[0],
+                                     f"output of {in_shape[0]} channels")
         self._kernel = node.kernel
         padding = getattr(node, "padding", (0, 0))
         self._rows = _AxisSchedule(in_shape[1], node.kernel[0], node.stride[0], padding[0])
         self._cols = _AxisSchedule(in_shape[2], node.kernel[1], node.stride[1], padding[1])
         super().__init__({
-            "i_stream": In(activation_stream(in_act)),
-            "o_stream": Out(activation_stream(out_act)),
+            "i_stream": In(activation_stream(in_act, in_width)),
+            "o_stream": Out(activation_stream(out_act, out_width)),
             "counters": Out(counters_signature()),
         })
 
     @property
     def scan_cycles(self):
         """Cycles one inference takes at full rate: one per scan position (see the module doc)."""
-        return self._rows.positions * self._cols.positions * self.in_shape[0]
+        return self._rows.positions * self._cols.positions * self.in_shape[0] // self.in_width
 
     def _partial_shapes(self):
         """Shapes of the horizontal and the vertical partials."""
@@ -141,13 +162,15 @@ class _PoolEngine(wiring.Component):
     def _reduce(self, partial, value):
         raise NotImplementedError
 
-    def _output(self, m, result, channel, emit, advance):
-        """Take ``result`` (of ``channel``) when ``emit & advance``; return the ready signal."""
+    def _output(self, m, result, channel, emit, advance, sink):
+        """Give ``result`` (of ``channel``) to the ``sink`` stream when ``emit & advance``;
+        return the ready signal."""
         raise NotImplementedError
 
     def elaborate(self, platform):
         m = Module()
-        channels = self.in_shape[0]
+        width = self.in_width
+        channels = self.in_shape[0] // width  # beats of a pixel
         rows, cols = self._rows, self._cols
         advance = Signal()  # the scan and stages 1 and 2 move on
 
@@ -188,9 +211,10 @@ class _PoolEngine(wiring.Component):
 
         h_shape, v_shape = self._partial_shapes()
         m.submodules.h_partials = h_mem = Memory(
-            shape=data.ArrayLayout(h_shape, cols.lanes), depth=channels, init=[])
+            shape=_wide(data.ArrayLayout(h_shape, cols.lanes), width), depth=channels, init=[])
         m.submodules.v_partials = v_mem = Memory(
-            shape=data.ArrayLayout(v_shape, rows.lanes), depth=line_depth, init=[])
+            shape=_wide(data.ArrayLayout(v_shape, rows.lanes), width), depth=line_depth,
+            init=[])
         # Each partial is read a stage before it is updated and written back; transparency covers
         # a position that reads what the one ahead of it writes (one channel, one output column).
         h_write, v_write = h_mem.write_port(), v_mem.write_port()
@@ -199,7 +223,9 @@ class _PoolEngine(wiring.Component):
 
         # Stage 1: update the horizontal partials.
         valid_1 = Signal()
-        value_1 = Signal(activation_shape(self._in_act))
+        value_1 = Signal(_wide(activation_shape(self._in_act), width))
+        padding_value = self._in_act.qmin if width == 1 else \
+            value_1.shape().const([self._in_act.qmin] * width)
         channel_1 = Signal.like(channel)
         line_addr_1 = Signal.like(line_addr)
         row_1 = Signal(rows.layout)
@@ -207,13 +233,13 @@ class _PoolEngine(wiring.Component):
         with m.If(advance):
             m.d.sync += [
                 valid_1.eq(taken),
-                value_1.eq(Mux(in_input, self.i_stream.payload, self._in_act.qmin)),
+                value_1.eq(Mux(in_input, self.i_stream.payload, padding_value)),
                 channel_1.eq(channel),
                 line_addr_1.eq(line_addr),
                 row_1.eq(row_at),
                 col_1.eq(col_at),
             ]
-        h_new = self._update_lanes(m, h_read.data, col_1, value_1, h_shape)
+        h_new = self._update_all(m, h_read.data, col_1, value_1, h_shape)
         m.d.comb += [
             h_read.addr.eq(channel), h_read.en.eq(advance),
             h_write.addr.eq(channel_1), h_write.data.eq(h_new),
@@ -224,7 +250,7 @@ class _PoolEngine(wiring.Component):
         # Stage 2: update the vertical partials with a row's window, finish a window. (Both
         # updates in one stage were two comparisons in series, the engine's longest path.)
         valid_2 = Signal()
-        h_result_2 = Signal(h_shape)
+        h_result_2 = Signal(_wide(h_shape, width))
         channel_2 = Signal.like(channel)
         line_addr_2 = Signal.like(line_addr)
         row_2 = Signal(rows.layout)
@@ -232,22 +258,30 @@ class _PoolEngine(wiring.Component):
         with m.If(advance):
             m.d.sync += [
                 valid_2.eq(valid_1),
-                h_result_2.eq(h_new[col_1.emit_lane]),
+                h_result_2.eq(_emitted(h_new, col_1.emit_lane, width)),
                 channel_2.eq(channel_1),
                 line_addr_2.eq(line_addr_1),
                 row_2.eq(row_1),
                 col_emit_2.eq(col_1.emit),
             ]
-        v_new = self._update_lanes(m, v_read.data, row_2, h_result_2, v_shape)
+        v_new = self._update_all(m, v_read.data, row_2, h_result_2, v_shape)
         emit_2 = valid_2 & col_emit_2 & row_2.emit
         m.d.comb += [
             v_write.addr.eq(line_addr_2), v_write.data.eq(v_new),
             v_write.en.eq(valid_2 & col_emit_2 & advance),
         ]
-        ready = self._output(m, v_new[row_2.emit_lane], channel_2, emit_2, advance)
+        if self.out_width == width:
+            sink = wiring.flipped(self.o_stream)
+        else:
+            m.submodules.widths = widths = StreamWidthConverter(
+                activation_shape(self._out_act), width, self.out_width)
+            wiring.connect(m, widths.o_stream, wiring.flipped(self.o_stream))
+            sink = widths.i_stream
+        ready = self._output(m, _emitted(v_new, row_2.emit_lane, width), channel_2, emit_2,
+                             advance, sink)
         m.d.comb += advance.eq(~emit_2 | ready)
 
-        out_size = math.prod(self.out_shape)
+        out_size = math.prod(self.out_shape) // self.out_width
         out_taken = self.o_stream.valid & self.o_stream.ready
         _, last_out = count_beats(m, out_taken, out_size)
         count_activity(
@@ -256,8 +290,18 @@ class _PoolEngine(wiring.Component):
             finish=out_taken & last_out,
             starved=~at_origin & self.i_stream.ready & ~self.i_stream.valid,
             blocked=self.o_stream.valid & ~self.o_stream.ready,
-            max_inflight=self._pipeline_depth + 1)
+            max_inflight=self._pipeline_depth + (1 if self.out_width == width else 4))
         return m
+
+    def _update_all(self, m, old, schedule, value, shape):
+        """:meth:`_update_lanes` of every channel of a beat."""
+        if self.in_width == 1:
+            return self._update_lanes(m, old, schedule, value, shape)
+        new = Signal(old.shape())
+        m.d.comb += [new[index].eq(self._update_lanes(m, old[index], schedule, value[index],
+                                                      shape))
+                     for index in range(self.in_width)]
+        return new
 
     def _update_lanes(self, m, old, schedule, value, shape):
         """Each lane's partial after ``value``: restarted, extended, or kept as it was."""
@@ -307,8 +351,9 @@ class MaxPool2dEngine(_PoolEngine):
     latency = 3
     _pipeline_depth = 3  # stages 1 and 2 and the output register
 
-    def __init__(self, node: ir.MaxPool2d, in_shape, in_act: ir.Activation):
-        super().__init__(node, ir.MaxPool2d, in_shape, in_act)
+    def __init__(self, node: ir.MaxPool2d, in_shape, in_act: ir.Activation, *, in_width=1,
+                 out_width=1):
+        super().__init__(node, ir.MaxPool2d, in_shape, in_act, in_width, out_width)
 
     def _partial_shapes(self):
         shape = activation_shape(self._in_act)
@@ -317,12 +362,12 @@ class MaxPool2dEngine(_PoolEngine):
     def _reduce(self, partial, value):
         return Mux(value > partial, value, partial)
 
-    def _output(self, m, result, channel, emit, advance):
-        ready = ~self.o_stream.valid | self.o_stream.ready
+    def _output(self, m, result, channel, emit, advance, sink):
+        ready = ~sink.valid | sink.ready
         with m.If(emit & advance):
-            m.d.sync += [self.o_stream.valid.eq(1), self.o_stream.payload.eq(result)]
-        with m.Elif(self.o_stream.ready):
-            m.d.sync += self.o_stream.valid.eq(0)
+            m.d.sync += [sink.valid.eq(1), sink.payload.eq(result)]
+        with m.Elif(sink.ready):
+            m.d.sync += sink.valid.eq(0)
         return ready
 
 
@@ -362,8 +407,9 @@ class AvgPool2dEngine(_PoolEngine):
     latency = 2 + Requantizer.latency
     _pipeline_depth = 2 + Requantizer.latency
 
-    def __init__(self, node: ir.AvgPool2d, in_shape, in_act: ir.Activation):
-        super().__init__(node, ir.AvgPool2d, in_shape, in_act)
+    def __init__(self, node: ir.AvgPool2d, in_shape, in_act: ir.Activation, *, in_width=1,
+                 out_width=1):
+        super().__init__(node, ir.AvgPool2d, in_shape, in_act, in_width, out_width)
         self._requant = node.requant
 
     def _partial_shapes(self):
@@ -375,14 +421,14 @@ class AvgPool2dEngine(_PoolEngine):
     def _reduce(self, partial, value):
         return partial + value
 
-    def _output(self, m, result, channel, emit, advance):
+    def _output(self, m, result, channel, emit, advance, sink):
         _, v_shape = self._partial_shapes()
-        m.submodules.requantizer = requantizer = Requantizer(
-            self._requant, v_shape, self.in_shape[0], self._out_act)
+        m.submodules.requantizer = requantizer = wide_requantizer(
+            self._requant, v_shape, self.in_shape[0], self._out_act, self.in_width)
         m.d.comb += [
             requantizer.i_stream.valid.eq(emit),
             requantizer.i_stream.p.acc.eq(result),
             requantizer.i_stream.p.channel.eq(channel),
         ]
-        wiring.connect(m, requantizer.o_stream, wiring.flipped(self.o_stream))
+        wiring.connect(m, requantizer.o_stream, sink)
         return requantizer.i_stream.ready

@@ -34,7 +34,8 @@ from zeroskip.errors import GraphError
 from .common import activation_stream
 from .sparse_plan import signed_width
 
-__all__ = ["DSP_OPERAND_BITS", "Requantizer", "accumulator_product_width", "saturation_bounds"]
+__all__ = ["DSP_OPERAND_BITS", "Requantizer", "SideBySide", "accumulator_product_width",
+           "requant_slice", "saturation_bounds", "wide_requantizer"]
 
 DSP_OPERAND_BITS = 16
 
@@ -279,3 +280,69 @@ class Requantizer(wiring.Component):
                 self.o_stream.payload.eq(result),
             ]
         return m
+
+
+def requant_slice(requant, start, step):
+    """The :class:`zeroskip.ir.Requant` of channels ``start, start + step, ...``."""
+    def part(values):
+        return values if len(values) == 1 else values[start::step]
+    return ir.Requant(part(requant.multiplier), part(requant.shift), requant.clamp_min,
+                      requant.clamp_max, requant.epsilon)
+
+
+class SideBySide(wiring.Component):
+    """Several requantizers (or thresholders) moving in lockstep: one beat of ``width``
+    accumulators in, ``width`` activations out.
+
+    Element ``j`` of a beat whose channel index is ``t`` is channel ``t * width + j``: unit
+    ``j`` holds the parameters of channels ``j, j + width, ...`` (:func:`requant_slice`), so
+    every unit is addressed by ``t``. The units see the same handshakes, so they hold the same
+    state: the first one's ``ready`` and ``valid`` are every one's.
+
+    Parameters
+    ----------
+    units : sequence of wiring.Component
+        Each with ``i_stream`` (payload ``acc`` and ``channel``) and ``o_stream``, all alike
+        but for their parameters.
+
+    Members
+    -------
+    i_stream : In(stream.Signature(StructLayout({"acc": ArrayLayout(acc, width),
+                                                 "channel": channel})))
+    o_stream : Out(stream.Signature(ArrayLayout(output, width)))
+
+    Latency and throughput: the units'.
+    """
+
+    def __init__(self, units):
+        self.units = tuple(units)
+        first = self.units[0].signature.members
+        acc = first["i_stream"].signature.members["payload"].shape
+        payload = data.StructLayout({"acc": data.ArrayLayout(acc["acc"].shape, len(self.units)),
+                                     "channel": acc["channel"].shape})
+        out = data.ArrayLayout(first["o_stream"].signature.members["payload"].shape,
+                               len(self.units))
+        super().__init__({"i_stream": In(stream.Signature(payload)),
+                          "o_stream": Out(stream.Signature(out))})
+
+    def elaborate(self, platform):
+        m = Module()
+        for index, unit in enumerate(self.units):
+            m.submodules[f"unit_{index}"] = unit
+            m.d.comb += [unit.i_stream.valid.eq(self.i_stream.valid),
+                         unit.i_stream.p.acc.eq(self.i_stream.p.acc[index]),
+                         unit.i_stream.p.channel.eq(self.i_stream.p.channel),
+                         unit.o_stream.ready.eq(self.o_stream.ready),
+                         self.o_stream.payload[index].eq(unit.o_stream.payload)]
+        m.d.comb += [self.i_stream.ready.eq(self.units[0].i_stream.ready),
+                     self.o_stream.valid.eq(self.units[0].o_stream.valid)]
+        return m
+
+
+def wide_requantizer(requant, acc_shape, channels, out_act, width):
+    """A :class:`Requantizer` of ``channels`` for a width of 1, else a :class:`SideBySide` of
+    ``width`` of them, each of ``channels // width`` channels."""
+    if width == 1:
+        return Requantizer(requant, acc_shape, channels, out_act)
+    return SideBySide(Requantizer(requant_slice(requant, index, width), acc_shape,
+                                  channels // width, out_act) for index in range(width))

@@ -1,17 +1,20 @@
-"""Generic stream parts: a fork to several consumers, a register slice, a FIFO.
+"""Generic stream parts: a fork to several consumers, a register slice, a FIFO, a width
+converter.
 
 All follow :mod:`amaranth.lib.stream`'s rules (``valid`` held until ``ready``, payload stable
-while waiting) on their outputs, given they hold on their inputs.
+while waiting) on their outputs, given they hold on their inputs. All but the converter take any
+payload shape; the converter takes element shapes and widths
+(:func:`zeroskip.hdl.common.stream_shape`).
 """
 
 from __future__ import annotations
 
-from amaranth.hdl import Cat, Module, Shape, Signal
-from amaranth.lib import stream, wiring
+from amaranth.hdl import Cat, Module, Mux, Shape, Signal, Value
+from amaranth.lib import data, stream, wiring
 from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.wiring import In, Out
 
-__all__ = ["StreamFIFO", "StreamFork", "StreamRegister"]
+__all__ = ["StreamFIFO", "StreamFork", "StreamRegister", "StreamWidthConverter"]
 
 
 class StreamFork(wiring.Component):
@@ -121,4 +124,77 @@ class StreamFIFO(wiring.Component):
             self.o_stream.payload.eq(fifo.r_data), self.o_stream.valid.eq(fifo.r_rdy),
             fifo.r_en.eq(self.o_stream.ready),
         ]
+        return m
+
+
+def _beat_shape(shape, width):
+    return shape if width == 1 else data.ArrayLayout(shape, width)
+
+
+class StreamWidthConverter(wiring.Component):
+    """Beats of ``in_width`` elements to beats of ``out_width`` elements, the elements in order
+    (the first in a beat is the first in the stream). One width divides the other.
+
+    Widening gathers ``out_width / in_width`` beats and gives them as one; narrowing gives a
+    beat's parts one after another. A register slice (:class:`StreamRegister`) follows, so no
+    combinational path leaves on the output side.
+
+    Members
+    -------
+    i_stream : In(stream.Signature(shape, or ArrayLayout(shape, in_width)))
+    o_stream : Out(stream.Signature(shape, or ArrayLayout(shape, out_width)))
+
+    Latency 1 cycle after a widened beat is complete, 1 cycle for a narrowed beat's first
+    part; one beat per cycle on the narrower side.
+    """
+
+    def __init__(self, shape, in_width, out_width):
+        for name, width in (("in_width", in_width), ("out_width", out_width)):
+            if not isinstance(width, int) or isinstance(width, bool) or width < 1:
+                raise ValueError(f"{name} must be a positive integer, got {width!r}")
+        if in_width == out_width or max(in_width, out_width) % min(in_width, out_width):
+            raise ValueError(f"a width converter joins two different widths, one dividing the "
+                             f"other, got {in_width} and {out_width}")
+        self.shape, self.in_width, self.out_width = shape, in_width, out_width
+        super().__init__({"i_stream": In(stream.Signature(_beat_shape(shape, in_width))),
+                          "o_stream": Out(stream.Signature(_beat_shape(shape, out_width)))})
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.register = register = StreamRegister(_beat_shape(self.shape,
+                                                                      self.out_width))
+        wiring.connect(m, register.o_stream, wiring.flipped(self.o_stream))
+        out = register.i_stream
+        piece = Shape.cast(self.shape).width * min(self.in_width, self.out_width)
+        if self.out_width > self.in_width:
+            parts = self.out_width // self.in_width
+            gathered = Signal((parts - 1) * piece)
+            count = Signal(range(parts))
+            full = count == parts - 1
+            m.d.comb += [out.valid.eq(self.i_stream.valid & full),
+                         out.payload.eq(Cat(gathered, Value.cast(self.i_stream.payload))),
+                         self.i_stream.ready.eq(~full | out.ready)]
+            with m.If(self.i_stream.valid & self.i_stream.ready):
+                m.d.sync += count.eq(Mux(full, 0, count + 1))
+                with m.Switch(count):
+                    for index in range(parts - 1):
+                        with m.Case(index):
+                            m.d.sync += gathered.word_select(index, piece).eq(
+                                self.i_stream.payload)
+        else:
+            parts = self.in_width // self.out_width
+            held = Signal(parts * piece)
+            held_valid = Signal()
+            index = Signal(range(parts))
+            last = index == parts - 1
+            given = out.valid & out.ready
+            m.d.comb += [out.valid.eq(held_valid),
+                         out.payload.eq(held.word_select(index, piece)),
+                         self.i_stream.ready.eq(~held_valid | given & last)]
+            with m.If(given):
+                m.d.sync += index.eq(index + 1)
+                with m.If(last):
+                    m.d.sync += [index.eq(0), held_valid.eq(0)]
+            with m.If(self.i_stream.valid & self.i_stream.ready):
+                m.d.sync += [held.eq(self.i_stream.payload), held_valid.eq(1)]
         return m

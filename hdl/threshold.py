@@ -14,9 +14,15 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
 
+from .. import ir
 from .sparse_plan import signed_width
 
-__all__ = ["Thresholder"]
+__all__ = ["Thresholder", "threshold_slice"]
+
+
+def threshold_slice(threshold, start, step):
+    """The :class:`zeroskip.ir.Threshold` of channels ``start, start + step, ...``."""
+    return ir.Threshold(threshold.thresholds[start::step], threshold.signs[start::step])
 
 
 class Thresholder(wiring.Component):

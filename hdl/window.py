@@ -9,18 +9,35 @@ need a few bits each, not 32, and never overflow wrongly however long the engine
 
 from __future__ import annotations
 
-from amaranth.hdl import Array, Const, Mux, Signal, signed
+from amaranth.hdl import Array, Cat, Const, Mux, Signal, signed
 from amaranth.utils import ceil_log2
 
 from .sparse_plan import signed_width
 
-__all__ = ["PIXEL_COUNTER_WIDTH", "TILE_SLOTS", "LaneWindow", "PixelCursor", "earlier",
-           "elaborate_accumulator", "elaborate_filter_counter", "elaborate_packer", "group_of",
+__all__ = ["DEEP_TILE_SLOTS", "PIXEL_COUNTER_WIDTH", "TILE_SLOTS", "LaneWindow", "PixelCursor",
+           "earlier", "pixel_counter_width", "slot_bits",
+           "elaborate_accumulator", "elaborate_block_accumulator", "elaborate_filter_counter",
+           "elaborate_packer", "group_of",
            "ring_rows", "row_counter_width"]
 
 TILE_SLOTS = 2  # output pixels the lanes may run ahead of the collector, plus one
-#: Output-pixel counters differ by at most TILE_SLOTS + 1; this leaves a margin of two bits.
-PIXEL_COUNTER_WIDTH = ceil_log2(TILE_SLOTS + 2) + 2
+#: The deeper output tile of engines with wide streams, packs or split filters: with little
+#: work per lane and pixel, a lane's trip from a pixel's scan to its collection (some thirty
+#: cycles) would otherwise bound the engine at half that a pixel.
+DEEP_TILE_SLOTS = 4
+
+
+def pixel_counter_width(slots):
+    """Output-pixel counters differ by at most ``slots + 1``; this leaves a margin of two
+    bits."""
+    return ceil_log2(slots + 2) + 2
+
+
+def slot_bits(slots):
+    return max(ceil_log2(slots), 1)
+
+
+PIXEL_COUNTER_WIDTH = pixel_counter_width(TILE_SLOTS)
 
 
 def ring_rows(geometry):
@@ -123,13 +140,16 @@ class LaneWindow:
     Both conditions are registers, computed for the cursor as it will be after this cycle: a
     start is then decided by two flip-flops, not by two counter comparisons. The counters they
     are compared with (``rows_written``, ``collector_released``) only grow, so seeing them a
-    cycle late can only delay a start, never allow one early.
+    cycle late can only delay a start, never allow one early. The output tile holds ``slots``
+    pixels: a lane runs up to ``slots`` pixels ahead of the collector.
     """
 
-    def __init__(self, m, geometry, rows, row_width, rows_written, collector_released, name):
+    def __init__(self, m, geometry, rows, row_width, rows_written, collector_released, name,
+                 slots=TILE_SLOTS):
         g = self.geometry = geometry
-        self.rows, self.row_width = rows, row_width
-        self.pixel_index = Signal(PIXEL_COUNTER_WIDTH, name=f"{name}_pixel_index")
+        self.rows, self.row_width, self.slots = rows, row_width, slots
+        width = pixel_counter_width(slots)
+        self.pixel_index = Signal(width, name=f"{name}_pixel_index")
         self.cursor = PixelCursor(g, rows, row_width, f"{name}_scan", track_needed=True)
         self.retired = PixelCursor(g, rows, row_width, f"{name}_retired")
         self.oldest_needed = Signal(row_width, name=f"{name}_oldest_needed")
@@ -143,21 +163,22 @@ class LaneWindow:
                                    ~earlier(rows_written, cursor.needed_after(), row_width),
                                    ~earlier(rows_written, cursor.needed, row_width))),
             tile_free.eq(Mux(self._stepping,
-                             earlier(self.pixel_index, collector_released + (TILE_SLOTS - 1),
-                                     PIXEL_COUNTER_WIDTH),
-                             earlier(self.pixel_index, collector_released + TILE_SLOTS,
-                                     PIXEL_COUNTER_WIDTH))),
+                             earlier(self.pixel_index, collector_released + (slots - 1), width),
+                             earlier(self.pixel_index, collector_released + slots, width))),
         ]
         self.can_start = self.rows_ready & tile_free
 
     def origin_layout(self):
         """Fields of the pixel being examined that travel with its combos down the pipeline."""
         coordinate = _coordinate_shape(self.geometry)
-        return {"slot": 1, "top": coordinate, "left": coordinate, "top_slot": range(self.rows)}
+        return {"slot": slot_bits(self.slots), "top": coordinate, "left": coordinate,
+                "top_slot": range(self.rows)}
 
     def origin(self, stage):
         """Assignments latching the current pixel's origin into ``stage``."""
-        return [stage.slot.eq(self.pixel_index[0]), stage.top.eq(self.cursor.top),
+        slot = self.pixel_index[0] if self.slots == 2 else \
+            self.pixel_index[:slot_bits(self.slots)]
+        return [stage.slot.eq(slot), stage.top.eq(self.cursor.top),
                 stage.left.eq(self.cursor.left), stage.top_slot.eq(self.cursor.top_slot)]
 
     def next_pixel(self, m):
@@ -188,21 +209,25 @@ def oldest_of(windows):
     return rows[0]
 
 
-def elaborate_packer(m, engine, rows, rows_written, windows, bit_of_beat, word_write):
-    """Input beats -> words of one bit per channel (``bit_of_beat``), one word per (pixel,
-    group, chunk), written through ``word_write`` into the ring; counts ``rows_written``.
+def elaborate_packer(m, engine, rows, rows_written, windows, bits_of_beat, word_write):
+    """Input beats -> words of one bit per channel (``bits_of_beat``: one per activation of a
+    beat), one word per (pixel, group, chunk), or per pixel and word of channels
+    (:attr:`~zeroskip.hdl.sparse_plan.ConvGeometry.mask_groups`), written through
+    ``word_write`` into the ring; counts ``rows_written``.
 
     The input is ready while the ring has a row slot no lane needs any more. Returns the
     ``taken`` handshake, for an engine that stores more per beat.
     """
     g = engine.geometry
-    words = rows * g.width * g.groups * g.chunks
+    width = len(bits_of_beat)  # a beat never crosses a word or a group (ConvGeometry.check)
+    groups, group_channels = g.mask_groups
+    words = rows * g.width * g.mask_words_per_pixel
     address = Signal(range(words))
-    channel_in_group = Signal(range(g.group_channels))
-    bit = Signal(range(g.chunk))
+    channel_in_group = Signal(range(group_channels // width))
+    bit = Signal(range(g.mask_word // width))
     column = Signal(range(g.width))
-    channel = Signal(range(g.in_channels))
-    bits = Signal(g.chunk)
+    channel = Signal(range(g.in_channels // width))
+    bits = Signal(g.mask_word)
 
     # Whether the ring has room for the row being written: a register, computed for the row
     # count after this cycle (the oldest row needed only grows, so seeing it a cycle late can
@@ -214,12 +239,14 @@ def elaborate_packer(m, engine, rows, rows_written, windows, bit_of_beat, word_w
     room = Signal(init=1)
     m.d.comb += engine.i_stream.ready.eq(room)
     taken = engine.i_stream.valid & engine.i_stream.ready
-    row_done = taken & (channel == g.in_channels - 1) & (column == g.width - 1)
+    row_done = taken & (channel == g.in_channels // width - 1) & (column == g.width - 1)
     m.d.sync += room.eq(Mux(row_done, earlier(rows_written + 1, limit, row_width),
                             earlier(rows_written, limit, row_width)))
 
-    word_done = (bit == g.chunk - 1) | (channel_in_group == g.group_channels - 1)
-    word = bits | (bit_of_beat << bit)
+    word_done = (bit == g.mask_word // width - 1) | \
+        (channel_in_group == group_channels // width - 1)
+    word = bits | (bits_of_beat << bit) if width == 1 else \
+        bits | (bits_of_beat << Cat(Const(0, width.bit_length() - 1), bit))
     m.d.comb += [word_write.addr.eq(address), word_write.data.eq(word)]
     with m.If(taken):
         with m.If(word_done):
@@ -228,11 +255,11 @@ def elaborate_packer(m, engine, rows, rows_written, windows, bit_of_beat, word_w
                          address.eq(Mux(address == words - 1, 0, address + 1))]
         with m.Else():
             m.d.sync += [bits.eq(word), bit.eq(bit + 1)]
-        with m.If(channel_in_group == g.group_channels - 1):
+        with m.If(channel_in_group == group_channels // width - 1):
             m.d.sync += channel_in_group.eq(0)
         with m.Else():
             m.d.sync += channel_in_group.eq(channel_in_group + 1)
-        with m.If(channel == g.in_channels - 1):
+        with m.If(channel == g.in_channels // width - 1):
             m.d.sync += channel.eq(0)
             with m.If(column == g.width - 1):
                 m.d.sync += [column.eq(0), rows_written.eq(rows_written + 1)]
@@ -265,7 +292,7 @@ def elaborate_accumulator(m, window, *, valid, last, value, filter_index, slot, 
     filter retires the pixel. Returns the count of pixels done (wrap-around)."""
     accumulator = Signal(sum_shape)
     total = Signal(sum_shape)
-    pixels_done = Signal(PIXEL_COUNTER_WIDTH)
+    pixels_done = Signal(pixel_counter_width(window.slots))
     m.d.comb += [total.eq(accumulator + value),
                  tile_write.addr.eq(slot * filters + filter_index),
                  tile_write.data.eq(total)]
@@ -278,4 +305,35 @@ def elaborate_accumulator(m, window, *, valid, last, value, filter_index, slot, 
                 window.retired.advance(m)
         with m.Else():
             m.d.sync += accumulator.eq(total)
+    return pixels_done
+
+
+def elaborate_block_accumulator(m, window, *, valid, last, value, unit, sub, slot, units, pack,
+                                block, sum_shape, tile_write):
+    """:func:`elaborate_accumulator` for a tile in blocks (words of ``block`` filters' sums,
+    written with a granularity of one sum) and for packs: a unit (a filter, or a pack of
+    ``pack`` consecutive filters, ``sub`` naming a value's filter in it) keeps a partial sum
+    per filter; its last value writes them into the unit's place in its block's word, and a
+    pixel's last unit retires the pixel. Returns the count of pixels done (wrap-around)."""
+    per_word = block // pack  # units per tile word; both are powers of two
+    shift = per_word.bit_length() - 1
+    partials = [Signal(sum_shape, name=f"partial_{index}") for index in range(pack)]
+    total = Signal(sum_shape)
+    pixels_done = Signal(pixel_counter_width(window.slots))
+    current = partials[0] if pack == 1 else Array(partials)[sub]
+    m.d.comb += total.eq(current + value)
+    sums = [total] if pack == 1 else [Mux(sub == index, total, partial)
+                                      for index, partial in enumerate(partials)]
+    place = unit[:shift] if shift else 0
+    m.d.comb += [tile_write.addr.eq(slot * (units // per_word) + (unit >> shift)),
+                 tile_write.data.eq(Cat(*sums * per_word))]
+    with m.If(valid):
+        with m.If(last):
+            m.d.comb += tile_write.en.eq(Const((1 << pack) - 1, block) << (place * pack))
+            m.d.sync += [partial.eq(0) for partial in partials]
+            with m.If(unit == units - 1):
+                m.d.sync += pixels_done.eq(pixels_done + 1)
+                window.retired.advance(m)
+        with m.Else():
+            m.d.sync += current.eq(total)
     return pixels_done

@@ -112,6 +112,10 @@ class XnorConvEngine(wiring.Component):
             raise ValueError(f"width must be an integer from 1 to 64, got {width!r}")
         if not isinstance(lanes, int) or isinstance(lanes, bool):
             raise ValueError(f"lanes must be an integer, got {lanes!r}")
+        if not 1 <= lanes <= node.weight.shape[0]:
+            # One filter or more a lane: the popcount units do not cut filters.
+            raise ValueError(f"lanes must be between 1 and the {node.weight.shape[0]} output "
+                             f"channels of {node.name!r}, got {lanes}")
         self.node, self.in_shape, self.in_act = node, tuple(in_shape), in_act
         self.plan = make_plan(node, in_shape, in_act, lanes, True, width) if plan is None \
             else plan

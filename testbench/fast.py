@@ -152,6 +152,7 @@ def fast_simulate(
     reset_cycles: int = 4,
     progress: Callable[[int, int], object] | None = None,
     waves: str | None = None,
+    elements: Mapping[str, int] | None = None,
 ) -> FastResult:
     """Build (or reuse) the Verilator model of a harness and run one input batch through it.
 
@@ -164,9 +165,11 @@ def fast_simulate(
         Its top module.
     inputs : array-like of int
         The batch's input beats, inference after inference (negative values in two's
-        complement); a whole number of inferences.
+        complement); a whole number of inferences. For an input of several elements a beat
+        (``elements``), the elements in stream order.
     outputs : mapping of str to bool
-        Every output stream of the DUT, and whether to read its payload as signed.
+        Every output stream of the DUT, and whether to read its payload (each element of it)
+        as signed.
     beats_per_inference : (int, mapping of str to int)
         Input beats per inference, and output beats per inference of every output stream: the
         values the harness was built with.
@@ -191,6 +194,10 @@ def fast_simulate(
         Dump a waveform of the whole run into the run directory (see
         :attr:`FastResult.waves_path`). It needs a model built with tracing, a separate build
         from the one without; and it slows the simulation down a lot.
+    elements : mapping of str to int, optional
+        Elements per beat of ``"i_stream"`` and of output streams (1 where not named): a
+        payload of ``k`` elements holds them side by side, the first in the low bits. Inputs
+        are given, and outputs returned, as elements.
 
     Returns
     -------
@@ -210,7 +217,13 @@ def fast_simulate(
         :func:`zeroskip.testbench.runner.fst_available`; ``waves="vcd"`` always works).
     """
     input_beats_per_inference, output_beats_per_inference = beats_per_inference
-    beats, thresholds = _checked_job(inputs, outputs, input_beats_per_inference,
+    elements = dict(elements or {})
+    unknown = sorted(set(elements) - {"i_stream", *outputs})
+    if unknown or any(not isinstance(count, int) or count < 1 for count in elements.values()):
+        raise ValueError(f"elements must map 'i_stream' and output streams to positive counts, "
+                         f"got {elements}")
+    input_elements = elements.get("i_stream", 1)
+    beats, thresholds = _checked_job(inputs, outputs, input_beats_per_inference * input_elements,
                                      output_beats_per_inference, idle_probability,
                                      backpressure_probability, timeout_cycles, reset_cycles,
                                      waves)
@@ -221,11 +234,13 @@ def fast_simulate(
     runs = model.build_dir / "runs"
     runs.mkdir(exist_ok=True)
     run_dir = Path(tempfile.mkdtemp(prefix="fast-", dir=runs))
+    inferences = beats.size // (input_beats_per_inference * input_elements)
     job = {
-        "inferences": beats.size // input_beats_per_inference,
+        "inferences": inferences,
+        "input_elements": input_elements,
         "outputs": {
-            name: {"count": beats.size // input_beats_per_inference * count,
-                   "signed": bool(outputs[name])}
+            name: {"count": inferences * count, "signed": bool(outputs[name]),
+                   "elements": elements.get(name, 1)}
             for name, count in output_beats_per_inference.items()
         },
         "idle_threshold": thresholds["idle_probability"],

@@ -59,7 +59,7 @@ async def fast_test(dut):
                    f"{capacity}; build it with a larger max_inferences")
     cycles, counters, simulation_seconds, arrays = 0, {}, 0.0, {}
     if failure is None:
-        await _load(dut, inputs)
+        await _load(dut, inputs, job.get("input_elements", 1))
         dut.inferences.value = job["inferences"]
         dut.seed.value = job["seed"]
         dut.idle_threshold.value = job["idle_threshold"]
@@ -131,42 +131,59 @@ async def _wait_for_done(dut, job, run_dir):
         slice_cycles = min(max(int(cycles * scale), _FIRST_SLICE_CYCLES), _MAX_SLICE_CYCLES)
 
 
-async def _load(dut, inputs):
-    """Write the input beats into the harness's memory, ``load_lanes`` beats per cycle."""
+async def _load(dut, inputs, elements=1):
+    """Write the input beats into the harness's memory, ``load_lanes`` beats per cycle (a beat
+    of ``elements`` inputs side by side, the first in the low bits)."""
     lanes = dut.load_lanes.value.to_unsigned()
     width = len(dut.load_payload) // lanes
-    raw = np.zeros(-(-inputs.size // lanes) * lanes, dtype=np.uint64)
-    raw[:inputs.size] = inputs.astype(np.uint64) & np.uint64((1 << width) - 1)
-    shifts = np.arange(lanes, dtype=np.uint64) * np.uint64(width)
-    words = np.bitwise_or.reduce(raw.reshape(-1, lanes) << shifts, axis=1)
+    if elements == 1 and width * lanes <= 64:
+        raw = np.zeros(-(-inputs.size // lanes) * lanes, dtype=np.uint64)
+        raw[:inputs.size] = inputs.astype(np.uint64) & np.uint64((1 << width) - 1)
+        shifts = np.arange(lanes, dtype=np.uint64) * np.uint64(width)
+        words = np.bitwise_or.reduce(raw.reshape(-1, lanes) << shifts, axis=1).tolist()
+    else:
+        # Python integers: a word may exceed 64 bits.
+        part = width // elements
+        values = [int(value) & ((1 << part) - 1) for value in inputs.tolist()]
+        per_word = lanes * elements
+        values += [0] * (-len(values) % per_word)
+        words = [sum(value << (index * part) for index, value in
+                     enumerate(values[start:start + per_word]))
+                 for start in range(0, len(values), per_word)]
     payload = dut.load_payload
     await FallingEdge(dut.clk)
     dut.load_valid.value = 1
-    for word in words.tolist():
+    for word in words:
         payload.value = word
         await FallingEdge(dut.clk)
     dut.load_valid.value = 0
 
 
+def _split(value, elements, signed):
+    """A captured beat's elements (the first in the low bits), sign-extended if ``signed``."""
+    if isinstance(value, Logic):  # a one-bit port (binary activations)
+        return [int(value)]
+    if elements == 1:
+        return [value.to_signed() if signed else value.to_unsigned()]
+    raw, part = value.to_unsigned(), len(value) // elements
+    parts = [raw >> (index * part) & ((1 << part) - 1) for index in range(elements)]
+    return [v - (1 << part) if signed and v >> (part - 1) else v for v in parts]
+
+
 async def _read_back(dut, job):
     """Every capture and timestamp memory, one address per cycle, all memories at once."""
     inferences = job["inferences"]
-    ports = {"first_input_cycle": (dut.first_input_cycle, inferences, False)}
+    ports = {"first_input_cycle": (dut.first_input_cycle, inferences, False, 1)}
     for name, output in job["outputs"].items():
         ports[f"captured/{name}"] = (getattr(dut, f"captured__{name}"), output["count"],
-                                     output["signed"])
+                                     output["signed"], output.get("elements", 1))
         ports[f"last_output_cycle/{name}"] = (getattr(dut, f"last_output_cycle__{name}"),
-                                              inferences, False)
+                                              inferences, False, 1)
     arrays = {key: [] for key in ports}
-    for address in range(max((count for _, count, _ in ports.values()), default=0)):
+    for address in range(max((count for _, count, _, _ in ports.values()), default=0)):
         dut.read_address.value = address
         await FallingEdge(dut.clk)
-        for key, (port, count, signed) in ports.items():
+        for key, (port, count, signed, elements) in ports.items():
             if address < count:
-                value = port.value
-                if isinstance(value, Logic):  # a one-bit port (binary activations)
-                    arrays[key].append(int(value))
-                else:
-                    arrays[key].append(value.to_signed() if signed else value.to_unsigned())
+                arrays[key].extend(_split(port.value, elements, signed))
     return arrays
-

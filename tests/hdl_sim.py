@@ -40,8 +40,23 @@ CLOCK_PERIOD = 1e-6
 
 
 def _settable(beat):
-    """numpy integers as Python ints (the simulator takes ints, or dicts for struct payloads)."""
-    return int(beat) if isinstance(beat, (int, np.integer)) else beat
+    """numpy integers as Python ints, a row of a wide beat as a list of them (the simulator
+    takes ints, lists for array payloads, or dicts for struct payloads)."""
+    if isinstance(beat, (int, np.integer)):
+        return int(beat)
+    if isinstance(beat, (np.ndarray, list, tuple)):
+        return [int(value) for value in beat]
+    return beat
+
+
+def _plain(payload):
+    """A received payload as Python values: an int, or a list of ints for an array payload."""
+    if isinstance(payload, int):
+        return payload
+    try:
+        return [int(value) for value in payload]
+    except TypeError:
+        return payload
 
 
 async def drive(ctx, stream, beats, rng, idle_probability=0.0, *, timeout=DEFAULT_TIMEOUT):
@@ -109,7 +124,7 @@ async def collect(ctx, stream, count, rng, backpressure_probability=0.0, *,
                                         f"to {payload} before it was taken")
         refused = None
         if valid and ready:
-            beats.append(payload)
+            beats.append(_plain(payload))
             idle = 0
         else:
             if valid:
@@ -153,7 +168,7 @@ class StreamRun:
 
 
 def run_streams(dut, sources, sinks, *, seed, idle_probability=0.0,
-                backpressure_probability=0.0, record=()):
+                backpressure_probability=0.0, record=(), timeout=DEFAULT_TIMEOUT):
     """Drive every source stream and drain every sink stream of ``dut`` concurrently.
 
     Parameters
@@ -167,6 +182,8 @@ def run_streams(dut, sources, sinks, *, seed, idle_probability=0.0,
         See :func:`drive` and :func:`collect`.
     record : sequence of Value
         Signals to sample every cycle into :attr:`StreamRun.trace`.
+    timeout : int
+        Cycles a stream may make no progress (see :func:`drive` and :func:`collect`).
 
     Returns
     -------
@@ -180,12 +197,13 @@ def run_streams(dut, sources, sinks, *, seed, idle_probability=0.0,
 
     def producer(stream, beats, rng):
         async def testbench(ctx):
-            await drive(ctx, stream, beats, rng, idle_probability)
+            await drive(ctx, stream, beats, rng, idle_probability, timeout=timeout)
         return testbench
 
     def consumer(index, stream, count, rng):
         async def testbench(ctx):
-            received[index] = await collect(ctx, stream, count, rng, backpressure_probability)
+            received[index] = await collect(ctx, stream, count, rng, backpressure_probability,
+                                            timeout=timeout)
         return testbench
 
     async def read_counters(ctx):
@@ -259,7 +277,8 @@ def engine_kinds(design):
 def rtl_network(design, x, stall_probability, *, timeout=20_000):
     """``design``'s network top on the batch ``x`` with random stalls on every stream:
     ``(outputs decoded into the graph's output shape, classes)``."""
-    from zeroskip.hdl.common import batch_from_beats, batch_to_beats, decode_beats, encode_beats
+    from zeroskip.hdl.common import (batch_from_beats, batch_to_beats, decode_beats,
+                                     encode_beats, from_wide, to_wide)
 
     graph = design.graph
     out_shape = graph.shapes[graph.output]
@@ -267,13 +286,14 @@ def rtl_network(design, x, stall_probability, *, timeout=20_000):
     received = {}
 
     async def producer(ctx):
-        await drive(ctx, dut.i_stream, encode_beats(batch_to_beats(x), graph.input.act),
-                    np.random.default_rng(1), stall_probability, timeout=timeout)
+        beats = to_wide(encode_beats(batch_to_beats(x), graph.input.act), design.in_width)
+        await drive(ctx, dut.i_stream, beats, np.random.default_rng(1), stall_probability,
+                    timeout=timeout)
 
     async def sink(ctx):
-        received["outputs"] = await collect(ctx, dut.o_stream, len(x) * int(np.prod(out_shape)),
-                                            np.random.default_rng(2), stall_probability,
-                                            timeout=timeout)
+        received["outputs"] = await collect(
+            ctx, dut.o_stream, len(x) * int(np.prod(out_shape)) // design.out_width,
+            np.random.default_rng(2), stall_probability, timeout=timeout)
 
     async def class_sink(ctx):
         received["classes"] = await collect(ctx, dut.o_stream_class, len(x),
@@ -281,7 +301,8 @@ def rtl_network(design, x, stall_probability, *, timeout=20_000):
                                             timeout=timeout)
 
     simulate(dut, producer, sink, class_sink)
-    outputs = decode_beats(np.array(received["outputs"], np.int64), graph.acts[graph.output])
+    outputs = decode_beats(from_wide(np.array(received["outputs"], np.int64), design.out_width),
+                           graph.acts[graph.output])
     return batch_from_beats(outputs, out_shape), received["classes"]
 
 

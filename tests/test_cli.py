@@ -151,6 +151,18 @@ def test_compile_auto_folds_the_budget_on_calibration_inputs(small_graph_file, t
     assert "estimated initiation interval" in result.stdout
 
 
+def test_compile_takes_stream_widths_and_packs(small_graph_file, tmp_path):
+    result = zeroskip_command("compile", small_graph_file, "-o", tmp_path / "b", "--lanes", "2",
+                              "--stream-width", "4", "--pack")
+    assert result.returncode == 0, result.stderr
+    manifest = json.loads((tmp_path / "b" / "manifest.json").read_text())
+    # One input channel streams one a beat, the conv's 4 channels 4, the 3 logits 1.
+    widths = manifest["stream_widths"]
+    assert widths.pop("0") == 4 and set(widths.values()) == {1} and len(widths) == 2
+    assert manifest["packs"] == {"0": 4, "3": 1}  # one pack of the 4 filters, on 2 lanes
+    assert "pack" in result.stdout and "1 -> 4" in result.stdout
+
+
 def test_report_reads_a_build_back(build_dir, tmp_path):
     result = zeroskip_command("report", build_dir, "--json", tmp_path / "r.json")
     assert result.returncode == 0, result.stderr
@@ -166,6 +178,10 @@ def test_report_reads_a_build_back(build_dir, tmp_path):
     (["--lanes", "auto", "--calibration", "missing.npy"], "--calibration: no such file"),
     (["--sequential", "--lanes", "2"], "takes neither lanes nor a multiplier budget"),
     (["--sequential"], "(linear) reads a tensor of 4 channels per pixel with chunk 32"),
+    (["--stream-width", "0"], "expected a positive integer or 'auto'"),
+    (["--stream-width", "auto"], "stream_width='auto' chooses the widths"),
+    (["--sequential", "--stream-width", "2", "--chunk", "4"],
+     "takes neither stream widths nor packs"),
 ])
 def test_compile_refuses_bad_options_and_writes_nothing(small_graph_file, tmp_path, args,
                                                         fragment):

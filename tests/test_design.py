@@ -42,8 +42,9 @@ def test_flatten_before_linear_reads_the_hwc_stream():
 def test_bad_lanes_name_the_node():
     rng = np.random.default_rng(0)
     graph = conv_graph(rng, channels=2, filters=4, size=4, kernel=3)
-    with pytest.raises(ZeroskipError, match=r"node 'conv': lanes must be between 1 and its 4"):
-        zeroskip.compile(graph, lanes={"conv": 9})
+    with pytest.raises(ZeroskipError, match=r"node 'conv': lanes must be between 1 and 8 times "
+                                            r"its 4 output channels"):
+        zeroskip.compile(graph, lanes={"conv": 33})
     with pytest.raises(ZeroskipError, match="chunk must be an integer from 1 to 64"):
         zeroskip.compile(graph, chunk=65)
 

@@ -95,7 +95,7 @@ def test_bad_estimate_arguments_are_refused(net):
         folding.estimate_graph(graph, x, {"a": 1, "b": 1})
     node = graph["a"]
     with pytest.raises(ZeroskipError, match="lanes must be between 1 and the 8 output channels"):
-        folding.estimate_layer(node, (3, 6, 6), graph.input.act, 9, x)
+        folding.estimate_layer(node, (3, 6, 6), graph.input.act, 65, x)
     with pytest.raises(ZeroskipError, match=r"must be a batch of shape \(N, 3, 6, 6\)"):
         folding.estimate_layer(node, (3, 6, 6), graph.input.act, 1, x[:, :2])
 
@@ -155,3 +155,150 @@ def test_estimate_is_within_15_percent_of_verilator(verilator_build_root):
     node = graph.nodes[-1]
     estimate = folding.estimate_layer(node, graph.input.shape, graph.input.act, 3, x)
     assert estimate.cycles == pytest.approx(measured, rel=0.15)
+
+
+# --- widths, packs and the latency model against the Amaranth simulator -------------------------
+
+
+def simulated_timing(engine, beats, out_beats, batch):
+    """``(first input cycles, last output cycles)`` of every inference, streamed back to back
+    with no stall (a conv engine or a network top)."""
+    from hdl_sim import collect, drive, simulate
+
+    trace = []
+
+    async def producer(ctx):
+        await drive(ctx, engine.i_stream, beats, np.random.default_rng(0), timeout=100_000)
+
+    async def sink(ctx):
+        await collect(ctx, engine.o_stream, out_beats * batch, np.random.default_rng(1),
+                      timeout=100_000)
+
+    async def recorder(ctx):
+        async for _, _, *values in ctx.tick().sample(engine.i_stream.valid,
+                                                      engine.i_stream.ready,
+                                                      engine.o_stream.valid,
+                                                      engine.o_stream.ready):
+            trace.append(values)
+
+    extra = []
+    if hasattr(engine, "o_stream_class"):
+        async def classes(ctx):
+            await collect(ctx, engine.o_stream_class, batch, np.random.default_rng(2),
+                          timeout=100_000)
+        extra.append(classes)
+    simulate(engine, producer, sink, *extra, background=[recorder])
+    trace = np.array(trace, bool)
+    taken = np.flatnonzero(trace[:, 0] & trace[:, 1])
+    given = np.flatnonzero(trace[:, 2] & trace[:, 3])
+    return taken[::len(taken) // batch], given[out_beats - 1::out_beats]
+
+
+MODEL_CASES = {
+    # name: (graph arguments, engine arguments)
+    "depthwise_pack8": (dict(channels=32, filters=32, size=6, kernel=3, padding=1, groups=32,
+                             weight_density=1.0), dict(lanes=2, pack=8)),
+    "depthwise_pack4_wide": (dict(channels=32, filters=32, size=6, kernel=3, padding=1,
+                                  groups=32, weight_density=1.0),
+                             dict(lanes=4, pack=4, in_width=8, out_width=8, slots=4)),
+    "one_channel_pack8": (dict(channels=1, filters=16, size=6, kernel=3, padding=1,
+                               weight_density=0.3), dict(lanes=2, pack=8)),
+    "three_channels_pack4": (dict(channels=3, filters=16, size=6, kernel=3, padding=1,
+                                  weight_density=0.2), dict(lanes=2, pack=4, out_width=2)),
+    "pointwise_wide": (dict(channels=32, filters=32, size=6, kernel=1, padding=0,
+                            weight_density=0.1), dict(lanes=8, in_width=4, out_width=8)),
+    "columns": (dict(channels=16, filters=16, size=6, kernel=3, padding=1,
+                     weight_density=0.1), dict(lanes=6, out_width=4)),
+    "split_deep_tile": (dict(channels=16, filters=8, size=6, kernel=3, padding=1,
+                             weight_density=0.1), dict(lanes=16, out_width=2, slots=4)),
+    "deep_tile": (dict(channels=16, filters=16, size=6, kernel=3, padding=1,
+                       weight_density=0.1), dict(lanes=16, slots=8)),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", sorted(MODEL_CASES))
+def test_estimate_of_wide_and_packed_engines_is_within_3_percent_of_the_simulator(case):
+    from zeroskip.hdl.common import batch_to_beats, to_wide
+    from zeroskip.hdl.conv import SparseConvEngine
+
+    arguments, options = MODEL_CASES[case]
+    rng = np.random.default_rng(5)
+    graph = conv_graph(rng, **arguments)
+    x = random_inputs(rng, graph, batch=4)
+    node = graph.nodes[-1]
+    engine = SparseConvEngine(node, graph.input.shape, graph.input.act, chunk=32, **options)
+    out_beats = int(np.prod(graph.shapes[node.name])) // options.get("out_width", 1)
+    beats = to_wide(batch_to_beats(x), options.get("in_width", 1))
+    _, last = simulated_timing(engine, beats, out_beats, len(x))
+    estimate = folding.estimate_layer(node, graph.input.shape, graph.input.act, x_in=x,
+                                      chunk=32, **options)
+    assert estimate.cycles == pytest.approx(np.diff(last).mean(), rel=0.03)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("options", [dict(lanes=2), dict(lanes=2, stream_width=4, pack=True),
+                                     dict(lanes="auto", multipliers=12)],
+                         ids=["narrow", "wide_packed", "auto"])
+def test_latency_model_is_within_2_percent_of_the_simulator(options):
+    """The first inference through an empty residual network (fork, add, depthwise, pool,
+    flatten): the latency model against the Amaranth simulator."""
+    from test_network import inputs, residual_graph
+
+    from zeroskip.hdl.common import batch_to_beats, to_wide
+
+    rng = np.random.default_rng(3)
+    graph = residual_graph(rng)
+    x = inputs(rng, graph, 1)
+    design = zeroskip.compile(graph, calibration=x, **options)
+    first, last = simulated_timing(design.engine(), to_wide(batch_to_beats(x), design.in_width),
+                                   int(np.prod(design.out_shape)) // design.out_width, 1)
+    assert design.architecture.latency == pytest.approx(last[0] - first[0] + 1, rel=0.02)
+
+
+def test_balance_widens_a_port_bound_stream_instead_of_adding_lanes():
+    """A pointwise layer with few weights is bound by its 16-channel output at one activation
+    a beat; the folding makes that stream wider, not the layer's lanes more."""
+    from test_network import U8
+    from test_network import conv as network_conv
+
+    rng = np.random.default_rng(6)
+    nodes = (ir.Input("x", (), (4, 6, 6), U8),
+             network_conv(rng, "pw", "x", 4, 16, kernel=1, padding=0, density=0.2))
+    graph = ir.Graph(nodes, "pw", name="wide")
+    x = random_inputs(rng, graph, batch=8)
+    design = zeroskip.compile(graph, "auto", multipliers=8, calibration=x)
+    narrow = zeroskip.compile(graph, "auto", multipliers=8, calibration=x, stream_width=1)
+    assert design.widths["pw"] > 1
+    (estimate,) = design.estimates
+    (before,) = narrow.estimates
+    assert before.bound == "output" and estimate.cycles < before.cycles
+    # Widening costs no multiplier: the wide design uses no more of them.
+    assert design.multipliers_used <= narrow.multipliers_used
+
+
+def test_balance_with_one_activation_a_beat_and_no_packs_folds_as_before(net):
+    """``stream_width=1, pack=False`` gives the lanes :func:`folding.fold` gives."""
+    graph, x = net
+    for budget in (3, 7, 12):
+        design = zeroskip.compile(graph, "auto", multipliers=budget, calibration=x,
+                                  stream_width=1, pack=False)
+        assert design.lanes == folding.fold(graph, x, budget)
+
+
+def test_a_chain_of_linear_layers_gets_wider_streams_for_its_latency():
+    """Every tensor one pixel: a layer starts once its input's last beat is in, so the folding
+    also widens streams that shorten the single-stream latency, which it checks by the model."""
+    from test_network import S8, linear
+
+    rng = np.random.default_rng(9)
+    nodes = [ir.Input("x", (), (64,), S8)]
+    for index in range(4):
+        nodes.append(linear(rng, f"fc{index}", nodes[-1].name, 64, 64, density=0.1))
+    graph = ir.Graph(tuple(nodes), "fc3", name="chain")
+    x = random_inputs(rng, graph, batch=8)
+    design = zeroskip.compile(graph, "auto", multipliers=16, calibration=x)
+    narrow = zeroskip.compile(graph, "auto", multipliers=16, calibration=x,
+                              stream_width={name: 1 for name in design.widths})
+    assert max(design.widths.values()) > 1
+    assert design.architecture.latency < 0.9 * narrow.architecture.latency

@@ -13,7 +13,7 @@ from amaranth.hdl import signed, unsigned
 
 from zeroskip import ir, reference
 from zeroskip.hdl.add import AddEngine
-from zeroskip.hdl.common import batch_from_beats, batch_to_beats
+from zeroskip.hdl.common import batch_from_beats, batch_to_beats, from_wide, to_wide
 
 from hdl_sim import activity_from_trace, collect, drive, run_streams, simulate
 
@@ -38,9 +38,11 @@ def ref_add(node, a, b):
 
 def rtl_add(dut, a, b, seed, **options):
     """Stream two batches through ``dut``; the output batch and the StreamRun."""
-    sources = [(dut.i_stream_a, batch_to_beats(a)), (dut.i_stream_b, batch_to_beats(b))]
-    run = run_streams(dut, sources, [(dut.o_stream, a.size)], seed=seed, **options)
-    return batch_from_beats(run.received[0], dut.shape), run
+    sources = [(dut.i_stream_a, to_wide(batch_to_beats(a), dut.in_width)),
+               (dut.i_stream_b, to_wide(batch_to_beats(b), dut.in_width))]
+    run = run_streams(dut, sources, [(dut.o_stream, a.size // dut.out_width)], seed=seed,
+                      **options)
+    return batch_from_beats(from_wide(run.received[0], dut.out_width), dut.shape), run
 
 
 CASES = {
@@ -84,6 +86,28 @@ def test_matches_reference_with_gaps(name):
     np.testing.assert_array_equal(got, ref_add(node, a, b))
     assert run.counters == {**counter_expectation(run, dut), "effective_macs": 0,
                             "skipped_pairs": 0}
+
+
+WIDE_CASES = [
+    # (node, shape, act_a, act_b, in_width, out_width)
+    (add_node((1, 1), [1], [1]), (4, 3, 3), S8, S8, 2, 2),
+    (add_node((700, 3), [9, 5, 1, 7], [10, 9, 0, 3], epsilon=2), (4, 3, 2), S8, U8, 4, 4),
+    (add_node((1, 2), [3, 1, 2, 5], [2, 0, 1, 2], clamp=(0, 200), act=U8), (4, 2, 3), U8, S8,
+     4, 1),
+    (add_node((5, 11), [1], [4], clamp=(-100, 90)), (8,), S8, U4, 2, 8),
+]
+
+
+@pytest.mark.parametrize("node, shape, act_a, act_b, in_width, out_width", WIDE_CASES)
+def test_wide_add_matches_reference_with_gaps(node, shape, act_a, act_b, in_width, out_width):
+    """ref vs rtl with pairs of beats of 2, 4 or 8 activations, the output as wide or not."""
+    rng = np.random.default_rng(in_width + 3 * out_width)
+    a = rng.integers(act_a.qmin, act_a.qmax + 1, (3, *shape))
+    b = rng.integers(act_b.qmin, act_b.qmax + 1, (3, *shape))
+    dut = AddEngine(node, shape, act_a, act_b, in_width=in_width, out_width=out_width)
+    got, run = rtl_add(dut, a, b, seed=in_width, **GAPS)
+    np.testing.assert_array_equal(got, ref_add(node, a, b))
+    assert run.counters["busy_cycles"] > 0
 
 
 def test_inputs_at_different_rates():
@@ -145,6 +169,10 @@ def test_signature():
      "requant.multiplier"),
     (lambda: AddEngine(add_node((1, 1), [1], [0], act=U8), (1, 2, 2), S8, S8), ValueError,
      "clamp_min"),
+    (lambda: AddEngine(add_node((1, 1), [1], [0]), (6, 2, 2), S8, S8, in_width=4), ValueError,
+     "input of 6 channels takes a stream width that is a power of two dividing 6"),
+    (lambda: AddEngine(add_node((1, 1), [1], [0]), (6,), S8, S8, out_width=3), ValueError,
+     "flat output of 6 features takes a stream width"),
 ])
 def test_constructor_errors(build, error, message):
     with pytest.raises(error, match=message):

@@ -6,7 +6,8 @@ import pytest
 
 from zeroskip import ir, reference
 from zeroskip.hdl import sparse_plan
-from zeroskip.hdl.common import batch_from_beats, batch_to_beats, decode_beats, encode_beats
+from zeroskip.hdl.common import (batch_from_beats, batch_to_beats, decode_beats, encode_beats,
+                                 from_wide, to_wide)
 from zeroskip.hdl.conv import SparseConvEngine
 
 from hdl_sim import run_streams
@@ -50,17 +51,20 @@ def random_inputs(rng, graph, batch, density=0.5):
     return rng.integers(act.qmin, act.qmax + 1, shape) * (rng.random(shape) < density)
 
 
-def rtl_run(graph, x, *, lanes, zero_skip=True, chunk=8, seed=0, stalls=STALLS):
+def rtl_run(graph, x, *, lanes, zero_skip=True, chunk=8, seed=0, stalls=STALLS, pack=1,
+            in_width=1, out_width=1, slots=2, timeout=1000):
     """The graph's last layer as a SparseConvEngine on ``x``: (outputs, counters, engine)."""
     node = graph.nodes[-1]
     engine = SparseConvEngine(node, graph.input.shape, graph.input.act, lanes=lanes,
-                              zero_skip=zero_skip, chunk=chunk)
+                              zero_skip=zero_skip, chunk=chunk, pack=pack, in_width=in_width,
+                              out_width=out_width, slots=slots)
     out_shape = graph.shapes[node.name]
-    beats = encode_beats(batch_to_beats(x), graph.input.act)
+    beats = to_wide(encode_beats(batch_to_beats(x), graph.input.act), in_width)
     run = run_streams(engine, [(engine.i_stream, beats)],
-                      [(engine.o_stream, len(x) * int(np.prod(out_shape)))], seed=seed,
-                      idle_probability=stalls, backpressure_probability=stalls)
-    out = decode_beats(np.array(run.received[0], np.int64), node.act)
+                      [(engine.o_stream, len(x) * int(np.prod(out_shape)) // out_width)],
+                      seed=seed, idle_probability=stalls, backpressure_probability=stalls,
+                      timeout=timeout)
+    out = decode_beats(from_wide(np.array(run.received[0], np.int64), out_width), node.act)
     return batch_from_beats(out, out_shape), run.counters, engine
 
 
@@ -173,7 +177,7 @@ def test_storage_counts_only_nonzeros_when_skipping():
 
 @pytest.mark.parametrize("kwargs, message", [
     (dict(lanes=0), "lanes must be between 1 and the 4 output channels"),
-    (dict(lanes=5), "lanes must be between 1 and the 4 output channels"),
+    (dict(lanes=33), r"lanes must be between 1 and the 4 output channels of 'conv' \(times 8"),
     (dict(chunk=0), "chunk must be an integer from 1 to 64"),
 ])
 def test_bad_parameters_are_refused(kwargs, message):
@@ -186,3 +190,157 @@ def test_bad_parameters_are_refused(kwargs, message):
 def test_only_conv_and_linear_nodes():
     with pytest.raises(TypeError, match="takes a Conv2d or Linear node, not MaxPool2d"):
         SparseConvEngine(ir.MaxPool2d("p", ("x",)), (1, 4, 4), ir.Activation(8, False, 1.0))
+
+
+# --- wide streams and packed scans --------------------------------------------------------------
+
+WIDE_CASES = {
+    # name: (graph arguments, engine arguments)
+    "in2_out2": (dict(channels=8, filters=8, size=4, kernel=3, padding=1),
+                 dict(lanes=3, in_width=2, out_width=2, slots=4)),
+    "in4_out1": (dict(channels=8, filters=6, size=4, kernel=3, stride=2, padding=1),
+                 dict(lanes=2, in_width=4)),
+    "in1_out4_columns": (dict(channels=8, filters=8, size=4, kernel=3, padding=1),
+                         dict(lanes=6, out_width=4)),
+    "in2_out4_blocks": (dict(channels=4, filters=8, size=4, kernel=3, padding=1),
+                        dict(lanes=2, in_width=2, out_width=4)),
+    "linear_in4_out2": (dict(linear=True), dict(lanes=3, in_width=4, out_width=2)),
+    # More lanes than filters: every filter cut over 2 or 4 lanes, the parts added.
+    "split2": (dict(channels=8, filters=4, size=4, kernel=3, padding=1), dict(lanes=8)),
+    "split2_out2": (dict(channels=8, filters=4, size=4, kernel=3, padding=1),
+                    dict(lanes=6, out_width=2)),
+    "split4_in2_out4": (dict(channels=8, filters=4, size=4, kernel=3, padding=1),
+                        dict(lanes=16, in_width=2, out_width=4, slots=8)),
+    "linear_split2": (dict(linear=True), dict(lanes=16)),
+}
+
+PACK_CASES = {
+    # Depthwise: a pack reads one mask word of consecutive channels.
+    "depthwise_pack4": (dict(channels=8, filters=8, size=5, kernel=3, padding=1, groups=8,
+                             weight_density=0.9), dict(lanes=2, pack=4, slots=4)),
+    "depthwise_pack2_in4_out4": (dict(channels=8, filters=8, size=5, kernel=3, stride=2,
+                                      padding=1, groups=8, weight_density=0.9),
+                                 dict(lanes=2, pack=2, in_width=4, out_width=4)),
+    "depthwise_pack2_in8": (dict(channels=8, filters=8, size=4, kernel=3, padding=1, groups=8,
+                                 weight_density=0.9), dict(lanes=2, pack=2, in_width=8)),
+    "depthwise_pack4_split2": (dict(channels=8, filters=8, size=4, kernel=3, padding=1,
+                                    groups=8, weight_density=0.9), dict(lanes=4, pack=4)),
+    # First layers: one or three channels, the chunk's mask repeated for every filter.
+    "one_channel_pack8": (dict(channels=1, filters=8, size=5, kernel=3, padding=1),
+                          dict(lanes=1, pack=8, slots=4)),
+    "one_channel_pack4_out2": (dict(channels=1, filters=8, size=(6, 4), kernel=(4, 2),
+                                    stride=2, padding=1), dict(lanes=2, pack=4, out_width=2)),
+    "three_channels_pack4": (dict(channels=3, filters=8, size=5, kernel=3, padding=1),
+                             dict(lanes=2, pack=4)),
+    "three_channels_pack2_out4": (dict(channels=3, filters=8, size=4, kernel=3, stride=2,
+                                       padding=1, in_signed=True, relu=False),
+                                  dict(lanes=2, pack=2, out_width=4)),
+}
+
+
+def wide_case_graph(rng, arguments):
+    if arguments.get("linear"):
+        return linear_graph(rng, features=16, outputs=8)
+    return conv_graph(rng, **arguments)
+
+
+@pytest.mark.parametrize("zero_skip", [True, False], ids=["skip", "dense"])
+@pytest.mark.parametrize("case", sorted(WIDE_CASES) + sorted(PACK_CASES))
+def test_wide_and_packed_conv_is_bit_exact_under_stalls(case, zero_skip):
+    """ref vs rtl for input and output widths 1, 2, 4, 8 (mixed in and out) and packs of 2 to 8
+    filters on depthwise, one-channel and three-channel layers, with random stalls."""
+    arguments, engine = {**WIDE_CASES, **PACK_CASES}[case]
+    rng = np.random.default_rng(sorted(WIDE_CASES).index(case) if case in WIDE_CASES else
+                                10 + sorted(PACK_CASES).index(case))
+    graph = wide_case_graph(rng, arguments)
+    x = random_inputs(rng, graph, batch=2)
+    rtl_out, counters, dut = rtl_run(graph, x, zero_skip=zero_skip, chunk=8, timeout=20_000,
+                                     **engine)
+    np.testing.assert_array_equal(rtl_out, reference.run(graph, x))
+    assert counters["effective_macs"] == reference.work(graph, x)[graph.output] \
+        .effective_macs_total
+    assert dut.plan.geometry.pack == engine.get("pack", 1)
+
+
+def test_a_pack_cuts_the_scan_of_a_depthwise_layer():
+    """Nine combos a pixel for a pack of 8 depthwise filters against one per weight: fewer
+    busy cycles, the same outputs."""
+    rng = np.random.default_rng(21)
+    graph = conv_graph(rng, channels=8, filters=8, size=5, kernel=3, padding=1, groups=8,
+                       weight_density=1.0)
+    x = random_inputs(rng, graph, batch=1, density=0.9)
+    packed, fast, plan = rtl_run(graph, x, lanes=1, pack=8, stalls=0.0)
+    unpacked, slow, _ = rtl_run(graph, x, lanes=1, stalls=0.0)
+    np.testing.assert_array_equal(packed, unpacked)
+    assert [lane.combos for lane in plan.plan.lanes] == [9]
+    assert fast["busy_cycles"] < 0.75 * slow["busy_cycles"]
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(in_width=3), "an input width of 3 must be a power of two dividing its 8 input"),
+    (dict(in_width=16), "an input width of 16 must be a power of two dividing its 8 input"),
+    (dict(out_width=8), "an output width of 8 must be a power of two dividing its 4 output"),
+    (dict(pack=3), "pack 3 must be a power of two dividing its 4 output channels"),
+    (dict(pack=2), "pack 2 needs a depthwise layer or one group that one chunk holds"),
+    (dict(lanes=3, out_width=4), "3 lanes do not fit an output tile of 4 channels"),
+])
+def test_bad_widths_and_packs_are_refused(kwargs, message):
+    rng = np.random.default_rng(0)
+    graph = conv_graph(rng, channels=8, filters=4, size=3, kernel=3)
+    with pytest.raises(ValueError, match=message):
+        SparseConvEngine(graph.nodes[-1], graph.input.shape, graph.input.act, chunk=4,
+                         **kwargs)
+
+
+def test_packed_plans_store_every_weight_once():
+    rng = np.random.default_rng(8)
+    for arguments, pack in [(dict(channels=16, filters=16, size=3, kernel=3, groups=16,
+                                  weight_density=0.7), 8),
+                            (dict(channels=3, filters=16, size=3, kernel=3), 4)]:
+        graph = conv_graph(rng, **arguments)
+        node = graph.nodes[-1]
+        plan = sparse_plan.plan(node, graph.input.shape, graph.input.act, lanes=2, pack=pack,
+                                out_width=4)
+        np.testing.assert_array_equal(sparse_plan.stored_weights(plan),
+                                      node.weight.astype(np.int64))
+        # Lanes hold whole packs of consecutive filters, and every combo mask fits the pack.
+        for lane in plan.lanes:
+            assert all(first % pack == 0 for first in lane.filters[::pack])
+            assert all(int(mask) < 1 << plan.geometry.mask_bits for mask in lane.masks)
+
+
+def test_split_filters_put_their_parts_on_distinct_lanes():
+    """Twice as many lanes as filters: every filter's combos in two parts of about the same
+    weights, each on a lane of its own; together they store every weight once."""
+    rng = np.random.default_rng(10)
+    graph = conv_graph(rng, channels=16, filters=4, size=3, kernel=3, weight_density=0.5)
+    node = graph.nodes[-1]
+    plan = sparse_plan.plan(node, graph.input.shape, graph.input.act, lanes=8)
+    assert (plan.split, plan.groups) == (2, 2)
+    np.testing.assert_array_equal(sparse_plan.stored_weights(plan),
+                                  node.weight.astype(np.int64))
+    for f in range(4):
+        holders = [lane for lane in plan.lanes if f in lane.filters]
+        assert sorted(lane.part for lane in holders) == [0, 1]
+        loads = [int((sparse_plan.lane_weights(plan, lane)[f] != 0).sum()) for lane in holders]
+        assert abs(loads[0] - loads[1]) <= 16  # at most a chunk's weights apart
+    with pytest.raises(ValueError, match="lanes must be between 1 and the 4 output channels"):
+        sparse_plan.plan(node, graph.input.shape, graph.input.act, lanes=33)
+
+
+def test_tile_columns_put_every_beat_on_distinct_lanes():
+    """An output of 4 channels a beat from 6 lanes: every beat reads one tile word of a lane of
+    each column, and every channel is read once."""
+    rng = np.random.default_rng(9)
+    graph = conv_graph(rng, channels=4, filters=16, size=3, kernel=3)
+    node = graph.nodes[-1]
+    plan = sparse_plan.plan(node, graph.input.shape, graph.input.act, lanes=6, out_width=4)
+    assert plan.block * plan.columns == 4
+    seen = []
+    for beat, route in enumerate(plan.collector_routes()):
+        assert len(route) == plan.columns
+        for column, (lane_in_column, position, offset) in enumerate(route):
+            lane = plan.lanes[lane_in_column * plan.columns + column]
+            first = lane.filters[position * plan.block] + offset
+            seen.extend(range(first, first + 4 // plan.columns))
+    assert seen == list(range(16))

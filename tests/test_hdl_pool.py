@@ -11,7 +11,7 @@ from amaranth.back import verilog
 from amaranth.hdl import signed, unsigned
 
 from zeroskip import ir, reference
-from zeroskip.hdl.common import batch_from_beats, batch_to_beats
+from zeroskip.hdl.common import batch_from_beats, batch_to_beats, from_wide, to_wide
 from zeroskip.hdl.pool import AvgPool2dEngine, MaxPool2dEngine
 
 from hdl_sim import activity_from_trace, run_streams
@@ -61,10 +61,10 @@ def make_engine(node, in_shape, in_act):
 
 def rtl_pool(dut, x, seed, **options):
     """Stream a batch through ``dut``; the output batch and the StreamRun."""
-    out_size = int(np.prod(dut.out_shape))
-    run = run_streams(dut, [(dut.i_stream, batch_to_beats(x))],
+    out_size = int(np.prod(dut.out_shape)) // dut.out_width
+    run = run_streams(dut, [(dut.i_stream, to_wide(batch_to_beats(x), dut.in_width))],
                       [(dut.o_stream, out_size * len(x))], seed=seed, **options)
-    return batch_from_beats(run.received[0], dut.out_shape), run
+    return batch_from_beats(from_wide(run.received[0], dut.out_width), dut.out_shape), run
 
 
 MAX_CASES = {
@@ -134,6 +134,43 @@ def test_matches_reference_with_gaps(kind, name):
         inputs_per_inference=int(np.prod(in_shape)),
         outputs_per_inference=int(np.prod(dut.out_shape)))
     assert run.counters == {**expected_activity, "effective_macs": 0, "skipped_pairs": 0}
+
+
+WIDE_POOLS = [
+    # (kind, case name, in_shape override or None, in_width, out_width)
+    ("max", "2x2s2", (4, 6, 6), 2, 2),
+    ("max", "3x3s2p1", (4, 7, 6), 4, 1),
+    ("max", "2x3-s2x1-p1x1", (4, 4, 6), 1, 4),
+    ("avg", "2x2s2", None, 4, 4),
+    ("avg", "3x3s1", (4, 5, 5), 2, 4),
+    ("avg", "global", (8, 4, 4), 8, 2),
+]
+
+
+@pytest.mark.parametrize("kind, name, shape, in_width, out_width", WIDE_POOLS)
+def test_wide_pools_match_reference_with_gaps(kind, name, shape, in_width, out_width):
+    """ref vs rtl with beats of 1, 2, 4 or 8 channels, in and out widths mixed."""
+    node, in_shape, in_act = case(kind, name)
+    if shape is not None:
+        in_shape = shape
+        if kind == "avg":
+            node = avg_node(name)[0]
+            node = avgpool(node.kernel, node.stride,
+                           averaging_requant(node.kernel[0] * node.kernel[1], shape[0]))
+    engine = MaxPool2dEngine if kind == "max" else AvgPool2dEngine
+    dut = engine(node, in_shape, in_act, in_width=in_width, out_width=out_width)
+    rng = np.random.default_rng(in_width * 10 + out_width)
+    x = random_batch(rng, in_shape, in_act, inferences=3)
+    got, run = rtl_pool(dut, x, seed=in_width, **GAPS)
+    np.testing.assert_array_equal(got, ref_pool(node, x, in_act))
+    assert run.counters["busy_cycles"] > 0
+
+
+def test_wide_scan_takes_a_beat_of_channels_a_cycle():
+    node, in_shape, in_act = max_node("2x2s2")
+    assert MaxPool2dEngine(node, (4, 6, 6), in_act, in_width=4).scan_cycles == 6 * 6
+    with pytest.raises(ValueError, match="stream width that is a power of two dividing 3"):
+        MaxPool2dEngine(node, in_shape, in_act, in_width=2)
 
 
 def test_max_padding_never_wins():

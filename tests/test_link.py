@@ -135,17 +135,25 @@ def tiny():
     return tiny_design()
 
 
+def flat_classifier(rng, shape, classes, name):
+    """An image of ``shape`` of signed bytes flattened into ``classes`` logits of either sign."""
+    act = ir.Activation(8, True, 0.1)
+    features = int(np.prod(shape))
+    weight = rng.integers(-127, 128, (classes, features)) * \
+        (rng.random((classes, features)) < 0.5)
+    fc = ir.Linear("fc", ("flat",), weight.astype(np.int8), np.zeros(classes, np.int32), 8,
+                   np.ones(classes),
+                   ir.Requant(np.full(1, 2**14, np.int32), np.full(1, 21, np.int32), -128, 127),
+                   act)
+    return ir.Graph((ir.Input("x", (), shape, act), ir.Flatten("flat", ("x",)), fc), "fc",
+                    name=name)
+
+
 def tiny_design():
     """An image (3, 2, 4) of signed bytes flattened into 5 logits of either sign: the HWC order,
     two's complement both ways; and 4 images."""
     rng = np.random.default_rng(4)
-    act = ir.Activation(8, True, 0.1)
-    weight = rng.integers(-127, 128, (5, 24)) * (rng.random((5, 24)) < 0.5)
-    fc = ir.Linear("fc", ("flat",), weight.astype(np.int8), np.zeros(5, np.int32), 8, np.ones(5),
-                   ir.Requant(np.full(1, 2**14, np.int32), np.full(1, 21, np.int32), -128, 127),
-                   act)
-    graph = ir.Graph((ir.Input("x", (), (3, 2, 4), act), ir.Flatten("flat", ("x",)), fc), "fc",
-                     name="link_tiny")
+    graph = flat_classifier(rng, (3, 2, 4), 5, "link_tiny")
     x = rng.integers(-128, 128, (4, 3, 2, 4)) * (rng.random((4, 3, 2, 4)) < 0.6)
     return zeroskip.compile(graph, lanes=2), x
 
@@ -224,6 +232,25 @@ def test_host_link_runs_a_sequential_design_in_the_amaranth_simulator():
         result = protocol.decode_result(answer, 5)
         np.testing.assert_array_equal(result.logits, logits)
         assert result.label == np.argmax(logits) and result.latency_cycles > 0
+
+
+@pytest.mark.slow
+def test_host_link_runs_a_design_with_wide_ports_in_the_amaranth_simulator():
+    """Four activations a beat in and out of the network; the link still carries one value a
+    byte (width converters at the network's ports)."""
+    rng = np.random.default_rng(6)
+    graph = flat_classifier(rng, (4, 2, 2), 4, "link_wide")
+    act = graph.input.act
+    x = rng.integers(-128, 128, (2, 4, 2, 2))
+    design = zeroskip.compile(graph, lanes=2, stream_width=4)
+    assert (design.in_width, design.out_width) == (4, 4)
+    link = HostLink(design, clk_freq=CLK_FREQ, baud=BAUD, timeout=TIMEOUT)
+    requests = [protocol.encode_infer(item, act) for item in x]
+    answers = run_link(link, requests, [protocol.result_length(4)] * len(x))
+    for answer, logits in zip(answers, reference.run(graph, x)):
+        result = protocol.decode_result(answer, 4)
+        np.testing.assert_array_equal(result.logits, logits)
+        assert result.label == np.argmax(logits)
 
 
 # --- HostLink under Verilator -----------------------------------------------------------------

@@ -195,10 +195,11 @@ def _compile(args):
     output = Path(args.output)
     check_build_target(output)  # before the compile's work, not after it
     if args.target is not None:
-        if args.lanes != 1 or args.sequential:
-            raise ZeroskipError("--target chooses the architecture and the lanes itself: give "
-                                "neither --lanes nor --sequential with it (--multipliers N "
-                                "caps it)")
+        if args.lanes != 1 or args.sequential or args.stream_width is not None or \
+                args.pack is not None:
+            raise ZeroskipError("--target chooses the architecture, the lanes and the streams "
+                                "itself: give none of --lanes, --sequential, --stream-width "
+                                "and --pack with it (--multipliers N caps it)")
         design = compile_graph(graph, zero_skip=not args.dense,
                                multipliers=args.multipliers if args.multipliers_given else None,
                                calibration=calibration, chunk=args.chunk, argmax=args.argmax,
@@ -210,7 +211,8 @@ def _compile(args):
                                calibration=calibration, chunk=args.chunk,
                                layer_counters=not args.no_layer_counters,
                                architecture="sequential" if args.sequential else "dataflow",
-                               argmax=args.argmax)
+                               argmax=args.argmax, stream_width=args.stream_width,
+                               pack=args.pack)
     design.write(output)
     print(design.report(), end="")
     print(f"wrote {output / (design.top + '.v')}, manifest.json, report.txt, graph.zsg")
@@ -467,6 +469,15 @@ def build_parser():
     compile_.add_argument("--no-layer-counters", action="store_true",
                           help="keep only the network's counters (latency, interval): saves "
                                "each engine's on small FPGAs")
+    compile_.add_argument("--stream-width", type=_lanes_argument, default=None,
+                          metavar="N|auto",
+                          help="activations per beat of the streams between the engines: at "
+                               "most N for every tensor, or 'auto' to widen the streams that "
+                               "bind an engine, measured on --calibration (default auto with "
+                               "--lanes auto, else 1)")
+    compile_.add_argument("--pack", action=argparse.BooleanOptionalAction, default=None,
+                          help="packed scans: several filters per combo in depthwise layers "
+                               "and layers of few channels (default on with --lanes auto)")
     compile_.add_argument("--sequential", action="store_true",
                           help="one engine that runs the layers one after another (conv2d, "
                                "linear, maxpool2d chains): fits the smallest FPGAs, one "

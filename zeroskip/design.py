@@ -91,6 +91,9 @@ class Design:
         self.in_shape, self.out_shape = architecture.in_shape, architecture.out_shape
         self.in_act, self.out_act = architecture.in_act, architecture.out_act
         self.has_class = architecture.argmax
+        # Activations per beat of the top's input and output streams.
+        self.in_width = getattr(architecture, "in_width", 1)
+        self.out_width = getattr(architecture, "out_width", 1)
 
     # The compile's decisions, as the architecture made them.
     layers = property(lambda self: self.architecture.layers)
@@ -102,6 +105,8 @@ class Design:
     multipliers_used = property(lambda self: self.architecture.multipliers_used)
     plans = property(lambda self: self.architecture.plans)
     estimates = property(lambda self: self.architecture.estimates)
+    widths = property(lambda self: self.architecture.widths)
+    packs = property(lambda self: self.architecture.packs)
 
     # --- hardware ----------------------------------------------------------------------------
 
@@ -129,24 +134,28 @@ class Design:
         """The manifest's ``layers``: per layer its shapes, lanes, weights and estimates."""
         layers = []
         estimates = {e.name: e for e in self.estimates or ()}
+        layouts = getattr(self.architecture, "layouts", {})
         for spec in self.layers:
             node = spec.node
             entry = {"name": node.name, "op": node.op, "counter": spec.counter_name,
                      "in_shape": list(spec.in_shapes[0]),
                      "out_shape": list(self.graph.shapes[node.name])}
+            if node.name in layouts:
+                pack, in_widths, out_width = layouts[node.name]
+                entry.update(in_width=in_widths[0], out_width=out_width)
             if spec.has_weights:
                 plan = self.plans[node.name]
                 entry.update(lanes=spec.lanes, weights=int(node.weight.size),
                              nonzero_weights=int(np.count_nonzero(node.weight)),
                              accumulator_bits=plan.accumulator_width,
-                             weight_storage_bits=plan.storage_bits)
-                if node.name in estimates:
-                    estimate = estimates[node.name]
-                    entry.update(estimated_cycles=round(estimate.cycles, 1),
-                                 ideal_cycles=round(estimate.ideal_cycles, 1),
+                             weight_storage_bits=plan.storage_bits, pack=plan.geometry.pack)
+            if node.name in estimates:
+                estimate = estimates[node.name]
+                entry.update(estimated_cycles=round(estimate.cycles, 1), bound=estimate.bound)
+                if spec.has_weights:
+                    entry.update(ideal_cycles=round(estimate.ideal_cycles, 1),
                                  effective_macs=round(estimate.effective_macs, 1),
-                                 dense_macs=round(estimate.dense_pairs),
-                                 bound=estimate.bound)
+                                 dense_macs=round(estimate.dense_pairs))
             layers.append(entry)
         return layers
 
@@ -163,7 +172,8 @@ class Design:
     def manifest(self):
         """What the build directory holds, as JSON-ready data; ``files`` maps every other
         file of the build to its SHA-256."""
-        ports = {"i_stream": _act_json(self.in_act), "o_stream": _act_json(self.out_act)}
+        ports = {"i_stream": {**_act_json(self.in_act), "width": self.in_width},
+                 "o_stream": {**_act_json(self.out_act), "width": self.out_width}}
         if self.has_class:
             ports["o_stream_class"] = {"classes": self.out_shape[0]}
         return {
@@ -185,16 +195,19 @@ class Design:
                  f"input {tuple(self.in_shape)} {_act_text(self.in_act)} -> output "
                  f"{tuple(self.out_shape)} {_act_text(self.out_act)}"
                  + (" + argmax class" if self.has_class else ""), ""]
-        header = ("layer", "op", "in -> out", "lanes", "nonzero w", "est cycles", "bound")
+        header = ("layer", "op", "in -> out", "lanes", "pack", "width", "nonzero w",
+                  "est cycles", "bound")
         rows = []
         for entry in self._layer_entries():
             shapes = f"{'x'.join(map(str, entry['in_shape']))} -> " \
                      f"{'x'.join(map(str, entry['out_shape']))}"
             weights = f"{entry['nonzero_weights']}/{entry['weights']}" if "weights" in entry \
                 else ""
+            widths = f"{entry['in_width']} -> {entry['out_width']}" if "in_width" in entry \
+                else ""
             rows.append((entry["name"], entry["op"], shapes, str(entry.get("lanes", "")),
-                         weights, str(entry.get("estimated_cycles", "")),
-                         entry.get("bound", "")))
+                         str(entry.get("pack", "")), widths, weights,
+                         str(entry.get("estimated_cycles", "")), entry.get("bound", "")))
         widths = [max(len(row[i]) for row in (header, *rows)) for i in range(len(header))]
         for row in (header, *rows):
             lines.append("  ".join(cell.ljust(width) for cell, width in
@@ -286,7 +299,8 @@ class Design:
         if batch == 0:
             raise ZeroskipError("simulate needs at least one input")
         capacity = max(MIN_HARNESS_CAPACITY, 1 << math.ceil(math.log2(batch)))
-        in_beats, out_beats = math.prod(self.in_shape), math.prod(self.out_shape)
+        in_beats = math.prod(self.in_shape) // self.in_width
+        out_beats = math.prod(self.out_shape) // self.out_width
         outputs = {"o_stream": out_beats}
         # A binary stream carries bits (1 = +1): unsigned on the wire, decoded after capture.
         signs = {"o_stream": self.out_act.signed and not self.out_act.binary}
@@ -314,7 +328,8 @@ class Design:
                 idle_probability=idle_probability,
                 backpressure_probability=backpressure_probability, seed=seed,
                 timeout_cycles=self._cycle_budget(batch, idle_probability,
-                                                  backpressure_probability), **options)
+                                                  backpressure_probability),
+                elements={"i_stream": self.in_width, "o_stream": self.out_width}, **options)
         except (runner.SimulationError, runner.BuildError) as error:
             # One line: the rest (the end of a log) is in the file the first line names.
             first = str(error).splitlines()[0] if str(error) else type(error).__name__
@@ -384,7 +399,7 @@ def _act_text(act):
 
 def compile(graph, lanes=1, zero_skip=True, *, multipliers=None,  # noqa: A001 (the API name)
             calibration=None, chunk=None, layer_counters=True, architecture="dataflow",
-            argmax=None, target=None):
+            argmax=None, target=None, stream_width=None, pack=None, tile_slots=None):
     """Compile a graph into a :class:`Design`: one engine per layer, one Verilog top.
 
     Parameters
@@ -424,11 +439,28 @@ def compile(graph, lanes=1, zero_skip=True, *, multipliers=None,  # noqa: A001 (
         (:mod:`zeroskip.compiler.resources`) with the shortest estimated single-stream latency
         (:mod:`zeroskip.compiler.target`); ``multipliers`` caps it. Not with ``lanes`` or
         ``architecture``.
+    stream_width : int, "auto" or dict of str to int
+        Activations per beat of the streams between the engines (and of the top's ports):
+        an int caps every tensor's width (each streams at the widest power of two up to it
+        that divides its channels); a dict names tensors' widths (the others 1); ``"auto"``
+        lets the folding model widen a stream wherever a port binds an engine
+        (:func:`zeroskip.compiler.balance.balance`; needs ``calibration``). The default is
+        ``"auto"`` with ``lanes="auto"``, else 1.
+    pack : bool or dict of str to int
+        Packed scans: filters per combo of depthwise layers and of layers of one group
+        narrower than the chunk (:mod:`zeroskip.hdl.sparse_plan`). True gives each the largest
+        pack that fits its lanes; a dict names layers' packs. The default is True with
+        ``lanes="auto"``, else False.
+    tile_slots : int, optional
+        Output pixels a conv engine's lanes may run ahead of its collector (a power of two
+        from 2): 4 by default, 2 with one activation a beat and no packs (the engines' depth
+        before wide streams).
     """
     return Design(compiler.choose(graph, lanes, zero_skip, multipliers=multipliers,
                                   calibration=calibration, chunk=chunk,
                                   layer_counters=layer_counters, architecture=architecture,
-                                  argmax=argmax, target=target))
+                                  argmax=argmax, target=target, stream_width=stream_width,
+                                  pack=pack, tile_slots=tile_slots))
 
 
 __all__ = ["Design", "SimResult", "SimulationMismatch", "compile"]

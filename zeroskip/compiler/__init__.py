@@ -3,21 +3,27 @@
 :func:`choose` takes a graph and the user's options and returns an architecture
 (:class:`~.architecture.Pipeline` or :class:`~.architecture.Sequential`): the layers as the
 engines see them (:mod:`.layers`), the lanes of every conv / linear layer (given, or folded on a
-calibration batch: :mod:`.folding`), and the static plans, made once. :func:`zeroskip.compile`
-wraps the result in a :class:`zeroskip.design.Design`, which gives the Verilog, the build
-directory and the co-simulation.
+calibration batch: :mod:`.folding`), every tensor's stream width and every layer's pack
+(:mod:`.streams`, chosen with the lanes by :mod:`.balance`), and the static plans, made once.
+:func:`zeroskip.compile` wraps the result in a :class:`zeroskip.design.Design`, which gives the
+Verilog, the build directory and the co-simulation.
 """
 
 from __future__ import annotations
 
 import math
 import warnings
+from dataclasses import replace
 
 from .. import ir, reference
 from ..errors import ZeroskipError, ZeroskipWarning
+from ..hdl.sparse_plan import MAX_SPLIT
+from ..hdl.window import DEEP_TILE_SLOTS, TILE_SLOTS
 from .architecture import Estimate, Pipeline, Sequential, check_count
+from .balance import balance, fixed_widths
 from .folding import Calibration
 from .layers import WEIGHT_LAYERS, LayerSpec, counter_names, network_layers
+from .streams import check_widths, chosen_packs
 
 __all__ = ["ARCHITECTURES", "DEFAULT_CHUNK", "Estimate", "Pipeline", "Sequential", "choose"]
 
@@ -29,25 +35,10 @@ DEFAULT_CHUNK = 32
 ARCHITECTURES = {Pipeline.name: Pipeline, Sequential.name: Sequential}
 
 
-def _chosen_lanes(graph, lanes, weight_layers, multipliers, calibration, chunk, zero_skip):
-    """Lanes per conv / linear layer from the ``lanes`` option; checked against the budget."""
-    if isinstance(lanes, str):
-        if lanes != "auto":
-            raise ZeroskipError(f"lanes must be an integer, a dict or 'auto', got {lanes!r}")
-        if multipliers is None:
-            raise ZeroskipError("lanes='auto' folds a multiplier budget over the layers: give "
-                                "multipliers=N (CLI: --multipliers N), and calibration inputs "
-                                "to fold on the work left after skipping zeros (--calibration "
-                                "X.npy)")
-        check_count("multipliers", multipliers)
-        if calibration is None:
-            warnings.warn("lanes='auto' without calibration inputs folds on the weights alone "
-                          "(every activation taken as nonzero); give calibration inputs to "
-                          "fold on the work left after skipping zero activations",
-                          ZeroskipWarning, stacklevel=4)
-            calibration = Calibration(graph, None, chunk)
-        chosen = calibration.fold(multipliers, zero_skip=zero_skip)
-    elif isinstance(lanes, dict):
+def _chosen_lanes(lanes, weight_layers, multipliers):
+    """Lanes per conv / linear layer from the ``lanes`` option (not ``"auto"``); checked against
+    the budget."""
+    if isinstance(lanes, dict):
         names = {node.name for node in weight_layers}
         unknown = sorted(set(lanes) - names)
         missing = sorted(names - set(lanes))
@@ -58,18 +49,97 @@ def _chosen_lanes(graph, lanes, weight_layers, multipliers, calibration, chunk, 
     else:
         check_count("lanes", lanes)
         chosen = {node.name: min(lanes, node.out_channels) for node in weight_layers}
+    return chosen
+
+
+def _check_lanes(chosen, weight_layers, multipliers):
     if multipliers is not None:
         check_count("multipliers", multipliers)
     for node in weight_layers:
         value = chosen[node.name]
         if not isinstance(value, int) or isinstance(value, bool) or \
-                not 1 <= value <= node.out_channels:
-            raise ZeroskipError(f"node {node.name!r}: lanes must be between 1 and its "
-                                f"{node.out_channels} output channels, got {value!r}")
+                not 1 <= value <= node.out_channels * MAX_SPLIT:
+            raise ZeroskipError(f"node {node.name!r}: lanes must be between 1 and {MAX_SPLIT} "
+                                f"times its {node.out_channels} output channels (beyond them "
+                                f"each filter is cut over several lanes), got {value!r}")
     if multipliers is not None and sum(chosen.values()) > multipliers:
         raise ZeroskipError(f"the layers' lanes add up to {sum(chosen.values())} multipliers, "
                             f"more than the budget of {multipliers}")
-    return chosen
+
+
+def _stream_options(lanes, stream_width, pack, tile_slots, calibration):
+    """``stream_width``, ``pack`` and ``tile_slots`` checked, their defaults filled in: chosen
+    by the folding model with ``lanes="auto"``, one activation a beat and no packs otherwise;
+    deep tiles but with one activation a beat and no packs."""
+    auto = lanes == "auto"
+    stream_width = ("auto" if auto else 1) if stream_width is None else stream_width
+    pack = auto if pack is None else pack
+    if tile_slots is None:
+        tile_slots = TILE_SLOTS if stream_width == 1 and pack is False else DEEP_TILE_SLOTS
+    elif not isinstance(tile_slots, int) or isinstance(tile_slots, bool) or tile_slots < 2 \
+            or tile_slots & (tile_slots - 1):
+        raise ZeroskipError(f"tile_slots must be a power of two from 2, got {tile_slots!r}")
+    if stream_width == "auto":
+        if calibration is None and not auto:  # lanes="auto" says so itself
+            raise ZeroskipError("stream_width='auto' chooses the widths by the work measured "
+                                "on calibration inputs: give calibration=x_int (CLI: "
+                                "--calibration X.npy)")
+    elif isinstance(stream_width, dict):
+        for name, width in stream_width.items():
+            check_count(f"the stream width of {name!r}", width)
+    else:
+        check_count("stream_width", stream_width)
+    if isinstance(pack, dict):
+        for name, value in pack.items():
+            check_count(f"the pack of {name!r}", value, 64)
+    elif not isinstance(pack, bool):
+        raise ZeroskipError(f"pack must be True, False or a dict of layer to pack, got "
+                            f"{pack!r}")
+    return stream_width, pack, tile_slots
+
+
+def _decide(graph, specs, lanes, multipliers, calibration, options):
+    """``(lanes, widths, packs)`` of a pipeline: folded, balanced or as given."""
+    stream_width, pack, zero_skip, chunk, slots = options
+    weight_layers = [spec.node for spec in specs if spec.has_weights]
+    input_name, in_shape = graph.input.name, graph.shapes[graph.input.name]
+    if lanes == "auto":
+        if multipliers is None:
+            raise ZeroskipError("lanes='auto' folds a multiplier budget over the layers: give "
+                                "multipliers=N (CLI: --multipliers N), and calibration inputs "
+                                "to fold on the work left after skipping zeros (--calibration "
+                                "X.npy)")
+        check_count("multipliers", multipliers)
+        if multipliers < len(weight_layers):
+            raise ZeroskipError(f"graph {graph.name!r} has {len(weight_layers)} conv2d/linear "
+                                f"layers: it needs at least {len(weight_layers)} multipliers "
+                                f"(one each), got {multipliers}")
+        if calibration is None:
+            warnings.warn("lanes='auto' without calibration inputs folds on the weights alone "
+                          "(every activation taken as nonzero); give calibration inputs to "
+                          "fold on the work left after skipping zero activations",
+                          ZeroskipWarning, stacklevel=5)
+            calibration = Calibration(graph, None, chunk)
+        chosen = None
+    elif isinstance(lanes, (str, bytes)):
+        raise ZeroskipError(f"lanes must be an integer, a dict or 'auto', got {lanes!r}")
+    else:
+        chosen = _chosen_lanes(lanes, weight_layers, multipliers)
+        _check_lanes(chosen, weight_layers, multipliers)
+    if isinstance(stream_width, dict):
+        widths = {name: 1 for name in [input_name, *(spec.name for spec in specs)]}
+        widths.update(stream_width)
+        check_widths(specs, stream_width, input_name, in_shape)
+    elif stream_width != "auto":
+        widths = fixed_widths(specs, input_name, in_shape, stream_width)
+    else:
+        widths = "auto"
+    if chosen is None or widths == "auto":
+        balanced = balance(calibration, specs, input_name=input_name, in_shape=in_shape,
+                           multipliers=multipliers, lanes=chosen, widths=widths, pack=pack,
+                           zero_skip=zero_skip, chunk=chunk, slots=slots)
+        return balanced.lanes, balanced.widths, balanced.packs
+    return chosen, widths, chosen_packs(specs, chosen, widths, pack, chunk=chunk)
 
 
 def _argmax(graph, argmax):
@@ -116,12 +186,16 @@ def _choose_for_target(graph, target, lanes, zero_skip, multipliers, calibration
 
 
 def choose(graph, lanes=1, zero_skip=True, *, multipliers=None, calibration=None,
-           chunk=None, layer_counters=True, architecture="dataflow", argmax=None, target=None):
+           chunk=None, layer_counters=True, architecture="dataflow", argmax=None, target=None,
+           stream_width=None, pack=None, tile_slots=None):
     """The architecture of a graph with every decision made; see :func:`zeroskip.compile` for
     the parameters. A ZeroskipError names what cannot be built."""
     if not isinstance(graph, ir.Graph):
         raise ZeroskipError(f"compile takes a zeroskip.ir.Graph, got {type(graph).__name__}")
     if target is not None:
+        if (stream_width, pack, tile_slots) != (None, None, None):
+            raise ZeroskipError("target=PART chooses the streams itself: give neither "
+                                "stream_width, pack nor tile_slots with it")
         return _choose_for_target(graph, target, lanes, zero_skip, multipliers, calibration,
                                   chunk, architecture, argmax)
     chunk = DEFAULT_CHUNK if chunk is None else chunk
@@ -130,24 +204,26 @@ def choose(graph, lanes=1, zero_skip=True, *, multipliers=None, calibration=None
     if kind is None:
         raise ZeroskipError(f"architecture must be one of {', '.join(ARCHITECTURES)}, got "
                             f"{architecture!r}")
-    kind.check_options(lanes=lanes, multipliers=multipliers, zero_skip=zero_skip)
+    kind.check_options(lanes=lanes, multipliers=multipliers, zero_skip=zero_skip,
+                       stream_width=stream_width, pack=pack, tile_slots=tile_slots)
     zero_skip = bool(zero_skip)
     argmax = _argmax(graph, argmax)
     found = network_layers(graph)
-    weight_layers = [node for node, *_ in found if isinstance(node, WEIGHT_LAYERS)]
     if calibration is not None:
         # Run through the golden model once, for the folding and the estimates alike.
         calibration = Calibration(graph, reference.validate_input(graph, calibration), chunk)
-    chosen = _chosen_lanes(graph, lanes, weight_layers, multipliers, calibration, chunk,
-                           zero_skip)
+    stream_width, pack, tile_slots = _stream_options(lanes, stream_width, pack, tile_slots,
+                                                     calibration)
     idents = counter_names([node.name for node, *_ in found])
-    layers = [LayerSpec(node, sources, in_shapes, in_acts, chosen.get(node.name, 0),
-                        idents[node.name])
-              for node, sources, in_shapes, in_acts in found]
+    specs = [LayerSpec(node, sources, in_shapes, in_acts, 0, idents[node.name])
+             for node, sources, in_shapes, in_acts in found]
+    chosen, widths, packs = _decide(graph, specs, lanes, multipliers, calibration,
+                                    (stream_width, pack, zero_skip, chunk, tile_slots))
+    layers = [replace(spec, lanes=chosen.get(spec.name, 0)) for spec in specs]
     chosen_architecture = kind(
         graph, layers, chosen, zero_skip=zero_skip, chunk=chunk, multipliers=multipliers,
         layer_counters=bool(layer_counters) and kind.LAYER_COUNTERS, calibration=calibration,
-        argmax=argmax)
+        argmax=argmax, widths=widths, packs=packs, tile_slots=tile_slots)
     try:
         chosen_architecture.check()
     except ValueError as error:

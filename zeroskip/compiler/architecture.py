@@ -17,6 +17,8 @@ members:
     Cycle estimates: per layer on the compile's calibration batch (or None), and on any batch.
 ``manifest_options()``, ``options_from_manifest(manifest)``
     The decisions as they are written to and read from a build's manifest.
+``in_width``, ``out_width``
+    Activations per beat of the top's input and output streams.
 """
 
 from __future__ import annotations
@@ -34,9 +36,13 @@ from ..hdl.network import NetworkEngine, Stage
 from ..hdl.pool import AvgPool2dEngine, MaxPool2dEngine
 from ..hdl.sequential import SequentialEngine, SequentialPlan, estimate_cycles
 from ..hdl.sparse_plan import plan as make_plan
+from ..hdl.window import TILE_SLOTS
 from ..hdl.xnor import XNOR_WIDTH, XnorConvEngine
+from .balance import port_estimate
 from .folding import Calibration
+from .latency import network_latency
 from .layers import producer
+from .streams import layouts
 
 __all__ = ["Estimate", "Pipeline", "Sequential"]
 
@@ -46,14 +52,16 @@ class Estimate:
     """Estimated cycles of a design on a batch.
 
     ``interval_cycles`` is the estimated steady-state cycles per inference; ``layers`` the
-    folding model's :class:`~zeroskip.compiler.folding.LayerEstimate` per conv / linear layer
-    (pipeline); ``per_input`` the cycles of each input of the batch (sequential: one inference
-    at a time, so latency and interval are the same).
+    folding model's :class:`~zeroskip.compiler.folding.LayerEstimate` per engine (pipeline);
+    ``per_input`` the cycles of each input of the batch (sequential: one inference at a time,
+    so latency and interval are the same); ``latency_cycles`` the mean single-stream latency
+    (first inference, pipeline empty: :mod:`zeroskip.compiler.latency`).
     """
 
     interval_cycles: float
     layers: tuple = ()
     per_input: np.ndarray | None = None
+    latency_cycles: float | None = None
 
 
 class _Architecture:
@@ -63,7 +71,8 @@ class _Architecture:
     name = ""
 
     def __init__(self, graph, layers, lanes, *, zero_skip=True, chunk, multipliers=None,
-                 layer_counters=True, calibration=None, argmax=False):
+                 layer_counters=True, calibration=None, argmax=False, widths=None, packs=None,
+                 tile_slots=TILE_SLOTS):
         self.graph, self.layers = graph, tuple(layers)
         self.argmax = argmax
         self.lanes, self.zero_skip, self.chunk = dict(lanes), zero_skip, chunk
@@ -74,6 +83,15 @@ class _Architecture:
         self.in_shape = graph.shapes[graph.input.name]
         self.out_shape = graph.shapes[graph.output]
         self.in_act, self.out_act = graph.input.act, graph.acts[graph.output]
+        # Activations per beat of every tensor's stream, and filters per combo of every conv /
+        # linear layer (all 1: one activation a beat, no packs).
+        self.widths = {name: 1 for name in [graph.input.name, *(s.name for s in self.layers)]}
+        self.widths.update(widths or {})
+        self.packs = {spec.name: 1 for spec in self.layers if spec.has_weights}
+        self.packs.update(packs or {})
+        self.tile_slots = tile_slots
+        self.in_width = self.widths[graph.input.name]
+        self.out_width = self.widths[producer(graph, graph.output)] if self.layers else 1
 
     def check(self):
         """Make the static plans, so that what cannot be built fails at compile time (a
@@ -89,7 +107,8 @@ class _Architecture:
         return {"architecture": self.name, "zero_skip": self.zero_skip, "chunk": self.chunk,
                 "layer_counters": self.layer_counters, "multipliers": self.multipliers,
                 "multipliers_used": self.multipliers_used, "lanes": dict(self.lanes),
-                "argmax": self.argmax}
+                "argmax": self.argmax, "stream_widths": dict(self.widths),
+                "packs": dict(self.packs), "tile_slots": self.tile_slots}
 
 
 class Pipeline(_Architecture):
@@ -102,8 +121,9 @@ class Pipeline(_Architecture):
     LAYER_COUNTERS = True
 
     @staticmethod
-    def check_options(*, lanes, multipliers, zero_skip):
-        """Any lanes, budget and mode go."""
+    def check_options(*, lanes, multipliers, zero_skip, stream_width=None, pack=None,
+                      tile_slots=None):
+        """Any lanes, budget, mode, widths, packs and tiles go."""
 
     @staticmethod
     def options_from_manifest(manifest):
@@ -112,17 +132,27 @@ class Pipeline(_Architecture):
                 "zero_skip": manifest["zero_skip"], "chunk": manifest["chunk"],
                 "multipliers": manifest["multipliers"],
                 "layer_counters": manifest.get("layer_counters", True),
-                "argmax": _manifest_argmax(manifest)}
+                "argmax": _manifest_argmax(manifest),
+                "stream_width": manifest.get("stream_widths", 1),
+                "pack": manifest.get("packs", False),
+                "tile_slots": manifest.get("tile_slots", TILE_SLOTS)}
+
+    @cached_property
+    def layouts(self):
+        """Layer name -> ``(pack, input widths in port order, output width)``."""
+        return layouts(self.layers, self.widths, self.packs, chunk=self.chunk)
 
     def plan(self, spec):
         """The static plan of one conv / linear layer at ``spec.lanes`` (made anew)."""
         if spec.in_acts[0].binary:
             # A binary-input layer's XNOR engine skips zero weights in both modes, a word of
-            # XNOR_WIDTH channels at a time.
+            # XNOR_WIDTH channels at a time, one activation a beat.
             return make_plan(spec.node, spec.in_shapes[0], spec.in_acts[0], spec.lanes, True,
                              XNOR_WIDTH)
+        pack, in_widths, out_width = self.layouts[spec.name]
         return make_plan(spec.node, spec.in_shapes[0], spec.in_acts[0], spec.lanes,
-                         self.zero_skip, self.chunk)
+                         self.zero_skip, self.chunk, pack=pack, in_width=in_widths[0],
+                         out_width=out_width, slots=self.tile_slots)
 
     @cached_property
     def plans(self):
@@ -137,23 +167,46 @@ class Pipeline(_Architecture):
         budget = f" of {self.multipliers}" if self.multipliers else ""
         return f"{mode} engines, {self.multipliers_used}{budget} multipliers"
 
+    def _estimates(self, calibration):
+        """The folding model's estimate of every conv / linear layer on ``calibration``, and
+        the cycles the ports of every other engine take (:func:`~.balance.port_estimate`), in
+        layer order."""
+        weights = iter(calibration.estimates(
+            self.lanes, zero_skip=self.zero_skip, slots=self.tile_slots,
+            layouts={name: (pack, in_widths[0], out_width)
+                     for name, (pack, in_widths, out_width) in self.layouts.items()}))
+        by_name = {e.name: e for e in weights}
+        return tuple(by_name[spec.name] if spec.has_weights else
+                     port_estimate(spec, self.layouts[spec.name][1][0],
+                                   self.layouts[spec.name][2]) for spec in self.layers)
+
     @cached_property
     def estimates(self):
-        """The folding model's estimate of every conv / linear layer on the calibration
-        batch, or None without one."""
+        """The folding model's estimate of every engine on the calibration batch (see
+        :meth:`_estimates`), or None without one."""
         if self.calibration is None:
             return None
-        return self.calibration.estimates(self.lanes, zero_skip=self.zero_skip)
+        return self._estimates(self.calibration)
 
     def estimate(self, x_int):
-        layers = Calibration(self.graph, x_int, self.chunk).estimates(
-            self.lanes, zero_skip=self.zero_skip)
-        return Estimate(max((e.cycles for e in layers), default=0.0), tuple(layers))
+        calibration = Calibration(self.graph, x_int, self.chunk)
+        layers = self._estimates(calibration)
+        return Estimate(max((e.cycles for e in layers), default=0.0), layers,
+                        latency_cycles=float(network_latency(self, calibration).mean()))
+
+    @cached_property
+    def latency(self):
+        """The mean single-stream latency on the calibration batch, or None without one."""
+        if self.calibration is None:
+            return None
+        return float(network_latency(self, self.calibration).mean())
 
     def layer_engine(self, spec):
         """A fresh engine of one layer; a spec with other lanes than the design's gets a plan
         of its own (the resource model counts engines at several lanes)."""
         node, in_shape, in_act = spec.node, spec.in_shapes[0], spec.in_acts[0]
+        pack, in_widths, out_width = self.layouts[spec.name]
+        widths = {"in_width": in_widths[0], "out_width": out_width}
         plan = None
         if spec.has_weights:
             plan = self.plans.get(spec.name)
@@ -163,23 +216,26 @@ class Pipeline(_Architecture):
             return XnorConvEngine(node, in_shape, in_act, lanes=spec.lanes, plan=plan)
         if spec.has_weights:
             return SparseConvEngine(node, in_shape, in_act, lanes=spec.lanes,
-                                    zero_skip=self.zero_skip, chunk=self.chunk, plan=plan)
+                                    zero_skip=self.zero_skip, chunk=self.chunk, plan=plan,
+                                    pack=pack, slots=self.tile_slots, **widths)
         if isinstance(node, ir.MaxPool2d):
-            return MaxPool2dEngine(node, in_shape, in_act)
+            return MaxPool2dEngine(node, in_shape, in_act, **widths)
         if isinstance(node, ir.AvgPool2d):
-            return AvgPool2dEngine(node, in_shape, in_act)
-        return AddEngine(node, in_shape, *spec.in_acts)
+            return AvgPool2dEngine(node, in_shape, in_act, **widths)
+        return AddEngine(node, in_shape, *spec.in_acts, **widths)
 
     def engine(self):
         """A fresh :class:`~zeroskip.hdl.network.NetworkEngine`."""
         stages = [Stage(spec.name, spec.counter_name, spec.sources, spec.ports,
-                        self.layer_engine(spec), spec.out_shape, spec.out_act)
+                        self.layer_engine(spec), spec.out_shape, spec.out_act,
+                        self.layouts[spec.name][1], self.layouts[spec.name][2])
                   for spec in self.layers]
         return NetworkEngine(stages, input_name=self.graph.input.name,
                              in_shape=self.in_shape, in_act=self.in_act,
                              output=producer(self.graph, self.graph.output),
                              out_shape=self.out_shape, out_act=self.out_act,
-                             layer_counters=self.layer_counters, argmax=self.argmax)
+                             layer_counters=self.layer_counters, argmax=self.argmax,
+                             in_width=self.in_width, out_width=self.out_width)
 
 
 class Sequential(_Architecture):
@@ -191,11 +247,16 @@ class Sequential(_Architecture):
     LAYER_COUNTERS = False
 
     @staticmethod
-    def check_options(*, lanes, multipliers, zero_skip):
+    def check_options(*, lanes, multipliers, zero_skip, stream_width=None, pack=None,
+                      tile_slots=None):
         if lanes != 1 or multipliers is not None or not zero_skip:
             raise ZeroskipError("the sequential architecture is one zero-skip engine with one "
                                 "multiplier: it takes neither lanes nor a multiplier budget, "
                                 "nor dense mode")
+        if stream_width not in (None, 1) or pack not in (None, False) or \
+                tile_slots not in (None, TILE_SLOTS):
+            raise ZeroskipError("the sequential architecture streams one activation a beat "
+                                "and packs no combos: it takes neither stream widths nor packs")
 
     @staticmethod
     def options_from_manifest(manifest):

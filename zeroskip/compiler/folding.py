@@ -61,6 +61,13 @@ ISSUE_TO_COLLECT = 5
 # Calibration images the cycle model replays (evenly spaced through the batch): its cost grows
 # with images * pixels * combos, and the mean settles long before 32. Pair counts use them all.
 SIMULATED_IMAGES = 32
+# Output pixels times images the model replays at most, a layer of many pixels replaying fewer
+# images (at least MIN_SIMULATED_IMAGES): the mean over its pixels settles with fewer.
+SIMULATED_PIXELS = 16384
+MIN_SIMULATED_IMAGES = 8
+# Cycles from an input row's last beat being taken to a pixel waiting on it starting its scan:
+# the row count and the window's rows-ready flag are registers.
+ROW_READY = 1
 # Cycles from an XNOR lane issuing a pixel's last ROM entry to the collector taking the pixel:
 # ROM read, line-buffer read, agreeing bits registered, popcount, sum, accumulate.
 XNOR_ISSUE_TO_COLLECT = 6
@@ -98,6 +105,9 @@ class LayerEstimate:
     ideal_cycles: float
     cycles: float
     bound: str
+    pack: int = 1
+    in_width: int = 1
+    out_width: int = 1
 
 
 def _window_nonzero(geometry, x_in):
@@ -134,13 +144,17 @@ def _pair_counts(geometry, weight4d, x_in):
 def _issue_work(sparse_plan, pairs):
     """Per lane, the issuer's cycles of every combo: ``(N, pixels, lanes, longest list)``.
 
-    -1 marks a combo the examiner drops (no pair and not a filter's last) and list padding.
+    -1 marks a combo the examiner drops (no pair and not a unit's last) and list padding. A
+    packed combo's pairs are those of its filters (the units are aligned packs of filters).
     """
     g = sparse_plan.geometry
+    if g.pack > 1:
+        pairs = pairs.reshape(*pairs.shape[:2], -1, g.pack, *pairs.shape[3:]).sum(axis=3)
     longest = max(lane.combos for lane in sparse_plan.lanes)
     work = np.full((*pairs.shape[:2], len(sparse_plan.lanes), longest), -1, np.int32)
     for lane_index, lane in enumerate(sparse_plan.lanes):
-        filter_of_combo = np.array(lane.filters)[np.cumsum(lane.last) - lane.last]
+        units = np.array(lane.filters[::g.pack]) // g.pack
+        filter_of_combo = units[np.cumsum(lane.last) - lane.last]
         tap = lane.taps[:, 0] * g.kernel[1] + lane.taps[:, 1]
         if sparse_plan.zero_skip:
             # A closing entry (mask 0) of an all-zero filter counts no pair.
@@ -161,15 +175,39 @@ def _pixel_rows(geometry):
     return np.minimum(top + g.kernel[0], g.height), np.maximum(top, 0)
 
 
-def _lane_pixel(cost, listed, first_scan, issue_free, pops):
+class _Queues:
+    """What the examiner queues for every pixel of one inference per image, computed once for
+    all pixels: ``cost`` ``(images, pixels, lanes, combos)`` are issue cycles (<= 0 where no
+    entry is queued); for each combo the issue cycles and the entries queued ahead of it, the
+    queued combos' positions in order; and index grids for gathering along the combos."""
+
+    def __init__(self, cost, listed):
+        self.cost = cost
+        self.queued = cost > 0
+        work = np.where(self.queued, cost, 0)
+        self.before = work.cumsum(axis=3) - work  # issue cycles queued ahead of each combo
+        self.rank = self.queued.cumsum(axis=3) - self.queued  # entries queued ahead of each
+        # The queued combos' positions, in order (the stable sort keeps them first).
+        self.order = np.argsort(~self.queued, axis=3, kind="stable")
+        self.total = self.queued.sum(axis=3)
+        images, _, lanes, combos = cost.shape
+        self.listed = listed
+        self.images = np.arange(images)[:, None, None]
+        self.lanes = np.arange(lanes)[None, :, None]
+        self.step = np.arange(combos)
+        self.last_listed = listed.sum(axis=1) - 1
+
+
+def _lane_pixel(queues, pixel, first_scan, issue_free, pops):
     """One output pixel through every lane's examiner and issuer.
 
     Parameters
     ----------
-    cost : numpy.ndarray
-        ``(images, lanes, combos)``: issue cycles of each combo, <= 0 where none is queued.
-    listed : numpy.ndarray
-        ``(lanes, combos)`` bool: the combo exists in the lane's list (the rest is padding).
+    queues : _Queues
+        The examiner's entries of every pixel (``listed``: ``(lanes, combos)`` bool, the combo
+        exists in the lane's list; the rest is padding).
+    pixel : int
+        The pixel.
     first_scan : numpy.ndarray
         ``(images, lanes)``: the cycle the first combo may be scanned.
     issue_free : numpy.ndarray
@@ -189,30 +227,26 @@ def _lane_pixel(cost, listed, first_scan, issue_free, pops):
     AHEAD entries wait, so scans depend on starts and starts on scans; iterating from the
     unblocked scans rises to the fixed point (the exact schedule) in a few rounds.
     """
-    queued = cost > 0
-    work = np.where(queued, cost, 0)
-    before = work.cumsum(axis=2) - work  # issue cycles queued ahead of each combo
-    rank = queued.cumsum(axis=2) - queued  # entries queued ahead of each combo
-    # The queued combos' positions, in order (the stable sort keeps them first).
-    order = np.argsort(~queued, axis=2, kind="stable")
-    step = np.arange(cost.shape[2])
+    q = queues
+    cost, queued = q.cost[:, pixel], q.queued[:, pixel]
+    before, rank, order = q.before[:, pixel], q.rank[:, pixel], q.order[:, pixel]
+    images, lanes = q.images, q.lanes
+    step = q.step
     scan = first_scan[..., None] + step
     while True:
         arrival = np.where(queued, scan + SCAN_TO_ISSUE - before, 0)
         start = before + np.maximum(np.maximum.accumulate(arrival, axis=2), issue_free[..., None])
-        history = np.concatenate([pops, np.take_along_axis(start, order, axis=2)], axis=2)
-        blocked = np.take_along_axis(history, rank, axis=2)
+        history = np.concatenate([pops, start[images, lanes, order]], axis=2)
+        blocked = history[images, lanes, rank]
         rescan = step + np.maximum.accumulate(np.maximum(blocked - step,
                                                          first_scan[..., None]), axis=2)
-        rescan = np.where(listed, rescan, scan)
+        rescan = np.where(q.listed, rescan, scan)
         if (rescan == scan).all():
             break
         scan = rescan
-    total = queued.sum(axis=2)
     last = np.where(queued, start + cost, issue_free[..., None]).max(axis=2)
-    recent = np.take_along_axis(history, total[..., None] + np.arange(pops.shape[2]), axis=2)
-    final_scan = np.take_along_axis(scan, np.broadcast_to(listed.sum(axis=1)[:, None] - 1,
-                                                          (*scan.shape[:2], 1)), axis=2)[..., 0]
+    recent = history[images, lanes, q.total[:, pixel][..., None] + np.arange(pops.shape[2])]
+    final_scan = scan[:, np.arange(scan.shape[1]), q.last_listed]
     return final_scan + 1, np.maximum(issue_free, last), recent
 
 
@@ -222,21 +256,37 @@ def _simulate(sparse_plan, work):
     Each image runs as the second of a two-inference stream behind its predecessor in the batch
     (the last image for the first), so the pipeline is full when it starts.
     """
-    g = sparse_plan.geometry
     images = len(work)
+    first, second = _timeline(sparse_plan, work, [np.roll(np.arange(images), 1),
+                                                  np.arange(images)])
+    return second[:, -1] - first[:, -1]
+
+
+def _timeline(sparse_plan, work, streams, arrivals=None):
+    """Replays inferences back to back through an empty engine: per inference of ``streams``
+    (a list of calibration image indices, one per image of the batch), ``(images, pixels)``:
+    the cycle the collector has given each output pixel's last beat.
+
+    ``arrivals`` (``(images, rows)``, or None for an input always ready) is the cycle each
+    input row's last beat can reach the line buffer at the earliest.
+    """
+    g = sparse_plan.geometry
+    images = len(streams[0])
     lane_count = len(sparse_plan.lanes)
     combos = np.array([lane.combos for lane in sparse_plan.lanes])
     needed, oldest = _pixel_rows(g)
     ring_rows = min(g.kernel[0] + g.stride[0] + 1, 2 ** 16)
-    row_beats = g.width * g.in_channels
-    streams = [np.roll(np.arange(images), 1), np.arange(images)]
+    row_beats = g.width * g.in_channels // g.in_beat
+    # A wide input's line-buffer word is registered before its element is picked.
+    issue_to_collect = ISSUE_TO_COLLECT + (g.in_beat > 1)
+    out_beats = g.out_channels // g.out_beat
     pixel_oldest = np.concatenate([oldest + m * g.height for m in range(len(streams))])
 
     scan_free = np.zeros((images, lane_count), np.int64)
     issue_free = np.zeros((images, lane_count), np.int64)
     pops = np.zeros((images, lane_count, AHEAD), np.int64)
     listed = np.arange(work.shape[-1]) < combos[:, None]
-    lane_done, releases, row_done, last_outputs = [], [], [], []
+    lane_done, releases, row_done, outputs = [], [], [], []
     collector_free = np.zeros(images, np.int64)
 
     def row_complete(row):
@@ -248,25 +298,29 @@ def _simulate(sparse_plan, work):
             blocking = np.searchsorted(pixel_oldest, r - ring_rows, side="right") - 1
             if blocking >= 0:
                 start = np.maximum(start, lane_done[blocking].max(axis=1) + 1)
-            row_done.append(start + row_beats)
+            done = start + row_beats
+            row_done.append(done if arrivals is None else np.maximum(done, arrivals[:, r]))
         return row_done[row]
 
     for image, ids in enumerate(streams):
+        queues = _Queues(work[ids], listed)
+        given = []
         for pixel in range(g.out_pixels):
             index = image * g.out_pixels + pixel
             rows_in = image * g.height + needed[pixel]  # a window all in padding needs none
             gate = row_complete(rows_in - 1) if rows_in else np.zeros(images, np.int64)
-            if index >= TILE_SLOTS:
-                gate = np.maximum(gate, releases[index - TILE_SLOTS])
-            first_scan = np.maximum(scan_free, gate[:, None]) + 1
-            scan_free, issue_free, pops = _lane_pixel(work[ids, pixel], listed, first_scan,
-                                                      issue_free, pops)
+            if index >= sparse_plan.slots:
+                gate = np.maximum(gate, releases[index - sparse_plan.slots])
+            first_scan = np.maximum(scan_free, gate[:, None] + ROW_READY) + 1
+            scan_free, issue_free, pops = _lane_pixel(queues, pixel, first_scan, issue_free,
+                                                      pops)
             lane_done.append(issue_free)
-            collect = np.maximum(collector_free, issue_free.max(axis=1) + ISSUE_TO_COLLECT)
-            collector_free = collect + g.out_channels
+            collect = np.maximum(collector_free, issue_free.max(axis=1) + issue_to_collect)
+            collector_free = collect + out_beats
             releases.append(collector_free)
-        last_outputs.append(collector_free)
-    return last_outputs[1] - last_outputs[0]
+            given.append(collector_free)
+        outputs.append(np.stack(given, axis=1))
+    return outputs
 
 
 def xnor_entries(sparse_plan, weight_bits):
@@ -332,7 +386,8 @@ def _simulate_xnor(geometry, entries):
     return last_outputs[1] - last_outputs[0]
 
 
-def estimate_layer(node, in_shape, in_act, lanes, x_in, *, zero_skip=True, chunk=32):
+def estimate_layer(node, in_shape, in_act, lanes, x_in, *, zero_skip=True, chunk=32, pack=1,
+                   in_width=1, out_width=1, slots=TILE_SLOTS):
     """Estimate one conv2d / linear engine's work and steady-state cycles on calibration inputs.
 
     Parameters
@@ -351,6 +406,10 @@ def estimate_layer(node, in_shape, in_act, lanes, x_in, *, zero_skip=True, chunk
         False estimates the dense engine of the same design.
     chunk : int
         Input channels the engine examines together.
+    pack, in_width, out_width : int
+        Filters per combo and the streams' activations a beat (:mod:`.streams`).
+    slots : int
+        Output pixels a lane's tile holds.
 
     Returns
     -------
@@ -359,9 +418,11 @@ def estimate_layer(node, in_shape, in_act, lanes, x_in, *, zero_skip=True, chunk
     Raises
     ------
     ZeroskipError
-        If ``lanes`` is out of range or ``x_in`` is not a batch of ``in_shape``.
+        If ``lanes`` is out of range, the pack or the widths do not fit, or ``x_in`` is not a
+        batch of ``in_shape``.
     """
-    return _Calibration.of(node, in_shape, in_act, x_in, chunk).estimate(lanes, zero_skip)
+    return _Calibration.of(node, in_shape, in_act, x_in, chunk).estimate(
+        lanes, zero_skip, pack=pack, in_width=in_width, out_width=out_width, slots=slots)
 
 
 @dataclass(frozen=True, eq=False)
@@ -385,12 +446,14 @@ class _Calibration:
         return cls(node, tuple(in_shape), in_act, chunk,
                    _pair_counts(geometry, geometry.as_weight4d(node.weight), x_in))
 
-    def estimate(self, lanes, zero_skip):
+    def estimate(self, lanes, zero_skip, *, pack=1, in_width=1, out_width=1,
+                 slots=TILE_SLOTS):
         if self.in_act.binary:
             return self._estimate_xnor(lanes)
         try:
             sparse_plan = make_plan(self.node, self.in_shape, self.in_act, lanes, zero_skip,
-                                    self.chunk)
+                                    self.chunk, pack=pack, in_width=in_width,
+                                    out_width=out_width, slots=slots)
         except ValueError as error:
             raise ZeroskipError(str(error)) from None
         g = sparse_plan.geometry
@@ -400,21 +463,23 @@ class _Calibration:
             ideal = np.ceil(pixel_pairs / lanes).sum(axis=1).mean()
         else:
             ideal = g.out_pixels * np.ceil(dense_pixel_pairs / lanes)
-        sample = np.unique(np.linspace(0, len(self.pairs) - 1, SIMULATED_IMAGES).round()
-                           .astype(int))
+        images = max(MIN_SIMULATED_IMAGES, min(SIMULATED_IMAGES,
+                                               SIMULATED_PIXELS // g.out_pixels))
+        sample = np.unique(np.linspace(0, len(self.pairs) - 1, images).round().astype(int))
         work = _issue_work(sparse_plan, self.pairs[sample])
         # Lanes balance over pixels (they may run apart): each floor is the busiest lane's total.
         floors = {
             "compute": np.where(work > 0, work, 0).sum(axis=(1, 3)).max(axis=1).mean(),
             "scan": g.out_pixels * (max(lane.combos for lane in sparse_plan.lanes) + 1),
-            "output": g.out_pixels * g.out_channels,
-            "input": g.in_channels * g.height * g.width,
+            "output": g.out_pixels * g.out_channels // out_width,
+            "input": g.in_channels * g.height * g.width // in_width,
         }
         return LayerEstimate(
             name=self.node.name, lanes=lanes,
             dense_pairs=float(g.out_pixels * dense_pixel_pairs),
             effective_macs=float(pixel_pairs.sum(axis=1).mean()), ideal_cycles=float(ideal),
-            cycles=float(_simulate(sparse_plan, work).mean()), bound=max(floors, key=floors.get))
+            cycles=float(_simulate(sparse_plan, work).mean()), bound=max(floors, key=floors.get),
+            pack=pack, in_width=in_width, out_width=out_width)
 
     def _estimate_xnor(self, lanes):
         """The XNOR engine skips zero weights in either mode: ``zero_skip`` does not apply."""
@@ -469,13 +534,23 @@ class Calibration:
                                               self.chunk))
         return layers
 
-    def estimates(self, lanes, *, zero_skip=True):
-        """:func:`estimate_layer` of every conv2d / linear node with ``lanes[name]`` lanes."""
+    @cached_property
+    def by_name(self):
+        return {layer.node.name: layer for layer in self.layers}
+
+    def estimates(self, lanes, *, zero_skip=True, layouts=None, slots=TILE_SLOTS):
+        """:func:`estimate_layer` of every conv2d / linear node with ``lanes[name]`` lanes and
+        ``layouts[name]`` = ``(pack, input width, output width)`` (1, 1, 1 if not given),
+        ``slots`` pixels a tile."""
         missing = [layer.node.name for layer in self.layers if layer.node.name not in lanes]
         if missing:
             raise ZeroskipError(f"graph {self.graph.name!r}: no lanes given for "
                                 f"{', '.join(map(repr, missing))}")
-        return [layer.estimate(lanes[layer.node.name], zero_skip) for layer in self.layers]
+        layouts = layouts or {}
+        return [layer.estimate(lanes[layer.node.name], zero_skip, slots=slots,
+                               **dict(zip(("pack", "in_width", "out_width"),
+                                          layouts.get(layer.node.name, (1, 1, 1)))))
+                for layer in self.layers]
 
     def fold(self, multipliers, *, zero_skip=True):
         """:func:`fold` on this batch."""

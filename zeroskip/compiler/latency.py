@@ -1,84 +1,157 @@
-"""Single-stream latency of a pipeline, estimated row by row.
+"""Single-stream latency: one inference through a pipeline whose engines are all empty.
 
-The folding model (:mod:`.folding`) gives each conv / linear engine's cycles per inference in
-steady state. A single inference through an empty pipeline overlaps the layers as far as their
-line buffers let it: a layer's output row can be computed once the input rows under its window
-have arrived. :func:`pipeline_latency` follows that, one output row at a time: row ``r`` of a
-layer ends at ``max(its last needed input row's arrival, row r - 1's end) + cycles per row``,
-with a conv's cycles per row its estimate divided by its output rows, a pool's or an add's its
-input row's beats, and a linear layer needing its whole input. An approximation, for ranking
-designs (``--target``), not a measurement: the benchmarks measure latency under Verilator.
+The throughput of a pipeline is its slowest engine's (:mod:`.folding`); its latency is how the
+engines overlap. Every tensor is followed row by row: :func:`network_latency` knows, for every
+row of every tensor, the cycle its last beat leaves its producer, and hands that to the
+consumers as the earliest their rows can be complete:
+
+* a conv / linear engine replays its examiner, issuers and collector pixel by pixel
+  (:func:`zeroskip.compiler.folding._timeline`), each pixel starting when the input rows under
+  its window are in the line buffer;
+* a pool scans one position a cycle and gives a window's result a few cycles after the last
+  position of its window; an add takes a pair of beats a cycle;
+* links add a register slice's cycle, a fork's FIFO two, a width converter two.
+
+The input streams in at one beat a cycle from cycle 0; the latency is the cycle the output's
+last beat leaves, plus one (both ends counted, as the network's counters count). Backpressure is
+not modelled (a consumer slower than its producer holds it back only where its own pace is the
+one that matters). Like the folding model, it replays each calibration image sampled and gives
+the mean.
 """
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
 from .. import ir
+from ..hdl.pool import AvgPool2dEngine, MaxPool2dEngine
+from ..hdl.requant import Requantizer
+from .folding import (MIN_SIMULATED_IMAGES, XNOR_ISSUE_TO_COLLECT, _issue_work, _pixel_rows,
+                      _timeline, xnor_entries)
+from .layers import WEIGHT_LAYERS, producer
 
-__all__ = ["pipeline_latency"]
+__all__ = ["LINK_CYCLES", "network_latency"]
+
+#: Cycles a link between engines adds: a register slice.
+LINK_CYCLES = 1
+#: A fork's FIFO (buffered: its read takes two cycles).
+FIFO_CYCLES = 2
+#: A width converter: gathering or splitting, then its register slice.
+CONVERTER_CYCLES = 2
+#: From a conv engine's collector giving a pixel's last sum to its last activation leaving the
+#: engine: the bias stage, the output FIFO and the requantizer (a thresholder takes 5 fewer).
+COLLECT_TO_OUTPUT = 3 + Requantizer.latency
 
 
-def _rows(shape):
-    """(rows, beats per row) of a tensor as it streams: an image row by row, a vector at once."""
-    if len(shape) == 1:
-        return 1, shape[0]
-    channels, height, width = shape
-    return height, width * channels
+def _sample(calibration):
+    """The calibration images every layer replays (as the folding model samples them)."""
+    # Without inputs (a fold on the weights alone) one all-nonzero image stands for them.
+    count = 1 if calibration.x_int is None else len(calibration.x_int)
+    return np.unique(np.linspace(0, count - 1, MIN_SIMULATED_IMAGES).round().astype(int))
 
 
-def _needed(node, in_shape, out_rows):
-    """For every output row, how many input rows (from the top) it needs."""
-    if isinstance(node, ir.Linear) or len(in_shape) == 1:
-        return np.full(out_rows, _rows(in_shape)[0])
-    if isinstance(node, ir.Add):
-        return np.arange(1, out_rows + 1)
-    kernel, stride = node.kernel, node.stride
+def _conv_rows(layer, plan, arrivals, sample):
+    """Output rows of a conv / linear engine, from its input rows' arrivals."""
+    g = plan.geometry
+    if layer.in_act.binary:
+        return _xnor_rows(plan, layer.node.weight_bits, arrivals)
+    work = _issue_work(plan, layer.pairs[sample])
+    (pixels,) = _timeline(plan, work, [np.arange(len(sample))], arrivals)
+    output = COLLECT_TO_OUTPUT - (5 if layer.node.threshold is not None else 0)
+    return pixels.reshape(len(sample), g.out_height, g.out_width)[:, :, -1] + output
+
+
+def _xnor_rows(plan, weight_bits, arrivals):
+    """Output rows of an XNOR engine: every lane spends its ROM entries on each pixel once the
+    pixel's rows are in (the data does not change its work)."""
+    g = plan.geometry
+    entries = np.asarray(xnor_entries(plan, weight_bits), np.int64)
+    needed, _ = _pixel_rows(g)
+    lane_free = np.zeros((len(arrivals), len(entries)), np.int64)
+    collector = np.zeros(len(arrivals), np.int64)
+    given = []
+    for pixel in range(g.out_pixels):
+        gate = arrivals[:, needed[pixel] - 1] + 1 if needed[pixel] else 0
+        lane_free = np.maximum(lane_free, np.asarray(gate).reshape(-1, 1)) + entries
+        collector = np.maximum(collector, lane_free.max(axis=1) + XNOR_ISSUE_TO_COLLECT - 1) + \
+            g.out_channels
+        given.append(collector)
+    rows = np.stack(given, axis=1).reshape(len(arrivals), g.out_height, g.out_width)[:, :, -1]
+    return rows + COLLECT_TO_OUTPUT
+
+
+def _pool_rows(spec, arrivals, in_width, out_width):
+    """Output rows of a pool: the scan passes one position a cycle, no sooner than the input."""
+    node = spec.node
+    channels, height, width = spec.in_shapes[0]
     padding = getattr(node, "padding", (0, 0))
-    top = np.arange(out_rows) * stride[0] - padding[0]
-    return np.clip(top + kernel[0], 1, in_shape[1])
+    out_h, out_w = spec.out_shape[1], spec.out_shape[2]
+    positions = max(height, (out_h - 1) * node.stride[0] - padding[0] + node.kernel[0])
+    columns = max(width, (out_w - 1) * node.stride[1] - padding[1] + node.kernel[1])
+    per_row = columns * channels // in_width
+    done = np.zeros(len(arrivals), np.int64)
+    scanned = []
+    for row in range(positions):
+        done = done + per_row
+        if row < height:
+            done = np.maximum(done, arrivals[:, row] + 1)
+        scanned.append(done)
+    engine = MaxPool2dEngine if isinstance(node, ir.MaxPool2d) else AvgPool2dEngine
+    last = [min(o * node.stride[0] - padding[0] + node.kernel[0], positions) - 1
+            for o in range(out_h)]
+    extra = CONVERTER_CYCLES if out_width != in_width else 0
+    return np.stack([scanned[row] for row in last], axis=1) + engine.latency + extra
 
 
-def pipeline_latency(layers, graph, cycles, *, input_beats_per_cycle=1):
-    """Estimated cycles from an inference's first input beat to its last output beat.
+def _add_rows(spec, arrivals_a, arrivals_b, in_width, out_width):
+    """Output rows of an add: a pair of beats a cycle, once both inputs' rows are in."""
+    shape = spec.out_shape
+    rows = shape[1] if len(shape) == 3 else 1
+    per_row = int(np.prod(shape)) // rows // in_width
+    done = np.zeros(len(arrivals_a), np.int64)
+    out = []
+    for row in range(rows):
+        done = np.maximum(done + per_row, np.maximum(arrivals_a[:, row], arrivals_b[:, row]) + 1)
+        out.append(done)
+    extra = CONVERTER_CYCLES if out_width != in_width else 0
+    return np.stack(out, axis=1) + Requantizer.latency + extra
 
-    Parameters
-    ----------
-    layers : sequence of zeroskip.compiler.layers.LayerSpec
-        The pipeline's layers in topological order.
-    graph : zeroskip.ir.Graph
-    cycles : dict of str to float
-        Estimated cycles per inference of each conv / linear layer (the folding model's).
-    input_beats_per_cycle : int
-        Activations the input stream carries a cycle.
+
+def network_latency(architecture, calibration):
+    """The estimated single-stream latency of a pipeline, in cycles, per calibration image
+    sampled (:data:`~zeroskip.compiler.folding.MIN_SIMULATED_IMAGES` of them).
+
+    ``architecture`` is a :class:`~zeroskip.compiler.architecture.Pipeline`, or anything with
+    its ``graph``, ``in_shape``, ``in_width``, ``layers``, ``widths``, ``layouts`` and ``plans``.
     """
-    arrival = {}
-    rows, beats = _rows(graph.shapes[graph.input.name])
-    per_row = beats / input_beats_per_cycle
-    arrival[graph.input.name] = per_row * np.arange(1, rows + 1)
-    for spec in layers:
-        out_shape = spec.out_shape
-        out_rows, out_beats = _rows(out_shape)
-        if spec.name in cycles:
-            row_cycles = cycles[spec.name] / out_rows
+    sample = _sample(calibration)
+    graph = architecture.graph
+    in_shape = architecture.in_shape
+    rows = in_shape[1] if len(in_shape) == 3 else 1
+    row_beats = int(np.prod(in_shape)) // rows // architecture.in_width
+    ready = {graph.input.name: np.tile(np.arange(1, rows + 1) * row_beats - 1,
+                                       (len(sample), 1))}
+    readers = {}
+    for spec in architecture.layers:
+        for source in spec.sources:
+            readers[source] = readers.get(source, 0) + 1
+    widths = architecture.widths
+    for spec in architecture.layers:
+        _, in_widths, out_width = architecture.layouts[spec.name]
+        arrivals = []
+        for source, width in zip(spec.sources, in_widths):
+            delay = FIFO_CYCLES if readers[source] > 1 else LINK_CYCLES
+            delay += CONVERTER_CYCLES if width != widths.get(source, 1) else 0
+            arrivals.append(ready[source] + delay)
+        if isinstance(spec.node, WEIGHT_LAYERS):
+            layer = calibration.by_name[spec.name]
+            if len(layer.in_shape) == 1:  # a linear layer reads all its input as one row
+                arrivals[0] = arrivals[0][:, -1:]
+            ready[spec.name] = _conv_rows(layer, architecture.plans[spec.name], arrivals[0],
+                                          sample)
+        elif isinstance(spec.node, ir.Add):
+            ready[spec.name] = _add_rows(spec, *arrivals, in_widths[0], out_width)
         else:
-            # Pools and adds run at their streams' rate: the input beats behind each output
-            # row, at least its own beats.
-            in_rows, in_beats = _rows(spec.in_shapes[0])
-            row_cycles = max(in_beats * in_rows / out_rows, out_beats)
-        ready = np.zeros(out_rows)
-        for source, in_shape in zip(spec.sources, spec.in_shapes):
-            needed = _needed(spec.node, in_shape, out_rows)
-            ready = np.maximum(ready, arrival[source][needed - 1])
-        ends = np.zeros(out_rows)
-        previous = 0.0
-        for row in range(out_rows):
-            previous = max(ready[row], previous) + row_cycles
-            ends[row] = previous
-        arrival[spec.name] = ends
-    output = graph.output
-    while isinstance(graph[output], ir.Flatten):
-        output = graph[output].input
-    return float(arrival[output][-1]) + math.ceil(len(layers) * 2)
+            ready[spec.name] = _pool_rows(spec, arrivals[0], in_widths[0], out_width)
+    output = ready[producer(graph, graph.output)][:, -1] + LINK_CYCLES
+    return output.astype(float) + 1

@@ -359,20 +359,30 @@ def _layer_counts(architecture, spec, family, cache, dsps_available):
     Its logic grows by the same amount with every lane (each lane its own examiner, issuer and
     multiplier): counted at one and two lanes, and the line through them; its memories, whose
     sizes do not follow the lanes so simply, are counted at the lanes themselves."""
-    base = ("logic", family, spec.name, architecture.chunk, architecture.zero_skip)
+    layout = getattr(architecture, "layouts", {}).get(spec.name)
+    layout = layout and (layout[0], tuple(layout[1]), layout[2])
+    base = ("logic", family, spec.name, architecture.chunk, architecture.zero_skip, layout,
+            getattr(architecture, "tile_slots", None))
     if base not in cache:
         points = []
         for lanes in sorted({1, min(2, spec.node.out_channels)} if spec.has_weights else {0}):
-            engine = architecture.layer_engine(replace(spec, lanes=lanes))
+            try:
+                engine = architecture.layer_engine(replace(spec, lanes=lanes))
+            except ValueError:  # a pack wider than these lanes give: counted at its own
+                points = [(spec.lanes, None)]
+                break
             fragment = elaborate(engine)
             points.append((lanes, _sum_features(netlist_features(engine, fragment))))
+        if points[0][1] is None:
+            engine = architecture.layer_engine(spec)
+            points = [(spec.lanes, _sum_features(netlist_features(engine, elaborate(engine))))]
         cache[base] = points
     points = cache[base]
     (l1, f1), (l2, f2) = points[0], points[-1]
     step = (spec.lanes - l1) / (l2 - l1) if l2 != l1 else 0
     features = {key: f1.get(key, 0) + step * (f2.get(key, 0) - f1.get(key, 0))
                 for key in set(f1) | set(f2)}
-    key = ("memories", family, spec.name, architecture.chunk, architecture.zero_skip,
+    key = ("memories", family, spec.name, architecture.chunk, architecture.zero_skip, layout,
            spec.lanes)
     if key not in cache:
         engine = architecture.layer_engine(spec)
@@ -409,15 +419,21 @@ def estimate(architecture, part, cache=None):
     for spec in architecture.layers:
         counts, signature = _layer_counts(architecture, spec, family, cache, dsps_available)
         total.add(f"layer {spec.name}", **counts)
+        in_widths, out_width = (), 1
+        if spec.name in getattr(architecture, "layouts", {}):
+            _, in_widths, out_width = architecture.layouts[spec.name]
         stages.append(Stage(spec.name, spec.counter_name, spec.sources, spec.ports,
-                            _Placeholder(signature), spec.out_shape, spec.out_act))
+                            _Placeholder(signature), spec.out_shape, spec.out_act,
+                            tuple(in_widths), out_width))
     graph = architecture.graph
     network = NetworkEngine(stages, input_name=graph.input.name, in_shape=architecture.in_shape,
                             in_act=architecture.in_act,
                             output=producer(graph, graph.output),
                             out_shape=architecture.out_shape, out_act=architecture.out_act,
                             layer_counters=architecture.layer_counters,
-                            argmax=architecture.argmax)
+                            argmax=architecture.argmax,
+                            in_width=getattr(architecture, "in_width", 1),
+                            out_width=getattr(architecture, "out_width", 1))
     for module_counts in component_resources(network, family, dsps_available).parts.values():
         total.add("network", **module_counts)
     return total

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from .. import parts as parts_
 from ..errors import ZeroskipError
 from .folding import Calibration
-from .latency import pipeline_latency
+from .latency import network_latency
 from .resources import Resources, estimate
 
 __all__ = ["CHUNKS", "TargetChoice", "choose_for_target"]
@@ -110,6 +110,21 @@ def _pipeline_candidates(graph, part, calibration, multipliers, chunk, zero_skip
     return (architecture, resources, binding), None
 
 
+def _widened(graph, part, architecture, calibration, zero_skip, choose, counts):
+    """``architecture``'s lanes with the streams the folding model widens and the scans it
+    packs (:func:`~.balance.balance`), with its resources, if that still fits ``part``."""
+    try:
+        wide = choose(graph, dict(architecture.lanes), zero_skip, chunk=architecture.chunk,
+                      layer_counters=False, stream_width="auto", pack=True,
+                      calibration=calibration.x_int)
+    except ZeroskipError:
+        return None
+    if wide.widths == architecture.widths and wide.packs == architecture.packs:
+        return None
+    resources = estimate(wide, part, counts)
+    return None if resources.over(part.capacity) else (wide, resources)
+
+
 def choose_for_target(graph, part_name, calibration=None, *, multipliers=None, chunk=None,
                       zero_skip=True, choose):
     """The fastest design of ``graph`` that fits ``part_name`` (see the module doc).
@@ -133,12 +148,18 @@ def choose_for_target(graph, part_name, calibration=None, *, multipliers=None, c
                     smallest = failed
             continue
         architecture, resources, binding = found
-        cycles = {e.name: e.cycles for e in Calibration(
-            graph, calibration.x_int if calibration is not None else None,
-            candidate_chunk).estimates(architecture.lanes, zero_skip=zero_skip)}
-        latency = pipeline_latency(architecture.layers, graph, cycles)
+        batch = Calibration(graph, calibration.x_int if calibration is not None else None,
+                            candidate_chunk)
+        latency = float(network_latency(architecture, batch).mean())
         tried.append(("dataflow", candidate_chunk, architecture.multipliers_used, True, latency))
         fitting.append((latency, architecture, resources, binding))
+        if calibration is not None:
+            wide = _widened(graph, part, architecture, calibration, zero_skip, choose, counts)
+            if wide is not None:
+                wide_latency = float(network_latency(wide[0], batch).mean())
+                tried.append(("dataflow (wide streams)", candidate_chunk,
+                              wide[0].multipliers_used, True, wide_latency))
+                fitting.append((wide_latency, *wide, binding))
     for candidate_chunk in chunks:
         try:
             architecture = choose(graph, 1, True, chunk=candidate_chunk,
