@@ -10,8 +10,10 @@ constrained frequency (``fmax``), and per bel type the cells used and available
 from __future__ import annotations
 
 import json
-import resource
+import os
 import subprocess
+import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,8 +42,8 @@ class PnrResult:
         The frequency asked for, per clock net.
     utilization : dict of str to dict
         Per bel type, ``{"used": n, "available": n}``.
-    seconds, cpu_seconds : float
-        Wall time and CPU time of the run.
+    seconds, cpu_seconds, peak_mb : float
+        Wall time, CPU time and peak memory (MiB) of the run.
     error : str
         When not ``ok``: nextpnr's last error line.
     """
@@ -52,28 +54,66 @@ class PnrResult:
     utilization: dict = field(default_factory=dict)
     seconds: float = 0.0
     cpu_seconds: float = 0.0
+    peak_mb: float = 0.0
     error: str = ""
 
 
-def run_tool(command, workdir, timeout, what):
-    """Run one tool in ``workdir``: ``(completed process, wall seconds, CPU seconds)``.
+@dataclass(frozen=True)
+class ToolRun:
+    """One tool process, run to its end.
 
-    The CPU seconds (the child's user + system time) do not grow when other work shares the
-    machine, unlike the wall time. A timeout is a :class:`ToolchainError` naming ``what``.
+    ``seconds`` is the wall time, ``cpu_seconds`` the process's user + system time (it does not
+    grow when other work shares the machine, unlike the wall time), ``peak_mb`` its peak
+    resident memory in MiB: a YoWASP tool's WebAssembly memory is most of it, and cannot pass
+    4 GiB.
     """
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+
+    returncode: int
+    stdout: str
+    stderr: str
+    seconds: float
+    cpu_seconds: float
+    peak_mb: float
+
+
+def run_tool(command, workdir, timeout, what):
+    """Run one tool in ``workdir`` to its end: a :class:`ToolRun`.
+
+    A timeout is a :class:`ToolchainError` naming ``what``.
+    """
     started = time.perf_counter()
-    try:
-        result = subprocess.run([str(part) for part in command], check=False, cwd=workdir,
-                                capture_output=True, text=True, errors="replace",
-                                timeout=timeout)
-    except subprocess.TimeoutExpired:
-        raise ToolchainError(f"{Path(command[0]).name} took more than {timeout} s on "
-                             f"{what}") from None
-    wall = time.perf_counter() - started
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    return result, wall, cpu
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        process = subprocess.Popen([str(part) for part in command], cwd=workdir,
+                                   stdin=subprocess.DEVNULL, stdout=out, stderr=err, text=True)
+        killed = threading.Event()
+
+        def kill():
+            killed.set()
+            process.kill()
+
+        timer = threading.Timer(timeout, kill) if timeout else None
+        if timer is not None:
+            timer.start()
+        try:
+            # wait4, not wait: it gives this process's own CPU time and peak memory.
+            _, status, usage = os.wait4(process.pid, 0)
+        except BaseException:  # interrupted: the tool does not outlive its caller
+            process.kill()
+            process.wait()
+            raise
+        finally:
+            if timer is not None:
+                timer.cancel()
+        process.returncode = os.waitstatus_to_exitcode(status)
+        wall = time.perf_counter() - started
+        if killed.is_set():
+            raise ToolchainError(f"{Path(command[0]).name} took more than {timeout} s on "
+                                 f"{what}")
+        out.seek(0)
+        err.seek(0)
+        return ToolRun(returncode=process.returncode, stdout=out.read(), stderr=err.read(),
+                       seconds=wall, cpu_seconds=usage.ru_utime + usage.ru_stime,
+                       peak_mb=usage.ru_maxrss / 1024)
 
 
 def parse_report(report):
@@ -96,18 +136,38 @@ def clock_fmax(fmax):
     return round(min(fmax.values()), 2) if fmax else None
 
 
-#: The longest tool message quoted in an error (the rest is in the log).
-MESSAGE_CHARACTERS = 300
+#: Longest error line kept (a tool may print a whole netlist path or a wasm backtrace).
+ERROR_LINE_CHARS = 300
 
 
-def last_error(text):
-    """One line from a tool's log and output: its last ``ERROR`` line, or else its last line
-    (the exception of a Python traceback), shortened to :data:`MESSAGE_CHARACTERS`."""
-    lines = [" ".join(line.split()) for line in text.splitlines()]
-    errors = [line for line in lines if line.startswith("ERROR")]
-    lines = errors or [line for line in lines if line]
-    line = lines[-1] if lines else "no output"
-    return line if len(line) <= MESSAGE_CHARACTERS else line[:MESSAGE_CHARACTERS - 3] + "..."
+def last_error(log_text, run=None):
+    """One line saying why a tool failed: the last ``ERROR`` line of its log; else, from its
+    own output (``run``, a :class:`ToolRun`; without it the log stands for it), the last line
+    that is not part of a traceback (a WebAssembly trap, a Python exception of the YoWASP
+    runtime: its message, not its frames); else its exit status."""
+    outputs = (run.stderr, run.stdout) if run is not None else (log_text,)
+    for text in (log_text, *outputs):
+        errors = [line.strip() for line in text.splitlines() if line.startswith("ERROR")]
+        if errors:
+            return _one_line(errors[-1])
+    for text in outputs:
+        # Frames and backtraces are indented; what is left are headers and messages.
+        lines = [line.strip() for line in text.splitlines()
+                 if line.strip() and not line[0].isspace()
+                 and not line.startswith(("Traceback (most recent call last)", "During handling",
+                                          "The above exception"))]
+        if lines:
+            return _one_line(lines[-1])
+    if run is None:
+        return "no output"
+    if run.returncode < 0:
+        return f"killed by signal {-run.returncode}"
+    return f"exit status {run.returncode}, no message"
+
+
+def _one_line(line):
+    line = " ".join(line.split())
+    return line if len(line) <= ERROR_LINE_CHARS else line[:ERROR_LINE_CHARS - 3] + "..."
 
 
 def is_no_fit(error):
@@ -126,13 +186,14 @@ def place_and_route(workdir, family, device_args, netlist, freq_mhz, *, seed=1, 
     command = [str(tool), *device_args, "--json", str(netlist), "--freq", f"{freq_mhz:g}",
                "--timing-allow-fail", "--seed", str(seed), "--report", "nextpnr-report.json",
                "--log", "nextpnr.log", "-q"]
-    result, seconds, cpu_seconds = run_tool(command, workdir, timeout, str(netlist))
+    run = run_tool(command, workdir, timeout, str(netlist))
     log_path = workdir / "nextpnr.log"
     log_text = log_path.read_text(errors="replace") if log_path.is_file() else ""
     report_path = workdir / "nextpnr-report.json"
-    if result.returncode != 0 or not report_path.is_file():
-        return PnrResult(ok=False, seconds=seconds, cpu_seconds=cpu_seconds,
-                         error=last_error(log_text + result.stdout + result.stderr))
+    if run.returncode != 0 or not report_path.is_file():
+        return PnrResult(ok=False, seconds=run.seconds, cpu_seconds=run.cpu_seconds,
+                         peak_mb=run.peak_mb, error=last_error(log_text, run))
     fmax, constraint, utilization = parse_report(json.loads(report_path.read_text()))
     return PnrResult(ok=True, fmax_mhz=fmax, constraint_mhz=constraint,
-                     utilization=utilization, seconds=seconds, cpu_seconds=cpu_seconds)
+                     utilization=utilization, seconds=run.seconds, cpu_seconds=run.cpu_seconds,
+                     peak_mb=run.peak_mb)

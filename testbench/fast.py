@@ -4,13 +4,14 @@ Where :mod:`zeroskip.testbench.runner` drives every clock edge from Python, here
 the design drives the streams, stalls them and timestamps them, and the clock is cocotb's C++
 clock: Python loads the inputs, pulses ``start``, sleeps until ``done`` and reads the memories
 back, so the model runs at Verilator's native speed between the two. One compiled model serves
-any batch up to the harness's capacity. Typical use::
+any batch: one longer than the harness's rings runs in chunks, read back and loaded while the
+model runs (:mod:`zeroskip.testbench.fast_test`). Typical use::
 
     from zeroskip.hdl.verilog import convert
     from zeroskip.testbench import fast
     from zeroskip.testbench.harness import Harness
 
-    harness = Harness(engine, max_inferences=360, input_beats_per_inference=64,
+    harness = Harness(engine, max_inferences=64, input_beats_per_inference=64,
                       output_beats_per_inference={"o_stream": 10})
     text = convert(harness, "digits_harness")
     result = fast.fast_simulate(text, "digits_harness", beats, {"o_stream": True},
@@ -102,6 +103,10 @@ class FastResult:
         Wall-clock time from ``start`` to ``done`` alone, as measured inside the simulation.
     build_seconds : float
         Time spent compiling the model for this call (0.0 when a build was reused).
+    held_cycles : int
+        Cycles in which the harness's rings held the design back (a batch longer than the rings,
+        read back and loaded while it runs, fell behind): 0 means every cycle is what the design
+        alone would do.
     run_dir : pathlib.Path or None
         The run's directory (job and result files, ``sim.log``, the waveform), kept when a
         waveform was asked for; None when the run succeeded without one (it was removed).
@@ -118,6 +123,7 @@ class FastResult:
     seconds: float
     simulation_seconds: float
     build_seconds: float
+    held_cycles: int
     run_dir: Path | None
     waves_path: Path | None = None
 
@@ -209,8 +215,7 @@ def fast_simulate(
         If the batch is not a whole number of inferences, or the streams or probabilities do
         not fit.
     zeroskip.testbench.runner.SimulationError
-        If the run times out, a stream sends too many beats, the batch exceeds the harness's
-        capacity, or the simulation crashes.
+        If the run times out, a stream sends too many beats, or the simulation crashes.
     zeroskip.testbench.runner.BuildError
         If Verilator cannot build the model, or ``waves="fst"`` is asked for where the lz4
         headers that Verilator's FST writer needs are missing (see
@@ -234,12 +239,12 @@ def fast_simulate(
     runs = model.build_dir / "runs"
     runs.mkdir(exist_ok=True)
     run_dir = Path(tempfile.mkdtemp(prefix="fast-", dir=runs))
-    inferences = beats.size // (input_beats_per_inference * input_elements)
     job = {
-        "inferences": inferences,
+        "inferences": beats.size // (input_beats_per_inference * input_elements),
+        "input_beats": input_beats_per_inference,
         "input_elements": input_elements,
         "outputs": {
-            name: {"count": inferences * count, "signed": bool(outputs[name]),
+            name: {"beats": count, "signed": bool(outputs[name]),
                    "elements": elements.get(name, 1)}
             for name, count in output_beats_per_inference.items()
         },
@@ -335,6 +340,7 @@ def _read_result(model, run_dir, outputs, seconds, waves_path):
         seconds=seconds,
         simulation_seconds=result["simulation_seconds"],
         build_seconds=model.build_seconds,
+        held_cycles=result["held_cycles"],
         run_dir=run_dir,
         waves_path=waves_path,
     )
@@ -380,13 +386,15 @@ def _simulate_reporting_progress(simulate: Callable[[], None], run_dir: Path, to
 def _check_ports(model: runner.VerilatorModel, beats: np.ndarray,
                  outputs: Mapping[str, bool]) -> None:
     ports = model.ports
-    for port in ("clk", "rst", "start", "done", "load_payload", "read_address"):
+    for port in ("clk", "rst", "start", "done", "wake", "load_payload", "load_address",
+                 "timestamp_address"):
         if port not in ports:
             raise ValueError(f"{model.top!r} is not a Harness: it has no port {port!r}")
     for name in outputs:
-        if f"captured__{name}" not in ports:
+        if f"captured__{name}" not in ports or f"capture_address__{name}" not in ports:
             raise ValueError(f"{model.top!r} captures no output stream {name!r}")
-    width = ports["load_payload"].width
+    # A beat must fit a load word here; the test module checks it against the payload's width.
+    width = min(ports["load_payload"].width, 63)
     outside = np.flatnonzero((beats < -(1 << (width - 1))) | (beats >= (1 << width)))
     if outside.size:
         index = int(outside[0])
@@ -505,6 +513,7 @@ def write_result(
     cycles: int,
     counters: Mapping[str, int],
     simulation_seconds: float,
+    held_cycles: int,
     failure: str | None,
 ) -> None:
     """Write a run's result for :func:`fast_simulate` to read (the test module's side)."""
@@ -512,5 +521,6 @@ def write_result(
     np.savez(run_dir / _OUTPUTS_FILE,
              **{name: np.asarray(values, dtype=np.int64) for name, values in arrays.items()})
     result = {"cycles": cycles, "counters": dict(counters),
-              "simulation_seconds": simulation_seconds, "failure": failure}
+              "simulation_seconds": simulation_seconds, "held_cycles": held_cycles,
+              "failure": failure}
     (run_dir / _RESULT_FILE).write_text(json.dumps(result, indent=2) + "\n")

@@ -383,36 +383,39 @@ PYTHON_TRACEBACK = textwrap.dedent("""\
 
 def test_a_yosys_failure_is_one_line_naming_the_step_and_its_logs(fresh, capsys, monkeypatch):
     def crash(command, workdir, timeout, what):
-        (workdir / "yosys.log").write_text("-- Running command ...\n")
-        return subprocess.CompletedProcess(command, 1, "", PYTHON_TRACEBACK), 1.0, 1.0
+        log = command[command.index("-l") + 1]
+        (workdir / log).write_text("-- Running command ...\n")
+        return pnr.ToolRun(returncode=1, stdout="", stderr=PYTHON_TRACEBACK, seconds=1.0,
+                           cpu_seconds=1.0, peak_mb=10.0)
 
     monkeypatch.setattr(pnr, "run_tool", crash)
     failed = fresh / "synth-ice40-up5k.failed"
+    # The engines run first, each in a Yosys process of its own: the first one's log is named.
     assert_refused(run(capsys, "synth", fresh, "--target", "ice40-up5k"),
-                   "Yosys failed on synth_ice40 of zeroskip_net (exit status 1): wasmtime._trap."
-                   "Trap: error while executing", f"(logs in {failed})")
-    assert "Traceback" in (failed / "yosys-output.txt").read_text()
-    assert (failed / "yosys.log").is_file()
+                   "yosys (synth_ice40 of layer ", "failed: wasmtime._trap.Trap: error while "
+                   "executing", f"; log: {failed}/yosys-layer_")
+    assert list(failed.glob("yosys-layer_*.log"))
     assert not list(fresh.glob(".synth-*")) and not (fresh / "synth-ice40-up5k").exists()
     assert not (fresh / "synth-ice40-up5k.json").exists()
 
 
 def test_a_nextpnr_crash_is_one_line_and_a_no_fit_stays_a_report(fresh, capsys, monkeypatch):
-    def small(workdir, top, part, timeout=None):
+    def small(workdir, verilog_text, top, part, **kwargs):
         (workdir / "yosys.log").write_text("stand-in\n")
         counts = {"luts": 10, "ffs": 10, "dsps": 0, "brams": 0, "spram": 0, "carries": 0}
-        return counts, {key: 0 for key in synth.RESOURCES}, (1.0, 0.9)
+        return counts, {key: 0 for key in synth.RESOURCES}, [
+            synth.Step("yosys", "stand-in", 1.0, 0.9, 10.0)]
 
     def crash(workdir, *args, **kwargs):
         (workdir / "nextpnr.log").write_text("Info: placing\n")
         return pnr.PnrResult(ok=False, error=pnr.last_error(PYTHON_TRACEBACK))
 
-    monkeypatch.setattr(synth, "synthesize_wrapped", small)
+    monkeypatch.setattr(synth, "synthesize_network", small)
     monkeypatch.setattr(pnr, "place_and_route", crash)
     failed = fresh / "synth-ecp5-25k.failed"
     assert_refused(run(capsys, "synth", fresh, "--target", "ecp5-25k"),
-                   "nextpnr-ecp5 failed placing and routing zeroskip_net: wasmtime._trap.Trap",
-                   f"(logs in {failed})")
+                   "nextpnr-ecp5 (place and route) failed: wasmtime._trap.Trap",
+                   f"; log: {failed / 'nextpnr.log'}")
     assert (failed / "nextpnr.log").is_file() and not list(fresh.glob(".synth-*"))
 
 
@@ -441,7 +444,7 @@ def test_sigterm_during_synth_cleans_up(fresh, tmp_path):
         def slow(*args, **kwargs):
             print("started", flush=True)
             time.sleep(120)
-        synth.synthesize_wrapped = slow
+        synth.synthesize_network = slow
         sys.exit(cli.main(["synth", {str(fresh)!r}, "--target", "ice40-up5k"]))
         """)
     before = listing(tmp_path)

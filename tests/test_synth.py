@@ -3,6 +3,7 @@ and (marked ``synth``) the real Yosys + nextpnr flow on a tiny network for one i
 ECP5 part."""
 
 import contextlib
+import dataclasses
 import io
 import json
 import re
@@ -12,7 +13,7 @@ import pytest
 
 import zeroskip
 from zeroskip import cli
-from zeroskip.boards import pnr, synth
+from zeroskip.boards import ooc, pnr, synth
 from zeroskip.errors import ZeroskipError
 
 from test_hdl_conv import linear_graph
@@ -182,16 +183,17 @@ def test_cli_refuses_an_edited_verilog(tiny_build, tmp_path, capsys):
 
 def test_cli_no_fit_from_yosys_counts_writes_the_report_and_exits_1(
         tiny_build, tmp_path, capsys, monkeypatch):
-    def too_big(workdir, top, part, timeout=None):
+    def too_big(workdir, verilog, top, part, **options):
         (workdir / "yosys.log").write_text("stand-in\n")
         counts = {"luts": 9631, "ffs": 4000, "dsps": 12, "brams": 65, "spram": 0,
                   "carries": 900}
-        return counts, {key: 1 for key in synth.RESOURCES}, (1.0, 0.9)
+        return counts, {key: 1 for key in synth.RESOURCES}, [
+            synth.Step("yosys", "synth_ice40 of layer 'fc'", 1.0, 0.9, 120)]
 
     def no_nextpnr(*args, **kwargs):
         raise AssertionError("nextpnr must not run on a design Yosys already found too big")
 
-    monkeypatch.setattr(synth, "synthesize_wrapped", too_big)
+    monkeypatch.setattr(synth, "synthesize_network", too_big)
     monkeypatch.setattr(pnr, "place_and_route", no_nextpnr)
     code, out, err = run_cli(capsys, tiny_build, "--target", "ice40-up5k", "--json",
                              tmp_path / "copy.json")
@@ -203,28 +205,107 @@ def test_cli_no_fit_from_yosys_counts_writes_the_report_and_exits_1(
     assert written == json.loads((tmp_path / "copy.json").read_text())
     assert written["fits"] is False and written["fmax_mhz"] is None
     assert written["luts"] == 9631 and written["capacity"]["luts"] == 5280
+    assert written["peak_mb"] == {"yosys": 120}
     assert (tiny_build / "synth-ice40-up5k" / "yosys.log").is_file()
     assert not list(tiny_build.glob(".synth-*"))  # no scratch left behind
 
 
-def test_cli_nextpnr_failure_is_a_no_fit(tiny_build, capsys, monkeypatch):
-    def small(workdir, top, part, timeout=None):
-        counts = {"luts": 10, "ffs": 10, "dsps": 0, "brams": 0, "spram": 0, "carries": 0}
-        return counts, {key: 0 for key in synth.RESOURCES}, (1.0, 0.9)
+def small(workdir, verilog, top, part, **options):
+    counts = {"luts": 10, "ffs": 10, "dsps": 0, "brams": 0, "spram": 0, "carries": 0}
+    return counts, {key: 0 for key in synth.RESOURCES}, [
+        synth.Step("yosys", "synth_ecp5 of layer 'fc'", 0.6, 0.5, 90),
+        synth.Step("yosys", "synth_ecp5 of the top module, and the join", 0.4, 0.4, 150)]
 
+
+def test_cli_nextpnr_no_fit_is_a_no_fit(tiny_build, capsys, monkeypatch):
     def fails(workdir, *args, **kwargs):
-        return pnr.PnrResult(ok=False, seconds=2.0, cpu_seconds=1.5,
+        return pnr.PnrResult(ok=False, seconds=2.0, cpu_seconds=1.5, peak_mb=300.0,
                              error="ERROR: Unable to place cell 'm', no BELs remaining to "
                                    "implement cell type 'MULT18X18D'")
 
-    monkeypatch.setattr(synth, "synthesize_wrapped", small)
+    monkeypatch.setattr(synth, "synthesize_network", small)
     monkeypatch.setattr(pnr, "place_and_route", fails)
     code, _, err = run_cli(capsys, tiny_build, "--target", "ecp5-25k")
     assert code == 1 and err.startswith("zeroskip: design does not fit ecp5-25k: nextpnr: ")
     written = json.loads((tiny_build / "synth-ecp5-25k.json").read_text())
     assert written["fits"] is False and "MULT18X18D" in written["failure"]
-    assert written["seconds"] == {"yosys": 1.0, "nextpnr": 2.0}
+    assert written["seconds"]["nextpnr"] == 2.0 and written["seconds"]["yosys"] >= 0
     assert written["cpu_seconds"] == {"yosys": 0.9, "nextpnr": 1.5}
+    assert written["peak_mb"] == {"yosys": 150, "nextpnr": 300}
+    assert [step["step"] for step in written["steps"]] == [
+        "synth_ecp5 of layer 'fc'", "synth_ecp5 of the top module, and the join",
+        "place and route"]
+
+
+def test_cli_nextpnr_failure_is_one_line_exit_2_with_its_log_kept(tiny_build, capsys,
+                                                                  monkeypatch):
+    def fails(workdir, *args, **kwargs):
+        (workdir / "nextpnr.log").write_text("Info: reading\nERROR: Failed to open JSON\n")
+        return pnr.PnrResult(ok=False, seconds=1.0, error="ERROR: Failed to open JSON")
+
+    monkeypatch.setattr(synth, "synthesize_network", small)
+    monkeypatch.setattr(pnr, "place_and_route", fails)
+    (tiny_build / "synth-ecp5-25k.json").unlink(missing_ok=True)
+    code, out, err = run_cli(capsys, tiny_build, "--target", "ecp5-25k")
+    logs = tiny_build / "synth-ecp5-25k.failed"
+    assert (code, out) == (2, "")
+    assert err == (f"zeroskip: error: nextpnr-ecp5 (place and route) failed: ERROR: Failed to "
+                   f"open JSON; log: {logs / 'nextpnr.log'}\n")
+    assert "Failed to open JSON" in (logs / "nextpnr.log").read_text()
+    assert not (tiny_build / "synth-ecp5-25k.json").exists()
+    assert not list(tiny_build.glob(".synth-*"))
+
+
+def test_a_failing_yosys_is_one_line_exit_2_naming_the_layer_and_its_kept_log(
+        tiny_build, capsys, monkeypatch):
+    """A real Yosys, made to fail by an option synth_ecp5 does not have."""
+    broken = dataclasses.replace(synth.TARGETS["ecp5-25k"], yosys_options="-no-such-option")
+    monkeypatch.setitem(synth.TARGETS, "ecp5-25k", broken)
+    code, out, err = run_cli(capsys, tiny_build, "--target", "ecp5-25k")
+    log = tiny_build / "synth-ecp5-25k.failed" / "yosys-layer_fc.log"
+    assert (code, out) == (2, "")
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert re.fullmatch(r"zeroskip: error: yosys \(synth_ecp5 of layer 'fc'\) failed: ERROR: "
+                        r".+; log: " + re.escape(str(log)) + "\n", err)
+    assert "-no-such-option" in (log.parent / "yosys-layer_fc.ys").read_text()
+    assert err.split("failed: ")[1].split("; log:")[0] in log.read_text()
+
+
+def test_the_last_error_line_of_a_tool():
+    def run(stderr="", stdout="", returncode=1):
+        return pnr.ToolRun(returncode, stdout, stderr, 1.0, 1.0, 10.0)
+
+    log = "1. Executing\nERROR: Module `x' not found\nmore\n"
+    assert pnr.last_error(log, run()) == "ERROR: Module `x' not found"
+    crash = ("Traceback (most recent call last):\n  File \"x.py\", line 1, in <module>\n"
+             "    run()\nwasmtime._trap.Trap: error while executing at wasm backtrace:\n"
+             "    0: 0x1234 - yosys!malloc\nmemory allocation of 4294967296 bytes failed\n")
+    assert pnr.last_error("1. Executing MEMORY_LIBMAP\n", run(crash)) == \
+        "memory allocation of 4294967296 bytes failed"
+    assert pnr.last_error("", run(returncode=-9)) == "killed by signal 9"
+    assert pnr.last_error("", run(returncode=3)) == "exit status 3, no message"
+    assert len(pnr.last_error("ERROR: " + "x" * 1000, run())) == pnr.ERROR_LINE_CHARS
+
+
+def test_the_design_is_cut_at_its_engines(tiny_build):
+    top, verilog = synth.build_verilog(tiny_build)
+    cut = ooc.partition(verilog, top)
+    assert list(cut.engines) == ["layer_fc"]
+    engine = cut.engines["layer_fc"]
+    assert re.findall(r"^module (\S+)", engine, re.MULTILINE) == [
+        "\\zeroskip_net.layer_fc", "\\zeroskip_net.layer_fc.out_fifo",
+        "\\zeroskip_net.layer_fc.pair_fifo_0", "\\zeroskip_net.layer_fc.requantizer"]
+    glue = re.findall(r"^module (\\?[^\s(]+)", cut.glue, re.MULTILINE)
+    assert glue[0] == "zeroskip_net" and "\\zeroskip_net.argmax" in glue
+    assert not any(".layer_" in name for name in glue)
+    assert all(block.strip() in verilog for block in engine.split("endmodule")[:-1])
+    # Every module once, in one part or the other.
+    assert len(re.findall("^module ", cut.glue + engine, re.MULTILINE)) == \
+        len(re.findall("^module ", verilog, re.MULTILINE))
+    assert cut.stubs.startswith("(* blackbox *)\nmodule \\zeroskip_net.layer_fc (")
+    assert synth.top_ports(cut.stubs.replace("\\zeroskip_net.layer_fc", "fc"), "fc") == \
+        synth.top_ports(engine.replace("\\zeroskip_net.layer_fc ", "fc "), "fc")
+    assert synth.layer_names(tiny_build) == {"fc": "fc"}
 
 
 # --- the real flow -----------------------------------------------------------------------------
@@ -270,18 +351,34 @@ def test_real_flow_places_routes_and_reports(real_runs, part):
     bels = synth.PLACED_BELS[synth.target(part).family]
     assert written["placed"][bels["luts"]]["available"] == written["capacity"]["luts"]
     assert written["placed"][bels["luts"]]["used"] >= written["luts"] + written["wrapper"]["luts"]
+    assert written["peak_mb"]["yosys"] > 0 and written["peak_mb"]["nextpnr"] > 0
+    assert [step["step"] for step in written["steps"]] == [
+        f"synth_{synth.target(part).family} of layer 'fc'",
+        f"synth_{synth.target(part).family} of the top module, and the join", "place and route"]
     logs = build / f"synth-{part}"
-    for name in ("yosys.log", "nextpnr.log", "netlist.json", "nextpnr-report.json",
-                 "wrapper.v", "stat.json"):
+    for name in ("yosys.log", "yosys-layer_fc.log", "nextpnr.log", "netlist.json",
+                 "nextpnr-report.json", "wrapper.v", "glue.v", "layer_fc.v", "stat.json"):
         assert (logs / name).is_file(), name
 
 
 @pytest.mark.synth
 @pytest.mark.slow
 def test_wrapper_leaves_the_accelerator_as_synthesized_alone(real_runs):
-    """Yosys maps the top inside the wrapper to exactly the cells it maps the bare top to."""
+    """Yosys maps the top module inside the wrapper to exactly the cells it maps it to alone
+    (its engines black boxes), and the counts are those of the top module and its engines."""
     build, _ = real_runs
     top, verilog = synth.build_verilog(build)
-    alone = synth.synthesize(verilog, top, "ecp5")
-    stat = json.loads((build / "synth-ecp5-25k" / "stat.json").read_text())
+    cut = ooc.partition(verilog, top)
+    alone = synth.synthesize(cut.glue + cut.stubs, top, "ecp5")
+    logs = build / "synth-ecp5-25k"
+    stat = json.loads((logs / "stat.json").read_text())
     assert stat["modules"][f"\\{top}"]["num_cells_by_type"] == alone.cells
+    engine = json.loads((logs / "layer_fc-stat.json").read_text())
+    assert stat["modules"][f"\\{top}.layer_fc"]["num_cells_by_type"] == \
+        engine["design"]["num_cells_by_type"]
+    cells = dict(alone.cells)
+    for cell, count in engine["design"]["num_cells_by_type"].items():
+        cells[cell] = cells.get(cell, 0) + count
+    counts = synth.resource_counts(cells, "ecp5")
+    written = json.loads((build / "synth-ecp5-25k.json").read_text())
+    assert {key: written[key] for key in counts} == counts

@@ -292,7 +292,7 @@ def _synth(args):
 
     _check_json_path(args.json)
     synth.target(args.target)  # an unknown part is refused before the build is even read
-    report = synth.run(args.build, args.target, freq_mhz=args.freq)
+    report = synth.run(args.build, args.target, freq_mhz=args.freq, jobs=args.jobs)
     print(report.format_table(), end="")
     print(f"wrote {synth.report_path(args.build, args.target)}, logs in "
           f"{Path(args.build, 'synth-' + args.target)}")
@@ -541,14 +541,17 @@ def _add_fpga_commands(commands):
         "synth", help="synthesize, place and route a build for an FPGA part: resources, fmax",
         description="Synthesize (Yosys) and place and route (nextpnr) a build's accelerator "
         "alone, inside a three-pin wrapper, for one part; writes BUILD/synth-<target>.json and "
-        "keeps the logs in BUILD/synth-<target>/. Exits 1 when the design does not fit; a tool "
-        "that fails is one line and exit 2, its logs in BUILD/synth-<target>.failed/.")
+        "keeps the logs in BUILD/synth-<target>/. Exits 1 when the design does not fit, 2 when "
+        "a tool fails (the step and its log in one line).")
     synth.add_argument("build", help="a build directory written by `zeroskip compile`")
     synth.add_argument("--target", required=True, metavar="PART",
                        help=f"the FPGA part: {', '.join(TARGETS)}")
     synth.add_argument("--freq", type=float, default=None, metavar="MHZ",
                        help="the clock frequency nextpnr aims for (default 40 on iCE40, 120 "
                             "on ECP5)")
+    synth.add_argument("--jobs", type=int, default=1, metavar="N",
+                       help="Yosys processes at a time: each layer's engine is synthesized "
+                            "alone (default 1)")
     synth.add_argument("--json", metavar="PATH", help="also write the report as JSON")
     synth.set_defaults(run=_synth)
 

@@ -29,9 +29,11 @@ from .hdl.common import (batch_from_beats, batch_to_beats, decode_beats, encode_
 from .hdl.counters import NETWORK_COUNTER_NAMES
 from .hdl.verilog import convert
 
-#: Harness capacities are rounded up to a power of two, at least this: batches of different
-#: sizes then share one Verilator build.
-MIN_HARNESS_CAPACITY = 512
+#: Bits of the co-simulation harness's rings (input beats, captured outputs, timestamps): their
+#: capacity in inferences follows from the design alone (a power of two), so one Verilator
+#: build serves every batch, and a longer batch runs in chunks. 16 Mbit hold 512 digits images
+#: or 64 inferences of a 32 -> 64 channel 16x16 conv layer.
+HARNESS_MEMORY_BITS = 1 << 24
 
 
 @dataclass(frozen=True)
@@ -59,6 +61,9 @@ class SimResult:
         Wall time of the simulation run.
     build_seconds : float
         Wall time spent building the Verilator model (0.0 when a cached build served).
+    held_cycles : int
+        Cycles in which the harness held the design back while it loaded or read back a chunk
+        of a long batch: 0 means the cycles above are the design's alone.
     waves : pathlib.Path or None
         The waveform file, when one was asked for.
     """
@@ -71,6 +76,7 @@ class SimResult:
     counters: dict
     seconds: float
     build_seconds: float
+    held_cycles: int = 0
     waves: Path | None = None
 
 
@@ -266,12 +272,15 @@ class Design:
     # --- co-simulation -----------------------------------------------------------------------
 
     def simulate(self, x_int, *, idle_probability=0.0, backpressure_probability=0.0, seed=0,
-                 waves=False, check=True, build_root=None, progress=None):
+                 waves=False, check=True, build_root=None, progress=None,
+                 harness_memory_bits=HARNESS_MEMORY_BITS):
         """Stream a batch back to back through the Verilator model and check every output.
 
         The stimulus, the random stalls and the capture run inside the simulated design
         (:class:`zeroskip.testbench.harness.Harness`, under cocotb), so the model runs at
-        Verilator's speed; one build serves every batch up to its capacity.
+        Verilator's speed. The harness's memories hold as many inferences as fit in
+        ``harness_memory_bits``; a longer batch runs in chunks, loaded and read back while the
+        model runs, never reset. One build serves every batch.
 
         Parameters
         ----------
@@ -290,15 +299,16 @@ class Design:
             :func:`zeroskip.toolchain.verilator_cache_dir` by default.
         progress : callable, optional
             ``progress(done, total)`` inferences, called while the simulation runs.
+        harness_memory_bits : int
+            The memory budget of the harness (:data:`HARNESS_MEMORY_BITS`).
         """
         from .testbench import fast, runner
-        from .testbench.harness import Harness, VerilogInstance
+        from .testbench.harness import Harness, VerilogInstance, ring_capacity
 
         x_int = reference.validate_input(self.graph, x_int)
         batch = len(x_int)
         if batch == 0:
             raise ZeroskipError("simulate needs at least one input")
-        capacity = max(MIN_HARNESS_CAPACITY, 1 << math.ceil(math.log2(batch)))
         in_beats = math.prod(self.in_shape) // self.in_width
         out_beats = math.prod(self.out_shape) // self.out_width
         outputs = {"o_stream": out_beats}
@@ -309,8 +319,11 @@ class Design:
             signs["o_stream_class"] = False
         # The harness instantiates the design's own Verilog: converted once, simulated as is.
         verilog = self.verilog()
-        harness = Harness(VerilogInstance(self.signature, self.top),
-                          max_inferences=capacity, input_beats_per_inference=in_beats,
+        instance = VerilogInstance(self.signature, self.top)
+        capacity = ring_capacity(instance, input_beats_per_inference=in_beats,
+                                 output_beats_per_inference=outputs,
+                                 memory_bits=harness_memory_bits)
+        harness = Harness(instance, max_inferences=capacity, input_beats_per_inference=in_beats,
                           output_beats_per_inference=outputs)
         top = f"{self.top}_harness"
         wave_format = None
@@ -346,7 +359,8 @@ class Design:
             # buffers, a fork's FIFOs) while the pipeline fills, outputs cannot.
             interval_cycles=np.diff(result.last_output_cycle),
             counters=self._counters(result.counters), seconds=result.seconds,
-            build_seconds=result.build_seconds, waves=getattr(result, "waves_path", None))
+            build_seconds=result.build_seconds, held_cycles=result.held_cycles,
+            waves=getattr(result, "waves_path", None))
 
     def _check(self, x_int, y, classes):
         expected = reference.run(self.graph, x_int)
