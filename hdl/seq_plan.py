@@ -1,0 +1,764 @@
+"""The static program of the sequential engine: every table and address decided from the graph.
+
+The engine (:mod:`.sequential`) runs a network one layer at a time on whole tensors. This module
+decides, from the layers alone, where every tensor lives, what each step reads and writes, and
+the contents of every ROM; the hardware only follows it.
+
+Tensors
+    A tensor of ``C`` channels and ``P = H * W`` pixels is stored in blocks of 8 consecutive
+    pixels (raster order) per channel: byte ``((p >> 3) * C + c) * 8 + (p & 7)`` of its region
+    (:func:`byte_address`), two bytes to a 16-bit memory word. A flat tensor of ``F`` features is
+    one channel of ``F`` pixels. Regions sit in *memory blocks* (single-port RAMs of 16-bit
+    words: an iCE40UP5K's SPRAMs, block RAM elsewhere); a step never writes the block it reads.
+
+Conv steps (conv2d of any groups, linear, add)
+    The lanes take 8 consecutive output pixels (a *group*) and one filter at a time; every lane
+    multiplies the same weight by its own pixel's activation. A filter's nonzero weights are
+    *entries* of a weight stream, replayed for every group; an entry names a *position* ``j`` in
+    the filter's receptive field (``tap * C_pad + channel``, or the feature in *flat* mode).
+    The rows a group needs are first copied into a *line buffer* of 8 banks, so that the 8
+    lanes read 8 banks in one cycle: bank ``v % 8``, where ``v`` is the pixel's index in the
+    *reduced* grid (the input split into stride phases, :class:`ConvStep`). An add is a conv of
+    two sources whose weights are its input multipliers, split into 8-bit digits.
+
+Pool steps
+    A max or average pool walks its windows one activation per cycle (:class:`PoolStep`); an
+    average pool over whole rows right after a conv step is summed by that step's writer
+    instead and only requantized (:class:`PoolSumStep`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+
+from .. import ir
+from .requant import saturation_bounds
+from .sparse_plan import signed_width
+
+__all__ = ["BANKS", "ConvStep", "PoolStep", "PoolSumStep", "Program", "Tap", "TensorSlot",
+           "byte_address", "encode_entries"]
+
+#: Lanes, and banks of the line buffer.
+BANKS = 8
+#: Bits of one weight-stream entry: weight, position delta, last-of-filter flag.
+ENTRY_BITS = 16
+DELTA_BITS = 7
+MAX_DELTA = (1 << DELTA_BITS) - 1
+#: Widest weight an entry holds (signed).
+ENTRY_WEIGHT_MIN, ENTRY_WEIGHT_MAX = -128, 127
+#: Words of one memory block (an SPRAM: 16384 x 16 bits).
+SPRAM_WORDS = 16384
+
+
+def _pow2_at_least(n):
+    return 1 << max(int(n) - 1, 0).bit_length()
+
+
+def _is_pow2(n):
+    return n >= 1 and n & (n - 1) == 0
+
+
+def byte_address(p, c, channels):
+    """Byte of pixel ``p``, channel ``c`` in a region of ``channels`` channels."""
+    return ((p >> 3) * channels + c) * 8 + (p & 7)
+
+
+@dataclass(frozen=True)
+class TensorSlot:
+    """A tensor as the memories hold it: ``channels`` x ``height`` x ``width`` (a flat tensor
+    is 1 x 1 x features), its encoding, and its region: ``block`` and first 16-bit ``word``."""
+
+    name: str
+    channels: int
+    height: int
+    width: int
+    act: ir.Activation
+    block: int = -1
+    word: int = 0
+
+    @property
+    def pixels(self):
+        return self.height * self.width
+
+    @property
+    def words(self):
+        """16-bit words of the region (whole blocks of 8 pixels per channel)."""
+        return math.ceil(self.pixels / 8) * self.channels * 4
+
+    def word_of(self, p, c):
+        return self.word + (byte_address(p, c, self.channels) >> 1)
+
+
+@dataclass(frozen=True)
+class Tap:
+    """One kernel tap of a conv step as the gather stage sees it: its kernel offsets (for the
+    bounds), the source, whether the weight counts 256 times (an add's high digit), and where
+    it lands in the reduced grid: ``offset`` in ``v`` and the ``phase`` region."""
+
+    dy: int
+    dx: int
+    source: int
+    shift8: bool
+    offset: int
+    phase: int
+
+
+@dataclass(frozen=True)
+class ConvStep:
+    """A conv2d, linear or add layer run on the lanes.
+
+    Geometry: the output grid is ``out_height`` x ``out_width`` (1 x 1 for a linear layer), a
+    group is ``group_lanes`` consecutive output pixels, in ``row_mode`` never crossing an output
+    row. The input is read in the reduced grid: ``v = (y // split_y) * reduced_width +
+    x // split_x + x % split_x`` in phase region ``(y % split_y) * split_x + x % split_x``;
+    a tap lands at ``v = base + offset`` for the group's lane 0.
+
+    Line buffer: bank ``v % 8``, address ``((source * phases + phase) * slots + (v // 8) %
+    slots) * c_pad + channel``; the fill keeps at most ``rows_cap`` input rows from the oldest
+    one the current group needs.
+    """
+
+    node: object
+    kind: str                       # "conv" | "linear" | "add"
+    sources: tuple
+    target: TensorSlot
+    flat: bool                      # linear on a flat tensor: position = feature, no taps
+    out_flat: bool                  # output is flat: filter f -> pixel f
+    kernel: tuple
+    stride: tuple
+    padding: tuple
+    out_height: int
+    out_width: int
+    filters: int
+    group_channels: int             # input channels a filter reads (one group)
+    filters_per_group: int
+    group_lanes: int
+    row_mode: bool
+    split_y: int
+    split_x: int
+    reduced_width: int
+    c_pad: int                      # channels of the line buffer's address (power of two)
+    cg_pad: int                     # group channels in a position (power of two)
+    sources_pad: int
+    phases: int
+    slots: int
+    rows_cap: int
+    taps: tuple
+    entries: np.ndarray             # uint16, the weight stream of one group
+    entry_filters: np.ndarray       # filter index of every entry
+    bias: np.ndarray                # int64 per filter
+    multiplier: np.ndarray          # per filter
+    shift: np.ndarray               # per filter
+    requant: ir.Requant
+    accumulator_bounds: tuple
+    signed_inputs: tuple            # per source
+    pool_window: int = 0            # >0: the writer sums pixels [0, pool_window) per channel
+    weight_start: int = 0
+    tap_start: int = 0
+    param_start: int = 0
+
+    # --- sizes ----------------------------------------------------------------------------------
+    @property
+    def source(self):
+        return self.sources[0]
+
+    @property
+    def out_pixels(self):
+        return self.out_height * self.out_width
+
+    @property
+    def groups(self):
+        if self.row_mode:
+            return self.out_height * math.ceil(self.out_width / self.group_lanes)
+        return math.ceil(self.out_pixels / self.group_lanes)
+
+    @property
+    def entries_per_group(self):
+        return len(self.entries)
+
+    @property
+    def accumulator_width(self):
+        return signed_width(*self.accumulator_bounds)
+
+    @property
+    def storage_bits(self):
+        return len(self.entries) * ENTRY_BITS
+
+    @property
+    def saturation(self):
+        return saturation_bounds(self.requant, self.filters)
+
+    # --- groups ---------------------------------------------------------------------------------
+    def group_pixels(self, g):
+        """(out_y, out_x) of the valid lanes of group ``g``, lane 0 first."""
+        if self.row_mode:
+            per_row = math.ceil(self.out_width / self.group_lanes)
+            oy, first = divmod(g, per_row)
+            x0 = first * self.group_lanes
+            return [(oy, x) for x in range(x0, min(x0 + self.group_lanes, self.out_width))]
+        p0 = g * self.group_lanes
+        return [divmod(p, self.out_width)
+                for p in range(p0, min(p0 + self.group_lanes, self.out_pixels))]
+
+    def group_base(self, g):
+        """``v`` of lane 0 at offset 0: its output pixel in the reduced grid."""
+        oy, ox = self.group_pixels(g)[0]
+        return oy * (self.stride[0] // self.split_y) * self.reduced_width + ox
+
+    def group_rows(self, g):
+        """(oldest, newest) input row the group reads, clipped to the input."""
+        pixels = self.group_pixels(g)
+        height = 1 if self.flat else self.source.height
+        top = pixels[0][0] * self.stride[0] - self.padding[0]
+        bottom = pixels[-1][0] * self.stride[0] - self.padding[0] + self.kernel[0] - 1
+        return max(top, 0), min(bottom, height - 1)
+
+    def ring_start(self, oldest):
+        """First input row the ring holds while the oldest needed row is ``oldest``."""
+        return oldest - oldest % self.split_y
+
+    def lane_inside(self, g, tap):
+        """Valid lanes of group ``g`` whose input under ``tap`` lies inside the source."""
+        if self.flat or self.kind == "add":
+            return [True] * len(self.group_pixels(g))
+        height, width = self.source.height, self.source.width
+        result = []
+        for oy, ox in self.group_pixels(g):
+            y = oy * self.stride[0] + tap.dy - self.padding[0]
+            x = ox * self.stride[1] + tap.dx - self.padding[1]
+            result.append(0 <= y < height and 0 <= x < width)
+        return result
+
+    def out_pixel(self, g, lane, f):
+        """(pixel, channel) of the target written by ``lane`` of group ``g`` for filter ``f``."""
+        oy, ox = self.group_pixels(g)[lane]
+        if self.out_flat:
+            return f, 0
+        return oy * self.out_width + ox, f
+
+    def line_address(self, source, phase, v, c):
+        """(bank, address) of the line buffer for a reduced index ``v``."""
+        region = source * self.phases + phase
+        return v % BANKS, ((region * self.slots + (v // BANKS) % self.slots) * self.c_pad + c)
+
+    def reduced_index(self, y, x):
+        """(phase, v) of input pixel (y, x)."""
+        phase = (y % self.split_y) * self.split_x + x % self.split_x
+        v = (y // self.split_y) * self.reduced_width + x // self.split_x + x % self.split_x
+        return phase, v
+
+    def position(self, j):
+        """(tap index, channel within the group) of position ``j``; flat: (j, 0)."""
+        if self.flat:
+            return j, 0
+        return j // self.cg_pad, j % self.cg_pad
+
+
+@dataclass(frozen=True)
+class PoolStep:
+    """A max or average pool walked one activation per cycle: for every block of 8 output pixels
+    and channel, each lane's window in turn. An average pool requantizes its sums."""
+
+    node: object
+    kind: str                       # "max" | "avg"
+    source: TensorSlot
+    target: TensorSlot
+    kernel: tuple
+    stride: tuple
+    padding: tuple
+    requant: ir.Requant | None
+    multiplier: np.ndarray
+    shift: np.ndarray
+    param_start: int = 0
+
+    @property
+    def out_height(self):
+        return self.target.height
+
+    @property
+    def out_width(self):
+        return self.target.width
+
+    @property
+    def filters(self):
+        return self.target.channels
+
+    @property
+    def words(self):
+        return math.ceil(self.target.pixels / BANKS) * self.target.channels
+
+    @property
+    def accumulator_bounds(self):
+        if self.kind == "max":
+            return self.source.act.qmin, self.source.act.qmax
+        taps = self.kernel[0] * self.kernel[1]
+        return min(self.source.act.qmin * taps, 0), self.source.act.qmax * taps
+
+
+@dataclass(frozen=True)
+class PoolSumStep:
+    """An average pool whose window sums the conv step before it accumulated: only its
+    ``channels`` sums are requantized, into pixel 0 of ``target``."""
+
+    node: object
+    target: TensorSlot
+    window: int
+    requant: ir.Requant
+    multiplier: np.ndarray
+    shift: np.ndarray
+    signed_input: bool
+    input_bounds: tuple
+    param_start: int = 0
+
+    @property
+    def filters(self):
+        return self.target.channels
+
+    @property
+    def accumulator_bounds(self):
+        low, high = self.input_bounds
+        return min(low * self.window, 0), high * self.window
+
+
+def _per_channel(values, channels):
+    return np.broadcast_to(np.asarray(values, dtype=np.int64), (channels,)).copy()
+
+
+# --- entries -------------------------------------------------------------------------------------
+
+def encode_entries(filters):
+    """The weight stream of one group: ``filters`` is a list (one per filter) of (position,
+    weight) pairs, positions ascending. Returns (uint16 entries, filter index per entry).
+
+    An entry is ``weight << 8 | delta << 1 | last``, the position advancing by ``delta`` from
+    0 at each filter's start; a gap wider than :data:`MAX_DELTA` takes filler entries (weight
+    0), a filter without weights one empty entry.
+    """
+    words, owners = [], []
+    for index, pairs in enumerate(filters):
+        pairs = list(pairs) or [(0, 0)]
+        position = 0
+        for number, (j, weight) in enumerate(pairs):
+            if j < position:
+                raise ValueError(f"filter {index}: positions must ascend, got {j} after "
+                                 f"{position}")
+            if not ENTRY_WEIGHT_MIN <= weight <= ENTRY_WEIGHT_MAX:
+                raise ValueError(f"filter {index}: weight {weight} does not fit an entry")
+            while j - position > MAX_DELTA:
+                words.append(MAX_DELTA << 1)
+                owners.append(index)
+                position += MAX_DELTA
+            last = number == len(pairs) - 1
+            words.append(((weight & 0xFF) << 8) | ((j - position) << 1) | int(last))
+            owners.append(index)
+            position = j
+    return np.array(words, dtype=np.uint16), np.array(owners, dtype=np.int64)
+
+
+def decode_entries(entries):
+    """(weight, position, last) per entry of one group's stream; the inverse of
+    :func:`encode_entries` (fillers included, weight 0)."""
+    entries = np.asarray(entries, dtype=np.int64)
+    weights = ((entries >> 8) ^ 0x80) - 0x80
+    deltas = (entries >> 1) & MAX_DELTA
+    last = (entries & 1).astype(bool)
+    positions = np.empty(len(entries), dtype=np.int64)
+    position = 0
+    for index, (delta, closes) in enumerate(zip(deltas, last)):
+        position += int(delta)
+        positions[index] = position
+        if closes:
+            position = 0
+    return weights, positions, last
+
+
+def add_digits(multiplier):
+    """An add's input multiplier as entry weights: ``[(shift8, weight), ...]`` summing to it,
+    ``weight * (256 if shift8 else 1)``, each weight in -128..127."""
+    low = ((multiplier + 128) & 0xFF) - 128
+    high = (multiplier - low) >> 8
+    digits = [(False, low)] if low else []
+    while high:
+        part = min(high, ENTRY_WEIGHT_MAX)
+        digits.append((True, part))
+        high -= part
+    return digits
+
+
+# --- building the steps ---------------------------------------------------------------------------
+
+def _slot_of(shape, act, name):
+    """A tensor's (channels, height, width): a flat tensor is one channel of features."""
+    if len(shape) == 1:
+        return TensorSlot(name, 1, 1, shape[0], act)
+    return TensorSlot(name, *shape, act)
+
+
+def _layout(kind, flat, source, kernel, stride, padding, out_height, out_width, lanes):
+    """Grouping and reduced grid of a conv step: (group_lanes, row_mode, split_y, split_x,
+    reduced_width)."""
+    if flat:
+        return 1, True, 1, 1, source.width
+    sy, sx = stride
+    if lanes == 1 or not _is_pow2(sx):
+        return 1, True, 1, 1, source.width
+    reduced_width = math.ceil(source.width / sx)
+    if out_width % lanes == 0 or out_height == 1:
+        return lanes, True, 1, sx, reduced_width
+    if reduced_width == out_width and _is_pow2(sy):
+        return lanes, False, sy, sx, reduced_width
+    return lanes, True, 1, sx, reduced_width
+
+
+def _taps(kind, kernel, padding, split_y, split_x, reduced_width):
+    if kind == "add":
+        return tuple(Tap(0, 0, source, shift8, 0, 0) for source in (0, 1)
+                     for shift8 in (False, True))
+    taps = []
+    for dy in range(kernel[0]):
+        for dx in range(kernel[1]):
+            rows, columns = dy - padding[0], dx - padding[1]
+            offset = (rows // split_y) * reduced_width + columns // split_x + columns % split_x
+            taps.append(Tap(dy, dx, 0, False, offset, (rows % split_y) * split_x +
+                            columns % split_x))
+    return tuple(taps)
+
+
+def _conv_positions(kind, node, flat, group_channels, cg_pad, source_shape):
+    """Per filter: ascending (position, weight) pairs."""
+    if kind == "add":
+        channels = source_shape[0]
+        filters = []
+        for c in range(channels):
+            pairs = []
+            for source, multiplier in enumerate(node.input_multipliers):
+                for shift8, weight in add_digits(int(multiplier)):
+                    pairs.append(((2 * source + int(shift8)) * cg_pad, weight))
+            filters.append(sorted(pairs, key=lambda pair: pair[0]))
+        return filters
+    weight = np.asarray(node.weight, dtype=np.int64)
+    if flat:
+        return [[(int(j), int(weight[f, j])) for j in np.flatnonzero(weight[f])]
+                for f in range(weight.shape[0])]
+    if isinstance(node, ir.Linear):
+        # Columns in HWC order (the compiler permutes them after a flatten): p * C + c.
+        channels = source_shape[0]
+        weight = weight.reshape(weight.shape[0], -1, channels)        # (F, taps, C)
+    else:
+        weight = weight.reshape(weight.shape[0], group_channels, -1).transpose(0, 2, 1)
+    filters = []
+    for f in range(weight.shape[0]):
+        taps, channels = np.nonzero(weight[f])
+        positions = taps * cg_pad + channels
+        order = np.argsort(positions, kind="stable")
+        filters.append([(int(positions[i]), int(weight[f, taps[i], channels[i]]))
+                        for i in order])
+    return filters
+
+
+def _rows_cap(step_slots, split_y, split_x, reduced_width):
+    reduced_rows = (BANKS * (step_slots - 1) - split_x + 1) // reduced_width
+    return max(reduced_rows, 0) * split_y
+
+
+def conv_step(node, sources, target, *, depth, lanes):
+    """The :class:`ConvStep` of a conv2d, linear or add ``node`` reading the ``sources`` slots
+    into ``target``, with a line buffer of ``depth`` entries per bank; a ValueError names what
+    does not fit."""
+    source = sources[0]
+    if isinstance(node, ir.Add):
+        kind, flat = "add", False
+        kernel, stride, padding = (1, 1), (1, 1), (0, 0)
+        out_height, out_width, filters = source.height, source.width, source.channels
+        group_channels, filters_per_group = 1, 1
+    elif isinstance(node, ir.Linear):
+        kind = "linear"
+        flat = source.channels == 1 and source.height == 1
+        kernel = (1, 1) if flat else (source.height, source.width)
+        stride, padding = (1, 1), (0, 0)
+        out_height = out_width = 1
+        filters = node.weight.shape[0]
+        group_channels, filters_per_group = (1 if flat else source.channels), filters
+    else:
+        kind, flat = "conv", False
+        kernel, stride, padding = node.kernel, tuple(node.stride), tuple(node.padding)
+        out_height, out_width = target.height, target.width
+        filters = node.weight.shape[0]
+        group_channels = source.channels // node.groups
+        filters_per_group = filters // node.groups
+    group_lanes, row_mode, split_y, split_x, reduced_width = _layout(
+        kind, flat, source, kernel, stride, padding, out_height, out_width, lanes)
+    c_pad = 1 if flat else _pow2_at_least(source.channels)
+    cg_pad = 1 if flat else _pow2_at_least(group_channels)
+    sources_pad = _pow2_at_least(len(sources))
+    phases = split_y * split_x
+    slots = depth // (sources_pad * phases * c_pad)
+    taps = () if flat else _taps(kind, kernel, padding, split_y, split_x, reduced_width)
+    positions = _conv_positions(kind, node, flat, group_channels, cg_pad,
+                                (source.channels, source.height, source.width))
+    entries, owners = encode_entries(positions)
+    if kind == "add":
+        bias = np.zeros(filters, dtype=np.int64)
+        bounds = _add_bounds(node, sources)
+    else:
+        bias = np.asarray(node.bias, dtype=np.int64)
+        bounds = _weight_bounds(positions, source.act)
+    requant = node.requant
+    step = ConvStep(
+        node=node, kind=kind, sources=tuple(sources), target=target, flat=flat,
+        out_flat=kind == "linear", kernel=tuple(kernel), stride=tuple(stride),
+        padding=tuple(padding), out_height=out_height, out_width=out_width, filters=filters,
+        group_channels=group_channels, filters_per_group=filters_per_group,
+        group_lanes=group_lanes, row_mode=row_mode, split_y=split_y, split_x=split_x,
+        reduced_width=reduced_width, c_pad=c_pad, cg_pad=cg_pad, sources_pad=sources_pad,
+        phases=phases, slots=slots,
+        rows_cap=_rows_cap(slots, split_y, split_x, reduced_width) if slots >= 2 else 0,
+        taps=taps, entries=entries, entry_filters=owners, bias=bias,
+        multiplier=_per_channel(requant.multiplier, filters),
+        shift=_per_channel(requant.shift, filters), requant=requant,
+        accumulator_bounds=(bounds[0] + min(int(bias.min()), 0),
+                            bounds[1] + max(int(bias.max()), 0)),
+        signed_inputs=tuple(s.act.signed for s in sources))
+    _check_ring(step, depth)
+    return step
+
+
+def _weight_bounds(positions, act):
+    low = high = 0
+    for pairs in positions:
+        weights = np.array([w for _, w in pairs] or [0], dtype=np.int64)
+        at_max, at_min = weights * act.qmax, weights * act.qmin
+        low = min(low, int(np.minimum(at_max, at_min).sum()))
+        high = max(high, int(np.maximum(at_max, at_min).sum()))
+    return low, high
+
+
+def _add_bounds(node, sources):
+    low = high = 0
+    for multiplier, source in zip(node.input_multipliers, sources):
+        low += multiplier * source.act.qmin
+        high += multiplier * source.act.qmax
+    return low, high
+
+
+def _check_ring(step, depth):
+    name = f"node {step.node.name!r} ({step.node.op})"
+    if step.slots < 2:
+        needed = 2 * step.sources_pad * step.phases * step.c_pad
+        raise ValueError(f"{name}: its line buffer needs {needed} entries per bank, more than "
+                         f"the {depth} given")
+    worst = 0
+    for g in range(step.groups):
+        oldest, newest = step.group_rows(g)
+        worst = max(worst, newest - step.ring_start(oldest) + 1)
+    if worst > step.rows_cap:
+        raise ValueError(f"{name}: a group reads {worst} input rows, its line buffer of {depth} "
+                         f"entries per bank holds {step.rows_cap}")
+
+
+def pool_step(node, source, target):
+    """The :class:`PoolStep` of a max or average pool."""
+    if isinstance(node, ir.MaxPool2d):
+        return PoolStep(node, "max", source, target, tuple(node.kernel), tuple(node.stride),
+                        tuple(node.padding), None, np.zeros(target.channels, np.int64),
+                        np.zeros(target.channels, np.int64))
+    return PoolStep(node, "avg", source, target, tuple(node.kernel), tuple(node.stride),
+                    (0, 0), node.requant, _per_channel(node.requant.multiplier, target.channels),
+                    _per_channel(node.requant.shift, target.channels))
+
+
+def fused_window(node, source):
+    """Pixels [0, n) an average pool sums when it is one window over whole rows from the top
+    (then the step producing its input sums them as it writes), else 0."""
+    if not isinstance(node, ir.AvgPool2d):
+        return 0
+    kh, kw = node.kernel
+    out_h = (source.height - kh) // node.stride[0] + 1
+    out_w = (source.width - kw) // node.stride[1] + 1
+    if out_h != 1 or out_w != 1 or kw != source.width:
+        return 0
+    return kh * kw
+
+
+def pool_sum_step(node, source, target):
+    window = fused_window(node, source)
+    return PoolSumStep(node, target, window, node.requant,
+                       _per_channel(node.requant.multiplier, target.channels),
+                       _per_channel(node.requant.shift, target.channels),
+                       source.act.signed, (source.act.qmin, source.act.qmax))
+
+
+# --- the program --------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Program:
+    """Everything the sequential engine runs: ``steps`` in order, the tensor ``slots`` (input
+    first, then each step's output; ``output`` the one emitted), the memory blocks' sizes
+    (``act_blocks`` words each; ``weight_words``), the line buffer ``depth``, the tables."""
+
+    steps: tuple
+    slots: dict
+    input: TensorSlot
+    output: TensorSlot
+    output_flat_order: bool         # emit a flatten's C-major order instead of HWC
+    act_blocks: tuple
+    weight_words: int
+    depth: int
+    lanes: int
+    weights: np.ndarray             # uint16, every conv step's stream
+    taps: tuple                     # every conv step's taps
+    params: tuple                   # (bias, multiplier, shift) per filter of every step
+
+    @property
+    def conv_steps(self):
+        return [s for s in self.steps if isinstance(s, ConvStep)]
+
+    @classmethod
+    def of(cls, layers, *, input_name, in_shape, in_act, depth=512, lanes=BANKS,
+           act_blocks=3, block_words=None, weight_block_words=None):
+        """The program of ``layers`` (:class:`zeroskip.compiler.layers.LayerSpec`: ``node``,
+        ``sources``, ``in_shapes``, ``in_acts``, in graph order). ``act_blocks`` memory blocks of
+        ``block_words`` words hold the tensors (None: as large as needed); the weight memory
+        holds ``weight_block_words`` words per block (None: one block as large as needed). A
+        ValueError names the layer that cannot be run and why."""
+        if not isinstance(lanes, int) or not 1 <= lanes <= BANKS:
+            raise ValueError(f"lanes must be an integer from 1 to {BANKS}, got {lanes!r}")
+        if not _is_pow2(depth) or depth < 16:
+            raise ValueError(f"the line buffer depth must be a power of two of at least 16, "
+                             f"got {depth!r}")
+        layers = tuple(layers)
+        if not layers:
+            raise ValueError("the graph has no layer to run")
+        if in_act.binary:
+            raise ValueError(f"input {input_name!r} is binary; the sequential engine runs 2..8-bit "
+                             "activations (compile binary nets as a pipeline)")
+        slots = {input_name: _slot_of(tuple(in_shape), in_act, input_name)}
+        steps = []
+        for index, spec in enumerate(layers):
+            steps.append(_step(spec, slots, steps, layers, depth=depth, lanes=lanes))
+        output = slots[layers[-1].node.name]
+        slots, act_sizes = _allocate(steps, slots, input_name, output.name, act_blocks,
+                                     block_words)
+        steps = [_placed(step, slots) for step in steps]
+        steps, weights, taps, params = _tables(steps)
+        weight_words = max(len(weights), 1)
+        if weight_block_words is not None:
+            weight_words = math.ceil(weight_words / weight_block_words) * weight_block_words
+        return cls(tuple(steps), slots, slots[input_name], slots[output.name], False,
+                   tuple(act_sizes), weight_words, depth, lanes, weights, tuple(taps),
+                   tuple(params))
+
+
+def _check_node(spec):
+    node = spec.node
+    if any(act.binary for act in spec.in_acts):
+        raise ValueError(f"node {node.name!r} ({node.op}) reads a binary tensor; the sequential "
+                         "engine runs 2..8-bit activations (compile binary nets as a pipeline)")
+    if isinstance(node, (ir.Conv2d, ir.Linear)) and (node.threshold is not None or
+                                                     node.act.binary):
+        raise ValueError(f"node {node.name!r} ({node.op}) has a binary output; the sequential "
+                         "engine runs requantized layers only")
+    if not isinstance(node, (ir.Conv2d, ir.Linear, ir.Add, ir.MaxPool2d, ir.AvgPool2d)):
+        raise ValueError(f"node {node.name!r} ({node.op}): the sequential engine has no step "
+                         "for it")
+
+
+def _step(spec, slots, steps, layers, *, depth, lanes):
+    _check_node(spec)
+    node = spec.node
+    sources = [slots[name] for name in spec.sources]
+    shape, _ = node.infer(spec.in_shapes, spec.in_acts)
+    act = node.act if hasattr(node, "act") else spec.in_acts[0]
+    target = _slot_of(tuple(shape), act, node.name)
+    slots[node.name] = target
+    if isinstance(node, (ir.Conv2d, ir.Linear, ir.Add)):
+        return conv_step(node, sources, target, depth=depth, lanes=lanes)
+    previous = steps[-1] if steps else None
+    if (fused_window(node, sources[0]) and isinstance(previous, ConvStep)
+            and previous.target.name == sources[0].name):
+        steps[-1] = replace(previous, pool_window=fused_window(node, sources[0]))
+        return pool_sum_step(node, sources[0], target)
+    return pool_step(node, sources[0], target)
+
+
+def _reads(step):
+    if isinstance(step, ConvStep):
+        return [s.name for s in step.sources]
+    if isinstance(step, PoolStep):
+        return [step.source.name]
+    return []
+
+
+def _allocate(steps, slots, input_name, output_name, blocks, block_words):
+    """Regions for every tensor: first fit, a step never writing a block it reads; the input
+    keeps its region (the next input loads while the layers run), the output lives to the end."""
+    last = {name: 0 for name in slots}
+    for index, step in enumerate(steps):
+        for name in _reads(step):
+            last[name] = max(last[name], index)
+    last[input_name] = last[output_name] = len(steps)
+    placed = {}                        # name -> (block, start, end)
+    capacity = block_words if block_words is not None else 1 << 30
+
+    def fit(name, words, forbidden, when):
+        for block in range(blocks):
+            if block in forbidden:
+                continue
+            busy = sorted((start, end) for other, (b, start, end) in placed.items()
+                          if b == block and last[other] >= when)
+            start = 0
+            for low, high in busy:
+                if start + words <= low:
+                    break
+                start = max(start, high)
+            if start + words <= capacity:
+                placed[name] = (block, start, start + words)
+                return
+        raise ValueError(f"tensor {name!r} ({words} words) does not fit {blocks} memory blocks "
+                         f"of {capacity} words beside the tensors it must not overwrite")
+
+    fit(input_name, slots[input_name].words, (), 0)
+    for index, step in enumerate(steps):
+        forbidden = {placed[name][0] for name in _reads(step)}
+        fit(step.target.name, step.target.words, forbidden, index)
+    sizes = [0] * blocks
+    for block, start, end in placed.values():
+        sizes[block] = max(sizes[block], end)
+    if block_words is not None:
+        sizes = [block_words if size else 0 for size in sizes]
+    new_slots = {name: replace(slot, block=placed[name][0], word=placed[name][1])
+                 for name, slot in slots.items()}
+    return new_slots, sizes
+
+
+def _placed(step, slots):
+    if isinstance(step, ConvStep):
+        return replace(step, sources=tuple(slots[s.name] for s in step.sources),
+                       target=slots[step.target.name])
+    if isinstance(step, PoolStep):
+        return replace(step, source=slots[step.source.name], target=slots[step.target.name])
+    return replace(step, target=slots[step.target.name])
+
+
+def _tables(steps):
+    """Concatenate the weight streams, taps and per-filter parameters; record each step's
+    start in them."""
+    weights, taps, params, placed = [], [], [], []
+    for step in steps:
+        param_start = len(params)
+        if isinstance(step, ConvStep):
+            step = replace(step, weight_start=len(weights), tap_start=len(taps),
+                           param_start=param_start)
+            weights.extend(int(e) for e in step.entries)
+            taps.extend(step.taps)
+            params.extend(zip(step.bias.tolist(), step.multiplier.tolist(),
+                              step.shift.tolist()))
+        else:
+            step = replace(step, param_start=param_start)
+            params.extend(zip([0] * step.filters, step.multiplier.tolist(),
+                              step.shift.tolist()))
+        placed.append(step)
+    return placed, np.array(weights, dtype=np.uint16), taps, params
