@@ -158,7 +158,9 @@ class ConvStep:
     pool_window: int = 0            # >0: the writer sums pixels [0, pool_window) per channel
     weight_start: int = 0
     tap_start: int = 0
-    param_start: int = 0
+    chunks: tuple = ()              # (first filter, filters, preamble word, entries) per chunk
+    colmask_start: int = 0
+    rowsel_start: int = 0
 
     # --- sizes ----------------------------------------------------------------------------------
     @property
@@ -250,6 +252,64 @@ class ConvStep:
         v = (y // self.split_y) * self.reduced_width + x // self.split_x + x % self.split_x
         return phase, v
 
+    # --- bounds tables ----------------------------------------------------------------------------
+    @property
+    def bounded(self):
+        """Whether lanes check their input against the source's edges (not flat, not add)."""
+        return not self.flat and self.kind != "add"
+
+    @property
+    def class_shift(self):
+        """A group's column class is its first output column shifted right by this."""
+        return (self.group_lanes.bit_length() - 1) if self.row_mode else 0
+
+    @property
+    def classes(self):
+        return math.ceil(self.out_width / (1 << self.class_shift))
+
+    @property
+    def kw_pad(self):
+        return _pow2_at_least(self.kernel[1])
+
+    def group_class(self, g):
+        return self.group_pixels(g)[0][1] >> self.class_shift
+
+    def lane_columns(self, klass):
+        """(row offset, column) of each lane of a group whose first column is class ``klass``'s;
+        None past the row's end in row mode."""
+        x0 = klass << self.class_shift
+        lanes = []
+        for i in range(self.group_lanes):
+            if self.row_mode:
+                lanes.append((0, x0 + i) if x0 + i < self.out_width else None)
+            else:
+                lanes.append(divmod(x0 + i, self.out_width))
+        return lanes
+
+    def colmask(self, klass, dx):
+        """Lanes of a class-``klass`` group whose column is inside the source under ``dx``."""
+        mask = 0
+        for i, lane in enumerate(self.lane_columns(klass)):
+            if lane is None:
+                continue
+            x = lane[1] * self.stride[1] + dx - self.padding[1]
+            if 0 <= x < self.source.width:
+                mask |= 1 << i
+        return mask
+
+    def rowsel(self, klass):
+        """Row offset of each lane (2 bits a lane) of a class-``klass`` group."""
+        word = 0
+        for i, lane in enumerate(self.lane_columns(klass)):
+            if lane is not None:
+                word |= min(lane[0], 3) << (2 * i)
+        return word
+
+    def tap_rows(self, tap):
+        """Output rows [low, high] whose input row under ``tap`` is inside the source."""
+        sy, py = self.stride[0], self.padding[0]
+        return -((tap.dy - py) // sy), (self.source.height - 1 + py - tap.dy) // sy
+
     def position(self, j):
         """(tap index, channel within the group) of position ``j``; flat: (j, 0)."""
         if self.flat:
@@ -272,7 +332,8 @@ class PoolStep:
     requant: ir.Requant | None
     multiplier: np.ndarray
     shift: np.ndarray
-    param_start: int = 0
+    chunks: tuple = ()
+    weight_start: int = 0
 
     @property
     def out_height(self):
@@ -311,7 +372,8 @@ class PoolSumStep:
     shift: np.ndarray
     signed_input: bool
     input_bounds: tuple
-    param_start: int = 0
+    chunks: tuple = ()
+    weight_start: int = 0
 
     @property
     def filters(self):
@@ -408,7 +470,9 @@ def _layout(kind, flat, source, kernel, stride, padding, out_height, out_width, 
     reduced_width = math.ceil(source.width / sx)
     if out_width % lanes == 0 or out_height == 1:
         return lanes, True, 1, sx, reduced_width
-    if reduced_width == out_width and _is_pow2(sy):
+    # Crossing rows: consecutive lanes stay consecutive in v only when the reduced width is the
+    # output's; a group spans at most 4 rows (the lanes' row offsets are 2 bits).
+    if reduced_width == out_width and _is_pow2(sy) and 3 * out_width >= lanes - 1:
         return lanes, False, sy, sx, reduced_width
     return lanes, True, 1, sx, reduced_width
 
@@ -608,9 +672,11 @@ class Program:
     weight_words: int
     depth: int
     lanes: int
-    weights: np.ndarray             # uint16, every conv step's stream
+    weights: np.ndarray             # uint16: parameter words and weight streams
     taps: tuple                     # every conv step's taps
-    params: tuple                   # (bias, multiplier, shift) per filter of every step
+    colmasks: tuple                 # per (step, class, dx): the lanes inside the columns
+    rowsels: tuple                  # per (step, class): each lane's row offset
+    filter_cache: int
 
     @property
     def conv_steps(self):
@@ -618,14 +684,14 @@ class Program:
 
     @classmethod
     def of(cls, layers, *, input_name, in_shape, in_act, depth=512, lanes=BANKS,
-           act_blocks=3, block_words=None, weight_block_words=None):
+           act_blocks=3, block_words=None, weight_block_words=None, filter_cache=256):
         """The program of ``layers`` (:class:`zeroskip.compiler.layers.LayerSpec`: ``node``,
         ``sources``, ``in_shapes``, ``in_acts``, in graph order). ``act_blocks`` memory blocks of
         ``block_words`` words hold the tensors (None: as large as needed); the weight memory
         holds ``weight_block_words`` words per block (None: one block as large as needed). A
         ValueError names the layer that cannot be run and why."""
-        if not isinstance(lanes, int) or not 1 <= lanes <= BANKS:
-            raise ValueError(f"lanes must be an integer from 1 to {BANKS}, got {lanes!r}")
+        if not isinstance(lanes, int) or isinstance(lanes, bool) or lanes not in (1, 2, 4, 8):
+            raise ValueError(f"lanes must be 1, 2, 4 or {BANKS}, got {lanes!r}")
         if not _is_pow2(depth) or depth < 16:
             raise ValueError(f"the line buffer depth must be a power of two of at least 16, "
                              f"got {depth!r}")
@@ -643,13 +709,13 @@ class Program:
         slots, act_sizes = _allocate(steps, slots, input_name, output.name, act_blocks,
                                      block_words)
         steps = [_placed(step, slots) for step in steps]
-        steps, weights, taps, params = _tables(steps)
+        steps, weights, taps, colmasks, rowsels = _tables(steps, filter_cache)
         weight_words = max(len(weights), 1)
         if weight_block_words is not None:
             weight_words = math.ceil(weight_words / weight_block_words) * weight_block_words
         return cls(tuple(steps), slots, slots[input_name], slots[output.name], False,
                    tuple(act_sizes), weight_words, depth, lanes, weights, tuple(taps),
-                   tuple(params))
+                   tuple(colmasks), tuple(rowsels), filter_cache)
 
 
 def _check_node(spec):
@@ -743,22 +809,86 @@ def _placed(step, slots):
     return replace(step, target=slots[step.target.name])
 
 
-def _tables(steps):
-    """Concatenate the weight streams, taps and per-filter parameters; record each step's
-    start in them."""
-    weights, taps, params, placed = [], [], [], []
+#: Bits of a filter's bias in its parameter words.
+BIAS_BITS = 24
+
+
+def preamble_words(bias, multiplier, shift):
+    """The three parameter words of one filter: bias low 16 bits; bias bits 16..23 and the
+    shift above them; the multiplier."""
+    if not -(1 << (BIAS_BITS - 1)) <= bias < 1 << (BIAS_BITS - 1):
+        raise ValueError(f"a bias of {bias} does not fit {BIAS_BITS} bits")
+    unsigned_bias = bias & ((1 << BIAS_BITS) - 1)
+    return [unsigned_bias & 0xFFFF, (unsigned_bias >> 16) | (int(shift) << 8), int(multiplier)]
+
+
+def _chunks(step, cache):
+    filters = step.filters
+    spans = [(start, min(cache, filters - start)) for start in range(0, filters, cache)]
+    if isinstance(step, ConvStep) and len(spans) > 1 and step.groups > 1 and \
+            step.rows_cap < (1 if step.flat else step.source.height):
+        raise ValueError(f"node {step.node.name!r} ({step.node.op}) has {filters} filters, more "
+                         f"than the {cache} the parameter cache holds, and its input does not "
+                         "fit the line buffer whole")
+    return spans
+
+
+def _tables(steps, cache):
+    """Lay out the weight memory (per chunk of filters: their parameter words, then their
+    entries), the taps and the bounds tables; record each step's starts."""
+    weights, taps, colmasks, rowsels, placed = [], [], [], [], []
     for step in steps:
-        param_start = len(params)
+        if isinstance(step, PoolStep) and step.kind == "max":
+            placed.append(step)
+            continue
+        bias = step.bias if isinstance(step, ConvStep) else np.zeros(step.filters, np.int64)
+        chunks = []
+        for first, count in _chunks(step, cache):
+            preamble = len(weights)
+            for f in range(first, first + count):
+                weights.extend(preamble_words(int(bias[f]), step.multiplier[f], step.shift[f]))
+            entries = len(weights)
+            if isinstance(step, ConvStep):
+                mine = (step.entry_filters >= first) & (step.entry_filters < first + count)
+                weights.extend(int(e) for e in step.entries[mine])
+            chunks.append((first, count, preamble, entries))
         if isinstance(step, ConvStep):
-            step = replace(step, weight_start=len(weights), tap_start=len(taps),
-                           param_start=param_start)
-            weights.extend(int(e) for e in step.entries)
+            step = replace(step, tap_start=len(taps), colmask_start=len(colmasks),
+                           rowsel_start=len(rowsels), chunks=tuple(chunks),
+                           weight_start=chunks[0][2])
             taps.extend(step.taps)
-            params.extend(zip(step.bias.tolist(), step.multiplier.tolist(),
-                              step.shift.tolist()))
+            if step.bounded:
+                for klass in range(step.classes):
+                    rowsels.append(step.rowsel(klass))
+                    colmasks.extend(step.colmask(klass, dx) for dx in range(step.kw_pad))
         else:
-            step = replace(step, param_start=param_start)
-            params.extend(zip([0] * step.filters, step.multiplier.tolist(),
-                              step.shift.tolist()))
+            step = replace(step, chunks=tuple(chunks), weight_start=chunks[0][2])
         placed.append(step)
-    return placed, np.array(weights, dtype=np.uint16), taps, params
+    return placed, np.array(weights, dtype=np.uint16), taps, colmasks, rowsels
+
+
+@dataclass(frozen=True)
+class Widths:
+    """Bit widths of the engine's counters and addresses, sized to one program."""
+
+    block_bits: int         # memory block index
+    word_bits: int          # word address within a block
+    channel_bits: int       # a channel index
+    coord_bits: int         # a row, a column, a count of rows
+    lb_bits: int            # line-buffer address
+    v_bits: int             # a reduced-grid index
+
+    @classmethod
+    def of(cls, program):
+        slots = list(program.slots.values())
+        largest_side = max(max(s.height, s.width) for s in slots)
+        blocks = max(len(program.act_blocks), 1)
+        words = max(max(program.act_blocks), 1)
+        v = max((s.reduced_width * (s.source.height + 2) + 16 for s in program.conv_steps),
+                default=16)
+        return cls(block_bits=max((blocks - 1).bit_length(), 1),
+                   word_bits=max((words - 1).bit_length(), 1) + 1,
+                   channel_bits=max(max(s.channels for s in slots).bit_length(), 1),
+                   coord_bits=largest_side.bit_length() + 1,
+                   lb_bits=(program.depth - 1).bit_length(),
+                   v_bits=v.bit_length() + 1)

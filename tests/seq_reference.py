@@ -97,6 +97,15 @@ def _entry_operands(step, g, j, f):
     tap = step.taps[tap_index]
     c = (f // step.filters_per_group) * step.group_channels + local
     inside = step.lane_inside(g, tap)
+    if step.bounded:
+        # The tables the hardware reads give the same lanes.
+        klass, (oy0, _) = step.group_class(g), pixels[0]
+        low, high = step.tap_rows(tap)
+        rows = step.rowsel(klass)
+        mask = step.colmask(klass, tap.dx)
+        table = [bool(mask >> i & 1) and low <= oy0 + (rows >> 2 * i & 3) <= high
+                 for i in range(len(pixels))]
+        assert table == inside, (step.node.name, g, tap, table, inside)
     operands = []
     for i, (oy, ox) in enumerate(pixels):
         if not inside[i]:
@@ -109,15 +118,22 @@ def _entry_operands(step, g, j, f):
 
 
 def run_conv(step, memories, depth, pool_sums=None):
-    buffer = LineBuffer(step, memories, depth)
     weights, positions, last = decode_entries(step.entries)
+    for first, count, _, _ in step.chunks:
+        mine = (step.entry_filters >= first) & (step.entry_filters < first + count)
+        _run_chunk(step, memories, depth, pool_sums, first, count,
+                   weights[mine], positions[mine], last[mine])
+
+
+def _run_chunk(step, memories, depth, pool_sums, first, count, weights, positions, last):
+    buffer = LineBuffer(step, memories, depth)
     for g in range(step.groups):
         oldest, newest = step.group_rows(g)
         buffer.fill_to(step.ring_start(oldest) + step.rows_cap - 1)
         assert buffer.filled > newest
         lanes = len(step.group_pixels(g))
-        f = 0
-        acc = [int(step.bias[0])] * lanes
+        f = first
+        acc = [int(step.bias[f])] * lanes
         for weight, j, closes in zip(weights, positions, last):
             operands, shift8 = _entry_operands(step, g, int(j), f)
             for i, operand in enumerate(operands):
@@ -133,7 +149,7 @@ def run_conv(step, memories, depth, pool_sums=None):
                     if step.pool_window and p < step.pool_window:
                         pool_sums[c] += y
                 f += 1
-                if f < step.filters:
+                if f < first + count:
                     acc = [int(step.bias[f])] * lanes
 
 
