@@ -155,6 +155,7 @@ class ConvStep:
     requant: ir.Requant
     accumulator_bounds: tuple
     signed_inputs: tuple            # per source
+    tap_columns: int = 1            # taps are numbered dy * tap_columns + dx (a power of two)
     pool_window: int = 0            # >0: the writer sums pixels [0, pool_window) per channel
     weight_start: int = 0
     tap_start: int = 0
@@ -224,7 +225,7 @@ class ConvStep:
 
     def lane_inside(self, g, tap):
         """Valid lanes of group ``g`` whose input under ``tap`` lies inside the source."""
-        if self.flat or self.kind == "add":
+        if self.flat:
             return [True] * len(self.group_pixels(g))
         height, width = self.source.height, self.source.width
         result = []
@@ -255,8 +256,8 @@ class ConvStep:
     # --- bounds tables ----------------------------------------------------------------------------
     @property
     def bounded(self):
-        """Whether lanes check their input against the source's edges (not flat, not add)."""
-        return not self.flat and self.kind != "add"
+        """Whether lanes check their input against the source's edges (not flat)."""
+        return not self.flat
 
     @property
     def class_shift(self):
@@ -269,7 +270,7 @@ class ConvStep:
 
     @property
     def kw_pad(self):
-        return _pow2_at_least(self.kernel[1])
+        return self.tap_columns
 
     def group_class(self, g):
         return self.group_pixels(g)[0][1] >> self.class_shift
@@ -477,22 +478,25 @@ def _layout(kind, flat, source, kernel, stride, padding, out_height, out_width, 
     return lanes, True, 1, sx, reduced_width
 
 
-def _taps(kind, kernel, padding, split_y, split_x, reduced_width):
+def _taps(kind, kernel, padding, split_y, split_x, reduced_width, columns):
+    """Tap ``dy * columns + dx`` of a conv step (a column past the kernel is never used); an
+    add's four: each source, low and high digit."""
     if kind == "add":
-        return tuple(Tap(0, 0, source, shift8, 0, 0) for source in (0, 1)
-                     for shift8 in (False, True))
+        return tuple(Tap(0, 0, source, shift8, 0, 0)
+                     for source in (0, 1) for shift8 in (False, True))
     taps = []
     for dy in range(kernel[0]):
-        for dx in range(kernel[1]):
-            rows, columns = dy - padding[0], dx - padding[1]
-            offset = (rows // split_y) * reduced_width + columns // split_x + columns % split_x
+        for dx in range(columns):
+            rows, cols = dy - padding[0], dx - padding[1]
+            offset = (rows // split_y) * reduced_width + cols // split_x + cols % split_x
             taps.append(Tap(dy, dx, 0, False, offset, (rows % split_y) * split_x +
-                            columns % split_x))
+                            cols % split_x))
     return tuple(taps)
 
 
-def _conv_positions(kind, node, flat, group_channels, cg_pad, source_shape):
-    """Per filter: ascending (position, weight) pairs."""
+def _conv_positions(kind, node, flat, group_channels, cg_pad, source_shape, columns):
+    """Per filter: ascending (position, weight) pairs; position ``tap * cg_pad + channel``, tap
+    ``dy * columns + dx``."""
     if kind == "add":
         channels = source_shape[0]
         filters = []
@@ -509,10 +513,13 @@ def _conv_positions(kind, node, flat, group_channels, cg_pad, source_shape):
                 for f in range(weight.shape[0])]
     if isinstance(node, ir.Linear):
         # Columns in HWC order (the compiler permutes them after a flatten): p * C + c.
-        channels = source_shape[0]
-        weight = weight.reshape(weight.shape[0], -1, channels)        # (F, taps, C)
+        channels, _, width = source_shape
+        weight = weight.reshape(weight.shape[0], -1, width, channels)  # (F, kh, kw, C)
     else:
-        weight = weight.reshape(weight.shape[0], group_channels, -1).transpose(0, 2, 1)
+        weight = weight.transpose(0, 2, 3, 1)                          # (F, kh, kw, Cg)
+    kh, kw = weight.shape[1:3]
+    weight = np.pad(weight, ((0, 0), (0, 0), (0, columns - kw), (0, 0)))
+    weight = weight.reshape(weight.shape[0], kh * columns, -1)       # (F, taps, Cg)
     filters = []
     for f in range(weight.shape[0]):
         taps, channels = np.nonzero(weight[f])
@@ -560,9 +567,11 @@ def conv_step(node, sources, target, *, depth, lanes):
     sources_pad = _pow2_at_least(len(sources))
     phases = split_y * split_x
     slots = depth // (sources_pad * phases * c_pad)
-    taps = () if flat else _taps(kind, kernel, padding, split_y, split_x, reduced_width)
+    columns = 1 if flat else 4 if kind == "add" else _pow2_at_least(kernel[1])
+    taps = () if flat else _taps(kind, kernel, padding, split_y, split_x, reduced_width,
+                                 columns)
     positions = _conv_positions(kind, node, flat, group_channels, cg_pad,
-                                (source.channels, source.height, source.width))
+                                (source.channels, source.height, source.width), columns)
     entries, owners = encode_entries(positions)
     if kind == "add":
         bias = np.zeros(filters, dtype=np.int64)
@@ -585,7 +594,7 @@ def conv_step(node, sources, target, *, depth, lanes):
         shift=_per_channel(requant.shift, filters), requant=requant,
         accumulator_bounds=(bounds[0] + min(int(bias.min()), 0),
                             bounds[1] + max(int(bias.max()), 0)),
-        signed_inputs=tuple(s.act.signed for s in sources))
+        signed_inputs=tuple(s.act.signed for s in sources), tap_columns=columns)
     _check_ring(step, depth)
     return step
 
@@ -877,6 +886,9 @@ class Widths:
     coord_bits: int         # a row, a column, a count of rows
     lb_bits: int            # line-buffer address
     v_bits: int             # a reduced-grid index
+    pixel_bits: int         # a pixel index of a tensor
+    table_bits: int         # an index into the taps, column masks or row offsets
+    weight_bits: int        # a weight-memory address
 
     @classmethod
     def of(cls, program):
@@ -886,7 +898,11 @@ class Widths:
         words = max(max(program.act_blocks), 1)
         v = max((s.reduced_width * (s.source.height + 2) + 16 for s in program.conv_steps),
                 default=16)
-        return cls(block_bits=max((blocks - 1).bit_length(), 1),
+        tables = max(len(program.taps), len(program.colmasks), len(program.rowsels), 2)
+        return cls(pixel_bits=max(s.pixels for s in slots).bit_length() + 1,
+                   table_bits=(tables - 1).bit_length(),
+                   weight_bits=max((program.weight_words - 1).bit_length(), 1),
+                   block_bits=max((blocks - 1).bit_length(), 1),
                    word_bits=max((words - 1).bit_length(), 1) + 1,
                    channel_bits=max(max(s.channels for s in slots).bit_length(), 1),
                    coord_bits=largest_side.bit_length() + 1,
