@@ -831,6 +831,21 @@ def preamble_words(bias, multiplier, shift):
     return [unsigned_bias & 0xFFFF, (unsigned_bias >> 16) | (int(shift) << 8), int(multiplier)]
 
 
+#: Words ahead of a chunk's parameter words: its entries, and where its first filter's group
+#: of input channels starts (channel, and filter within the group).
+HEADER_WORDS = 3
+
+
+def chunk_header(step, first, entries):
+    if entries >= 1 << 16:
+        raise ValueError(f"node {step.node.name!r}: {entries} weight entries in one chunk, "
+                         "more than 65535")
+    if isinstance(step, ConvStep):
+        group, within = divmod(first, step.filters_per_group)
+        return [entries, group * step.group_channels, within]
+    return [entries, 0, 0]
+
+
 def _chunks(step, cache):
     filters = step.filters
     spans = [(start, min(cache, filters - start)) for start in range(0, filters, cache)]
@@ -854,11 +869,14 @@ def _tables(steps, cache):
         chunks = []
         for first, count in _chunks(step, cache):
             preamble = len(weights)
+            mine = np.zeros(0, dtype=bool)
+            if isinstance(step, ConvStep):
+                mine = (step.entry_filters >= first) & (step.entry_filters < first + count)
+            weights.extend(chunk_header(step, first, int(mine.sum())))
             for f in range(first, first + count):
                 weights.extend(preamble_words(int(bias[f]), step.multiplier[f], step.shift[f]))
             entries = len(weights)
             if isinstance(step, ConvStep):
-                mine = (step.entry_filters >= first) & (step.entry_filters < first + count)
                 weights.extend(int(e) for e in step.entries[mine])
             chunks.append((first, count, preamble, entries))
         if isinstance(step, ConvStep):
@@ -869,7 +887,9 @@ def _tables(steps, cache):
             if step.bounded:
                 for klass in range(step.classes):
                     rowsels.append(step.rowsel(klass))
-                    colmasks.extend(step.colmask(klass, dx) for dx in range(step.kw_pad))
+                    # An add's four taps are one pixel (column 0) read twice per source.
+                    colmasks.extend(step.colmask(klass, 0 if step.kind == "add" else dx)
+                                    for dx in range(step.kw_pad))
         else:
             step = replace(step, chunks=tuple(chunks), weight_start=chunks[0][2])
         placed.append(step)
@@ -889,6 +909,9 @@ class Widths:
     pixel_bits: int         # a pixel index of a tensor
     table_bits: int         # an index into the taps, column masks or row offsets
     weight_bits: int        # a weight-memory address
+    cache_bits: int         # a filter within a chunk
+    filter_bits: int        # a count of filters of a step
+    position_bits: int      # a position within a filter
 
     @classmethod
     def of(cls, program):
@@ -899,7 +922,13 @@ class Widths:
         v = max((s.reduced_width * (s.source.height + 2) + 16 for s in program.conv_steps),
                 default=16)
         tables = max(len(program.taps), len(program.colmasks), len(program.rowsels), 2)
-        return cls(pixel_bits=max(s.pixels for s in slots).bit_length() + 1,
+        positions = [len(s.taps) * s.cg_pad if not s.flat else s.source.width
+                     for s in program.conv_steps] or [1]
+        filters = max((s.filters for s in program.steps), default=1)
+        return cls(filter_bits=filters.bit_length() + 1,
+                   cache_bits=max((program.filter_cache - 1).bit_length(), 1),
+                   position_bits=max(positions).bit_length() + 1,
+                   pixel_bits=max(s.pixels for s in slots).bit_length() + 1,
                    table_bits=(tables - 1).bit_length(),
                    weight_bits=max((program.weight_words - 1).bit_length(), 1),
                    block_bits=max((blocks - 1).bit_length(), 1),

@@ -152,3 +152,107 @@ def test_group_walker_hands_out_every_group_once_its_rows_are_in(net):
         assert got == [d for d, _ in expected], step.node.name
         for g, ((_, newest), rows) in enumerate(zip(expected, rows_seen)):
             assert newest < rows, (step.node.name, g, newest, rows)
+
+
+# --- entry walker -------------------------------------------------------------------------------
+
+def _expected_requests(step):
+    """Per chunk: the parameter writes, then the requests of every group in order."""
+    from zeroskip.hdl.seq_plan import decode_entries
+    weights, positions, last = decode_entries(step.entries)
+    for first, count, _, _ in step.chunks:
+        params = [(i, int(step.bias[first + i]), int(step.multiplier[first + i]),
+                   int(step.shift[first + i])) for i in range(count)]
+        mine = (step.entry_filters >= first) & (step.entry_filters < first + count)
+        requests = []
+        for g in range(step.groups):
+            pixels = step.group_pixels(g)
+            out_valid = (1 << len(pixels)) - 1
+            f, previous_last = first, True
+            chunk = list(zip(weights[mine], positions[mine], last[mine]))
+            for index, (weight, j, closes) in enumerate(chunk):
+                j = int(j)
+                if step.flat:
+                    v, c, region, shift8, source = step.group_base(g) + j, 0, 0, False, 0
+                    inside = out_valid
+                else:
+                    tap_index, local = step.position(j)
+                    tap = step.taps[tap_index]
+                    c = (f // step.filters_per_group) * step.group_channels + local
+                    v = step.group_base(g) + tap.offset
+                    region = (tap.source * step.phases + tap.phase) * step.slots
+                    shift8, source = tap.shift8, tap.source
+                    inside = sum(1 << i for i, ok in enumerate(step.lane_inside(g, tap)) if ok)
+                slot0 = (v // 8) % step.slots
+                slot1 = (slot0 + 1) % step.slots
+                requests.append({
+                    "addr0": (region + slot0) * step.c_pad + c,
+                    "addr1": (region + slot1) * step.c_pad + c, "rotate": v % 8,
+                    "inside": inside, "out_valid": out_valid, "weight": int(weight),
+                    "shift8": int(shift8), "signed": int(step.signed_inputs[source]),
+                    "first": int(previous_last), "last": int(closes), "filter": f - first,
+                    "group_last": int(index == len(chunk) - 1)})
+                previous_last = bool(closes)
+                f += int(closes)
+        yield params, requests
+
+
+@pytest.mark.parametrize("net", list(seq_nets.NETS))
+def test_entry_walker_requests_what_the_functional_model_reads(net):
+    from zeroskip.hdl.seq_entries import EntryWalker, entry_walker_settings
+
+    graph, x, program, steps = _conv_steps(net)
+    for cache in (program.filter_cache, 8):
+        program = seq_nets.program(graph, filter_cache=cache)
+        widths = Widths.of(program)
+        steps = [s for s in program.steps if isinstance(s, ConvStep)]
+        rng = np.random.default_rng(7)
+        for step in steps:
+            dut = EntryWalker(widths, program)
+            chunks = list(_expected_requests(step))
+            descriptors = [d for d, _ in _expected_descriptors(step)]
+            got_requests, got_params = [], []
+
+            async def bench(ctx):
+                ctx.set(dut.settings, entry_walker_settings(step, program))
+                ctx.set(dut.drained, 1)
+                ctx.set(dut.start, 1)
+                await ctx.tick()
+                ctx.set(dut.start, 0)
+                queue = list(descriptors)
+                for _ in range(200_000):
+                    if ctx.get(dut.done):
+                        break
+                    if ctx.get(dut.restart_groups):
+                        queue = list(descriptors)
+                    offer = bool(queue) and rng.random() < 0.8
+                    ctx.set(dut.i_stream.valid, offer)
+                    if offer:
+                        ctx.set(dut.i_stream.payload, queue[0])
+                    take = rng.random() < 0.7
+                    ctx.set(dut.o_stream.ready, take)
+                    await ctx.delay(1e-9)
+                    if offer and ctx.get(dut.i_stream.ready):
+                        queue.pop(0)
+                    if take and ctx.get(dut.o_stream.valid):
+                        p = dut.o_stream.payload
+                        got_requests.append({key: ctx.get(getattr(p, key))
+                                             for key in chunks[0][1][0]})
+                    if ctx.get(dut.params.valid):
+                        p = dut.params.payload
+                        got_params.append((ctx.get(p.index), ctx.get(p.bias),
+                                           ctx.get(p.multiplier), ctx.get(p.shift)))
+                    await ctx.tick()
+                assert ctx.get(dut.done)
+
+            async def responder(ctx):
+                async for _, _, re, addr in ctx.tick().sample(dut.mem_re, dut.mem_addr):
+                    if re:
+                        ctx.set(dut.mem_data, int(program.weights[addr]))
+
+            simulate(dut, bench, background=[responder])
+            assert got_params == [p for params, _ in chunks for p in params], step.node.name
+            expected = [r for _, requests in chunks for r in requests]
+            assert len(got_requests) == len(expected), step.node.name
+            for index, (got, want) in enumerate(zip(got_requests, expected)):
+                assert got == want, (step.node.name, index, got, want)
