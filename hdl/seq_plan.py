@@ -911,6 +911,7 @@ class Widths:
     weight_bits: int        # a weight-memory address
     cache_bits: int         # a filter within a chunk
     filter_bits: int        # a count of filters of a step
+    acc_bits: int           # a lane's sum
     position_bits: int      # a position within a filter
 
     @classmethod
@@ -925,7 +926,8 @@ class Widths:
         positions = [len(s.taps) * s.cg_pad if not s.flat else s.source.width
                      for s in program.conv_steps] or [1]
         filters = max((s.filters for s in program.steps), default=1)
-        return cls(filter_bits=filters.bit_length() + 1,
+        acc = max((signed_width(*s.accumulator_bounds) for s in program.steps), default=2)
+        return cls(filter_bits=filters.bit_length() + 1, acc_bits=acc,
                    cache_bits=max((program.filter_cache - 1).bit_length(), 1),
                    position_bits=max(positions).bit_length() + 1,
                    pixel_bits=max(s.pixels for s in slots).bit_length() + 1,

@@ -14,12 +14,13 @@ from zeroskip.hdl.seq_fill import Filler, filler_settings
 from zeroskip.hdl.seq_plan import BANKS, ConvStep, Widths
 
 
-def _memories(program, graph, x):
-    """Memories holding every tensor of one input (as the steps before each would leave it)."""
+def _memories(program, graph, x, step):
+    """Memories holding what a step reads, for one input (tensors dead by then may share a
+    region: only the step's sources are loaded)."""
     memories = seq_reference.Memories(program)
     values = reference.run_layers(graph, x[None])
-    for name, slot in program.slots.items():
-        memories.load(slot, values[name][0])
+    for slot in step.sources:
+        memories.load(slot, values[slot.name][0])
     return memories
 
 
@@ -43,8 +44,8 @@ async def _memory_responder(ctx, dut, memories):
 def test_filler_writes_every_row_where_the_gather_reads_it(net):
     graph, x, program, steps = _conv_steps(net)
     widths = Widths.of(program)
-    memories = _memories(program, graph, x)
     for step in steps:
+        memories = _memories(program, graph, x, step)
         dut = Filler(widths)
         model = seq_reference.LineBuffer(step, memories, program.depth)
         model.fill_to(10_000)
@@ -256,3 +257,132 @@ def test_entry_walker_requests_what_the_functional_model_reads(net):
             assert len(got_requests) == len(expected), step.node.name
             for index, (got, want) in enumerate(zip(got_requests, expected)):
                 assert got == want, (step.node.name, index, got, want)
+
+
+# --- gather and lanes ---------------------------------------------------------------------------
+
+def _expected_words(step, memories, depth):
+    """Per chunk, group and filter: the lanes' sums (bias included) and valid lanes."""
+    buffer = seq_reference.LineBuffer(step, memories, depth)
+    buffer.fill_to(10_000)
+    words = []
+    from zeroskip.hdl.seq_plan import decode_entries
+    weights, positions, last = decode_entries(step.entries)
+    for first, count, _, _ in step.chunks:
+        mine = (step.entry_filters >= first) & (step.entry_filters < first + count)
+        for g in range(step.groups):
+            lanes = len(step.group_pixels(g))
+            f = first
+            acc = [int(step.bias[f])] * BANKS
+            for weight, j, closes in zip(weights[mine], positions[mine], last[mine]):
+                operands, shift8 = seq_reference._entry_operands(step, g, int(j), f)
+                for i, operand in enumerate(operands):
+                    if operand is not None:
+                        bank, address = step.line_address(*operand[:4])
+                        value = int(buffer.data[bank, address])
+                        acc[i] += value * int(weight) * (256 if shift8 else 1)
+                if closes:
+                    words.append(([acc[i] for i in range(lanes)], (1 << lanes) - 1, f - first))
+                    f += 1
+                    if f < first + count:
+                        acc = [int(step.bias[f])] * BANKS
+    return words, buffer
+
+
+@pytest.mark.parametrize("lut_lanes", [(), (7,)], ids=["dsp", "lut7"])
+@pytest.mark.parametrize("net", list(seq_nets.NETS))
+def test_gather_and_lanes_close_the_sums_of_the_functional_model(net, lut_lanes):
+    from amaranth.hdl import Module
+    from amaranth.lib import stream, wiring
+    from zeroskip.hdl.seq_entries import param_write_layout, request_layout
+    from zeroskip.hdl.seq_gather import Gather
+    from zeroskip.hdl.seq_lanes import Lanes, word_layout
+    from zeroskip.hdl.seq_memory import LineBuffer, line_write_signature
+
+    graph, x, program, steps = _conv_steps(net)
+    widths = Widths.of(program)
+    rng = np.random.default_rng(9)
+    # The whole input in the line buffer at once (the ring's turns are the engine test's).
+    whole = [s for s in steps if s.rows_cap >= (1 if s.flat else s.source.height)]
+    assert whole
+    for step in whole:
+        memories = _memories(program, graph, x, step)
+        words, buffer = _expected_words(step, memories, program.depth)
+        requests = [r for _, chunk in _expected_requests(step) for r in chunk]
+        params = [p for chunk, _ in _expected_requests(step) for p in chunk]
+        chunk_of = [i for i, (_, chunk) in enumerate(_expected_requests(step))
+                    for _ in chunk]
+
+        class Top(wiring.Component):
+            def __init__(self):
+                self.gather, self.lanes = Gather(widths), Lanes(widths, lut_lanes)
+                self.line = LineBuffer(program.depth)
+                super().__init__({
+                    "i_stream": wiring.In(stream.Signature(request_layout(widths))),
+                    "o_stream": wiring.Out(stream.Signature(word_layout(widths))),
+                    "params": wiring.In(stream.Signature(param_write_layout(widths))),
+                    "lb_write": wiring.In(line_write_signature(widths.lb_bits))})
+
+            def elaborate(self, platform):
+                m = Module()
+                m.submodules.gather, m.submodules.lanes = self.gather, self.lanes
+                m.submodules.line = self.line
+                wiring.connect(m, wiring.flipped(self.i_stream), self.gather.i_stream)
+                wiring.connect(m, self.gather.o_stream, self.lanes.i_stream)
+                wiring.connect(m, self.lanes.o_stream, wiring.flipped(self.o_stream))
+                wiring.connect(m, wiring.flipped(self.params), self.lanes.params)
+                wiring.connect(m, wiring.flipped(self.lb_write), self.line.write)
+                wiring.connect(m, self.gather.lb, self.line.read)
+                return m
+
+        dut = Top()
+        got = []
+
+        async def bench(ctx):
+            # The line buffer as the filler leaves it.
+            for bank in range(BANKS):
+                for address in range(program.depth):
+                    if buffer.tags[bank][address] is not None:
+                        ctx.set(dut.lb_write.en, 1 << bank)
+                        ctx.set(dut.lb_write.addr[bank], address)
+                        ctx.set(dut.lb_write.data[bank], int(buffer.data[bank, address]) & 0xFF)
+                        await ctx.tick()
+            ctx.set(dut.lb_write.en, 0)
+            index, loaded = 0, -1
+            for _ in range(100_000):
+                if len(got) == len(words):
+                    break
+                if index < len(requests) and chunk_of[index] != loaded and \
+                        len(got) == sum(1 for r in requests[:index] if r["last"]):
+                    # A chunk's biases, once the words of the chunk before are out.
+                    loaded = chunk_of[index]
+                    chunk_params = list(_expected_requests(step))[loaded][0]
+                    for entry, bias, _, _ in chunk_params:
+                        ctx.set(dut.params.valid, 1)
+                        ctx.set(dut.params.payload, {"index": entry, "bias": bias,
+                                                     "multiplier": 0, "shift": 0})
+                        await ctx.tick()
+                    ctx.set(dut.params.valid, 0)
+                offer = index < len(requests) and chunk_of[index] == loaded and \
+                    rng.random() < 0.8
+                ctx.set(dut.i_stream.valid, offer)
+                if offer:
+                    ctx.set(dut.i_stream.payload, requests[index])
+                take = rng.random() < 0.5
+                ctx.set(dut.o_stream.ready, take)
+                await ctx.delay(1e-9)
+                if offer and ctx.get(dut.i_stream.ready):
+                    index += 1
+                if take and ctx.get(dut.o_stream.valid):
+                    p = dut.o_stream.payload
+                    valid = ctx.get(p.out_valid)
+                    lanes = valid.bit_length()
+                    got.append(([ctx.get(p.acc[i]) for i in range(lanes)], valid,
+                                ctx.get(p.filter)))
+                await ctx.tick()
+
+        simulate(dut, bench)
+        del params
+        assert len(got) == len(words), step.node.name
+        for index, (g, e) in enumerate(zip(got, words)):
+            assert g == e, (step.node.name, index, g, e)
