@@ -39,6 +39,7 @@ def entry_walker_layout(w):
         "filters_per_group": unsigned(w.filter_bits),
         "group_channels": unsigned(w.filter_bits),
         "signed": data.ArrayLayout(1, 2),
+        "odd_rows": 1,                   # rows of an odd width start at odd pixels
     })
 
 
@@ -48,7 +49,7 @@ def entry_walker_settings(step, program: Program):
         return {"weight_start": step.weight_start, "filters": step.filters, "params_only": 1,
                 "flat": 0, "channel_shift": 0, "group_shift": 0, "column_shift": 0,
                 "tap_start": 0, "colmask_start": 0, "slot_mask": 0, "filters_per_group": 1,
-                "group_channels": 1, "signed": [0, 0]}
+                "group_channels": 1, "signed": [0, 0], "odd_rows": 0}
     signed_inputs = list(step.signed_inputs) + [False] * (2 - len(step.signed_inputs))
     return {
         "weight_start": step.weight_start, "filters": step.filters, "params_only": 0,
@@ -58,6 +59,7 @@ def entry_walker_settings(step, program: Program):
         "tap_start": step.tap_start, "colmask_start": step.colmask_start,
         "slot_mask": step.slots - 1, "filters_per_group": step.filters_per_group,
         "group_channels": step.group_channels, "signed": signed_inputs,
+        "odd_rows": step.row_mode and not step.out_flat and step.out_width % 2 == 1,
     }
 
 
@@ -87,7 +89,7 @@ def request_layout(w):
         "addr0": unsigned(w.lb_bits), "addr1": unsigned(w.lb_bits), "rotate": unsigned(3),
         "inside": unsigned(8), "out_valid": unsigned(8), "weight": signed(8), "shift8": 1,
         "signed": 1, "first": 1, "last": 1, "filter": unsigned(w.cache_bits),
-        "group_last": 1,
+        "group_last": 1, "odd": 1,
     })
 
 
@@ -338,7 +340,7 @@ class EntryWalker(wiring.Component):
             "rowsel": unsigned(16), "out_valid": unsigned(8), "region": unsigned(w.lb_bits),
             "channel": unsigned(w.channel_bits + 1), "weight": signed(8), "shift8": 1,
             "signed": 1, "first": 1, "last": 1, "filter": unsigned(w.cache_bits),
-            "group_last": 1})
+            "group_last": 1, "odd": 1})
         t = Signal(t_layout)
         rows = Signal(4)
         for r in range(4):
@@ -353,7 +355,8 @@ class EntryWalker(wiring.Component):
                          t.shift8.eq(~cfg.flat & tap.shift8),
                          t.signed.eq(cfg.signed[Mux(cfg.flat, 0, tap.source)]),
                          t.first.eq(d.first), t.last.eq(d.last), t.filter.eq(d.filter),
-                         t.group_last.eq(d.group_last)]
+                         t.group_last.eq(d.group_last),
+                         t.odd.eq(cfg.odd_rows & descriptor.out_y[0])]
         with m.If(self.start):
             m.d.sync += t.valid.eq(0)
 
@@ -375,7 +378,7 @@ class EntryWalker(wiring.Component):
                          p.out_valid.eq(t.out_valid), p.weight.eq(t.weight),
                          p.shift8.eq(t.shift8), p.signed.eq(t.signed), p.first.eq(t.first),
                          p.last.eq(t.last), p.filter.eq(t.filter),
-                         p.group_last.eq(t.group_last)]
+                         p.group_last.eq(t.group_last), p.odd.eq(t.odd)]
         with m.If(self.start):
             m.d.sync += out.valid.eq(0)
         m.d.comb += self.done.eq(self._finished & ~out.valid & ~t.valid & ~d.valid)

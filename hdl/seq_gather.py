@@ -27,6 +27,7 @@ def operand_layout(w):
     return data.StructLayout({
         "acts": data.ArrayLayout(signed(9), BANKS), "weight": signed(8), "shift8": 1,
         "first": 1, "last": 1, "filter": unsigned(w.cache_bits), "out_valid": unsigned(8),
+        "odd": 1,
     })
 
 
@@ -67,14 +68,15 @@ class Gather(wiring.Component):
         read_layout = data.StructLayout({
             "valid": 1, "rotate": unsigned(3), "inside": unsigned(8), "signed": 1,
             "weight": signed(8), "shift8": 1, "first": 1, "last": 1,
-            "filter": unsigned(w.cache_bits), "out_valid": unsigned(8)})
+            "filter": unsigned(w.cache_bits), "out_valid": unsigned(8), "odd": 1})
         read = Signal(read_layout)
         with m.If(advance):
             m.d.sync += [read.valid.eq(self.i_stream.valid), read.rotate.eq(request.rotate),
                          read.inside.eq(request.inside), read.signed.eq(request.signed),
                          read.weight.eq(request.weight), read.shift8.eq(request.shift8),
                          read.first.eq(request.first), read.last.eq(request.last),
-                         read.filter.eq(request.filter), read.out_valid.eq(request.out_valid)]
+                         read.filter.eq(request.filter), read.out_valid.eq(request.out_valid),
+                         read.odd.eq(request.odd)]
         # Rotate in three stages of two-way choices (by 1, 2, 4 banks).
         lanes = [self.lb.data[bank] for bank in range(BANKS)]
         for level in range(3):
@@ -85,7 +87,8 @@ class Gather(wiring.Component):
         with m.If(advance):
             m.d.sync += [out.valid.eq(read.valid), p.weight.eq(read.weight),
                          p.shift8.eq(read.shift8), p.first.eq(read.first), p.last.eq(read.last),
-                         p.filter.eq(read.filter), p.out_valid.eq(read.out_valid)]
+                         p.filter.eq(read.filter), p.out_valid.eq(read.out_valid),
+                         p.odd.eq(read.odd)]
             for i in range(BANKS):
                 value = Mux(read.signed, lanes[i].as_signed(), lanes[i].as_unsigned())
                 m.d.sync += p.acts[i].eq(Mux(read.inside[i], value, 0))

@@ -31,7 +31,7 @@ def word_layout(w):
     """A closed word: the sums of the 8 lanes, the lanes that hold an output, the filter."""
     return data.StructLayout({
         "acc": data.ArrayLayout(signed(w.acc_bits), BANKS), "out_valid": unsigned(8),
-        "filter": unsigned(w.cache_bits),
+        "filter": unsigned(w.cache_bits), "odd": 1,
     })
 
 
@@ -112,14 +112,14 @@ class Lanes(wiring.Component):
 
         # L1: inputs.
         flags = data.StructLayout({"valid": 1, "first": 1, "last": 1, "out_valid": unsigned(8),
-                                   "filter": unsigned(w.cache_bits)})
+                                   "filter": unsigned(w.cache_bits), "odd": 1})
         l1, l2 = Signal(flags), Signal(flags)
         weight = Signal(signed(17))
         acts = [Signal(signed(9), name=f"act_{i}") for i in range(BANKS)]
         with m.If(advance):
             m.d.sync += [l1.valid.eq(self.i_stream.valid), l1.first.eq(operand.first),
                          l1.last.eq(operand.last), l1.out_valid.eq(operand.out_valid),
-                         l1.filter.eq(operand.filter),
+                         l1.filter.eq(operand.filter), l1.odd.eq(operand.odd),
                          weight.eq(Mux(operand.shift8, operand.weight << 8, operand.weight))]
             m.d.sync += [acts[i].eq(operand.acts[i]) for i in range(BANKS)
                          if i not in self.lut_lanes]
@@ -153,7 +153,7 @@ class Lanes(wiring.Component):
                 m.d.sync += out.payload.acc[i].eq(total)
         with m.If(closing):
             m.d.sync += [out.payload.out_valid.eq(l2.out_valid),
-                         out.payload.filter.eq(l2.filter)]
+                         out.payload.filter.eq(l2.filter), out.payload.odd.eq(l2.odd)]
         full_next = (slot_full & ~taken) | closing
         close_next = Mux(advance, l1.valid & l1.last, l2.valid & l2.last)
         m.d.sync += [slot_full.eq(full_next),

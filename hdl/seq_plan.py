@@ -912,6 +912,7 @@ class Widths:
     cache_bits: int         # a filter within a chunk
     filter_bits: int        # a count of filters of a step
     acc_bits: int           # a lane's sum
+    sum_bits: int           # a fused average pool's window sum
     position_bits: int      # a position within a filter
 
     @classmethod
@@ -927,7 +928,9 @@ class Widths:
                      for s in program.conv_steps] or [1]
         filters = max((s.filters for s in program.steps), default=1)
         acc = max((signed_width(*s.accumulator_bounds) for s in program.steps), default=2)
-        return cls(filter_bits=filters.bit_length() + 1, acc_bits=acc,
+        pool = max((signed_width(*s.accumulator_bounds) for s in program.steps
+                    if isinstance(s, PoolSumStep)), default=2)
+        return cls(filter_bits=filters.bit_length() + 1, acc_bits=max(acc, pool), sum_bits=pool,
                    cache_bits=max((program.filter_cache - 1).bit_length(), 1),
                    position_bits=max(positions).bit_length() + 1,
                    pixel_bits=max(s.pixels for s in slots).bit_length() + 1,

@@ -192,7 +192,9 @@ def _expected_requests(step):
                     "inside": inside, "out_valid": out_valid, "weight": int(weight),
                     "shift8": int(shift8), "signed": int(step.signed_inputs[source]),
                     "first": int(previous_last), "last": int(closes), "filter": f - first,
-                    "group_last": int(index == len(chunk) - 1)})
+                    "group_last": int(index == len(chunk) - 1),
+                    "odd": int(step.row_mode and not step.out_flat and step.out_width % 2 == 1
+                               and pixels[0][0] % 2 == 1)})
                 previous_last = bool(closes)
                 f += int(closes)
         yield params, requests
@@ -386,3 +388,100 @@ def test_gather_and_lanes_close_the_sums_of_the_functional_model(net, lut_lanes)
         assert len(got) == len(words), step.node.name
         for index, (g, e) in enumerate(zip(got, words)):
             assert g == e, (step.node.name, index, g, e)
+
+
+# --- scanner, requantizer, writer ----------------------------------------------------------------
+
+@pytest.mark.parametrize("net", list(seq_nets.NETS))
+def test_post_writes_the_golden_outputs(net):
+    from amaranth.hdl import Module
+    from amaranth.lib import stream, wiring
+    from zeroskip.hdl.seq_entries import param_write_layout
+    from zeroskip.hdl.seq_lanes import word_layout
+    from zeroskip.hdl.seq_post import (Requant, Scanner, post_layout, post_settings,
+                                       requant_widths)
+    from zeroskip.hdl.seq_write import Writer, writer_layout, writer_settings
+
+    graph, x, program, steps = _conv_steps(net)
+    widths = Widths.of(program)
+    values = reference.run_layers(graph, x[None])
+    rng = np.random.default_rng(13)
+    whole = [s for s in steps if s.rows_cap >= (1 if s.flat else s.source.height)]
+    for step in whole:
+        memories = _memories(program, graph, x, step)
+        words, _ = _expected_words(step, memories, program.depth)
+        chunks = list(_expected_requests(step))
+
+        class Top(wiring.Component):
+            def __init__(self):
+                self.scanner, self.requant = Scanner(widths), Requant(widths,
+                                                                      requant_widths(program))
+                self.writer = Writer(widths, program.filter_cache, 256)
+                super().__init__({
+                    "post": wiring.In(post_layout(widths)),
+                    "wset": wiring.In(writer_layout(widths)), "start": wiring.In(1),
+                    "i_stream": wiring.In(stream.Signature(word_layout(widths))),
+                    "params": wiring.In(stream.Signature(param_write_layout(widths))),
+                    "we": wiring.Out(1), "addr": wiring.Out(widths.word_bits),
+                    "data": wiring.Out(16), "mask": wiring.Out(2)})
+
+            def elaborate(self, platform):
+                m = Module()
+                m.submodules.s, m.submodules.r = self.scanner, self.requant
+                m.submodules.w = self.writer
+                m.d.comb += [self.scanner.settings.eq(self.post),
+                             self.requant.settings.eq(self.post),
+                             self.writer.settings.eq(self.wset),
+                             self.writer.start.eq(self.start),
+                             self.requant.beats.eq(self.scanner.beats),
+                             self.writer.results.eq(self.requant.results),
+                             self.we.eq(self.writer.mem_we), self.addr.eq(self.writer.mem_addr),
+                             self.data.eq(self.writer.mem_data),
+                             self.mask.eq(self.writer.mem_mask)]
+                wiring.connect(m, wiring.flipped(self.i_stream), self.scanner.i_stream)
+                wiring.connect(m, wiring.flipped(self.params), self.requant.params)
+                return m
+
+        dut = Top()
+        block = memories.blocks[step.target.block]
+
+        async def bench(ctx):
+            ctx.set(dut.post, post_settings(step))
+            ctx.set(dut.wset, writer_settings(step, program.filter_cache))
+            ctx.set(dut.start, 1)
+            await ctx.tick()
+            ctx.set(dut.start, 0)
+            index = 0
+            for params, requests in chunks:
+                for entry, _, multiplier, shift in params:
+                    ctx.set(dut.params.valid, 1)
+                    ctx.set(dut.params.payload, {"index": entry, "bias": 0,
+                                                 "multiplier": multiplier, "shift": shift})
+                    await ctx.tick()
+                ctx.set(dut.params.valid, 0)
+                count = sum(r["last"] for r in requests)
+                for acc, valid, filt in words[index:index + count]:
+                    odd = next(r["odd"] for r in requests if r["filter"] == filt)
+                    ctx.set(dut.i_stream.payload, {"acc": acc + [0] * (BANKS - len(acc)),
+                                                   "out_valid": valid, "filter": filt,
+                                                   "odd": odd})
+                    while rng.random() < 0.3:
+                        ctx.set(dut.i_stream.valid, 0)
+                        await ctx.tick()
+                    ctx.set(dut.i_stream.valid, 1)
+                    await ctx.tick().until(dut.i_stream.ready)
+                    ctx.set(dut.i_stream.valid, 0)
+                index += count
+                await ctx.tick().repeat(12)
+
+        async def capture(ctx):
+            async for _, _, we, addr, value, mask in ctx.tick().sample(
+                    dut.we, dut.addr, dut.data, dut.mask):
+                if we:
+                    keep = (0xFF if mask & 1 else 0) | (0xFF00 if mask & 2 else 0)
+                    block[addr] = (int(block[addr]) & ~keep) | (value & keep)
+
+        simulate(dut, bench, background=[capture])
+        expected = values[step.node.name][0].reshape(step.target.channels, -1) \
+            if not step.out_flat else values[step.node.name][0].reshape(1, -1)
+        assert np.array_equal(memories.tensor(step.target), expected), step.node.name
