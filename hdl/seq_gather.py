@@ -36,6 +36,8 @@ class Gather(wiring.Component):
 
     Members
     -------
+    max_mode : In(1)
+        A max pool: bytes offset by 128 when signed, 0 outside (the least of any value).
     i_stream : In(stream.Signature(request_layout(w)))
     o_stream : Out(stream.Signature(operand_layout(w)))
         Moves as a whole with ``o_stream.ready`` (``i_stream.ready`` follows it).
@@ -46,7 +48,7 @@ class Gather(wiring.Component):
     def __init__(self, w):
         self.w = w
         super().__init__({
-            "i_stream": In(stream.Signature(request_layout(w))),
+            "max_mode": In(1), "i_stream": In(stream.Signature(request_layout(w))),
             "o_stream": Out(stream.Signature(operand_layout(w))),
             "lb": Out(line_read_signature(w.lb_bits)),
             "group_done": Out(1),
@@ -90,6 +92,7 @@ class Gather(wiring.Component):
                          p.filter.eq(read.filter), p.out_valid.eq(read.out_valid),
                          p.odd.eq(read.odd)]
             for i in range(BANKS):
-                value = Mux(read.signed, lanes[i].as_signed(), lanes[i].as_unsigned())
+                value = Mux(self.max_mode, (lanes[i] ^ (read.signed << 7)).as_unsigned(),
+                            Mux(read.signed, lanes[i].as_signed(), lanes[i].as_unsigned()))
                 m.d.sync += p.acts[i].eq(Mux(read.inside[i], value, 0))
         return m

@@ -70,6 +70,9 @@ class Lanes(wiring.Component):
 
     Members
     -------
+    max_mode : In(1)
+        Keep each lane's largest product (activations of a max pool, all at least 0) instead
+        of the sum.
     i_stream : In(stream.Signature(operand_layout(w)))
     o_stream : Out(stream.Signature(word_layout(w)))
     params : In(stream.Signature(param_write_layout(w)))
@@ -89,6 +92,7 @@ class Lanes(wiring.Component):
             raise ValueError(f"lut_lanes must name lanes 0..{BANKS - 1}, got "
                              f"{sorted(self.lut_lanes)}")
         super().__init__({
+            "max_mode": In(1),
             "i_stream": In(stream.Signature(operand_layout(w))),
             "o_stream": Out(stream.Signature(word_layout(w))),
             "params": In(stream.Signature(param_write_layout(w))),
@@ -146,7 +150,9 @@ class Lanes(wiring.Component):
         taken = out.valid & out.ready
         closing = l2.valid & l2.last & advance
         for i in range(BANKS):
-            total = sums[i] + products[i]
+            # A max pool's values are bytes: the comparison on 9 bits.
+            larger = Mux(products[i][:9] > sums[i][:9], products[i], sums[i])
+            total = Mux(self.max_mode, larger, sums[i] + products[i])
             with m.If(advance & l2.valid):
                 m.d.sync += sums[i].eq(Mux(l2.last, 0, total))
             with m.If(closing):

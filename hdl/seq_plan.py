@@ -22,9 +22,10 @@ Conv steps (conv2d of any groups, linear, add)
     two sources whose weights are its input multipliers, split into 8-bit digits.
 
 Pool steps
-    A max or average pool walks its windows one activation per cycle (:class:`PoolStep`); an
-    average pool over whole rows right after a conv step is summed by that step's writer
-    instead and only requantized (:class:`PoolSumStep`).
+    A max or average pool is a depthwise conv of unit weights on the lanes (which keep the
+    largest value instead of the sum for a max pool); an average pool over whole rows right
+    after a conv step is summed by that step's writer instead and only requantized
+    (:class:`PoolSumStep`).
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from .. import ir
 from .requant import saturation_bounds
 from .sparse_plan import signed_width
 
-__all__ = ["BANKS", "ConvStep", "PoolStep", "PoolSumStep", "Program", "Tap", "TensorSlot",
+__all__ = ["BANKS", "ConvStep", "PoolSumStep", "Program", "Tap", "TensorSlot",
            "byte_address", "encode_entries"]
 
 #: Lanes, and banks of the line buffer.
@@ -319,48 +320,6 @@ class ConvStep:
 
 
 @dataclass(frozen=True)
-class PoolStep:
-    """A max or average pool walked one activation per cycle: for every block of 8 output pixels
-    and channel, each lane's window in turn. An average pool requantizes its sums."""
-
-    node: object
-    kind: str                       # "max" | "avg"
-    source: TensorSlot
-    target: TensorSlot
-    kernel: tuple
-    stride: tuple
-    padding: tuple
-    requant: ir.Requant | None
-    multiplier: np.ndarray
-    shift: np.ndarray
-    chunks: tuple = ()
-    weight_start: int = 0
-
-    @property
-    def out_height(self):
-        return self.target.height
-
-    @property
-    def out_width(self):
-        return self.target.width
-
-    @property
-    def filters(self):
-        return self.target.channels
-
-    @property
-    def words(self):
-        return math.ceil(self.target.pixels / BANKS) * self.target.channels
-
-    @property
-    def accumulator_bounds(self):
-        if self.kind == "max":
-            return self.source.act.qmin, self.source.act.qmax
-        taps = self.kernel[0] * self.kernel[1]
-        return min(self.source.act.qmin * taps, 0), self.source.act.qmax * taps
-
-
-@dataclass(frozen=True)
 class PoolSumStep:
     """An average pool whose window sums the conv step before it accumulated: only its
     ``channels`` sums are requantized, into pixel 0 of ``target``."""
@@ -497,6 +456,10 @@ def _taps(kind, kernel, padding, split_y, split_x, reduced_width, columns):
 def _conv_positions(kind, node, flat, group_channels, cg_pad, source_shape, columns):
     """Per filter: ascending (position, weight) pairs; position ``tap * cg_pad + channel``, tap
     ``dy * columns + dx``."""
+    if kind in ("maxpool", "avgpool"):
+        kh, kw = node.kernel
+        return [[((dy * columns + dx) * cg_pad, 1) for dy in range(kh) for dx in range(kw)]
+                for _ in range(source_shape[0])]
     if kind == "add":
         channels = source_shape[0]
         filters = []
@@ -540,7 +503,16 @@ def conv_step(node, sources, target, *, depth, lanes):
     into ``target``, with a line buffer of ``depth`` entries per bank; a ValueError names what
     does not fit."""
     source = sources[0]
-    if isinstance(node, ir.Add):
+    if isinstance(node, (ir.MaxPool2d, ir.AvgPool2d)):
+        # A pool is a depthwise conv of unit weights: the lanes sum its windows, or keep
+        # their largest value.
+        kind = "maxpool" if isinstance(node, ir.MaxPool2d) else "avgpool"
+        flat = False
+        kernel, stride = tuple(node.kernel), tuple(node.stride)
+        padding = tuple(node.padding) if kind == "maxpool" else (0, 0)
+        out_height, out_width, filters = target.height, target.width, target.channels
+        group_channels, filters_per_group = 1, 1
+    elif isinstance(node, ir.Add):
         kind, flat = "add", False
         kernel, stride, padding = (1, 1), (1, 1), (0, 0)
         out_height, out_width, filters = source.height, source.width, source.channels
@@ -576,10 +548,18 @@ def conv_step(node, sources, target, *, depth, lanes):
     if kind == "add":
         bias = np.zeros(filters, dtype=np.int64)
         bounds = _add_bounds(node, sources)
+    elif kind == "maxpool":
+        # In the lanes a signed input is offset by 128: every value, and 0 for a lane outside
+        # the source, is then at least 0.
+        bias = np.zeros(filters, dtype=np.int64)
+        bounds = (0, 255)
+    elif kind == "avgpool":
+        bias = np.zeros(filters, dtype=np.int64)
+        bounds = _weight_bounds(positions, source.act)
     else:
         bias = np.asarray(node.bias, dtype=np.int64)
         bounds = _weight_bounds(positions, source.act)
-    requant = node.requant
+    requant = getattr(node, "requant", None)
     step = ConvStep(
         node=node, kind=kind, sources=tuple(sources), target=target, flat=flat,
         out_flat=kind == "linear", kernel=tuple(kernel), stride=tuple(stride),
@@ -590,8 +570,8 @@ def conv_step(node, sources, target, *, depth, lanes):
         phases=phases, slots=slots,
         rows_cap=_rows_cap(slots, split_y, split_x, reduced_width) if slots >= 2 else 0,
         taps=taps, entries=entries, entry_filters=owners, bias=bias,
-        multiplier=_per_channel(requant.multiplier, filters),
-        shift=_per_channel(requant.shift, filters), requant=requant,
+        multiplier=_per_channel(requant.multiplier if requant else 0, filters),
+        shift=_per_channel(requant.shift if requant else 0, filters), requant=requant,
         accumulator_bounds=(bounds[0] + min(int(bias.min()), 0),
                             bounds[1] + max(int(bias.max()), 0)),
         signed_inputs=tuple(s.act.signed for s in sources), tap_columns=columns)
@@ -630,17 +610,6 @@ def _check_ring(step, depth):
     if worst > step.rows_cap:
         raise ValueError(f"{name}: a group reads {worst} input rows, its line buffer of {depth} "
                          f"entries per bank holds {step.rows_cap}")
-
-
-def pool_step(node, source, target):
-    """The :class:`PoolStep` of a max or average pool."""
-    if isinstance(node, ir.MaxPool2d):
-        return PoolStep(node, "max", source, target, tuple(node.kernel), tuple(node.stride),
-                        tuple(node.padding), None, np.zeros(target.channels, np.int64),
-                        np.zeros(target.channels, np.int64))
-    return PoolStep(node, "avg", source, target, tuple(node.kernel), tuple(node.stride),
-                    (0, 0), node.requant, _per_channel(node.requant.multiplier, target.channels),
-                    _per_channel(node.requant.shift, target.channels))
 
 
 def fused_window(node, source):
@@ -749,21 +718,17 @@ def _step(spec, slots, steps, layers, *, depth, lanes):
     act = node.act if hasattr(node, "act") else spec.in_acts[0]
     target = _slot_of(tuple(shape), act, node.name)
     slots[node.name] = target
-    if isinstance(node, (ir.Conv2d, ir.Linear, ir.Add)):
-        return conv_step(node, sources, target, depth=depth, lanes=lanes)
     previous = steps[-1] if steps else None
     if (fused_window(node, sources[0]) and isinstance(previous, ConvStep)
             and previous.target.name == sources[0].name):
         steps[-1] = replace(previous, pool_window=fused_window(node, sources[0]))
         return pool_sum_step(node, sources[0], target)
-    return pool_step(node, sources[0], target)
+    return conv_step(node, sources, target, depth=depth, lanes=lanes)
 
 
 def _reads(step):
     if isinstance(step, ConvStep):
         return [s.name for s in step.sources]
-    if isinstance(step, PoolStep):
-        return [step.source.name]
     return []
 
 
@@ -813,8 +778,6 @@ def _placed(step, slots):
     if isinstance(step, ConvStep):
         return replace(step, sources=tuple(slots[s.name] for s in step.sources),
                        target=slots[step.target.name])
-    if isinstance(step, PoolStep):
-        return replace(step, source=slots[step.source.name], target=slots[step.target.name])
     return replace(step, target=slots[step.target.name])
 
 
@@ -862,9 +825,6 @@ def _tables(steps, cache):
     entries), the taps and the bounds tables; record each step's starts."""
     weights, taps, colmasks, rowsels, placed = [], [], [], [], []
     for step in steps:
-        if isinstance(step, PoolStep) and step.kind == "max":
-            placed.append(step)
-            continue
         bias = step.bias if isinstance(step, ConvStep) else np.zeros(step.filters, np.int64)
         chunks = []
         for first, count in _chunks(step, cache):

@@ -25,7 +25,7 @@ from amaranth.lib.wiring import In, Out
 from .requant import DSP_OPERAND_BITS
 from .seq_entries import param_write_layout
 from .seq_lanes import word_layout
-from .seq_plan import BANKS, ConvStep, PoolStep
+from .seq_plan import BANKS, ConvStep
 from .sparse_plan import signed_width
 
 __all__ = ["REQUANT_LATENCY", "Requant", "Scanner", "beat_layout", "post_layout",
@@ -37,7 +37,7 @@ REQUANT_LATENCY = 7
 def post_layout(w):
     """Settings of one step for the scanner and the requantizer."""
     return data.StructLayout({
-        "skip": 1, "skip_value": unsigned(8), "flat_out": 1, "requant": 1,
+        "skip": 1, "skip_value": unsigned(8), "flat_out": 1, "requant": 1, "flip": 1,
         "low": signed(w.acc_bits), "high": signed(w.acc_bits),
         "clamp_low": signed(11), "clamp_high": signed(11),    # 2*min - 1 and 2*max
         "clamp_min": signed(9), "clamp_max": signed(9), "epsilon": unsigned(9),
@@ -48,14 +48,16 @@ def post_settings(step):
     """The :func:`post_layout` values of a step (a max pool passes its values through)."""
     requant = getattr(step, "requant", None)
     if requant is None:
-        return {"skip": 0, "skip_value": 0, "flat_out": 0, "requant": 0, "low": 0, "high": 0,
+        # A max pool: its largest values pass, offset back by 128 when signed.
+        return {"skip": 0, "skip_value": 0, "flat_out": 0, "requant": 0,
+                "flip": step.source.act.signed, "low": 0, "high": 0,
                 "clamp_low": 0, "clamp_high": 0, "clamp_min": 0, "clamp_max": 0,
                 "epsilon": 0}
     low, high = step_bounds(step)
     skip_value = requant.clamp_min if requant.clamp_min > requant.epsilon else 0
     return {"skip": isinstance(step, ConvStep) and requant.clamp_min >= 0,
             "skip_value": skip_value & 0xFF,
-            "flat_out": isinstance(step, ConvStep) and step.out_flat, "requant": 1,
+            "flat_out": isinstance(step, ConvStep) and step.out_flat, "requant": 1, "flip": 0,
             "low": low, "high": high,
             "clamp_low": 2 * requant.clamp_min - 1, "clamp_high": 2 * requant.clamp_max,
             "clamp_min": requant.clamp_min, "clamp_max": requant.clamp_max,
@@ -163,17 +165,21 @@ class Scanner(wiring.Component):
                          beat.mask.eq(Mux(second, 0b11, valid1 << 1 | valid0)),
                          beat.word_end.eq(last_beat), beat.const.eq(cfg.skip_value),
                          beat.count.eq(last_lane + 1)]
+            # A max pool's bytes pass as constants (offset back by 128 when signed).
+            flip = cfg.flip << 7
             with m.If(both_requant & ~second):
-                m.d.sync += [beat.requant.eq(1), beat.acc.eq(acc0), beat.byte.eq(0),
+                m.d.sync += [beat.requant.eq(cfg.requant), beat.acc.eq(acc0), beat.byte.eq(0),
                              beat.both.eq(0), beat.other_skip.eq(0), beat.write.eq(0),
-                             second.eq(1)]
+                             beat.const.eq(acc0[:8] ^ flip), second.eq(1)]
             with m.Elif(both_requant):
-                m.d.sync += [beat.requant.eq(1), beat.acc.eq(acc1), beat.byte.eq(1),
+                m.d.sync += [beat.requant.eq(cfg.requant), beat.acc.eq(acc1), beat.byte.eq(1),
                              beat.both.eq(0), beat.other_skip.eq(0), beat.write.eq(1),
-                             second.eq(0)]
+                             beat.const.eq(acc1[:8] ^ flip), second.eq(0)]
             with m.Elif(wants0 | wants1):
-                m.d.sync += [beat.requant.eq(1), beat.acc.eq(Mux(wants0, acc0, acc1)),
+                chosen = Mux(wants0, acc0, acc1)
+                m.d.sync += [beat.requant.eq(cfg.requant), beat.acc.eq(chosen),
                              beat.byte.eq(wants1), beat.both.eq(0), beat.write.eq(1),
+                             beat.const.eq(chosen[:8] ^ flip),
                              beat.other_skip.eq(Mux(wants0, valid1, valid0))]
             with m.Else():
                 m.d.sync += [beat.requant.eq(0), beat.both.eq(1), beat.other_skip.eq(0),

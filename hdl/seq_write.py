@@ -17,7 +17,7 @@ from amaranth.lib import data, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
-from .seq_plan import ConvStep, PoolStep
+from .seq_plan import ConvStep
 from .seq_post import result_layout
 
 __all__ = ["Writer", "writer_layout", "writer_settings"]

@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 
 from zeroskip import reference
-from zeroskip.hdl.seq_plan import (BANKS, ConvStep, PoolStep, PoolSumStep, byte_address,
+from zeroskip.hdl.seq_plan import (BANKS, ConvStep, PoolSumStep, byte_address,
                                    decode_entries)
 
 
@@ -140,10 +140,17 @@ def _run_chunk(step, memories, depth, pool_sums, first, count, weights, position
                 if operand is None:
                     continue
                 value = buffer.read(*operand)
-                acc[i] += value * int(weight) * (256 if shift8 else 1)
+                if step.kind == "maxpool":
+                    # Offset by 128 for a signed input, as the lanes keep it.
+                    acc[i] = max(acc[i], value + 128 if step.source.act.signed else value)
+                else:
+                    acc[i] += value * int(weight) * (256 if shift8 else 1)
             if closes:
                 for i in range(lanes):
-                    y = _requantize(acc[i], step.requant, f)
+                    if step.kind == "maxpool":
+                        y = acc[i] - 128 if step.source.act.signed else acc[i]
+                    else:
+                        y = _requantize(acc[i], step.requant, f)
                     p, c = step.out_pixel(g, i, f)
                     memories.write(step.target, p, c, y)
                     if step.pool_window and p < step.pool_window:
@@ -151,23 +158,6 @@ def _run_chunk(step, memories, depth, pool_sums, first, count, weights, position
                 f += 1
                 if f < first + count:
                     acc = [int(step.bias[f])] * lanes
-
-
-def run_pool(step, memories):
-    source, target = step.source, step.target
-    for c in range(target.channels):
-        for oy in range(target.height):
-            for ox in range(target.width):
-                values = []
-                for dy in range(step.kernel[0]):
-                    for dx in range(step.kernel[1]):
-                        y = oy * step.stride[0] + dy - step.padding[0]
-                        x = ox * step.stride[1] + dx - step.padding[1]
-                        if 0 <= y < source.height and 0 <= x < source.width:
-                            values.append(memories.read(source, y * source.width + x, c))
-                value = max(values) if step.kind == "max" else \
-                    _requantize(sum(values), step.requant, c)
-                memories.write(target, oy * target.width + ox, c, value)
 
 
 def run(program, x):
@@ -180,8 +170,6 @@ def run(program, x):
             if step.pool_window:
                 pool_sums = [0] * step.target.channels
             run_conv(step, memories, program.depth, pool_sums)
-        elif isinstance(step, PoolStep):
-            run_pool(step, memories)
         else:
             assert isinstance(step, PoolSumStep)
             for c in range(step.target.channels):
