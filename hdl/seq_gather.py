@@ -43,6 +43,8 @@ class Gather(wiring.Component):
         Moves as a whole with ``o_stream.ready`` (``i_stream.ready`` follows it).
     lb : Out(line_read_signature(w.lb_bits))
     group_done : Out(1)
+    idle : Out(1)
+        Nothing in flight.
     """
 
     def __init__(self, w):
@@ -51,7 +53,7 @@ class Gather(wiring.Component):
             "max_mode": In(1), "i_stream": In(stream.Signature(request_layout(w))),
             "o_stream": Out(stream.Signature(operand_layout(w))),
             "lb": Out(line_read_signature(w.lb_bits)),
-            "group_done": Out(1),
+            "group_done": Out(1), "idle": Out(1),
         })
 
     def elaborate(self, platform):
@@ -62,8 +64,9 @@ class Gather(wiring.Component):
         m.d.comb += [advance.eq(~out.valid | out.ready), self.i_stream.ready.eq(advance),
                      self.lb.en.eq(advance)]
         for bank in range(BANKS):
-            m.d.comb += self.lb.addr[bank].eq(Mux(bank < request.rotate, request.addr1,
-                                                  request.addr0))
+            # Bank b reads the next slot for lanes rotated past it (never the last bank).
+            above = request.rotate > bank if bank < BANKS - 1 else 0
+            m.d.comb += self.lb.addr[bank].eq(Mux(above, request.addr1, request.addr0))
         m.d.comb += self.group_done.eq(self.i_stream.valid & advance & request.group_last)
 
         # The bytes arrive with the request that read them.
@@ -86,6 +89,7 @@ class Gather(wiring.Component):
             lanes = [Mux(read.rotate[level], lanes[(i + step) % BANKS], lanes[i])
                      for i in range(BANKS)]
         p = out.payload
+        m.d.comb += self.idle.eq(~read.valid & ~out.valid)
         with m.If(advance):
             m.d.sync += [out.valid.eq(read.valid), p.weight.eq(read.weight),
                          p.shift8.eq(read.shift8), p.first.eq(read.first), p.last.eq(read.last),

@@ -77,6 +77,8 @@ class Lanes(wiring.Component):
     o_stream : Out(stream.Signature(word_layout(w)))
     params : In(stream.Signature(param_write_layout(w)))
         Bias-cache writes (taken every cycle).
+    idle : Out(1)
+        Nothing in flight, no word held.
 
     Parameters
     ----------
@@ -95,7 +97,7 @@ class Lanes(wiring.Component):
             "max_mode": In(1),
             "i_stream": In(stream.Signature(operand_layout(w))),
             "o_stream": Out(stream.Signature(word_layout(w))),
-            "params": In(stream.Signature(param_write_layout(w))),
+            "params": In(stream.Signature(param_write_layout(w))), "idle": Out(1),
         })
 
     def elaborate(self, platform):
@@ -165,5 +167,5 @@ class Lanes(wiring.Component):
         m.d.sync += [slot_full.eq(full_next),
                      # Hold while the close next in line would find the slot still full.
                      freeze.eq(close_next & full_next)]
-        m.d.comb += out.valid.eq(slot_full)
+        m.d.comb += [out.valid.eq(slot_full), self.idle.eq(~l1.valid & ~l2.valid & ~slot_full)]
         return m

@@ -17,7 +17,7 @@ constant passes through. Fixed latency (:data:`REQUANT_LATENCY`), never stalls.
 
 from __future__ import annotations
 
-from amaranth.hdl import Module, Mux, Signal, signed, unsigned
+from amaranth.hdl import Cat, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
@@ -206,6 +206,8 @@ class Requant(wiring.Component):
         Writes of the multiplier and shift cache (taken every cycle).
     results : Out(result_layout(w))
         :data:`REQUANT_LATENCY` cycles after the beat.
+    idle : Out(1)
+        No beat in flight.
     """
 
     def __init__(self, w, widths):
@@ -213,7 +215,7 @@ class Requant(wiring.Component):
         self.sat_bits, self.kept_bits, self.shift_min, self.shift_max = widths
         super().__init__({"settings": In(post_layout(w)), "beats": In(beat_layout(w)),
                           "params": In(stream.Signature(param_write_layout(w))),
-                          "results": Out(result_layout(w))})
+                          "results": Out(result_layout(w)), "idle": Out(1)})
 
     def elaborate(self, platform):
         m = Module()
@@ -272,6 +274,8 @@ class Requant(wiring.Component):
         pruned = Mux((clamped <= cfg.epsilon) & (clamped >= -cfg.epsilon), 0, clamped)
         last = stages[REQUANT_LATENCY - 2]
         out = self.results
+        m.d.comb += self.idle.eq(~beat.valid & ~out.valid &
+                                 ~Cat(*(stage.valid for stage in stages)).any())
         m.d.sync += [out.valid.eq(last.valid), out.byte.eq(last.byte), out.both.eq(last.both),
                      out.other_skip.eq(last.other_skip), out.write.eq(last.write),
                      out.mask.eq(last.mask), out.word_end.eq(last.word_end),

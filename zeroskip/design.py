@@ -348,7 +348,7 @@ class Design:
             work += math.prod(self.graph.shapes[spec.node.name]) + math.prod(spec.in_shapes[0])
             if spec.has_weights:
                 work += math.prod(self.graph.shapes[spec.node.name]) * \
-                    spec.node.weight[0].size // spec.lanes
+                    spec.node.weight[0].size // max(spec.lanes, 1)
         slowdown = 1.0 / ((1.0 - idle) * (1.0 - backpressure))
         return int(batch * work * slowdown * 2) + 100_000
 
@@ -363,7 +363,7 @@ def _act_text(act):
 
 def compile(graph, lanes=1, zero_skip=True, *, multipliers=None,  # noqa: A001 (the API name)
             calibration=None, chunk=compiler.DEFAULT_CHUNK, layer_counters=True,
-            architecture="dataflow"):
+            architecture="dataflow", memory=None, target=None, depth=None):
     """Compile a graph into a :class:`Design`: one engine per layer, one Verilog top.
 
     Parameters
@@ -389,13 +389,18 @@ def compile(graph, lanes=1, zero_skip=True, *, multipliers=None,  # noqa: A001 (
         False keeps only the network's (inferences, latency, interval), which saves their
         logic on small FPGAs.
     architecture : "dataflow" or "sequential"
-        ``"sequential"`` runs a chain of conv2d / linear / maxpool2d layers one after another
-        on one engine with one multiplier (:mod:`zeroskip.hdl.sequential`): it needs
-        ``lanes=1`` and has only the network's counters.
+        ``"sequential"`` runs the layers one after another on one engine
+        (:mod:`zeroskip.hdl.sequential`): ``lanes`` is then its SIMD lanes (1, 2, 4, 8 or
+        ``"auto"``: chosen for ``target``), and it has only the network's counters.
+    memory, target, depth :
+        Sequential only: "spram" or "bram" (default: as ``target`` has it); the part
+        (:func:`zeroskip.compiler.Sequential.choose_settings`; default the iCE40UP5K); the line
+        buffer's entries per bank (default: the least every layer fits).
     """
     return Design(compiler.choose(graph, lanes, zero_skip, multipliers=multipliers,
                                   calibration=calibration, chunk=chunk,
-                                  layer_counters=layer_counters, architecture=architecture))
+                                  layer_counters=layer_counters, architecture=architecture,
+                                  memory=memory, target=target, depth=depth))
 
 
 __all__ = ["Design", "SimResult", "SimulationMismatch", "compile"]

@@ -63,7 +63,8 @@ def _chosen_lanes(lanes, weight_layers, multipliers, calibration, zero_skip):
 
 
 def choose(graph, lanes=1, zero_skip=True, *, multipliers=None, calibration=None,
-           chunk=DEFAULT_CHUNK, layer_counters=True, architecture="dataflow"):
+           chunk=DEFAULT_CHUNK, layer_counters=True, architecture="dataflow", memory=None,
+           target=None, depth=None):
     """The architecture of a graph with every decision made; see :func:`zeroskip.compile` for
     the parameters. A ZeroskipError names what cannot be built."""
     if not isinstance(graph, ir.Graph):
@@ -76,6 +77,11 @@ def choose(graph, lanes=1, zero_skip=True, *, multipliers=None, calibration=None
     kind.check_options(lanes=lanes, multipliers=multipliers, zero_skip=zero_skip)
     zero_skip = bool(zero_skip)
     found = network_layers(graph)
+    if kind is Sequential:
+        return _sequential(graph, found, lanes, calibration=calibration, chunk=chunk,
+                           memory=memory, target=target, depth=depth)
+    if memory is not None or depth is not None:
+        raise ZeroskipError("memory and depth are options of the sequential architecture")
     weight_layers = [node for node, *_ in found if isinstance(node, WEIGHT_LAYERS)]
     if calibration is not None:
         # Run through the golden model once, for the folding and the estimates alike.
@@ -93,3 +99,27 @@ def choose(graph, lanes=1, zero_skip=True, *, multipliers=None, calibration=None
     except ValueError as error:
         raise ZeroskipError(f"graph {graph.name!r}: {error}") from None
     return chosen_architecture
+
+
+def _sequential(graph, found, lanes, *, calibration, chunk, memory, target, depth):
+    settings = Sequential.choose_settings(graph, target)
+    if lanes != "auto":
+        settings.update(lanes=lanes, lut_lanes=Sequential.logic_lanes(target, lanes))
+    if memory is not None:
+        if memory not in ("bram", "spram"):
+            raise ZeroskipError(f"memory must be 'bram' or 'spram', got {memory!r}")
+        settings["memory"] = memory
+    idents = counter_names([node.name for node, *_ in found])
+    layers = [LayerSpec(node, sources, in_shapes, in_acts, 0, idents[node.name])
+              for node, sources, in_shapes, in_acts in found]
+    if calibration is not None:
+        calibration = reference.validate_input(graph, calibration)
+    chosen = Sequential(graph, layers, settings["lanes"], memory=settings["memory"],
+                        depth=depth, lut_lanes=settings["lut_lanes"], zero_skip=True,
+                        chunk=chunk, multipliers=None, layer_counters=False,
+                        calibration=calibration)
+    try:
+        chosen.check()
+    except ValueError as error:
+        raise ZeroskipError(f"graph {graph.name!r}: {error}") from None
+    return chosen
