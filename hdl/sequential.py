@@ -312,6 +312,7 @@ class SequentialEngine(wiring.Component):
                          entries.mem_data.eq(read.data), self.weights_ready.eq(1)]
             return
         blocks = math.ceil(words / SPRAM_WORDS)
+        words = len(program.weights)          # the words w_stream brings
         address = Signal(range(max(words, 2)))
         # Kept through a reset (a reset of the link's network keeps the SPRAM's contents).
         loaded = Signal(reset_less=True)

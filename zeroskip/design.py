@@ -278,7 +278,7 @@ class Design:
         verilog = self.verilog()
         harness = Harness(VerilogInstance(self.signature, self.top),
                           max_inferences=capacity, input_beats_per_inference=in_beats,
-                          output_beats_per_inference=outputs)
+                          output_beats_per_inference=outputs, preload=self.preload_words())
         top = f"{self.top}_harness"
         wave_format = None
         if waves:
@@ -311,6 +311,12 @@ class Design:
             interval_cycles=np.diff(result.last_output_cycle),
             counters=self._counters(result.counters), seconds=result.seconds,
             build_seconds=result.build_seconds, waves=getattr(result, "waves_path", None))
+
+    def preload_words(self):
+        """What the design's ``w_stream`` takes before its first inference (its weights, for
+        memory without initial contents), or None."""
+        words = getattr(self.architecture, "preload_words", None)
+        return words() if words else None
 
     def _check(self, x_int, y, classes):
         expected = reference.run(self.graph, x_int)
@@ -350,7 +356,7 @@ class Design:
                 work += math.prod(self.graph.shapes[spec.node.name]) * \
                     spec.node.weight[0].size // max(spec.lanes, 1)
         slowdown = 1.0 / ((1.0 - idle) * (1.0 - backpressure))
-        return int(batch * work * slowdown * 2) + 100_000
+        return int(batch * work * slowdown * 2) + 100_000 + len(self.preload_words() or ())
 
 
 def _act_json(act):

@@ -289,6 +289,13 @@ class Sequential(_Architecture):
         return Estimate(float(per_input.mean()) if len(per_input) else 0.0,
                         per_input=per_input)
 
+    def preload_words(self):
+        """The words ``w_stream`` takes before the first inference (SPRAM: the weight memory),
+        or None."""
+        if self.memory != "spram":
+            return None
+        return [int(word) for word in self.plan.weights]
+
     def engine(self):
         """A fresh :class:`~zeroskip.hdl.sequential.SequentialEngine`."""
         return SequentialEngine(self.plan, in_shape=self.in_shape, in_act=self.in_act,
