@@ -17,9 +17,9 @@ from __future__ import annotations
 
 from amaranth.hdl import Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
-from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
+from .seq_memory import ram
 from .seq_plan import HEADER_WORDS, ConvStep, Program
 from .seq_walk import descriptor_layout
 
@@ -36,6 +36,7 @@ def entry_walker_layout(w):
         "channel_shift": unsigned(4), "group_shift": unsigned(4), "column_shift": unsigned(3),
         "tap_start": unsigned(w.table_bits), "colmask_start": unsigned(w.table_bits),
         "slot_mask": unsigned(w.lb_bits),
+        "c_pad": unsigned(w.lb_bits), "ring_mask": unsigned(w.lb_bits),  # C_pad, S * C_pad - 1
         "filters_per_group": unsigned(w.filter_bits),
         "group_channels": unsigned(w.filter_bits),
         "signed": data.ArrayLayout(1, 2),
@@ -48,7 +49,8 @@ def entry_walker_settings(step, program: Program):
     if not isinstance(step, ConvStep):
         return {"weight_start": step.weight_start, "filters": step.filters, "params_only": 1,
                 "flat": 0, "channel_shift": 0, "group_shift": 0, "column_shift": 0,
-                "tap_start": 0, "colmask_start": 0, "slot_mask": 0, "filters_per_group": 1,
+                "tap_start": 0, "colmask_start": 0, "slot_mask": 0, "c_pad": 0, "ring_mask": 0,
+                "filters_per_group": 1,
                 "group_channels": 1, "signed": [0, 0], "odd_rows": 0}
     signed_inputs = list(step.signed_inputs) + [False] * (2 - len(step.signed_inputs))
     return {
@@ -57,7 +59,8 @@ def entry_walker_settings(step, program: Program):
         "group_shift": step.cg_pad.bit_length() - 1,
         "column_shift": step.tap_columns.bit_length() - 1,
         "tap_start": step.tap_start, "colmask_start": step.colmask_start,
-        "slot_mask": step.slots - 1, "filters_per_group": step.filters_per_group,
+        "slot_mask": step.slots - 1, "c_pad": step.c_pad,
+        "ring_mask": step.slots * step.c_pad - 1, "filters_per_group": step.filters_per_group,
         "group_channels": step.group_channels, "signed": signed_inputs,
         "odd_rows": step.row_mode and not step.out_flat and step.out_width % 2 == 1,
     }
@@ -77,9 +80,10 @@ def tap_words(program):
     for step in program.conv_steps:
         for tap in step.taps:
             low, high = step.tap_rows(tap) if step.bounded else (0, 0)
+            # The region's first line-buffer address: (source, phase) times its slots.
+            region = (tap.source * step.phases + tap.phase) * step.slots * step.c_pad
             words.append({"offset": tap.offset, "source": tap.source, "shift8": tap.shift8,
-                          "region": (tap.source * step.phases + tap.phase) * step.slots,
-                          "rows_low": low, "rows_high": high})
+                          "region": region, "rows_low": low, "rows_high": high})
     return words
 
 
@@ -310,10 +314,8 @@ class EntryWalker(wiring.Component):
             "slot": 1, "filter": unsigned(w.cache_bits), "channel": unsigned(w.channel_bits + 1),
             "position": unsigned(w.position_bits)})
         d = Signal(d_layout)
-        m.submodules.taps = taps = Memory(shape=tap_layout(w), depth=len(self.taps),
-                                          init=self.taps)
-        m.submodules.colmasks = colmasks = Memory(shape=unsigned(8), depth=len(self.colmasks),
-                                                  init=self.colmasks)
+        m.submodules.taps = taps = ram(tap_layout(w), len(self.taps), self.taps)
+        m.submodules.colmasks = colmasks = ram(unsigned(8), len(self.colmasks), self.colmasks)
         tap_read, colmask_read = taps.read_port(), colmasks.read_port()
         m.d.comb += [tap_read.addr.eq(cfg.tap_start + tap), tap_read.en.eq(advance),
                      colmask_read.addr.eq(cfg.colmask_start + (klass << cfg.column_shift)
@@ -337,7 +339,7 @@ class EntryWalker(wiring.Component):
         offset = Mux(cfg.flat, d.position, tap.offset)
         t_layout = data.StructLayout({
             "valid": 1, "v": signed(w.v_bits + 2), "rows": unsigned(4), "colmask": unsigned(8),
-            "rowsel": unsigned(16), "out_valid": unsigned(8), "region": unsigned(w.lb_bits),
+            "slot": 1, "region": unsigned(w.lb_bits),
             "channel": unsigned(w.channel_bits + 1), "weight": signed(8), "shift8": 1,
             "signed": 1, "first": 1, "last": 1, "filter": unsigned(w.cache_bits),
             "group_last": 1, "odd": 1})
@@ -349,7 +351,7 @@ class EntryWalker(wiring.Component):
         with m.If(advance):
             m.d.sync += [t.valid.eq(d.valid), t.v.eq(descriptor.base_v + offset),
                          t.rows.eq(rows), t.colmask.eq(Mux(cfg.flat, 0xFF, colmask)),
-                         t.rowsel.eq(descriptor.rowsel), t.out_valid.eq(descriptor.out_valid),
+                         t.slot.eq(d.slot),
                          t.region.eq(Mux(cfg.flat, 0, tap.region)),
                          t.channel.eq(Mux(cfg.flat, 0, d.channel)), t.weight.eq(d.weight),
                          t.shift8.eq(~cfg.flat & tap.shift8),
@@ -361,21 +363,24 @@ class EntryWalker(wiring.Component):
             m.d.sync += t.valid.eq(0)
 
         out = self.o_stream
+        # The ring slot of lane 0 and of the next block, as line-buffer offsets.
         slot0 = Signal(w.lb_bits)
         slot1 = Signal(w.lb_bits)
-        m.d.comb += [slot0.eq((t.v >> 3) & cfg.slot_mask),
-                     slot1.eq((slot0 + 1) & cfg.slot_mask)]
+        m.d.comb += [slot0.eq(((t.v >> 3) & cfg.slot_mask) << cfg.channel_shift),
+                     slot1.eq((slot0 + cfg.c_pad) & cfg.ring_mask)]
+        rowsel = Mux(t.slot, self.descriptors[1].rowsel, self.descriptors[0].rowsel)
+        out_valid = Mux(t.slot, self.descriptors[1].out_valid, self.descriptors[0].out_valid)
         inside = Signal(8)
         for lane in range(8):
             m.d.comb += inside[lane].eq(t.colmask[lane] &
-                                        t.rows.bit_select(t.rowsel[2 * lane:2 * lane + 2], 1))
+                                        t.rows.bit_select(rowsel[2 * lane:2 * lane + 2], 1))
         with m.If(advance):
             p = out.payload
             m.d.sync += [out.valid.eq(t.valid),
-                         p.addr0.eq(((t.region + slot0) << cfg.channel_shift) | t.channel),
-                         p.addr1.eq(((t.region + slot1) << cfg.channel_shift) | t.channel),
-                         p.rotate.eq(t.v[:3]), p.inside.eq(inside & t.out_valid),
-                         p.out_valid.eq(t.out_valid), p.weight.eq(t.weight),
+                         p.addr0.eq(t.region + slot0 + t.channel),
+                         p.addr1.eq(t.region + slot1 + t.channel),
+                         p.rotate.eq(t.v[:3]), p.inside.eq(inside & out_valid),
+                         p.out_valid.eq(out_valid), p.weight.eq(t.weight),
                          p.shift8.eq(t.shift8), p.signed.eq(t.signed), p.first.eq(t.first),
                          p.last.eq(t.last), p.filter.eq(t.filter),
                          p.group_last.eq(t.group_last), p.odd.eq(t.odd)]

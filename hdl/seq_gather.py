@@ -47,8 +47,8 @@ class Gather(wiring.Component):
         Nothing in flight.
     """
 
-    def __init__(self, w):
-        self.w = w
+    def __init__(self, w, *, max_pool=True):
+        self.w, self.max_pool = w, max_pool
         super().__init__({
             "max_mode": In(1), "i_stream": In(stream.Signature(request_layout(w))),
             "o_stream": Out(stream.Signature(operand_layout(w))),
@@ -96,7 +96,9 @@ class Gather(wiring.Component):
                          p.filter.eq(read.filter), p.out_valid.eq(read.out_valid),
                          p.odd.eq(read.odd)]
             for i in range(BANKS):
-                value = Mux(self.max_mode, (lanes[i] ^ (read.signed << 7)).as_unsigned(),
-                            Mux(read.signed, lanes[i].as_signed(), lanes[i].as_unsigned()))
+                value = Mux(read.signed, lanes[i].as_signed(), lanes[i].as_unsigned())
+                if self.max_pool:
+                    value = Mux(self.max_mode, (lanes[i] ^ (read.signed << 7)).as_unsigned(),
+                                value)
                 m.d.sync += p.acts[i].eq(Mux(read.inside[i], value, 0))
         return m

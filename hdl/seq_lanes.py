@@ -17,11 +17,11 @@ from __future__ import annotations
 
 from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
-from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from .seq_entries import param_write_layout
 from .seq_gather import operand_layout
+from .seq_memory import ram
 from .seq_plan import BANKS
 
 __all__ = ["Lanes", "booth_product", "word_layout"]
@@ -85,10 +85,14 @@ class Lanes(wiring.Component):
     w : Widths
     lut_lanes : iterable of int
         Lanes whose multiplier is logic rather than a DSP block.
+    max_pool, shift8 : bool
+        Build the max mode, and the weight's shift by 8 (an add's high digits): only when the
+        program has them.
     """
 
-    def __init__(self, w, lut_lanes=()):
+    def __init__(self, w, lut_lanes=(), *, max_pool=True, shift8=True):
         self.w = w
+        self.max_pool, self.shift8 = max_pool, shift8
         self.lut_lanes = frozenset(lut_lanes)
         if not self.lut_lanes <= set(range(BANKS)):
             raise ValueError(f"lut_lanes must name lanes 0..{BANKS - 1}, got "
@@ -108,8 +112,7 @@ class Lanes(wiring.Component):
         advance = ~freeze
         m.d.comb += self.i_stream.ready.eq(advance)
 
-        m.submodules.biases = biases = Memory(shape=signed(24), depth=1 << w.cache_bits,
-                                              init=[])
+        m.submodules.biases = biases = ram(signed(24), 1 << w.cache_bits)
         bias_write, bias_read = biases.write_port(), biases.read_port()
         m.d.comb += [bias_write.addr.eq(self.params.payload.index),
                      bias_write.data.eq(self.params.payload.bias),
@@ -126,7 +129,8 @@ class Lanes(wiring.Component):
             m.d.sync += [l1.valid.eq(self.i_stream.valid), l1.first.eq(operand.first),
                          l1.last.eq(operand.last), l1.out_valid.eq(operand.out_valid),
                          l1.filter.eq(operand.filter), l1.odd.eq(operand.odd),
-                         weight.eq(Mux(operand.shift8, operand.weight << 8, operand.weight))]
+                         weight.eq(Mux(operand.shift8, operand.weight << 8, operand.weight)
+                                   if self.shift8 else operand.weight)]
             m.d.sync += [acts[i].eq(operand.acts[i]) for i in range(BANKS)
                          if i not in self.lut_lanes]
         bias = Mux(l1.first, bias_read.data, 0)
@@ -136,7 +140,8 @@ class Lanes(wiring.Component):
         for i in range(BANKS):
             if i in self.lut_lanes:
                 low, high, stage = booth_product(m, operand.acts[i], operand.weight,
-                                                 operand.shift8, f"lane_{i}")
+                                                 operand.shift8 if self.shift8 else 0,
+                                                 f"lane_{i}")
                 with m.If(advance):
                     m.d.sync += stage
                     m.d.sync += products[i].eq(low + (high << 4) + bias)
@@ -152,9 +157,11 @@ class Lanes(wiring.Component):
         taken = out.valid & out.ready
         closing = l2.valid & l2.last & advance
         for i in range(BANKS):
-            # A max pool's values are bytes: the comparison on 9 bits.
-            larger = Mux(products[i][:9] > sums[i][:9], products[i], sums[i])
-            total = Mux(self.max_mode, larger, sums[i] + products[i])
+            total = sums[i] + products[i]
+            if self.max_pool:
+                # A max pool's values are bytes: the comparison and the choice on 9 bits.
+                larger = Mux(products[i][:9] > sums[i][:9], products[i][:9], sums[i][:9])
+                total = Cat(Mux(self.max_mode, larger, total[:9]), total[9:])
             with m.If(advance & l2.valid):
                 m.d.sync += sums[i].eq(Mux(l2.last, 0, total))
             with m.If(closing):

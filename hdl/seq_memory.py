@@ -19,7 +19,18 @@ from .seq_plan import BANKS
 from .verilog import UNINITIALIZED
 
 __all__ = ["LineBuffer", "MemoryBlock", "block_port_signature", "line_read_signature",
-           "line_write_signature"]
+           "line_write_signature", "ram"]
+
+
+def ram(shape, depth, init=None):
+    """A memory of the engine: without initial contents unless ``init`` is given, and with an
+    undefined read of an address written in the same cycle (no such read is ever used: writes
+    and reads of a table are in different phases, the line buffer's ring keeps them apart),
+    which saves Yosys the logic that would order them."""
+    attrs = {"no_rw_check": 1}
+    if init is None:
+        attrs[UNINITIALIZED] = 1
+    return Memory(shape=shape, depth=depth, init=[] if init is None else init, attrs=attrs)
 
 
 def block_port_signature(addr_width):
@@ -48,9 +59,8 @@ class MemoryBlock(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        m.submodules.ram = ram = Memory(shape=unsigned(16), depth=self.words, init=[],
-                                        attrs={UNINITIALIZED: 1})
-        write, read = ram.write_port(granularity=8), ram.read_port()
+        m.submodules.ram = memory = ram(unsigned(16), self.words)
+        write, read = memory.write_port(granularity=8), memory.read_port()
         port = self.port
         m.d.comb += [write.addr.eq(port.addr), read.addr.eq(port.addr),
                      write.data.eq(port.wdata), write.en.eq(port.mask & port.we.replicate(2)),
@@ -95,9 +105,9 @@ class LineBuffer(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         for bank in range(BANKS):
-            ram = Memory(shape=unsigned(8), depth=self.depth, init=[], attrs={UNINITIALIZED: 1})
-            m.submodules[f"bank_{bank}"] = ram
-            write, read = ram.write_port(), ram.read_port()
+            memory = ram(unsigned(8), self.depth)
+            m.submodules[f"bank_{bank}"] = memory
+            write, read = memory.write_port(), memory.read_port()
             m.d.comb += [write.addr.eq(self.write.addr[bank]),
                          write.data.eq(self.write.data[bank]),
                          write.en.eq(self.write.en[bank]),

@@ -660,6 +660,13 @@ class Program:
     def conv_steps(self):
         return [s for s in self.steps if isinstance(s, ConvStep)]
 
+    def has(self, kind):
+        """Whether a step of ``kind`` ("maxpool", "add", "pool_sum") is run: the engine builds
+        only the hardware its program uses."""
+        if kind == "pool_sum":
+            return any(isinstance(s, PoolSumStep) for s in self.steps)
+        return any(s.kind == kind for s in self.conv_steps)
+
     @classmethod
     def of(cls, layers, *, input_name, in_shape, in_act, depth=512, lanes=BANKS,
            act_blocks=3, block_words=None, weight_block_words=None, filter_cache=256):

@@ -19,12 +19,12 @@ from __future__ import annotations
 
 from amaranth.hdl import Cat, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
-from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from .requant import DSP_OPERAND_BITS
 from .seq_entries import param_write_layout
 from .seq_lanes import word_layout
+from .seq_memory import ram
 from .seq_plan import BANKS, ConvStep
 from .sparse_plan import signed_width
 
@@ -143,47 +143,43 @@ class Scanner(wiring.Component):
         slot = Signal(3)
         second = Signal()            # the high byte of a slot whose two lanes both requantize
         # The slot's two lanes (lane = 2 * slot - odd + byte; out of range: not valid).
-        lanes = []
+        low = Signal(signed(5))
+        m.d.comb += low.eq((slot << 1) - odd)
+        flags = []
         for byte in range(2):
-            index = Signal(signed(5), name=f"lane_{byte}")
-            m.d.comb += index.eq((slot << 1) - odd + byte)
             valid = Signal(name=f"valid_{byte}")
             wants = Signal(name=f"wants_{byte}")
-            value = Signal(signed(w.acc_bits), name=f"acc_{byte}")
             for i in range(BANKS):
-                with m.If(index == i):
-                    m.d.comb += [valid.eq(word.out_valid[i]), wants.eq(pending[i]),
-                                 value.eq(word.acc[i])]
-            lanes.append((valid, wants, value))
-        (valid0, wants0, acc0), (valid1, wants1, acc1) = lanes
+                with m.If(low + byte == i):
+                    m.d.comb += [valid.eq(word.out_valid[i]), wants.eq(pending[i])]
+            flags.append((valid, wants))
+        (valid0, wants0), (valid1, wants1) = flags
         both_requant = wants0 & wants1
+        # One sum a beat: the high lane's when it alone requantizes or on a slot's second beat.
+        high = Mux(both_requant, second, ~wants0)
+        chosen = Signal(signed(w.acc_bits))
+        pick = Signal(3)
+        m.d.comb += pick.eq(low + high)
+        with m.Switch(pick):
+            for i in range(BANKS):
+                with m.Case(i):
+                    m.d.comb += chosen.eq(word.acc[i])
         beat = self.beats
         last_beat = (slot == last_slot) & (~both_requant | second)
         m.d.sync += beat.valid.eq(0)
         with m.If(self.i_stream.valid):
-            m.d.sync += [beat.valid.eq(1), beat.filter.eq(word.filter),
-                         beat.mask.eq(Mux(second, 0b11, valid1 << 1 | valid0)),
-                         beat.word_end.eq(last_beat), beat.const.eq(cfg.skip_value),
-                         beat.count.eq(last_lane + 1)]
             # A max pool's bytes pass as constants (offset back by 128 when signed).
-            flip = cfg.flip << 7
-            with m.If(both_requant & ~second):
-                m.d.sync += [beat.requant.eq(cfg.requant), beat.acc.eq(acc0), beat.byte.eq(0),
-                             beat.both.eq(0), beat.other_skip.eq(0), beat.write.eq(0),
-                             beat.const.eq(acc0[:8] ^ flip), second.eq(1)]
-            with m.Elif(both_requant):
-                m.d.sync += [beat.requant.eq(cfg.requant), beat.acc.eq(acc1), beat.byte.eq(1),
-                             beat.both.eq(0), beat.other_skip.eq(0), beat.write.eq(1),
-                             beat.const.eq(acc1[:8] ^ flip), second.eq(0)]
-            with m.Elif(wants0 | wants1):
-                chosen = Mux(wants0, acc0, acc1)
-                m.d.sync += [beat.requant.eq(cfg.requant), beat.acc.eq(chosen),
-                             beat.byte.eq(wants1), beat.both.eq(0), beat.write.eq(1),
-                             beat.const.eq(chosen[:8] ^ flip),
-                             beat.other_skip.eq(Mux(wants0, valid1, valid0))]
-            with m.Else():
-                m.d.sync += [beat.requant.eq(0), beat.both.eq(1), beat.other_skip.eq(0),
-                             beat.write.eq(1), beat.byte.eq(0)]
+            m.d.sync += [beat.valid.eq(1), beat.filter.eq(word.filter),
+                         beat.word_end.eq(last_beat), beat.count.eq(last_lane + 1),
+                         beat.acc.eq(chosen), beat.requant.eq(cfg.requant & (wants0 | wants1)),
+                         beat.const.eq(Mux(wants0 | wants1, chosen[:8] ^ (cfg.flip << 7),
+                                           cfg.skip_value)),
+                         beat.byte.eq(high), beat.both.eq(~wants0 & ~wants1),
+                         beat.other_skip.eq(~both_requant & Mux(wants0, valid1, valid0)),
+                         beat.write.eq(~both_requant | second),
+                         beat.mask.eq(Mux(second, 0b11, valid1 << 1 | valid0))]
+            with m.If(both_requant):
+                m.d.sync += second.eq(~second)
             with m.If(~both_requant | second):
                 m.d.sync += slot.eq(Mux(last_beat, 0, slot + 1))
         m.d.comb += self.i_stream.ready.eq(last_beat)
@@ -220,9 +216,9 @@ class Requant(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         w, cfg, beat = self.w, self.settings, self.beats
-        m.submodules.scales = scales = Memory(
-            shape=data.StructLayout({"multiplier": unsigned(16), "shift": unsigned(5)}),
-            depth=1 << w.cache_bits, init=[])
+        m.submodules.scales = scales = ram(
+            data.StructLayout({"multiplier": unsigned(16), "shift": unsigned(5)}),
+            1 << w.cache_bits)
         scale_write, scale_read = scales.write_port(), scales.read_port()
         m.d.comb += [scale_write.addr.eq(self.params.payload.index),
                      scale_write.data.multiplier.eq(self.params.payload.multiplier),
@@ -233,9 +229,20 @@ class Requant(wiring.Component):
         flags = data.StructLayout({"valid": 1, "requant": 1, "const": unsigned(8), "byte": 1,
                                    "both": 1, "other_skip": 1, "write": 1,
                                    "mask": unsigned(2), "word_end": 1, "count": unsigned(4)})
-        stages = [Signal(flags, name=f"flags_{i}") for i in range(REQUANT_LATENCY)]
-        m.d.sync += [getattr(stages[0], name).eq(getattr(beat, name)) for name, _ in flags]
-        m.d.sync += [stages[i + 1].eq(stages[i]) for i in range(REQUANT_LATENCY - 1)]
+        # The beat's other fields wait beside the arithmetic in a small RAM (a delay line: each
+        # cycle written at one address and read REQUANT_LATENCY - 2 addresses back).
+        entering = Signal(flags)
+        m.d.comb += [getattr(entering, name).eq(getattr(beat, name)) for name, _ in flags]
+        m.submodules.delay = delay = ram(flags, 8)
+        delay_write, delay_read = delay.write_port(), delay.read_port()
+        position = Signal(3)
+        m.d.sync += position.eq(position + 1)
+        m.d.comb += [delay_write.addr.eq(position), delay_write.data.eq(entering),
+                     delay_write.en.eq(1),
+                     delay_read.addr.eq(position - (REQUANT_LATENCY - 2))]
+        # Which stages hold a beat (for idle).
+        in_flight = Signal(REQUANT_LATENCY)
+        m.d.sync += in_flight.eq(Cat(beat.valid, in_flight[:-1]))
 
         # 1: comparisons with the saturation bounds. 2: saturated, beside the scale.
         acc1 = Signal(signed(w.acc_bits))
@@ -272,10 +279,10 @@ class Requant(wiring.Component):
         clamped = Signal(signed(9))
         m.d.comb += clamped.eq(Mux(under, cfg.clamp_min, Mux(over, cfg.clamp_max, rounded)))
         pruned = Mux((clamped <= cfg.epsilon) & (clamped >= -cfg.epsilon), 0, clamped)
-        last = stages[REQUANT_LATENCY - 2]
+        last = Signal(flags)
+        m.d.comb += last.eq(delay_read.data)
         out = self.results
-        m.d.comb += self.idle.eq(~beat.valid & ~out.valid &
-                                 ~Cat(*(stage.valid for stage in stages)).any())
+        m.d.comb += self.idle.eq(~beat.valid & ~in_flight.any())
         m.d.sync += [out.valid.eq(last.valid), out.byte.eq(last.byte), out.both.eq(last.both),
                      out.other_skip.eq(last.other_skip), out.write.eq(last.write),
                      out.mask.eq(last.mask), out.word_end.eq(last.word_end),

@@ -13,9 +13,9 @@ from __future__ import annotations
 
 from amaranth.hdl import Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
-from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
+from .seq_memory import ram
 from .seq_plan import ConvStep
 
 __all__ = ["GroupWalker", "descriptor_layout", "group_walker_layout", "group_walker_settings"]
@@ -105,8 +105,7 @@ class GroupWalker(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         w, cfg = self.w, self.settings
-        m.submodules.rowsels = rowsels = Memory(shape=unsigned(16), depth=len(self.rowsels),
-                                                init=self.rowsels)
+        m.submodules.rowsels = rowsels = ram(unsigned(16), len(self.rowsels), self.rowsels)
         rowsel_read = rowsels.read_port()
         lanes = Signal(4)
         m.d.comb += lanes.eq(1 << cfg.lanes_log)

@@ -14,9 +14,9 @@ from __future__ import annotations
 
 from amaranth.hdl import Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, wiring
-from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
+from .seq_memory import ram
 from .seq_plan import ConvStep
 from .seq_post import result_layout
 
@@ -62,8 +62,9 @@ class Writer(wiring.Component):
         No write pending.
     """
 
-    def __init__(self, w, cache, sum_depth):
+    def __init__(self, w, cache, sum_depth, *, pool_sums=True):
         self.w, self.cache, self.sum_depth = w, cache, max(sum_depth, 2)
+        self.pool_sums = pool_sums
         super().__init__({
             "settings": In(writer_layout(w)), "start": In(1),
             "results": In(result_layout(w)),
@@ -107,7 +108,9 @@ class Writer(wiring.Component):
             m.d.sync += [self.mem_we.eq(1), self.mem_block.eq(cfg.block),
                          self.mem_addr.eq(address), self.mem_data.eq(data_word),
                          self.mem_mask.eq(result.mask), slot.eq(slot + 1)]
-        self._pool_sums(m, result, pixel, slot, first_group, channel, data_word)
+        self._sum_pending = Signal()
+        if self.pool_sums:
+            self._pool_sums(m, result, pixel, slot, first_group, channel, data_word)
         # The next word: the next filter of the group, or the next group, or the next chunk.
         last_filter = in_chunk + 1 == chunk_filters
         with m.If(result.valid & result.word_end):
@@ -139,8 +142,7 @@ class Writer(wiring.Component):
     def _pool_sums(self, m, result, pixel, slot, first_group, channel, data_word):
         """Per channel, the sum of its written bytes below the pool window."""
         w, cfg = self.w, self.settings
-        m.submodules.sums = sums = Memory(shape=signed(w.sum_bits), depth=self.sum_depth,
-                                          init=[])
+        m.submodules.sums = sums = ram(signed(w.sum_bits), self.sum_depth)
         sum_write, sum_read = sums.write_port(), sums.read_port()
         m.d.comb += [sum_read.addr.eq(Mux(self.sum_en, self.sum_addr, channel)),
                      self.sum_data.eq(sum_read.data)]
@@ -158,7 +160,7 @@ class Writer(wiring.Component):
             m.d.sync += word_sum.eq(Mux(result.word_end, 0, total))
         # The read-modify-write a cycle after the word's end; a write pending for the channel
         # read again right away is forwarded.
-        pending = self._sum_pending = Signal()
+        pending = self._sum_pending
         pending_channel = Signal.like(channel)
         pending_sum = Signal(signed(w.sum_bits))
         pending_first = Signal()

@@ -33,7 +33,6 @@ import math
 
 from amaranth.hdl import Module, Mux, Signal, unsigned
 from amaranth.lib import data, stream, wiring
-from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
 
@@ -45,7 +44,7 @@ from .seq_fill import Filler, filler_layout, filler_settings
 from .seq_gather import Gather
 from .seq_io import Emitter, Loader, PoolSumReader, slot_layout, slot_settings
 from .seq_lanes import Lanes
-from .seq_memory import LineBuffer, MemoryBlock
+from .seq_memory import LineBuffer, MemoryBlock, ram
 from .seq_plan import SPRAM_WORDS, ConvStep, PoolSumStep, Program, Widths
 from .seq_post import Requant, Scanner, post_layout, post_settings, requant_widths
 from .seq_walk import GroupWalker, group_walker_layout, group_walker_settings
@@ -148,12 +147,15 @@ class SequentialEngine(wiring.Component):
     def _units(self, m):
         w, program = self.w, self.program
         sums = max([s.target.channels for s in program.conv_steps if s.pool_window] or [2])
+        max_pool = program.has("maxpool")
         units = {
             "filler": Filler(w), "groups": GroupWalker(w, program.rowsels),
-            "entries": EntryWalker(w, program), "gather": Gather(w),
-            "lanes": Lanes(w, self.lut_lanes), "scanner": Scanner(w),
-            "requant": Requant(w, requant_widths(program)),
-            "writer": Writer(w, program.filter_cache, sums), "loader": Loader(w),
+            "entries": EntryWalker(w, program), "gather": Gather(w, max_pool=max_pool),
+            "lanes": Lanes(w, self.lut_lanes, max_pool=max_pool, shift8=program.has("add")),
+            "scanner": Scanner(w), "requant": Requant(w, requant_widths(program)),
+            "writer": Writer(w, program.filter_cache, sums,
+                             pool_sums=program.has("pool_sum")),
+            "loader": Loader(w),
             "emitter": Emitter(w), "pool_sums": PoolSumReader(w, program.filter_cache),
             "line": LineBuffer(program.depth),
         }
@@ -305,8 +307,7 @@ class SequentialEngine(wiring.Component):
         program, entries = self.program, u["entries"]
         words = program.weight_words
         if self.memory != "spram":
-            m.submodules.weights = rom = Memory(shape=unsigned(16), depth=max(words, 2),
-                                                init=[int(v) for v in program.weights])
+            m.submodules.weights = rom = ram(unsigned(16), max(words, 2), [int(v) for v in program.weights])
             read = rom.read_port()
             m.d.comb += [read.addr.eq(entries.mem_addr), read.en.eq(entries.mem_re),
                          entries.mem_data.eq(read.data), self.weights_ready.eq(1)]
