@@ -28,8 +28,14 @@ from pathlib import Path
 
 from amaranth.back import rtlil
 from amaranth.back import verilog as amaranth_verilog
+from amaranth.lib import wiring
 
-__all__ = ["WAIVER_FILE", "convert"]
+__all__ = ["UNINITIALIZED", "WAIVER_FILE", "convert"]
+
+#: Marks a memory whose contents are undefined until written (``Memory(..., attrs=
+#: {UNINITIALIZED: 1})``, ``init=[]``), such as one Yosys maps onto an iCE40UP5K's SPRAM, which
+#: has no initial contents: written, like every RAM of zeros, without an initial value.
+UNINITIALIZED = "zeroskip_uninitialized"
 
 WAIVER_FILE = Path(__file__).resolve().parent / "verilator.vlt"
 

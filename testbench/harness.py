@@ -144,6 +144,10 @@ class Harness(wiring.Component):
         Beats of ``i_stream`` per inference.
     output_beats_per_inference : mapping of str to int
         For every output stream of the DUT, its beats per inference.
+    preload : sequence of int, optional
+        For a DUT with a ``w_stream`` (16-bit words: weights in memory without initial
+        contents): the words it takes, in order, once after the first ``start`` and before
+        the first input beat.
 
     Members
     -------
@@ -224,7 +228,7 @@ class Harness(wiring.Component):
     """
 
     def __init__(self, dut, *, max_inferences, input_beats_per_inference,
-                 output_beats_per_inference: Mapping[str, int]):
+                 output_beats_per_inference: Mapping[str, int], preload=None):
         if not isinstance(dut, wiring.Component):
             raise TypeError(f"the DUT must be a wiring.Component, not {dut!r}")
         input_signature = _stream_member(dut, "i_stream", In)
@@ -244,6 +248,13 @@ class Harness(wiring.Component):
                 raise ValueError(f"{what} must be a positive integer, got {count!r}")
 
         self.dut = dut
+        self.preload = None
+        if "w_stream" in dut.signature.members:
+            if not preload:
+                raise ValueError("the DUT has a w_stream: give the words to preload")
+            self.preload = [int(word) for word in preload]
+        elif preload is not None:
+            raise ValueError("preload words given for a DUT without a w_stream")
         self.max_inferences_value = max_inferences
         self.input_beats_per_inference = input_beats_per_inference
         self.output_beats_per_inference = {name: output_beats_per_inference[name]
@@ -344,7 +355,9 @@ class Harness(wiring.Component):
         with m.Elif(running):
             m.d.sync += self.cycle.eq(self.cycle + 1)
 
-        held_source = self._elaborate_source(m, dut, running, settings)
+        preloaded = self._elaborate_preload(m, dut, running)
+
+        held_source = self._elaborate_source(m, dut, running & preloaded, settings)
         complete, completed_per_stream, held_sinks = self._elaborate_sinks(m, dut, running,
                                                                            settings)
         least = completed_per_stream[0]
@@ -379,6 +392,25 @@ class Harness(wiring.Component):
         with m.Else():
             m.d.sync += state.eq(_xorshift32(state))
         return state[:THRESHOLD_WIDTH]
+
+    def _elaborate_preload(self, m, dut, running):
+        """A DUT with a ``w_stream`` (weights in a memory without initial contents) gets its
+        words once, at the first start, before any input; returns whether they are in."""
+        if self.preload is None:
+            return 1
+        words = Signal(range(len(self.preload) + 1))
+        done = Signal()
+        m.submodules.preload_memory = rom = memory.Memory(shape=unsigned(16),
+                                                          depth=len(self.preload),
+                                                          init=self.preload)
+        read = rom.read_port(domain="comb")
+        m.d.comb += [read.addr.eq(words), dut.w_stream.payload.eq(read.data),
+                     dut.w_stream.valid.eq(running & ~done)]
+        with m.If(dut.w_stream.valid & dut.w_stream.ready):
+            m.d.sync += words.eq(words + 1)
+            with m.If(words == len(self.preload) - 1):
+                m.d.sync += done.eq(1)
+        return done
 
     @staticmethod
     def _packed_memory(m, name, width, depth, *, write, address, word):

@@ -324,7 +324,7 @@ class Design:
                                  output_beats_per_inference=outputs,
                                  memory_bits=harness_memory_bits)
         harness = Harness(instance, max_inferences=capacity, input_beats_per_inference=in_beats,
-                          output_beats_per_inference=outputs)
+                          output_beats_per_inference=outputs, preload=self.preload_words())
         top = f"{self.top}_harness"
         wave_format = None
         if waves:
@@ -362,6 +362,12 @@ class Design:
             build_seconds=result.build_seconds, held_cycles=result.held_cycles,
             waves=getattr(result, "waves_path", None))
 
+    def preload_words(self):
+        """What the design's ``w_stream`` takes before its first inference (its weights, for
+        memory without initial contents), or None."""
+        words = getattr(self.architecture, "preload_words", None)
+        return words() if words else None
+
     def _check(self, x_int, y, classes):
         expected = reference.run(self.graph, x_int)
         wrong = np.argwhere(y != expected)
@@ -398,9 +404,9 @@ class Design:
             work += math.prod(self.graph.shapes[spec.node.name]) + math.prod(spec.in_shapes[0])
             if spec.has_weights:
                 work += math.prod(self.graph.shapes[spec.node.name]) * \
-                    spec.node.weight[0].size // spec.lanes
+                    spec.node.weight[0].size // max(spec.lanes, 1)
         slowdown = 1.0 / ((1.0 - idle) * (1.0 - backpressure))
-        return int(batch * work * slowdown * 2) + 100_000
+        return int(batch * work * slowdown * 2) + 100_000 + len(self.preload_words() or ())
 
 
 def _act_json(act):
@@ -413,7 +419,8 @@ def _act_text(act):
 
 def compile(graph, lanes=1, zero_skip=True, *, multipliers=None,  # noqa: A001 (the API name)
             calibration=None, chunk=None, layer_counters=True, architecture="dataflow",
-            argmax=None, target=None, stream_width=None, pack=None, tile_slots=None):
+            argmax=None, target=None, stream_width=None, pack=None, tile_slots=None,
+            memory=None, depth=None):
     """Compile a graph into a :class:`Design`: one engine per layer, one Verilog top.
 
     Parameters
@@ -440,19 +447,21 @@ def compile(graph, lanes=1, zero_skip=True, *, multipliers=None,  # noqa: A001 (
         False keeps only the network's (inferences, latency, interval), which saves their
         logic on small FPGAs.
     architecture : "dataflow" or "sequential"
-        ``"sequential"`` runs a chain of conv2d / linear / maxpool2d layers one after another
-        on one engine with one multiplier (:mod:`zeroskip.hdl.sequential`): it needs
-        ``lanes=1`` and has only the network's counters.
+        ``"sequential"`` runs the layers one after another on one engine
+        (:mod:`zeroskip.hdl.sequential`): ``lanes`` is then its SIMD lanes (1, 2, 4, 8 or
+        ``"auto"``: chosen for ``target``), and it has only the network's counters.
     argmax : bool, optional
         Give the class (the argmax of a flat output, the first of equal values) on
         ``o_stream_class``. By default a flat output gets it unless it has as many values as
         the input (an autoencoder's reconstruction is not class scores).
     target : str, optional
-        An FPGA part (:data:`zeroskip.parts.PARTS`): the architecture, the chunk and the lanes
-        are chosen so that the design fits the part by the resource model
-        (:mod:`zeroskip.compiler.resources`) with the shortest estimated single-stream latency
-        (:mod:`zeroskip.compiler.target`); ``multipliers`` caps it. Not with ``lanes`` or
-        ``architecture``.
+        An FPGA part (:data:`zeroskip.parts.PARTS`). With the default architecture, the
+        architecture, the chunk, the lanes and the streams are chosen so that the design fits
+        the part by the resource model (:mod:`zeroskip.compiler.resources`) with the shortest
+        estimated single-stream latency (:mod:`zeroskip.compiler.target`); ``multipliers``
+        caps it; not with ``lanes``. With ``architecture="sequential"``: the part whose
+        resources the sequential engine's settings are chosen for
+        (:meth:`zeroskip.compiler.Sequential.choose_settings`; default the iCE40UP5K).
     stream_width : int, "auto" or dict of str to int
         Activations per beat of the streams between the engines (and of the top's ports):
         an int caps every tensor's width (each streams at the widest power of two up to it
@@ -469,12 +478,15 @@ def compile(graph, lanes=1, zero_skip=True, *, multipliers=None,  # noqa: A001 (
         Output pixels a conv engine's lanes may run ahead of its collector (a power of two
         from 2): 4 by default, 2 with one activation a beat and no packs (the engines' depth
         before wide streams).
+    memory, depth :
+        Sequential only: "spram" or "bram" (default: as ``target`` has it); the line
+        buffer's entries per bank (default: the least every layer fits).
     """
     return Design(compiler.choose(graph, lanes, zero_skip, multipliers=multipliers,
                                   calibration=calibration, chunk=chunk,
                                   layer_counters=layer_counters, architecture=architecture,
                                   argmax=argmax, target=target, stream_width=stream_width,
-                                  pack=pack, tile_slots=tile_slots))
+                                  pack=pack, tile_slots=tile_slots, memory=memory, depth=depth))
 
 
 __all__ = ["Design", "SimResult", "SimulationMismatch", "compile"]

@@ -162,7 +162,7 @@ def _choose_for_target(graph, target, lanes, zero_skip, multipliers, calibration
     """``choose`` with ``target``: the search of :mod:`.target` makes the decisions."""
     from .target import choose_for_target
 
-    if lanes != 1 or architecture != Pipeline.name:
+    if lanes != 1:
         raise ZeroskipError("target=PART chooses the architecture and the lanes itself: give "
                             "neither lanes nor architecture with it (multipliers=N caps it)")
     if multipliers is not None:
@@ -187,15 +187,18 @@ def _choose_for_target(graph, target, lanes, zero_skip, multipliers, calibration
 
 def choose(graph, lanes=1, zero_skip=True, *, multipliers=None, calibration=None,
            chunk=None, layer_counters=True, architecture="dataflow", argmax=None, target=None,
-           stream_width=None, pack=None, tile_slots=None):
+           stream_width=None, pack=None, tile_slots=None, memory=None, depth=None):
     """The architecture of a graph with every decision made; see :func:`zeroskip.compile` for
     the parameters. A ZeroskipError names what cannot be built."""
     if not isinstance(graph, ir.Graph):
         raise ZeroskipError(f"compile takes a zeroskip.ir.Graph, got {type(graph).__name__}")
-    if target is not None:
-        if (stream_width, pack, tile_slots) != (None, None, None):
-            raise ZeroskipError("target=PART chooses the streams itself: give neither "
-                                "stream_width, pack nor tile_slots with it")
+    if target is not None and architecture == Pipeline.name:
+        # The search over both architectures; with architecture="sequential", target is the
+        # part the sequential engine's settings are chosen for.
+        if (stream_width, pack, tile_slots, memory, depth) != (None,) * 5:
+            raise ZeroskipError("target=PART chooses the streams and memories itself: give "
+                                "none of stream_width, pack, tile_slots, memory and depth with "
+                                "it")
         return _choose_for_target(graph, target, lanes, zero_skip, multipliers, calibration,
                                   chunk, architecture, argmax)
     chunk = DEFAULT_CHUNK if chunk is None else chunk
@@ -209,6 +212,11 @@ def choose(graph, lanes=1, zero_skip=True, *, multipliers=None, calibration=None
     zero_skip = bool(zero_skip)
     argmax = _argmax(graph, argmax)
     found = network_layers(graph)
+    if kind is Sequential:
+        return _sequential(graph, found, lanes, calibration=calibration, chunk=chunk,
+                           memory=memory, target=target, depth=depth, argmax=argmax)
+    if memory is not None or depth is not None:
+        raise ZeroskipError("memory and depth are options of the sequential architecture")
     if calibration is not None:
         # Run through the golden model once, for the folding and the estimates alike.
         calibration = Calibration(graph, reference.validate_input(graph, calibration), chunk)
@@ -229,3 +237,29 @@ def choose(graph, lanes=1, zero_skip=True, *, multipliers=None, calibration=None
     except ValueError as error:
         raise ZeroskipError(f"graph {graph.name!r}: {error}") from None
     return chosen_architecture
+
+
+def _sequential(graph, found, lanes, *, calibration, chunk, memory, target, depth, argmax):
+    """The sequential architecture: its lanes, memory and line buffer for the part ``target``
+    (:meth:`Sequential.choose_settings`) unless given."""
+    settings = Sequential.choose_settings(graph, target)
+    if lanes != "auto":
+        settings.update(lanes=lanes, lut_lanes=Sequential.logic_lanes(target, lanes))
+    if memory is not None:
+        if memory not in ("bram", "spram"):
+            raise ZeroskipError(f"memory must be 'bram' or 'spram', got {memory!r}")
+        settings["memory"] = memory
+    idents = counter_names([node.name for node, *_ in found])
+    layers = [LayerSpec(node, sources, in_shapes, in_acts, 0, idents[node.name])
+              for node, sources, in_shapes, in_acts in found]
+    if calibration is not None:
+        calibration = reference.validate_input(graph, calibration)
+    chosen = Sequential(graph, layers, settings["lanes"], memory=settings["memory"],
+                        depth=depth, lut_lanes=settings["lut_lanes"], zero_skip=True,
+                        chunk=chunk, multipliers=None, layer_counters=False,
+                        calibration=calibration, argmax=argmax, part=target)
+    try:
+        chosen.check()
+    except ValueError as error:
+        raise ZeroskipError(f"graph {graph.name!r}: {error}") from None
+    return chosen

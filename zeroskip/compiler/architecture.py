@@ -23,6 +23,7 @@ members:
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -34,7 +35,9 @@ from ..hdl.add import AddEngine
 from ..hdl.conv import SparseConvEngine
 from ..hdl.network import NetworkEngine, Stage
 from ..hdl.pool import AvgPool2dEngine, MaxPool2dEngine
-from ..hdl.sequential import SequentialEngine, SequentialPlan, estimate_cycles
+from ..hdl.seq_model import estimate_cycles
+from ..hdl.seq_plan import SPRAM_WORDS, Program
+from ..hdl.sequential import SequentialEngine
 from ..hdl.sparse_plan import plan as make_plan
 from ..hdl.window import TILE_SLOTS
 from ..hdl.xnor import XNOR_WIDTH, XnorConvEngine
@@ -45,6 +48,9 @@ from .layers import producer
 from .streams import layouts
 
 __all__ = ["Estimate", "Pipeline", "Sequential"]
+
+#: SPRAM blocks of an iCE40UP5K.
+SPRAM_BLOCKS = 4
 
 
 @dataclass(frozen=True)
@@ -239,46 +245,120 @@ class Pipeline(_Architecture):
 
 
 class Sequential(_Architecture):
-    """One engine runs a chain of conv2d / linear / maxpool2d layers one after another, with
-    one multiplier and only the network's counters."""
+    """One engine runs the layers one after another (:class:`~zeroskip.hdl.sequential.
+    SequentialEngine`): ``lanes`` SIMD lanes (1, 2, 4 or 8) on consecutive output pixels,
+    tensors and weights in ``memory`` ("spram": an iCE40UP5K's SPRAMs, weights loaded at run
+    time; "bram": block RAM, weights a ROM), a line buffer of ``depth`` entries per bank, the
+    lanes in ``lut_lanes`` built from logic. Only the network's counters. ``chunk`` has no
+    meaning here."""
 
     name = "sequential"
     #: The layers share one engine: only the network's counters.
     LAYER_COUNTERS = False
+    #: The deepest line buffer tried (entries per bank) before a layer is refused.
+    MAX_DEPTH = 4096
+
+    def __init__(self, graph, layers, lanes, *, memory="bram", depth=None, lut_lanes=(),
+                 part=None, **options):
+        super().__init__(graph, layers, {}, **options)
+        #: The part the settings were chosen for (None: the iCE40UP5K's).
+        self.part = part
+        self.simd_lanes, self.memory = lanes, memory
+        self.lut_lanes = tuple(sorted(lut_lanes))
+        self.requested_depth = depth
 
     @staticmethod
     def check_options(*, lanes, multipliers, zero_skip, stream_width=None, pack=None,
                       tile_slots=None):
-        if lanes != 1 or multipliers is not None or not zero_skip:
-            raise ZeroskipError("the sequential architecture is one zero-skip engine with one "
-                                "multiplier: it takes neither lanes nor a multiplier budget, "
-                                "nor dense mode")
         if stream_width not in (None, 1) or pack not in (None, False) or \
                 tile_slots not in (None, TILE_SLOTS):
             raise ZeroskipError("the sequential architecture streams one activation a beat "
                                 "and packs no combos: it takes neither stream widths nor packs")
+        if not zero_skip:
+            raise ZeroskipError("the sequential architecture is a zero-skip engine: it has no "
+                                "dense mode")
+        if multipliers is not None:
+            raise ZeroskipError("the sequential architecture takes lanes (1, 2, 4 or 8), not a "
+                                "multiplier budget")
+        if lanes not in (1, 2, 4, 8, "auto") or isinstance(lanes, bool):
+            raise ZeroskipError(f"the sequential architecture takes 1, 2, 4 or 8 lanes (or "
+                                f"'auto'), got {lanes!r}")
+
+    @staticmethod
+    def choose_settings(graph, part=None):
+        """Lanes, memory and logic lanes for ``part`` (a :mod:`zeroskip.boards.synth` target
+        name; None: the iCE40UP5K, the part this engine exists for). On the UP5K: 8 lanes,
+        tensors and weights in SPRAM, lane 7 in logic (its 8 DSP blocks are 7 lanes and the
+        requantizer); elsewhere 8 lanes on DSPs and block RAM."""
+        part = part or "ice40-up5k"
+        lanes = 2 if part.startswith("ice40") and part != "ice40-up5k" else 8
+        return {"lanes": lanes, "memory": "spram" if part == "ice40-up5k" else "bram",
+                "lut_lanes": Sequential.logic_lanes(part, lanes)}
+
+    @staticmethod
+    def logic_lanes(part, lanes):
+        """The lanes past the part's DSP blocks, one of which the requantizer takes."""
+        part = part or "ice40-up5k"
+        dsps = 8 if part == "ice40-up5k" else 0 if part.startswith("ice40") else 1 << 10
+        return tuple(range(max(dsps - 1, 0), lanes)) if lanes > dsps - 1 else ()
 
     @staticmethod
     def options_from_manifest(manifest):
-        return {"architecture": Sequential.name, "chunk": manifest["chunk"],
+        return {"architecture": Sequential.name, "lanes": manifest["lanes"],
+                "memory": manifest["memory"], "depth": manifest["line_buffer_depth"],
+                "target": manifest.get("part"), "chunk": manifest["chunk"],
                 "argmax": _manifest_argmax(manifest)}
+
+    def manifest_options(self):
+        return {**super().manifest_options(), "lanes": self.simd_lanes, "memory": self.memory,
+                "line_buffer_depth": self.plan.depth, "lut_lanes": list(self.lut_lanes),
+                "part": self.part}
+
+    def _program(self, depth):
+        spram = self.memory == "spram"
+        return Program.of(self.layers, input_name=self.graph.input.name,
+                          in_shape=self.in_shape, in_act=self.in_act, depth=depth,
+                          lanes=self.simd_lanes,
+                          act_blocks=SPRAM_BLOCKS - 1 if spram else 3,
+                          block_words=SPRAM_WORDS if spram else None,
+                          weight_block_words=SPRAM_WORDS if spram else None)
 
     @cached_property
     def plan(self):
-        """The :class:`~zeroskip.hdl.sequential.SequentialPlan`: steps and tensor slots."""
-        return SequentialPlan.of(self.layers, input_name=self.graph.input.name,
-                                 in_shape=self.in_shape, in_act=self.in_act, chunk=self.chunk)
+        """The :class:`~zeroskip.hdl.seq_plan.Program`; without a given depth, the shallowest
+        line buffer from 512 entries per bank up that every layer fits."""
+        if self.requested_depth is not None:
+            program = self._program(self.requested_depth)
+        else:
+            depth = 512
+            while True:
+                try:
+                    program = self._program(depth)
+                    break
+                except ValueError as error:
+                    if "line buffer" not in str(error) or depth >= self.MAX_DEPTH:
+                        raise
+                    depth *= 2
+        if self.memory == "spram":
+            used = sum(1 for size in program.act_blocks if size) + \
+                math.ceil(program.weight_words / SPRAM_WORDS)
+            if used > SPRAM_BLOCKS:
+                raise ValueError(f"the tensors and weights need {used} SPRAM blocks of "
+                                 f"{SPRAM_WORDS} words, the iCE40UP5K has {SPRAM_BLOCKS}")
+        return program
 
     @cached_property
     def plans(self):
-        return {step.node.name: step.plan for step in self.plan.conv_steps}
+        return {step.node.name: step for step in self.plan.conv_steps
+                if step.kind in ("conv", "linear")}
 
     @property
     def multipliers_used(self):
-        return 1
+        return self.simd_lanes
 
     def summary(self):
-        return "one zero-skip engine running the layers in turn, 1 multiplier"
+        return (f"one zero-skip engine running the layers in turn, {self.simd_lanes} lanes, "
+                f"{self.memory}")
 
     #: The compile's calibration does not fold anything here: no per-layer estimates.
     estimates = None
@@ -288,10 +368,18 @@ class Sequential(_Architecture):
         return Estimate(float(per_input.mean()) if len(per_input) else 0.0,
                         per_input=per_input)
 
+    def preload_words(self):
+        """The words ``w_stream`` takes before the first inference (SPRAM: the weight memory),
+        or None."""
+        if self.memory != "spram":
+            return None
+        return [int(word) for word in self.plan.weights]
+
     def engine(self):
         """A fresh :class:`~zeroskip.hdl.sequential.SequentialEngine`."""
         return SequentialEngine(self.plan, in_shape=self.in_shape, in_act=self.in_act,
                                 out_shape=self.out_shape, out_act=self.out_act,
+                                memory=self.memory, lut_lanes=self.lut_lanes,
                                 argmax=self.argmax)
 
 

@@ -103,8 +103,13 @@ def _fit(width, depth, geometries):
     return min(math.ceil(width / w) * math.ceil(depth / d) for w, d in geometries)
 
 
-def map_memory(memory, family):
-    """The cheapest mapping of ``memory`` on ``family`` by ``memory_libmap``'s costs."""
+#: Yosys's cost of one iCE40 SPRAM block (16384 x 16, one port, no initial contents).
+SPRAM_COST = 64
+
+
+def map_memory(memory, family, spram=False):
+    """The cheapest mapping of ``memory`` on ``family`` by ``memory_libmap``'s costs; with
+    ``spram`` (an iCE40UP5K, ``synth_ice40 -spram``) a one-port RAM may take SPRAM blocks."""
     if memory.spram:
         return MemoryMapping(spram=1)
     geometries, block_cost = _BLOCKS[family]
@@ -125,6 +130,10 @@ def map_memory(memory, family):
         count = math.ceil(memory.width / w) * math.ceil(memory.depth / d) * \
             max(memory.read_ports, 1)
         options.append((count * cost + emulation, MemoryMapping(lutram_sites=count * sites)))
+    if spram and not memory.rom and memory.read_ports == 1 and memory.write_ports == 1:
+        count = math.ceil(memory.width / 16) * math.ceil(memory.depth / 16384)
+        # On a tie the block RAM stays (it comes first).
+        options.append((count * SPRAM_COST + emulation + 0.5, MemoryMapping(spram=count)))
     return min(options, key=lambda option: option[0])[1]
 
 
@@ -280,7 +289,7 @@ LOGIC_MODEL = {
 }
 
 
-def module_features(component, family):
+def module_features(component, family, spram=False):
     """Per module: its netlist features (:func:`netlist_features`), the bits of its memories
     that map to logic (``rom_logic``, ``ram_logic``), its RAM blocks (``brams``) and LUT RAM
     sites (``lutram_sites``)."""
@@ -289,7 +298,7 @@ def module_features(component, family):
     features = {module: dict(counts) for module, counts in
                 netlist_features(component, fragment).items()}
     for memory in found:
-        mapping = map_memory(memory, family)
+        mapping = map_memory(memory, family, spram)
         module = ".".join(["top", *memory.path.strip("/").split("/")[:-1]])
         counts = features.setdefault(module, {})
         for key, value in (("brams", mapping.brams), ("lutram_sites", mapping.lutram_sites),
@@ -315,11 +324,12 @@ def _counts(features, family, dsps_available):
             "brams": features.get("brams", 0), "dsps": dsps, "spram": features.get("spram", 0)}
 
 
-def component_resources(component, family, dsps_available=True):
+def component_resources(component, family, dsps_available=True, spram=False):
     """:class:`Resources` of one component (elaborated here), by module; without DSPs
-    (``dsps_available`` false) multipliers are counted as logic."""
+    (``dsps_available`` false) multipliers are counted as logic; ``spram``: one-port RAMs may
+    take SPRAM blocks (:func:`map_memory`)."""
     resources = Resources()
-    for module, features in module_features(component, family).items():
+    for module, features in module_features(component, family, spram).items():
         resources.add(module, **_counts(features, family, dsps_available))
     return resources
 
@@ -410,7 +420,8 @@ def estimate(architecture, part, cache=None):
     cache = {} if cache is None else cache
     family, dsps_available = part.family, part.capacity["dsps"] > 0
     if not hasattr(architecture, "layer_engine"):
-        return component_resources(architecture.engine(), family, dsps_available)
+        return component_resources(architecture.engine(), family, dsps_available,
+                                   part.capacity.get("spram", 0) > 0)
     from ..hdl.network import NetworkEngine, Stage
     from .layers import producer
 

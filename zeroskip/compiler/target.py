@@ -160,12 +160,12 @@ def choose_for_target(graph, part_name, calibration=None, *, multipliers=None, c
                 tried.append(("dataflow (wide streams)", candidate_chunk,
                               wide[0].multipliers_used, True, wide_latency))
                 fitting.append((wide_latency, *wide, binding))
-    for candidate_chunk in chunks:
-        try:
-            architecture = choose(graph, 1, True, chunk=candidate_chunk,
-                                  architecture="sequential")
-        except ZeroskipError:
-            continue
+    try:
+        # The sequential engine's lanes and memories for this part; its chunk is fixed.
+        architecture = choose(graph, "auto", True, architecture="sequential", target=part.name)
+    except ZeroskipError:
+        architecture = None
+    if architecture is not None:
         resources = estimate(architecture, part)
         over = resources.over(part.capacity)
         latency = None
@@ -173,9 +173,11 @@ def choose_for_target(graph, part_name, calibration=None, *, multipliers=None, c
             latency = architecture.estimate(calibration.x_int).interval_cycles
         elif not over:
             latency = math.inf
-        tried.append(("sequential", candidate_chunk, 1, not over, latency))
+        tried.append(("sequential", architecture.chunk, architecture.multipliers_used,
+                      not over, latency))
         if not over:
-            fitting.append((latency, architecture, resources, "one multiplier (sequential)"))
+            fitting.append((latency, architecture, resources,
+                            f"{architecture.multipliers_used} lanes (sequential)"))
     if not fitting:
         if smallest is None:
             raise ZeroskipError(f"graph {graph.name!r}: no design fits {part.name}")

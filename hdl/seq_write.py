@@ -1,0 +1,180 @@
+"""The writer: requantized bytes into the target tensor's memory block, a 16-bit word a cycle.
+
+Words arrive in the order every producer makes them: per chunk of filters, per group, per
+filter (a flat output: per filter, each its own pixel). A word of ``count`` lanes starting at
+pixel ``q0`` covers pixels ``q0 .. q0 + count - 1`` of channel ``c``; its slots are the 16-bit
+memory words of those pixels (:func:`~zeroskip.hdl.seq_plan.byte_address`), in order. A result
+with ``write`` writes its slot (``mask`` its bytes); a slot's first byte waits for the second.
+
+A step whose output an average pool sums (``pool_window``) also adds every written byte of a
+pixel below the window to its channel's sum (the sum memory, read by the pool-sum step).
+"""
+
+from __future__ import annotations
+
+from amaranth.hdl import Module, Mux, Signal, signed, unsigned
+from amaranth.lib import data, wiring
+from amaranth.lib.wiring import In, Out
+
+from .seq_memory import ram
+from .seq_plan import ConvStep
+from .seq_post import result_layout
+
+__all__ = ["Writer", "writer_layout", "writer_settings"]
+
+
+def writer_layout(w):
+    return data.StructLayout({
+        "block": unsigned(w.block_bits), "word": unsigned(w.word_bits),
+        "channel_words": unsigned(w.word_bits),          # 4 * channels of the target
+        "flat_out": 1, "filters": unsigned(w.filter_bits), "skip_value": unsigned(8),
+        "signed": 1, "pool": 1, "pool_window": unsigned(w.pixel_bits),
+        "pixels": unsigned(w.pixel_bits),                 # output pixels a chunk covers
+    })
+
+
+def writer_settings(step, cache):
+    target = step.target
+    skip = 0
+    requant = getattr(step, "requant", None)
+    if requant is not None and requant.clamp_min > requant.epsilon:
+        skip = requant.clamp_min & 0xFF
+    return {"block": target.block, "word": target.word, "channel_words": 4 * target.channels,
+            "flat_out": isinstance(step, ConvStep) and step.out_flat,
+            "filters": step.filters, "skip_value": skip, "signed": target.act.signed,
+            "pool": isinstance(step, ConvStep) and step.pool_window > 0,
+            "pool_window": step.pool_window if isinstance(step, ConvStep) else 0,
+            "pixels": 1 if isinstance(step, ConvStep) and step.out_flat else target.pixels}
+
+
+class Writer(wiring.Component):
+    """Results to memory writes.
+
+    Members
+    -------
+    settings : In(writer_layout(w)); start : In(1)
+    results : In(result_layout(w))
+    mem_block, mem_addr, mem_data, mem_mask, mem_we : Out
+        One write a cycle (registered); the target's block is never busy otherwise.
+    sum_addr, sum_data : In / Out
+        The pool-sum step's read of the sums (data a cycle after the address).
+    idle : Out(1)
+        No write pending.
+    """
+
+    def __init__(self, w, cache, sum_depth, *, pool_sums=True):
+        self.w, self.cache, self.sum_depth = w, cache, max(sum_depth, 2)
+        self.pool_sums = pool_sums
+        super().__init__({
+            "settings": In(writer_layout(w)), "start": In(1),
+            "results": In(result_layout(w)),
+            "mem_block": Out(w.block_bits), "mem_addr": Out(w.word_bits), "mem_data": Out(16),
+            "mem_mask": Out(2), "mem_we": Out(1),
+            "sum_addr": In(range(self.sum_depth)), "sum_en": In(1),
+            "sum_data": Out(signed(w.sum_bits)),
+            "idle": Out(1),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        w, cfg, result = self.w, self.settings, self.results
+        # Where the current word is: its first pixel, its channel, the chunk.
+        q0 = Signal(w.pixel_bits)
+        channel = Signal(w.filter_bits)          # absolute filter of the word
+        in_chunk = Signal(w.filter_bits)         # filter within the chunk
+        chunk_first = Signal(w.filter_bits)
+        chunk_filters = Signal(w.filter_bits)
+        block_base = Signal(w.word_bits)         # (q0 >> 3) * 4 * channels
+        slot = Signal(3)                         # slots written of this word
+        held = Signal(8)                         # a slot's low byte, waiting for its high one
+        first_group = Signal()
+        pixel = Mux(cfg.flat_out, channel, q0)
+        c = Mux(cfg.flat_out, 0, channel)
+        pair = Signal(4)
+        m.d.comb += pair.eq((pixel[:3] >> 1) + slot)
+        word_base = Mux(cfg.flat_out, (pixel >> 3) << 2, block_base)
+        address = cfg.word + word_base + (c << 2) + Mux(pair[2], cfg.channel_words, 0) + pair[:2]
+        # The slot's two bytes: both the constant, or this beat's byte beside the skip value
+        # (the other lane's output without a multiply) or beside the byte held.
+        other = Mux(result.other_skip, cfg.skip_value, held)
+        low_byte = Mux(result.both | ~result.byte, result.value, other)
+        high_byte = Mux(result.both | result.byte, result.value, other)
+        data_word = Signal(16)
+        m.d.comb += data_word.eq(low_byte | (high_byte << 8))
+        m.d.sync += self.mem_we.eq(0)
+        with m.If(result.valid & ~result.write):
+            m.d.sync += held.eq(result.value)
+        with m.If(result.valid & result.write):
+            m.d.sync += [self.mem_we.eq(1), self.mem_block.eq(cfg.block),
+                         self.mem_addr.eq(address), self.mem_data.eq(data_word),
+                         self.mem_mask.eq(result.mask), slot.eq(slot + 1)]
+        self._sum_pending = Signal()
+        if self.pool_sums:
+            self._pool_sums(m, result, pixel, slot, first_group, channel, data_word)
+        # The next word: the next filter of the group, or the next group, or the next chunk.
+        last_filter = in_chunk + 1 == chunk_filters
+        with m.If(result.valid & result.word_end):
+            m.d.sync += slot.eq(0)
+            with m.If(~last_filter):
+                m.d.sync += [in_chunk.eq(in_chunk + 1), channel.eq(channel + 1)]
+            with m.Else():
+                # Next group: q0 moves on by the word's lanes (a flat output by nothing).
+                moved = q0 + Mux(cfg.flat_out, 1, result.count)
+                crossed = (q0[:3] + Mux(cfg.flat_out, 0, result.count))[3]
+                m.d.sync += [in_chunk.eq(0), channel.eq(chunk_first), q0.eq(moved),
+                             block_base.eq(block_base + Mux(crossed, cfg.channel_words, 0)),
+                             first_group.eq(0)]
+                with m.If(moved >= cfg.pixels):
+                    # The chunk is done: the next one starts at pixel 0.
+                    left = cfg.filters - chunk_first - chunk_filters
+                    m.d.sync += [chunk_first.eq(chunk_first + chunk_filters),
+                                 channel.eq(chunk_first + chunk_filters), q0.eq(0),
+                                 block_base.eq(0), first_group.eq(1),
+                                 chunk_filters.eq(Mux(left < self.cache, left, self.cache))]
+        with m.If(self.start):
+            m.d.sync += [q0.eq(0), channel.eq(0), in_chunk.eq(0), chunk_first.eq(0),
+                         block_base.eq(0), slot.eq(0), first_group.eq(1),
+                         chunk_filters.eq(Mux(cfg.filters < self.cache, cfg.filters,
+                                              self.cache))]
+        m.d.comb += self.idle.eq(~self.mem_we & ~self._sum_pending)
+        return m
+
+    def _pool_sums(self, m, result, pixel, slot, first_group, channel, data_word):
+        """Per channel, the sum of its written bytes below the pool window."""
+        w, cfg = self.w, self.settings
+        m.submodules.sums = sums = ram(signed(w.sum_bits), self.sum_depth)
+        sum_write, sum_read = sums.write_port(), sums.read_port()
+        m.d.comb += [sum_read.addr.eq(Mux(self.sum_en, self.sum_addr, channel)),
+                     self.sum_data.eq(sum_read.data)]
+        # The slot's two pixels, and their bytes as values.
+        even = (pixel & ~1) + (slot << 1)
+        part = 0
+        for byte in range(2):
+            value = data_word[8 * byte:8 * byte + 8]
+            value = Mux(cfg.signed, value.as_signed(), value.as_unsigned())
+            counts = result.mask[byte] & (even + byte < cfg.pool_window)
+            part = part + Mux(counts, value, 0)
+        word_sum = Signal(signed(w.sum_bits))
+        total = word_sum + Mux(result.write, part, 0)
+        with m.If(result.valid):
+            m.d.sync += word_sum.eq(Mux(result.word_end, 0, total))
+        # The read-modify-write a cycle after the word's end; a write pending for the channel
+        # read again right away is forwarded.
+        pending = self._sum_pending
+        pending_channel = Signal.like(channel)
+        pending_sum = Signal(signed(w.sum_bits))
+        pending_first = Signal()
+        written = Signal(signed(w.sum_bits))
+        written_channel = Signal.like(channel)
+        written_valid = Signal()
+        m.d.sync += pending.eq(cfg.pool & result.valid & result.word_end)
+        with m.If(result.valid & result.word_end):
+            m.d.sync += [pending_channel.eq(channel), pending_sum.eq(total),
+                         pending_first.eq(first_group)]
+        previous = Mux(written_valid & (written_channel == pending_channel), written,
+                       sum_read.data)
+        new = Mux(pending_first, 0, previous) + pending_sum
+        m.d.comb += [sum_write.addr.eq(pending_channel), sum_write.data.eq(new),
+                     sum_write.en.eq(pending)]
+        m.d.sync += [written_valid.eq(pending), written.eq(new),
+                     written_channel.eq(pending_channel)]
