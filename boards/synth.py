@@ -447,11 +447,8 @@ def report_path(build, target_name):
     return Path(build) / f"synth-{target_name}.json"
 
 
-def layer_names(build):
+def layer_names(manifest):
     """Engine counter name -> graph node name, from a build's manifest (for messages)."""
-    from ..build import read_manifest
-
-    manifest, _ = read_manifest(build)
     layers = manifest.get("layers")
     if not isinstance(layers, list):
         return {}
@@ -479,9 +476,12 @@ def run(build, target_name, *, freq_mhz=None, timeout=None, jobs=1):
         raise ZeroskipError(f"--freq must be a positive number of MHz, got {freq_mhz}")
     if not isinstance(jobs, int) or jobs < 1:
         raise ZeroskipError(f"--jobs must be a positive integer, got {jobs!r}")
+    from ..build import open_build
+
     build = Path(build)
-    top, verilog = build_verilog(build)
-    names = layer_names(build)
+    checked = open_build(build)
+    top, verilog = checked.top, checked.read_text(checked.manifest["verilog"])
+    names = layer_names(checked.manifest)
     scratch = scratch_directory(build, f".synth-{part.name}-")
     try:
         work = scratch / "work"
