@@ -204,5 +204,5 @@ def test_cli_compile_for_a_target(small, tmp_path):
     assert manifest["target"]["part"] == "ecp5-25k"
     refused = zeroskip_command("compile", tmp_path / "net.zsg", "-o", tmp_path / "c",
                                "--target", "ecp5-25k", "--lanes", "2")
-    assert refused.returncode == 2 and "give none of --lanes, --sequential" in refused.stderr
+    assert refused.returncode == 2 and "give none of --lanes, --stream-width" in refused.stderr
     assert not (tmp_path / "c").exists()

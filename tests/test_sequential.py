@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pytest
 
+import seq_nets
 import zeroskip
 from zeroskip import ir, reference
 from zeroskip.errors import ZeroskipError
@@ -86,19 +87,11 @@ def residual(rng):
 
 
 @pytest.mark.parametrize("make, kwargs, fragment", [
-    (residual, {}, "node 'add' (add): the sequential engine runs conv2d, linear and "
-                   "maxpool2d layers"),
-    (lambda rng: ir.Graph((
-        ir.Input("x", (), (4, 4, 4), U8), conv(rng, "dw", "x", 4, 4, groups=4)), "dw"),
-     {}, "node 'dw' (conv2d) has 4 groups"),
-    (lambda rng: ir.Graph((
-        ir.Input("x", (), (2, 4, 4), U8),
-        ir.MaxPool2d("p", ("x",), (2, 2), (2, 2), (1, 1))), "p"),
-     {}, "node 'p' (maxpool2d) is padded (1, 1)"),
-    (classifier, {"chunk": 32}, "node 'fc' (linear) reads a tensor of 16 channels per pixel "
-                                "with chunk 32"),
-    (classifier, {"lanes": 2}, "takes neither lanes nor a multiplier budget"),
-    (classifier, {"zero_skip": False}, "nor dense mode"),
+    (classifier, {"lanes": 3}, "takes 1, 2, 4 or 8 lanes (or 'auto'), got 3"),
+    (classifier, {"multipliers": 4}, "not a multiplier budget"),
+    (classifier, {"zero_skip": False}, "it has no dense mode"),
+    (classifier, {"stream_width": 2}, "it takes neither stream widths nor packs"),
+    (classifier, {"memory": "dram"}, "memory must be 'bram' or 'spram', got 'dram'"),
     (classifier, {"architecture": "systolic"}, "architecture must be one of dataflow, "
                                                "sequential, got 'systolic'"),
 ])
@@ -144,13 +137,19 @@ def test_build_directory_records_the_architecture_and_loads_back(tmp_path):
 
 @pytest.mark.verilator
 @pytest.mark.slow
-@pytest.mark.parametrize("make, chunk", [(classifier, 8), (odd_shapes, 4)],
-                         ids=["classifier", "odd-shapes"])
-def test_rtl_sequential_engine_is_bit_exact_under_stalls(make, chunk, verilator_build_root):
+@pytest.mark.parametrize("make, options", [
+    (classifier, {"chunk": 8, "lanes": 1, "memory": "bram"}),
+    (odd_shapes, {"chunk": 4, "lanes": 2, "memory": "bram"}),
+    # A stride-2 stem, depthwise, residual add, average pool and linear on 8 lanes, the
+    # weights in SPRAM blocks loaded through w_stream (the UP5K's settings).
+    (seq_nets.cross_rows, {"lanes": "auto", "target": "ice40-up5k"}),
+    (seq_nets.row_mode, {"lanes": 4, "memory": "spram"}),
+], ids=["classifier", "odd-shapes", "cross-rows-up5k", "row-mode"])
+def test_rtl_sequential_engine_is_bit_exact_under_stalls(make, options, verilator_build_root):
     rng = np.random.default_rng(5)
     graph = make(rng)
     x = inputs(rng, graph, 6)
-    design = zeroskip.compile(graph, architecture="sequential", chunk=chunk)
+    design = zeroskip.compile(graph, architecture="sequential", **options)
     stalled = design.simulate(x, idle_probability=0.3, backpressure_probability=0.3, seed=2,
                               build_root=verilator_build_root)
     ref_outputs = reference.run(graph, x)
@@ -163,7 +162,8 @@ def test_rtl_sequential_engine_is_bit_exact_under_stalls(make, chunk, verilator_
     # estimate walks the same combos and pairs.
     free = design.simulate(x, build_root=verilator_build_root)
     estimate = design.architecture.estimate(x).per_input
-    assert np.all(np.abs(free.latency_cycles - estimate) <= 4), (free.latency_cycles, estimate)
+    assert np.all(np.abs(free.latency_cycles - estimate) <= 4 + 0.01 * estimate), \
+        (free.latency_cycles, estimate)
     # The engine's own latency counter starts at the first input beat taken, the testbench's at
     # the first one offered.
     assert 0 <= free.latency_cycles[-1] - free.counters["network"]["latency_cycles"] <= 2

@@ -194,12 +194,12 @@ def _compile(args):
         raise ZeroskipError("-o: the build directory's path is empty")
     output = Path(args.output)
     check_build_target(output)  # before the compile's work, not after it
-    if args.target is not None:
-        if args.lanes != 1 or args.sequential or args.stream_width is not None or \
-                args.pack is not None:
+    if args.target is not None and not args.sequential:
+        if args.lanes != 1 or args.stream_width is not None or args.pack is not None:
             raise ZeroskipError("--target chooses the architecture, the lanes and the streams "
-                                "itself: give none of --lanes, --sequential, --stream-width "
-                                "and --pack with it (--multipliers N caps it)")
+                                "itself: give none of --lanes, --stream-width and --pack with "
+                                "it (--multipliers N caps it; --sequential with it chooses "
+                                "the sequential engine's settings for the part)")
         design = compile_graph(graph, zero_skip=not args.dense,
                                multipliers=args.multipliers if args.multipliers_given else None,
                                calibration=calibration, chunk=args.chunk, argmax=args.argmax,
@@ -212,7 +212,7 @@ def _compile(args):
                                layer_counters=not args.no_layer_counters,
                                architecture="sequential" if args.sequential else "dataflow",
                                argmax=args.argmax, stream_width=args.stream_width,
-                               pack=args.pack)
+                               pack=args.pack, target=args.target)
     design.write(output)
     print(design.report(), end="")
     print(f"wrote {output / (design.top + '.v')}, manifest.json, report.txt, graph.zsg")
@@ -479,9 +479,10 @@ def build_parser():
                           help="packed scans: several filters per combo in depthwise layers "
                                "and layers of few channels (default on with --lanes auto)")
     compile_.add_argument("--sequential", action="store_true",
-                          help="one engine that runs the layers one after another (conv2d, "
-                               "linear, maxpool2d chains): fits the smallest FPGAs, one "
-                               "multiplier, no per-layer counters")
+                          help="one engine that runs the layers one after another: fits the "
+                               "smallest FPGAs; --lanes 1, 2, 4, 8 or auto (SIMD lanes; auto: "
+                               "chosen for --target, by default the iCE40UP5K); no per-layer "
+                               "counters")
     compile_.add_argument("--argmax", action=argparse.BooleanOptionalAction, default=None,
                           help="give the class (the argmax of a flat output) on a port of its "
                                "own; by default yes for a flat output unless it has as many "

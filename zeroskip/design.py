@@ -154,7 +154,8 @@ class Design:
                 entry.update(lanes=spec.lanes, weights=int(node.weight.size),
                              nonzero_weights=int(np.count_nonzero(node.weight)),
                              accumulator_bits=plan.accumulator_width,
-                             weight_storage_bits=plan.storage_bits, pack=plan.geometry.pack)
+                             weight_storage_bits=plan.storage_bits,
+                             pack=plan.geometry.pack if hasattr(plan, "geometry") else 1)
             if node.name in estimates:
                 estimate = estimates[node.name]
                 entry.update(estimated_cycles=round(estimate.cycles, 1), bound=estimate.bound)
