@@ -40,7 +40,7 @@ def entry_walker_layout(w):
         "filters_per_group": unsigned(w.filter_bits),
         "group_channels": unsigned(w.filter_bits),
         "signed": data.ArrayLayout(1, 2),
-        "odd_rows": 1,                   # rows of an odd width start at odd pixels
+        "odd_pixels": 1,                 # groups may start at odd pixels (not a flat output)
     })
 
 
@@ -51,7 +51,7 @@ def entry_walker_settings(step, program: Program):
                 "flat": 0, "channel_shift": 0, "group_shift": 0, "column_shift": 0,
                 "tap_start": 0, "colmask_start": 0, "slot_mask": 0, "c_pad": 0, "ring_mask": 0,
                 "filters_per_group": 1,
-                "group_channels": 1, "signed": [0, 0], "odd_rows": 0}
+                "group_channels": 1, "signed": [0, 0], "odd_pixels": 0}
     signed_inputs = list(step.signed_inputs) + [False] * (2 - len(step.signed_inputs))
     return {
         "weight_start": step.weight_start, "filters": step.filters, "params_only": 0,
@@ -62,7 +62,7 @@ def entry_walker_settings(step, program: Program):
         "slot_mask": step.slots - 1, "c_pad": step.c_pad,
         "ring_mask": step.slots * step.c_pad - 1, "filters_per_group": step.filters_per_group,
         "group_channels": step.group_channels, "signed": signed_inputs,
-        "odd_rows": step.row_mode and not step.out_flat and step.out_width % 2 == 1,
+        "odd_pixels": not step.out_flat,
     }
 
 
@@ -358,7 +358,7 @@ class EntryWalker(wiring.Component):
                          t.signed.eq(cfg.signed[Mux(cfg.flat, 0, tap.source)]),
                          t.first.eq(d.first), t.last.eq(d.last), t.filter.eq(d.filter),
                          t.group_last.eq(d.group_last),
-                         t.odd.eq(cfg.odd_rows & descriptor.out_y[0])]
+                         t.odd.eq(cfg.odd_pixels & descriptor.odd)]
         with m.If(self.start):
             m.d.sync += t.valid.eq(0)
 

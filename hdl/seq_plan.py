@@ -425,7 +425,7 @@ def _layout(kind, flat, source, kernel, stride, padding, out_height, out_width, 
     if flat:
         return 1, True, 1, 1, source.width
     sy, sx = stride
-    if lanes == 1 or not _is_pow2(sx):
+    if not _is_pow2(sx):
         return 1, True, 1, 1, source.width
     reduced_width = math.ceil(source.width / sx)
     if out_width % lanes == 0 or out_height == 1:
@@ -532,6 +532,11 @@ def conv_step(node, sources, target, *, depth, lanes):
         filters = node.weight.shape[0]
         group_channels = source.channels // node.groups
         filters_per_group = filters // node.groups
+    if stride[1] not in (1, 2, 4) and out_width > 1:
+        # Lanes step through the input by whole reduced-grid columns: a stride across splits
+        # into phases only when it is a power of two.
+        raise ValueError(f"{node.name}: stride {stride[1]} across; the sequential engine takes "
+                         f"1, 2 or 4 (or one output column)")
     group_lanes, row_mode, split_y, split_x, reduced_width = _layout(
         kind, flat, source, kernel, stride, padding, out_height, out_width, lanes)
     c_pad = 1 if flat else _pow2_at_least(source.channels)

@@ -66,6 +66,7 @@ def descriptor_layout(w):
         "base_v": unsigned(w.v_bits), "klass": unsigned(w.coord_bits),
         "out_y": unsigned(w.coord_bits), "rowsel": unsigned(16), "out_valid": unsigned(8),
         "ring_start": unsigned(w.coord_bits), "last": 1,
+        "odd": 1,                        # the group's first output pixel is odd
     })
 
 
@@ -122,7 +123,8 @@ class GroupWalker(wiring.Component):
                                       "klass": unsigned(w.coord_bits),
                                       "out_y": unsigned(w.coord_bits),
                                       "top": signed(w.coord_bits + 2),
-                                      "remaining": unsigned(w.pixel_bits), "last": 1})
+                                      "remaining": unsigned(w.pixel_bits), "last": 1,
+                                      "odd": 1})
         a = Signal(a_layout)
         b = Signal(descriptor_layout(w))
         b_newest, b_full = Signal(signed(w.coord_bits + 3)), Signal()
@@ -138,7 +140,9 @@ class GroupWalker(wiring.Component):
         with m.If(advance_a):
             m.d.sync += [a.valid.eq(running), a.base_v.eq(row_v + out_x), a.klass.eq(klass),
                          a.out_y.eq(out_y), a.top.eq(top), a.remaining.eq(remaining),
-                         a.last.eq(last_group)]
+                         a.last.eq(last_group),
+                         a.odd.eq(Mux(cfg.row_mode,
+                                      out_x[0] ^ (out_y[0] & cfg.out_width[0]), pixel[0]))]
             with m.If(running):
                 with m.If(last_group):
                     m.d.sync += running.eq(0)
@@ -170,6 +174,7 @@ class GroupWalker(wiring.Component):
             m.d.sync += [b_full.eq(a.valid), b.base_v.eq(a.base_v), b.klass.eq(a.klass),
                          b.out_y.eq(a.out_y), b.rowsel.eq(rowsel),
                          b.out_valid.eq((1 << count) - 1), b.last.eq(a.last),
+                         b.odd.eq(a.odd),
                          b.ring_start.eq(oldest - (oldest & cfg.split_mask)),
                          b_newest.eq(a.top + (last_lane_rows << cfg.stride_y_log)
                                      + cfg.kernel_h_last)]

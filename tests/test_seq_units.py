@@ -32,6 +32,17 @@ def _conv_steps(name):
     return graph, x, program, [s for s in program.steps if isinstance(s, ConvStep)]
 
 
+@pytest.mark.parametrize("lanes", [1, 2, 4, 8])
+@pytest.mark.parametrize("net", list(seq_nets.NETS))
+def test_program_run_by_the_functional_model_gives_the_golden_outputs(net, lanes):
+    rng = np.random.default_rng(11)
+    graph = seq_nets.NETS[net](rng)
+    x = seq_nets.inputs(rng, graph, 2)
+    program = seq_nets.program(graph, lanes=lanes)
+    for one, golden in zip(x, reference.run(graph, x)):
+        assert np.array_equal(seq_reference.run(program, one).ravel(), golden.ravel())
+
+
 async def _memory_responder(ctx, dut, memories):
     """Answers the filler's reads a cycle later, as a memory block does."""
     async for _, _, re, block, addr in ctx.tick().sample(dut.mem_re, dut.mem_block,
@@ -93,6 +104,12 @@ def test_filler_writes_every_row_where_the_gather_reads_it(net):
 
 # --- group walker -------------------------------------------------------------------------------
 
+def _first_pixel_odd(step, g):
+    """Whether group ``g`` starts at an odd output pixel (the scanner's slots shift by one)."""
+    oy, ox = step.group_pixels(g)[0]
+    return (oy * step.out_width + ox) % 2 == 1
+
+
 def _expected_descriptors(step):
     from zeroskip.hdl.seq_walk import group_walker_settings  # noqa: F401 (the unit under test)
     for g in range(step.groups):
@@ -102,7 +119,7 @@ def _expected_descriptors(step):
         yield {"base_v": step.group_base(g), "klass": klass, "out_y": pixels[0][0],
                "rowsel": step.rowsel(klass) if step.bounded else 0,
                "out_valid": (1 << len(pixels)) - 1, "ring_start": step.ring_start(oldest),
-               "last": g == step.groups - 1}, newest
+               "last": g == step.groups - 1, "odd": int(_first_pixel_odd(step, g))}, newest
 
 
 @pytest.mark.parametrize("net", list(seq_nets.NETS))
@@ -193,8 +210,7 @@ def _expected_requests(step):
                     "shift8": int(shift8), "signed": int(step.signed_inputs[source]),
                     "first": int(previous_last), "last": int(closes), "filter": f - first,
                     "group_last": int(index == len(chunk) - 1),
-                    "odd": int(step.row_mode and not step.out_flat and step.out_width % 2 == 1
-                               and pixels[0][0] % 2 == 1)})
+                    "odd": int(not step.out_flat and _first_pixel_odd(step, g))})
                 previous_last = bool(closes)
                 f += int(closes)
         yield params, requests
@@ -288,8 +304,7 @@ def _expected_words(step, memories, depth):
                         else:
                             acc[i] += value * int(weight) * (256 if shift8 else 1)
                 if closes:
-                    odd = step.row_mode and not step.out_flat and step.out_width % 2 == 1 \
-                        and step.group_pixels(g)[0][0] % 2 == 1
+                    odd = not step.out_flat and _first_pixel_odd(step, g)
                     words.append(([acc[i] for i in range(lanes)], (1 << lanes) - 1, f - first,
                                   int(odd)))
                     f += 1
