@@ -24,7 +24,7 @@ written through ``w_stream`` (16-bit words, from address 0, while no inference r
 the first inference; elsewhere it is a ROM. The next input loads while the steps after the last
 one reading the input run.
 
-Cycles: :mod:`.seq_model` (``estimate_cycles``), checked against Verilator.
+Cycles: :mod:`.seq_model` (``inference_cycles``), checked against Verilator.
 """
 
 from __future__ import annotations

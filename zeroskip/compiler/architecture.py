@@ -35,7 +35,7 @@ from ..hdl.add import AddEngine
 from ..hdl.conv import SparseConvEngine
 from ..hdl.network import NetworkEngine, Stage
 from ..hdl.pool import AvgPool2dEngine, MaxPool2dEngine
-from ..hdl.seq_model import estimate_cycles
+from ..hdl.seq_model import inference_cycles
 from ..hdl.seq_plan import SPRAM_WORDS, Program
 from ..hdl.sequential import SequentialEngine
 from ..hdl.sparse_plan import plan as make_plan
@@ -59,9 +59,9 @@ class Estimate:
 
     ``interval_cycles`` is the estimated steady-state cycles per inference; ``layers`` the
     folding model's :class:`~zeroskip.compiler.folding.LayerEstimate` per engine (pipeline);
-    ``per_input`` the cycles of each input of the batch (sequential: one inference at a time,
-    so latency and interval are the same); ``latency_cycles`` the mean single-stream latency
-    (first inference, pipeline empty: :mod:`zeroskip.compiler.latency`).
+    ``per_input`` the cycles of each input of the batch (sequential: its steady-state
+    interval); ``latency_cycles`` the mean single-stream latency (first inference, pipeline
+    empty: :mod:`zeroskip.compiler.latency`; sequential: one inference alone).
     """
 
     interval_cycles: float
@@ -364,9 +364,11 @@ class Sequential(_Architecture):
     estimates = None
 
     def estimate(self, x_int):
-        per_input = estimate_cycles(self.plan, self.graph, x_int)
-        return Estimate(float(per_input.mean()) if len(per_input) else 0.0,
-                        per_input=per_input)
+        """Steady-state cycles per inference (the next input loading while one runs), and the
+        latency of one inference alone (:mod:`zeroskip.hdl.seq_model`)."""
+        interval, latency = inference_cycles(self.plan, self.graph, x_int)
+        return Estimate(float(interval.mean()), per_input=interval[:len(x_int)],
+                        latency_cycles=float(latency.mean()))
 
     def preload_words(self):
         """The words ``w_stream`` takes before the first inference (SPRAM: the weight memory),
