@@ -125,6 +125,12 @@ def _widened(graph, part, architecture, calibration, zero_skip, choose, counts):
     return None if resources.over(part.capacity) else (wide, resources)
 
 
+def _shares(over):
+    """``over``'s resources as shares of the part, for a message."""
+    return ", ".join(f"{parts_.RESOURCES[key]} {share:.0%} of the part"
+                     for key, share in over.items())
+
+
 def choose_for_target(graph, part_name, calibration=None, *, multipliers=None, chunk=None,
                       zero_skip=True, choose):
     """The fastest design of ``graph`` that fits ``part_name`` (see the module doc).
@@ -160,17 +166,27 @@ def choose_for_target(graph, part_name, calibration=None, *, multipliers=None, c
                 tried.append(("dataflow (wide streams)", candidate_chunk,
                               wide[0].multipliers_used, True, wide_latency))
                 fitting.append((wide_latency, *wide, binding))
+    sequential = ""           # why the sequential engine does not fit, if it does not
     try:
         # The sequential engine's lanes and memories for this part; its chunk is fixed.
         architecture = choose(graph, "auto", True, architecture="sequential", target=part.name)
-    except ZeroskipError:
+    except ZeroskipError as error:
         architecture = None
+        sequential = f"the sequential engine: {error}"
     if architecture is not None:
         resources = estimate(architecture, part)
         over = resources.over(part.capacity)
+        if over:
+            sequential = (f"the sequential engine ({architecture.simd_lanes} lanes, "
+                          f"{architecture.memory}): {_shares(over)}")
+        elif multipliers is not None and architecture.multipliers_used > multipliers:
+            over = {"multipliers": architecture.multipliers_used / multipliers}
+            sequential = (f"the sequential engine: {architecture.simd_lanes} lanes, more than "
+                          f"the multiplier cap of {multipliers}")
         latency = None
         if not over and calibration is not None:
-            latency = architecture.estimate(calibration.x_int).interval_cycles
+            # Single-stream, as the pipelines' latencies beside it.
+            latency = architecture.estimate(calibration.x_int).latency_cycles
         elif not over:
             latency = math.inf
         tried.append(("sequential", architecture.chunk, architecture.multipliers_used,
@@ -179,13 +195,12 @@ def choose_for_target(graph, part_name, calibration=None, *, multipliers=None, c
             fitting.append((latency, architecture, resources,
                             f"{architecture.multipliers_used} lanes (sequential)"))
     if not fitting:
+        sequential = f"; {sequential}" if sequential else ""
         if smallest is None:
-            raise ZeroskipError(f"graph {graph.name!r}: no design fits {part.name}")
-        over = smallest[1].over(part.capacity)
+            raise ZeroskipError(f"graph {graph.name!r}: no design fits {part.name}{sequential}")
         raise ZeroskipError(
             f"graph {graph.name!r} does not fit {part.name} with one lane per layer: "
-            + ", ".join(f"{parts_.RESOURCES[key]} {share:.0%} of the part"
-                        for key, share in over.items()))
+            + _shares(smallest[1].over(part.capacity)) + sequential)
     latency, architecture, resources, binding = min(fitting, key=lambda entry: entry[0])
     options = architecture.compile_options()
     options.pop("multipliers", None)
