@@ -170,6 +170,23 @@ def test_target_falls_back_to_one_engine_where_a_pipeline_does_not_fit():
     assert [entry[3] for entry in choice.tried if entry[0] == "dataflow"] == [False]
 
 
+@pytest.mark.slow
+def test_target_that_nothing_fits_names_the_sequential_engines_reason():
+    import seq_nets
+    from zeroskip import ir
+
+    rng = np.random.default_rng(0)
+    graph = ir.Graph((ir.Input("x", (), (512,), seq_nets.S8),
+                      seq_nets.linear(rng, "big", "x", 512, 256, density=0.9)), "big",
+                     name="big")
+    with pytest.raises(ZeroskipError) as error:
+        zeroskip.compile(graph, target="ice40-up5k", calibration=seq_nets.inputs(rng, graph, 2))
+    assert str(error.value).startswith("graph 'big' does not fit ice40-up5k with one lane per "
+                                       "layer: RAM blocks ")
+    assert str(error.value).endswith("; the sequential engine: graph 'big': node 'big': 117684 "
+                                     "weight entries in one chunk, more than 65535")
+
+
 def test_target_without_calibration_warns_and_folds_on_the_weights(small):
     graph, _ = small
     with pytest.warns(ZeroskipWarning, match="target=PART without calibration inputs"):
