@@ -83,6 +83,9 @@ class Lanes(wiring.Component):
     Parameters
     ----------
     w : Widths
+    lanes : int
+        The lanes built (1, 2, 4 or 8): a program of fewer lanes never gives the others an
+        output, so their sums are constant zeros.
     lut_lanes : iterable of int
         Lanes whose multiplier is logic rather than a DSP block.
     max_pool, shift8 : bool
@@ -90,12 +93,15 @@ class Lanes(wiring.Component):
         program has them.
     """
 
-    def __init__(self, w, lut_lanes=(), *, max_pool=True, shift8=True):
+    def __init__(self, w, lut_lanes=(), *, lanes=BANKS, max_pool=True, shift8=True):
         self.w = w
+        if lanes not in (1, 2, 4, BANKS) or isinstance(lanes, bool):
+            raise ValueError(f"lanes must be 1, 2, 4 or {BANKS}, got {lanes!r}")
+        self.lanes = lanes
         self.max_pool, self.shift8 = max_pool, shift8
         self.lut_lanes = frozenset(lut_lanes)
-        if not self.lut_lanes <= set(range(BANKS)):
-            raise ValueError(f"lut_lanes must name lanes 0..{BANKS - 1}, got "
+        if not self.lut_lanes <= set(range(lanes)):
+            raise ValueError(f"lut_lanes must name lanes 0..{lanes - 1}, got "
                              f"{sorted(self.lut_lanes)}")
         super().__init__({
             "max_mode": In(1),
@@ -123,21 +129,24 @@ class Lanes(wiring.Component):
         flags = data.StructLayout({"valid": 1, "first": 1, "last": 1, "out_valid": unsigned(8),
                                    "filter": unsigned(w.cache_bits), "odd": 1})
         l1, l2 = Signal(flags), Signal(flags)
-        weight = Signal(signed(17))
+        # The weight stays 8 bits and an add's high digit shifts the product instead: a 9 x 8
+        # bit product is one SB_MAC16 (16 x 16); a 17-bit weight would take two.
+        weight = Signal(signed(8))
+        shift = Signal()
         acts = [Signal(signed(9), name=f"act_{i}") for i in range(BANKS)]
         with m.If(advance):
             m.d.sync += [l1.valid.eq(self.i_stream.valid), l1.first.eq(operand.first),
                          l1.last.eq(operand.last), l1.out_valid.eq(operand.out_valid),
                          l1.filter.eq(operand.filter), l1.odd.eq(operand.odd),
-                         weight.eq(Mux(operand.shift8, operand.weight << 8, operand.weight)
-                                   if self.shift8 else operand.weight)]
-            m.d.sync += [acts[i].eq(operand.acts[i]) for i in range(BANKS)
+                         weight.eq(operand.weight),
+                         shift.eq(operand.shift8 if self.shift8 else 0)]
+            m.d.sync += [acts[i].eq(operand.acts[i]) for i in range(self.lanes)
                          if i not in self.lut_lanes]
         bias = Mux(l1.first, bias_read.data, 0)
 
         # L2: products (bias added on a filter's first entry).
         products = [Signal(signed(w.acc_bits + 1), name=f"product_{i}") for i in range(BANKS)]
-        for i in range(BANKS):
+        for i in range(self.lanes):
             if i in self.lut_lanes:
                 low, high, stage = booth_product(m, operand.acts[i], operand.weight,
                                                  operand.shift8 if self.shift8 else 0,
@@ -147,7 +156,10 @@ class Lanes(wiring.Component):
                     m.d.sync += products[i].eq(low + (high << 4) + bias)
             else:
                 with m.If(advance):
-                    m.d.sync += products[i].eq(acts[i] * weight + bias)
+                    product = acts[i] * weight
+                    if self.shift8:
+                        product = Mux(shift, product << 8, product)
+                    m.d.sync += products[i].eq(product + bias)
         with m.If(advance):
             m.d.sync += l2.eq(l1)
 
@@ -156,7 +168,7 @@ class Lanes(wiring.Component):
         slot_full = Signal()
         taken = out.valid & out.ready
         closing = l2.valid & l2.last & advance
-        for i in range(BANKS):
+        for i in range(self.lanes):
             total = sums[i] + products[i]
             if self.max_pool:
                 # A max pool's values are bytes: the comparison and the choice on 9 bits.

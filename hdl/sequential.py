@@ -155,7 +155,8 @@ class SequentialEngine(wiring.Component):
         units = {
             "filler": Filler(w), "groups": GroupWalker(w, program.rowsels),
             "entries": EntryWalker(w, program), "gather": Gather(w, max_pool=max_pool),
-            "lanes": Lanes(w, self.lut_lanes, max_pool=max_pool, shift8=program.has("add")),
+            "lanes": Lanes(w, self.lut_lanes, lanes=program.lanes, max_pool=max_pool,
+                           shift8=program.has("add")),
             "scanner": Scanner(w), "requant": Requant(w, requant_widths(program)),
             "writer": Writer(w, program.filter_cache, sums,
                              pool_sums=program.has("pool_sum")),
