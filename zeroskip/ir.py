@@ -124,6 +124,8 @@ class Limits:
     macs : int
         Per inference: dense multiply-accumulates of conv2d and linear layers plus the window
         reads of pools.
+    model_bytes : int
+        An ONNX model file the QONNX importer reads (:mod:`zeroskip.frontend.qonnx`).
     """
 
     directory_bytes: int = 16 << 20
@@ -136,6 +138,7 @@ class Limits:
     padding: int = 256
     activations: int = 10**8
     macs: int = 10**9
+    model_bytes: int = 256 << 20
 
     def __post_init__(self):
         for f in fields(self):
