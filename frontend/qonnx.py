@@ -172,8 +172,8 @@ def import_qonnx(path_or_model, *, name=None, limits=None):
     graph = model.graph
     state = _State(limits=limits)
     for node in graph.node:
-        for name in node.input:
-            state.readers[name] = state.readers.get(name, 0) + 1
+        for tensor in node.input:
+            state.readers[tensor] = state.readers.get(tensor, 0) + 1
     for value in graph.output:
         state.readers[value.name] = state.readers.get(value.name, 0) + 1
     initializers = {tensor.name for tensor in graph.initializer}

@@ -214,3 +214,80 @@ def qonnx_integers(path, x, graph):
     integers = np.round(scaled)
     assert np.array_equal(scaled, integers), "QONNX's outputs are not on the output grid"
     return integers.astype(np.int64)
+
+
+# --- hand-made QONNX graphs (ops Brevitas's small nets do not emit, and refusals) -------------
+
+QONNX_DOMAIN = "qonnx.custom_op.general"
+
+
+class GraphBuilder:
+    """A QONNX graph built node by node with ``onnx.helper``: ``quant`` adds a Quant with
+    constant scale, zero point and bit width; ``node`` any standard node."""
+
+    def __init__(self, input_shape, seed=0):
+        from onnx import TensorProto, helper
+        self.helper, self.float = helper, TensorProto.FLOAT
+        self.rng = np.random.default_rng(seed)
+        self.nodes, self.initializers, self.count = [], [], 0
+        self.input = helper.make_tensor_value_info("x", TensorProto.FLOAT, list(input_shape))
+
+    def constant(self, value, prefix="c"):
+        from onnx import numpy_helper
+        self.count += 1
+        name = f"{prefix}{self.count}"
+        self.initializers.append(numpy_helper.from_array(np.asarray(value, np.float32), name))
+        return name
+
+    def node(self, op, inputs, **attributes):
+        self.count += 1
+        output = f"{op.lower()}{self.count}"
+        self.nodes.append(self.helper.make_node(op, inputs, [output], name=f"{op}_{self.count}",
+                                                **attributes))
+        return output
+
+    def quant(self, source, scale, bits, signed=True, narrow=False, zero_point=0.0,
+              rounding="ROUND"):
+        self.count += 1
+        output = f"quant{self.count}"
+        inputs = [source, self.constant(scale), self.constant(zero_point),
+                  self.constant(float(bits))]
+        self.nodes.append(self.helper.make_node(
+            "Quant", inputs, [output], name=f"Quant_{self.count}", domain=QONNX_DOMAIN,
+            signed=int(signed), narrow=int(narrow), rounding_mode=rounding))
+        return output
+
+    def weights(self, shape, scale, bits=8):
+        """A float weight tensor, quantized by a narrow signed Quant."""
+        limit = 2 ** (bits - 1) - 1
+        ints = self.rng.integers(-limit, limit + 1, shape)
+        return self.quant(self.constant(ints * np.asarray(scale), "w"), scale, bits,
+                          narrow=True)
+
+    def model(self, output):
+        helper = self.helper
+        graph = helper.make_graph(self.nodes, "hand", [self.input],
+                                  [helper.make_tensor_value_info(output, self.float, None)],
+                                  self.initializers)
+        return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13),
+                                                        helper.make_opsetid(QONNX_DOMAIN, 1)])
+
+
+def pools_and_add(builder=None):
+    """Conv -> ReLU -> Quant; AveragePool 2x2 beside a strided 1x1 Conv, added; global average
+    pool; Gemm with ``transB=0`` and a float bias on the accumulator's grid. Power-of-two
+    scales throughout."""
+    b = builder or GraphBuilder((1, 2, 4, 4))
+    x = b.quant("x", 2.0**-4, 8)
+    a = b.node("Conv", [x, b.weights((4, 2, 3, 3), 2.0**-6)], pads=[1, 1, 1, 1])
+    a = b.quant(b.node("Relu", [a]), 2.0**-4, 8, signed=False)
+    pooled = b.quant(b.node("AveragePool", [a], kernel_shape=[2, 2], strides=[2, 2]),
+                     2.0**-4, 8, signed=False)
+    strided = b.node("Conv", [a, b.weights((4, 4, 1, 1), 2.0**-5)], strides=[2, 2])
+    strided = b.quant(b.node("Relu", [strided]), 2.0**-3, 8, signed=False)
+    added = b.quant(b.node("Add", [pooled, strided]), 2.0**-3, 8, signed=False)
+    gap = b.quant(b.node("GlobalAveragePool", [added]), 2.0**-5, 8, signed=False)
+    flat = b.node("Flatten", [gap])
+    bias = b.constant(b.rng.integers(-50, 50, 3) * 2.0**-5 * 2.0**-6)
+    out = b.node("Gemm", [flat, b.weights((4, 3), 2.0**-6), bias], transB=0)
+    return b.model(b.quant(out, 2.0**-4, 8))

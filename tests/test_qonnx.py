@@ -19,8 +19,8 @@ import zeroskip
 from zeroskip import ir, reference
 from zeroskip.errors import ZeroskipError
 
-from qonnx_nets import (binary_cnv, export, finn_cnv, finn_tfc, grid_inputs, int8_cnn,
-                        qonnx_integers)
+from qonnx_nets import (GraphBuilder, binary_cnv, export, finn_cnv, finn_tfc, grid_inputs,
+                        int8_cnn, pools_and_add, qonnx_integers)
 
 NETS = {
     # name: (make the net, input shape, exporter)
@@ -58,6 +58,7 @@ def check_against_qonnx(path, batch=12, seed=0):
     return graph, x_int, ref, qonnx_out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", NETS)
 def test_golden_model_equals_qonnx_execution(exported, name):
     graph, _, _, _ = check_against_qonnx(exported(name))
@@ -71,6 +72,7 @@ def test_golden_model_equals_qonnx_execution(exported, name):
                 if getattr(node, "requant", None)} == {"half_even"}
 
 
+@pytest.mark.slow
 def test_half_even_matters(exported):
     """With power-of-two scales ties are common: rounding them half up would differ from
     QONNX."""
@@ -82,6 +84,7 @@ def test_half_even_matters(exported):
     assert not np.array_equal(reference.run(half_up, x_int), ref)
 
 
+@pytest.mark.slow
 def test_grouped_conv_and_per_channel_scales(exported):
     graph = zeroskip.import_qonnx(exported("int8-dynamo"))
     convs = [node for node in graph.nodes if node.op == "conv2d"]
@@ -106,6 +109,7 @@ def test_finn_topologies(tmp_path, make, shape, dynamo):
 # --- co-simulation -----------------------------------------------------------------------------
 
 @pytest.mark.verilator
+@pytest.mark.slow
 @pytest.mark.parametrize("name, lanes", [("int8-dynamo", 2), ("binary-cnv-dynamo", 1)])
 def test_cosimulation_is_bit_exact_against_qonnx(exported, verilator_build_root, name, lanes):
     """Export -> import -> compile -> Verilator, under random stalls: the design's outputs are
@@ -118,3 +122,107 @@ def test_cosimulation_is_bit_exact_against_qonnx(exported, verilator_build_root,
     rtl = result.outputs
     np.testing.assert_array_equal(rtl, ref)
     np.testing.assert_array_equal(rtl, qonnx_out)
+
+
+# --- hand-made graphs: the ops Brevitas's small nets do not emit ---------------------------------
+
+def test_average_pools_add_and_gemm_equal_qonnx(tmp_path):
+    path = tmp_path / "pools.onnx"
+    onnx.save(pools_and_add(), path)
+    graph, _, _, _ = check_against_qonnx(path, batch=16)
+    assert [node.op for node in graph.nodes] == ["input", "conv2d", "avgpool2d", "conv2d",
+                                                  "add", "avgpool2d", "flatten", "linear"]
+    add = next(node for node in graph.nodes if node.op == "add")
+    assert add.input_multipliers == (1, 2)
+
+
+# --- refusals: by node and reason, nothing approximated ------------------------------------------
+
+def small_model(out_scale=2.0**-4, zero_point=0.0, rounding="ROUND", tail=None, weight_bits=8,
+                narrow_weights=True, out_bits=8, batch_norm=False):
+    """Quant -> Conv -> [BatchNormalization] -> [tail op] -> Quant, one knob per refusal."""
+    b = GraphBuilder((1, 2, 4, 4), seed=3)
+    x = b.quant("x", 2.0**-4, 8)
+    limit = 2 ** (weight_bits - 1)
+    ints = b.rng.integers(-limit, limit, (3, 2, 3, 3))
+    ints[0, 0, 0, 0] = -limit
+    weights = b.quant(b.constant(ints * 2.0**-6, "w"), 2.0**-6, weight_bits,
+                      narrow=narrow_weights)
+    acc = b.node("Conv", [x, weights], pads=[1, 1, 1, 1])
+    if batch_norm:
+        acc = b.node("BatchNormalization", [acc] + [b.constant(v) for v in (
+            [1.3, 0.7, 2.1], [0.1, -0.2, 0.3], [0.0, 1.0, -1.0], [1.0, 2.0, 0.5])])
+    if tail:
+        acc = b.node(tail, [acc])
+    return b.model(b.quant(acc, out_scale, out_bits, zero_point=zero_point, rounding=rounding))
+
+
+@pytest.mark.parametrize("model, message", [
+    (lambda: small_model(), None),
+    (lambda: small_model(zero_point=1.0), "'Quant_14' (Quant): a nonzero zero point"),
+    (lambda: small_model(out_scale=0.3), "'Quant_14' (Quant): channel 0: the accumulator's "
+                                         "step over the output scale is 0.003255208203982981, "
+                                         "not m / 2**s"),
+    (lambda: small_model(rounding="FLOOR"), "'Quant_14' (Quant): rounding mode FLOOR"),
+    (lambda: small_model(out_scale=[[[[2.0**-4]], [[2.0**-3]], [[2.0**-4]]]]),
+     "a per-channel activation scale"),
+    (lambda: small_model(tail="Sigmoid"), "'Sigmoid_11' (Sigmoid): op Sigmoid is not supported"),
+    (lambda: small_model(narrow_weights=False), "'Conv_10' (Conv): weights reach -128; the IR's "
+                                                "8-bit weights are symmetric"),
+    (lambda: small_model(batch_norm=True), "(use power-of-two scales, and no "
+                                           "BatchNormalization before a multi-bit Quant)"),
+    (lambda: small_model(out_bits=12), "a 12-bit activation"),
+], ids=["accepted", "zero point", "scale ratio", "rounding", "per-channel act scale",
+        "unsupported op", "wide-range weights", "batch norm before int8", "12-bit activation"])
+def test_refusals_name_node_and_reason(model, message):
+    made = model()
+    if message is None:  # the knobs' defaults import
+        assert zeroskip.import_qonnx(made).nodes[1].op == "conv2d"
+        return
+    with pytest.raises(ZeroskipError) as error:
+        zeroskip.import_qonnx(made)
+    assert message in str(error.value) and "\n" not in str(error.value)
+
+
+def test_unquantized_output_and_float_fan_out_are_refused():
+    b = GraphBuilder((1, 2, 4, 4))
+    acc = b.node("Conv", [b.quant("x", 2.0**-4, 8), b.weights((3, 2, 3, 3), 2.0**-6)])
+    with pytest.raises(ZeroskipError, match=r"output 'conv\d+' is not a quantized activation"):
+        zeroskip.import_qonnx(b.model(acc))
+    b.quant(acc, 2.0**-4, 8)
+    with pytest.raises(ZeroskipError, match=r"the unquantized tensor 'conv\d+' has 2 readers"):
+        zeroskip.import_qonnx(b.model(b.quant(acc, 2.0**-3, 8)))
+
+
+def test_bad_files_are_refused_in_one_line(tmp_path, monkeypatch):
+    garbage = tmp_path / "garbage.onnx"
+    garbage.write_bytes(b"\x08\x07\x12\xff\xff\xff\xff\x0fnot a model")
+    with pytest.raises(ZeroskipError, match="is not a readable ONNX model"):
+        zeroskip.import_qonnx(garbage)
+    with pytest.raises(ZeroskipError, match="no such ONNX file"):
+        zeroskip.import_qonnx(tmp_path / "absent.onnx")
+    good = tmp_path / "good.onnx"
+    onnx.save(small_model(), good)
+    with pytest.raises(ZeroskipError, match="above the limit model_bytes=100 "):
+        zeroskip.import_qonnx(good, limits=ir.Limits(model_bytes=100))
+    monkeypatch.setitem(sys.modules, "onnx", None)
+    with pytest.raises(ZeroskipError, match=r"needs the onnx package: pip install "
+                                            r"'zeroskip\[qonnx\]'"):
+        zeroskip.import_qonnx(good)
+
+
+def test_cli_import(tmp_path, capsys):
+    from zeroskip.cli import main
+    model, out = tmp_path / "pools.onnx", tmp_path / "net.zsg"
+    onnx.save(pools_and_add(), model)
+    assert main(["import", str(model), "-o", str(out), "--name", "pools"]) == 0
+    assert "8 nodes (3 conv2d / linear)" in capsys.readouterr().out
+    loaded, direct = ir.load(out), zeroskip.import_qonnx(model)
+    x = grid_inputs(direct, 4, np.random.default_rng(0))
+    np.testing.assert_array_equal(reference.run(loaded, direct.quantize_input(x)),
+                                  reference.run(direct, direct.quantize_input(x)))
+    assert loaded.name == "pools"
+    onnx.save(small_model(zero_point=1.0), model)
+    assert main(["import", str(model), "-o", str(out)]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "a nonzero zero point" in error
