@@ -40,7 +40,7 @@ from ..errors import ZeroskipError
 
 __all__ = ["import_qonnx", "SUPPORTED_OPS"]
 
-SUPPORTED_OPS = ("Quant", "BipolarQuant", "Conv", "Gemm", "MatMul", "Transpose", "Relu",
+SUPPORTED_OPS = ("Quant", "BipolarQuant", "Trunc", "Conv", "Gemm", "MatMul", "Transpose", "Relu",
                  "MaxPool", "AveragePool", "GlobalAveragePool", "Add", "Flatten", "Reshape",
                  "BatchNormalization", "Identity", "Dropout", "Constant")
 # QONNX's rounding mode for Brevitas's ROUND (numpy's round: half to even).
@@ -307,6 +307,42 @@ def _quant(state, node, inputs, attributes):
     raise _refuse(node, "quantizes a float tensor the importer cannot follow")
 
 
+def _trunc(state, node, inputs, attributes):
+    """QONNX's Trunc (version 2, as Brevitas's TruncAvgPool2d exports it): ``round(x / scale)``,
+    divided by ``2**round(log2(output_scale / scale))``, clamped and rounded, in units of
+    ``output_scale``. Exact when ``x`` is a whole number of ``scale`` steps."""
+    if len(inputs) != 6:
+        raise _refuse(node, f"Trunc with {len(inputs)} inputs; the importer takes version 2 "
+                            "(x, scale, zero point, input bit width, output scale, output bit "
+                            "width)")
+    acc = inputs[0]
+    if not isinstance(acc, _Accumulator) or acc.a is not None or acc.relu:
+        raise _refuse(node, "a Trunc of something other than an average pool's or a layer's "
+                            "accumulator")
+    scale = _scalar(node, _constant_of(node, inputs[1], "the scale"), "scale")
+    out_scale = _scalar(node, _constant_of(node, inputs[4], "the output scale"), "scale")
+    if np.any(_constant_of(node, inputs[2], "the zero point") != 0):
+        raise _refuse(node, "a nonzero zero point; the IR's encodings are symmetric")
+    bits = _constant_of(node, inputs[5], "the output bit width")
+    bits = int(bits.flat[0]) if bits.size == 1 and float(bits.flat[0]).is_integer() else 0
+    if not ir.MIN_BITS <= bits <= ir.MAX_BITS:
+        raise _refuse(node, f"output bit width {inputs[5].ravel().tolist()}; the IR takes "
+                            f"{ir.MIN_BITS} to {ir.MAX_BITS} bits")
+    mode = attributes.get("rounding_mode", b"FLOOR")
+    mode = mode.decode() if isinstance(mode, bytes) else str(mode)
+    if mode.upper() not in _HALF_EVEN_MODES:
+        raise _refuse(node, f"rounding mode {mode}; the importer takes ROUND (half to even)")
+    steps = [u / Fraction(scale) for u in acc.unit]
+    if any(step.denominator != 1 for step in steps):
+        raise _refuse(node, "the input is not a whole number of scale steps (the first rounding "
+                            "would not be exact)")
+    # As QONNX computes it: a power of two, in the scales' float32.
+    trunc_scale = float(2 ** np.round(np.log2(np.float32(out_scale) / np.float32(scale))))
+    return _quantize_accumulator(state, node, acc, scale * trunc_scale, bits,
+                                 bool(attributes.get("signed", 1)),
+                                 bool(attributes.get("narrow", 0)), act_scale=out_scale)
+
+
 def _scalar(node, scale, what):
     if np.unique(scale).size != 1:
         raise _refuse(node, f"a per-channel {what}; the IR's activations have one scale")
@@ -356,9 +392,11 @@ def _requantize_activation(node, source, scale, bits, signed, narrow):
     return source
 
 
-def _quantize_accumulator(state, node, acc, scale, bits, signed, narrow):
+def _quantize_accumulator(state, node, acc, scale, bits, signed, narrow, act_scale=None):
+    """The IR layer ``acc`` waits for: integers ``round(real / scale)``, clamped, encoded with
+    ``act_scale`` (``scale`` unless given)."""
     name = state.name_for(acc.origin)
-    act = ir.Activation(bits=bits, signed=signed, scale=scale)
+    act = ir.Activation(bits=bits, signed=signed, scale=act_scale or scale)
     if bits == 1:
         if acc.relu:
             raise _refuse(node, "a ReLU before a bipolar quantizer (every output +1)")
@@ -748,7 +786,7 @@ def _constant_node(state, node, inputs, attributes):
 
 
 _HANDLERS = {
-    "Quant": _quant, "BipolarQuant": _quant, "Conv": _conv, "Gemm": _gemm, "MatMul": _matmul,
+    "Quant": _quant, "BipolarQuant": _quant, "Trunc": _trunc, "Conv": _conv, "Gemm": _gemm, "MatMul": _matmul,
     "Transpose": _transpose, "Relu": _relu, "MaxPool": _maxpool, "AveragePool": _avgpool,
     "GlobalAveragePool": _avgpool, "Add": _add, "Flatten": _flatten, "Reshape": _flatten,
     "BatchNormalization": _batch_norm, "Identity": _identity, "Dropout": _identity,

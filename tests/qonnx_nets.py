@@ -89,6 +89,34 @@ def int8_cnn(seed=0, weight_bits=8, act_bits=8):
     return _calibrate(net, (1, 2, 8, 8), seed)
 
 
+class TruncPoolNet(nn.Module):
+    """QuantConv2d, QuantReLU, Brevitas's TruncAvgPool2d (exported as AveragePool + Trunc),
+    QuantLinear."""
+
+    def __init__(self):
+        super().__init__()
+        self.quant_in = qnn.QuantIdentity(act_quant=Uint8ActPerTensorFixedPoint,
+                                          return_quant_tensor=True)
+        self.conv = qnn.QuantConv2d(2, 4, 3, padding=1, bias=False,
+                                    weight_quant=Int8WeightPerTensorFixedPoint)
+        self.relu = qnn.QuantReLU(act_quant=Uint8ActPerTensorFixedPoint,
+                                  return_quant_tensor=True)
+        self.pool = qnn.TruncAvgPool2d(kernel_size=2, stride=2, bit_width=8,
+                                       return_quant_tensor=True)
+        self.fc = qnn.QuantLinear(4 * 4 * 4, 6, bias=False,
+                                  weight_quant=Int8WeightPerTensorFixedPoint)
+        self.quant_out = qnn.QuantIdentity(act_quant=Int8ActPerTensorFixedPoint)
+
+    def forward(self, x):
+        x = self.pool(self.relu(self.conv(self.quant_in(x))))
+        return self.quant_out(self.fc(torch.flatten(x, 1)))
+
+
+def trunc_pool_net(seed=0):
+    torch.manual_seed(seed)
+    return _calibrate(TruncPoolNet(), (1, 2, 8, 8), seed)
+
+
 class BinaryCnv(nn.Module):
     """CNV in miniature, built as FINN's CNV is (brevitas_examples' quantizers): an 8-bit
     Q1.7 input, binary conv / BatchNorm / bipolar activation blocks with a max pool, binary

@@ -20,7 +20,7 @@ from zeroskip import ir, reference
 from zeroskip.errors import ZeroskipError
 
 from qonnx_nets import (GraphBuilder, binary_cnv, export, finn_cnv, finn_tfc, grid_inputs,
-                        int8_cnn, pools_and_add, qonnx_integers)
+                        int8_cnn, pools_and_add, qonnx_integers, trunc_pool_net)
 
 NETS = {
     # name: (make the net, input shape, exporter)
@@ -28,6 +28,8 @@ NETS = {
     "int8-torchscript": (int8_cnn, (1, 2, 8, 8), False),
     "w4a4": (lambda: int8_cnn(1, weight_bits=4, act_bits=4), (1, 2, 8, 8), True),
     "w2a3-torchscript": (lambda: int8_cnn(2, weight_bits=2, act_bits=3), (1, 2, 8, 8), False),
+    "trunc-avgpool-dynamo": (trunc_pool_net, (1, 2, 8, 8), True),
+    "trunc-avgpool-torchscript": (trunc_pool_net, (1, 2, 8, 8), False),
     "binary-cnv-dynamo": (binary_cnv, (1, 3, 10, 10), True),
     "binary-cnv-torchscript": (binary_cnv, (1, 3, 10, 10), False),
 }
@@ -63,7 +65,8 @@ def check_against_qonnx(path, batch=12, seed=0):
 def test_golden_model_equals_qonnx_execution(exported, name):
     graph, _, _, _ = check_against_qonnx(exported(name))
     ops = {node.op for node in graph.nodes}
-    assert {"conv2d", "maxpool2d", "flatten", "linear"} <= ops
+    pool = "avgpool2d" if name.startswith("trunc") else "maxpool2d"
+    assert {"conv2d", pool, "flatten", "linear"} <= ops
     if name.startswith("binary"):
         assert graph.input.act.bits == 8 and any(
             getattr(node, "threshold", None) is not None for node in graph.nodes)
