@@ -72,7 +72,6 @@ class _Weights:
     ints: np.ndarray
     scale: np.ndarray
     bits: int
-    binary: bool = False
 
 
 @dataclass
@@ -100,7 +99,6 @@ class _State:
     values: dict = field(default_factory=dict)
     nodes: list = field(default_factory=list)
     names: set = field(default_factory=set)
-    limits: ir.Limits = None
     readers: dict = field(default_factory=dict)
 
     def name_for(self, node):
@@ -167,10 +165,12 @@ def import_qonnx(path_or_model, *, name=None, limits=None):
         For a file that is missing, too large (``limits.model_bytes``) or not ONNX, naming it;
         for anything the IR cannot say exactly, naming the ONNX node and the reason.
     """
-    limits = ir._limits(limits)
+    limits = ir.Limits.from_environment() if limits is None else limits
+    if not isinstance(limits, ir.Limits):
+        raise TypeError(f"limits must be a zeroskip.ir.Limits, got {type(limits).__name__}")
     model = _read_model(path_or_model, limits)
     graph = model.graph
-    state = _State(limits=limits)
+    state = _State()
     for node in graph.node:
         for tensor in node.input:
             state.readers[tensor] = state.readers.get(tensor, 0) + 1
@@ -360,7 +360,7 @@ def _quantize_constant(node, values, scale, bits, signed, narrow, scale_input):
         low, high = _quant_range(bits, signed, narrow)
         ints = np.round(np.clip(divided, low, high))
     return _Weights(ints=ints.astype(np.int64), scale=np.broadcast_to(scale, ints.shape).copy(),
-                    bits=max(bits, ir.MIN_BITS), binary=bits == 1)
+                    bits=max(bits, ir.MIN_BITS))
 
 
 def _quantize_input(state, node, source, scale, bits, signed, narrow):
@@ -612,8 +612,7 @@ def _linear(node, source, weights, bias_value):
 
 
 def _transposed(weights):
-    return _Weights(ints=weights.ints.T, scale=weights.scale.T, bits=weights.bits,
-                    binary=weights.binary)
+    return _Weights(ints=weights.ints.T, scale=weights.scale.T, bits=weights.bits)
 
 
 def _gemm(state, node, inputs, attributes):
@@ -644,8 +643,7 @@ def _transpose(state, node, inputs, attributes):
         return np.transpose(value, perm)
     if isinstance(value, _Weights):
         return _Weights(ints=np.transpose(value.ints, perm),
-                        scale=np.transpose(value.scale, perm), bits=value.bits,
-                        binary=value.binary)
+                        scale=np.transpose(value.scale, perm), bits=value.bits)
     raise _refuse(node, "transposes a tensor other than constant weights")
 
 

@@ -187,6 +187,23 @@ def test_refusals_name_node_and_reason(model, message):
     assert message in str(error.value) and "\n" not in str(error.value)
 
 
+def test_trunc_version_1_and_floor_are_refused():
+    b = GraphBuilder((1, 2, 4, 4))
+    x = b.quant("x", 2.0**-4, 8, signed=False)
+    pooled = b.node("AveragePool", [x], kernel_shape=[2, 2], strides=[2, 2])
+    common = [b.constant(2.0**-6), b.constant(0.0), b.constant(10.0)]
+    version_1 = b.helper.make_node("Trunc", [pooled, *common, b.constant(8.0)], ["t1"],
+                                   name="Trunc_v1", domain="qonnx.custom_op.general")
+    b.nodes.append(version_1)
+    with pytest.raises(ZeroskipError, match="'Trunc_v1' \\(Trunc\\): Trunc with 5 inputs"):
+        zeroskip.import_qonnx(b.model("t1"))
+    b.nodes[-1] = b.helper.make_node(
+        "Trunc", [pooled, *common, b.constant(2.0**-4), b.constant(8.0)], ["t2"],
+        name="Trunc_floor", domain="qonnx.custom_op.general", rounding_mode="FLOOR", signed=0)
+    with pytest.raises(ZeroskipError, match="'Trunc_floor' \\(Trunc\\): rounding mode FLOOR"):
+        zeroskip.import_qonnx(b.model("t2"))
+
+
 def test_unquantized_output_and_float_fan_out_are_refused():
     b = GraphBuilder((1, 2, 4, 4))
     acc = b.node("Conv", [b.quant("x", 2.0**-4, 8), b.weights((3, 2, 3, 3), 2.0**-6)])
