@@ -210,7 +210,11 @@ def _constant(tensor):
     if tensor.data_location == onnx.TensorProto.EXTERNAL:
         raise ZeroskipError(f"QONNX model: initializer {tensor.name!r} keeps its data in an "
                             "external file; save the model with its tensors inside")
-    return onnx.numpy_helper.to_array(tensor)
+    try:
+        return onnx.numpy_helper.to_array(tensor)
+    except (ValueError, TypeError) as error:  # data that does not fill its declared shape
+        raise ZeroskipError(f"QONNX model: initializer {tensor.name!r} is malformed: "
+                            f"{' '.join(str(error).split())}"[:300]) from None
 
 
 def _input_shape(value):
@@ -239,12 +243,23 @@ def _step(state, node):
     missing = [name for name in node.input if name and name not in state.values]
     if missing:
         raise _refuse(node, f"reads {missing[0]!r}, which no earlier node or initializer makes")
+    low, high = _ARITY[node.op_type]
+    # The required inputs present and named (an empty name is an omitted optional input).
+    if not low <= len(node.input) <= high or not all(node.input[:low]):
+        raise _refuse(node, f"{len(node.input)} inputs; {node.op_type} takes "
+                            f"{low if low == high else f'{low} to {high}'}")
     inputs = [state.values[name] if name else None for name in node.input]
     for name, value in zip(node.input, inputs):
         if isinstance(value, _Accumulator) and state.readers[name] > 1:
             raise _refuse(node, f"the unquantized tensor {name!r} has {state.readers[name]} "
                                 "readers; the IR holds only quantized tensors between layers")
-    outputs = handler(state, node, inputs, _attributes(node))
+    try:
+        outputs = handler(state, node, inputs, _attributes(node))
+    except (ValueError, TypeError, IndexError, OverflowError) as error:
+        # Attributes or constants of the wrong type or shape (a well-formed protobuf can hold
+        # any); the IR's own refusals are ZeroskipErrors and pass through.
+        raise _refuse(node, f"malformed: {type(error).__name__}: "
+                            f"{' '.join(str(error).split())[:200]}") from None
     for name, value in zip(node.output, outputs if isinstance(outputs, tuple) else (outputs,)):
         state.values[name] = value
 
@@ -783,6 +798,14 @@ def _constant_node(state, node, inputs, attributes):
     return _onnx().numpy_helper.to_array(attributes["value"])
 
 
+# (fewest, most) inputs of each op.
+_ARITY = {
+    "Quant": (4, 4), "BipolarQuant": (2, 2), "Trunc": (5, 6), "Conv": (2, 3), "Gemm": (2, 3),
+    "MatMul": (2, 2), "Transpose": (1, 1), "Relu": (1, 1), "MaxPool": (1, 1),
+    "AveragePool": (1, 1), "GlobalAveragePool": (1, 1), "Add": (2, 2), "Flatten": (1, 1),
+    "Reshape": (2, 2), "BatchNormalization": (5, 5), "Identity": (1, 1), "Dropout": (1, 3),
+    "Constant": (0, 0),
+}
 _HANDLERS = {
     "Quant": _quant, "BipolarQuant": _quant, "Trunc": _trunc, "Conv": _conv, "Gemm": _gemm, "MatMul": _matmul,
     "Transpose": _transpose, "Relu": _relu, "MaxPool": _maxpool, "AveragePool": _avgpool,

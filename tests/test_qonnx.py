@@ -256,3 +256,39 @@ def test_cli_import(tmp_path, capsys):
     assert main(["import", str(model), "-o", str(out)]) == 2
     error = capsys.readouterr().err
     assert error.count("\n") == 1 and "a nonzero zero point" in error
+
+
+def test_mutated_models_import_or_are_refused_in_one_line():
+    """Random damage to a valid model (inputs dropped, attributes and constants replaced by
+    values of other types and shapes): each imports or raises one ZeroskipError line."""
+    rng = np.random.default_rng(0)
+    odd_values = [helper.make_attribute("x", v) for v in (
+        [1, 2, 3], 0, -5, 2.5, "SAME_UPPER", b"", [0.5], [10**12, 1], [1, 1, 1, 1, 1, 1])]
+    outcomes = {"imported": 0, "refused": 0}
+    for trial in range(150):
+        model = pools_and_add() if trial % 2 else small_model(batch_norm=trial % 4 == 1)
+        for _ in range(rng.integers(1, 4)):
+            node = model.graph.node[rng.integers(len(model.graph.node))]
+            kind = rng.integers(4)
+            if kind == 0 and node.input:
+                del node.input[rng.integers(len(node.input))]
+            elif kind == 1 and node.attribute:
+                attribute = node.attribute[rng.integers(len(node.attribute))]
+                replacement = odd_values[rng.integers(len(odd_values))]
+                name = attribute.name
+                attribute.CopyFrom(replacement)
+                attribute.name = name
+            elif kind == 2:
+                tensor = model.graph.initializer[rng.integers(len(model.graph.initializer))]
+                shape = [int(s) for s in rng.integers(0, 4, rng.integers(0, 4))]
+                tensor.CopyFrom(numpy_helper.from_array(
+                    rng.normal(size=shape).astype(np.float32), tensor.name))
+            else:
+                node.op_type = ["Relu", "Quant", "Conv", "Flatten", "Add"][rng.integers(5)]
+        try:
+            zeroskip.import_qonnx(model)
+            outcomes["imported"] += 1
+        except ZeroskipError as error:
+            assert "\n" not in str(error) and str(error)
+            outcomes["refused"] += 1
+    assert outcomes["refused"] > 50
