@@ -76,10 +76,11 @@ class _Weights:
 
 @dataclass
 class _Accumulator:
-    """``real[c] = a[c] * unit[c] * acc[c] + b[c]``, then a ReLU if ``relu``.
+    """``real[c] = a[c] * unit[c] * acc[c] + b[c]``, then a ReLU if ``relu``; ``acc`` includes
+    ``bias`` (integer accumulator steps; None for a pool or an add).
 
-    ``make(name, act, requant, threshold)`` builds the IR node; ``fields`` holds what it needs
-    besides (the bias, folded offsets included, for a weight layer)."""
+    ``make(name, act, requant, threshold, bias)`` builds the IR node made by ``origin`` (the
+    ONNX node whose name it takes), given the final bias (offsets folded in)."""
 
     origin: object
     unit: list
