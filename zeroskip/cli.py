@@ -158,6 +158,17 @@ def _stats(args):
     return 0
 
 
+def _import(args):
+    from .frontend.qonnx import import_qonnx
+
+    graph = import_qonnx(args.model, name=args.name)
+    path = graph.save(args.output)
+    layers = sum(1 for node in graph.nodes if node.op in ("conv2d", "linear"))
+    print(f"{args.model} -> {path}: {len(graph.nodes)} nodes ({layers} conv2d / linear), "
+          f"input {graph.input.shape}, output {graph.shapes[graph.output]}")
+    return 0
+
+
 def _lanes_argument(text):
     if text == "auto":
         return text
@@ -439,6 +450,16 @@ def build_parser():
                             "MACs")
     stats.add_argument("--json", metavar="PATH", help="also write the table as JSON")
     stats.set_defaults(run=_stats)
+    import_ = commands.add_parser(
+        "import", help="a QONNX model (Brevitas's export_qonnx) to a graph file, exactly",
+        description="Import a QONNX model: Quant / BipolarQuant, Conv, Gemm / MatMul, Relu, "
+        "MaxPool, AveragePool, Add, Flatten / Reshape, BatchNormalization folded. What the IR "
+        "cannot say exactly is refused, naming the ONNX node and the reason.")
+    import_.add_argument("model", help="an ONNX file")
+    import_.add_argument("-o", "--output", required=True, metavar="NET.zsg",
+                         help="the graph file to write")
+    import_.add_argument("--name", help="the graph's name (default: the ONNX graph's)")
+    import_.set_defaults(run=_import)
     compile_ = commands.add_parser(
         "compile", help="a graph file to Verilog: one engine per layer, one top",
         description="Compile a graph file (written by Graph.save or zeroskip.export) into a "
