@@ -36,7 +36,7 @@ ALLOWED = {
 
 #: The modules on top (commands, demos, the host link) may use every layer.
 TOP = {"zeroskip.cli", "zeroskip.demo", "zeroskip.binary_demo", "zeroskip.models",
-       "zeroskip.host", "zeroskip.simulation", "zeroskip.__main__"}
+       "zeroskip.host", "zeroskip.simulation", "zeroskip.report", "zeroskip.__main__"}
 
 
 def modules():

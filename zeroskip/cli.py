@@ -261,6 +261,10 @@ def _report(args):
     from .design import Design
 
     _check_json_path(args.json)
+    if args.html:
+        from .build import check_output_path
+
+        check_output_path(args.html, "--html")
     build = open_build(args.build)
     Design.from_build(build)  # the Verilog is what the graph and the options compile to
     report = {"design": build.manifest}
@@ -280,6 +284,12 @@ def _report(args):
         report["simulation"] = summary.to_dict()
         text += f"\nlast co-simulation ({SIM_FILE}):\n" + table + "\n"
     print(text, end="")
+    if args.html is not None:
+        from . import report as html_report
+
+        path = Path(args.html) if args.html else html_report.default_path(build)
+        _write_output(path, html_report.html_report(build, measured).encode(), "--html")
+        print(f"wrote {path}")
     if args.json:
         _write_json(report, args.json)
     return 0
@@ -498,6 +508,9 @@ def build_parser():
     report = commands.add_parser("report", help="a build's layers, lanes and measured cycles")
     report.add_argument("build", help="a build directory written by `zeroskip compile`")
     report.add_argument("--json", metavar="PATH", help="also write the report as JSON")
+    report.add_argument("--html", nargs="?", const="", default=None, metavar="OUT.html",
+                        help="also write one self-contained HTML page with plots (default "
+                             "BUILD/report.html)")
     report.set_defaults(run=_report)
 
     run = commands.add_parser(

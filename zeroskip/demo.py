@@ -227,6 +227,27 @@ def _lanes_text(lanes):
     return "/".join(str(count) for count in lanes.values())
 
 
+#: The demo's build directories under ``--out``, zero-skip and dense.
+BUILD_NAMES = {True: "build", False: "build-dense"}
+
+#: Test images in each build's testbench (``tb/inputs.npy``).
+TESTBENCH_IMAGES = 8
+
+
+def _record_simulations(out_dir, designs, x_test, y_test, results):
+    """Each build's co-simulation as ``zeroskip sim`` records it (``sim.json``), for
+    ``zeroskip report``."""
+    from .build import SIM_FILE, open_build
+    from .simulation import SimulationSummary
+
+    for zero_skip, result in results.items():
+        count = len(result.outputs)
+        summary = SimulationSummary.of(designs[zero_skip], x_test[:count], result,
+                                       y_test[:count])
+        open_build(Path(out_dir) / BUILD_NAMES[zero_skip]).write_result(SIM_FILE,
+                                                                         summary.to_dict())
+
+
 def run_hardware(graph, x_calibration, x_test, y_test, settings, *, out_dir=None,
                  build_root=None, progress=None):
     """Compile the net twice at the same multiplier budget, zero-skip and dense, each folded on
@@ -241,9 +262,13 @@ def run_hardware(graph, x_calibration, x_test, y_test, settings, *, out_dir=None
                                            multipliers=settings.multipliers,
                                            calibration=x_calibration)
         if out_dir is not None:
-            designs[zero_skip].write(Path(out_dir) / ("build" if zero_skip else "build-dense"))
+            # The testbench's golden vectors: the first test images.
+            designs[zero_skip].write(Path(out_dir) / BUILD_NAMES[zero_skip],
+                                     testbench_inputs=x_test[:TESTBENCH_IMAGES])
     sparse = designs[True].simulate(x_test, build_root=build_root, progress=progress)
     dense = designs[False].simulate(x_test[:DENSE_IMAGES], build_root=build_root)
+    if out_dir is not None:
+        _record_simulations(out_dir, designs, x_test, y_test, {True: sparse, False: dense})
     golden = reference.run(graph, x_test)
     # The ideal is measured on the test images themselves, not on the calibration images.
     slowest = max(estimate_graph(graph, x_test, designs[True].lanes),

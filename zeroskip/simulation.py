@@ -28,7 +28,8 @@ class SimulationSummary:
 
     ``interval_cycles`` is the median cycles between the last output beats of consecutive
     inferences (the initiation interval in steady state); ``latency_cycles`` the mean cycles
-    from an inference's first input beat to its last output beat.
+    from an inference's first input beat to its last output beat. ``latencies`` and
+    ``intervals`` are the same per inference, in order (the report's timeline).
     """
 
     top: str
@@ -47,6 +48,8 @@ class SimulationSummary:
     simulation_seconds: float
     build_seconds: float
     layers: list = field(default_factory=list)
+    latencies: list = field(default_factory=list)
+    intervals: list = field(default_factory=list)
 
     @classmethod
     def of(cls, design, x_int, result, labels=None):
@@ -79,7 +82,9 @@ class SimulationSummary:
             interval_mean=float(np.mean(intervals)) if len(intervals) else float("nan"),
             rtl_accuracy=rtl_accuracy, golden_accuracy=golden_accuracy,
             simulation_seconds=round(result.seconds, 2),
-            build_seconds=round(result.build_seconds, 2), layers=layers)
+            build_seconds=round(result.build_seconds, 2), layers=layers,
+            latencies=[int(v) for v in result.latency_cycles],
+            intervals=[int(v) for v in intervals])
 
     def to_dict(self):
         return asdict(self)
