@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .. import progress
 from ..errors import ToolchainError
 from ..toolchain import yowasp_executable
 
@@ -64,9 +65,10 @@ def run_tool(command, workdir, timeout, what):
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
     try:
-        result = subprocess.run([str(part) for part in command], check=False, cwd=workdir,
-                                capture_output=True, text=True, errors="replace",
-                                timeout=timeout)
+        with progress.step(f"{Path(command[0]).name.removeprefix('yowasp-')}: {what}"):
+            result = subprocess.run([str(part) for part in command], check=False, cwd=workdir,
+                                    capture_output=True, text=True, errors="replace",
+                                    timeout=timeout)
     except subprocess.TimeoutExpired:
         raise ToolchainError(f"{Path(command[0]).name} took more than {timeout} s on "
                              f"{what}") from None

@@ -17,7 +17,7 @@ PACKAGES = {"zeroskip": "zeroskip", "frontend": "zeroskip.frontend", "hdl": "zer
             "zeroskip/compiler": "zeroskip.compiler"}
 
 CORE = {"zeroskip", "zeroskip.errors", "zeroskip.ir", "zeroskip.reference", "zeroskip.analysis",
-        "zeroskip.toolchain", "zeroskip.parts"}
+        "zeroskip.toolchain", "zeroskip.parts", "zeroskip.progress"}
 
 #: Layer -> the zeroskip modules (or packages, with everything below) it may import.
 ALLOWED = {

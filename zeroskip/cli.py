@@ -182,8 +182,8 @@ def _probability_argument(text):
 
 
 def _compile(args):
+    from . import progress
     from .build import check_build_target
-    from .design import compile as compile_graph
     from .ir import load
 
     _check_json_path(args.json)
@@ -194,6 +194,20 @@ def _compile(args):
         raise ZeroskipError("-o: the build directory's path is empty")
     output = Path(args.output)
     check_build_target(output)  # before the compile's work, not after it
+    with progress.step("compile"):
+        design = _compiled(args, graph, calibration)
+        design.write(output)
+    print(design.report(), end="")
+    print(f"wrote {output / (design.top + '.v')}, manifest.json, report.txt, graph.zsg, tb/")
+    if args.json:
+        _write_json(design.manifest(), args.json)
+    return 0
+
+
+def _compiled(args, graph, calibration):
+    """The design ``compile``'s options ask for."""
+    from .design import compile as compile_graph
+
     if args.target is not None:
         if args.lanes != 1 or args.sequential:
             raise ZeroskipError("--target chooses the architecture and the lanes itself: give "
@@ -211,12 +225,7 @@ def _compile(args):
                                layer_counters=not args.no_layer_counters,
                                architecture="sequential" if args.sequential else "dataflow",
                                argmax=args.argmax)
-    design.write(output)
-    print(design.report(), end="")
-    print(f"wrote {output / (design.top + '.v')}, manifest.json, report.txt, graph.zsg")
-    if args.json:
-        _write_json(design.manifest(), args.json)
-    return 0
+    return design
 
 
 def _sim(args):
@@ -532,6 +541,9 @@ def build_parser():
     run.set_defaults(run=_run_on_board)
 
     _add_fpga_commands(commands)
+    for command in commands.choices.values():
+        command.add_argument("--quiet", action="store_true",
+                             help="no progress output (shown on a terminal otherwise)")
     return parser
 
 
@@ -615,7 +627,10 @@ def _terminated_as_exception():
 
 
 def main(argv=None):
+    from . import progress
+
     args = build_parser().parse_args(argv)
+    progress.set_quiet(args.quiet)
     if args.command == "compile":
         args.multipliers_given = args.multipliers is not None
         if args.multipliers is None:
