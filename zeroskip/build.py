@@ -264,25 +264,25 @@ def _real_subdirectory(directory, name):
     if "/" not in name:
         return
     path = directory / name.partition("/")[0]
-    try:
-        info = os.lstat(path)
-    except FileNotFoundError:
-        raise ZeroskipError(f"build subdirectory {_where(path)} is missing") from None
-    except OSError as error:
-        raise _os_error(error, "read", path) from None
-    if not stat.S_ISDIR(info.st_mode):
+    if not stat.S_ISDIR(_lstat(path, "build subdirectory").st_mode):
         raise ZeroskipError(f"build subdirectory {_where(path)} is not a directory (a "
                             "symbolic link is not: a build's files must be its own)")
 
 
-def _regular_file(path, what):
-    """``os.lstat`` of ``path``, which must be a regular file (not a link, not missing)."""
+def _lstat(path, what):
+    """``os.lstat`` of ``path``; a ZeroskipError naming ``what`` if it is missing or
+    unreadable."""
     try:
-        info = os.lstat(path)
+        return os.lstat(path)
     except FileNotFoundError:
         raise ZeroskipError(f"{what} {_where(path)} is missing") from None
     except OSError as error:
         raise _os_error(error, "read", path) from None
+
+
+def _regular_file(path, what):
+    """``os.lstat`` of ``path``, which must be a regular file (not a link, not missing)."""
+    info = _lstat(path, what)
     if stat.S_ISLNK(info.st_mode):
         raise ZeroskipError(f"{what} {_where(path)} is a symbolic link: a build's files "
                             "must be its own")
