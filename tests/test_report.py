@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 import zeroskip
-from zeroskip import cli
+from zeroskip import cli, demo
 from zeroskip.boards import synth
 from zeroskip.build import SIM_FILE, open_build
 from zeroskip.simulation import SimulationSummary
@@ -72,13 +72,18 @@ def design():
 
 @pytest.fixture(scope="module")
 def full_build(design, tmp_path_factory, verilator_build_root):
-    """The build with a co-simulation and a synthesis report recorded."""
-    path = tmp_path_factory.mktemp("report") / "build"
+    """The build with a co-simulation (recorded as the demo records its own) and a synthesis
+    report."""
+    path = tmp_path_factory.mktemp("report") / demo.BUILD_NAMES[True]
     design.write(path)
-    build = open_build(path)
     x = np.load(path / "tb" / "inputs.npy")
     result = design.simulate(x, idle_probability=0.2, build_root=verilator_build_root)
-    build.write_result(SIM_FILE, SimulationSummary.of(design, x, result).to_dict())
+    labels = np.arange(len(x)) % 4
+    demo._record_simulations(path.parent, {True: design}, x, labels, {True: result})
+    recorded = open_build(path).read_result(SIM_FILE)
+    assert recorded == json.loads(json.dumps(
+        SimulationSummary.of(design, x, result, labels).to_dict()))
+    assert recorded["latencies"] == result.latency_cycles.tolist()
     part = synth.target("ice40-up5k")
     report = synth.BoardReport(target=part.name, device=part.device, package=part.package,
                                top=design.top, luts=2900, ffs=2500, dsps=5, brams=20, spram=0,
