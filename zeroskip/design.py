@@ -164,15 +164,23 @@ class Design:
         """Every file of the build but the manifest, with the cocotb testbench in ``tb/``
         (:func:`zeroskip.testbench.build_tb.testbench_files`) on ``testbench_inputs``, or
         seeded random inputs."""
+        tb = self._default_testbench if testbench_inputs is None else \
+            self._testbench(testbench_inputs)
+        return {**self._build_files, **tb}
+
+    def _testbench(self, x_int):
         from .testbench import build_tb
 
-        x = build_tb.default_inputs(self.graph) if testbench_inputs is None else \
-            testbench_inputs
-        tb = build_tb.testbench_files(
-            self.top, self.graph, x, has_class=self.has_class,
+        return build_tb.testbench_files(
+            self.top, self.graph, x_int, has_class=self.has_class,
             out_signed=self.out_act.signed and not self.out_act.binary,
             cycles_per_inference=self._cycle_budget(1, 0.0, 0.0), directory=TESTBENCH_DIR)
-        return {**self._build_files, **tb}
+
+    @cached_property
+    def _default_testbench(self):
+        from .testbench import build_tb
+
+        return self._testbench(build_tb.default_inputs(self.graph))
 
     def manifest(self, testbench_inputs=None):
         """What the build directory holds, as JSON-ready data; ``files`` maps every other
