@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from amaranth.back import rtlil
-from amaranth.hdl import Assert, Assume, Module, Mux, Signal, Value
+from amaranth.hdl import Assert, Assume, Cat, Module, Mux, Signal, Value
 from amaranth.lib import wiring
 
 from zeroskip import toolchain
@@ -97,14 +97,21 @@ class StreamHarness(wiring.Component):
         Stream member name -> beats of one inference on it.
     inflight : int
         Inferences the count may run ahead of the outputs (:data:`INFLIGHT`).
+    count : bool
+        Assert the beat count (above).
+    quiet : bool
+        Assert, per output, that no beat is offered after a reset before an input beat is:
+        what the count implies for the first inference, without its counter (a cheaper proof
+        for engines whose count is out of a proof's reach).
 
     Members
     -------
     The engine's ``inputs`` and ``outputs`` streams, as they are on the engine.
     """
 
-    def __init__(self, engine, inputs, outputs, *, inflight=INFLIGHT, count=True):
-        self.count = count
+    def __init__(self, engine, inputs, outputs, *, inflight=INFLIGHT, count=True,
+                 quiet=False):
+        self.count, self.quiet = count, quiet
         for name, beats in {**inputs, **outputs}.items():
             if name not in engine.signature.members:
                 raise ValueError(f"{type(engine).__name__} has no stream {name!r}")
@@ -132,8 +139,16 @@ class StreamHarness(wiring.Component):
                 m.d.comb += Assume(kept, f"{name}: a refused beat is offered again, unchanged")
             starts[name] = _tensor_starts(m, stream, beats, name)
 
+        # An input beat offered since the reset (a combinational engine may pass it on at once).
+        offered = Cat(getattr(self, name).valid for name in self.inputs).any()
+        begun = Signal()
+        with m.If(offered):
+            m.d.sync += begun.eq(1)
         for name, beats in self.outputs.items():
             stream = getattr(self, name)
+            if self.quiet:
+                m.d.comb += Assert(~stream.valid | begun | offered,
+                                   f"{name}: a beat offered after a reset before any input")
             waiting, kept = _offered_again(m, stream, name)
             with m.If(waiting):
                 m.d.comb += Assert(kept, f"{name}: dropped valid or changed its payload while "
