@@ -8,8 +8,11 @@ high any cycle), and it holds the properties, written in Amaranth:
   cycle, with the same payload (``lib.stream``'s rule for a producer);
 * **asserted** on every output stream: the same rule, for the engine as producer;
 * **asserted** on every output stream, against every input stream: no output beat without an
-  input to justify it. Each inference whose first input beat has been offered allows the output's
-  beats of one inference; an output beat beyond what the inputs started since reset fails.
+  input to justify it. Each inference whose first input beat has been offered allows the
+  output's beats of one inference; an output beat beyond what the inputs started since reset fails
+  (``count``);
+* **asserted** on every output stream, if asked (``quiet``): after a reset, no beat is offered
+  before an input beat is (what the count implies for the first inference, without a counter).
 
 A reset (``rst`` high for a cycle) clears the checker's registers with the engine's, so every
 property holds from the reset on, for whatever the engine's RAMs still hold: a reset in the
@@ -139,15 +142,11 @@ class StreamHarness(wiring.Component):
                 m.d.comb += Assume(kept, f"{name}: a refused beat is offered again, unchanged")
             starts[name] = _tensor_starts(m, stream, beats, name)
 
-        # An input beat offered since the reset (a combinational engine may pass it on at once).
-        offered = Cat(getattr(self, name).valid for name in self.inputs).any()
-        begun = Signal()
-        with m.If(offered):
-            m.d.sync += begun.eq(1)
+        begun = self._begun(m) if self.quiet else None
         for name, beats in self.outputs.items():
             stream = getattr(self, name)
             if self.quiet:
-                m.d.comb += Assert(~stream.valid | begun | offered,
+                m.d.comb += Assert(~stream.valid | begun,
                                    f"{name}: a beat offered after a reset before any input")
             waiting, kept = _offered_again(m, stream, name)
             with m.If(waiting):
@@ -157,6 +156,15 @@ class StreamHarness(wiring.Component):
             for source, start in starts.items() if self.count else ():
                 self._count(m, name, beats, source, start, given)
         return m
+
+    def _begun(self, m):
+        """1 from the first cycle an input beat is offered after a reset (a combinational
+        engine may pass it on at once)."""
+        offered = Cat(getattr(self, name).valid for name in self.inputs).any()
+        begun = Signal(name="begun")
+        with m.If(offered):
+            m.d.sync += begun.eq(1)
+        return begun | offered
 
     def _count(self, m, name, beats, source, start, given):
         """Output ``name``'s beats against the inferences started on input ``source``."""
