@@ -49,10 +49,11 @@ def test_memories_are_read_off_the_elaborated_design():
     rng = np.random.default_rng(0)
     design = zeroskip.compile(pooled_graph(rng), lanes=2, chunk=4)
     found = {memory.path: memory for memory in resources.memories(design.engine())}
-    # Both lanes of the conv read its line buffer; each lane has its own ROMs.
-    assert found["/layer_c1/act_mem"].read_ports == 2
+    # Each lane of the conv reads a copy of its line buffer (written together) through one
+    # port, and has its own ROMs.
+    assert [found[f"/layer_c1/act_mem_{lane}"].read_ports for lane in (0, 1)] == [1, 1]
     assert {"/layer_c1/combo_rom_0", "/layer_c1/combo_rom_1"} <= set(found)
-    assert found["/layer_c1/combo_rom_0"].rom and not found["/layer_c1/act_mem"].rom
+    assert found["/layer_c1/combo_rom_0"].rom and not found["/layer_c1/act_mem_0"].rom
 
 
 @pytest.mark.parametrize("family", ["ecp5", "ice40"])
