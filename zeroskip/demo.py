@@ -17,7 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from . import progress, reference
+from . import reference
+from .progress import step as show_step
 
 TEST_IMAGES = 360
 SPLIT_SEED = 0
@@ -87,7 +88,7 @@ def train(model, x, y, epochs, lr, seed, batch_size=64, label="training"):
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     generator = torch.Generator().manual_seed(seed)
     model.train()
-    with progress.step(label, total=epochs, unit="epochs") as shown:
+    with show_step(label, total=epochs, unit="epochs") as shown:
         for _ in range(epochs):
             order = torch.randperm(len(x), generator=generator)
             for start in range(0, len(x), batch_size):
@@ -261,7 +262,7 @@ def run_hardware(graph, x_calibration, x_test, y_test, settings, *, out_dir=None
 
     designs = {}
     for zero_skip in (True, False):
-        with progress.step(f"compile ({'zero-skip' if zero_skip else 'dense'})"):
+        with show_step(f"compile ({'zero-skip' if zero_skip else 'dense'})"):
             designs[zero_skip] = compile_graph(graph, "auto", zero_skip=zero_skip,
                                                multipliers=settings.multipliers,
                                                calibration=x_calibration)
