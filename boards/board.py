@@ -34,6 +34,7 @@ from amaranth.hdl import UnusedElaboratable
 from amaranth.lib import io, wiring
 from amaranth.lib.cdc import ResetSynchronizer
 
+from .. import progress
 from ..build import replace_directory, scratch_directory
 from ..errors import ToolchainError, ZeroskipError
 from ..toolchain import yowasp_executable
@@ -319,7 +320,8 @@ def _run_script(work, name, env):
                                    stdin=subprocess.DEVNULL, stdout=output,
                                    stderr=subprocess.STDOUT, start_new_session=True)
         try:
-            return process.wait()
+            with progress.step(f"Yosys, nextpnr and the packer: bitstream {name}"):
+                return process.wait()
         except BaseException:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()

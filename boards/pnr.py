@@ -18,6 +18,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .. import progress
 from ..errors import ToolchainError
 from ..toolchain import yowasp_executable
 
@@ -82,7 +83,8 @@ def run_tool(command, workdir, timeout, what):
     A timeout is a :class:`ToolchainError` naming ``what``.
     """
     started = time.perf_counter()
-    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err, \
+            progress.step(f"{Path(command[0]).name.removeprefix('yowasp-')}: {what}"):
         process = subprocess.Popen([str(part) for part in command], cwd=workdir,
                                    stdin=subprocess.DEVNULL, stdout=out, stderr=err, text=True)
         killed = threading.Event()

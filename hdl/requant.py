@@ -11,6 +11,9 @@ The rounding offset ``2**(s - 1)`` would need an adder as wide as the largest sh
 pipeline uses the equivalent ``((2 * v) >> s) + 1) >> 1`` instead (for integers, a floor of a
 floor is one floor), which also covers ``s == 0`` without a special case: ``(2v + 1) >> 1 == v``.
 
+With ``requant.rounding == "half_even"`` a tie (``t`` odd and the product's ``s - 1`` bits below
+those ``t`` holds all zero) whose ``t >> 1`` is even is rounded down, ``t >> 1``, instead of up.
+
 The result is monotone in ``acc`` and clamped, so every accumulator beyond the one that first
 reaches a clamp bound (in every channel) gives the same activation: the accumulator is saturated
 to those bounds first (:func:`saturation_bounds`), exactly, which narrows the multiplier. Its
@@ -22,7 +25,7 @@ as shifted multipliers.
 from __future__ import annotations
 
 import numpy as np
-from amaranth.hdl import Module, Mux, Shape, Signal, signed, unsigned
+from amaranth.hdl import Const, Module, Mux, Shape, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
@@ -50,8 +53,13 @@ def saturation_bounds(requant, channels):
     for multiplier, shift in zip(multipliers.tolist(), shifts.tolist()):
         if multiplier == 0:
             continue
-        # ((2 a M) >> s + 1) >> 1 >= T  <=>  a >= ceil((2T - 1) 2**s / 2M)
-        highs.append(-((-(2 * requant.clamp_max - 1) << shift) // (2 * multiplier)))
+        if requant.rounding == "half_even":
+            # A tie at T - 1/2 may round down: a M / 2**s > T - 1/2 strictly.
+            highs.append(((2 * requant.clamp_max - 1) << shift) // (2 * multiplier) + 1)
+        else:
+            # ((2 a M) >> s + 1) >> 1 >= T  <=>  a >= ceil((2T - 1) 2**s / 2M)
+            highs.append(-((-(2 * requant.clamp_max - 1) << shift) // (2 * multiplier)))
+        # Both modes: a M / 2**s < B + 1/2 strictly.
         # ((2 a M) >> s + 1) >> 1 <= B  <=>  a <= ceil((2B + 1) 2**s / 2M) - 1
         lows.append(-((-(2 * requant.clamp_min + 1) << shift) // (2 * multiplier)) - 1)
     if not highs:
@@ -234,12 +242,26 @@ class Requantizer(wiring.Component):
                                 if isinstance(shift_2, int) else product.shift_left(1) >> shift_2)
         twice_quotient = Signal(twice_quotient_value.shape())
         valid_3 = Signal()
+        half_even = requant.rounding == "half_even"
+        # Half even: whether the product's bits below the half bit are all zero.
+        exact_below_half = Signal()
+        if half_even:
+            below_half = Signal(product_shape.width)
+            m.d.comb += below_half.eq((((1 << shift_2) >> 1) - 1) if isinstance(shift_2, int)
+                                      else ((Const(1, 1) << shift_2) >> 1) - 1)
+            exact_below_half_value = (product.as_unsigned() & below_half) == 0
 
         # Stage 4: round half up, and beside it the clamp's comparisons, made on the value before
         # rounding (for an integer t, ``(t + 1) >> 1 < m`` iff ``t < 2m - 1`` and ``> M`` iff
         # ``t > 2M``). Stage 5 (the output register): clamp, prune. A carry chain followed by
         # another was an iCE40's longest path.
-        rounded_value = (twice_quotient + 1).shift_right(1)
+        if half_even:
+            # A tie whose lower neighbour t >> 1 is even rounds down.
+            down = Signal()
+            m.d.comb += down.eq(twice_quotient[0] & exact_below_half & ~twice_quotient[1])
+            rounded_value = (twice_quotient + ~down).shift_right(1)
+        else:
+            rounded_value = (twice_quotient + 1).shift_right(1)
         rounded = Signal(rounded_value.shape())
         under, over = Signal(), Signal()
         valid_4 = Signal()
@@ -248,7 +270,11 @@ class Requantizer(wiring.Component):
         # Only the comparisons the value's range can fail: a constant one is a lint warning.
         comparisons_4 = [over.eq(twice_quotient > 2 * requant.clamp_max)]
         if rounded.shape().signed or requant.clamp_min > 0:
-            comparisons_4.append(under.eq(twice_quotient < 2 * requant.clamp_min - 1))
+            under_value = twice_quotient < 2 * requant.clamp_min - 1
+            if half_even:
+                # 2 clamp_min - 1 is a tie rounding down to clamp_min - 1 when that is even.
+                under_value |= (twice_quotient == 2 * requant.clamp_min - 1) & down
+            comparisons_4.append(under.eq(under_value))
         with m.If(under):
             m.d.comb += clamped.eq(requant.clamp_min)
         with m.Elif(over):
@@ -274,6 +300,7 @@ class Requantizer(wiring.Component):
                 product.eq(exact_product),
                 valid_3.eq(valid_2b),
                 twice_quotient.eq(twice_quotient_value),
+                *([exact_below_half.eq(exact_below_half_value)] if half_even else []),
                 valid_4.eq(valid_3),
                 rounded.eq(rounded_value), *comparisons_4,
                 self.o_stream.valid.eq(valid_4),

@@ -51,6 +51,7 @@ from typing import TextIO
 import numpy as np
 import numpy.typing as npt
 
+from zeroskip import progress
 from zeroskip.testbench import runner
 from zeroskip.testbench.harness import THRESHOLD_WIDTH
 
@@ -461,7 +462,7 @@ class ProgressBar:
 
     def __call__(self, done: int, total: int) -> None:
         stream = self.stream
-        if not _is_terminal(stream):
+        if progress.is_quiet() or not _is_terminal(stream):
             return
         if self._started is None:
             self._started = time.monotonic()

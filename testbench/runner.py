@@ -50,7 +50,7 @@ import numpy as np
 import numpy.typing as npt
 from cocotb_tools.runner import get_runner
 
-from zeroskip import toolchain
+from zeroskip import progress, toolchain
 from zeroskip.errors import ZeroskipError
 from zeroskip.hdl.verilog import WAIVER_FILE
 
@@ -653,7 +653,8 @@ def _compile(
         build_args.append("--no-public-flat-rw")
     log = build_dir / "build.log"
     started = time.monotonic()
-    with _cocotb_environment(), _verilator_on_path(), _make_flags():
+    with _cocotb_environment(), _verilator_on_path(), _make_flags(), \
+            progress.step(f"Verilator build of {top}"):
         try:
             get_runner("verilator").build(
                 sources=sources,

@@ -269,7 +269,9 @@ class StreamSink:
         return None
 
     def _read_payload(self) -> int:
-        value = self._payload.value.to_unsigned()
+        # A one-bit payload (a binary stream) reads as a Logic, which has no to_unsigned.
+        value = int(self._payload.value) if self._width == 1 else \
+            self._payload.value.to_unsigned()
         if self._signed and value >> (self._width - 1):
             value -= 1 << self._width
         return value

@@ -2,6 +2,7 @@
 mixed int8 / binary graphs, the file format (version 2, reading version 1), storage, and the
 popcount identity the XNOR engine computes with."""
 
+import dataclasses
 import json
 
 import numpy as np
@@ -212,7 +213,7 @@ def saved_mixed(tmp_path):
 
 def test_round_trip_keeps_thresholds(saved_mixed, tmp_path):
     original, loaded = mixed_graph(0), ir.load(saved_mixed)
-    assert loaded.version == ir.IR_VERSION == 2
+    assert loaded.version == ir.IR_VERSION == 3
     for name in ("c1", "c2"):
         for part in ("thresholds", "signs"):
             before = getattr(original[name].threshold, part)
@@ -234,11 +235,46 @@ def test_version_1_files_still_load(tmp_path):
         document["version"] = 1
         for entry in document["nodes"]:
             entry.pop("threshold", None)
+            if entry.get("requant"):
+                entry["requant"].pop("rounding")
 
     loaded = ir.load(rewrite(path, tmp_path / "v1.zsg", edit=as_version_1))
     assert loaded.version == ir.IR_VERSION and loaded["c1"].threshold is None
     document = json.loads(read_members(path)[ir.GRAPH_MEMBER])
-    assert document["version"] == 2 and node_threshold(document, "c1") is None
+    assert document["version"] == 3 and node_threshold(document, "c1") is None
+
+
+def test_version_2_files_load_rounding_half_up(tmp_path):
+    path = good_graph().save(tmp_path / "v3.zsg")
+
+    def as_version_2(document):
+        document["version"] = 2
+        for entry in document["nodes"]:
+            if entry.get("requant"):
+                assert entry["requant"].pop("rounding") == "half_up"
+
+    loaded = ir.load(rewrite(path, tmp_path / "v2.zsg", edit=as_version_2))
+    requants = [node.requant for node in loaded.nodes if getattr(node, "requant", None)]
+    assert requants and all(r.rounding == "half_up" for r in requants)
+    with pytest.raises(GraphError, match="must be an object with fields") as error:
+        ir.load(rewrite(path, tmp_path / "v3-missing.zsg", edit=lambda d: [
+            e["requant"].pop("rounding") for e in d["nodes"] if e.get("requant")]))
+    assert error.value.field == "requant"
+
+
+def test_half_even_round_trips_and_bad_mode_is_named(tmp_path):
+    graph = good_graph()
+    nodes = [dataclasses.replace(node, requant=dataclasses.replace(
+        node.requant, rounding="half_even")) if getattr(node, "requant", None) else node
+        for node in graph.nodes]
+    even = ir.Graph(nodes=tuple(nodes), output=graph.output, name=graph.name)
+    loaded = ir.load(even.save(tmp_path / "even.zsg"))
+    assert {n.requant.rounding for n in loaded.nodes if getattr(n, "requant", None)} == {
+        "half_even"}
+    with pytest.raises(GraphError, match="must be one of half_up, half_even") as error:
+        ir.load(rewrite(tmp_path / "even.zsg", tmp_path / "bad.zsg", edit=lambda d: [
+            e["requant"].update(rounding="half_down") for e in d["nodes"] if e.get("requant")]))
+    assert error.value.field == "requant.rounding"
 
 
 def node_threshold(document, name):
@@ -253,9 +289,9 @@ def node_threshold(document, name):
      "tensor 'nope' is missing"),
     (setter("c1", "act.signed", False), "c1", "act", "signed: a binary (1-bit) activation"),
     (setter("c2", "act.bits", 4), "c2", "act", "a thresholded output must be binary"),
-    (setter(None, "version", 3), None, "version", "reads versions 1, 2"),
+    (setter(None, "version", 4), None, "version", "reads versions 1, 2, 3"),
 ], ids=["v2 without threshold", "threshold not an object", "signs missing", "unsigned binary",
-        "threshold to 4 bits", "version 3"])
+        "threshold to 4 bits", "version 4"])
 def test_bad_binary_files_name_node_and_field(saved_mixed, tmp_path, edit, node, field,
                                               message):
     with pytest.raises(GraphError) as error:

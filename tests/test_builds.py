@@ -113,8 +113,14 @@ def rehash(build, name):
 def test_compile_writes_usual_modes_and_replaces_a_build_whole(design, original, tmp_path,
                                                                capsys):
     mask = builds.umask()
-    assert {path.name: path.stat().st_mode & 0o777 for path in original.iterdir()} == dict.fromkeys(
-        ["graph.zsg", "manifest.json", "report.txt", f"{design.top}.v"], 0o666 & ~mask)
+    assert {path.name: path.stat().st_mode & 0o777 for path in original.iterdir()} == {
+        **dict.fromkeys(["graph.zsg", "manifest.json", "report.txt", f"{design.top}.v"],
+                        0o666 & ~mask), "tb": 0o777 & ~mask}
+    tb_files = [f"test_{design.top}.py", "inputs.npy", "outputs.npy", "classes.npy"]
+    assert {path.name: path.stat().st_mode & 0o777 for path in (original / "tb").iterdir()} \
+        == dict.fromkeys(tb_files, 0o666 & ~mask)
+    assert sorted(json.loads((original / "manifest.json").read_text())["files"]) == sorted(
+        ["graph.zsg", "report.txt", f"{design.top}.v", *(f"tb/{name}" for name in tb_files)])
     assert original.stat().st_mode & 0o777 == 0o777 & ~mask
 
     build = tmp_path / "build"
@@ -130,10 +136,21 @@ def test_compile_writes_usual_modes_and_replaces_a_build_whole(design, original,
     code, out, _ = run(capsys, "compile", graph, "-o", build, "--dense")
     assert code == 0 and "wrote" in out
     assert sorted(path.name for path in build.iterdir()) == sorted(
-        ["graph.zsg", "manifest.json", "report.txt", f"{design.top}.v"])
+        ["graph.zsg", "manifest.json", "report.txt", f"{design.top}.v", "tb"])
     assert json.loads((build / "manifest.json").read_text())["zero_skip"] is False
     assert sorted(path.name for path in tmp_path.iterdir()) == ["build", "net.zsg"]
     builds.open_build(build)  # whole and consistent
+
+
+def test_files_beside_the_testbench_are_not_checked(fresh):
+    """A user's own test beside the generated one, and pytest's caches, leave the build whole;
+    a listed file that goes missing does not."""
+    (fresh / "tb" / "test_mine.py").write_text("def test_mine():\n    pass\n")
+    (fresh / "tb" / "__pycache__").mkdir()
+    builds.open_build(fresh)
+    (fresh / "tb" / "inputs.npy").unlink()
+    with pytest.raises(ZeroskipError, match="inputs.npy' is missing"):
+        builds.open_build(fresh)
 
 
 def test_compile_into_an_empty_directory(design, tmp_path):
@@ -254,6 +271,10 @@ CRAFTED_MANIFESTS = {
     "graph up": (lambda m: m.update(graph_file="../graph.zsg"), "'graph_file' '../graph.zsg'"),
     "files up": (lambda m: m["files"].update({"../../x": "0" * 64}), "file '../../x' is not"),
     "files hidden": (lambda m: m["files"].update({".hidden": "0" * 64}), "'.hidden' is not"),
+    "files in tb/..": (lambda m: m["files"].update({"tb/../x": "0" * 64}), "tb/ '../x' is not"),
+    "files deeper": (lambda m: m["files"].update({"tb/a/x": "0" * 64}), "tb/ 'a/x' is not"),
+    "tb itself": (lambda m: m["files"].update({"tb/": "0" * 64}), "tb/ '' is not"),
+    "other subdirectory": (lambda m: m["files"].update({"sub/x": "0" * 64}), "'sub/x' is not"),
     "files absent": (lambda m: m.pop("files"), "'files' must map each file"),
     "bad digest": (lambda m: m["files"].update({"report.txt": "x"}), "not 64 lowercase hex"),
     "old format": (lambda m: m.update(zeroskip_build=1), "build format 1, not 2"),
@@ -287,6 +308,10 @@ def test_crafted_manifests_are_refused_by_every_command(fresh, tmp_path, capsys,
      "is not a regular file"),
     (lambda b: (b / "zeroskip_net.v").write_text("module zeroskip_net; endmodule\n"),
      "differs from the one manifest.json was written with"),
+    (lambda b: (b / "tb" / "outputs.npy").write_bytes(b"\0"),
+     "outputs.npy' differs from the one manifest.json was written with"),
+    (lambda b: (shutil.copytree(b / "tb", b.parent / "tb"), shutil.rmtree(b / "tb"),
+                (b / "tb").symlink_to(b.parent / "tb")), "/tb' is not a directory"),
 ])
 def test_damaged_builds_are_refused_by_every_command(fresh, tmp_path, capsys, monkeypatch,
                                                      damage, fragment):

@@ -129,7 +129,7 @@ def build_dir(small_graph_file, tmp_path_factory):
 
 def test_compile_writes_a_build_and_prints_its_report(build_dir, small_graph_file, tmp_path):
     assert sorted(p.name for p in build_dir.iterdir()) == [
-        "graph.zsg", "manifest.json", "report.txt", "zeroskip_net.v"]
+        "graph.zsg", "manifest.json", "report.txt", "tb", "zeroskip_net.v"]
     manifest = json.loads((build_dir / "manifest.json").read_text())
     assert set(manifest["lanes"].values()) == {2} and manifest["zero_skip"] is True
     again = zeroskip_command("compile", small_graph_file, "-o", tmp_path / "b", "--lanes", "2",

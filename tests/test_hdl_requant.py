@@ -21,10 +21,11 @@ S4 = ir.Activation(bits=4, signed=True, scale=0.1)
 GAPS = {"idle_probability": 0.35, "backpressure_probability": 0.35}
 
 
-def make_requant(multiplier, shift, clamp_min, clamp_max, epsilon=0):
+def make_requant(multiplier, shift, clamp_min, clamp_max, epsilon=0, rounding="half_up"):
     return ir.Requant(multiplier=np.asarray(multiplier, dtype=np.int32),
                       shift=np.asarray(shift, dtype=np.int32),
-                      clamp_min=clamp_min, clamp_max=clamp_max, epsilon=epsilon)
+                      clamp_min=clamp_min, clamp_max=clamp_max, epsilon=epsilon,
+                      rounding=rounding)
 
 
 def ref_requantize(requant, acc, channel, channels):
@@ -78,11 +79,12 @@ CASES = {
 }
 
 
+@pytest.mark.parametrize("rounding", ir.ROUNDING_MODES)
 @pytest.mark.parametrize("name", CASES)
-def test_random_accumulators(name):
+def test_random_accumulators(name, rounding):
     multiplier, shift, clamp_min, clamp_max, epsilon, acc_shape, out_act = CASES[name]
     channels = max(len(multiplier), len(shift))
-    requant = make_requant(multiplier, shift, clamp_min, clamp_max, epsilon)
+    requant = make_requant(multiplier, shift, clamp_min, clamp_max, epsilon, rounding)
     rng = np.random.default_rng(sum(map(ord, name)))
     acc, channel = random_accumulators(rng, acc_shape, 300, channels)
     expected = check(requant, acc_shape, channels, out_act, acc, channel, seed=len(name))
@@ -104,6 +106,45 @@ def test_rounding_ties_round_half_up_for_both_signs():
     ties = slice(0, len(quotient))
     np.testing.assert_array_equal(expected[ties], np.clip(quotient + 1, -128, 127))
     assert (acc[ties] < 0).any() and (acc[ties] > 0).any()
+
+
+def ties_around(shifts, quotients):
+    """Per channel (one per shift): the exact ties ``q + 1/2`` for the given quotients, then one
+    below and one above each; returns ``(acc, channel, ties)``."""
+    shifts = np.asarray(shifts)
+    channel = np.repeat(np.arange(len(shifts)), len(quotients))
+    quotient = np.tile(quotients, len(shifts))
+    tie = quotient * (1 << shifts[channel]) + (1 << (shifts[channel] - 1))
+    acc = np.concatenate([tie + offset for offset in (0, -1, 1)])
+    return acc, np.tile(channel, 3), slice(0, len(tie))
+
+
+@pytest.mark.parametrize("shared_shift", [True, False], ids=["constant shift", "shift ROM"])
+@pytest.mark.parametrize("clamp", [(-128, 127), (-7, 7), (-5, 6), (1, 6), (0, 15)])
+def test_rounding_ties_round_half_even(clamp, shared_shift):
+    """Ties go to the even neighbour for both signs, also next to the clamp bounds (a tie just
+    below an odd clamp_min rounds down past it and must be clamped back)."""
+    shifts = [5] if shared_shift else [1, 2, 5, 9]
+    quotients = np.arange(-12, 12)
+    requant = make_requant([1] * len(shifts), shifts, *clamp, rounding="half_even")
+    out_act = S8 if clamp[0] < 0 else U8
+    acc, channel, ties = ties_around(shifts, quotients)
+    expected = check(requant, signed(16), len(shifts), out_act, acc, channel)
+    quotient = np.tile(quotients, len(shifts))
+    even = quotient + (quotient % 2)  # q + 1/2 -> q if q is even, else q + 1
+    np.testing.assert_array_equal(expected[ties], np.clip(even, *clamp))
+    assert (expected[ties] != np.clip(quotient + 1, *clamp)).any()
+
+
+def test_half_even_saturation_bounds():
+    """The bound above is strict for half even: a tie just under clamp_max may round down."""
+    for multiplier, shift, clamp in ((1, 1, (-8, 7)), (3, 2, (0, 6)), (5, 3, (-128, 127))):
+        for rounding in ir.ROUNDING_MODES:
+            requant = make_requant([multiplier], [shift], *clamp, rounding=rounding)
+            low, high = saturation_bounds(requant, 1)
+            values = reference.requantize(np.arange(low - 3, high + 4)[:, None], requant)[:, 0]
+            acc = np.arange(low - 3, high + 4)
+            assert (values[acc <= low] == clamp[0]).all() and (values[acc >= high] == clamp[1]).all()
 
 
 def test_known_values():

@@ -147,7 +147,7 @@ def test_loaded_tensors_are_read_only(saved):
 # --- bad files: each names the node and the field ------------------------------------------------
 
 BAD_EDITS = {
-    "unknown version": (setter(None, "version", 3), None, "version", "unknown IR version 3"),
+    "unknown version": (setter(None, "version", 4), None, "version", "unknown IR version 4"),
     "version true": (setter(None, "version", True), None, "version", "unknown IR version True"),
     "unknown op": (setter("c1", "op", "conv3d"), "c1", "op", "unknown op 'conv3d'"),
     "op not a string": (setter("c1", "op", ["conv2d"]), "c1", "op", "unknown op ['conv2d']"),

@@ -335,7 +335,8 @@ def conv_entry(name, source, stride=(1, 1), padding=(0, 0)):
                                                           "scale": 0.1},
             "threshold": None, "requant": {"multiplier": {"tensor": f"{name}.multiplier"},
                                            "shift": {"tensor": f"{name}.shift"},
-                                           "clamp_min": 0, "clamp_max": 255, "epsilon": 0}}
+                                           "clamp_min": 0, "clamp_max": 255, "epsilon": 0,
+                                           "rounding": "half_up"}}
 
 
 def conv_tensors(name, out_channels, in_channels, kernel):

@@ -17,7 +17,7 @@ PACKAGES = {"zeroskip": "zeroskip", "frontend": "zeroskip.frontend", "hdl": "zer
             "zeroskip/compiler": "zeroskip.compiler"}
 
 CORE = {"zeroskip", "zeroskip.errors", "zeroskip.ir", "zeroskip.reference", "zeroskip.analysis",
-        "zeroskip.toolchain", "zeroskip.parts"}
+        "zeroskip.toolchain", "zeroskip.parts", "zeroskip.progress"}
 
 #: Layer -> the zeroskip modules (or packages, with everything below) it may import.
 ALLOWED = {
@@ -36,7 +36,7 @@ ALLOWED = {
 
 #: The modules on top (commands, demos, the host link) may use every layer.
 TOP = {"zeroskip.cli", "zeroskip.demo", "zeroskip.binary_demo", "zeroskip.models",
-       "zeroskip.host", "zeroskip.simulation", "zeroskip.__main__"}
+       "zeroskip.host", "zeroskip.simulation", "zeroskip.report", "zeroskip.__main__"}
 
 
 def modules():

@@ -310,7 +310,7 @@ def test_build_directory_is_deterministic_complete_and_loads_back(tmp_path):
     second = zeroskip.compile(graph, lanes=2).write(tmp_path / "b")
     assert first.read_bytes() == second.read_bytes()
     assert sorted(p.name for p in (tmp_path / "a").iterdir()) == sorted(
-        ["graph.zsg", "manifest.json", "report.txt", first.name])
+        ["graph.zsg", "manifest.json", "report.txt", "tb", first.name])
     manifest = json.loads((tmp_path / "a" / "manifest.json").read_text())
     assert manifest["lanes"]["stem"] == 2 and manifest["stream_order"] == "HWC"
     assert manifest["ports"]["o_stream_class"] == {"classes": 5}

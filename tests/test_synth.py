@@ -7,6 +7,7 @@ import dataclasses
 import io
 import json
 import re
+import shutil
 
 import numpy as np
 import pytest
@@ -174,6 +175,7 @@ def test_cli_refuses_an_edited_verilog(tiny_build, tmp_path, capsys):
     for path in tiny_build.iterdir():
         if path.is_file():
             (edited / path.name).write_bytes(path.read_bytes())
+    shutil.copytree(tiny_build / "tb", edited / "tb")
     verilog = edited / "zeroskip_net.v"
     verilog.write_text(verilog.read_text() + "// edited\n")
     code, _, err = run_cli(capsys, edited, "--target", "ecp5-25k")

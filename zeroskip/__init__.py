@@ -13,6 +13,7 @@ _LAZY = {
     "load": ("zeroskip.ir", "load"),
     "ZeroskipError": ("zeroskip.errors", "ZeroskipError"),
     "export": ("zeroskip.frontend.export", "export"),
+    "import_qonnx": ("zeroskip.frontend.qonnx", "import_qonnx"),
     "compile": ("zeroskip.design", "compile"),
     "prune": ("zeroskip.frontend.prune", "prune"),
     "binarize": ("zeroskip.frontend.binary", "binarize"),

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from . import reference
+from .progress import step as show_step
 from .demo import (CALIBRATION_IMAGES, DemoResult, accuracy, deterministic_torch, digits_data,
                    run_hardware)
 
@@ -70,14 +71,16 @@ def train_binary(net, x, y, settings):
         optimizer, settings.epochs * steps_per_epoch)
     generator = torch.Generator().manual_seed(settings.seed)
     net.train()
-    for _ in range(settings.epochs):
-        order = torch.randperm(len(x), generator=generator)
-        for start in range(0, len(x), settings.batch_size):
-            batch = order[start:start + settings.batch_size]
-            optimizer.zero_grad()
-            F.cross_entropy(net(x[batch]), y[batch]).backward()
-            optimizer.step()
-            schedule.step()
+    with show_step("binary training", total=settings.epochs, unit="epochs") as shown:
+        for _ in range(settings.epochs):
+            order = torch.randperm(len(x), generator=generator)
+            for start in range(0, len(x), settings.batch_size):
+                batch = order[start:start + settings.batch_size]
+                optimizer.zero_grad()
+                F.cross_entropy(net(x[batch]), y[batch]).backward()
+                optimizer.step()
+                schedule.step()
+            shown.advance()
     net.eval()
     return net
 

@@ -13,11 +13,18 @@ replaced whole (its results go with it); anything else is refused. A result a co
 (:func:`write_result`, :func:`replace_directory`) is written aside and renamed into place too,
 replacing a symbolic link rather than following it.
 
+The cocotb testbench (:mod:`zeroskip.testbench.build_tb`) lives in the subdirectory
+:data:`TESTBENCH_DIR` (``tb/``); its files are listed as ``tb/<name>`` and checked like the
+others. Files the manifest does not list (a user's own tests beside the generated ones, the
+caches pytest writes) are never read, so they do not fail the check; a build written again
+replaces the whole directory, and them with it.
+
 Reading (:func:`open_build`) is one check that every command reading a build shares: the
 manifest is bounded (``json_bytes`` of :class:`zeroskip.ir.Limits`) before it is parsed, its
-``top`` is a Verilog identifier, every file it names is a plain name inside the directory (no
-path separator, no ``..``, not hidden, not a symbolic link, a regular file) and has the
-SHA-256 the manifest lists. Files are created with the usual modes (``0666`` less the umask).
+``top`` is a Verilog identifier, every file it names is a plain name inside the directory, or
+inside one of its :data:`SUBDIRECTORIES` (no other path separator, no ``..``, not hidden, not a
+symbolic link, a regular file; the subdirectory a real directory) and has the SHA-256 the
+manifest lists. Files are created with the usual modes (``0666`` less the umask).
 """
 
 from __future__ import annotations
@@ -36,12 +43,18 @@ from . import ir
 from .errors import ZeroskipError
 
 __all__ = ["BUILD_FORMAT", "Build", "GRAPH_FILE", "MANIFEST_FILE", "REPORT_FILE", "SIM_FILE",
-           "check_build_target", "check_file_name", "check_output_path", "digests", "open_build",
+           "SUBDIRECTORIES", "TESTBENCH_DIR", "check_build_file_name", "check_build_target",
+           "check_file_name", "check_output_path", "digests", "open_build",
            "read_json", "replace_directory", "scratch_directory", "write_build", "write_file",
            "write_result"]
 
 MANIFEST_FILE, REPORT_FILE, GRAPH_FILE = "manifest.json", "report.txt", "graph.zsg"
 SIM_FILE = "sim.json"
+
+#: The subdirectory holding the build's cocotb testbench.
+TESTBENCH_DIR = "tb"
+#: The subdirectories a build's files may be in (one level, no deeper).
+SUBDIRECTORIES = (TESTBENCH_DIR,)
 
 #: ``zeroskip_build`` in a manifest: the version of this layout (1 had no ``files``).
 BUILD_FORMAT = 2
@@ -205,13 +218,15 @@ def write_build(directory, files, *, limits=None):
     """
     directory = check_build_target(directory, limits)
     for name in files:
-        check_file_name(name, "build file")
+        check_build_file_name(name, "build file")
     try:
         directory.parent.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise _os_error(error, "make the directory", directory.parent) from None
     work = scratch_directory(directory.parent, f".{directory.name}.tmp-")
     try:
+        for subdirectory in sorted({name.partition("/")[0] for name in files if "/" in name}):
+            (work / subdirectory).mkdir()
         for name, data in files.items():
             write_file(work / name, data)
         replace_directory(work, directory)
@@ -234,14 +249,40 @@ def check_file_name(name, what):
     return name
 
 
-def _regular_file(path, what):
-    """``os.lstat`` of ``path``, which must be a regular file (not a link, not missing)."""
+def check_build_file_name(name, what):
+    """``name`` if it names a file of a build: a plain file name (:func:`check_file_name`), or
+    ``<subdirectory>/<plain file name>`` with a subdirectory of :data:`SUBDIRECTORIES`."""
+    if isinstance(name, str) and name.partition("/")[0] in SUBDIRECTORIES:
+        check_file_name(name.partition("/")[2], f"{what} {name.partition('/')[0]}/")
+        return name
+    return check_file_name(name, what)
+
+
+def _real_subdirectory(directory, name):
+    """Refuse ``directory/<subdirectory>`` of a ``name`` that is not a real directory (a
+    symbolic link to one would take the build's files from elsewhere)."""
+    if "/" not in name:
+        return
+    path = directory / name.partition("/")[0]
+    if not stat.S_ISDIR(_lstat(path, "build subdirectory").st_mode):
+        raise ZeroskipError(f"build subdirectory {_where(path)} is not a directory (a "
+                            "symbolic link is not: a build's files must be its own)")
+
+
+def _lstat(path, what):
+    """``os.lstat`` of ``path``; a ZeroskipError naming ``what`` if it is missing or
+    unreadable."""
     try:
-        info = os.lstat(path)
+        return os.lstat(path)
     except FileNotFoundError:
         raise ZeroskipError(f"{what} {_where(path)} is missing") from None
     except OSError as error:
         raise _os_error(error, "read", path) from None
+
+
+def _regular_file(path, what):
+    """``os.lstat`` of ``path``, which must be a regular file (not a link, not missing)."""
+    info = _lstat(path, what)
     if stat.S_ISLNK(info.st_mode):
         raise ZeroskipError(f"{what} {_where(path)} is a symbolic link: a build's files "
                             "must be its own")
@@ -378,7 +419,7 @@ def _manifest_fields(manifest, where):
     if not isinstance(files, dict) or not files:
         raise ZeroskipError(f"{where}: 'files' must map each file of the build to its SHA-256")
     for name, digest in files.items():
-        check_file_name(name, f"{where}: file")
+        check_build_file_name(name, f"{where}: file")
         if name == MANIFEST_FILE:
             raise ZeroskipError(f"{where}: 'files' lists {MANIFEST_FILE} itself")
         if not isinstance(digest, str) or not _SHA256.fullmatch(digest):
@@ -417,6 +458,7 @@ def open_build(directory, *, limits=None):
     _manifest_fields(manifest, where)
     for name, expected in manifest["files"].items():
         path = directory / name
+        _real_subdirectory(directory, name)
         _regular_file(path, "build file")
         if _sha256(path) != expected:
             raise ZeroskipError(f"{_where(path)} differs from the one {MANIFEST_FILE} was "

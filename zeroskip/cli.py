@@ -158,6 +158,17 @@ def _stats(args):
     return 0
 
 
+def _import(args):
+    from .frontend.qonnx import import_qonnx
+
+    graph = import_qonnx(args.model, name=args.name)
+    path = graph.save(args.output)
+    layers = sum(1 for node in graph.nodes if node.op in ("conv2d", "linear"))
+    print(f"{args.model} -> {path}: {len(graph.nodes)} nodes ({layers} conv2d / linear), "
+          f"input {graph.input.shape}, output {graph.shapes[graph.output]}")
+    return 0
+
+
 def _lanes_argument(text):
     if text == "auto":
         return text
@@ -182,8 +193,8 @@ def _probability_argument(text):
 
 
 def _compile(args):
+    from . import progress
     from .build import check_build_target
-    from .design import compile as compile_graph
     from .ir import load
 
     _check_json_path(args.json)
@@ -194,6 +205,20 @@ def _compile(args):
         raise ZeroskipError("-o: the build directory's path is empty")
     output = Path(args.output)
     check_build_target(output)  # before the compile's work, not after it
+    with progress.step("compile"):
+        design = _compiled(args, graph, calibration)
+        design.write(output)
+    print(design.report(), end="")
+    print(f"wrote {output / (design.top + '.v')}, manifest.json, report.txt, graph.zsg, tb/")
+    if args.json:
+        _write_json(design.manifest(), args.json)
+    return 0
+
+
+def _compiled(args, graph, calibration):
+    """The design ``compile``'s options ask for."""
+    from .design import compile as compile_graph
+
     if args.target is not None and not args.sequential:
         if args.lanes != 1 or args.stream_width is not None or args.pack is not None:
             raise ZeroskipError("--target chooses the architecture, the lanes and the streams "
@@ -213,12 +238,7 @@ def _compile(args):
                                architecture="sequential" if args.sequential else "dataflow",
                                argmax=args.argmax, stream_width=args.stream_width,
                                pack=args.pack, target=args.target)
-    design.write(output)
-    print(design.report(), end="")
-    print(f"wrote {output / (design.top + '.v')}, manifest.json, report.txt, graph.zsg")
-    if args.json:
-        _write_json(design.manifest(), args.json)
-    return 0
+    return design
 
 
 def _sim(args):
@@ -263,6 +283,10 @@ def _report(args):
     from .design import Design
 
     _check_json_path(args.json)
+    if args.html:
+        from .build import check_output_path
+
+        check_output_path(args.html, "--html")
     build = open_build(args.build)
     Design.from_build(build)  # the Verilog is what the graph and the options compile to
     report = {"design": build.manifest}
@@ -282,6 +306,12 @@ def _report(args):
         report["simulation"] = summary.to_dict()
         text += f"\nlast co-simulation ({SIM_FILE}):\n" + table + "\n"
     print(text, end="")
+    if args.html is not None:
+        from . import report as html_report
+
+        path = Path(args.html) if args.html else html_report.default_path(build)
+        _write_output(path, html_report.html_report(build, measured).encode(), "--html")
+        print(f"wrote {path}")
     if args.json:
         _write_json(report, args.json)
     return 0
@@ -439,6 +469,16 @@ def build_parser():
                             "MACs")
     stats.add_argument("--json", metavar="PATH", help="also write the table as JSON")
     stats.set_defaults(run=_stats)
+    import_ = commands.add_parser(
+        "import", help="a QONNX model (Brevitas's export_qonnx) to a graph file, exactly",
+        description="Import a QONNX model: Quant / BipolarQuant, Conv, Gemm / MatMul, Relu, "
+        "MaxPool, AveragePool, Add, Flatten / Reshape, BatchNormalization folded. What the IR "
+        "cannot say exactly is refused, naming the ONNX node and the reason.")
+    import_.add_argument("model", help="an ONNX file")
+    import_.add_argument("-o", "--output", required=True, metavar="NET.zsg",
+                         help="the graph file to write")
+    import_.add_argument("--name", help="the graph's name (default: the ONNX graph's)")
+    import_.set_defaults(run=_import)
     compile_ = commands.add_parser(
         "compile", help="a graph file to Verilog: one engine per layer, one top",
         description="Compile a graph file (written by Graph.save or zeroskip.export) into a "
@@ -510,6 +550,9 @@ def build_parser():
     report = commands.add_parser("report", help="a build's layers, lanes and measured cycles")
     report.add_argument("build", help="a build directory written by `zeroskip compile`")
     report.add_argument("--json", metavar="PATH", help="also write the report as JSON")
+    report.add_argument("--html", nargs="?", const="", default=None, metavar="OUT.html",
+                        help="also write one self-contained HTML page with plots (default "
+                             "BUILD/report.html)")
     report.set_defaults(run=_report)
 
     run = commands.add_parser(
@@ -531,6 +574,9 @@ def build_parser():
     run.set_defaults(run=_run_on_board)
 
     _add_fpga_commands(commands)
+    for command in commands.choices.values():
+        command.add_argument("--quiet", action="store_true",
+                             help="no progress output (shown on a terminal otherwise)")
     return parser
 
 
@@ -617,7 +663,10 @@ def _terminated_as_exception():
 
 
 def main(argv=None):
+    from . import progress
+
     args = build_parser().parse_args(argv)
+    progress.set_quiet(args.quiet)
     if args.command == "compile":
         args.multipliers_given = args.multipliers is not None
         if args.multipliers is None:

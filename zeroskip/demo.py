@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from . import reference
+from .progress import step as show_step
 
 TEST_IMAGES = 360
 SPLIT_SEED = 0
@@ -78,21 +79,24 @@ def digits_cnn(width=16):
                          nn.Linear(4 * width * 4, 10))
 
 
-def train(model, x, y, epochs, lr, seed, batch_size=64):
-    """Adam on cross-entropy, shuffled with its own seeded generator."""
+def train(model, x, y, epochs, lr, seed, batch_size=64, label="training"):
+    """Adam on cross-entropy, shuffled with its own seeded generator; its progress (epochs)
+    shown as ``label`` on a terminal (:mod:`zeroskip.progress`)."""
     import torch
     import torch.nn.functional as F
 
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     generator = torch.Generator().manual_seed(seed)
     model.train()
-    for _ in range(epochs):
-        order = torch.randperm(len(x), generator=generator)
-        for start in range(0, len(x), batch_size):
-            batch = order[start:start + batch_size]
-            optimizer.zero_grad()
-            F.cross_entropy(model(x[batch]), y[batch]).backward()
-            optimizer.step()
+    with show_step(label, total=epochs, unit="epochs") as shown:
+        for _ in range(epochs):
+            order = torch.randperm(len(x), generator=generator)
+            for start in range(0, len(x), batch_size):
+                batch = order[start:start + batch_size]
+                optimizer.zero_grad()
+                F.cross_entropy(model(x[batch]), y[batch]).backward()
+                optimizer.step()
+            shown.advance()
     model.eval()
     return model
 
@@ -227,6 +231,27 @@ def _lanes_text(lanes):
     return "/".join(str(count) for count in lanes.values())
 
 
+#: The demo's build directories under ``--out``, zero-skip and dense.
+BUILD_NAMES = {True: "build", False: "build-dense"}
+
+#: Test images in each build's testbench (``tb/inputs.npy``).
+TESTBENCH_IMAGES = 8
+
+
+def _record_simulations(out_dir, designs, x_test, y_test, results):
+    """Each build's co-simulation as ``zeroskip sim`` records it (``sim.json``), for
+    ``zeroskip report``."""
+    from .build import SIM_FILE, open_build
+    from .simulation import SimulationSummary
+
+    for zero_skip, result in results.items():
+        count = len(result.outputs)
+        summary = SimulationSummary.of(designs[zero_skip], x_test[:count], result,
+                                       y_test[:count])
+        open_build(Path(out_dir) / BUILD_NAMES[zero_skip]).write_result(SIM_FILE,
+                                                                         summary.to_dict())
+
+
 def run_hardware(graph, x_calibration, x_test, y_test, settings, *, out_dir=None,
                  build_root=None, progress=None):
     """Compile the net twice at the same multiplier budget, zero-skip and dense, each folded on
@@ -237,13 +262,19 @@ def run_hardware(graph, x_calibration, x_test, y_test, settings, *, out_dir=None
 
     designs = {}
     for zero_skip in (True, False):
-        designs[zero_skip] = compile_graph(graph, "auto", zero_skip=zero_skip,
-                                           multipliers=settings.multipliers,
-                                           calibration=x_calibration)
+        with show_step(f"compile ({'zero-skip' if zero_skip else 'dense'})"):
+            designs[zero_skip] = compile_graph(graph, "auto", zero_skip=zero_skip,
+                                               multipliers=settings.multipliers,
+                                               calibration=x_calibration)
+            designs[zero_skip].verilog()  # the conversion, timed with the compile
         if out_dir is not None:
-            designs[zero_skip].write(Path(out_dir) / ("build" if zero_skip else "build-dense"))
+            # The testbench's golden vectors: the first test images.
+            designs[zero_skip].write(Path(out_dir) / BUILD_NAMES[zero_skip],
+                                     testbench_inputs=x_test[:TESTBENCH_IMAGES])
     sparse = designs[True].simulate(x_test, build_root=build_root, progress=progress)
     dense = designs[False].simulate(x_test[:DENSE_IMAGES], build_root=build_root)
+    if out_dir is not None:
+        _record_simulations(out_dir, designs, x_test, y_test, {True: sparse, False: dense})
     golden = reference.run(graph, x_test)
     # The ideal is measured on the test images themselves, not on the calibration images.
     slowest = max(estimate_graph(graph, x_test, designs[True].lanes),
@@ -282,15 +313,17 @@ def run(settings=DemoSettings(), out_dir=None, *, build_root=None, progress=None
     x_train, y_train, x_test, y_test = digits_data()
     with deterministic_torch(settings.seed):
         model = train(digits_cnn(settings.width), x_train, y_train, settings.float_epochs, 3e-3,
-                      settings.seed + 1)
+                      settings.seed + 1, label="float training")
         with torch.no_grad():
             float_accuracy = accuracy(model(x_test).argmax(1), y_test)
         prune(model, settings.sparsity, granularity="element", criterion="magnitude",
               scope="global")
-        train(model, x_train, y_train, settings.prune_epochs, 1e-3, settings.seed + 2)
+        train(model, x_train, y_train, settings.prune_epochs, 1e-3, settings.seed + 2,
+              label="pruned fine-tune")
         remove_reparametrization(model)
         net = prepare(model, x_train[:8], calibration=x_train)
-        train(net, x_train, y_train, settings.qat_epochs, 3e-4, settings.seed + 3)
+        train(net, x_train, y_train, settings.qat_epochs, 3e-4, settings.seed + 3,
+              label="int8 QAT")
         graph = export(net, x_train[:8], name="digits")
         qat_forward = net.forward_int(x_test).numpy()
 

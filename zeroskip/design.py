@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 
 from . import compiler, ir, reference
-from .build import (BUILD_FORMAT, GRAPH_FILE, MANIFEST_FILE, REPORT_FILE, digests,
-                    open_build, write_build)
+from .build import (BUILD_FORMAT, GRAPH_FILE, MANIFEST_FILE, REPORT_FILE, TESTBENCH_DIR,
+                    digests, open_build, write_build)
 from .errors import SimulationMismatch, ZeroskipError
 from .toolchain import verilator_cache_dir
 from .hdl.common import (batch_from_beats, batch_to_beats, decode_beats, encode_beats,
@@ -168,7 +168,7 @@ class Design:
 
     @cached_property
     def _build_files(self):
-        """The build directory's files but the manifest: name -> bytes."""
+        """The build directory's files but the manifest and the testbench: name -> bytes."""
         with tempfile.TemporaryDirectory() as scratch:
             graph_path = Path(scratch) / GRAPH_FILE
             self.graph.save(graph_path)
@@ -176,16 +176,39 @@ class Design:
         return {f"{self.top}.v": self.verilog().encode(), REPORT_FILE: self.report().encode(),
                 GRAPH_FILE: graph}
 
-    def manifest(self):
+    def _files(self, testbench_inputs=None):
+        """Every file of the build but the manifest, with the cocotb testbench in ``tb/``
+        (:func:`zeroskip.testbench.build_tb.testbench_files`) on ``testbench_inputs``, or
+        seeded random inputs."""
+        tb = self._default_testbench if testbench_inputs is None else \
+            self._testbench(testbench_inputs)
+        return {**self._build_files, **tb}
+
+    def _testbench(self, x_int):
+        from .testbench import build_tb
+
+        return build_tb.testbench_files(
+            self.top, self.graph, x_int, has_class=self.has_class,
+            out_signed=self.out_act.signed and not self.out_act.binary,
+            cycles_per_inference=self._cycle_budget(1, 0.0, 0.0), directory=TESTBENCH_DIR,
+            in_width=self.in_width, out_width=self.out_width)
+
+    @cached_property
+    def _default_testbench(self):
+        from .testbench import build_tb
+
+        return self._testbench(build_tb.default_inputs(self.graph))
+
+    def manifest(self, testbench_inputs=None):
         """What the build directory holds, as JSON-ready data; ``files`` maps every other
-        file of the build to its SHA-256."""
+        file of the build to its SHA-256 (see :meth:`write` for ``testbench_inputs``)."""
         ports = {"i_stream": {**_act_json(self.in_act), "width": self.in_width},
                  "o_stream": {**_act_json(self.out_act), "width": self.out_width}}
         if self.has_class:
             ports["o_stream_class"] = {"classes": self.out_shape[0]}
         return {
             "zeroskip_build": BUILD_FORMAT, "top": self.top, "verilog": f"{self.top}.v",
-            "files": digests(self._build_files),
+            "files": digests(self._files(testbench_inputs)),
             "graph": self.graph.name, "graph_file": GRAPH_FILE,
             "in_shape": list(self.in_shape), "out_shape": list(self.out_shape),
             "stream_order": "HWC", "ports": ports,
@@ -228,16 +251,19 @@ class Design:
             lines += ["", *choice.lines()]
         return "\n".join(lines) + "\n"
 
-    def write(self, directory):
-        """Write the build directory: ``<top>.v``, ``manifest.json``, ``report.txt``, the graph.
+    def write(self, directory, *, testbench_inputs=None):
+        """Write the build directory: ``<top>.v``, ``manifest.json``, ``report.txt``, the graph
+        and the cocotb testbench in ``tb/`` (:mod:`zeroskip.testbench.build_tb`), whose golden
+        vectors are ``testbench_inputs`` (integers of the input encoding) or, by default,
+        :data:`~zeroskip.testbench.build_tb.TESTBENCH_INFERENCES` seeded random inputs.
 
         All or nothing (:func:`zeroskip.build.write_build`): everything is generated, written
         into a temporary sibling and renamed into place. ``directory`` must be absent, empty or
         a zeroskip build (replaced whole). Returns the Verilog's path.
         """
-        files = dict(self._build_files)
-        files[MANIFEST_FILE] = (json.dumps(self.manifest(), indent=2, sort_keys=True)
-                                + "\n").encode()
+        files = self._files(testbench_inputs)
+        files[MANIFEST_FILE] = (json.dumps(self.manifest(testbench_inputs), indent=2,
+                                           sort_keys=True) + "\n").encode()
         directory = write_build(directory, files)
         return directory / f"{self.top}.v"
 

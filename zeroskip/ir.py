@@ -23,7 +23,9 @@ exactly):
       y = 0 where abs(y) <= epsilon                           # dynamic feature-map pruning
 
   ``>>`` is an arithmetic shift (floor division by a power of two), so the rounding rule is
-  *round half up* (towards +infinity) for both signs. ``epsilon == 0`` turns pruning off.
+  *round half up* (towards +infinity) for both signs. ``rounding="half_even"`` rounds a tie
+  (``v mod 2**s == 2**(s-1)``) to the even neighbour instead, as numpy's and ONNX's round do
+  (what QONNX's ``ROUND`` means). ``epsilon == 0`` turns pruning off.
 * Thresholding (:class:`Threshold`), per output channel ``c``: BatchNorm followed by sign,
   folded (as FINN does)::
 
@@ -32,7 +34,8 @@ exactly):
 * MaxPool2d pads with the smallest value of its input's range (so a binary input stays binary);
   Flatten is C-major, as torch's. AvgPool2d and Add take no binary input.
 
-File format version 2 added binary activations and thresholds; version-1 files still load.
+File format version 2 added binary activations and thresholds, version 3 the requantizers'
+rounding mode; version-1 and version-2 files still load (rounding half up).
 
 Bounds: node and graph names are 1..128 printable ASCII characters, and every graph (loaded or
 built in memory) stays within :class:`Limits` (file sizes, node count, shapes, windows,
@@ -59,14 +62,15 @@ from .errors import GraphError, ZeroskipError
 
 __all__ = [
     "IR_VERSION", "READABLE_VERSIONS", "FILE_FORMAT", "MIN_BITS", "MAX_BITS", "BINARY_BITS",
-    "MULTIPLIER_BITS", "MAX_SHIFT", "MAX_NAME_LENGTH", "LIMITS_VARIABLE", "Limits", "check_finite",
+    "MULTIPLIER_BITS", "MAX_SHIFT", "ROUNDING_MODES", "MAX_NAME_LENGTH", "LIMITS_VARIABLE", "Limits", "check_finite",
     "Activation", "Requant", "Threshold", "Input", "WeightLayer", "Conv2d", "Linear", "MaxPool2d",
     "AvgPool2d", "Add", "Flatten", "Node", "Graph", "load", "weight_range", "activation_range",
 ]
 
-IR_VERSION = 2
-# Version 1 had no binary activations and no thresholds: its files load unchanged.
-READABLE_VERSIONS = (1, 2)
+IR_VERSION = 3
+# Version 1 had no binary activations and no thresholds, version 2 no rounding mode: their files
+# load unchanged.
+READABLE_VERSIONS = (1, 2, 3)
 FILE_FORMAT = "zeroskip-graph"
 GRAPH_MEMBER = "graph.json"
 
@@ -76,6 +80,8 @@ BINARY_BITS = 1
 # SB_MAC16) or 18x18 (ECP5) multiplier input; 15 significant bits leave int8 outputs exact enough.
 MULTIPLIER_BITS = 16
 MAX_SHIFT = 62
+# How a requantizer rounds a tie: towards +infinity, or to the even neighbour.
+ROUNDING_MODES = ("half_up", "half_even")
 INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
 # Names end up in Verilog identifiers, file names ("zeroskip_<graph name>.v") and one-line error
 # messages: printable ASCII keeps all three well formed, 128 characters keeps file names far
@@ -118,6 +124,8 @@ class Limits:
     macs : int
         Per inference: dense multiply-accumulates of conv2d and linear layers plus the window
         reads of pools.
+    model_bytes : int
+        An ONNX model file the QONNX importer reads (:mod:`zeroskip.frontend.qonnx`).
     """
 
     directory_bytes: int = 16 << 20
@@ -130,6 +138,7 @@ class Limits:
     padding: int = 256
     activations: int = 10**8
     macs: int = 10**9
+    model_bytes: int = 256 << 20
 
     def __post_init__(self):
         for f in fields(self):
@@ -337,7 +346,7 @@ class Requant:
     """Integer requantization of an accumulator to an output activation (see the module doc).
 
     ``multiplier`` and ``shift`` hold one entry per output channel, or a single entry shared by
-    all channels.
+    all channels; ``rounding`` is one of :data:`ROUNDING_MODES`.
     """
 
     multiplier: np.ndarray
@@ -345,6 +354,7 @@ class Requant:
     clamp_min: int
     clamp_max: int
     epsilon: int = 0
+    rounding: str = "half_up"
 
     def __post_init__(self):
         object.__setattr__(self, "multiplier", _frozen_array(self.multiplier))
@@ -366,6 +376,8 @@ class Requant:
         _check_int(self.clamp_min, "requant.clamp_min", node, low=act.qmin, high=act.qmax)
         _check_int(self.clamp_max, "requant.clamp_max", node, low=self.clamp_min, high=act.qmax)
         _check_int(self.epsilon, "requant.epsilon", node, low=0)
+        _check(self.rounding in ROUNDING_MODES, lambda: f"must be one of "
+               f"{', '.join(ROUNDING_MODES)}, got {self.rounding!r}", node, "requant.rounding")
 
 
 @dataclass(frozen=True, eq=False)
@@ -1021,6 +1033,8 @@ def _npy_array(data):
 
 # Fields a version-1 file lacks; they take their defaults.
 _ADDED_IN_VERSION_2 = {"threshold"}
+# Requant fields a version-1 or version-2 file lacks; they take their defaults.
+_REQUANT_ADDED_IN_VERSION_3 = {"rounding"}
 
 
 def _node_from_json(entry, index, tensors, version):
@@ -1040,14 +1054,14 @@ def _node_from_json(entry, index, tensors, version):
                 version == 1 and f.name in _ADDED_IN_VERSION_2 and f.name not in entry):
             continue
         _check(f.name in entry, "missing", name, f.name)
-        kwargs[f.name] = _value_from_json(entry[f.name], f.name, name, tensors)
+        kwargs[f.name] = _value_from_json(entry[f.name], f.name, name, tensors, version)
     unknown = sorted(set(entry) - set(kwargs) - {"op"})
     _check(not unknown, lambda: f"unknown field(s) {unknown} for op {op!r}", name, unknown[0] if
            unknown else None)
     return cls(**kwargs)
 
 
-def _value_from_json(value, field_name, node, tensors):
+def _value_from_json(value, field_name, node, tensors, version):
     if field_name == "act":
         _check(isinstance(value, dict) and set(value) == {"bits", "signed", "scale"},
                "must be {bits, signed, scale}", node, field_name)
@@ -1072,12 +1086,15 @@ def _value_from_json(value, field_name, node, tensors):
                          signs=tensors(value["signs"], node, "threshold.signs"))
     if field_name == "requant":
         keys = {f.name for f in fields(Requant)}
+        if version < 3:
+            keys -= _REQUANT_ADDED_IN_VERSION_3
         _check(isinstance(value, dict) and set(value) == keys,
                f"must be an object with fields {sorted(keys)}", node, field_name)
         return Requant(multiplier=tensors(value["multiplier"], node, "requant.multiplier"),
                        shift=tensors(value["shift"], node, "requant.shift"),
                        clamp_min=value["clamp_min"], clamp_max=value["clamp_max"],
-                       epsilon=value["epsilon"])
+                       epsilon=value["epsilon"],
+                       **{name: value[name] for name in keys & _REQUANT_ADDED_IN_VERSION_3})
     if isinstance(value, dict):
         return tensors(value, node, field_name)
     if isinstance(value, list):

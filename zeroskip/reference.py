@@ -133,7 +133,8 @@ def requantize(acc, requant, channel_axis=1):
         y = 0 where abs(y) <= epsilon
 
     ``>>`` is an arithmetic shift, so ties round towards +infinity for both signs
-    (-2.5 -> -2, 2.5 -> 3).
+    (-2.5 -> -2, 2.5 -> 3); with ``requant.rounding == "half_even"`` a tie goes to the even
+    neighbour instead (-2.5 -> -2, 2.5 -> 2, 3.5 -> 4).
 
     Parameters
     ----------
@@ -192,8 +193,14 @@ def _requantize_in_place(acc, requant, channel_axis):
     # 2**(s-1) for s >= 1; a shift of 0 adds nothing (the value passes through unrounded).
     offset = np.where(shift > 0, np.left_shift(np.int64(1), np.maximum(shift - 1, 0)), 0)
     acc *= multiplier
+    # A tie: the bits shifted out are exactly one half (only when the shift is at least 1).
+    tie = ((acc & ((np.int64(1) << shift) - 1)) == offset) & (shift > 0) \
+        if requant.rounding == "half_even" else None
     acc += offset
     np.right_shift(acc, shift, out=acc)
+    if tie is not None:
+        # Half up took an odd tie one step above the even neighbour.
+        acc -= tie & (acc & 1).astype(bool)
     np.clip(acc, requant.clamp_min, requant.clamp_max, out=acc)
     if requant.epsilon > 0:
         acc[np.abs(acc) <= requant.epsilon] = 0

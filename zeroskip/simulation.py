@@ -31,6 +31,7 @@ class SimulationSummary:
     from an inference's first input beat to its last output beat. ``held_cycles`` counts the
     cycles the harness held the design back while it served a batch longer than its memories:
     0 unless the cycles above are not the design's alone.
+    ``latencies`` and ``intervals`` are the same per inference, in order (the report's timeline).
     """
 
     top: str
@@ -50,6 +51,8 @@ class SimulationSummary:
     build_seconds: float
     layers: list = field(default_factory=list)
     held_cycles: int = 0
+    latencies: list = field(default_factory=list)
+    intervals: list = field(default_factory=list)
 
     @classmethod
     def of(cls, design, x_int, result, labels=None):
@@ -83,7 +86,9 @@ class SimulationSummary:
             rtl_accuracy=rtl_accuracy, golden_accuracy=golden_accuracy,
             simulation_seconds=round(result.seconds, 2),
             build_seconds=round(result.build_seconds, 2), layers=layers,
-            held_cycles=int(result.held_cycles))
+            held_cycles=int(result.held_cycles),
+            latencies=[int(v) for v in result.latency_cycles],
+            intervals=[int(v) for v in intervals])
 
     def to_dict(self):
         return asdict(self)

