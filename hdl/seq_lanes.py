@@ -28,11 +28,33 @@ __all__ = ["Lanes", "booth_product", "word_layout"]
 
 
 def word_layout(w):
-    """A closed word: the sums of the 8 lanes, the lanes that hold an output, the filter."""
+    """A closed word, laid out for the scanner: position ``p`` holds lane ``p - shift`` (``shift``:
+    the word's first pixel is odd), so that slot ``s`` is positions ``2s`` and ``2s + 1``. Per
+    position the sum, whether it holds an output (``valid``) and whether that output needs
+    requantizing (``pending``); the last slot, the count of lanes, the filter."""
     return data.StructLayout({
-        "acc": data.ArrayLayout(signed(w.acc_bits), BANKS), "out_valid": unsigned(8),
-        "filter": unsigned(w.cache_bits), "odd": 1,
+        "acc": data.ArrayLayout(signed(w.acc_bits), BANKS + 1),
+        "valid": unsigned(BANKS + 1), "pending": unsigned(BANKS + 1),
+        "last_slot": unsigned(3), "count": unsigned(4), "filter": unsigned(w.cache_bits),
     })
+
+
+def close_word(acc, out_valid, filter, odd, *, skip, flat_out):
+    """The :func:`word_layout` value of the lanes' sums ``acc`` (lane 0 first), the lanes that
+    hold an output, the filter and whether the first pixel is odd, under a step's ``skip`` (a
+    negative sum needs no requantizing) and ``flat_out`` (the filter's parity is the shift)."""
+    shift = filter & 1 if flat_out else int(odd)
+    positions = [0] * (BANKS + 1)
+    valid = pending = 0
+    for lane, value in enumerate(acc):
+        positions[lane + shift] = value
+        if out_valid >> lane & 1:
+            valid |= 1 << (lane + shift)
+            if not (skip and value < 0):
+                pending |= 1 << (lane + shift)
+    last_lane = max(out_valid.bit_length() - 1, 0)
+    return {"acc": positions, "valid": valid, "pending": pending,
+            "last_slot": (last_lane + shift) >> 1, "count": last_lane + 1, "filter": filter}
 
 
 def _booth_digits(weight):
@@ -73,6 +95,8 @@ class Lanes(wiring.Component):
     max_mode : In(1)
         Keep each lane's largest product (activations of a max pool, all at least 0) instead
         of the sum.
+    skip, flat_out : In(1)
+        The step's: a negative sum needs no requantizing; the filter's parity shifts the word.
     i_stream : In(stream.Signature(operand_layout(w)))
     o_stream : Out(stream.Signature(word_layout(w)))
     params : In(stream.Signature(param_write_layout(w)))
@@ -104,7 +128,7 @@ class Lanes(wiring.Component):
             raise ValueError(f"lut_lanes must name lanes 0..{lanes - 1}, got "
                              f"{sorted(self.lut_lanes)}")
         super().__init__({
-            "max_mode": In(1),
+            "max_mode": In(1), "skip": In(1), "flat_out": In(1),
             "i_stream": In(stream.Signature(operand_layout(w))),
             "o_stream": Out(stream.Signature(word_layout(w))),
             "params": In(stream.Signature(param_write_layout(w))), "idle": Out(1),
@@ -163,11 +187,13 @@ class Lanes(wiring.Component):
         with m.If(advance):
             m.d.sync += l2.eq(l1)
 
-        # L3: sums; a filter's last entry closes the word into the slot.
+        # L3: sums; a filter's last entry closes the word into the slot, laid out for the
+        # scanner (:func:`word_layout`) here, so that the scanner's logic starts at registers.
         sums = [Signal(signed(w.acc_bits), name=f"sum_{i}") for i in range(BANKS)]
         slot_full = Signal()
         taken = out.valid & out.ready
         closing = l2.valid & l2.last & advance
+        totals = []
         for i in range(self.lanes):
             total = sums[i] + products[i]
             if self.max_pool:
@@ -176,11 +202,24 @@ class Lanes(wiring.Component):
                 total = Cat(Mux(self.max_mode, larger, total[:9]), total[9:])
             with m.If(advance & l2.valid):
                 m.d.sync += sums[i].eq(Mux(l2.last, 0, total))
-            with m.If(closing):
-                m.d.sync += out.payload.acc[i].eq(total)
+            totals.append(total[:w.acc_bits].as_signed())
+        shift = Mux(self.flat_out, l2.filter[0], l2.odd)
+        last_lane = Signal(3)
+        for i in range(self.lanes):
+            with m.If(l2.out_valid[i]):
+                m.d.comb += last_lane.eq(i)
+        word = out.payload
         with m.If(closing):
-            m.d.sync += [out.payload.out_valid.eq(l2.out_valid),
-                         out.payload.filter.eq(l2.filter), out.payload.odd.eq(l2.odd)]
+            for p in range(BANKS + 1):
+                unshifted = (totals[p], l2.out_valid[p]) if p < self.lanes else (0, 0)
+                shifted = (totals[p - 1], l2.out_valid[p - 1]) \
+                    if 1 <= p <= self.lanes else (0, 0)
+                value = Mux(shift, shifted[0], unshifted[0])
+                valid = Mux(shift, shifted[1], unshifted[1])
+                m.d.sync += [word.acc[p].eq(value), word.valid[p].eq(valid),
+                             word.pending[p].eq(valid & ~(self.skip & value[-1]))]
+            m.d.sync += [word.filter.eq(l2.filter), word.count.eq(last_lane + 1),
+                         word.last_slot.eq((last_lane + shift) >> 1)]
         full_next = (slot_full & ~taken) | closing
         close_next = Mux(advance, l1.valid & l1.last, l2.valid & l2.last)
         m.d.sync += [slot_full.eq(full_next),

@@ -31,6 +31,8 @@ ISSUE_TO_REQUEST = 5
 ROW_VISIBLE = 3
 #: Cycles of the group walker's handshake and the walk's restart per group.
 GROUP_CYCLES = 1
+#: The sequencer's cycle before each step's setup (the step's settings reach their register).
+SETTLE = 1
 
 
 def _row_words(step, y):
@@ -164,7 +166,7 @@ class Cycles:
 
     def __init__(self, program, negatives=None):
         negatives = negatives or {}
-        self.steps = [step_cycles(step, negatives.get(index))
+        self.steps = [SETTLE + step_cycles(step, negatives.get(index))
                       for index, step in enumerate(program.steps)]
         outputs = program.output.pixels * program.output.channels
         self.emit = outputs + 1

@@ -2,9 +2,10 @@
 
 The **scanner** walks a closed word a memory word at a time: lanes ``2s - odd`` and
 ``2s + 1 - odd`` fill slot ``s`` (one 16-bit word of the target; ``odd`` when the word's first
-pixel is odd). A lane whose sum needs requantizing makes a *beat*; in a layer with a ReLU
-(clamp at or above 0) a negative sum needs none: its output is the step's ``skip_value``, known
-without a multiply. A slot costs ``max(1, lanes requantized)`` beats, one a cycle; the word is
+pixel is odd), which the lanes lay out as positions ``2s`` and ``2s + 1``. A lane whose sum
+needs requantizing makes a *beat*; in a layer with a ReLU (clamp at or above 0) a negative sum
+needs none (the lanes mark which): its output is the step's ``skip_value``, known without a
+multiply. A slot costs ``max(1, lanes requantized)`` beats, one a cycle; the word is
 released with its last beat.
 
 The **requantizer** computes :func:`zeroskip.reference.requantize` on each beat with its filter's
@@ -127,50 +128,31 @@ class Scanner(wiring.Component):
         m = Module()
         w, cfg = self.w, self.settings
         word = self.i_stream.payload
-        odd = Signal()
-        m.d.comb += odd.eq(Mux(cfg.flat_out, word.filter[0], word.odd))
-        pending = Signal(BANKS)
-        for i in range(BANKS):
-            m.d.comb += pending[i].eq(word.out_valid[i] & ~(cfg.skip & word.acc[i][-1]))
-        # The word's lanes 0..count-1 fill slots 0..last.
-        last_lane = Signal(3)
-        for i in range(BANKS):
-            with m.If(word.out_valid[i]):
-                m.d.comb += last_lane.eq(i)
-        last_slot = Signal(3)
-        m.d.comb += last_slot.eq((last_lane + odd) >> 1)
-
         slot = Signal(3)
         second = Signal()            # the high byte of a slot whose two lanes both requantize
-        # The slot's two lanes (lane = 2 * slot - odd + byte; out of range: not valid).
-        low = Signal(signed(5))
-        m.d.comb += low.eq((slot << 1) - odd)
-        flags = []
-        for byte in range(2):
-            valid = Signal(name=f"valid_{byte}")
-            wants = Signal(name=f"wants_{byte}")
-            for i in range(BANKS):
-                with m.If(low + byte == i):
-                    m.d.comb += [valid.eq(word.out_valid[i]), wants.eq(pending[i])]
-            flags.append((valid, wants))
-        (valid0, wants0), (valid1, wants1) = flags
+        # The slot's two positions (the word is laid out by slots: :func:`word_layout`).
+        valid0, valid1, wants0, wants1 = Signal(), Signal(), Signal(), Signal()
+        acc0, acc1 = Signal(signed(w.acc_bits)), Signal(signed(w.acc_bits))
+        with m.Switch(slot):
+            for s in range((BANKS + 2) // 2):
+                with m.Case(s):
+                    m.d.comb += [valid0.eq(word.valid[2 * s]), wants0.eq(word.pending[2 * s]),
+                                 acc0.eq(word.acc[2 * s])]
+                    if 2 * s + 1 <= BANKS:
+                        m.d.comb += [valid1.eq(word.valid[2 * s + 1]),
+                                     wants1.eq(word.pending[2 * s + 1]),
+                                     acc1.eq(word.acc[2 * s + 1])]
         both_requant = wants0 & wants1
         # One sum a beat: the high lane's when it alone requantizes or on a slot's second beat.
         high = Mux(both_requant, second, ~wants0)
-        chosen = Signal(signed(w.acc_bits))
-        pick = Signal(3)
-        m.d.comb += pick.eq(low + high)
-        with m.Switch(pick):
-            for i in range(BANKS):
-                with m.Case(i):
-                    m.d.comb += chosen.eq(word.acc[i])
+        chosen = Mux(high, acc1, acc0)
         beat = self.beats
-        last_beat = (slot == last_slot) & (~both_requant | second)
+        last_beat = (slot == word.last_slot) & (~both_requant | second)
         m.d.sync += beat.valid.eq(0)
         with m.If(self.i_stream.valid):
             # A max pool's bytes pass as constants (offset back by 128 when signed).
             m.d.sync += [beat.valid.eq(1), beat.filter.eq(word.filter),
-                         beat.word_end.eq(last_beat), beat.count.eq(last_lane + 1),
+                         beat.word_end.eq(last_beat), beat.count.eq(word.count),
                          beat.acc.eq(chosen), beat.requant.eq(cfg.requant & (wants0 | wants1)),
                          beat.const.eq(Mux(wants0 | wants1, chosen[:8] ^ (cfg.flip << 7),
                                            cfg.skip_value)),

@@ -169,7 +169,9 @@ class SequentialEngine(wiring.Component):
         return units
 
     def _settings(self, m):
-        """Every unit's settings for the current step: a constant table of the step index."""
+        """Every unit's settings for the current step: a constant table of the step index,
+        registered (the sequencer settles a cycle after the step changes), so that no unit's
+        logic starts at the table's decoder."""
         program = self.program
         steps = program.steps
         self.step = step = Signal(range(max(len(steps), 2)))
@@ -177,7 +179,7 @@ class SequentialEngine(wiring.Component):
         with m.Switch(step):
             for index, s in enumerate(steps):
                 with m.Case(index):
-                    m.d.comb += cfg.eq(_step_layout(self.w).const(_step_settings(s, program)))
+                    m.d.sync += cfg.eq(_step_layout(self.w).const(_step_settings(s, program)))
         return cfg
 
     def _connect(self, m, u, cfg):
@@ -188,7 +190,8 @@ class SequentialEngine(wiring.Component):
                      groups.settings.eq(cfg.groups), groups.rows_done.eq(filler.rows_done),
                      groups.group_done.eq(gather.group_done),
                      entries.settings.eq(cfg.entries), gather.max_mode.eq(cfg.max_mode),
-                     lanes.max_mode.eq(cfg.max_mode), scanner.settings.eq(cfg.post),
+                     lanes.max_mode.eq(cfg.max_mode), lanes.skip.eq(cfg.post.skip),
+                     lanes.flat_out.eq(cfg.post.flat_out), scanner.settings.eq(cfg.post),
                      requant.settings.eq(cfg.post), writer.settings.eq(cfg.writer),
                      pool_sums.channels.eq(cfg.channels),
                      writer.results.eq(requant.results),
@@ -238,7 +241,11 @@ class SequentialEngine(wiring.Component):
                 m.d.comb += self.running.eq(0)
                 with m.If(input_ready & self.weights_ready):
                     m.d.sync += [input_ready.eq(0), step.eq(0)]
-                    m.next = "SETUP"
+                    m.next = "SETTLE"
+            with m.State("SETTLE"):
+                # The step's settings reach their register.
+                m.d.comb += self.running.eq(1)
+                m.next = "SETUP"
             with m.State("SETUP"):
                 m.d.comb += [self.running.eq(1), entries.start.eq(1), writer.start.eq(1),
                              filler.start.eq(cfg.conv), setup.eq(1)]
@@ -258,7 +265,7 @@ class SequentialEngine(wiring.Component):
                         m.next = "EMIT"
                     with m.Else():
                         m.d.sync += step.eq(step + 1)
-                        m.next = "SETUP"
+                        m.next = "SETTLE"
             with m.State("EMIT"):
                 m.d.comb += self.running.eq(1)
                 with m.If(emitter.done):

@@ -320,8 +320,9 @@ def test_gather_and_lanes_close_the_sums_of_the_functional_model(net, lut_lanes)
     from amaranth.lib import stream, wiring
     from zeroskip.hdl.seq_entries import param_write_layout, request_layout
     from zeroskip.hdl.seq_gather import Gather
-    from zeroskip.hdl.seq_lanes import Lanes, word_layout
+    from zeroskip.hdl.seq_lanes import Lanes, close_word, word_layout
     from zeroskip.hdl.seq_memory import LineBuffer, line_write_signature
+    from zeroskip.hdl.seq_post import post_settings
 
     graph, x, program, steps = _conv_steps(net)
     widths = Widths.of(program)
@@ -342,7 +343,7 @@ def test_gather_and_lanes_close_the_sums_of_the_functional_model(net, lut_lanes)
                 self.gather, self.lanes = Gather(widths), Lanes(widths, lut_lanes)
                 self.line = LineBuffer(program.depth)
                 super().__init__({
-                    "max_mode": wiring.In(1),
+                    "max_mode": wiring.In(1), "skip": wiring.In(1), "flat_out": wiring.In(1),
                     "i_stream": wiring.In(stream.Signature(request_layout(widths))),
                     "o_stream": wiring.Out(stream.Signature(word_layout(widths))),
                     "params": wiring.In(stream.Signature(param_write_layout(widths))),
@@ -359,11 +360,21 @@ def test_gather_and_lanes_close_the_sums_of_the_functional_model(net, lut_lanes)
                 wiring.connect(m, wiring.flipped(self.lb_write), self.line.write)
                 wiring.connect(m, self.gather.lb, self.line.read)
                 m.d.comb += [self.gather.max_mode.eq(self.max_mode),
-                             self.lanes.max_mode.eq(self.max_mode)]
+                             self.lanes.max_mode.eq(self.max_mode),
+                             self.lanes.skip.eq(self.skip),
+                             self.lanes.flat_out.eq(self.flat_out)]
                 return m
 
         dut = Top()
         got = []
+        settings = post_settings(step)
+        closed = []
+        for acc, valid, filt, odd in words:
+            word = close_word(acc, valid, filt, odd, skip=settings["skip"],
+                              flat_out=settings["flat_out"])
+            word["acc"] = [v if word["valid"] >> i & 1 else 0
+                           for i, v in enumerate(word["acc"])]
+            closed.append(word)
 
         async def bench(ctx):
             # The line buffer as the filler leaves it.
@@ -376,6 +387,8 @@ def test_gather_and_lanes_close_the_sums_of_the_functional_model(net, lut_lanes)
                         await ctx.tick()
             ctx.set(dut.lb_write.en, 0)
             ctx.set(dut.max_mode, step.kind == "maxpool")
+            ctx.set(dut.skip, settings["skip"])
+            ctx.set(dut.flat_out, settings["flat_out"])
             index, loaded = 0, -1
             for _ in range(100_000):
                 if len(got) == len(words):
@@ -403,16 +416,19 @@ def test_gather_and_lanes_close_the_sums_of_the_functional_model(net, lut_lanes)
                     index += 1
                 if take and ctx.get(dut.o_stream.valid):
                     p = dut.o_stream.payload
-                    valid = ctx.get(p.out_valid)
-                    lanes = valid.bit_length()
-                    got.append(([ctx.get(p.acc[i]) for i in range(lanes)], valid,
-                                ctx.get(p.filter), ctx.get(p.odd)))
+                    valid = ctx.get(p.valid)
+                    # Positions past the valid ones carry sums of lanes without an output.
+                    got.append({"acc": [ctx.get(p.acc[i]) if valid >> i & 1 else 0
+                                        for i in range(BANKS + 1)],
+                                "valid": valid, "pending": ctx.get(p.pending),
+                                "last_slot": ctx.get(p.last_slot), "count": ctx.get(p.count),
+                                "filter": ctx.get(p.filter)})
                 await ctx.tick()
 
         simulate(dut, bench)
         del params
         assert len(got) == len(words), step.node.name
-        for index, (g, e) in enumerate(zip(got, words)):
+        for index, (g, e) in enumerate(zip(got, closed)):
             assert g == e, (step.node.name, index, g, e)
 
 
@@ -423,7 +439,7 @@ def test_post_writes_the_golden_outputs(net):
     from amaranth.hdl import Module
     from amaranth.lib import stream, wiring
     from zeroskip.hdl.seq_entries import param_write_layout
-    from zeroskip.hdl.seq_lanes import word_layout
+    from zeroskip.hdl.seq_lanes import close_word, word_layout
     from zeroskip.hdl.seq_post import (Requant, Scanner, post_layout, post_settings,
                                        requant_widths)
     from zeroskip.hdl.seq_write import Writer, writer_layout, writer_settings
@@ -487,9 +503,10 @@ def test_post_writes_the_golden_outputs(net):
                 ctx.set(dut.params.valid, 0)
                 count = sum(r["last"] for r in requests)
                 for acc, valid, filt, odd in words[index:index + count]:
-                    ctx.set(dut.i_stream.payload, {"acc": acc + [0] * (BANKS - len(acc)),
-                                                   "out_valid": valid, "filter": filt,
-                                                   "odd": odd})
+                    settings = post_settings(step)
+                    ctx.set(dut.i_stream.payload, close_word(
+                        acc, valid, filt, odd, skip=settings["skip"],
+                        flat_out=settings["flat_out"]))
                     while rng.random() < 0.3:
                         ctx.set(dut.i_stream.valid, 0)
                         await ctx.tick()
