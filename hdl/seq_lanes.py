@@ -180,7 +180,9 @@ class Lanes(wiring.Component):
                     m.d.sync += products[i].eq(low + (high << 4) + bias)
             else:
                 with m.If(advance):
-                    product = acts[i] * weight
+                    # A signal, so that the multiply is one cell however often it is used.
+                    product = Signal(signed(17), name=f"multiply_{i}")
+                    m.d.comb += product.eq(acts[i] * weight)
                     if self.shift8:
                         product = Mux(shift, product << 8, product)
                     m.d.sync += products[i].eq(product + bias)
