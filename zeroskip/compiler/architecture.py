@@ -99,6 +99,12 @@ class _Architecture:
         self.in_width = self.widths[graph.input.name]
         self.out_width = self.widths[producer(graph, graph.output)] if self.layers else 1
 
+    def expected_mhz(self, part):
+        """The clock this architecture is expected to reach on ``part`` (a
+        :class:`~zeroskip.parts.Part`): the pipeline's engines are built for the part's
+        default clock."""
+        return part.default_mhz
+
     def check(self):
         """Make the static plans, so that what cannot be built fails at compile time (a
         ValueError names the layer)."""
@@ -301,6 +307,13 @@ class Sequential(_Architecture):
         part = part or "ice40-up5k"
         dsps = 8 if part == "ice40-up5k" else 0 if part.startswith("ice40") else 1 << 10
         return tuple(range(max(dsps - 1, 0), lanes)) if lanes > dsps - 1 else ()
+
+    #: Fmax of the engine measured by nextpnr per family (8 lanes, the digits-shaped net:
+    #: ``benchmarks/results/sequential.json``), the clock ``target=PART`` counts its latency at.
+    MEASURED_MHZ = {"ice40": 24.0, "ecp5": 74.0}
+
+    def expected_mhz(self, part):
+        return min(self.MEASURED_MHZ.get(part.family, part.default_mhz), part.default_mhz)
 
     @staticmethod
     def options_from_manifest(manifest):

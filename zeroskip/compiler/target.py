@@ -3,8 +3,9 @@
 :func:`choose_for_target` tries the pipeline at every chunk of :data:`CHUNKS` and every step of
 the greedy fold (:meth:`~.folding.Calibration.fold_steps`), keeping for each chunk the largest
 fold whose estimated resources (:mod:`.resources`) fit the part, and the sequential engine;
-among those that fit it takes the shortest estimated single-stream latency (:mod:`.latency` for
-the pipeline, the engine's own estimate for the sequential one). The result says what was
+among those that fit it takes the shortest estimated single-stream latency in time: cycles
+(:mod:`.latency` for the pipeline, the engine's own estimate for the sequential one) at the
+clock each architecture reaches on the part's family. The result says what was
 chosen and what bound it: a resource of the part, the multiplier cap, or a fold that no longer
 shortens anything.
 """
@@ -32,7 +33,8 @@ class TargetChoice:
 
     ``options`` are the keyword arguments of :func:`zeroskip.compile` that build the choice;
     ``binding`` says what stopped it from being faster; ``tried`` lists every candidate
-    considered (architecture, chunk, multipliers, fits, latency)."""
+    considered (architecture, chunk, multipliers, fits, latency in cycles); ``mhz`` the clock
+    the choice's latency is counted at."""
 
     part: object
     architecture: str
@@ -41,6 +43,10 @@ class TargetChoice:
     latency_cycles: float
     binding: str
     tried: list = field(default_factory=list)
+    mhz: float = 0.0
+
+    def __post_init__(self):
+        self.mhz = self.mhz or self.part.default_mhz
 
     def to_dict(self):
         """JSON-ready: the part, the estimates and what bound the choice."""
@@ -48,7 +54,7 @@ class TargetChoice:
                 "estimated_resources": self.resources.as_dict(),
                 "capacity": dict(self.part.capacity),
                 "estimated_latency_cycles": round(self.latency_cycles, 1),
-                "binding": self.binding,
+                "expected_mhz": self.mhz, "binding": self.binding,
                 "tried": [{"architecture": a, "chunk": c, "multipliers": m, "fits": f,
                            "estimated_latency_cycles": None if lat is None or lat == math.inf
                            else round(lat, 1)} for a, c, m, f, lat in self.tried]}
@@ -62,8 +68,8 @@ class TargetChoice:
                           if capacity.get(key) or used[key])
         return [f"target {self.part.name}: {self.architecture}, chunk "
                 f"{self.options.get('chunk')}, estimated latency {self.latency_cycles:,.0f} "
-                f"cycles ({self.latency_cycles / self.part.default_mhz:,.1f} us at "
-                f"{self.part.default_mhz:g} MHz)",
+                f"cycles ({self.latency_cycles / self.mhz:,.1f} us at "
+                f"{self.mhz:g} MHz)",
                 f"  estimated resources: {usage}",
                 f"  bound by: {self.binding}"]
 
@@ -201,8 +207,11 @@ def choose_for_target(graph, part_name, calibration=None, *, multipliers=None, c
         raise ZeroskipError(
             f"graph {graph.name!r} does not fit {part.name} with one lane per layer: "
             + _shares(smallest[1].over(part.capacity)) + sequential)
-    latency, architecture, resources, binding = min(fitting, key=lambda entry: entry[0])
+    # The shortest in time: each architecture's cycles at the clock it reaches on the part.
+    latency, architecture, resources, binding = min(
+        fitting, key=lambda entry: entry[0] / entry[1].expected_mhz(part))
     options = architecture.compile_options()
     options.pop("multipliers", None)
     options.pop("argmax", None)
-    return TargetChoice(part, architecture.name, options, resources, latency, binding, tried)
+    return TargetChoice(part, architecture.name, options, resources, latency, binding, tried,
+                        architecture.expected_mhz(part))
