@@ -43,8 +43,10 @@ CONFIGURATIONS = {
     "ecp5-85k": ("ecp5-85k", SMALLEST),
     # The demo's folding: more inferences per second, at a lower clock.
     "ecp5-85k-16": ("ecp5-85k", {"lanes": "auto", "multipliers": 16, "layer_counters": False}),
-    # One engine running the layers in turn: what fits the UP5K's 30 RAM blocks.
-    "ice40-up5k-seq": ("ice40-up5k", {"architecture": "sequential", "chunk": 8}),
+    # One engine running the layers in turn: what fits the UP5K's 30 RAM blocks, with its
+    # settings for the part (8 lanes, SPRAM).
+    "ice40-up5k-seq": ("ice40-up5k", {"architecture": "sequential", "lanes": "auto",
+                                      "target": "ice40-up5k"}),
 }
 
 #: Configurations only some nets can take: the sequential engine runs no binary layer.
@@ -114,7 +116,9 @@ def main(argv=None):
     graphs = ({"int8": zeroskip.load(args.graphs[0]), "binary": zeroskip.load(args.graphs[1])}
               if args.graphs else trained_graphs())
     x_train, _, x_test, _ = demo.digits_data()
-    results = {}
+    # Configurations not measured now keep their results from before.
+    before = json.loads(Path(args.out).read_text()) if Path(args.out).is_file() else {}
+    results = before.get("results", {})
     print("net     config         fits   LUTs    FFs  BRAM   DSP    fmax   cycles  inf/s")
     with tempfile.TemporaryDirectory(prefix="zeroskip-boards-") as work:
         work = Path(work)
@@ -131,7 +135,7 @@ def main(argv=None):
         "benchmark": "boards",
         "configurations": {config: {"part": CONFIGURATIONS[config][0],
                                     "settings": CONFIGURATIONS[config][1]}
-                           for config in args.configs},
+                           for config in CONFIGURATIONS},
         "images": args.images, "results": results,
         "machine": {"python": platform.python_version(), "processor": platform.machine()},
         "seconds": round(time.perf_counter() - started, 1),

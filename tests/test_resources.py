@@ -123,6 +123,26 @@ def test_model_against_yosys(target, tmp_path):
     assert abs(model.ffs - measured["ffs"]) <= 0.2 * measured["ffs"], (model, measured)
 
 
+@pytest.mark.synth
+@pytest.mark.slow
+@pytest.mark.parametrize("family", ["ice40", "ecp5"])
+def test_sequential_model_against_yosys(family):
+    """The sequential engine's own coefficients (fitted on its modules synthesized apart, which
+    count more than the flattened design: the step's settings are constants only there)."""
+    import seq_nets
+    from zeroskip.boards import synth
+
+    design = zeroskip.compile(seq_nets.row_mode(np.random.default_rng(0)), 8,
+                              architecture="sequential", memory="bram")
+    model = resources.component_resources(design.engine(), family, True, False,
+                                          resources.LOGIC_MODEL_SEQUENTIAL)
+    counts = synth.synthesize(design.verilog(), design.top, family)
+    measured = synth.resource_counts(counts.cells, family)
+    assert model.brams == measured["brams"] and model.dsps == measured["dsps"]
+    assert measured["luts"] <= model.luts <= 1.45 * measured["luts"], (model, measured)
+    assert abs(model.ffs - measured["ffs"]) <= 0.2 * measured["ffs"], (model, measured)
+
+
 # --- target=PART ---------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
@@ -140,10 +160,16 @@ def test_target_chooses_a_fitting_pipeline_and_says_what_bound_it(small, tmp_pat
     assert not choice.resources.over(PARTS["ecp5-85k"].capacity)
     # Nothing on this part stops the fold but the fold itself.
     assert choice.binding == "the fold: no layer gets faster with another multiplier"
-    # Every chunk was tried, as a pipeline and as one engine; the fastest that fits won.
-    fitting = [latency for _, _, _, fits, latency in choice.tried if fits]
+    # Every chunk was tried, as a pipeline and as one engine; the fastest that fits won, in
+    # time: each architecture's cycles at the clock it reaches on the part.
+    from zeroskip.compiler.architecture import Sequential
+
+    clock = {"dataflow": PARTS["ecp5-85k"].default_mhz,
+             "sequential": Sequential.MEASURED_MHZ["ecp5"]}
+    fitting = [latency / clock[name] for name, _, _, fits, latency in choice.tried if fits]
     assert {entry[1] for entry in choice.tried} == {8, 16, 32}
-    assert choice.latency_cycles == min(fitting)
+    assert "sequential" in {entry[0] for entry in choice.tried}
+    assert choice.latency_cycles / choice.mhz == min(fitting)
     report = design.report()
     assert "target ecp5-85k: dataflow" in report and "bound by: the fold" in report
     design.write(tmp_path / "b")
@@ -202,7 +228,8 @@ def test_target_without_calibration_warns_and_folds_on_the_weights(small):
 @pytest.mark.parametrize("kwargs, message", [
     ({"target": "ice40-up9k"}, "target: unknown part 'ice40-up9k'; known: ice40-up5k"),
     ({"target": "ecp5-85k", "lanes": 2}, "chooses the architecture and the lanes itself"),
-    ({"target": "ecp5-85k", "architecture": "sequential"}, "chooses the architecture"),
+    ({"target": "ecp5-85k", "architecture": "sequential", "lanes": 3},
+     "takes 1, 2, 4 or 8 lanes"),
     ({"target": "ecp5-85k", "multipliers": 0}, "multipliers must be an integer"),
 ])
 def test_target_refuses_what_it_cannot_honour(small, kwargs, message):
@@ -210,6 +237,17 @@ def test_target_refuses_what_it_cannot_honour(small, kwargs, message):
     graph, x = small
     with pytest.raises(ZeroskipError, match=message):
         zeroskip.compile(graph, calibration=x, **kwargs)
+
+
+def test_target_with_the_sequential_architecture_takes_the_parts_settings(small):
+    """architecture="sequential" with a part: that engine, with its settings for the part."""
+    graph, x = small
+    for part, memory, logic in (("ecp5-85k", "bram", ()), ("ice40-up5k", "spram", (7,))):
+        architecture = zeroskip.compile(graph, "auto", calibration=x, target=part,
+                                        architecture="sequential").architecture
+        assert (architecture.name, architecture.simd_lanes, architecture.memory,
+                architecture.lut_lanes, architecture.part) == \
+            ("sequential", 8, memory, logic, part)
 
 
 def test_cli_compile_for_a_target(small, tmp_path):

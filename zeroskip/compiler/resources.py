@@ -289,6 +289,22 @@ LOGIC_MODEL = {
 }
 
 
+#: The same for the sequential engine (``benchmarks/resources_bench.py --sequential``), fitted
+#: on its modules synthesized apart, which count about 30 % more LUTs than the flattened design
+#: (the step's settings are constants Yosys carries into the units only when flattened): on
+#: the UP5K the model is closer to the logic cells nextpnr places (a cell holds one LUT and one
+#: flip-flop) than to the LUTs, and still 12-16 % below them.
+LOGIC_MODEL_SEQUENTIAL = {
+    "ecp5": {"luts": {"add": 0.345, "equal": 0.2046, "mux": 0.2024, "gate": 1.3262,
+                      "reduce": 30.8331, "match": 2.4426, "rom_logic": 0.038},
+             "ffs": {"ff": 0.7398}},
+    "ice40": {"luts": {"add": 0.1836, "mux": 0.1305, "gate": 1.519, "reduce": 15.5147,
+                       "shift": 0.1909, "match": 1.7677, "assign": 0.0848, "rom_logic": 0.0284,
+                       "ram_logic": 3.0147},
+              "ffs": {"ff": 0.6987, "ram_logic": 1.8328}},
+}
+
+
 def module_features(component, family, spram=False):
     """Per module: its netlist features (:func:`netlist_features`), the bits of its memories
     that map to logic (``rom_logic``, ``ram_logic``), its RAM blocks (``brams``) and LUT RAM
@@ -319,9 +335,9 @@ def _add_memory(features, memory, family, spram=False):
 MULTIPLIER_LUTS_PER_BIT = 1.2
 
 
-def _counts(features, family, dsps_available):
+def _counts(features, family, dsps_available, model=None):
     """LUTs, FFs, RAM blocks, DSPs and SPRAMs from one set of features."""
-    luts, ffs = _logic(features, family)
+    luts, ffs = _logic(features, family, model)
     dsps = features.get("dsp" if family == "ecp5" else "dsp16", 0)
     if not dsps_available:
         luts, dsps = luts + MULTIPLIER_LUTS_PER_BIT * features.get("dsp_bits", 0), 0
@@ -329,13 +345,14 @@ def _counts(features, family, dsps_available):
             "brams": features.get("brams", 0), "dsps": dsps, "spram": features.get("spram", 0)}
 
 
-def component_resources(component, family, dsps_available=True, spram=False):
+def component_resources(component, family, dsps_available=True, spram=False, model=None):
     """:class:`Resources` of one component (elaborated here), by module; without DSPs
     (``dsps_available`` false) multipliers are counted as logic; ``spram``: one-port RAMs may
-    take SPRAM blocks (:func:`map_memory`)."""
+    take SPRAM blocks (:func:`map_memory`); ``model``: the logic coefficients
+    (:data:`LOGIC_MODEL` unless given)."""
     resources = Resources()
     for module, features in module_features(component, family, spram).items():
-        resources.add(module, **_counts(features, family, dsps_available))
+        resources.add(module, **_counts(features, family, dsps_available, model))
     return resources
 
 
@@ -354,8 +371,8 @@ class _Placeholder:
         return Placeholder(signature)
 
 
-def _logic(features, family):
-    logic = LOGIC_MODEL[family]
+def _logic(features, family, model=None):
+    logic = (model or LOGIC_MODEL)[family]
     return (sum(features.get(k, 0) * c for k, c in logic["luts"].items()),
             sum(features.get(k, 0) * c for k, c in logic["ffs"].items()))
 
@@ -420,7 +437,8 @@ def estimate(architecture, part, cache=None):
     family, dsps_available = part.family, part.capacity["dsps"] > 0
     if not hasattr(architecture, "layer_engine"):
         return component_resources(architecture.engine(), family, dsps_available,
-                                   part.capacity.get("spram", 0) > 0)
+                                   part.capacity.get("spram", 0) > 0,
+                                   LOGIC_MODEL_SEQUENTIAL)
     from ..hdl.network import NetworkEngine, Stage
     from .layers import producer
 
