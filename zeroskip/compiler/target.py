@@ -36,8 +36,7 @@ PLACEABLE = 0.85
 def over_budget(resources, part):
     """``{resource: used / available}`` of the resources above :data:`PLACEABLE` of the
     part's."""
-    return {key: used / part.capacity[key] for key, used in resources.as_dict().items()
-            if used > PLACEABLE * part.capacity.get(key, 0)}
+    return resources.over(part.capacity, PLACEABLE)
 
 
 @dataclass
