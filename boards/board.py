@@ -37,6 +37,7 @@ from amaranth.lib.cdc import ResetSynchronizer
 from .. import progress
 from ..build import replace_directory, scratch_directory
 from ..errors import ToolchainError, ZeroskipError
+from ..hdl.verilog import YOSYS_AFTER_READ
 from ..toolchain import yowasp_executable
 from . import get_board
 from .pll import CLOCK_TOLERANCE
@@ -274,6 +275,7 @@ def build_board(design, build, board, *, clock_mhz=None, baud=115200, log=None):
     platform = spec.platform()
     name = design.top
     plan = platform.build(top, name=name, do_build=False, synth_opts=spec.synth_opts,
+                          script_after_read=YOSYS_AFTER_READ,
                           nextpnr_opts=f"--report {REPORT_FILE} --timing-allow-fail")
     build = Path(build)
     final, failed = board_directory(build, board), build / f"board-{board}.failed"

@@ -21,6 +21,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from ..hdl.verilog import YOSYS_AFTER_READ
+
 __all__ = ["Partition", "engine_script", "join_script", "partition"]
 
 # A module as Yosys's write_verilog gives it: its attribute lines, ``module`` (the name escaped
@@ -86,6 +88,7 @@ def engine_script(partition, engine, synth_command):
     module = partition.module(engine)
     return "\n".join([
         f"read_verilog {engine}.v",
+        YOSYS_AFTER_READ,
         f"{synth_command} -top {module}",
         f"tee -q -o {engine}-stat.json stat -json",
         f"select {module}",
@@ -104,6 +107,7 @@ def join_script(partition, synth_command, wrapper):
     if partition.engines:
         lines.append("read_verilog stubs.v")
     lines += [
+        YOSYS_AFTER_READ,
         # The top is its own module: counted alone, nothing optimised across its boundary.
         f"setattr -mod -set keep_hierarchy 1 {top}",
         f"{synth_command} -top {wrapper}",

@@ -41,6 +41,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ..errors import ToolchainError, ZeroskipError
+from ..hdl.verilog import YOSYS_AFTER_READ
 from ..parts import PARTS, RESOURCES
 from ..parts import part as find_part
 from ..toolchain import yowasp_executable
@@ -130,7 +131,7 @@ def synthesize(verilog_text, top, family, *, timeout=1800):
         work = Path(work)
         (work / "design.v").write_text(verilog_text)
         dsp = " -dsp" if family == "ice40" else ""  # map multipliers onto SB_MAC16 blocks
-        script = (f"read_verilog design.v\nsynth_{family}{dsp} -top {top}\n"
+        script = (f"read_verilog design.v\n{YOSYS_AFTER_READ}\nsynth_{family}{dsp} -top {top}\n"
                   "tee -q -o stat.json stat -json\n")
         try:
             seconds = run_yosys(work, script, "yosys", f"synth_{family} of {top}",

@@ -17,6 +17,16 @@ starts every RAM at zero.
 :data:`WAIVER_FILE` is the project's only Verilator configuration (``verilator.vlt`` beside this
 module): every lint waiver, each with its reason, for files written by Amaranth's builtin Yosys.
 Lint and every simulation build use it (:mod:`zeroskip.testbench`).
+
+:data:`YOSYS_AFTER_READ` is the Yosys command every synthesis script runs on this text (or on
+Amaranth's RTLIL of the same design) right after reading it. Amaranth writes a wire for each
+field and element of a signal with a layout, an alias of its slice: ``payload.acc``,
+``payload[0]``. Yosys's ABC9 (in ``synth_ecp5`` and ``synth_ice40``) names the bits it maps by
+appending ``[index]`` to a wire's name, so bit 1 of ``payload`` and bit 0 of the wire
+``payload[1]`` come back under one name, and Yosys stops on an assertion
+(``count_id(wire->name) == 0``) when it renames ``payload`` ``payload[0]``. The command makes
+every wire whose name holds a bracket private (``$auto$rename...``): no port holds one, and each
+is an alias of a slice of a signal that keeps its name.
 """
 
 from __future__ import annotations
@@ -30,7 +40,7 @@ from amaranth.back import rtlil
 from amaranth.back import verilog as amaranth_verilog
 from amaranth.lib import wiring
 
-__all__ = ["UNINITIALIZED", "WAIVER_FILE", "convert"]
+__all__ = ["UNINITIALIZED", "WAIVER_FILE", "YOSYS_AFTER_READ", "convert"]
 
 #: Marks a memory whose contents are undefined until written (``Memory(..., attrs=
 #: {UNINITIALIZED: 1})``, ``init=[]``), such as one Yosys maps onto an iCE40UP5K's SPRAM, which
@@ -38,6 +48,11 @@ __all__ = ["UNINITIALIZED", "WAIVER_FILE", "convert"]
 UNINITIALIZED = "zeroskip_uninitialized"
 
 WAIVER_FILE = Path(__file__).resolve().parent / "verilator.vlt"
+
+#: Run by Yosys after reading the Verilog :func:`convert` writes (see the module doc): the
+#: element wires of Amaranth (``payload[0]``), which ABC9 confuses with bits of ``payload``,
+#: lose their names. ``[[]`` is a glob class holding ``[``.
+YOSYS_AFTER_READ = "rename -hide w:*[[]*"
 
 
 def convert(component, name: str) -> str:

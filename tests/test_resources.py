@@ -158,6 +158,8 @@ def test_target_chooses_a_fitting_pipeline_and_says_what_bound_it(small, tmp_pat
     choice = design.architecture.target_choice
     assert design.architecture.name == "dataflow" and choice.part is PARTS["ecp5-85k"]
     assert not choice.resources.over(PARTS["ecp5-85k"].capacity)
+    from zeroskip.compiler.target import over_budget
+    assert not over_budget(choice.resources, PARTS["ecp5-85k"])
     # Nothing on this part stops the fold but the fold itself.
     assert choice.binding == "the fold: no layer gets faster with another multiplier"
     # Every chunk was tried, as a pipeline and as one engine; the fastest that fits won, in
@@ -178,6 +180,19 @@ def test_target_chooses_a_fitting_pipeline_and_says_what_bound_it(small, tmp_pat
     assert manifest["target"]["estimated_resources"] == choice.resources.as_dict()
     # The build loads back as the design it is (the choice's options are in the manifest).
     assert Design.load(tmp_path / "b").verilog() == design.verilog()
+
+
+def test_a_target_design_leaves_room_for_placement():
+    """nextpnr found no placement for a design at 89 % of the ECP5-85F's LUT4 sites: a design
+    fits a target when its estimate takes at most PLACEABLE of each resource."""
+    from zeroskip.compiler.target import PLACEABLE, over_budget
+
+    part = PARTS["ecp5-85k"]
+    luts = part.capacity["luts"]
+    assert PLACEABLE == 0.85
+    assert over_budget(resources.Resources(luts=int(0.84 * luts)), part) == {}
+    over = over_budget(resources.Resources(luts=int(0.86 * luts), brams=207), part)
+    assert set(over) == {"luts", "brams"} and over["luts"] == pytest.approx(0.86, abs=1e-4)
 
 
 def test_target_respects_the_multiplier_cap(small):

@@ -11,11 +11,15 @@ import shutil
 
 import numpy as np
 import pytest
+from amaranth import Module
+from amaranth.lib import data, wiring
+from amaranth.lib.wiring import In, Out
 
 import zeroskip
 from zeroskip import cli
 from zeroskip.boards import ooc, pnr, synth
 from zeroskip.errors import ZeroskipError
+from zeroskip.hdl.verilog import convert
 
 from test_hdl_conv import linear_graph
 
@@ -385,3 +389,50 @@ def test_wrapper_leaves_the_accelerator_as_synthesized_alone(real_runs):
     counts = synth.resource_counts(cells, "ecp5")
     written = json.loads((build / "synth-ecp5-25k.json").read_text())
     assert {key: written[key] for key in counts} == counts
+
+
+# --- Amaranth's element wires ------------------------------------------------------------------
+
+class _Pair(wiring.Component):
+    """Two 4-bit registers as one port with an array layout, each fed from the other."""
+
+    a: In(8)
+    o: Out(data.ArrayLayout(4, 2))
+
+    def elaborate(self, platform):
+        m = Module()
+        m.d.sync += [self.o[0].eq(self.a[:4] ^ self.o[1]), self.o[1].eq(self.a[4:] + self.o[0])]
+        return m
+
+
+class _PairNet(wiring.Component):
+    """A top holding :class:`_Pair` as the engine ``layer_pair``, as a network holds its
+    engines."""
+
+    a: In(8)
+    o: Out(8)
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.layer_pair = pair = _Pair()
+        m.d.comb += [pair.a.eq(self.a), self.o.eq(pair.o)]
+        return m
+
+
+@pytest.mark.synth
+@pytest.mark.parametrize("part", REAL_PARTS)
+def test_element_wires_are_not_taken_for_bits_by_abc9(tmp_path, part):
+    """Amaranth writes an alias wire per element of ``o`` (``o[0]``, ``o[1]``); each register
+    bit is an ABC9 input named by one of them, and ABC9 names a bit of ``o`` ``o[1]`` too, so
+    without :data:`~zeroskip.hdl.verilog.YOSYS_AFTER_READ` Yosys asserts
+    (``count_id(wire->name) == 0``) in the engine's synthesis."""
+    verilog = convert(_PairNet(), "pair_net")
+    assert "\\o[1] " in verilog and "\\o[0] " in verilog
+    counts, _, steps = synth.synthesize_network(tmp_path, verilog, "pair_net",
+                                                synth.target(part))
+    assert [step.step for step in steps] == [
+        f"synth_{synth.target(part).family} of layer 'layer_pair'",
+        f"synth_{synth.target(part).family} of the top module, and the join"]
+    assert counts["ffs"] == 8
+    single = synth.synthesize(verilog, "pair_net", synth.target(part).family)
+    assert single.ffs == 8

@@ -161,10 +161,11 @@ class Resources:
         return {"luts": self.luts, "ffs": self.ffs, "brams": self.brams, "dsps": self.dsps,
                 "spram": self.spram}
 
-    def over(self, capacity):
-        """``{resource: used / available}`` of the resources above ``capacity``."""
+    def over(self, capacity, share=1.0):
+        """``{resource: used / available}`` of the resources above ``share`` of
+        ``capacity``."""
         return {key: used / capacity[key] for key, used in self.as_dict().items()
-                if used > capacity.get(key, 0)}
+                if used > share * capacity.get(key, 0)}
 
 
 # --- logic ---------------------------------------------------------------------------------------
