@@ -8,14 +8,14 @@ buffer addresses its 8 lanes read (bank ``b`` reads ``addr1`` below the rotation
 ``addr0`` from it on), the rotation, the lanes whose input is inside the source, the weight.
 
 Pipeline (every stage moves when the output is free or taken): issue (address) | memory | R
-(the word registered) | D (decode: position, channel, table addresses) | T (tables read: the
-reduced-grid index, the rows inside) | U (addresses, lanes) = output. 6 cycles from a read's
-issue to its request.
+(the word registered) | D (decode: position, channel) | E (the tables read at the position) |
+T (the reduced-grid index, the rows inside) | U (addresses, lanes) = output. 7 cycles from a
+read's issue to its request.
 """
 
 from __future__ import annotations
 
-from amaranth.hdl import Module, Mux, Signal, signed, unsigned
+from amaranth.hdl import Cat, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -26,7 +26,7 @@ from .seq_walk import descriptor_layout
 __all__ = ["EntryWalker", "entry_walker_layout", "entry_walker_settings", "param_write_layout",
            "request_layout", "tap_layout", "tap_words"]
 
-LATENCY = 6
+LATENCY = 7
 
 
 def entry_walker_layout(w):
@@ -148,6 +148,7 @@ class EntryWalker(wiring.Component):
         m.d.comb += advance.eq(~out.valid | out.ready)
         self._entries_count = Signal(16)
         self._finished = Signal()
+        self._pipe_empty = Signal()     # no entry in any stage of the pipeline
         issue = self._issue(m, advance)
         decoded = self._decode(m, advance, issue)
         self._lanes(m, advance, decoded)
@@ -163,10 +164,13 @@ class EntryWalker(wiring.Component):
         chunk_filters = Signal(w.cache_bits + 1)
         filter_base = Signal(w.filter_bits)
         count = Signal(16)     # reads issued in the phase
+        left = Signal(16)      # reads left in the phase after this one (a count down, so that
+                               # the phase's end is an equality to zero, not a sum compared)
         sub = Signal(2)
         entries = self._entries_count       # the chunk's entries (from its header)
         entries_start = Signal(w.weight_bits)
         last_group = Signal()
+        more = Signal()        # chunks of filters after this one
         write_slot = Signal()
         issued = Signal(tag_layout)
         m.d.comb += [self.mem_addr.eq(addr), issued.slot.eq(write_slot)]
@@ -184,49 +188,51 @@ class EntryWalker(wiring.Component):
                 with m.If(advance):
                     m.d.sync += [addr.eq(addr + 1), sub.eq(sub + 1)]
                     with m.If(sub == HEADER_WORDS - 1):
-                        m.d.sync += [sub.eq(0), count.eq(0)]
+                        m.d.sync += [sub.eq(0), count.eq(0), left.eq(chunk_filters - 1)]
                         m.next = "PARAMS"
             with m.State("PARAMS"):
                 m.d.comb += [issued.valid.eq(1), issued.kind.eq(PARAM), issued.sub.eq(sub)]
                 with m.If(advance):
                     m.d.sync += [addr.eq(addr + 1), sub.eq(Mux(sub == 2, 0, sub + 1))]
                     with m.If(sub == 2):
-                        m.d.sync += count.eq(count + 1)
-                        with m.If(count + 1 == chunk_filters):
+                        m.d.sync += [count.eq(count + 1), left.eq(left - 1)]
+                        with m.If(left == 0):
                             m.d.sync += entries_start.eq(addr + 1)
                             with m.If(cfg.params_only):
                                 m.next = "NEXT"
                             with m.Else():
                                 m.next = "GROUP"
             with m.State("GROUP"):
-                m.d.comb += self.i_stream.ready.eq(advance)
-                with m.If(self.i_stream.valid & advance):
-                    m.d.sync += [addr.eq(entries_start), count.eq(0), write_slot.eq(~write_slot),
+                # Nothing is issued in this state, so the descriptor is taken whether or not the
+                # pipeline moves: the group walker's handshake does not wait on the lanes.
+                m.d.comb += self.i_stream.ready.eq(1)
+                with m.If(self.i_stream.valid):
+                    m.d.sync += [addr.eq(entries_start), count.eq(0), left.eq(entries - 1),
+                                 write_slot.eq(~write_slot),
                                  last_group.eq(self.i_stream.payload.last)]
                     m.next = "ENTRIES"
             with m.State("ENTRIES"):
                 m.d.comb += [issued.valid.eq(1), issued.kind.eq(ENTRY),
                              issued.group_first.eq(count == 0),
-                             issued.group_last.eq(count + 1 == entries)]
+                             issued.group_last.eq(left == 0)]
                 with m.If(advance):
-                    m.d.sync += [addr.eq(addr + 1), count.eq(count + 1)]
-                    with m.If((count + 1 == entries) & last_group):
+                    m.d.sync += [addr.eq(addr + 1), count.eq(count + 1), left.eq(left - 1)]
+                    with m.If((left == 0) & last_group):
                         m.next = "NEXT"
-                    with m.Elif(count + 1 == entries):
+                    with m.Elif(left == 0):
                         m.next = "GROUP"
             with m.State("NEXT"):
                 # The chunk is out; the next one once the step's pipeline is empty.
-                more = filter_base + chunk_filters < cfg.filters
                 with m.If(~more):
                     m.next = "DONE"
-                with m.Elif(self.drained):
+                with m.Elif(self.drained & self._pipe_empty):
                     m.d.sync += filter_base.eq(filter_base + chunk_filters)
                     m.d.comb += self.restart_groups.eq(1)
                     m.next = "CHUNK"
             with m.State("CHUNK"):
                 left = cfg.filters - filter_base
                 m.d.sync += [chunk_filters.eq(Mux(left < self.cache, left, self.cache)),
-                             sub.eq(0)]
+                             more.eq(left > self.cache), sub.eq(0)]
                 m.next = "HEADER"
             with m.State("DONE"):
                 m.d.comb += self._finished.eq(1)
@@ -302,18 +308,26 @@ class EntryWalker(wiring.Component):
             m.d.sync += [position.eq(cur_position), filt.eq(cur_filter),
                          within.eq(cur_within), channel_base.eq(cur_base),
                          previous_last.eq(last)]
-        tap = Signal(w.position_bits)
-        m.d.comb += tap.eq(cur_position >> cfg.group_shift)
         local = cur_position & ((1 << cfg.group_shift) - 1)
-        column = tap & ((1 << cfg.column_shift) - 1)
         slot = r_tag.slot
-        klass = Mux(slot, self.descriptors[1].klass, self.descriptors[0].klass)
 
         d_layout = data.StructLayout({
             "valid": 1, "weight": signed(8), "first": 1, "last": 1, "group_last": 1,
             "slot": 1, "filter": unsigned(w.cache_bits), "channel": unsigned(w.channel_bits + 1),
             "position": unsigned(w.position_bits)})
         d = Signal(d_layout)
+        with m.If(advance):
+            m.d.sync += [d.valid.eq(entry), d.weight.eq(weight), d.first.eq(new_filter),
+                         d.last.eq(last), d.group_last.eq(r_tag.group_last), d.slot.eq(slot),
+                         d.filter.eq(cur_filter), d.channel.eq(cur_base + local),
+                         d.position.eq(cur_position)]
+
+        # E: the tables read at the position (from D's register: the position's sum is a
+        # recurrence, and the tables' addresses a shift and a sum further).
+        tap = Signal(w.position_bits)
+        m.d.comb += tap.eq(d.position >> cfg.group_shift)
+        column = tap & ((1 << cfg.column_shift) - 1)
+        klass = Mux(d.slot, self.descriptors[1].klass, self.descriptors[0].klass)
         m.submodules.taps = taps = ram(tap_layout(w), len(self.taps), self.taps)
         m.submodules.colmasks = colmasks = ram(unsigned(8), len(self.colmasks), self.colmasks)
         tap_read, colmask_read = taps.read_port(), colmasks.read_port()
@@ -321,14 +335,13 @@ class EntryWalker(wiring.Component):
                      colmask_read.addr.eq(cfg.colmask_start + (klass << cfg.column_shift)
                                           + column),
                      colmask_read.en.eq(advance)]
+        e = Signal(d_layout)
         with m.If(advance):
-            m.d.sync += [d.valid.eq(entry), d.weight.eq(weight), d.first.eq(new_filter),
-                         d.last.eq(last), d.group_last.eq(r_tag.group_last), d.slot.eq(slot),
-                         d.filter.eq(cur_filter), d.channel.eq(cur_base + local),
-                         d.position.eq(cur_position)]
+            m.d.sync += e.eq(d)
         with m.If(self.start):
-            m.d.sync += d.valid.eq(0)
-        return d, tap_read.data, colmask_read.data
+            m.d.sync += [d.valid.eq(0), e.valid.eq(0)]
+        self._stage_valids = [m_tag.valid, r_tag.valid, d.valid, e.valid]
+        return e, tap_read.data, colmask_read.data
 
     # --- T: reduced-grid index, rows inside; U: addresses, lanes -----------------------------
     def _lanes(self, m, advance, decoded):
@@ -386,4 +399,5 @@ class EntryWalker(wiring.Component):
                          p.group_last.eq(t.group_last), p.odd.eq(t.odd)]
         with m.If(self.start):
             m.d.sync += out.valid.eq(0)
-        m.d.comb += self.done.eq(self._finished & ~out.valid & ~t.valid & ~d.valid)
+        m.d.comb += [self._pipe_empty.eq(~Cat(*self._stage_valids, t.valid, out.valid).any()),
+                     self.done.eq(self._finished & self._pipe_empty)]

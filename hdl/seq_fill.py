@@ -105,15 +105,21 @@ class Filler(wiring.Component):
         pair = Signal(2)                        # (pixel & 7) >> 1 of the word
         row_v = Signal(w.v_bits)                # (y >> split_y) * reduced_width
         second = Signal()                       # the second pass of a conflicting word
-        allowed = Signal()                      # row y may be filled
-        m.d.comb += allowed.eq(y < self.ring_start + cfg.rows_cap)
+        # Row y may be filled while it is fewer than rows_cap rows past the ring's start:
+        # registered from this cycle's y, so that no issue waits on the sum and comparison (the
+        # ring's start only grows, so a cycle old is safe; a row starts after a cycle without
+        # an issue, below, in which it is computed for the new y).
+        allowed = Signal()
+        m.d.sync += allowed.eq(y < self.ring_start + cfg.rows_cap)
+        renew = Signal()                        # the cycle between two rows
 
         # The two bytes of the word: pixel offsets within the row (x0 = x, x1 = x + 1), valid
-        # when inside [0, width).
+        # when inside [0, width): by x_left = width - x, counted down beside x.
         x_of = [x, x + 1]
+        x_left = Signal(w.coord_bits + 2)
         byte_valid = Signal(2)
-        m.d.comb += [byte_valid[0].eq((x >= 0) & (x < cfg.width)),
-                     byte_valid[1].eq(x + 1 < cfg.width)]
+        m.d.comb += [byte_valid[0].eq(~x[-1] & (x_left != 0)),
+                     byte_valid[1].eq(x_left[1:] != 0)]
 
         # Line-buffer placement of each byte.
         lb_bank = [Signal(3, name=f"bank_{k}") for k in range(2)]
@@ -155,10 +161,10 @@ class Filler(wiring.Component):
         mask = Signal(2)
         m.d.comb += mask.eq(Mux(conflict, Mux(second, 0b10, 0b01), byte_valid))
 
-        last_pair = ~(x + 2 < cfg.width)          # no pixel of this row after this word
+        last_pair = (x_left[2:] == 0) & (x_left[:2] != 3)  # no pixel of this row after it
         last_channel = channel == cfg.last_channel
         last_source = ~cfg.two | source
-        m.d.comb += issue.eq(busy & allowed)
+        m.d.comb += issue.eq(busy & allowed & ~renew)
         m.d.sync += request.valid.eq(0)
         mem_addr = Signal.like(self.mem_addr)
         mem_block = Signal.like(self.mem_block)
@@ -177,32 +183,35 @@ class Filler(wiring.Component):
             with m.Else():
                 m.d.sync += second.eq(0)
                 with m.If(~last_pair):
-                    m.d.sync += [x.eq(x + 2), pair.eq(pair + 1),
+                    m.d.sync += [x.eq(x + 2), x_left.eq(x_left - 2), pair.eq(pair + 1),
                                  word.eq(word + Mux(pair == 3, cfg.block_jump, 1))]
                 with m.Elif(~last_channel):
                     m.d.sync += [channel.eq(channel + 1),
                                  channel_word.eq(channel_word + 4),
                                  word.eq(channel_word + 4 + (row_pixel >> 1)),
-                                 x.eq(-row_pixel[0]), pair.eq(row_pixel >> 1)]
+                                 x.eq(-row_pixel[0]), x_left.eq(cfg.width + row_pixel[0]),
+                                 pair.eq(row_pixel >> 1)]
                 with m.Elif(~last_source):
                     m.d.sync += [source.eq(1), channel.eq(0), channel_word.eq(row_base),
                                  word.eq(row_base + (row_pixel >> 1)), x.eq(-row_pixel[0]),
-                                 pair.eq(row_pixel >> 1)]
+                                 x_left.eq(cfg.width + row_pixel[0]), pair.eq(row_pixel >> 1)]
                 with m.Else():
                     # Next row: its first pixel is width further on; its block base moves by
-                    # whole blocks, one more when the pixel within the block wraps.
+                    # whole blocks, one more when the pixel within the block wraps. Its first
+                    # word's place follows in the cycle between the rows (``renew``).
                     carry = (row_pixel + cfg.width_low)[3]
-                    next_base = row_base + cfg.row_words + Mux(carry, cfg.channel_words, 0)
-                    next_pixel = (row_pixel + cfg.width_low)[:3]
-                    m.d.sync += [y.eq(y + 1), source.eq(0), channel.eq(0),
-                                 row_base.eq(next_base), channel_word.eq(next_base),
-                                 word.eq(next_base + (next_pixel >> 1)),
-                                 row_pixel.eq(next_pixel), x.eq(-next_pixel[0]),
-                                 pair.eq(next_pixel >> 1)]
+                    m.d.sync += [y.eq(y + 1), source.eq(0), channel.eq(0), renew.eq(1),
+                                 row_base.eq(row_base + cfg.row_words +
+                                             Mux(carry, cfg.channel_words, 0)),
+                                 row_pixel.eq(row_pixel + cfg.width_low)]
                     with m.If(((y + 1) & ((1 << cfg.split_y) - 1)) == 0):
                         m.d.sync += row_v.eq(row_v + cfg.reduced_width)
                     with m.If(y == cfg.last_row):
                         m.d.sync += busy.eq(0)
+        with m.If(renew):
+            m.d.sync += [renew.eq(0), channel_word.eq(row_base),
+                         word.eq(row_base + (row_pixel >> 1)), x.eq(-row_pixel[0]),
+                         x_left.eq(cfg.width + row_pixel[0]), pair.eq(row_pixel >> 1)]
         m.d.comb += [self.mem_addr.eq(mem_addr), self.mem_block.eq(mem_block),
                      self.mem_re.eq(mem_re)]
 
@@ -221,5 +230,7 @@ class Filler(wiring.Component):
         with m.If(self.start):
             m.d.sync += [busy.eq(1), y.eq(0), source.eq(0), channel.eq(0), row_base.eq(0),
                          channel_word.eq(0), word.eq(0), row_pixel.eq(0), x.eq(0), pair.eq(0),
+                         x_left.eq(cfg.width), renew.eq(0),
+                         allowed.eq(1),                  # row 0 always fits
                          row_v.eq(0), second.eq(0), self.rows_done.eq(0)]
         return m

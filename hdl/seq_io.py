@@ -8,7 +8,7 @@ turns the sums of a fused average pool into beats for the requantizer.
 
 from __future__ import annotations
 
-from amaranth.hdl import Module, Mux, Signal, unsigned
+from amaranth.hdl import Cat, Module, Mux, Signal, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -69,7 +69,8 @@ class Loader(wiring.Component):
     loaded : Out(1)
         One cycle, with the last beat's write.
     mem_block, mem_addr, mem_data, mem_mask, mem_we : Out; granted : In(1)
-        A write request, repeated until granted (the loader yields its block to the steps).
+        A write request, repeated until granted (the loader yields its block to the steps);
+        two beats wait at most.
     """
 
     def __init__(self, w):
@@ -85,21 +86,31 @@ class Loader(wiring.Component):
         m = Module()
         cfg = self.settings
         walk = _Walk(m, self.w, cfg, "load")
-        # One beat held while its write waits for the block.
-        held = Signal()
-        odd = Signal()
-        last = Signal()
-        value = Signal(8)
-        m.d.comb += [self.i_stream.ready.eq(self.enable & (~held | self.granted)),
-                     self.mem_block.eq(cfg.block), self.mem_we.eq(held),
-                     self.mem_data.eq(value.replicate(2)), self.mem_mask.eq(Mux(odd, 2, 1))]
-        with m.If(held & self.granted):
-            m.d.sync += held.eq(0)
-        m.d.comb += self.loaded.eq(held & self.granted & last)
-        with m.If(self.i_stream.valid & self.i_stream.ready):
-            m.d.sync += [held.eq(1), value.eq(self.i_stream.payload),
-                         self.mem_addr.eq(walk.address), odd.eq(walk.pixel[0]),
-                         last.eq(walk.last)]
+        # Up to two beats wait for their writes (a beat a cycle while each goes through): the
+        # stream's ready is then a register's, not the memory's arbitration.
+        beat = data.StructLayout({"value": 8, "addr": self.w.word_bits, "odd": 1, "last": 1})
+        slots = [Signal(beat, name=f"slot_{i}") for i in range(2)]
+        full = Signal(2)                       # slot 1 only behind slot 0
+        incoming = Signal(beat)
+        head = slots[0]
+        push = self.i_stream.valid & self.i_stream.ready
+        pop = full[0] & self.granted
+        m.d.comb += [incoming.value.eq(self.i_stream.payload), incoming.addr.eq(walk.address),
+                     incoming.odd.eq(walk.pixel[0]), incoming.last.eq(walk.last),
+                     self.i_stream.ready.eq(self.enable & ~full[1]),
+                     self.mem_block.eq(cfg.block), self.mem_we.eq(full[0]),
+                     self.mem_addr.eq(head.addr), self.mem_data.eq(head.value.replicate(2)),
+                     self.mem_mask.eq(Mux(head.odd, 2, 1)),
+                     self.loaded.eq(pop & head.last)]
+        with m.If(pop):
+            m.d.sync += [slots[0].eq(Mux(full[1], slots[1], incoming)), slots[1].eq(incoming),
+                         full.eq(Cat(full[1] | push, 0))]
+        with m.Elif(push):
+            with m.If(full[0]):
+                m.d.sync += [slots[1].eq(incoming), full[1].eq(1)]
+            with m.Else():
+                m.d.sync += [slots[0].eq(incoming), full[0].eq(1)]
+        with m.If(push):
             with m.If(walk.last):
                 m.d.sync += walk.reset()
             with m.Else():
@@ -134,38 +145,49 @@ class Emitter(wiring.Component):
         cfg, out = self.settings, self.o_stream
         walk = _Walk(m, self.w, cfg, "emit")
         running = Signal()
-        # A read in flight, and the byte it brings (held while the output is busy).
-        reading, high = Signal(), Signal()
-        holding, held = Signal(), Signal(8)
-        read_last, hold_last = Signal(), Signal()
-        arriving = Mux(high, self.mem_data[8:], self.mem_data[:8])
-        # A read goes out when its byte will have a place: the output or the holding register.
-        space = ~holding & (~out.valid | out.ready | ~reading)
-        issue = running & space
+        # A read in flight brings its byte the cycle after; bytes the output cannot take yet
+        # wait in two holding registers. A read goes out while fewer than three bytes are
+        # owed to the output (in flight, held, or in it): a count, so that the memory's
+        # request does not wait on the output's ready.
+        reading, high, read_last = Signal(), Signal(), Signal()
+        owed = Signal(range(4))
+        arriving = Signal(9)                   # the byte, and whether it is the last
+        m.d.comb += arriving.eq(Cat(Mux(high, self.mem_data[8:], self.mem_data[:8]), read_last))
+        held = [Signal(9, name=f"held_{i}") for i in range(2)]
+        held_valid = Signal(2)                 # held_1 only behind held_0
+        issue = running & (owed < 3)
+        taken = out.valid & out.ready
         m.d.comb += [self.mem_block.eq(cfg.block), self.mem_addr.eq(walk.address),
                      self.mem_re.eq(issue)]
-        m.d.sync += reading.eq(issue)
+        m.d.sync += [reading.eq(issue), owed.eq(owed + issue - taken)]
         with m.If(issue):
             m.d.sync += [high.eq(walk.pixel[0]), read_last.eq(walk.last)]
             with m.If(walk.last):
                 m.d.sync += running.eq(0)
             with m.Else():
                 walk.advance()
+
+        def emit(byte):
+            m.d.sync += [out.valid.eq(1), out.payload.eq(byte[:8])]
+            with m.If(byte[8]):
+                m.d.sync += self.done.eq(1)
+
         with m.If(~out.valid | out.ready):
-            with m.If(holding):
-                m.d.sync += [out.valid.eq(1), out.payload.eq(held), holding.eq(0),
-                             self.done.eq(0)]
-                m.d.sync += hold_last.eq(0)
-                with m.If(hold_last):
-                    m.d.sync += self.done.eq(1)
+            with m.If(held_valid[0]):
+                emit(held[0])
+                m.d.sync += [held[0].eq(Mux(held_valid[1], held[1], arriving)),
+                             held[1].eq(arriving),
+                             held_valid.eq(Cat(held_valid[1] | reading,
+                                               held_valid[1] & reading))]
             with m.Elif(reading):
-                m.d.sync += [out.valid.eq(1), out.payload.eq(arriving)]
-                with m.If(read_last):
-                    m.d.sync += self.done.eq(1)
+                emit(arriving)
             with m.Else():
                 m.d.sync += out.valid.eq(0)
         with m.Elif(reading):
-            m.d.sync += [holding.eq(1), held.eq(arriving), hold_last.eq(read_last)]
+            with m.If(held_valid[0]):
+                m.d.sync += [held[1].eq(arriving), held_valid[1].eq(1)]
+            with m.Else():
+                m.d.sync += [held[0].eq(arriving), held_valid[0].eq(1)]
         with m.If(self.start):
             m.d.sync += [running.eq(1), self.done.eq(0), *walk.reset()]
         return m

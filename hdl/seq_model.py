@@ -5,8 +5,8 @@ A conv step (cycle 0 its setup): the entry walker reads a chunk's header and par
 (``2 + HEADER_WORDS + 3 * filters`` cycles), then takes a group descriptor (a cycle) and issues
 the chunk's entries, one a cycle. A descriptor is offered once the filler has written its
 group's rows; the filler copies a row's words one a cycle (a word whose two bytes share a bank
-two), from cycle 1, a row only while it is fewer than ``rows_cap`` rows past the oldest row a
-group in flight reads. The step ends :data:`DRAIN` cycles after its last request plus the
+two), from cycle 1 with a cycle between rows, a row only while it is fewer than ``rows_cap``
+rows past the oldest row a group in flight reads. The step ends :data:`DRAIN` cycles after its last request plus the
 scanner's beats of the last word. A pool-sum step only loads its parameters and requantizes
 its channels' sums. A word waits while the scanner still holds the one before: a beat per
 pixel requantized (a ReLU's negative sums need none, but a slot of two pixels at least one) and
@@ -24,15 +24,16 @@ __all__ = ["Cycles", "inference_cycles", "step_cycles"]
 
 #: From a request leaving the entry walker to the step's end, besides the last word's beats:
 #: gather and lanes, the scanner, the requantizer's 7 stages, the writer, the sequencer.
-DRAIN = 15
+DRAIN = 16
 #: From an entry's issue to its request (the walker's pipeline after the issue cycle).
-ISSUE_TO_REQUEST = 5
+ISSUE_TO_REQUEST = 6
 #: A filler row's words are visible to the group walker this many cycles after the last issue.
-ROW_VISIBLE = 3
+ROW_VISIBLE = 4
 #: Cycles of the group walker's handshake and the walk's restart per group.
 GROUP_CYCLES = 1
-#: The sequencer's cycle before each step's setup (the step's settings reach their register).
-SETTLE = 1
+#: The sequencer's cycles between steps: its register of the step's end, and the cycle before
+#: each step's setup (the step's settings reach their register).
+SETTLE = 2
 
 
 def _row_words(step, y):
@@ -102,7 +103,8 @@ def step_cycles(step, negative=None):
             newest = min(step.group_rows(g)[1], rows - 1)
             while len(row_ready) <= newest:
                 y = len(row_ready)
-                start = max(issue_end + 1, 1)
+                # A cycle between rows (the filler computes the next row's place).
+                start = issue_end + 2 if y else 1
                 # The ring: row y waits until no group in flight reads a row before y - cap + 1.
                 for h, oldest in enumerate(group_oldest[:len(group_done)]):
                     if oldest <= y - cap:

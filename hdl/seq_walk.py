@@ -34,6 +34,11 @@ def group_walker_layout(w):
         "row_jump": unsigned(2), "column_step": unsigned(w.coord_bits),  # lanes = jump*Wo+step
         "row_v": unsigned(w.v_bits), "jump_v": unsigned(w.v_bits),
         "stride_y": unsigned(4), "jump_y": unsigned(w.coord_bits),
+        # Crossing rows, by whether the group before wrapped to a new row: the columns moved,
+        # the jumps, and the columns left at or below which the next group wraps.
+        "column_back": signed(w.coord_bits + 1),        # column_step - out_width
+        "jump_v_wrap": unsigned(w.v_bits), "jump_y_wrap": unsigned(w.coord_bits),
+        "wrap_at": signed(w.coord_bits + 2), "wrap_at_wrapped": signed(w.coord_bits + 2),
         "stride_y_log": unsigned(2), "pad_y": unsigned(w.coord_bits),
         "kernel_h_last": unsigned(w.coord_bits), "last_row": unsigned(w.coord_bits),
         "split_mask": unsigned(2), "class_shift": unsigned(2),
@@ -52,6 +57,9 @@ def group_walker_settings(step: ConvStep):
         "out_pixels": step.out_pixels, "row_jump": jump, "column_step": column,
         "row_v": row_v, "jump_v": jump * row_v,
         "stride_y": step.stride[0], "jump_y": jump * step.stride[0],
+        "column_back": column - step.out_width,
+        "jump_v_wrap": (jump + 1) * row_v, "jump_y_wrap": (jump + 1) * step.stride[0],
+        "wrap_at": 2 * column, "wrap_at_wrapped": 2 * column - step.out_width,
         "stride_y_log": max(step.stride[0].bit_length() - 1, 0) if not step.row_mode else 0,
         "pad_y": step.padding[0], "kernel_h_last": step.kernel[0] - 1,
         "last_row": (1 if step.flat else step.source.height) - 1,
@@ -112,9 +120,17 @@ class GroupWalker(wiring.Component):
         m.d.comb += lanes.eq(1 << cfg.lanes_log)
 
         # --- stage A: the group's coordinates (state), its table read ------------------------
+        # What ends a row or the step is decided a group ahead, into flags, from down-counters
+        # (columns and pixels left, rows left): the handshake then only gates registers.
         running = Signal()                     # groups left to hand out
         out_y, out_x = Signal(w.coord_bits), Signal(w.coord_bits)
         pixel = Signal(w.pixel_bits)           # first output pixel (cross mode)
+        x_left = Signal(w.coord_bits + 1)      # out_width - out_x
+        y_left = Signal(w.coord_bits)          # last_out_row - out_y
+        p_left = Signal(w.pixel_bits + 1)      # out_pixels - pixel
+        row_end, last_group = Signal(), Signal()   # of the group at (out_y, out_x) / pixel
+        narrow = Signal()                      # a row is one group (row mode)
+        wrap = Signal()                        # the next group is on a new row (cross mode)
         row_v = Signal(w.v_bits)               # out_y * row_v
         top = Signal(signed(w.coord_bits + 2)) # out_y * stride_y - pad_y
         klass = Signal(w.coord_bits)
@@ -129,12 +145,12 @@ class GroupWalker(wiring.Component):
         b = Signal(descriptor_layout(w))
         b_newest, b_full = Signal(signed(w.coord_bits + 3)), Signal()
         advance_b = ~b_full | (self.o_stream.valid & self.o_stream.ready)
-        advance_a = advance_b
+        # Stage A moves while it or B is empty: registers only, not the handshake, so that its
+        # many enables do not wait on the entry walker. When B takes A's group and A does not
+        # move, A empties (a group takes at least two cycles to be offered anyway).
+        advance_a = ~a.valid | ~b_full
 
-        remaining = Mux(cfg.row_mode, cfg.out_width - out_x, cfg.out_pixels - pixel)
-        row_end = Mux(cfg.row_mode, out_x + lanes >= cfg.out_width, 0)
-        last_group = cfg.single | Mux(cfg.row_mode, row_end & (out_y == cfg.last_out_row),
-                                      pixel + lanes >= cfg.out_pixels)
+        remaining = Mux(cfg.row_mode, x_left, p_left)
         m.d.comb += [rowsel_read.addr.eq(cfg.rowsel_start + klass),
                      rowsel_read.en.eq(advance_a)]
         with m.If(advance_a):
@@ -148,19 +164,31 @@ class GroupWalker(wiring.Component):
                     m.d.sync += running.eq(0)
                 with m.Elif(cfg.row_mode):
                     with m.If(row_end):
-                        m.d.sync += [out_x.eq(0), out_y.eq(out_y + 1),
-                                     row_v.eq(row_v + cfg.row_v), top.eq(top + cfg.stride_y)]
+                        m.d.sync += [out_x.eq(0), x_left.eq(cfg.out_width),
+                                     out_y.eq(out_y + 1), y_left.eq(y_left - 1),
+                                     row_v.eq(row_v + cfg.row_v), top.eq(top + cfg.stride_y),
+                                     row_end.eq(narrow),
+                                     last_group.eq(narrow & (y_left == 1))]
                     with m.Else():
-                        m.d.sync += out_x.eq(out_x + lanes)
+                        # The next group ends the row when at most two groups' columns are left.
+                        ends = x_left <= (lanes << 1)
+                        m.d.sync += [out_x.eq(out_x + lanes), x_left.eq(x_left - lanes),
+                                     row_end.eq(ends), last_group.eq(ends & (y_left == 0))]
                 with m.Else():
-                    # Crossing rows: lanes = row_jump rows and column_step columns further.
-                    column = out_x + cfg.column_step
-                    wrap = column >= cfg.out_width
-                    m.d.sync += [pixel.eq(pixel + lanes),
-                                 out_x.eq(Mux(wrap, column - cfg.out_width, column)),
+                    # Crossing rows: lanes = row_jump rows and column_step columns further,
+                    # one row more when the columns wrap (decided a group ahead).
+                    m.d.sync += [pixel.eq(pixel + lanes), p_left.eq(p_left - lanes),
+                                 last_group.eq(p_left <= (lanes << 1)),
+                                 out_x.eq(out_x + Mux(wrap, cfg.column_back, cfg.column_step)),
+                                 x_left.eq(x_left - Mux(wrap, cfg.column_back,
+                                                        cfg.column_step)),
+                                 wrap.eq(x_left <= Mux(wrap, cfg.wrap_at_wrapped, cfg.wrap_at)),
                                  out_y.eq(out_y + cfg.row_jump + wrap),
-                                 row_v.eq(row_v + cfg.jump_v + Mux(wrap, cfg.row_v, 0)),
-                                 top.eq(top + cfg.jump_y + Mux(wrap, cfg.stride_y, 0))]
+                                 row_v.eq(row_v + Mux(wrap, cfg.jump_v_wrap, cfg.jump_v)),
+                                 top.eq(top + Mux(wrap, cfg.jump_y_wrap, cfg.jump_y))]
+
+        with m.Elif(advance_b):
+            m.d.sync += a.valid.eq(0)
 
         # --- stage B: the descriptor, offered once its rows are in ---------------------------
         rowsel = Mux(cfg.bounded, rowsel_read.data, 0)
@@ -178,15 +206,20 @@ class GroupWalker(wiring.Component):
                          b.ring_start.eq(oldest - (oldest & cfg.split_mask)),
                          b_newest.eq(a.top + (last_lane_rows << cfg.stride_y_log)
                                      + cfg.kernel_h_last)]
-        newest = Mux(b_newest > cfg.last_row, cfg.last_row, b_newest)
-
         # --- groups in flight: their ring starts, oldest first ---------------------------------
+        # The offer is a register: set for the next cycle when B holds a group that is not taken
+        # now, whose rows are in (its newest row, or every row of the source), and for which
+        # there will be room among the groups in flight; so the handshake starts at registers.
         in_flight = Signal(range(IN_FLIGHT + 1))
         ring = [Signal(w.coord_bits, name=f"ring_{i}") for i in range(IN_FLIGHT)]
-        m.d.comb += [self.o_stream.payload.eq(b),
-                     self.o_stream.valid.eq(b_full & (newest < self.rows_done) &
-                                            (in_flight < IN_FLIGHT)),
+        offer = Signal()
+        m.d.comb += [self.o_stream.payload.eq(b), self.o_stream.valid.eq(offer),
                      self.ring_start.eq(Mux(in_flight != 0, ring[0], b.ring_start))]
+        rows_in = (b_newest < self.rows_done) | (self.rows_done > cfg.last_row)
+        next_in_flight = Signal(range(-1, IN_FLIGHT + 2))
+        m.d.comb += next_in_flight.eq(in_flight + (offer & self.o_stream.ready) - self.group_done)
+        m.d.sync += offer.eq(b_full & ~(offer & self.o_stream.ready) & rows_in &
+                             (next_in_flight < IN_FLIGHT))
         handed = self.o_stream.valid & self.o_stream.ready
         with m.If(handed & ~self.group_done):
             m.d.sync += in_flight.eq(in_flight + 1)
@@ -204,6 +237,14 @@ class GroupWalker(wiring.Component):
                     m.d.sync += ring[i - 1].eq(b.ring_start)
 
         with m.If(self.start):
-            m.d.sync += [running.eq(1), out_x.eq(0), out_y.eq(0), pixel.eq(0), row_v.eq(0),
+            narrow_now = cfg.out_width <= lanes
+            m.d.sync += [offer.eq(0), running.eq(1), out_x.eq(0), out_y.eq(0), pixel.eq(0),
+                         row_v.eq(0),
+                         x_left.eq(cfg.out_width), y_left.eq(cfg.last_out_row),
+                         p_left.eq(cfg.out_pixels), narrow.eq(narrow_now), wrap.eq(0),
+                         row_end.eq(cfg.row_mode & narrow_now),
+                         last_group.eq(cfg.single | Mux(cfg.row_mode,
+                                                        narrow_now & (cfg.last_out_row == 0),
+                                                        cfg.out_pixels <= lanes)),
                          top.eq(-cfg.pad_y), a.valid.eq(0), b_full.eq(0), in_flight.eq(0)]
         return m

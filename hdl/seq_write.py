@@ -84,6 +84,8 @@ class Writer(wiring.Component):
         in_chunk = Signal(w.filter_bits)         # filter within the chunk
         chunk_first = Signal(w.filter_bits)
         chunk_filters = Signal(w.filter_bits)
+        chunk_last = Signal(w.filter_bits)       # chunk_filters - 1
+        pixels_left = Signal(w.pixel_bits + 1)   # cfg.pixels - q0
         block_base = Signal(w.word_bits)         # (q0 >> 3) * 4 * channels
         slot = Signal(3)                         # slots written of this word
         held = Signal(8)                         # a slot's low byte, waiting for its high one
@@ -112,30 +114,42 @@ class Writer(wiring.Component):
         if self.pool_sums:
             self._pool_sums(m, result, pixel, slot, first_group, channel, data_word)
         # The next word: the next filter of the group, or the next group, or the next chunk.
-        last_filter = in_chunk + 1 == chunk_filters
+        # The next chunk, worked out a stage a cycle while this one runs (a chunk lasts longer
+        # than three cycles: its parameters are read first), so that its end only loads them.
+        next_first, left = Signal.like(chunk_first), Signal.like(chunk_first)
+        next_size, next_last = Signal.like(chunk_filters), Signal.like(chunk_filters)
+        m.d.sync += [next_first.eq(chunk_first + chunk_filters),
+                     left.eq(cfg.filters - next_first),
+                     next_size.eq(Mux(left < self.cache, left, self.cache)),
+                     next_last.eq(Mux(left < self.cache, left - 1, self.cache - 1))]
+        # Decided from registers (an equality, a count down), not from sums of them.
+        last_filter = in_chunk == chunk_last
         with m.If(result.valid & result.word_end):
             m.d.sync += slot.eq(0)
             with m.If(~last_filter):
                 m.d.sync += [in_chunk.eq(in_chunk + 1), channel.eq(channel + 1)]
             with m.Else():
                 # Next group: q0 moves on by the word's lanes (a flat output by nothing).
-                moved = q0 + Mux(cfg.flat_out, 1, result.count)
+                step = Mux(cfg.flat_out, 1, result.count)
                 crossed = (q0[:3] + Mux(cfg.flat_out, 0, result.count))[3]
-                m.d.sync += [in_chunk.eq(0), channel.eq(chunk_first), q0.eq(moved),
+                m.d.sync += [in_chunk.eq(0), channel.eq(chunk_first), q0.eq(q0 + step),
+                             pixels_left.eq(pixels_left - step),
                              block_base.eq(block_base + Mux(crossed, cfg.channel_words, 0)),
                              first_group.eq(0)]
-                with m.If(moved >= cfg.pixels):
+                # A group's count is its pixels left in the row or the chunk, whichever is
+                # fewer: the chunk's last group is the one that counts them all.
+                with m.If(pixels_left == step):
                     # The chunk is done: the next one starts at pixel 0.
-                    left = cfg.filters - chunk_first - chunk_filters
-                    m.d.sync += [chunk_first.eq(chunk_first + chunk_filters),
-                                 channel.eq(chunk_first + chunk_filters), q0.eq(0),
+                    m.d.sync += [chunk_first.eq(next_first), channel.eq(next_first), q0.eq(0),
+                                 pixels_left.eq(cfg.pixels),
                                  block_base.eq(0), first_group.eq(1),
-                                 chunk_filters.eq(Mux(left < self.cache, left, self.cache))]
+                                 chunk_filters.eq(next_size), chunk_last.eq(next_last)]
         with m.If(self.start):
+            size = Mux(cfg.filters < self.cache, cfg.filters, self.cache)
             m.d.sync += [q0.eq(0), channel.eq(0), in_chunk.eq(0), chunk_first.eq(0),
+                         pixels_left.eq(cfg.pixels),
                          block_base.eq(0), slot.eq(0), first_group.eq(1),
-                         chunk_filters.eq(Mux(cfg.filters < self.cache, cfg.filters,
-                                              self.cache))]
+                         chunk_filters.eq(size), chunk_last.eq(size - 1)]
         m.d.comb += self.idle.eq(~self.mem_we & ~self._sum_pending)
         return m
 

@@ -211,8 +211,11 @@ class SequentialEngine(wiring.Component):
         # Only one of them makes beats in a step.
         m.d.comb += requant.beats.eq(Mux(pool_sums.beats.valid, pool_sums.beats,
                                          scanner.beats))
+        # Registered: the units' idles are many, and a step's end or a chunk's restart waits
+        # on them (a cycle late is safe: every hand-over between them is registered, so an item
+        # on its way always shows in one of them).
         self.drained = Signal()
-        m.d.comb += self.drained.eq(~entries.o_stream.valid & gather.idle & lanes.idle &
+        m.d.sync += self.drained.eq(~entries.o_stream.valid & gather.idle & lanes.idle &
                                     ~scanner.beats.valid & requant.idle & writer.idle &
                                     pool_sums.done)
         m.d.comb += entries.drained.eq(self.drained)
@@ -234,6 +237,9 @@ class SequentialEngine(wiring.Component):
             m.d.sync += [input_ready.eq(1), input_free.eq(0)]
         self.weights_ready = Signal()
         summing = Signal()            # the pool sums are being read
+        summing_seen = Signal()       # summing, a cycle late
+        finished = Signal()           # the step was done last cycle (only set in RUN)
+        m.d.sync += [summing_seen.eq(summing), finished.eq(0)]
         setup = Signal()
         self.running = Signal()
         with m.FSM(name="sequencer"):
@@ -256,7 +262,10 @@ class SequentialEngine(wiring.Component):
                 with m.If(cfg.pool_sum & entries.done & ~summing):
                     m.d.comb += pool_sums.start.eq(1)
                     m.d.sync += summing.eq(1)
-                finished = entries.done & self.drained & Mux(cfg.conv, filler.done, summing)
+                # The pool sums' reader counts in ``drained`` once it has started: a cycle
+                # after ``summing`` is. The step's end acts a cycle later, from a register.
+                m.d.sync += finished.eq(entries.done & self.drained &
+                                        Mux(cfg.conv, filler.done, summing_seen))
                 with m.If(finished):
                     with m.If(step == last_reader):
                         m.d.sync += input_free.eq(1)
@@ -270,8 +279,12 @@ class SequentialEngine(wiring.Component):
                 m.d.comb += self.running.eq(1)
                 with m.If(emitter.done):
                     m.next = "IDLE"
-        # The groups start over with each chunk of filters.
-        m.d.comb += groups.start.eq(cfg.conv & (setup | entries.restart_groups))
+        # The groups start over with each chunk of filters: a cycle after the entry walker
+        # starts the chunk (it reads the chunk's header and parameters first), from a register
+        # rather than from the pipeline's drain.
+        restart = Signal()
+        m.d.sync += restart.eq(entries.restart_groups)
+        m.d.comb += groups.start.eq(cfg.conv & (setup | restart))
 
     def _tensor_memory(self, m, u):
         """The memory blocks; per block one access a cycle: the writer's, else the reader's
@@ -286,6 +299,10 @@ class SequentialEngine(wiring.Component):
         m.d.sync += reader_from.eq(reader_block)
         rdata = []
         for index, words in enumerate(program.act_blocks):
+            if not words:
+                # A block the plan leaves empty is not built (nothing reads or writes it).
+                rdata.append(0)
+                continue
             words = SPRAM_WORDS if self.memory == "spram" else max(words, 2)
             block = MemoryBlock(1 << ceil_log2(words))
             m.submodules[f"block_{index}"] = block

@@ -184,15 +184,21 @@ def test_target_chooses_a_fitting_pipeline_and_says_what_bound_it(small, tmp_pat
 
 def test_a_target_design_leaves_room_for_placement():
     """nextpnr found no placement for a design at 89 % of the ECP5-85F's LUT4 sites: a design
-    fits a target when its estimate takes at most PLACEABLE of each resource."""
+    fits a target when its estimate takes at most PLACEABLE of its logic and RAM blocks; DSPs and
+    SPRAM blocks, counted exactly, may all be used."""
     from zeroskip.compiler.target import PLACEABLE, over_budget
 
     part = PARTS["ecp5-85k"]
     luts = part.capacity["luts"]
-    assert PLACEABLE == 0.85
+    assert PLACEABLE["luts"] == PLACEABLE["brams"] == 0.85
     assert over_budget(resources.Resources(luts=int(0.84 * luts)), part) == {}
     over = over_budget(resources.Resources(luts=int(0.86 * luts), brams=207), part)
     assert set(over) == {"luts", "brams"} and over["luts"] == pytest.approx(0.86, abs=1e-4)
+    up5k = PARTS["ice40-up5k"]
+    every_block = resources.Resources(luts=100, dsps=up5k.capacity["dsps"],
+                                      spram=up5k.capacity["spram"])
+    assert over_budget(every_block, up5k) == {}
+    assert set(over_budget(resources.Resources(dsps=up5k.capacity["dsps"] + 1), up5k)) == {"dsps"}
 
 
 def test_target_respects_the_multiplier_cap(small):

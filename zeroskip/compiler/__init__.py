@@ -242,7 +242,8 @@ def choose(graph, lanes=1, zero_skip=True, *, multipliers=None, calibration=None
 
 def _sequential(graph, found, lanes, *, calibration, chunk, memory, target, depth, argmax):
     """The sequential architecture: its lanes, memory and line buffer for the part ``target``
-    (:meth:`Sequential.choose_settings`) unless given."""
+    (:meth:`Sequential.choose_settings`, with ``lanes="auto"`` halved until the estimate fits
+    the part) unless given."""
     settings = Sequential.choose_settings(graph, target)
     if lanes != "auto":
         settings.update(lanes=lanes, lut_lanes=Sequential.logic_lanes(target, lanes))
@@ -255,12 +256,27 @@ def _sequential(graph, found, lanes, *, calibration, chunk, memory, target, dept
               for node, sources, in_shapes, in_acts in found]
     if calibration is not None:
         calibration = reference.validate_input(graph, calibration)
-    chosen = Sequential(graph, layers, settings["lanes"], memory=settings["memory"],
-                        depth=depth, lut_lanes=settings["lut_lanes"], zero_skip=True,
-                        chunk=chunk, multipliers=None, layer_counters=False,
-                        calibration=calibration, argmax=argmax, part=target)
-    try:
-        chosen.check()
-    except ValueError as error:
-        raise ZeroskipError(f"graph {graph.name!r}: {error}") from None
+
+    def build():
+        built = Sequential(graph, layers, settings["lanes"], memory=settings["memory"],
+                           depth=depth, lut_lanes=settings["lut_lanes"], zero_skip=True,
+                           chunk=chunk, multipliers=None, layer_counters=False,
+                           calibration=calibration, argmax=argmax, part=target)
+        try:
+            built.check()
+        except ValueError as error:
+            raise ZeroskipError(f"graph {graph.name!r}: {error}") from None
+        return built
+
+    chosen = build()
+    part = parts.PARTS.get(target) if lanes == "auto" else None
+    if part is not None:
+        # The most lanes whose design the part can place (target.PLACEABLE of its logic).
+        from .resources import estimate
+        from .target import over_budget
+
+        while chosen.simd_lanes > 1 and over_budget(estimate(chosen, part), part):
+            half = chosen.simd_lanes // 2
+            settings.update(lanes=half, lut_lanes=Sequential.logic_lanes(target, half))
+            chosen = build()
     return chosen

@@ -163,9 +163,10 @@ class Resources:
 
     def over(self, capacity, share=1.0):
         """``{resource: used / available}`` of the resources above ``share`` of
-        ``capacity``."""
+        ``capacity`` (a number, or one per resource: 1 where it names none)."""
+        shares = share if isinstance(share, dict) else dict.fromkeys(self.as_dict(), share)
         return {key: used / capacity[key] for key, used in self.as_dict().items()
-                if used > share * capacity.get(key, 0)}
+                if used > shares.get(key, 1.0) * capacity.get(key, 0)}
 
 
 # --- logic ---------------------------------------------------------------------------------------

@@ -30,8 +30,9 @@ CHUNKS = (8, 16, 32)
 #: The share of each of the part's resources a chosen design may take by the estimate: nextpnr
 #: found no legal placement for the autoencoder at 89 % of the ECP5-85F's LUT4 sites and 96 % of
 #: its block RAMs (``benchmarks/results/mlperf_sim.json``, target-ecp5-85k), which the model
-#: had at 99.8 % and 91 %.
-PLACEABLE = 0.85
+#: had at 99.8 % and 91 %. DSPs and SPRAM blocks are counted exactly (a multiplier lane, a
+#: memory the plan places) and need no logic around them to place: all of them may be used.
+PLACEABLE = {"luts": 0.85, "ffs": 0.85, "brams": 0.85, "dsps": 1.0, "spram": 1.0}
 
 
 def over_budget(resources, part):
@@ -186,11 +187,11 @@ def choose_for_target(graph, part_name, calibration=None, *, multipliers=None, c
                               wide[0].multipliers_used, True, wide_latency))
                 fitting.append((wide_latency, *wide, binding))
     sequential = ""           # why the sequential engine does not fit, if it does not
+    architecture, over = None, True
     try:
-        # The sequential engine's lanes and memories for this part; its chunk is fixed.
+        # The sequential engine's lanes (the most it can place) and memories for this part.
         architecture = choose(graph, "auto", True, architecture="sequential", target=part.name)
     except ZeroskipError as error:
-        architecture = None
         sequential = f"the sequential engine: {error}"
     if architecture is not None:
         resources = estimate(architecture, part)
@@ -202,17 +203,18 @@ def choose_for_target(graph, part_name, calibration=None, *, multipliers=None, c
             over = {"multipliers": architecture.multipliers_used / multipliers}
             sequential = (f"the sequential engine: {architecture.simd_lanes} lanes, more than "
                           f"the multiplier cap of {multipliers}")
-        latency = None
-        if not over and calibration is not None:
+    if not over:
+        latency = math.inf
+        if calibration is not None:
             # Single-stream, as the pipelines' latencies beside it.
             latency = architecture.estimate(calibration.x_int).latency_cycles
-        elif not over:
-            latency = math.inf
         tried.append(("sequential", architecture.chunk, architecture.multipliers_used,
-                      not over, latency))
-        if not over:
-            fitting.append((latency, architecture, resources,
-                            f"{architecture.multipliers_used} lanes (sequential)"))
+                      True, latency))
+        fitting.append((latency, architecture, resources,
+                        f"{architecture.multipliers_used} lanes (sequential)"))
+    elif architecture is not None:
+        tried.append(("sequential", architecture.chunk, architecture.multipliers_used,
+                      False, None))
     if not fitting:
         sequential = f"; {sequential}" if sequential else ""
         if smallest is None:
@@ -220,7 +222,8 @@ def choose_for_target(graph, part_name, calibration=None, *, multipliers=None, c
         raise ZeroskipError(
             f"graph {graph.name!r} does not fit {part.name} with one lane per layer: "
             + _shares(over_budget(smallest[1], part))
-            + f" (a design may take {PLACEABLE:.0%} of each, what nextpnr can place)"
+            + f" (a design may take {PLACEABLE['luts']:.0%} of the logic and RAM blocks, what "
+              "nextpnr can place)"
             + sequential)
     # The shortest in time: each architecture's cycles at the clock it reaches on the part.
     latency, architecture, resources, binding = min(
