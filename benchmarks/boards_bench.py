@@ -43,10 +43,9 @@ CONFIGURATIONS = {
     "ecp5-85k": ("ecp5-85k", SMALLEST),
     # The demo's folding: more inferences per second, at a lower clock.
     "ecp5-85k-16": ("ecp5-85k", {"lanes": "auto", "multipliers": 16, "layer_counters": False}),
-    # One engine running the layers in turn: what fits the UP5K's 30 RAM blocks, with its
-    # settings for the part (8 lanes, SPRAM).
-    "ice40-up5k-seq": ("ice40-up5k", {"architecture": "sequential", "lanes": "auto",
-                                      "target": "ice40-up5k"}),
+    # One engine running the layers in turn: what fits the UP5K's 30 RAM blocks, the most
+    # lanes the part can place; its weights in block RAM, which the host link can run.
+    "ice40-up5k-seq": ("ice40-up5k", {"architecture": "sequential", "lanes": "auto"}),
 }
 
 #: Configurations only some nets can take: the sequential engine runs no binary layer.

@@ -84,7 +84,7 @@ class HostLink(wiring.Component):
         If the clock and baud rate do not fit, ``clk_freq`` is not an integer below 2**32 (the
         description's field), the timeout is shorter than 4 UART frames, or the network is not
         a classifier (a flat output), or has more than 65535 input values or more than 256
-        classes (the class is one byte).
+        classes (the class is one byte), or keeps its weights in SPRAM (no command loads them).
     """
 
     def __init__(self, design, *, clk_freq, baud=115200, timeout=DEFAULT_TIMEOUT):
@@ -105,6 +105,10 @@ class HostLink(wiring.Component):
             raise ValueError(f"the link carries at most {MAX_INPUTS} input values and "
                              f"{MAX_CLASSES} classes, the network has {self.in_count} and "
                              f"{self.out_count}")
+        if getattr(design.architecture, "memory", None) == "spram":
+            raise ValueError("the host link has no command that loads weights into SPRAM: "
+                             "compile the sequential engine without --target ice40-up5k "
+                             "(weights in block RAM)")
         self.design, self.clk_freq, self.baud = design, clk_freq, baud
         self.timeout_bits = ceil_log2(math.ceil(timeout * clk_freq))
         self.description = expected_description(design, clk_freq).encode()

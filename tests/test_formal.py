@@ -73,9 +73,10 @@ KINDS = {
                                               binary_out=True), BOUNDED, "quiet"),
     "network": (lambda rng: kinds.network_kind(kinds.classifier_graph(rng, in_shape=(1, 2, 4)),
                                                chunk=2), BOUNDED, "rules"),
+    # Weights in a ROM (block RAM): the SPRAM settings load them through a third stream.
     "sequential": (lambda rng: kinds.network_kind(
-        kinds.classifier_graph(rng, in_shape=(1, 2, 4)), chunk=2, architecture="sequential"),
-        BOUNDED, "rules"),
+        kinds.classifier_graph(rng, in_shape=(1, 2, 4)), chunk=2, architecture="sequential",
+        memory="bram"), BOUNDED, "rules"),
 }
 
 

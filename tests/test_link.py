@@ -234,6 +234,15 @@ def test_host_link_runs_a_sequential_design_in_the_amaranth_simulator():
         assert result.label == np.argmax(logits) and result.latency_cycles > 0
 
 
+def test_host_link_refuses_a_design_whose_weights_are_in_spram():
+    """The link has no command that loads SPRAM: such a design is refused, not built to hang."""
+    pipeline, _ = tiny_design()
+    design = zeroskip.compile(pipeline.graph, architecture="sequential", chunk=3,
+                              memory="spram")
+    with pytest.raises(ValueError, match="loads weights into SPRAM"):
+        HostLink(design, clk_freq=CLK_FREQ, baud=BAUD, timeout=TIMEOUT)
+
+
 @pytest.mark.slow
 def test_host_link_runs_a_design_with_wide_ports_in_the_amaranth_simulator():
     """Four activations a beat in and out of the network; the link still carries one value a

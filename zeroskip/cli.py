@@ -427,12 +427,8 @@ def _run_on_board(args):
     return 0
 
 
-def build_parser():
-    parser = argparse.ArgumentParser(
-        prog="zeroskip", description="Pruned, quantized PyTorch networks to Verilog engines "
-        "that skip zero weights and zero activations at run time.")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
+def _add_tool_commands(commands):
+    """``doctor`` and ``cache``: the machine's tools and zeroskip's cache."""
     doctor = commands.add_parser("doctor", help="list each tool, its version and a smoke test")
     doctor.add_argument("--no-smoke", action="store_true", help="versions only, no smoke tests")
     doctor.add_argument("--json", metavar="PATH", help="also write the table as JSON")
@@ -447,6 +443,15 @@ def build_parser():
                        help="empty it (models are built again when next needed)")
     cache.add_argument("--json", metavar="PATH", help="also write the figures as JSON")
     cache.set_defaults(run=_cache)
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(
+        prog="zeroskip", description="Pruned, quantized PyTorch networks to Verilog engines "
+        "that skip zero weights and zero activations at run time.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    _add_tool_commands(commands)
 
     demo = commands.add_parser("demo", help="the built-in digits flow, end to end")
     demo.add_argument("--binary", action="store_true",

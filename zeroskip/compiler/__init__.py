@@ -269,9 +269,10 @@ def _sequential(graph, found, lanes, *, calibration, chunk, memory, target, dept
         return built
 
     chosen = build()
-    part = parts.PARTS.get(target) if lanes == "auto" else None
+    part = parts.PARTS.get(target or "ice40-up5k") if lanes == "auto" else None
     if part is not None:
-        # The most lanes whose design the part can place (target.PLACEABLE of its logic).
+        # The most lanes whose design the part (without one the UP5K) can place
+        # (target.PLACEABLE of its logic and RAM blocks).
         from .resources import estimate
         from .target import over_budget
 

@@ -293,11 +293,11 @@ class Sequential(_Architecture):
     @staticmethod
     def choose_settings(graph, part=None):
         """Lanes, memory and logic lanes for ``part`` (a :mod:`zeroskip.boards.synth` target
-        name; None: the iCE40UP5K, the part this engine exists for). On the UP5K: 8 lanes,
-        tensors and weights in SPRAM, lane 7 in logic (its 8 DSP blocks are 7 lanes and the
-        requantizer); elsewhere 8 lanes on DSPs and block RAM."""
-        part = part or "ice40-up5k"
-        lanes = 2 if part.startswith("ice40") and part != "ice40-up5k" else 8
+        name). On the UP5K: 8 lanes, tensors and weights in SPRAM, lane 7 in logic (its 8 DSP
+        blocks are 7 lanes and the requantizer); elsewhere 8 lanes on DSPs and block RAM.
+        Without a part the UP5K's lanes with block RAM: weights in a ROM, which a board's host
+        link can run (it has no command that loads SPRAM)."""
+        lanes = 2 if part and part.startswith("ice40") and part != "ice40-up5k" else 8
         return {"lanes": lanes, "memory": "spram" if part == "ice40-up5k" else "bram",
                 "lut_lanes": Sequential.logic_lanes(part, lanes)}
 
@@ -308,9 +308,10 @@ class Sequential(_Architecture):
         dsps = 8 if part == "ice40-up5k" else 0 if part.startswith("ice40") else 1 << 10
         return tuple(range(max(dsps - 1, 0), lanes)) if lanes > dsps - 1 else ()
 
-    #: Fmax of the engine measured by nextpnr per family (8 lanes, the digits-shaped net:
-    #: ``benchmarks/results/sequential.json``), the clock ``target=PART`` counts its latency at.
-    MEASURED_MHZ = {"ice40": 24.1, "ecp5": 75.8}
+    #: Fmax of the engine measured by nextpnr per family (the digits-shaped net at the lanes
+    #: the part takes: 4 on the UP5K, 8 on the ECP5-85F; ``benchmarks/results/sequential.json``),
+    #: the clock ``target=PART`` counts its latency at.
+    MEASURED_MHZ = {"ice40": 39.0, "ecp5": 91.3}
 
     def expected_mhz(self, part):
         return min(self.MEASURED_MHZ.get(part.family, part.default_mhz), part.default_mhz)
