@@ -53,7 +53,7 @@ from .seq_write import Writer, writer_layout, writer_settings
 __all__ = ["MEMORIES", "SequentialEngine"]
 
 #: Where the memory blocks live: SPRAM (no initial contents: weights are loaded) or block RAM.
-MEMORIES = ("bram", "spram")
+MEMORIES = ("bram", "spram", "spram-rom")
 
 
 def _step_layout(w):
@@ -88,8 +88,9 @@ class SequentialEngine(wiring.Component):
         The network's input and output shapes and encodings (2..8-bit activations).
     argmax : bool, optional
         Give ``o_stream_class``; needs a flat output; by default, for every flat output.
-    memory : "bram" or "spram"
-        Where the memory blocks are; with SPRAM the weights are loaded through ``w_stream``.
+    memory : "bram", "spram" or "spram-rom"
+        Where the memory blocks are: block RAM; SPRAM, the weights loaded through ``w_stream``;
+        or the tensors in SPRAM and the weights in a ROM (block RAM).
     lut_lanes : iterable of int
         Lanes whose multiplier is logic (the part has too few DSP blocks).
 
@@ -303,7 +304,7 @@ class SequentialEngine(wiring.Component):
                 # A block the plan leaves empty is not built (nothing reads or writes it).
                 rdata.append(0)
                 continue
-            words = SPRAM_WORDS if self.memory == "spram" else max(words, 2)
+            words = SPRAM_WORDS if self.memory.startswith("spram") else max(words, 2)
             block = MemoryBlock(1 << ceil_log2(words))
             m.submodules[f"block_{index}"] = block
             port = block.port

@@ -264,14 +264,32 @@ def test_target_refuses_what_it_cannot_honour(small, kwargs, message):
 
 
 def test_target_with_the_sequential_architecture_takes_the_parts_settings(small):
-    """architecture="sequential" with a part: that engine, with its settings for the part."""
+    """architecture="sequential" with a part: that engine, with its settings for the part (on the
+    UP5K the tensors in SPRAM, the small net's weights in a ROM)."""
     graph, x = small
-    for part, memory, logic in (("ecp5-85k", "bram", ()), ("ice40-up5k", "spram", (7,))):
+    for part, memory, logic in (("ecp5-85k", "bram", ()), ("ice40-up5k", "spram-rom", (7,))):
         architecture = zeroskip.compile(graph, "auto", calibration=x, target=part,
                                         architecture="sequential").architecture
         assert (architecture.name, architecture.simd_lanes, architecture.memory,
                 architecture.lut_lanes, architecture.part) == \
             ("sequential", 8, memory, logic, part)
+
+
+def test_sequential_weights_move_to_spram_when_their_rom_does_not_fit_the_block_ram():
+    """On the UP5K the weights stay in a ROM (a host link can run it) while it fits the block
+    RAM by the estimate; past that they go into SPRAM with the tensors."""
+    import seq_nets
+    from zeroskip import ir
+
+    rng = np.random.default_rng(0)
+    graph = ir.Graph((ir.Input("x", (), (256,), seq_nets.S8),
+                      seq_nets.linear(rng, "wide", "x", 256, 64, density=0.5)), "wide",
+                     name="wide")
+    small_net = zeroskip.compile(seq_nets.flat_chain(rng), architecture="sequential")
+    wide = zeroskip.compile(graph, architecture="sequential")
+    assert small_net.architecture.memory == "spram-rom"
+    assert wide.architecture.memory == "spram"
+    assert wide.architecture.preload_words() and small_net.architecture.preload_words() is None
 
 
 def test_cli_compile_for_a_target(small, tmp_path):

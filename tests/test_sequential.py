@@ -92,7 +92,7 @@ def residual(rng):
     (classifier, {"multipliers": 4}, "not a multiplier budget"),
     (classifier, {"zero_skip": False}, "it has no dense mode"),
     (classifier, {"stream_width": 2}, "it takes neither stream widths nor packs"),
-    (classifier, {"memory": "dram"}, "memory must be 'bram' or 'spram', got 'dram'"),
+    (classifier, {"memory": "dram"}, "memory must be 'bram', 'spram' or 'spram-rom', got 'dram'"),
     (classifier, {"architecture": "systolic"}, "architecture must be one of dataflow, "
                                                "sequential, got 'systolic'"),
 ])

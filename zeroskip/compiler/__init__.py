@@ -248,8 +248,9 @@ def _sequential(graph, found, lanes, *, calibration, chunk, memory, target, dept
     if lanes != "auto":
         settings.update(lanes=lanes, lut_lanes=Sequential.logic_lanes(target, lanes))
     if memory is not None:
-        if memory not in ("bram", "spram"):
-            raise ZeroskipError(f"memory must be 'bram' or 'spram', got {memory!r}")
+        if memory not in ("bram", "spram", "spram-rom"):
+            raise ZeroskipError(f"memory must be 'bram', 'spram' or 'spram-rom', got "
+                                f"{memory!r}")
         settings["memory"] = memory
     idents = counter_names([node.name for node, *_ in found])
     layers = [LayerSpec(node, sources, in_shapes, in_acts, 0, idents[node.name])
@@ -268,14 +269,19 @@ def _sequential(graph, found, lanes, *, calibration, chunk, memory, target, dept
             raise ZeroskipError(f"graph {graph.name!r}: {error}") from None
         return built
 
+    from .resources import estimate
+    from .target import over_budget
+
     chosen = build()
-    part = parts.PARTS.get(target or "ice40-up5k") if lanes == "auto" else None
-    if part is not None:
+    part = parts.PARTS.get(target or "ice40-up5k")
+    if memory is None and settings["memory"] == "spram-rom" and part is not None and \
+            "brams" in over_budget(estimate(chosen, part), part):
+        # The weights' ROM does not fit the block RAM: into SPRAM with the tensors.
+        settings["memory"] = "spram"
+        chosen = build()
+    if part is not None and lanes == "auto":
         # The most lanes whose design the part (without one the UP5K) can place
         # (target.PLACEABLE of its logic and RAM blocks).
-        from .resources import estimate
-        from .target import over_budget
-
         while chosen.simd_lanes > 1 and over_budget(estimate(chosen, part), part):
             half = chosen.simd_lanes // 2
             settings.update(lanes=half, lut_lanes=Sequential.logic_lanes(target, half))

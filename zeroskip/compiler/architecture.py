@@ -293,12 +293,14 @@ class Sequential(_Architecture):
     @staticmethod
     def choose_settings(graph, part=None):
         """Lanes, memory and logic lanes for ``part`` (a :mod:`zeroskip.boards.synth` target
-        name). On the UP5K: 8 lanes, tensors and weights in SPRAM, lane 7 in logic (its 8 DSP
-        blocks are 7 lanes and the requantizer); elsewhere 8 lanes on DSPs and block RAM.
-        Without a part the UP5K's lanes with block RAM: weights in a ROM, which a board's host
-        link can run (it has no command that loads SPRAM)."""
+        name; None: the iCE40UP5K, the part this engine exists for). On the UP5K: 8 lanes, the
+        tensors in SPRAM and the weights in a ROM ("spram-rom", which a board's host link can
+        run; the compiler moves the weights into SPRAM too, "spram", when the ROM does not fit
+        the block RAM), lane 7 in logic (its 8 DSP blocks are 7 lanes and the requantizer);
+        elsewhere 8 lanes on DSPs and block RAM."""
         lanes = 2 if part and part.startswith("ice40") and part != "ice40-up5k" else 8
-        return {"lanes": lanes, "memory": "spram" if part == "ice40-up5k" else "bram",
+        up5k = part in (None, "ice40-up5k")
+        return {"lanes": lanes, "memory": "spram-rom" if up5k else "bram",
                 "lut_lanes": Sequential.logic_lanes(part, lanes)}
 
     @staticmethod
@@ -330,11 +332,12 @@ class Sequential(_Architecture):
 
     def _program(self, depth):
         spram = self.memory == "spram"
+        tensors_in_spram = self.memory.startswith("spram")
         return Program.of(self.layers, input_name=self.graph.input.name,
                           in_shape=self.in_shape, in_act=self.in_act, depth=depth,
                           lanes=self.simd_lanes,
-                          act_blocks=SPRAM_BLOCKS - 1 if spram else 3,
-                          block_words=SPRAM_WORDS if spram else None,
+                          act_blocks=SPRAM_BLOCKS - 1 if tensors_in_spram else 3,
+                          block_words=SPRAM_WORDS if tensors_in_spram else None,
                           weight_block_words=SPRAM_WORDS if spram else None)
 
     @cached_property
