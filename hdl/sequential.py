@@ -52,7 +52,8 @@ from .seq_write import Writer, writer_layout, writer_settings
 
 __all__ = ["MEMORIES", "SequentialEngine"]
 
-#: Where the memory blocks live: SPRAM (no initial contents: weights are loaded) or block RAM.
+#: Where the memory blocks live: block RAM; SPRAM (no initial contents: weights are loaded);
+#: the tensors in SPRAM and the weights in a ROM.
 MEMORIES = ("bram", "spram", "spram-rom")
 
 

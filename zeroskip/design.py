@@ -488,8 +488,7 @@ def compile(graph, lanes=1, zero_skip=True, *, multipliers=None,  # noqa: A001 (
         estimated single-stream latency (:mod:`zeroskip.compiler.target`); ``multipliers``
         caps it; not with ``lanes``. With ``architecture="sequential"``: the part whose
         resources the sequential engine's settings are chosen for
-        (:meth:`zeroskip.compiler.Sequential.choose_settings`; without one the iCE40UP5K's
-        lanes with block RAM).
+        (:meth:`zeroskip.compiler.Sequential.choose_settings`; without one the iCE40UP5K).
     stream_width : int, "auto" or dict of str to int
         Activations per beat of the streams between the engines (and of the top's ports):
         an int caps every tensor's width (each streams at the widest power of two up to it
