@@ -17,7 +17,6 @@ from zeroskip.design import Design
 
 U8 = ir.Activation(8, False, 0.05)
 S8 = ir.Activation(8, True, 0.05)
-U6 = ir.Activation(6, False, 0.05)
 
 
 def requant(rng, channels, act, *, epsilon=0):
@@ -56,18 +55,6 @@ def classifier(rng):
         ir.Flatten("f", ("c2",)),
         linear(rng, "fc", "f", 64, 10),
     ), "fc", name="classifier")
-
-
-def odd_shapes(rng):
-    """Signed input narrower than a chunk, a 2x2 kernel without padding, 6-bit activations, an
-    overlapping pool (stride 1), a 1x1 conv, a feature-map output (no class)."""
-    return ir.Graph((
-        ir.Input("x", (), (2, 5, 5), S8),
-        conv(rng, "c1", "x", 2, 4, kernel=2, padding=0, act=U6, density=0.7),
-        ir.MaxPool2d("p1", ("c1",), (2, 2), (1, 1)),
-        conv(rng, "c2", "p1", 4, 8, kernel=3, padding=1, act=S8, density=0.5),
-        conv(rng, "c3", "c2", 8, 5, kernel=1, padding=0, act=S8, density=0.6),
-    ), "c3", name="odd")
 
 
 def inputs(rng, graph, batch, density=0.6):
@@ -149,7 +136,7 @@ def test_build_directory_records_the_architecture_and_loads_back(tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("make, options", [
     (classifier, {"chunk": 8, "lanes": 1, "memory": "bram"}),
-    (odd_shapes, {"chunk": 4, "lanes": 2, "memory": "bram"}),
+    (seq_nets.odd_shapes, {"chunk": 4, "lanes": 2, "memory": "bram"}),
     # A stride-2 stem, depthwise, residual add, average pool and linear on 8 lanes, the
     # weights in SPRAM blocks loaded through w_stream (the UP5K's settings).
     (seq_nets.cross_rows, {"lanes": "auto", "target": "ice40-up5k"}),
