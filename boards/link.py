@@ -106,9 +106,9 @@ class HostLink(wiring.Component):
                              f"{MAX_CLASSES} classes, the network has {self.in_count} and "
                              f"{self.out_count}")
         if getattr(design.architecture, "memory", None) == "spram":
-            raise ValueError("the host link has no command that loads weights into SPRAM: "
-                             "compile the sequential engine without --target ice40-up5k "
-                             "(weights in block RAM)")
+            raise ValueError("the host link has no command that loads weights into SPRAM, "
+                             "where this design keeps them (they do not fit a block-RAM ROM "
+                             "beside its other memories)")
         self.design, self.clk_freq, self.baud = design, clk_freq, baud
         self.timeout_bits = ceil_log2(math.ceil(timeout * clk_freq))
         self.description = expected_description(design, clk_freq).encode()
