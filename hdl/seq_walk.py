@@ -129,6 +129,14 @@ class GroupWalker(wiring.Component):
         y_left = Signal(w.coord_bits)          # last_out_row - out_y
         p_left = Signal(w.pixel_bits + 1)      # out_pixels - pixel
         row_end, last_group = Signal(), Signal()   # of the group at (out_y, out_x) / pixel
+        # The comparisons those flags take, as signs of counters moved beside x_left / p_left
+        # (below zero: at or under the bound), and y_left's two values of note as flags.
+        ends_left = Signal(signed(max(w.coord_bits, 5) + 2))     # x_left - 2 * lanes - 1
+        ends_row = Signal.like(ends_left)                      # its value at a row's start
+        last_left = Signal(signed(max(w.pixel_bits, 5) + 2))   # p_left - 2 * lanes - 1
+        wrap_left = Signal(signed(w.coord_bits + 3))           # x_left - wrap_at - 1
+        wrapped_left = Signal(signed(w.coord_bits + 3))        # x_left - wrap_at_wrapped - 1
+        y_last, y_next_last = Signal(), Signal()               # y_left == 0, y_left == 1
         narrow = Signal()                      # a row is one group (row mode)
         wrap = Signal()                        # the next group is on a new row (cross mode)
         row_v = Signal(w.v_bits)               # out_y * row_v
@@ -165,24 +173,29 @@ class GroupWalker(wiring.Component):
                 with m.Elif(cfg.row_mode):
                     with m.If(row_end):
                         m.d.sync += [out_x.eq(0), x_left.eq(cfg.out_width),
+                                     ends_left.eq(ends_row),
                                      out_y.eq(out_y + 1), y_left.eq(y_left - 1),
+                                     y_last.eq(y_next_last), y_next_last.eq(y_left == 2),
                                      row_v.eq(row_v + cfg.row_v), top.eq(top + cfg.stride_y),
                                      row_end.eq(narrow),
-                                     last_group.eq(narrow & (y_left == 1))]
+                                     last_group.eq(narrow & y_next_last)]
                     with m.Else():
                         # The next group ends the row when at most two groups' columns are left.
-                        ends = x_left <= (lanes << 1)
+                        ends = ends_left[-1]
                         m.d.sync += [out_x.eq(out_x + lanes), x_left.eq(x_left - lanes),
-                                     row_end.eq(ends), last_group.eq(ends & (y_left == 0))]
+                                     ends_left.eq(ends_left - lanes),
+                                     row_end.eq(ends), last_group.eq(ends & y_last)]
                 with m.Else():
                     # Crossing rows: lanes = row_jump rows and column_step columns further,
                     # one row more when the columns wrap (decided a group ahead).
+                    moved = Mux(wrap, cfg.column_back, cfg.column_step)
                     m.d.sync += [pixel.eq(pixel + lanes), p_left.eq(p_left - lanes),
-                                 last_group.eq(p_left <= (lanes << 1)),
-                                 out_x.eq(out_x + Mux(wrap, cfg.column_back, cfg.column_step)),
-                                 x_left.eq(x_left - Mux(wrap, cfg.column_back,
-                                                        cfg.column_step)),
-                                 wrap.eq(x_left <= Mux(wrap, cfg.wrap_at_wrapped, cfg.wrap_at)),
+                                 last_left.eq(last_left - lanes),
+                                 last_group.eq(last_left[-1]),
+                                 out_x.eq(out_x + moved), x_left.eq(x_left - moved),
+                                 wrap_left.eq(wrap_left - moved),
+                                 wrapped_left.eq(wrapped_left - moved),
+                                 wrap.eq(Mux(wrap, wrapped_left[-1], wrap_left[-1])),
                                  out_y.eq(out_y + cfg.row_jump + wrap),
                                  row_v.eq(row_v + Mux(wrap, cfg.jump_v_wrap, cfg.jump_v)),
                                  top.eq(top + Mux(wrap, cfg.jump_y_wrap, cfg.jump_y))]
@@ -238,10 +251,16 @@ class GroupWalker(wiring.Component):
 
         with m.If(self.start):
             narrow_now = cfg.out_width <= lanes
+            width_ends = cfg.out_width - (lanes << 1) - 1
             m.d.sync += [offer.eq(0), running.eq(1), out_x.eq(0), out_y.eq(0), pixel.eq(0),
                          row_v.eq(0),
                          x_left.eq(cfg.out_width), y_left.eq(cfg.last_out_row),
                          p_left.eq(cfg.out_pixels), narrow.eq(narrow_now), wrap.eq(0),
+                         ends_left.eq(width_ends), ends_row.eq(width_ends),
+                         last_left.eq(cfg.out_pixels - (lanes << 1) - 1),
+                         wrap_left.eq(cfg.out_width - cfg.wrap_at - 1),
+                         wrapped_left.eq(cfg.out_width - cfg.wrap_at_wrapped - 1),
+                         y_last.eq(cfg.last_out_row == 0), y_next_last.eq(cfg.last_out_row == 1),
                          row_end.eq(cfg.row_mode & narrow_now),
                          last_group.eq(cfg.single | Mux(cfg.row_mode,
                                                         narrow_now & (cfg.last_out_row == 0),

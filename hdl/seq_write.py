@@ -154,41 +154,62 @@ class Writer(wiring.Component):
         return m
 
     def _pool_sums(self, m, result, pixel, slot, first_group, channel, data_word):
-        """Per channel, the sum of its written bytes below the pool window."""
+        """Per channel, the sum of its written bytes below the pool window.
+
+        Three stages a word's bytes pass before its sum's read-modify-write: the bytes and
+        their place (A), the bytes below the window summed (B), the word's sum (C). Each is a
+        compare or an add of registers: in one cycle they were the design's longest path."""
         w, cfg = self.w, self.settings
         m.submodules.sums = sums = ram(signed(w.sum_bits), self.sum_depth)
         sum_write, sum_read = sums.write_port(), sums.read_port()
-        m.d.comb += [sum_read.addr.eq(Mux(self.sum_en, self.sum_addr, channel)),
-                     self.sum_data.eq(sum_read.data)]
-        # The slot's two pixels, and their bytes as values.
-        even = (pixel & ~1) + (slot << 1)
+        # A: this beat as written, and the position of the slot's even pixel.
+        a_valid, a_end, a_first = Signal(), Signal(), Signal()
+        a_channel = Signal.like(channel)
+        a_data, a_mask, a_even = Signal(16), Signal(2), Signal(w.pixel_bits + 1)
+        m.d.sync += a_valid.eq(result.valid)
+        with m.If(result.valid):
+            m.d.sync += [a_end.eq(result.word_end), a_first.eq(first_group),
+                         a_channel.eq(channel), a_data.eq(data_word),
+                         a_mask.eq(Mux(result.write, result.mask, 0)),
+                         a_even.eq((pixel & ~1) + (slot << 1))]
+        # B: the bytes of the slot below the window, as values.
+        b_valid, b_end, b_first = Signal(), Signal(), Signal()
+        b_channel = Signal.like(channel)
+        b_part = Signal(signed(10))
         part = 0
         for byte in range(2):
-            value = data_word[8 * byte:8 * byte + 8]
+            value = a_data[8 * byte:8 * byte + 8]
             value = Mux(cfg.signed, value.as_signed(), value.as_unsigned())
-            counts = result.mask[byte] & (even + byte < cfg.pool_window)
+            counts = a_mask[byte] & (a_even + byte < cfg.pool_window)
             part = part + Mux(counts, value, 0)
+        m.d.sync += b_valid.eq(a_valid)
+        with m.If(a_valid):
+            m.d.sync += [b_end.eq(a_end), b_first.eq(a_first), b_channel.eq(a_channel),
+                         b_part.eq(part)]
+        # C: the word's sum, over its slots.
         word_sum = Signal(signed(w.sum_bits))
-        total = word_sum + Mux(result.write, part, 0)
-        with m.If(result.valid):
-            m.d.sync += word_sum.eq(Mux(result.word_end, 0, total))
+        total = word_sum + b_part
+        with m.If(b_valid):
+            m.d.sync += word_sum.eq(Mux(b_end, 0, total))
+        m.d.comb += sum_read.addr.eq(Mux(self.sum_en, self.sum_addr, b_channel))
+        m.d.comb += self.sum_data.eq(sum_read.data)
         # The read-modify-write a cycle after the word's end; a write pending for the channel
         # read again right away is forwarded.
-        pending = self._sum_pending
+        pending = Signal()
         pending_channel = Signal.like(channel)
         pending_sum = Signal(signed(w.sum_bits))
         pending_first = Signal()
         written = Signal(signed(w.sum_bits))
-        written_channel = Signal.like(channel)
-        written_valid = Signal()
-        m.d.sync += pending.eq(cfg.pool & result.valid & result.word_end)
-        with m.If(result.valid & result.word_end):
-            m.d.sync += [pending_channel.eq(channel), pending_sum.eq(total),
-                         pending_first.eq(first_group)]
-        previous = Mux(written_valid & (written_channel == pending_channel), written,
-                       sum_read.data)
+        # Decided as the word is taken: the sum written this cycle is the one it adds to.
+        forward = Signal()
+        m.d.sync += pending.eq(cfg.pool & b_valid & b_end)
+        with m.If(b_valid & b_end):
+            m.d.sync += [pending_channel.eq(b_channel), pending_sum.eq(total),
+                         pending_first.eq(b_first),
+                         forward.eq(pending & (pending_channel == b_channel))]
+        m.d.comb += self._sum_pending.eq(cfg.pool & (a_valid | b_valid) | pending)
+        previous = Mux(forward, written, sum_read.data)
         new = Mux(pending_first, 0, previous) + pending_sum
         m.d.comb += [sum_write.addr.eq(pending_channel), sum_write.data.eq(new),
                      sum_write.en.eq(pending)]
-        m.d.sync += [written_valid.eq(pending), written.eq(new),
-                     written_channel.eq(pending_channel)]
+        m.d.sync += written.eq(new)
