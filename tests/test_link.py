@@ -234,13 +234,61 @@ def test_host_link_runs_a_sequential_design_in_the_amaranth_simulator():
         assert result.label == np.argmax(logits) and result.latency_cycles > 0
 
 
-def test_host_link_refuses_a_design_whose_weights_are_in_spram():
-    """The link has no command that loads SPRAM: such a design is refused, not built to hang."""
-    pipeline, _ = tiny_design()
-    design = zeroskip.compile(pipeline.graph, architecture="sequential", chunk=3,
-                              memory="spram")
-    with pytest.raises(ValueError, match="loads weights into SPRAM"):
-        HostLink(design, clk_freq=CLK_FREQ, baud=BAUD, timeout=TIMEOUT)
+@pytest.fixture(scope="session")
+def spram(tiny):
+    """The tiny net as one sequential engine with its weights in SPRAM (loaded over the link),
+    and its images."""
+    design, x = tiny
+    return zeroskip.compile(design.graph, architecture="sequential", chunk=3,
+                            memory="spram"), x
+
+
+def rejected(answer):
+    """The flags of an ``'E'`` answer (an AssertionError for any other)."""
+    assert len(answer) == protocol.ERROR_LENGTH and answer[0] == protocol.ERROR, answer
+    return answer[1]
+
+
+@pytest.mark.slow
+def test_host_link_loads_spram_weights_then_infers_bit_exact_in_the_amaranth_simulator(spram):
+    """The board refuses an image until its weights are loaded and a count that is not the
+    design's; it infers bit-exact once they are; a load abandoned after its first word unloads
+    them, an abandoned image or a load abandoned before its first word keeps them (the network
+    is reset each time)."""
+    design, x = spram
+    words, act = protocol.weight_words(design), design.graph.input.act
+    # 4 clocks per bit and 512 cycles of timeout keep the simulation short.
+    link = HostLink(design, clk_freq=CLK_FREQ, baud=2 * BAUD, timeout=TIMEOUT / 4)
+    load, image = protocol.encode_weights(words), [protocol.encode_infer(item, act) for item in x]
+    flags = {name: 1 << getattr(protocol, f"{name}_BIT") for name in ("NO_WEIGHTS", "COUNT",
+                                                                      "TIMEOUT")}
+    script = [  # (request, answer length, the answer's error flags or None)
+        (protocol.encode_describe(), protocol.DESCRIPTION_LENGTH, None),
+        (image[0], protocol.ERROR_LENGTH, flags["NO_WEIGHTS"]),
+        # A count one too many, then a few words (ignored with the rest of the line).
+        (protocol.encode_weights(words + [0])[:11], protocol.ERROR_LENGTH, flags["COUNT"]),
+        (load, protocol.ACK_LENGTH, None),
+        (image[0], protocol.result_length(5), None),
+        (load[:9], protocol.ERROR_LENGTH, flags["TIMEOUT"]),      # 2 words of a load
+        (image[1], protocol.ERROR_LENGTH, flags["NO_WEIGHTS"]),
+        (load, protocol.ACK_LENGTH, None),
+        (image[1][:5], protocol.ERROR_LENGTH, flags["TIMEOUT"]),  # 4 values of an image
+        (load[:3], protocol.ERROR_LENGTH, flags["TIMEOUT"]),      # half a count
+        (image[1], protocol.result_length(5), None),
+    ]
+    answers = run_link(link, [request for request, _, _ in script],
+                       [length for _, length, _ in script])
+    assert protocol.decode_description(answers[0]) == \
+        protocol.expected_description(design, CLK_FREQ)
+    assert protocol.decode_description(answers[0]).weight_words == len(words) > 0
+    for (_, _, expected), answer in zip(script[1:], answers[1:]):
+        if expected is not None:
+            assert rejected(answer) == expected
+    protocol.decode_ack(answers[3])
+    for answer, logits in zip((answers[4], answers[-1]), reference.run(design.graph, x[:2])):
+        result = protocol.decode_result(answer, 5)
+        np.testing.assert_array_equal(result.logits, logits)
+        assert result.label == np.argmax(logits)
 
 
 @pytest.mark.slow
@@ -403,7 +451,7 @@ def test_run_gives_up_on_an_image_rejected_every_time_naming_it_and_the_flags(ti
 
 
 @pytest.mark.parametrize("changes, message", [
-    ({"version": 2}, "the board speaks link protocol version 2, this host version 1"),
+    ({"version": 1}, "the board speaks link protocol version 1, this host version 2"),
     ({"clk_freq": 0}, "the board reports a clock of 0 Hz: its latencies in cycles cannot be "
                       "converted to seconds"),
     ({"in_encoding": (9, True)}, "the board describes an input encoding the protocol does not "
@@ -451,7 +499,7 @@ class ScriptedPort:
 
 
 SCRIPTED_DESCRIPTION = protocol.Description(protocol.PROTOCOL_VERSION, 4, (8, True), 3, (8, True),
-                                            1_000_000, 0x1234)
+                                            1_000_000, 0x1234, 0)
 
 
 @FUZZ
