@@ -356,8 +356,11 @@ class ModelBoard:
 
     ``corrupt`` adds 1 to the first logit of that image; ``changes`` replaces fields of the
     description it answers; ``rejections`` maps an image to the error flags of the ``'E'``
-    answers its requests get, in turn, before one is answered; ``wrong_class`` answers that
-    image with a class one past the last logit. ``requests`` lists the image each request was.
+    answers its requests get, in turn, before one is answered (``"W"`` the weights' requests);
+    ``wrong_class`` answers that image with a class one past the last logit. ``requests`` lists
+    the image each request was (``"W"`` a load of weights), ``loads`` the words each load
+    brought. A design with weights to load answers images only once they are, and only
+    the design's.
     """
 
     timeout = 1.0
@@ -368,8 +371,9 @@ class ModelBoard:
         self.description = dataclasses.replace(
             protocol.expected_description(design, clk_freq), **(changes or {}))
         self.rejections = {image: list(flags) for image, flags in (rejections or {}).items()}
-        self.pending, self.answers, self.requests = bytearray(), bytearray(), []
+        self.pending, self.answers, self.requests, self.loads = bytearray(), bytearray(), [], []
         self.images = 0  # images answered: the host sends the next one only after an answer
+        self.loaded = not self.description.weight_words
 
     def reset_input_buffer(self):
         self.answers.clear()
@@ -385,11 +389,32 @@ class ModelBoard:
                 self.requests.append(self.images)
                 self.answers += self.answer(bytes(self.pending[1:in_count + 1]))
                 del self.pending[:in_count + 1]
+            elif self.pending[0] == protocol.WEIGHTS and len(self.pending) >= 5 and \
+                    len(self.pending) >= 5 + 2 * int.from_bytes(self.pending[1:5], "little"):
+                end = 5 + 2 * int.from_bytes(self.pending[1:5], "little")
+                self.requests.append("W")
+                self.answers += self.load(bytes(self.pending[1:end]))
+                del self.pending[:end]
             else:
                 break
 
+    def load(self, request):
+        """The answer to a ``'W'`` request with these count and word bytes."""
+        words = np.frombuffer(request[4:], "<u2").tolist()
+        self.loads.append(words)
+        if self.rejections.get("W"):
+            self.loaded = False  # abandoned after its first word
+            return bytes([protocol.ERROR, self.rejections["W"].pop(0)])
+        if len(words) != self.description.weight_words:
+            return bytes([protocol.ERROR, 1 << protocol.COUNT_BIT])
+        assert words == protocol.weight_words(self.design), "the board got other weights"
+        self.loaded = True
+        return bytes([protocol.ACK])
+
     def answer(self, request):
         """The answer to an ``'I'`` request with these input bytes."""
+        if not self.loaded:
+            return bytes([protocol.ERROR, 1 << protocol.NO_WEIGHTS_BIT])
         if self.rejections.get(self.images):
             return bytes([protocol.ERROR, self.rejections[self.images].pop(0)])
         values = np.frombuffer(request, np.int8)
@@ -428,6 +453,38 @@ def test_run_sends_each_image_and_checks_the_design(tiny):
 
 
 FRAMING_FLAG, TIMEOUT_FLAG = 1 << protocol.FRAMING_BIT, 1 << protocol.TIMEOUT_BIT
+NO_WEIGHTS_FLAG = 1 << protocol.NO_WEIGHTS_BIT
+
+
+def test_run_loads_the_weights_a_board_needs_before_the_first_image(spram):
+    design, x = spram
+    board = ModelBoard(design, rejections={"W": [TIMEOUT_FLAG]})
+    result = host.run(board, x, design=design)
+    np.testing.assert_array_equal(result.logits, reference.run(design.graph, x))
+    assert board.requests == ["W", "W", 0, 1, 2, 3]  # sent again after the 'E'
+    assert board.loads == [protocol.weight_words(design)] * 2
+    assert result.weight_words == len(protocol.weight_words(design)) == 69
+    with pytest.raises(host.WeightsNeeded, match="^the board's design needs its 69 weight "
+                                                 "words loaded before it infers, and no design"):
+        host.run(ModelBoard(design), x)
+    board = ModelBoard(design, rejections={"W": [TIMEOUT_FLAG] * host.ATTEMPTS})
+    with pytest.raises(host.LinkError, match=r"^the weights \(69 words\): the board rejected "
+                                             r"it 3 times: timeout"):
+        host.run(board, x, design=design)
+    assert board.requests == ["W"] * host.ATTEMPTS  # and no image
+
+
+def test_run_stops_at_once_when_the_board_refuses_for_another_reason_than_the_line(tiny):
+    """An image refused for want of weights (the board was reset since they were loaded) is
+    not sent again: it would be refused again."""
+    design, x = tiny
+    board = ModelBoard(design, rejections={1: [NO_WEIGHTS_FLAG]})
+    with pytest.raises(host.LinkError) as error:
+        host.run(board, x)
+    assert str(error.value) == (f"image 1: the board rejected it: "
+                                f"{protocol.ERROR_FLAGS[protocol.NO_WEIGHTS_BIT]} (error code "
+                                "0x10)")
+    assert board.requests == [0, 1]
 
 
 def test_run_sends_an_image_the_board_rejected_again(tiny):
@@ -573,3 +630,26 @@ def test_cli_run_with_a_board_at_clock_0_is_one_line(board_build, monkeypatch, c
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and "Traceback" not in err, err
         assert "--port model: the board reports a clock of 0 Hz" in err, err
+
+
+def test_cli_run_loads_the_weights_from_the_build_or_says_it_needs_one(spram, tmp_path,
+                                                                       monkeypatch, capsys):
+    design, x = spram
+    design.write(tmp_path / "build")
+    np.save(tmp_path / "x.npy", x)
+    boards = []
+    monkeypatch.setattr(host, "_open", lambda port, baud: boards.append(ModelBoard(design)) or
+                        boards[-1])
+    argv = ["run", "--port", "model", "--inputs", str(tmp_path / "x.npy"), "--json",
+            str(tmp_path / "r.json")]
+    assert main(argv + ["--build", str(tmp_path / "build")]) == 0
+    out = capsys.readouterr().out
+    assert "4 images, 69 weight words loaded first" in out and "board == golden model: 4/4" in out
+    assert boards[-1].requests == ["W", 0, 1, 2, 3]
+    assert json.loads((tmp_path / "r.json").read_text())["weight_words"] == 69
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    assert err.startswith("zeroskip: error: --port model: the board's design needs its 69 weight "
+                          "words loaded") and "--build names the build directory" in err, err
+    assert boards[-1].requests == []
