@@ -5,8 +5,8 @@ turns the board oscillator into the design clock with the FPGA's PLL, holds the 
 until the PLL locks, puts :class:`~zeroskip.boards.link.HostLink` (the whole network and its UART
 protocol) on the pins of the board's FTDI UART, and shows on the LEDs that the clock runs (a
 heartbeat), that a request is in progress and that one was abandoned. Weights stay in block RAM:
-they are ROMs with init values in the bitstream (SPRAM, say, cannot be initialised from the
-bitstream).
+they are ROMs with init values in the bitstream; SPRAM cannot be initialised from the bitstream,
+so a sequential engine's weights in SPRAM are loaded over the link (its ``'W'`` request).
 
 :func:`build_board` runs an amaranth-boards platform's build script with the YoWASP tools (Yosys,
 nextpnr, icepack / ecppack from PyPI) and writes ``board-<board>/`` with the bitstream, the logs,

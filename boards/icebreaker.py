@@ -2,9 +2,10 @@
 
 The 12 MHz oscillator on pin 35 feeds the PLL pad directly (SB_PLL40_PAD). The green LED blinks
 once the PLL has locked; the red one flashes with each request and stays lit after an abandoned
-one (until the next result). The UP5K's 30 block RAMs (120 Kbit) hold the weights and
-feature maps; its 1 Mbit of SPRAM is not used, since SPRAM cannot be initialised from the
-bitstream.
+one (until the next result). The UP5K's 30 block RAMs (120 Kbit) hold a pipeline's weights and
+feature maps; its 1 Mbit of SPRAM holds a sequential engine's tensors, and its weights when they
+do not fit a block-RAM ROM: SPRAM cannot be initialised from the bitstream, so those are loaded
+over the host link (``'W'``) before the first image.
 """
 
 from __future__ import annotations

@@ -3,8 +3,9 @@
 Both ends use this module: the gateware (:class:`zeroskip.boards.link.HostLink`) takes its
 constants and the description it sends from here, and the host (:mod:`zeroskip.host`) builds
 its requests and reads the board's answers with the framing functions here (:func:`encode_infer`,
-:func:`encode_describe`, :func:`decode_result`, :func:`decode_description`). Pure Python and
-numpy: no Amaranth, no serial port.
+:func:`encode_describe`, :func:`encode_weights`, :func:`decode_result`,
+:func:`decode_description`, :func:`decode_ack`). Pure Python and numpy: no Amaranth, no serial
+port.
 
 Protocol
 --------
@@ -21,6 +22,16 @@ Requests (host to board):
     the encoding's low bits and streams each byte straight into the network as it arrives.
 ``'?'`` (0x3F)
     Describe the design.
+``'W'`` (0x57), the word count (4 bytes), then the words (2 bytes each)
+    Load the design's weights: the words of its weight memory from address 0
+    (:meth:`zeroskip.design.Design.preload_words`), each 16-bit word little-endian. A design
+    whose weights live in memory without initial contents (SPRAM) infers only once they are
+    loaded; they stay loaded until the next ``'W'`` begins to replace them (or the power goes).
+    The board streams each word into the network as it arrives. The count must be the
+    description's weight word count: a design without such weights has 0, and ``'W'`` with a
+    count of 0 is then acknowledged at once. Any other count is rejected (``'E'``, the weight
+    count flag) after the line has been quiet for the timeout, with the words that followed it
+    ignored and the loaded weights kept.
 
 Any other byte where a request should start is ignored.
 
@@ -34,22 +45,34 @@ Responses (board to host):
     logits leave at the UART's pace, so this latency *includes the link's pacing*: it is the
     time the board spent on the request, not the network's latency at full stream rate (that is
     what ``zeroskip sim`` measures).
-``'D'`` (0x44) and 15 bytes
+``'D'`` (0x44) and 19 bytes
     The answer to ``'?'``: protocol version (1 byte), input values (2), input encoding (1 byte:
     bits, plus 0x80 if signed), output values (2), output encoding (1), clock frequency in Hz
     (4), design id (4: the first 32 bits of the SHA-256 of the network's Verilog, as in the build
-    directory's ``manifest.json``). The host converts cycles to seconds with the clock and checks
-    it talks to the net it expects with the rest (:func:`expected_description`).
+    directory's ``manifest.json``), weight words (4: what ``'W'`` must bring before the first
+    ``'I'``; 0 when the weights are in the bitstream). The host converts cycles to seconds with
+    the clock and checks it talks to the net it expects with the rest
+    (:func:`expected_description`). An SPRAM design's Verilog holds no weights: its id names
+    the network's structure, and the weights it runs are the last ones the host loaded.
+``'A'`` (0x41)
+    The answer to a ``'W'`` request whose words all arrived: the weights are loaded.
 ``'E'`` (0x45) and 1 byte of flags
-    A request was abandoned (:data:`ERROR_FLAGS`): bit 0 framing error (a byte with a low stop
-    bit), bit 1 overrun (a byte arrived before the network took the one before), bit 2 timeout
-    (the request stopped short: no byte for the board's timeout).
+    A request was abandoned or refused (:data:`ERROR_FLAGS`): bit 0 framing error (a byte with a
+    low stop bit), bit 1 overrun (a byte arrived before the network took the one before), bit 2
+    timeout (the request stopped short: no byte for the board's timeout), bit 3 weight count
+    (a ``'W'`` whose count is not the design's), bit 4 no weights (an ``'I'`` before the
+    design's weights were loaded).
 
 Abandoned requests. A framing error, an overrun or a gap of the board's timeout (0.1 s by
-default) in the middle of an ``'I'`` request abandons it: the board drops the partial input,
-ignores the line until it has been quiet for the timeout again (the rest of a broken image is
-never read as requests), then answers ``'E'`` and waits for the next request. Bytes that arrive
-while the board answers are dropped. The host may send the same request again after the ``'E'``.
+default) in the middle of an ``'I'`` or ``'W'`` request abandons it: the board resets the
+network (dropping a partial input), ignores the line until it has been quiet for the timeout
+again (the rest of a broken image is never read as requests), then answers ``'E'`` and waits for
+the next request. Bytes that arrive while the board answers are dropped. The host may send the
+same request again after the ``'E'``. A ``'W'`` abandoned before its first word keeps the
+weights loaded before; one abandoned later leaves none loaded (some words were replaced), and
+the board refuses every ``'I'`` until a ``'W'`` is whole. An ``'I'`` while no weights are loaded
+is refused the same way as an abandoned one (its image ignored until the line is quiet, then
+``'E'`` with the no-weights flag): the network never starts without its weights.
 """
 
 from __future__ import annotations
@@ -62,35 +85,46 @@ import numpy as np
 
 from ..errors import ZeroskipError
 
-__all__ = ["DESCRIBE", "INFER", "RESULT", "DESCRIPTION", "ERROR", "PROTOCOL_VERSION", "WORD_BYTES",
-           "DESCRIPTION_LENGTH", "ERROR_LENGTH", "FRAMING_BIT", "OVERRUN_BIT", "TIMEOUT_BIT",
-           "ERROR_FLAGS", "MAX_INPUTS", "MAX_CLASSES", "Description", "LinkError",
-           "RequestRejected", "Result", "check_header", "decode_description", "decode_result",
-           "design_id", "encode_describe", "encode_infer", "error_flags_text",
-           "expected_description", "input_bytes", "result_length"]
+__all__ = ["DESCRIBE", "INFER", "WEIGHTS", "RESULT", "DESCRIPTION", "ACK", "ERROR",
+           "PROTOCOL_VERSION", "WORD_BYTES", "DESCRIPTION_LENGTH", "ACK_LENGTH", "ERROR_LENGTH",
+           "FRAMING_BIT", "OVERRUN_BIT", "TIMEOUT_BIT", "COUNT_BIT", "NO_WEIGHTS_BIT",
+           "LINE_FLAGS", "ERROR_FLAGS", "MAX_INPUTS", "MAX_CLASSES", "MAX_WEIGHT_WORDS",
+           "Description", "LinkError", "RequestRejected", "Result", "check_header", "decode_ack",
+           "decode_description", "decode_result", "design_id", "encode_describe", "encode_infer",
+           "encode_weights", "error_flags_text", "expected_description", "input_bytes",
+           "result_length", "weight_words"]
 
 #: Request bytes (host to board).
-INFER, DESCRIBE = b"I"[0], b"?"[0]
+INFER, DESCRIBE, WEIGHTS = b"I"[0], b"?"[0], b"W"[0]
 #: Response headers (board to host).
-RESULT, DESCRIPTION, ERROR = b"R"[0], b"D"[0], b"E"[0]
+RESULT, DESCRIPTION, ACK, ERROR = b"R"[0], b"D"[0], b"A"[0], b"E"[0]
 #: Bumped when a field changes; the description carries it.
-PROTOCOL_VERSION = 1
-#: Bytes of each logit and of the latency in a result (little-endian).
+PROTOCOL_VERSION = 2
+#: Bytes of each logit and of the latency in a result, and of a weight count (little-endian).
 WORD_BYTES = 4
 #: A description: header, version, input count (2), input encoding, output count (2), output
-#: encoding, clock in Hz (4), design id (4).
-DESCRIPTION_LENGTH = 16
+#: encoding, clock in Hz (4), design id (4), weight words (4).
+DESCRIPTION_LENGTH = 20
+#: The answer to a whole ``'W'``: its header alone.
+ACK_LENGTH = 1
 #: An error response: header and the error flags.
 ERROR_LENGTH = 2
 #: Bits of an error response's flags.
-FRAMING_BIT, OVERRUN_BIT, TIMEOUT_BIT = 0, 1, 2
+FRAMING_BIT, OVERRUN_BIT, TIMEOUT_BIT, COUNT_BIT, NO_WEIGHTS_BIT = 0, 1, 2, 3, 4
+#: The flags a disturbance on the line gives (the same request may well succeed again); the
+#: others say the request cannot succeed as it is.
+LINE_FLAGS = 1 << FRAMING_BIT | 1 << OVERRUN_BIT | 1 << TIMEOUT_BIT
 #: The flags of an error response, by bit.
 ERROR_FLAGS = {FRAMING_BIT: "framing error (a byte with a low stop bit)",
                OVERRUN_BIT: "overrun (a byte arrived before the network took the previous one)",
-               TIMEOUT_BIT: "timeout (the request stopped short)"}
+               TIMEOUT_BIT: "timeout (the request stopped short)",
+               COUNT_BIT: "weight count (the 'W' request's word count is not the design's)",
+               NO_WEIGHTS_BIT: "no weights (the design's weights are not loaded: 'W' first)"}
 #: The most input values a description's 2-byte count holds, and the most classes a result's
 #: 1-byte class index can name.
 MAX_INPUTS, MAX_CLASSES = 0xFFFF, 0x100
+#: The most words a ``'W'`` request's 4-byte count holds.
+MAX_WEIGHT_WORDS = 0xFFFFFFFF
 
 
 class LinkError(ZeroskipError):
@@ -111,7 +145,8 @@ class RequestRejected(LinkError):
 class Description:
     """What a board says it runs (the answer to :data:`DESCRIBE`).
 
-    Encodings are ``(bits, signed)``; ``design_id`` is :func:`design_id` of the design.
+    Encodings are ``(bits, signed)``; ``design_id`` is :func:`design_id` of the design;
+    ``weight_words`` what a ``'W'`` request brings (0: none needed).
     """
 
     version: int
@@ -121,13 +156,15 @@ class Description:
     out_encoding: tuple
     clk_freq: int
     design_id: int
+    weight_words: int
 
     def encode(self):
         """The response bytes, header included (what the gateware sends)."""
         return bytes([DESCRIPTION, self.version]) + self.in_count.to_bytes(2, "little") + \
             bytes([_encoding_byte(*self.in_encoding)]) + self.out_count.to_bytes(2, "little") + \
             bytes([_encoding_byte(*self.out_encoding)]) + \
-            self.clk_freq.to_bytes(4, "little") + self.design_id.to_bytes(4, "little")
+            self.clk_freq.to_bytes(4, "little") + self.design_id.to_bytes(4, "little") + \
+            self.weight_words.to_bytes(4, "little")
 
 
 @dataclass(frozen=True)
@@ -170,12 +207,18 @@ def design_id(design):
     return int(hashlib.sha256(design.verilog().encode()).hexdigest()[:8], 16)
 
 
+def weight_words(design):
+    """The words a ``'W'`` request brings to a board running ``design``: its weight memory's
+    (:meth:`~zeroskip.design.Design.preload_words`), none when the bitstream holds them."""
+    return list(design.preload_words() or ())
+
+
 def expected_description(design, clk_freq):
     """The :class:`Description` a board running ``design`` at ``clk_freq`` Hz answers."""
     in_act, out_act = design.in_act, design.out_act
     return Description(PROTOCOL_VERSION, math.prod(design.in_shape), (in_act.bits, in_act.signed),
                        math.prod(design.out_shape), (out_act.bits, out_act.signed),
-                       int(clk_freq), design_id(design))
+                       int(clk_freq), design_id(design), len(weight_words(design)))
 
 
 def input_bytes(x, act):
@@ -208,6 +251,30 @@ def encode_infer(x, act):
 
 def encode_describe():
     return bytes([DESCRIBE])
+
+
+def encode_weights(words):
+    """The request that loads ``words`` (16-bit integers, in weight-memory order): ``'W'``, the
+    count (4 bytes), each word little-endian.
+
+    Raises
+    ------
+    ValueError
+        If a word is not an integer from 0 to 65535, or there are more than
+        :data:`MAX_WEIGHT_WORDS`.
+    """
+    words = np.asarray(words)
+    if words.ndim != 1 or words.size and not np.issubdtype(words.dtype, np.integer):
+        raise ValueError(f"weight words must be a sequence of integers, got {words.dtype} of "
+                         f"shape {words.shape}")
+    if words.size and (words.min() < 0 or words.max() > 0xFFFF):
+        raise ValueError(f"weight words must be 16-bit (0 to 65535), got {words.min()} to "
+                         f"{words.max()}")
+    if words.size > MAX_WEIGHT_WORDS:
+        raise ValueError(f"a 'W' request carries at most {MAX_WEIGHT_WORDS} words, got "
+                         f"{words.size}")
+    return bytes([WEIGHTS]) + words.size.to_bytes(WORD_BYTES, "little") + \
+        words.astype("<u2").tobytes()
 
 
 def result_length(out_count):
@@ -249,10 +316,22 @@ def decode_result(data, out_count):
     return Result(words, label, latency)
 
 
+def decode_ack(data):
+    """Check an acknowledgement (the answer to a whole ``'W'``).
+
+    Raises
+    ------
+    LinkError
+        For an error response (:class:`RequestRejected`, naming its flags), a wrong header or
+        length.
+    """
+    check_header(data, ACK, ACK_LENGTH)
+
+
 def decode_description(data):
     """A description response (header included) -> :class:`Description`.
 
-    Any 15 bytes after the header decode: whether the host can use what they describe (its
+    Any 19 bytes after the header decode: whether the host can use what they describe (its
     protocol version, its clock) is the host's check (:func:`zeroskip.host.check_compatible`).
 
     Raises
@@ -270,4 +349,5 @@ def decode_description(data):
                        out_count=int.from_bytes(data[5:7], "little"),
                        out_encoding=encoding(data[7]),
                        clk_freq=int.from_bytes(data[8:12], "little"),
-                       design_id=int.from_bytes(data[12:16], "little"))
+                       design_id=int.from_bytes(data[12:16], "little"),
+                       weight_words=int.from_bytes(data[16:20], "little"))

@@ -21,7 +21,9 @@ outputs back. A fused average pool only requantizes the sums its producer's writ
 
 Weights: on SPRAM (``memory="spram"``), which has no initial contents, the weight memory is
 written through ``w_stream`` (16-bit words, from address 0, while no inference runs) before
-the first inference; elsewhere it is a ROM. The next input loads while the steps after the last
+the first inference, and ``weights_loaded`` says when it has been; elsewhere it is a ROM. A
+reset restarts a load at address 0 and keeps whole weights loaded (the SPRAM keeps its
+contents); the first word of a load unloads them until its last word. The next input loads while the steps after the last
 one reading the input run.
 
 Cycles: :mod:`.seq_model` (``inference_cycles``), checked against Verilator.
@@ -105,6 +107,9 @@ class SequentialEngine(wiring.Component):
         Only with ``argmax``: the output's argmax, one beat per inference after its last logit.
     w_stream : In(stream.Signature(16))
         Only with SPRAM: the weight memory's words, in order (:attr:`Program.weights`).
+    weights_loaded : Out(1)
+        Only with SPRAM: high from the last word of a load to the first word of the next (no
+        inference starts while it is low); a reset leaves it as it is.
     counters : Out(Signature)
         ``network`` (:data:`zeroskip.hdl.network.NETWORK_COUNTER_NAMES`).
     """
@@ -135,6 +140,7 @@ class SequentialEngine(wiring.Component):
             members["o_stream_class"] = Out(stream.Signature(range(max(self.out_shape[0], 2))))
         if memory == "spram":
             members["w_stream"] = In(stream.Signature(16))
+            members["weights_loaded"] = Out(1)
         super().__init__(members)
 
     # --- hardware ----------------------------------------------------------------------------
@@ -349,14 +355,16 @@ class SequentialEngine(wiring.Component):
         # Kept through a reset (a reset of the link's network keeps the SPRAM's contents).
         loaded = Signal(reset_less=True)
         load = self.w_stream
-        m.d.comb += [load.ready.eq(~self.running), self.weights_ready.eq(loaded)]
+        m.d.comb += [load.ready.eq(~self.running), self.weights_ready.eq(loaded),
+                     self.weights_loaded.eq(loaded)]
         storing = load.valid & load.ready
         with m.If(storing):
             m.d.sync += address.eq(Mux(address == words - 1, 0, address + 1))
-            with m.If(address == words - 1):
-                m.d.sync += loaded.eq(1)
+            # In this order: a load of one word ends loaded.
             with m.If(address == 0):
                 m.d.sync += loaded.eq(0)
+            with m.If(address == words - 1):
+                m.d.sync += loaded.eq(1)
         read_from = Signal(range(max(blocks, 2)))
         m.d.sync += read_from.eq(entries.mem_addr >> 14)
         rdata = []

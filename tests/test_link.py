@@ -234,13 +234,61 @@ def test_host_link_runs_a_sequential_design_in_the_amaranth_simulator():
         assert result.label == np.argmax(logits) and result.latency_cycles > 0
 
 
-def test_host_link_refuses_a_design_whose_weights_are_in_spram():
-    """The link has no command that loads SPRAM: such a design is refused, not built to hang."""
-    pipeline, _ = tiny_design()
-    design = zeroskip.compile(pipeline.graph, architecture="sequential", chunk=3,
-                              memory="spram")
-    with pytest.raises(ValueError, match="loads weights into SPRAM"):
-        HostLink(design, clk_freq=CLK_FREQ, baud=BAUD, timeout=TIMEOUT)
+@pytest.fixture(scope="session")
+def spram(tiny):
+    """The tiny net as one sequential engine with its weights in SPRAM (loaded over the link),
+    and its images."""
+    design, x = tiny
+    return zeroskip.compile(design.graph, architecture="sequential", chunk=3,
+                            memory="spram"), x
+
+
+def rejected(answer):
+    """The flags of an ``'E'`` answer (an AssertionError for any other)."""
+    assert len(answer) == protocol.ERROR_LENGTH and answer[0] == protocol.ERROR, answer
+    return answer[1]
+
+
+@pytest.mark.slow
+def test_host_link_loads_spram_weights_then_infers_bit_exact_in_the_amaranth_simulator(spram):
+    """The board refuses an image until its weights are loaded and a count that is not the
+    design's; it infers bit-exact once they are; a load abandoned after its first word unloads
+    them, an abandoned image or a load abandoned before its first word keeps them (the network
+    is reset each time)."""
+    design, x = spram
+    words, act = protocol.weight_words(design), design.graph.input.act
+    # 4 clocks per bit and 512 cycles of timeout keep the simulation short.
+    link = HostLink(design, clk_freq=CLK_FREQ, baud=2 * BAUD, timeout=TIMEOUT / 4)
+    load, image = protocol.encode_weights(words), [protocol.encode_infer(item, act) for item in x]
+    flags = {name: 1 << getattr(protocol, f"{name}_BIT") for name in ("NO_WEIGHTS", "COUNT",
+                                                                      "TIMEOUT")}
+    script = [  # (request, answer length, the answer's error flags or None)
+        (protocol.encode_describe(), protocol.DESCRIPTION_LENGTH, None),
+        (image[0], protocol.ERROR_LENGTH, flags["NO_WEIGHTS"]),
+        # A count one too many, then a few words (ignored with the rest of the line).
+        (protocol.encode_weights(words + [0])[:11], protocol.ERROR_LENGTH, flags["COUNT"]),
+        (load, protocol.ACK_LENGTH, None),
+        (image[0], protocol.result_length(5), None),
+        (load[:9], protocol.ERROR_LENGTH, flags["TIMEOUT"]),      # 2 words of a load
+        (image[1], protocol.ERROR_LENGTH, flags["NO_WEIGHTS"]),
+        (load, protocol.ACK_LENGTH, None),
+        (image[1][:5], protocol.ERROR_LENGTH, flags["TIMEOUT"]),  # 4 values of an image
+        (load[:3], protocol.ERROR_LENGTH, flags["TIMEOUT"]),      # half a count
+        (image[1], protocol.result_length(5), None),
+    ]
+    answers = run_link(link, [request for request, _, _ in script],
+                       [length for _, length, _ in script])
+    assert protocol.decode_description(answers[0]) == \
+        protocol.expected_description(design, CLK_FREQ)
+    assert protocol.decode_description(answers[0]).weight_words == len(words) > 0
+    for (_, _, expected), answer in zip(script[1:], answers[1:]):
+        if expected is not None:
+            assert rejected(answer) == expected
+    protocol.decode_ack(answers[3])
+    for answer, logits in zip((answers[4], answers[-1]), reference.run(design.graph, x[:2])):
+        result = protocol.decode_result(answer, 5)
+        np.testing.assert_array_equal(result.logits, logits)
+        assert result.label == np.argmax(logits)
 
 
 @pytest.mark.slow
@@ -308,8 +356,11 @@ class ModelBoard:
 
     ``corrupt`` adds 1 to the first logit of that image; ``changes`` replaces fields of the
     description it answers; ``rejections`` maps an image to the error flags of the ``'E'``
-    answers its requests get, in turn, before one is answered; ``wrong_class`` answers that
-    image with a class one past the last logit. ``requests`` lists the image each request was.
+    answers its requests get, in turn, before one is answered (``"W"`` the weights' requests);
+    ``wrong_class`` answers that image with a class one past the last logit. ``requests`` lists
+    the image each request was (``"W"`` a load of weights), ``loads`` the words each load
+    brought. A design with weights to load answers images only once they are, and only
+    the design's.
     """
 
     timeout = 1.0
@@ -320,8 +371,9 @@ class ModelBoard:
         self.description = dataclasses.replace(
             protocol.expected_description(design, clk_freq), **(changes or {}))
         self.rejections = {image: list(flags) for image, flags in (rejections or {}).items()}
-        self.pending, self.answers, self.requests = bytearray(), bytearray(), []
+        self.pending, self.answers, self.requests, self.loads = bytearray(), bytearray(), [], []
         self.images = 0  # images answered: the host sends the next one only after an answer
+        self.loaded = not self.description.weight_words
 
     def reset_input_buffer(self):
         self.answers.clear()
@@ -337,11 +389,32 @@ class ModelBoard:
                 self.requests.append(self.images)
                 self.answers += self.answer(bytes(self.pending[1:in_count + 1]))
                 del self.pending[:in_count + 1]
+            elif self.pending[0] == protocol.WEIGHTS and len(self.pending) >= 5 and \
+                    len(self.pending) >= 5 + 2 * int.from_bytes(self.pending[1:5], "little"):
+                end = 5 + 2 * int.from_bytes(self.pending[1:5], "little")
+                self.requests.append("W")
+                self.answers += self.load(bytes(self.pending[1:end]))
+                del self.pending[:end]
             else:
                 break
 
+    def load(self, request):
+        """The answer to a ``'W'`` request with these count and word bytes."""
+        words = np.frombuffer(request[4:], "<u2").tolist()
+        self.loads.append(words)
+        if self.rejections.get("W"):
+            self.loaded = False  # abandoned after its first word
+            return bytes([protocol.ERROR, self.rejections["W"].pop(0)])
+        if len(words) != self.description.weight_words:
+            return bytes([protocol.ERROR, 1 << protocol.COUNT_BIT])
+        assert words == protocol.weight_words(self.design), "the board got other weights"
+        self.loaded = True
+        return bytes([protocol.ACK])
+
     def answer(self, request):
         """The answer to an ``'I'`` request with these input bytes."""
+        if not self.loaded:
+            return bytes([protocol.ERROR, 1 << protocol.NO_WEIGHTS_BIT])
         if self.rejections.get(self.images):
             return bytes([protocol.ERROR, self.rejections[self.images].pop(0)])
         values = np.frombuffer(request, np.int8)
@@ -380,6 +453,38 @@ def test_run_sends_each_image_and_checks_the_design(tiny):
 
 
 FRAMING_FLAG, TIMEOUT_FLAG = 1 << protocol.FRAMING_BIT, 1 << protocol.TIMEOUT_BIT
+NO_WEIGHTS_FLAG = 1 << protocol.NO_WEIGHTS_BIT
+
+
+def test_run_loads_the_weights_a_board_needs_before_the_first_image(spram):
+    design, x = spram
+    board = ModelBoard(design, rejections={"W": [TIMEOUT_FLAG]})
+    result = host.run(board, x, design=design)
+    np.testing.assert_array_equal(result.logits, reference.run(design.graph, x))
+    assert board.requests == ["W", "W", 0, 1, 2, 3]  # sent again after the 'E'
+    assert board.loads == [protocol.weight_words(design)] * 2
+    assert result.weight_words == len(protocol.weight_words(design)) == 69
+    with pytest.raises(host.WeightsNeeded, match="^the board's design needs its 69 weight "
+                                                 "words loaded before it infers, and no design"):
+        host.run(ModelBoard(design), x)
+    board = ModelBoard(design, rejections={"W": [TIMEOUT_FLAG] * host.ATTEMPTS})
+    with pytest.raises(host.LinkError, match=r"^the weights \(69 words\): the board rejected "
+                                             r"it 3 times: timeout"):
+        host.run(board, x, design=design)
+    assert board.requests == ["W"] * host.ATTEMPTS  # and no image
+
+
+def test_run_stops_at_once_when_the_board_refuses_for_another_reason_than_the_line(tiny):
+    """An image refused for want of weights (the board was reset since they were loaded) is
+    not sent again: it would be refused again."""
+    design, x = tiny
+    board = ModelBoard(design, rejections={1: [NO_WEIGHTS_FLAG]})
+    with pytest.raises(host.LinkError) as error:
+        host.run(board, x)
+    assert str(error.value) == (f"image 1: the board rejected it: "
+                                f"{protocol.ERROR_FLAGS[protocol.NO_WEIGHTS_BIT]} (error code "
+                                "0x10)")
+    assert board.requests == [0, 1]
 
 
 def test_run_sends_an_image_the_board_rejected_again(tiny):
@@ -403,7 +508,7 @@ def test_run_gives_up_on_an_image_rejected_every_time_naming_it_and_the_flags(ti
 
 
 @pytest.mark.parametrize("changes, message", [
-    ({"version": 2}, "the board speaks link protocol version 2, this host version 1"),
+    ({"version": 1}, "the board speaks link protocol version 1, this host version 2"),
     ({"clk_freq": 0}, "the board reports a clock of 0 Hz: its latencies in cycles cannot be "
                       "converted to seconds"),
     ({"in_encoding": (9, True)}, "the board describes an input encoding the protocol does not "
@@ -451,7 +556,7 @@ class ScriptedPort:
 
 
 SCRIPTED_DESCRIPTION = protocol.Description(protocol.PROTOCOL_VERSION, 4, (8, True), 3, (8, True),
-                                            1_000_000, 0x1234)
+                                            1_000_000, 0x1234, 0)
 
 
 @FUZZ
@@ -525,3 +630,26 @@ def test_cli_run_with_a_board_at_clock_0_is_one_line(board_build, monkeypatch, c
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and "Traceback" not in err, err
         assert "--port model: the board reports a clock of 0 Hz" in err, err
+
+
+def test_cli_run_loads_the_weights_from_the_build_or_says_it_needs_one(spram, tmp_path,
+                                                                       monkeypatch, capsys):
+    design, x = spram
+    design.write(tmp_path / "build")
+    np.save(tmp_path / "x.npy", x)
+    boards = []
+    monkeypatch.setattr(host, "_open", lambda port, baud: boards.append(ModelBoard(design)) or
+                        boards[-1])
+    argv = ["run", "--port", "model", "--inputs", str(tmp_path / "x.npy"), "--json",
+            str(tmp_path / "r.json")]
+    assert main(argv + ["--build", str(tmp_path / "build")]) == 0
+    out = capsys.readouterr().out
+    assert "4 images, 69 weight words loaded first" in out and "board == golden model: 4/4" in out
+    assert boards[-1].requests == ["W", 0, 1, 2, 3]
+    assert json.loads((tmp_path / "r.json").read_text())["weight_words"] == 69
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    assert err.startswith("zeroskip: error: --port model: the board's design needs its 69 weight "
+                          "words loaded") and "--build names the build directory" in err, err
+    assert boards[-1].requests == []

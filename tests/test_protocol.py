@@ -19,15 +19,17 @@ FUZZ = settings(max_examples=300, deadline=None)
 # --- framing ----------------------------------------------------------------------------------
 
 def test_description_round_trips_and_errors_name_their_flags():
-    description = protocol.Description(1, 64, (8, False), 10, (8, True), 12_000_000, 0xDEADBEEF)
+    description = protocol.Description(2, 64, (8, False), 10, (8, True), 12_000_000, 0xDEADBEEF,
+                                       0x12345)
     data = description.encode()
     assert len(data) == protocol.DESCRIPTION_LENGTH
+    assert data[-4:] == bytes([0x45, 0x23, 0x01, 0x00])  # the weight words, little-endian
     assert protocol.decode_description(data) == description
     with pytest.raises(protocol.LinkError, match="timeout"):
         protocol.decode_result(bytes([protocol.ERROR, 0x04]), 10)
     with pytest.raises(protocol.LinkError, match="header byte 0x41"):
         protocol.decode_description(b"A" + data[1:])
-    with pytest.raises(protocol.LinkError, match="has 15 bytes, expected 16"):
+    with pytest.raises(protocol.LinkError, match="has 19 bytes, expected 20"):
         protocol.decode_description(data[:-1])
     with pytest.raises(protocol.LinkError, match="did not answer"):
         protocol.decode_result(b"", 10)
@@ -57,6 +59,26 @@ def test_an_error_answer_is_a_rejection_naming_each_flag():
                                 f"{protocol.ERROR_FLAGS[protocol.FRAMING_BIT]}, "
                                 f"{protocol.ERROR_FLAGS[protocol.TIMEOUT_BIT]} (error code 0x05)")
     assert protocol.error_flags_text(0) == "no reason"
+
+
+def test_weights_request_is_a_count_then_16_bit_words_and_its_answer_one_byte():
+    assert protocol.encode_weights([1, 0x1234, 0xFFFF]) == \
+        b"W\x03\x00\x00\x00" + b"\x01\x00\x34\x12\xff\xff"
+    assert protocol.encode_weights(np.arange(300, dtype=np.uint16))[1:5] == b"\x2c\x01\x00\x00"
+    assert protocol.encode_weights([]) == b"W\x00\x00\x00\x00"
+    for words, message in (([0, 65536], "16-bit .* 0 to 65536"), ([-1], "16-bit .* -1 to -1"),
+                           ([1.0], "integers, got float64"), ([[1]], r"shape \(1, 1\)")):
+        with pytest.raises(ValueError, match=message):
+            protocol.encode_weights(words)
+    assert protocol.decode_ack(b"A") is None
+    with pytest.raises(protocol.RequestRejected, match="weight count") as error:
+        protocol.decode_ack(bytes([protocol.ERROR, 1 << protocol.COUNT_BIT]))
+    assert error.value.flags == 0x08
+    with pytest.raises(protocol.LinkError, match="no weights"):
+        protocol.decode_result(bytes([protocol.ERROR, 1 << protocol.NO_WEIGHTS_BIT]), 3)
+    with pytest.raises(protocol.LinkError, match="'A' answer has 2 bytes, expected 1"):
+        protocol.decode_ack(b"AA")
+    assert protocol.LINE_FLAGS == 0x07 and set(protocol.ERROR_FLAGS) == set(range(5))
 
 
 def test_request_bytes_are_hwc_twos_complement_and_binary_as_bits():
@@ -114,7 +136,8 @@ descriptions = st.builds(
     protocol.Description, version=st.integers(0, 255), in_count=st.integers(0, 0xFFFF),
     in_encoding=st.tuples(st.integers(0, 127), st.booleans()), out_count=st.integers(0, 0xFFFF),
     out_encoding=st.tuples(st.integers(0, 127), st.booleans()),
-    clk_freq=st.integers(0, 2**32 - 1), design_id=st.integers(0, 2**32 - 1))
+    clk_freq=st.integers(0, 2**32 - 1), design_id=st.integers(0, 2**32 - 1),
+    weight_words=st.integers(0, 2**32 - 1))
 
 
 @st.composite
@@ -185,7 +208,7 @@ def test_a_mutated_result_decodes_to_itself_or_a_link_error(frame, change):
 
 
 @FUZZ
-@given(data=st.binary(max_size=32) | st.binary(min_size=15, max_size=15).map(b"D".__add__))
+@given(data=st.binary(max_size=32) | st.binary(min_size=19, max_size=19).map(b"D".__add__))
 def test_any_bytes_decode_to_a_description_or_a_link_error(data):
     description = decoded_or_link_error(protocol.decode_description, data)
     if description is not None:
@@ -200,3 +223,15 @@ def test_a_mutated_description_decodes_to_itself_or_a_link_error(description, ch
     decoded = decoded_or_link_error(protocol.decode_description, data)
     if decoded is not None:
         assert decoded.encode() == data
+
+
+@FUZZ
+@given(data=st.binary(max_size=4))
+def test_any_bytes_are_an_acknowledgement_or_a_link_error(data):
+    try:
+        protocol.decode_ack(data)
+    except protocol.LinkError:
+        assert data != b"A"
+        decoded_or_link_error(protocol.decode_ack, data)  # an error answer names its flags
+    else:
+        assert data == b"A"

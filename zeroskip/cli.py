@@ -389,6 +389,9 @@ def _run_on_board(args):
 
     try:
         run = host.run(args.port, x_int, design=design, baud=args.baud, on_result=show)
+    except host.WeightsNeeded as error:
+        raise ZeroskipError(f"--port {args.port}: {error} (--build names the build directory "
+                            "the weights come from)") from None
     except host.LinkError as error:
         raise ZeroskipError(f"--port {args.port}: {error}") from None
     except host.InputMismatch as error:
@@ -397,11 +400,12 @@ def _run_on_board(args):
     summary = {"port": args.port, "baud": args.baud, "clk_freq": clk,
                "design_id": f"{run.description.design_id:08x}", "images": len(x_int),
                "classes": run.labels.tolist(),
-               "latency_cycles": run.latency_cycles.tolist(),
+               "weight_words": run.weight_words, "latency_cycles": run.latency_cycles.tolist(),
                "latency_us_mean": float(np.mean(run.latency_seconds) * 1e6),
                "link_ms_per_image": float(np.mean(run.wall_seconds) * 1e3)}
     lines = [f"board: design {summary['design_id']} at {clk / 1e6:g} MHz, {args.baud} baud, "
-             f"{len(x_int)} images",
+             f"{len(x_int)} images" + (f", {run.weight_words} weight words loaded first"
+                                       if run.weight_words else ""),
              f"latency, mean: {np.mean(run.latency_cycles):.0f} cycles = "
              f"{summary['latency_us_mean']:.1f} us (includes the UART's pacing)",
              f"link round trip, mean: {summary['link_ms_per_image']:.2f} ms per image"]
@@ -566,7 +570,8 @@ def build_parser():
         "build-board` and print its class and latency. Inputs in X.npy are floats (quantized "
         "with the graph's input scale, which needs --build) or integers of the input encoding. "
         "With --build, checks that the board runs that build and that every output equals the "
-        "golden model's (exit 1 if not).")
+        "golden model's (exit 1 if not). A board whose weights are in SPRAM gets them from "
+        "--build first.")
     run.add_argument("--port", required=True, help="the board's serial port, e.g. /dev/ttyUSB1")
     run.add_argument("--inputs", required=True, metavar="X.npy",
                      help="input batch (N, C, H, W) or (N, F)")

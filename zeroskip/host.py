@@ -3,9 +3,10 @@
 
 The protocol, its constants and its pure framing functions are :mod:`zeroskip.boards.protocol`;
 they are importable from here too (:func:`encode_infer`, :func:`encode_describe`,
-:func:`decode_result`, :func:`decode_description`, :func:`expected_description`, ...). Here is
-:func:`run`, which sends a batch to a board over a serial port (pyserial) and checks what the
-board answers.
+:func:`encode_weights`, :func:`decode_result`, :func:`decode_description`,
+:func:`expected_description`, ...). Here is :func:`run`, which sends a batch to a board over a
+serial port (pyserial), after the design's weights when the board says it needs them, and checks
+what the board answers.
 """
 
 from __future__ import annotations
@@ -18,24 +19,31 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .boards.protocol import (DESCRIBE, DESCRIPTION, DESCRIPTION_LENGTH, ERROR, ERROR_FLAGS,
-                              ERROR_LENGTH, INFER, PROTOCOL_VERSION, RESULT, WORD_BYTES,
-                              Description, LinkError, RequestRejected, Result, check_header,
+from .boards.protocol import (ACK, ACK_LENGTH, DESCRIBE, DESCRIPTION, DESCRIPTION_LENGTH, ERROR,
+                              ERROR_FLAGS, ERROR_LENGTH, INFER, LINE_FLAGS, PROTOCOL_VERSION,
+                              RESULT, WEIGHTS, WORD_BYTES, Description, LinkError,
+                              RequestRejected, Result, check_header, decode_ack,
                               decode_description, decode_result, design_id, encode_describe,
-                              encode_infer, error_flags_text, expected_description, input_bytes,
-                              result_length)
+                              encode_infer, encode_weights, error_flags_text,
+                              expected_description, input_bytes, result_length, weight_words)
 from .errors import ZeroskipError
 
-__all__ = ["DESCRIBE", "INFER", "RESULT", "DESCRIPTION", "ERROR", "PROTOCOL_VERSION", "WORD_BYTES",
-           "DESCRIPTION_LENGTH", "ERROR_LENGTH", "ERROR_FLAGS", "READ_TIMEOUT_SECONDS", "ATTEMPTS",
-           "RequestRejected", "check_compatible", "Description", "InputMismatch", "LinkError",
-           "Result", "RunResult", "check_description", "decode_description", "decode_result",
-           "design_id", "encode_describe", "encode_infer", "expected_description", "input_bytes",
-           "result_length", "run"]
+__all__ = ["DESCRIBE", "INFER", "WEIGHTS", "RESULT", "DESCRIPTION", "ACK", "ERROR",
+           "PROTOCOL_VERSION", "WORD_BYTES", "DESCRIPTION_LENGTH", "ACK_LENGTH", "ERROR_LENGTH",
+           "ERROR_FLAGS", "READ_TIMEOUT_SECONDS", "ATTEMPTS", "RequestRejected",
+           "check_compatible", "Description", "InputMismatch", "LinkError", "Result", "RunResult",
+           "WeightsNeeded", "check_description", "decode_ack", "decode_description",
+           "decode_result", "design_id", "encode_describe", "encode_infer", "encode_weights",
+           "expected_description", "input_bytes", "result_length", "run"]
 
 
 class InputMismatch(ZeroskipError):
     """The inputs do not fit the network the board runs."""
+
+
+class WeightsNeeded(LinkError):
+    """The board needs its weights loaded (its description counts weight words), and
+    :func:`run` was given no design to take them from."""
 
 
 @dataclass(frozen=True)
@@ -56,6 +64,8 @@ class RunResult:
     wall_seconds : numpy.ndarray
         ``(N,)``, host wall time per image, from the first byte of the request the board
         answered written to its answer read (an image the board rejected is sent again).
+    weight_words : int
+        The weight words loaded before the first image (0: the board needed none).
     """
 
     description: Description
@@ -63,6 +73,7 @@ class RunResult:
     labels: np.ndarray
     latency_cycles: np.ndarray
     wall_seconds: np.ndarray
+    weight_words: int = 0
 
     @property
     def latency_seconds(self):
@@ -121,24 +132,56 @@ def _describe(connection):
                 raise LinkError(f"the describe request: {error}") from None
 
 
-def _infer(connection, request, out_count):
-    """Send one image's request and read its :class:`Result`, sending it again after each
-    :data:`ERROR` answer, :data:`ATTEMPTS` times in all. Returns the result and the seconds of
-    the attempt the board answered."""
+def _request(connection, request, header, length):
+    """Send a request and read its answer, sending it again after each :data:`ERROR` answer
+    for a disturbance on the line (:data:`LINE_FLAGS`), :data:`ATTEMPTS` times in all; another
+    error answer ends it at once. Returns the answer and the seconds of the attempt the board
+    answered."""
     rejected = []
     for _ in range(ATTEMPTS):
         started = time.monotonic()
         connection.write(request)
         try:
-            data = _answer(connection, RESULT, result_length(out_count))
+            data = _answer(connection, header, length)
         except RequestRejected as error:
+            if error.flags & ~LINE_FLAGS:
+                raise LinkError(f"the board rejected it: {error_flags_text(error.flags)} "
+                                f"(error code {error.flags:#04x})") from None
             rejected.append(error.flags)
             connection.reset_input_buffer()  # whatever the broken request left on the line
             continue
-        return decode_result(data, out_count), time.monotonic() - started
+        return data, time.monotonic() - started
     flags = functools.reduce(operator.or_, rejected)
     raise LinkError(f"the board rejected it {ATTEMPTS} times: {error_flags_text(flags)} (error "
                     f"codes {', '.join(f'{code:#04x}' for code in rejected)})")
+
+
+def _infer(connection, request, out_count):
+    """One image's :class:`Result` (:func:`_request`) and the seconds it took."""
+    data, seconds = _request(connection, request, RESULT, result_length(out_count))
+    return decode_result(data, out_count), seconds
+
+
+def _load_weights(connection, description, design, baud):
+    """Send ``design``'s weight words (``'W'``) to a board whose ``description`` counts them,
+    and read the acknowledgement (:func:`_request`). Returns the words sent."""
+    if design is None:
+        raise WeightsNeeded(f"the board's design needs its {description.weight_words} weight "
+                            "words loaded before it infers, and no design to take them from "
+                            "was given")
+    words = weight_words(design)
+    request = encode_weights(words)
+    # The acknowledgement follows the last word on the line, which may leave the host's
+    # buffers well after ``write`` returns.
+    previous = connection.timeout
+    connection.timeout = previous + len(request) * 10 / baud
+    try:
+        decode_ack(_request(connection, request, ACK, ACK_LENGTH)[0])
+    except LinkError as error:
+        raise LinkError(f"the weights ({len(words)} words): {error}") from None
+    finally:
+        connection.timeout = previous
+    return len(words)
 
 
 def check_compatible(description):
@@ -193,6 +236,10 @@ def run(port, x_int, *, design=None, baud=115200, on_result=None):
         ``on_result(index, result, description)`` with each :class:`Result` as it arrives and
         the board's :class:`Description`.
 
+    A board whose description counts weight words (its weights in SPRAM) first gets
+    ``design``'s (:func:`encode_weights`), in every run: whether a board still holds weights
+    sent before (it has not been reset since) cannot be known.
+
     Returns
     -------
     RunResult
@@ -203,17 +250,18 @@ def run(port, x_int, *, design=None, baud=115200, on_result=None):
         If the port cannot be opened.
     InputMismatch
         If the inputs do not fit what the board runs.
+    WeightsNeeded
+        If the board needs weights and no ``design`` was given.
     LinkError
         If the board's description fails :func:`check_compatible`, it runs another design
-        (with ``design``), rejects an image :data:`ATTEMPTS` times in a row, answers out of
+        (with ``design``), rejects an image or the weights :data:`ATTEMPTS` times in a row, or
+        once for another reason than the line (no weights loaded, say), answers out of
         protocol (a class beyond its logits, say) or stops answering; the message names the
-        image.
+        image or the weights.
 
-    An image the board rejects (:data:`ERROR`: a framing error, an overrun or a timeout on the
-    line) is sent again, up to :data:`ATTEMPTS` times in all.
+    An image or the weights the board rejects (:data:`ERROR`: a framing error, an overrun or a
+    timeout on the line) is sent again, up to :data:`ATTEMPTS` times in all.
     """
-    from .ir import Activation
-
     x_int = np.asarray(x_int)
     connection = _open(port, baud) if isinstance(port, str) else port
     try:
@@ -222,15 +270,9 @@ def run(port, x_int, *, design=None, baud=115200, on_result=None):
             check_compatible(description)
         else:
             check_description(description, design)
-        act = Activation(*description.in_encoding, 1.0)
-        if x_int.ndim < 2 or math.prod(x_int.shape[1:]) != description.in_count:
-            raise InputMismatch(f"inputs of shape {x_int.shape} do not fit the board's network: "
-                                f"it takes {description.in_count} values per image")
-        allowed = np.array([-1, 1]) if act.binary else np.arange(act.qmin, act.qmax + 1)
-        if not np.issubdtype(x_int.dtype, np.integer) or not np.isin(x_int, allowed).all():
-            what = "-1 or +1" if act.binary else f"integers in [{act.qmin}, {act.qmax}]"
-            raise InputMismatch(f"inputs must be {what} (the board's input encoding), got "
-                                f"{x_int.dtype} values from {x_int.min()} to {x_int.max()}")
+        act = _check_inputs(x_int, description)
+        loaded = _load_weights(connection, description, design, baud) \
+            if description.weight_words else 0
         results, seconds = [], []
         for index, x in enumerate(x_int):
             try:
@@ -249,4 +291,21 @@ def run(port, x_int, *, design=None, baud=115200, on_result=None):
     labels = np.array([r.label for r in results], np.int64)
     return RunResult(description, logits, labels,
                      np.array([r.latency_cycles for r in results], np.int64),
-                     np.array(seconds))
+                     np.array(seconds), loaded)
+
+
+def _check_inputs(x_int, description):
+    """The board's input :class:`~zeroskip.ir.Activation`, once ``x_int`` fits it
+    (:class:`InputMismatch` if not)."""
+    from .ir import Activation
+
+    act = Activation(*description.in_encoding, 1.0)
+    if x_int.ndim < 2 or math.prod(x_int.shape[1:]) != description.in_count:
+        raise InputMismatch(f"inputs of shape {x_int.shape} do not fit the board's network: "
+                            f"it takes {description.in_count} values per image")
+    allowed = np.array([-1, 1]) if act.binary else np.arange(act.qmin, act.qmax + 1)
+    if not np.issubdtype(x_int.dtype, np.integer) or not np.isin(x_int, allowed).all():
+        what = "-1 or +1" if act.binary else f"integers in [{act.qmin}, {act.qmax}]"
+        raise InputMismatch(f"inputs must be {what} (the board's input encoding), got "
+                            f"{x_int.dtype} values from {x_int.min()} to {x_int.max()}")
+    return act

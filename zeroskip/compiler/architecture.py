@@ -294,9 +294,9 @@ class Sequential(_Architecture):
     def choose_settings(graph, part=None):
         """Lanes, memory and logic lanes for ``part`` (a :mod:`zeroskip.boards.synth` target
         name; None: the iCE40UP5K, the part this engine exists for). On the UP5K: 8 lanes, the
-        tensors in SPRAM and the weights in a ROM ("spram-rom", which a board's host link can
-        run; the compiler moves the weights into SPRAM too, "spram", when the ROM does not fit
-        the block RAM), lane 7 in logic (its 8 DSP blocks are 7 lanes and the requantizer);
+        tensors in SPRAM and the weights in a ROM ("spram-rom": the bitstream holds them; the
+        compiler moves the weights into SPRAM too, "spram", loaded over the host link, when the
+        ROM does not fit the block RAM), lane 7 in logic (its 8 DSP blocks are 7 lanes and the requantizer);
         elsewhere 8 lanes on DSPs and block RAM."""
         lanes = 2 if part and part.startswith("ice40") and part != "ice40-up5k" else 8
         up5k = part in (None, "ice40-up5k")
