@@ -2,6 +2,7 @@
 
     python benchmarks/sequential_bench.py [--out benchmarks/results/sequential.json]
         [--nets digits_shaped ic_resnet8 ...] [--parts ice40-up5k ecp5-85k]
+        [--bitstreams [--keep DIR]]
 
 Per net and part: ``zeroskip.compile(graph, "auto", architecture="sequential", target=PART)``
 (the engine's lanes and memories for the part), its cycle model on 8 calibration inputs
@@ -11,6 +12,13 @@ resources, Fmax, the latency in ms at that Fmax. The nets are untrained (random 
 pruned, int8: :func:`zeroskip.models.mlperf_graph`, :func:`~zeroskip.models.
 digits_shaped_graph`): hardware, not accuracy. The Fmax of the digits-shaped net is the clock
 ``target=PART`` counts the engine's latency at (``Sequential.MEASURED_MHZ``).
+
+``--bitstreams``: for each net on the UP5K also the iCEBreaker bitstream, host link and PLL
+included (:func:`zeroskip.boards.board.build_board`), at the fastest clock the PLL makes at or
+below the accelerator's Fmax, then 8 % lower until timing is met (at most three builds): the
+clock, the board's Fmax, its logic cells, the bitstream's size and SHA-256, the weight words the
+host loads over the link first (``'W'``) and the seconds that takes at 115200 baud. ``--keep``
+copies each bitstream there.
 """
 
 from __future__ import annotations
@@ -19,6 +27,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import tempfile
 import time
 import warnings
@@ -26,7 +35,8 @@ from pathlib import Path
 
 import zeroskip
 from zeroskip import models
-from zeroskip.boards import synth
+from zeroskip.boards import pll, synth
+from zeroskip.boards.board import BoardBuildError, build_board
 from zeroskip.errors import ToolchainError
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -67,6 +77,68 @@ def measure(name, graph, x, part):
     return entry
 
 
+def pll_clocks():
+    """The iCEBreaker PLL's outputs from its 12 MHz oscillator, in MHz, ascending."""
+    return sorted({float(f) for f, _ in pll._ice40_settings(12.0)
+                   if pll._within(f, pll._ICE40_OUT)})
+
+
+def bitstream(name, graph, x, fmax, keep=None):
+    """The iCEBreaker bitstream of a net's UP5K design: the fastest PLL clock at or below
+    ``fmax`` whose timing is met (three tries, each 8 % slower)."""
+    design = zeroskip.compile(graph, "auto", architecture="sequential", target="ice40-up5k")
+    latency = design.architecture.estimate(x).latency_cycles
+    words = len(design.preload_words() or ())
+    entry = {"net": name, "board": "icebreaker", "lanes": design.architecture.simd_lanes,
+             "memory": design.architecture.memory, "weight_words": words,
+             "weight_load_seconds": round(words * 2 * 10 / 115200, 2), "tries": []}
+    clocks, limit = pll_clocks(), fmax
+    with tempfile.TemporaryDirectory(prefix="sequential-board-") as build:
+        build = Path(build) / "b"
+        design.write(build)
+        for _ in range(3):
+            clock = max((f for f in clocks if f <= limit), default=clocks[0])
+            try:
+                made = build_board(design, build, "icebreaker", clock_mhz=clock)
+            except BoardBuildError as error:
+                failure = str(error).split(" (logs")[0]
+                entry["tries"].append({"clock_mhz": clock, "failure": failure})
+                if "timing" not in str(error) and "fmax" not in str(error):
+                    break
+                limit = clock * 0.92
+                continue
+            record = made.to_dict()
+            entry.update({key: record[key] for key in ("clock_mhz", "fmax_mhz", "resources",
+                                                       "bitstream_bytes", "sha256", "seconds")})
+            entry["latency_ms_at_clock"] = latency / made.clock_mhz / 1000
+            if keep:
+                Path(keep).mkdir(parents=True, exist_ok=True)
+                shutil.copy(made.bitstream, Path(keep) / f"{name}-icebreaker.bin")
+            break
+    return entry
+
+
+def board_table(entries):
+    lines = ["| net | lanes | memory | clock | board Fmax | logic cells | RAM blocks | "
+             "latency at the clock | weight words (load at 115200 baud) | bitstream |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for e in entries:
+        if "clock_mhz" not in e:
+            failure = e["tries"][-1]["failure"] if e["tries"] else "-"
+            lines.append(f"| {e['net']} | {e['lanes']} | {e['memory']} | not built: "
+                         f"{failure} | | | | | | |")
+            continue
+        r = e["resources"]
+        cells, rams = r.get("ICESTORM_LC", {}), r.get("ICESTORM_RAM", {})
+        lines.append(f"| {e['net']} | {e['lanes']} | {e['memory']} | {e['clock_mhz']:.3f} MHz | "
+                     f"{e['fmax_mhz']:.1f} MHz | {cells.get('used', 0):,} / "
+                     f"{cells.get('available', 0):,} | {rams.get('used', 0)} | "
+                     f"{e['latency_ms_at_clock']:.2f} ms | {e['weight_words']:,} "
+                     f"({e['weight_load_seconds']} s) | {e['bitstream_bytes']:,} bytes, "
+                     f"sha256 {e['sha256'][:12]} |")
+    return "\n".join(lines)
+
+
 def table(entries):
     lines = ["| net | part | lanes | LUTs | FFs | DSPs | BRAM | SPRAM | fits | Fmax | "
              "latency (cycles) | latency at Fmax |",
@@ -89,6 +161,9 @@ def main(argv=None):
     parser.add_argument("--out", default=str(RESULTS / "sequential.json"))
     parser.add_argument("--nets", nargs="+", choices=NETS, default=list(NETS))
     parser.add_argument("--parts", nargs="+", default=["ice40-up5k", "ecp5-85k"])
+    parser.add_argument("--bitstreams", action="store_true",
+                        help="also build each net's iCEBreaker bitstream (UP5K)")
+    parser.add_argument("--keep", help="with --bitstreams: copy the bitstreams here")
     args = parser.parse_args(argv)
     warnings.simplefilter("ignore")  # untrained nets: no empty-layer warnings wanted here
     out = Path(args.out)
@@ -96,6 +171,7 @@ def main(argv=None):
     report.update({"benchmark": "sequential",
                    "machine": {"cpus": os.cpu_count(), "python": platform.python_version()}})
     entries = {(e["net"], e["part"]): e for e in report.get("runs", [])}
+    boards = {e["net"]: e for e in report.get("bitstreams", [])}
     for name in args.nets:
         graph, x = net_inputs(name)
         for part in args.parts:
@@ -106,7 +182,16 @@ def main(argv=None):
             out.parent.mkdir(parents=True, exist_ok=True)
             out.write_text(json.dumps(report, indent=2) + "\n")
             print(json.dumps(entry)[:600], flush=True)
+            fmax = entry["synthesis"].get("fmax_mhz")
+            if args.bitstreams and part == "ice40-up5k" and fmax:
+                boards[name] = bitstream(name, graph, x, fmax, args.keep)
+                report["bitstreams"] = sorted(boards.values(),
+                                              key=lambda e: NETS.index(e["net"]))
+                out.write_text(json.dumps(report, indent=2) + "\n")
+                print(json.dumps(boards[name])[:600], flush=True)
     print(table(report["runs"]))
+    if report.get("bitstreams"):
+        print(board_table(report["bitstreams"]))
     print(f"JSON in {out}")
 
 

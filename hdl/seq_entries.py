@@ -329,7 +329,8 @@ class EntryWalker(wiring.Component):
         column = tap & ((1 << cfg.column_shift) - 1)
         klass = Mux(d.slot, self.descriptors[1].klass, self.descriptors[0].klass)
         m.submodules.taps = taps = ram(tap_layout(w), len(self.taps), self.taps)
-        m.submodules.colmasks = colmasks = ram(unsigned(8), len(self.colmasks), self.colmasks)
+        m.submodules.colmasks = colmasks = ram(unsigned(8), len(self.colmasks), self.colmasks,
+                                                  block=True)
         tap_read, colmask_read = taps.read_port(), colmasks.read_port()
         m.d.comb += [tap_read.addr.eq(cfg.tap_start + tap), tap_read.en.eq(advance),
                      colmask_read.addr.eq(cfg.colmask_start + (klass << cfg.column_shift)

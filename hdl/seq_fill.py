@@ -115,11 +115,18 @@ class Filler(wiring.Component):
 
         # The two bytes of the word: pixel offsets within the row (x0 = x, x1 = x + 1), valid
         # when inside [0, width): by x_left = width - x, counted down beside x.
+        # What the issue decides on is registered beside x_left, from the value it gets:
+        # ``load_left`` sets x_left and its flags (not zero, at least 2, at most 2).
         x_of = [x, x + 1]
         x_left = Signal(w.coord_bits + 2)
+        left_nz, left_ge2, left_le2 = Signal(), Signal(), Signal()
+
+        def load_left(value):
+            return [x_left.eq(value), left_nz.eq(value != 0), left_ge2.eq(value >= 2),
+                    left_le2.eq(value <= 2)]
+
         byte_valid = Signal(2)
-        m.d.comb += [byte_valid[0].eq(~x[-1] & (x_left != 0)),
-                     byte_valid[1].eq(x_left[1:] != 0)]
+        m.d.comb += [byte_valid[0].eq(~x[-1] & left_nz), byte_valid[1].eq(left_ge2)]
 
         # Line-buffer placement of each byte.
         lb_bank = [Signal(3, name=f"bank_{k}") for k in range(2)]
@@ -150,7 +157,10 @@ class Filler(wiring.Component):
             m.d.comb += [lb_bank[k].eq(v[:3]),
                          lb_addr[k].eq((((region << cfg.slot_shift) | slot) << cfg.channel_shift)
                                        | channel)]
-        conflict = byte_valid.all() & (lb_bank[0] == lb_bank[1])
+        # Both bytes in one bank: their reduced columns are equal mod 8, which (from the sum
+        # above, for x and x + 1) happens exactly at odd x under a 2-phase split. Decided from
+        # x's low bit, not from the banks: it gates every issue's enables.
+        conflict = byte_valid.all() & (cfg.split_x == 1) & x[0]
 
         # Request and its metadata, registered (stage 1), then the data (stage 2).
         layout = data.StructLayout({"valid": 1, "mask": 2, "bank": data.ArrayLayout(3, 2),
@@ -161,7 +171,7 @@ class Filler(wiring.Component):
         mask = Signal(2)
         m.d.comb += mask.eq(Mux(conflict, Mux(second, 0b10, 0b01), byte_valid))
 
-        last_pair = (x_left[2:] == 0) & (x_left[:2] != 3)  # no pixel of this row after it
+        last_pair = left_le2                      # no pixel of this row after it
         last_channel = channel == cfg.last_channel
         last_source = ~cfg.two | source
         m.d.comb += issue.eq(busy & allowed & ~renew)
@@ -183,18 +193,18 @@ class Filler(wiring.Component):
             with m.Else():
                 m.d.sync += second.eq(0)
                 with m.If(~last_pair):
-                    m.d.sync += [x.eq(x + 2), x_left.eq(x_left - 2), pair.eq(pair + 1),
+                    m.d.sync += [x.eq(x + 2), *load_left(x_left - 2), pair.eq(pair + 1),
                                  word.eq(word + Mux(pair == 3, cfg.block_jump, 1))]
                 with m.Elif(~last_channel):
                     m.d.sync += [channel.eq(channel + 1),
                                  channel_word.eq(channel_word + 4),
                                  word.eq(channel_word + 4 + (row_pixel >> 1)),
-                                 x.eq(-row_pixel[0]), x_left.eq(cfg.width + row_pixel[0]),
+                                 x.eq(-row_pixel[0]), *load_left(cfg.width + row_pixel[0]),
                                  pair.eq(row_pixel >> 1)]
                 with m.Elif(~last_source):
                     m.d.sync += [source.eq(1), channel.eq(0), channel_word.eq(row_base),
                                  word.eq(row_base + (row_pixel >> 1)), x.eq(-row_pixel[0]),
-                                 x_left.eq(cfg.width + row_pixel[0]), pair.eq(row_pixel >> 1)]
+                                 *load_left(cfg.width + row_pixel[0]), pair.eq(row_pixel >> 1)]
                 with m.Else():
                     # Next row: its first pixel is width further on; its block base moves by
                     # whole blocks, one more when the pixel within the block wraps. Its first
@@ -211,7 +221,7 @@ class Filler(wiring.Component):
         with m.If(renew):
             m.d.sync += [renew.eq(0), channel_word.eq(row_base),
                          word.eq(row_base + (row_pixel >> 1)), x.eq(-row_pixel[0]),
-                         x_left.eq(cfg.width + row_pixel[0]), pair.eq(row_pixel >> 1)]
+                         *load_left(cfg.width + row_pixel[0]), pair.eq(row_pixel >> 1)]
         m.d.comb += [self.mem_addr.eq(mem_addr), self.mem_block.eq(mem_block),
                      self.mem_re.eq(mem_re)]
 
@@ -230,7 +240,7 @@ class Filler(wiring.Component):
         with m.If(self.start):
             m.d.sync += [busy.eq(1), y.eq(0), source.eq(0), channel.eq(0), row_base.eq(0),
                          channel_word.eq(0), word.eq(0), row_pixel.eq(0), x.eq(0), pair.eq(0),
-                         x_left.eq(cfg.width), renew.eq(0),
+                         *load_left(cfg.width), renew.eq(0),
                          allowed.eq(1),                  # row 0 always fits
                          row_v.eq(0), second.eq(0), self.rows_done.eq(0)]
         return m

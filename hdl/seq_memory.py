@@ -22,14 +22,17 @@ __all__ = ["LineBuffer", "MemoryBlock", "block_port_signature", "line_read_signa
            "line_write_signature", "ram"]
 
 
-def ram(shape, depth, init=None):
+def ram(shape, depth, init=None, *, block=False):
     """A memory of the engine: without initial contents unless ``init`` is given, and with an
     undefined read of an address written in the same cycle (no such read is ever used: writes
     and reads of a table are in different phases, the line buffer's ring keeps them apart),
-    which saves Yosys the logic that would order them."""
+    which saves Yosys the logic that would order them. ``block``: a ROM Yosys would make
+    logic of, put in a RAM block instead (on a UP5K logic runs out before RAM blocks do)."""
     attrs = {"no_rw_check": 1}
     if init is None:
         attrs[UNINITIALIZED] = 1
+    elif block:
+        attrs["rom_style"] = "block"
     return Memory(shape=shape, depth=depth, init=[] if init is None else init, attrs=attrs)
 
 
