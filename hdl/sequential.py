@@ -245,9 +245,13 @@ class SequentialEngine(wiring.Component):
             m.d.sync += [input_ready.eq(1), input_free.eq(0)]
         self.weights_ready = Signal()
         summing = Signal()            # the pool sums are being read
-        summing_seen = Signal()       # summing, a cycle late
+        # The reader starts a cycle after it is decided (from a register: the decision waits
+        # on the entry walker's pipeline), and shows in ``drained`` a cycle after that.
+        start_sums, summing_late, summing_seen = Signal(), Signal(), Signal()
         finished = Signal()           # the step was done last cycle (only set in RUN)
-        m.d.sync += [summing_seen.eq(summing), finished.eq(0)]
+        m.d.sync += [summing_late.eq(summing), summing_seen.eq(summing_late), finished.eq(0),
+                     start_sums.eq(0)]
+        m.d.comb += pool_sums.start.eq(start_sums)
         setup = Signal()
         self.running = Signal()
         with m.FSM(name="sequencer"):
@@ -263,14 +267,13 @@ class SequentialEngine(wiring.Component):
             with m.State("SETUP"):
                 m.d.comb += [self.running.eq(1), entries.start.eq(1), writer.start.eq(1),
                              filler.start.eq(cfg.conv), setup.eq(1)]
-                m.d.sync += summing.eq(0)
+                m.d.sync += [summing.eq(0), summing_late.eq(0), summing_seen.eq(0)]
                 m.next = "RUN"
             with m.State("RUN"):
                 m.d.comb += self.running.eq(1)
                 with m.If(cfg.pool_sum & entries.done & ~summing):
-                    m.d.comb += pool_sums.start.eq(1)
-                    m.d.sync += summing.eq(1)
-                # The pool sums' reader counts in ``drained`` once it has started: a cycle
+                    m.d.sync += [summing.eq(1), start_sums.eq(1)]
+                # The pool sums' reader counts in ``drained`` once it has started: two cycles
                 # after ``summing`` is. The step's end acts a cycle later, from a register.
                 m.d.sync += finished.eq(entries.done & self.drained &
                                         Mux(cfg.conv, filler.done, summing_seen))
