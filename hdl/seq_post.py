@@ -175,6 +175,9 @@ class Requant(wiring.Component):
     ----------
     w : Widths
     widths : (sat_bits, kept_bits, shift_min, shift_max), from :func:`requant_widths`.
+    low_dsp : bool
+        The saturated sum's bits below a DSP's operand multiply in a second DSP rather than
+        as shifted multipliers summed in logic (where the part has a DSP to spare).
 
     Members
     -------
@@ -188,8 +191,8 @@ class Requant(wiring.Component):
         No beat in flight.
     """
 
-    def __init__(self, w, widths):
-        self.w = w
+    def __init__(self, w, widths, *, low_dsp=False):
+        self.w, self.low_dsp = w, low_dsp
         self.sat_bits, self.kept_bits, self.shift_min, self.shift_max = widths
         super().__init__({"settings": In(post_layout(w)), "beats": In(beat_layout(w)),
                           "params": In(stream.Signature(param_write_layout(w))),
@@ -241,9 +244,12 @@ class Requant(wiring.Component):
         high = Signal(signed(self.sat_bits - low_bits + 16))
         low = Signal(max(16 + low_bits, 1))
         shift3, shift4 = Signal(5), Signal(5)
-        m.d.sync += [high.eq((sat >> low_bits) * multiplier),
-                     low.eq(sum((Mux(sat[bit], multiplier << bit, 0)
-                                 for bit in range(low_bits)), start=0)),
+        if self.low_dsp and low_bits:
+            low_product = sat[:low_bits] * multiplier
+        else:
+            low_product = sum((Mux(sat[bit], multiplier << bit, 0) for bit in range(low_bits)),
+                              start=0)
+        m.d.sync += [high.eq((sat >> low_bits) * multiplier), low.eq(low_product),
                      shift3.eq(shift2)]
         product = Signal(signed(self.sat_bits + 17))
         m.d.sync += [product.eq((high << low_bits) + low), shift4.eq(shift3)]

@@ -165,7 +165,8 @@ class SequentialEngine(wiring.Component):
             "entries": EntryWalker(w, program), "gather": Gather(w, max_pool=max_pool),
             "lanes": Lanes(w, self.lut_lanes, lanes=program.lanes, max_pool=max_pool,
                            shift8=program.has("add")),
-            "scanner": Scanner(w), "requant": Requant(w, requant_widths(program)),
+            "scanner": Scanner(w), "requant": Requant(w, requant_widths(program),
+                                                       low_dsp=self._dsp_to_spare()),
             "writer": Writer(w, program.filter_cache, sums,
                              pool_sums=program.has("pool_sum")),
             "loader": Loader(w),
@@ -175,6 +176,12 @@ class SequentialEngine(wiring.Component):
         for name, unit in units.items():
             m.submodules[name] = unit
         return units
+
+    def _dsp_to_spare(self):
+        """A part whose DSPs all serve lanes builds a lane of logic; one with fewer lanes
+        than its DSPs less the requantizer's (the UP5K at up to 6) has one for the
+        requantizer's low bits."""
+        return not self.lut_lanes and self.program.lanes <= 6
 
     def _settings(self, m):
         """Every unit's settings for the current step: a constant table of the step index,
