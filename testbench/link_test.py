@@ -10,8 +10,10 @@ timeout, the expected description), ``graph.zsg`` and ``inputs.npy``. The test d
 decodes those with :func:`~zeroskip.boards.protocol.decode_result` and
 :func:`~zeroskip.boards.protocol.decode_description`, and
 checks every logit and class against the golden model (:func:`zeroskip.reference.run`). It also
-sends the weights request of no words (:func:`~zeroskip.boards.protocol.encode_weights`), which
-a design whose weights are in the bitstream acknowledges, and one of 3 words, which it refuses, a
+loads the weights (:func:`~zeroskip.boards.protocol.encode_weights`) when ``job.json`` has them
+(``weights``: an SPRAM design's words), after a request of no words, which such a design refuses;
+otherwise it sends that request, which a design whose weights are in the bitstream acknowledges;
+either way one of 3 words, which it refuses, a
 request stopped short and one with a broken frame, each followed by a good one. It writes
 ``result.json`` (``failure``: null or what went wrong; the decoded results) and fails on the first
 difference. Not meant to be run by hand.
@@ -132,9 +134,14 @@ async def link_test(dut):
         assert description == expected_description, \
             f"the board describes {description}, expected {expected_description}"
 
-        # The weights in the bitstream: 'W' of 0 words is acknowledged, any other count is
-        # refused once the line is quiet (its words are not read as requests).
+        # A count other than the design's is refused once the line is quiet (its words are not
+        # read as requests): 0 words for weights in SPRAM, which then load; 0 words are
+        # acknowledged for weights in the bitstream.
+        words = job.get("weights", [])
         await line.write(protocol.encode_weights([]))
+        if words:
+            await expect_error(protocol.COUNT_BIT, "a weights request of 0 words")
+            await line.write(protocol.encode_weights(words))
         protocol.decode_ack(await line.read(protocol.ACK_LENGTH, patience))
         await line.write(protocol.encode_weights([protocol.INFER, protocol.DESCRIBE, 0]))
         await expect_error(protocol.COUNT_BIT, "a weights request of 3 words")

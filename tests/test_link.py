@@ -314,10 +314,14 @@ def test_host_link_runs_a_design_with_wide_ports_in_the_amaranth_simulator():
 
 @pytest.fixture(scope="session")
 def link_model(verilator_build_root, tiny):
+    """The tiny net as a sequential engine with its weights in SPRAM, behind the link: the
+    weights load over the simulated UART before the images."""
     from zeroskip.testbench import runner
     from zeroskip.hdl.verilog import convert
 
     design, x = tiny
+    design = zeroskip.compile(design.graph, 2, architecture="sequential", memory="spram")
+    assert len(design.preload_words()) > 3  # not the count the test's refused request gives
     link = HostLink(design, clk_freq=CLK_FREQ, baud=BAUD, timeout=TIMEOUT)
     model = runner.build_model(convert(link, "link_tiny"), "link_tiny", verilator_build_root,
                                ports_only=True)
@@ -334,7 +338,8 @@ def test_host_framing_against_the_gateware_over_a_simulated_uart(link_model, tmp
     np.save(tmp_path / link_test.INPUTS_FILE, x)
     (tmp_path / link_test.JOB_FILE).write_text(json.dumps({
         "divisor": link.divisor, "timeout_cycles": 1 << link.timeout_bits,
-        "description": link.description.hex()}))
+        "description": link.description.hex(),
+        "weights": [int(word) for word in link.design.preload_words()]}))
     runner.run_test_module(model, "zeroskip.testbench.link_test", tmp_path,
                            link_test.RUN_DIR_ENV, None)
     result_path = tmp_path / link_test.RESULT_FILE
