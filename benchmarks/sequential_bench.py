@@ -15,10 +15,11 @@ digits_shaped_graph`): hardware, not accuracy. The Fmax of the digits-shaped net
 
 ``--bitstreams``: for each net on the UP5K also the iCEBreaker bitstream, host link and PLL
 included (:func:`zeroskip.boards.board.build_board`), at the fastest clock the PLL makes at or
-below the accelerator's Fmax, then 8 % lower until timing is met (at most three builds): the
-clock, the board's Fmax, its logic cells, the bitstream's size and SHA-256, the weight words the
-host loads over the link first (``'W'``) and the seconds that takes at 115200 baud. ``--keep``
-copies each bitstream there.
+below the accelerator's Fmax, then 8 % lower until timing is met, with half the lanes where
+the link beside the accelerator does not fit (at most four builds; each try is recorded): the
+lanes, the clock, the board's Fmax, its logic cells, the bitstream's size and SHA-256, the
+weight words the host loads over the link first (``'W'``) and the seconds that takes at 115200
+baud. ``--keep`` copies each bitstream there.
 """
 
 from __future__ import annotations
@@ -85,37 +86,44 @@ def pll_clocks():
 
 def bitstream(name, graph, x, fmax, keep=None):
     """The iCEBreaker bitstream of a net's UP5K design: the fastest PLL clock at or below
-    ``fmax`` whose timing is met (three tries, each 8 % slower)."""
-    design = zeroskip.compile(graph, "auto", architecture="sequential", target="ice40-up5k")
-    latency = design.architecture.estimate(x).latency_cycles
-    words = len(design.preload_words() or ())
-    entry = {"net": name, "board": "icebreaker", "lanes": design.architecture.simd_lanes,
-             "memory": design.architecture.memory, "weight_words": words,
-             "weight_load_seconds": round(words * 2 * 10 / 115200, 2), "tries": []}
-    clocks, limit = pll_clocks(), fmax
-    with tempfile.TemporaryDirectory(prefix="sequential-board-") as build:
-        build = Path(build) / "b"
-        design.write(build)
-        for _ in range(3):
-            clock = max((f for f in clocks if f <= limit), default=clocks[0])
+    ``fmax`` whose timing is met, each try 8 % slower; where the link and PLL beside the
+    accelerator do not fit, half the lanes (four builds at most)."""
+    lanes, limit, tries, entry = "auto", fmax, [], None
+    for _ in range(4):
+        design = zeroskip.compile(graph, lanes, architecture="sequential",
+                                  target="ice40-up5k")
+        architecture = design.architecture
+        clock = max((f for f in pll_clocks() if f <= limit), default=pll_clocks()[0])
+        with tempfile.TemporaryDirectory(prefix="sequential-board-") as build:
+            build = Path(build) / "b"
+            design.write(build)
             try:
                 made = build_board(design, build, "icebreaker", clock_mhz=clock)
             except BoardBuildError as error:
                 failure = str(error).split(" (logs")[0]
-                entry["tries"].append({"clock_mhz": clock, "failure": failure})
-                if "timing" not in str(error) and "fmax" not in str(error):
+                tries.append({"lanes": architecture.simd_lanes, "clock_mhz": clock,
+                              "failure": failure})
+                if "does not fit" in failure and architecture.simd_lanes > 1:
+                    lanes = architecture.simd_lanes // 2
+                elif "timing" in failure:
+                    limit = clock * 0.92
+                else:
                     break
-                limit = clock * 0.92
                 continue
             record = made.to_dict()
-            entry.update({key: record[key] for key in ("clock_mhz", "fmax_mhz", "resources",
-                                                       "bitstream_bytes", "sha256", "seconds")})
-            entry["latency_ms_at_clock"] = latency / made.clock_mhz / 1000
             if keep:
                 Path(keep).mkdir(parents=True, exist_ok=True)
                 shutil.copy(made.bitstream, Path(keep) / f"{name}-icebreaker.bin")
-            break
-    return entry
+        words = len(design.preload_words() or ())
+        entry = {key: record[key] for key in ("clock_mhz", "fmax_mhz", "resources",
+                                               "bitstream_bytes", "sha256", "seconds")}
+        entry["latency_ms_at_clock"] = \
+            architecture.estimate(x).latency_cycles / made.clock_mhz / 1000
+        entry.update({"lanes": architecture.simd_lanes, "memory": architecture.memory,
+                      "weight_words": words,
+                      "weight_load_seconds": round(words * 2 * 10 / 115200, 2)})
+        break
+    return {"net": name, "board": "icebreaker", **(entry or {}), "tries": tries}
 
 
 def board_table(entries):
@@ -125,8 +133,7 @@ def board_table(entries):
     for e in entries:
         if "clock_mhz" not in e:
             failure = e["tries"][-1]["failure"] if e["tries"] else "-"
-            lines.append(f"| {e['net']} | {e['lanes']} | {e['memory']} | not built: "
-                         f"{failure} | | | | | | |")
+            lines.append(f"| {e['net']} | | | not built: {failure} | | | | | | |")
             continue
         r = e["resources"]
         cells, rams = r.get("ICESTORM_LC", {}), r.get("ICESTORM_RAM", {})
