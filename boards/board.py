@@ -37,7 +37,7 @@ from amaranth.lib.cdc import ResetSynchronizer
 from .. import progress
 from ..build import replace_directory, scratch_directory
 from ..errors import ToolchainError, ZeroskipError
-from ..hdl.verilog import YOSYS_AFTER_READ
+from ..hdl.verilog import YOSYS_AFTER_READ, uninitialised_rams
 from ..toolchain import yowasp_executable
 from . import get_board
 from .pll import CLOCK_TOLERANCE
@@ -274,9 +274,10 @@ def build_board(design, build, board, *, clock_mhz=None, baud=115200, log=None):
                 for tool, script in spec.tools})
     platform = spec.platform()
     name = design.top
-    plan = platform.build(top, name=name, do_build=False, synth_opts=spec.synth_opts,
-                          script_after_read=YOSYS_AFTER_READ,
-                          nextpnr_opts=f"--report {REPORT_FILE} --timing-allow-fail")
+    with uninitialised_rams():  # as in every other build; Yosys then maps SPRAMs
+        plan = platform.build(top, name=name, do_build=False, synth_opts=spec.synth_opts,
+                              script_after_read=YOSYS_AFTER_READ,
+                              nextpnr_opts=f"--report {REPORT_FILE} --timing-allow-fail")
     build = Path(build)
     final, failed = board_directory(build, board), build / f"board-{board}.failed"
     started = time.monotonic()

@@ -266,7 +266,6 @@ class EntryWalker(wiring.Component):
         bias_high, shift = Signal(8), Signal(5)
         param_index = Signal(w.cache_bits)
         param = self.params
-        m.d.sync += param.valid.eq(0)
         with m.If(advance & r_tag.valid & (r_tag.kind == HEADER)):
             with m.Switch(r_tag.sub):
                 with m.Case(0):
@@ -282,11 +281,14 @@ class EntryWalker(wiring.Component):
                 with m.Case(1):
                     m.d.sync += [bias_high.eq(r_word[:8]), shift.eq(r_word[8:13])]
                 with m.Case(2):
-                    m.d.sync += [param.valid.eq(1), param.payload.index.eq(param_index),
-                                 param.payload.bias.eq(bias_high.as_signed() << 16 | bias_low),
-                                 param.payload.multiplier.eq(r_word),
-                                 param.payload.shift.eq(shift),
-                                 param_index.eq(param_index + 1)]
+                    m.d.sync += param_index.eq(param_index + 1)
+        # The write, as the last parameter word is read: from the registers holding the
+        # others (no register of its own: the caches' write ports register it).
+        m.d.comb += [param.valid.eq(advance & r_tag.valid & (r_tag.kind == PARAM) &
+                                    (r_tag.sub == 2)),
+                     param.payload.index.eq(param_index),
+                     param.payload.bias.eq(bias_high.as_signed() << 16 | bias_low),
+                     param.payload.multiplier.eq(r_word), param.payload.shift.eq(shift)]
 
         # Entries: position, filter, channel.
         entry = r_tag.valid & (r_tag.kind == ENTRY)

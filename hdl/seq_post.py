@@ -241,8 +241,9 @@ class Requant(wiring.Component):
                      shift2.eq(scale_read.data.shift)]
         # 3: the multiply (one DSP) beside the low bits' shifted multipliers. 4: the product.
         low_bits = max(self.sat_bits - DSP_OPERAND_BITS, 0)
-        high = Signal(signed(self.sat_bits - low_bits + 16))
-        low = Signal(max(16 + low_bits, 1))
+        # Reset-less: plain registers, which Yosys packs into the DSPs' output registers.
+        high = Signal(signed(self.sat_bits - low_bits + 16), reset_less=True)
+        low = Signal(max(16 + low_bits, 1), reset_less=True)
         shift3, shift4 = Signal(5), Signal(5)
         if self.low_dsp and low_bits:
             low_product = sat[:low_bits] * multiplier

@@ -40,7 +40,7 @@ from amaranth.back import rtlil
 from amaranth.back import verilog as amaranth_verilog
 from amaranth.lib import wiring
 
-__all__ = ["UNINITIALIZED", "WAIVER_FILE", "YOSYS_AFTER_READ", "convert"]
+__all__ = ["UNINITIALIZED", "WAIVER_FILE", "YOSYS_AFTER_READ", "convert", "uninitialised_rams"]
 
 #: Marks a memory whose contents are undefined until written (``Memory(..., attrs=
 #: {UNINITIALIZED: 1})``, ``init=[]``), such as one Yosys maps onto an iCE40UP5K's SPRAM, which
@@ -74,7 +74,7 @@ def convert(component, name: str) -> str:
         the Yosys version, constant for a given installation. RAMs have no initial value (see
         the module's documentation).
     """
-    with _builtin_yosys(), _uninitialised_rams():
+    with _builtin_yosys(), uninitialised_rams():
         return amaranth_verilog.convert(component, name=name, emit_src=False)
 
 
@@ -94,7 +94,9 @@ def _builtin_yosys() -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def _uninitialised_rams() -> Iterator[None]:
+def uninitialised_rams() -> Iterator[None]:
+    """While active, Amaranth writes its RAMs of zeros without initial contents, as
+    :func:`convert` does (also for a platform's build: an SPRAM has none)."""
     # Amaranth 0.5 emits a $meminit_v2 cell for every memory, zeros included, and has no
     # option to leave one out: its RTLIL emitter's memory method is wrapped for the conversion.
     emit_memory = rtlil.ModuleEmitter.emit_memory
