@@ -32,6 +32,8 @@ class MemoryUse:
     write_ports: int
     #: An iCE40 SPRAM block instantiated as such (``SB_SPRAM256KA``).
     spram: bool = False
+    #: A ROM asked for in block RAM (``rom_style = "block"``), whatever logic would cost.
+    block: bool = False
 
     @property
     def bits(self):
@@ -60,7 +62,8 @@ def memories(component, fragment=None):
             data = fragment._data
             found.append(MemoryUse(path, data.shape.width if hasattr(data.shape, "width")
                                    else _width(data.shape), data.depth,
-                                   len(fragment._read_ports), len(fragment._write_ports)))
+                                   len(fragment._read_ports), len(fragment._write_ports),
+                                   block=fragment._attrs.get("rom_style") == "block"))
         for sub, name, *_ in fragment.subfragments:
             walk(sub, f"{path}/{name}")
 
@@ -121,6 +124,8 @@ def map_memory(memory, family, spram=False):
     options = [(memory.bits / 16, MemoryMapping()) if memory.rom else
                (memory.bits, MemoryMapping(ffs=memory.bits))]
     blocks = _fit(memory.width, memory.depth, geometries) * copies
+    if memory.block and memory.rom:
+        return MemoryMapping(brams=blocks)
     # A RAM's ports cost Yosys's emulation score besides its primitives (about six points at
     # two units each: the read port beside the write port, its transparency).
     emulation = 0 if memory.rom else RAM_PORT_EMULATION
