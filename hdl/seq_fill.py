@@ -172,7 +172,11 @@ class Filler(wiring.Component):
         m.d.comb += mask.eq(Mux(conflict, Mux(second, 0b10, 0b01), byte_valid))
 
         last_pair = left_le2                      # no pixel of this row after it
-        last_channel = channel == cfg.last_channel
+        # Registered as channel and y change, for the value they take.
+        last_channel = Signal()                   # channel == cfg.last_channel
+        new_v_row = Signal()                      # y + 1 starts a row of the reduced grid
+        last_row = Signal()                       # y == cfg.last_row
+        split_mask = (1 << cfg.split_y) - 1
         last_source = ~cfg.two | source
         m.d.comb += issue.eq(busy & allowed & ~renew)
         m.d.sync += request.valid.eq(0)
@@ -197,12 +201,14 @@ class Filler(wiring.Component):
                                  word.eq(word + Mux(pair == 3, cfg.block_jump, 1))]
                 with m.Elif(~last_channel):
                     m.d.sync += [channel.eq(channel + 1),
+                                 last_channel.eq(channel + 1 == cfg.last_channel),
                                  channel_word.eq(channel_word + 4),
                                  word.eq(channel_word + 4 + (row_pixel >> 1)),
                                  x.eq(-row_pixel[0]), *load_left(cfg.width + row_pixel[0]),
                                  pair.eq(row_pixel >> 1)]
                 with m.Elif(~last_source):
                     m.d.sync += [source.eq(1), channel.eq(0), channel_word.eq(row_base),
+                                 last_channel.eq(cfg.last_channel == 0),
                                  word.eq(row_base + (row_pixel >> 1)), x.eq(-row_pixel[0]),
                                  *load_left(cfg.width + row_pixel[0]), pair.eq(row_pixel >> 1)]
                 with m.Else():
@@ -211,12 +217,15 @@ class Filler(wiring.Component):
                     # word's place follows in the cycle between the rows (``renew``).
                     carry = (row_pixel + cfg.width_low)[3]
                     m.d.sync += [y.eq(y + 1), source.eq(0), channel.eq(0), renew.eq(1),
+                                 last_channel.eq(cfg.last_channel == 0),
+                                 new_v_row.eq(((y + 2) & split_mask) == 0),
+                                 last_row.eq(y + 1 == cfg.last_row),
                                  row_base.eq(row_base + cfg.row_words +
                                              Mux(carry, cfg.channel_words, 0)),
                                  row_pixel.eq(row_pixel + cfg.width_low)]
-                    with m.If(((y + 1) & ((1 << cfg.split_y) - 1)) == 0):
+                    with m.If(new_v_row):
                         m.d.sync += row_v.eq(row_v + cfg.reduced_width)
-                    with m.If(y == cfg.last_row):
+                    with m.If(last_row):
                         m.d.sync += busy.eq(0)
         with m.If(renew):
             m.d.sync += [renew.eq(0), channel_word.eq(row_base),
@@ -239,6 +248,8 @@ class Filler(wiring.Component):
 
         with m.If(self.start):
             m.d.sync += [busy.eq(1), y.eq(0), source.eq(0), channel.eq(0), row_base.eq(0),
+                         last_channel.eq(cfg.last_channel == 0),
+                         new_v_row.eq(cfg.split_y == 0), last_row.eq(cfg.last_row == 0),
                          channel_word.eq(0), word.eq(0), row_pixel.eq(0), x.eq(0), pair.eq(0),
                          *load_left(cfg.width), renew.eq(0),
                          allowed.eq(1),                  # row 0 always fits
