@@ -68,11 +68,11 @@ def _capacity(luts, brams, dsps, spram=0):
 
 #: The parts zeroskip knows, by name.
 PARTS = {p.name: p for p in (
-    # ABC maps across flip-flops (``-dff``): 4 to 6 % fewer logic cells on the sequential
-    # engine (ResNet-8 at one lane with the host link fits the UP5K only so), Fmax alike.
+    # Not ``-dff`` (ABC across flip-flops): 4 to 6 % fewer logic cells on the sequential
+    # engine, but ABC9 under WebAssembly then exhausts its call stack on some designs (the
+    # digits-shaped net behind the host link).
     Part("ice40-up5k", "ice40", "iCE40UP5K", "SG48", ("--up5k", "--package", "sg48"),
-         f"-device u -spram {ICE40_SYNTH_OPTIONS} -dff", _capacity(5280, 30, 8, 4), 40.0,
-         4096),
+         f"-device u -spram {ICE40_SYNTH_OPTIONS}", _capacity(5280, 30, 8, 4), 40.0, 4096),
     Part("ice40-hx8k", "ice40", "iCE40HX8K", "CT256", ("--hx8k", "--package", "ct256"),
          ICE40_SYNTH_OPTIONS, _capacity(7680, 32, 0), 40.0, 4096),
     Part("ecp5-25k", "ecp5", "LFE5U-25F", "CABGA256", ("--25k", "--package", "CABGA256"),
