@@ -128,35 +128,7 @@ class Filler(wiring.Component):
         byte_valid = Signal(2)
         m.d.comb += [byte_valid[0].eq(~x[-1] & left_nz), byte_valid[1].eq(left_ge2)]
 
-        # Line-buffer placement of each byte.
-        lb_bank = [Signal(3, name=f"bank_{k}") for k in range(2)]
-        lb_addr = [Signal(w.lb_bits, name=f"lb_addr_{k}") for k in range(2)]
-        for k in range(2):
-            px = Signal(w.coord_bits, name=f"px_{k}")
-            m.d.comb += px.eq(x_of[k])
-            phase_x = Signal(2, name=f"phase_x_{k}")
-            reduced_x = Signal(w.coord_bits, name=f"reduced_x_{k}")
-            with m.Switch(cfg.split_x):
-                for shift in range(3):
-                    with m.Case(shift):
-                        m.d.comb += [phase_x.eq(px[:shift] if shift else 0),
-                                     reduced_x.eq((px >> shift) + (px[:shift] if shift else 0))]
-            phase_y = Signal(2, name=f"phase_y_{k}")
-            with m.Switch(cfg.split_y):
-                for shift in range(3):
-                    with m.Case(shift):
-                        m.d.comb += phase_y.eq(y[:shift] if shift else 0)
-            v = Signal(w.v_bits, name=f"v_{k}")
-            m.d.comb += v.eq(row_v + reduced_x)
-            phase = Signal(4, name=f"phase_{k}")
-            m.d.comb += phase.eq((phase_y << cfg.split_x) | phase_x)
-            region = Signal(5, name=f"region_{k}")
-            m.d.comb += region.eq((source << cfg.phase_shift) | phase)
-            slot = Signal(w.lb_bits, name=f"slot_{k}")
-            m.d.comb += slot.eq((v >> 3) & cfg.slot_mask)
-            m.d.comb += [lb_bank[k].eq(v[:3]),
-                         lb_addr[k].eq((((region << cfg.slot_shift) | slot) << cfg.channel_shift)
-                                       | channel)]
+        lb_bank, lb_addr = self._placement(m, x_of, y, row_v, source, channel)
         # Both bytes in one bank: their reduced columns are equal mod 8, which (from the sum
         # above, for x and x + 1) happens exactly at odd x under a 2-phase split. Decided from
         # x's low bit, not from the banks: it gates every issue's enables.
@@ -255,3 +227,36 @@ class Filler(wiring.Component):
                          allowed.eq(1),                  # row 0 always fits
                          row_v.eq(0), second.eq(0), self.rows_done.eq(0)]
         return m
+
+    def _placement(self, m, x_of, y, row_v, source, channel):
+        """Line-buffer bank and address of each byte of the word at ``x_of``."""
+        w, cfg = self.limits, self.settings
+        lb_bank = [Signal(3, name=f"bank_{k}") for k in range(2)]
+        lb_addr = [Signal(w.lb_bits, name=f"lb_addr_{k}") for k in range(2)]
+        for k in range(2):
+            px = Signal(w.coord_bits, name=f"px_{k}")
+            m.d.comb += px.eq(x_of[k])
+            phase_x = Signal(2, name=f"phase_x_{k}")
+            reduced_x = Signal(w.coord_bits, name=f"reduced_x_{k}")
+            with m.Switch(cfg.split_x):
+                for shift in range(3):
+                    with m.Case(shift):
+                        m.d.comb += [phase_x.eq(px[:shift] if shift else 0),
+                                     reduced_x.eq((px >> shift) + (px[:shift] if shift else 0))]
+            phase_y = Signal(2, name=f"phase_y_{k}")
+            with m.Switch(cfg.split_y):
+                for shift in range(3):
+                    with m.Case(shift):
+                        m.d.comb += phase_y.eq(y[:shift] if shift else 0)
+            v = Signal(w.v_bits, name=f"v_{k}")
+            m.d.comb += v.eq(row_v + reduced_x)
+            phase = Signal(4, name=f"phase_{k}")
+            m.d.comb += phase.eq((phase_y << cfg.split_x) | phase_x)
+            region = Signal(5, name=f"region_{k}")
+            m.d.comb += region.eq((source << cfg.phase_shift) | phase)
+            slot = Signal(w.lb_bits, name=f"slot_{k}")
+            m.d.comb += slot.eq((v >> 3) & cfg.slot_mask)
+            m.d.comb += [lb_bank[k].eq(v[:3]),
+                         lb_addr[k].eq((((region << cfg.slot_shift) | slot) << cfg.channel_shift)
+                                       | channel)]
+        return lb_bank, lb_addr

@@ -219,35 +219,7 @@ class GroupWalker(wiring.Component):
                          b.ring_start.eq(oldest - (oldest & cfg.split_mask)),
                          b_newest.eq(a.top + (last_lane_rows << cfg.stride_y_log)
                                      + cfg.kernel_h_last)]
-        # --- groups in flight: their ring starts, oldest first ---------------------------------
-        # The offer is a register: set for the next cycle when B holds a group that is not taken
-        # now, whose rows are in (its newest row, or every row of the source), and for which
-        # there will be room among the groups in flight; so the handshake starts at registers.
-        in_flight = Signal(range(IN_FLIGHT + 1))
-        ring = [Signal(w.coord_bits, name=f"ring_{i}") for i in range(IN_FLIGHT)]
-        offer = Signal()
-        m.d.comb += [self.o_stream.payload.eq(b), self.o_stream.valid.eq(offer),
-                     self.ring_start.eq(Mux(in_flight != 0, ring[0], b.ring_start))]
-        rows_in = (b_newest < self.rows_done) | (self.rows_done > cfg.last_row)
-        next_in_flight = Signal(range(-1, IN_FLIGHT + 2))
-        m.d.comb += next_in_flight.eq(in_flight + (offer & self.o_stream.ready) - self.group_done)
-        m.d.sync += offer.eq(b_full & ~(offer & self.o_stream.ready) & rows_in &
-                             (next_in_flight < IN_FLIGHT))
-        handed = self.o_stream.valid & self.o_stream.ready
-        with m.If(handed & ~self.group_done):
-            m.d.sync += in_flight.eq(in_flight + 1)
-            for i in range(IN_FLIGHT):
-                with m.If(in_flight == i):
-                    m.d.sync += ring[i].eq(b.ring_start)
-        with m.Elif(self.group_done & ~handed):
-            m.d.sync += [in_flight.eq(in_flight - 1)]
-            m.d.sync += [ring[i].eq(ring[i + 1]) for i in range(IN_FLIGHT - 1)]
-        with m.Elif(self.group_done & handed):
-            # One leaves, one comes: the newcomer lands behind the ones that stay.
-            m.d.sync += [ring[i].eq(ring[i + 1]) for i in range(IN_FLIGHT - 1)]
-            for i in range(1, IN_FLIGHT + 1):
-                with m.If(in_flight == i):
-                    m.d.sync += ring[i - 1].eq(b.ring_start)
+        offer, in_flight = self._in_flight(m, b, b_full, b_newest)
 
         with m.If(self.start):
             narrow_now = cfg.out_width <= lanes
@@ -267,3 +239,36 @@ class GroupWalker(wiring.Component):
                                                         cfg.out_pixels <= lanes)),
                          top.eq(-cfg.pad_y), a.valid.eq(0), b_full.eq(0), in_flight.eq(0)]
         return m
+
+    def _in_flight(self, m, b, b_full, b_newest):
+        """The offer of stage B's group and the groups in flight (``(offer, in_flight)``)."""
+        w, cfg = self.w, self.settings
+        # --- groups in flight: their ring starts, oldest first ---------------------------------
+        # The offer is a register: set for the next cycle when B holds a group that is not taken
+        # now, whose rows are in (its newest row, or every row of the source), and for which
+        # there will be room among the groups in flight; so the handshake starts at registers.
+        in_flight = Signal(range(IN_FLIGHT + 1))
+        ring = [Signal(w.coord_bits, name=f"ring_{i}") for i in range(IN_FLIGHT)]
+        offer = Signal()
+        m.d.comb += [self.o_stream.payload.eq(b), self.o_stream.valid.eq(offer),
+                     self.ring_start.eq(Mux(in_flight != 0, ring[0], b.ring_start))]
+        rows_in = (b_newest < self.rows_done) | (self.rows_done > cfg.last_row)
+        handed = self.o_stream.valid & self.o_stream.ready
+        next_in_flight = Signal(range(-1, IN_FLIGHT + 2))
+        m.d.comb += next_in_flight.eq(in_flight + handed - self.group_done)
+        m.d.sync += offer.eq(b_full & ~handed & rows_in & (next_in_flight < IN_FLIGHT))
+        with m.If(handed & ~self.group_done):
+            m.d.sync += in_flight.eq(in_flight + 1)
+            for i in range(IN_FLIGHT):
+                with m.If(in_flight == i):
+                    m.d.sync += ring[i].eq(b.ring_start)
+        with m.Elif(self.group_done & ~handed):
+            m.d.sync += [in_flight.eq(in_flight - 1)]
+            m.d.sync += [ring[i].eq(ring[i + 1]) for i in range(IN_FLIGHT - 1)]
+        with m.Elif(self.group_done & handed):
+            # One leaves, one comes: the newcomer lands behind the ones that stay.
+            m.d.sync += [ring[i].eq(ring[i + 1]) for i in range(IN_FLIGHT - 1)]
+            for i in range(1, IN_FLIGHT + 1):
+                with m.If(in_flight == i):
+                    m.d.sync += ring[i - 1].eq(b.ring_start)
+        return offer, in_flight
