@@ -158,7 +158,7 @@ class Writer(wiring.Component):
 
         Three stages a word's bytes pass before its sum's read-modify-write: the bytes and
         their place (A), the bytes below the window summed (B), the word's sum (C). Each is a
-        compare or an add of registers: in one cycle they were the design's longest path."""
+        compare or an add of registers (together in one cycle, the design's longest path)."""
         w, cfg = self.w, self.settings
         m.submodules.sums = sums = ram(signed(w.sum_bits), self.sum_depth)
         sum_write, sum_read = sums.write_port(), sums.read_port()
