@@ -23,8 +23,8 @@ Weights: on SPRAM (``memory="spram"``), which has no initial contents, the weigh
 written through ``w_stream`` (16-bit words, from address 0, while no inference runs) before
 the first inference, and ``weights_loaded`` says when it has been; elsewhere it is a ROM. A
 reset restarts a load at address 0 and keeps whole weights loaded (the SPRAM keeps its
-contents); the first word of a load unloads them until its last word. The next input loads while the steps after the last
-one reading the input run.
+contents); the first word of a load unloads them until its last word. The next input loads
+while the steps after the last one reading the input run.
 
 Cycles: :mod:`.seq_model` (``inference_cycles``), checked against Verilator.
 """
