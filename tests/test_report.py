@@ -130,6 +130,17 @@ def test_a_build_without_results_says_what_to_run(design, tmp_path, capsys):
     open_build(build)  # a page written beside the build's files leaves it whole
 
 
+def test_a_sequential_build_gets_its_page_with_the_engines_lanes(design, tmp_path, capsys):
+    """Its layers list no lanes of their own: each runs on the one engine's."""
+    sequential = zeroskip.compile(design.graph, 2, architecture="sequential",
+                                  calibration=build_tb.default_inputs(design.graph, 16, seed=1))
+    build = tmp_path / "build"
+    sequential.write(build)
+    text = report_page(capsys, build, build / "report.html")
+    assert len(images(text)) == 2  # the layers, the estimated cycles
+    assert "no co-simulation recorded (sim.json): run `zeroskip sim`" in text
+
+
 def test_an_html_path_that_cannot_be_written_is_refused_first(design, tmp_path, capsys):
     build = tmp_path / "build"
     design.write(build)

@@ -90,8 +90,10 @@ def layer_rows(build):
         node = nodes[entry["name"]]
         layer = work[entry["name"]]
         inputs = values[node.input] if values is not None else None
+        # A sequential engine's layers list no lanes of their own: they run on the engine's.
+        lanes = entry["lanes"] or build.manifest.get("lanes") or 1
         rows.append({
-            "name": entry["name"], "op": entry["op"], "lanes": entry["lanes"],
+            "name": entry["name"], "op": entry["op"], "lanes": lanes,
             "weight_sparsity": 1 - entry["nonzero_weights"] / entry["weights"],
             "activation_sparsity": None if inputs is None or graph.acts[node.input].binary
             else float(np.mean(inputs == 0)),
@@ -100,7 +102,7 @@ def layer_rows(build):
             "estimated_cycles": entry.get("estimated_cycles"),
             # Without the compile's estimates, the ideal on the testbench's inputs.
             "ideal_cycles": entry.get("ideal_cycles", None if x is None else
-                                      layer.effective_macs / entry["lanes"]),
+                                      layer.effective_macs / lanes),
             "bound": entry.get("bound")})
     return rows, (0 if x is None else len(x))
 
