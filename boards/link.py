@@ -168,7 +168,7 @@ class HostLink(wiring.Component):
         # Whether the network may infer: the engine's own flag, which a reset keeps.
         p.loaded = engine.weights_loaded if self.weight_words else Const(1)
 
-        # Counts input bytes, weight words, output values, or indexes the description.
+        # The input bytes, weight words, output values or description bytes left, less one.
         p.count = Signal(range(max(self.in_count, self.out_count, DESCRIPTION_LENGTH,
                                    self.weight_words)))
         p.word_byte = Signal(range(WORD_BYTES))  # byte of the 32-bit word sent or received
@@ -210,7 +210,7 @@ class HostLink(wiring.Component):
                 with m.Else():  # the network would wait for its weights, the board forever
                     self._refuse(m, p, NO_WEIGHTS_BIT)
             with m.If(received.valid & (received.payload == DESCRIBE)):
-                m.d.sync += p.count.eq(0)
+                m.d.sync += p.count.eq(DESCRIPTION_LENGTH - 1)
                 m.next = "describe"
             with m.If(received.valid & (received.payload == WEIGHTS)):
                 m.d.sync += [p.word_byte.eq(0), p.silence.eq(0), p.flags.eq(0)]
@@ -291,13 +291,14 @@ class HostLink(wiring.Component):
                 m.next = "idle"
 
     def _describe_state(self, m, p):
-        description = Array(Const(byte, 8) for byte in self.description)
+        # Indexed by the bytes left, so that the count goes down as in every other state.
+        description = Array(Const(byte, 8) for byte in reversed(self.description))
         with m.State("describe"):
             m.d.comb += [p.received.ready.eq(1), p.send.payload.eq(description[p.count]),
                          p.send.valid.eq(1)]
             with m.If(p.sent):
-                m.d.sync += p.count.eq(p.count + 1)
-                with m.If(p.count == DESCRIPTION_LENGTH - 1):
+                m.d.sync += p.count.eq(p.count - 1)
+                with m.If(p.count == 0):
                     m.next = "idle"
 
     def _result_states(self, m, p):

@@ -31,7 +31,9 @@ class NetworkCounters(wiring.Component):
     """Latency and initiation interval, watched on the input and the output handshakes.
 
     Each inference's first-input cycle waits in a ring of ``inflight`` entries until its last
-    output beat; ``inflight`` must exceed the inferences the pipeline can hold at once.
+    output beat; ``inflight`` must exceed the inferences the pipeline can hold at once. With
+    at most two in flight (an engine that overlaps one input with one computation), each entry
+    is a counter of the inference's age instead: no cycle count, no difference taken.
 
     Members
     -------
@@ -48,28 +50,42 @@ class NetworkCounters(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        cycle = Signal(COUNTER_WIDTH)
-        m.d.sync += cycle.eq(cycle + 1)
         in_position, _ = count_beats(m, self.input_taken, self.in_beats)
         _, out_last = count_beats(m, self.output_taken, self.out_beats)
+        started = Signal(ceil_log2(self.inflight))
+        finished = Signal(ceil_log2(self.inflight))
+        first_beat = self.input_taken & (in_position == 0)
+        finishing = self.output_taken & out_last
+        with m.If(first_beat):
+            m.d.sync += started.eq(started + 1)
+        since_finish = Signal(COUNTER_WIDTH)   # cycles since the last finish, that one counted
+        m.d.sync += since_finish.eq(since_finish + 1)
+        latency = self._latency(m, first_beat, started, finishing, finished)
+        with m.If(finishing):
+            m.d.sync += [finished.eq(finished + 1), since_finish.eq(1),
+                         self.counters.inferences.eq(self.counters.inferences + 1),
+                         self.counters.latency_cycles.eq(latency)]
+            with m.If(self.counters.inferences != 0):
+                m.d.sync += self.counters.interval_cycles.eq(since_finish)
+        return m
+
+    def _latency(self, m, first_beat, started, finishing, finished):
+        """The latency of the inference finishing now (first beat to now, both counted)."""
+        if self.inflight == 2:
+            # An age per entry, 2 in the cycle after its first beat: the latency as it finishes.
+            ages = [Signal(COUNTER_WIDTH, name=f"age_{i}") for i in range(2)]
+            for i, age in enumerate(ages):
+                m.d.sync += age.eq(age + 1)
+                with m.If(first_beat & (started == i)):
+                    m.d.sync += age.eq(2)
+            return Mux(finished, ages[1], ages[0])
+        cycle = Signal(COUNTER_WIDTH)
+        m.d.sync += cycle.eq(cycle + 1)
         m.submodules.starts = starts = Memory(shape=COUNTER_WIDTH, depth=self.inflight, init=[])
         # A registered read (a RAM block, not a register file): its address is the entry of
         # the inference finishing next, so the start is ready by the time it finishes.
         write = starts.write_port()
         read = starts.read_port(transparent_for=(write,))
-        started = Signal(ceil_log2(self.inflight))
-        finished = Signal(ceil_log2(self.inflight))
-        last_finish = Signal(COUNTER_WIDTH)
-        first_beat = self.input_taken & (in_position == 0)
-        finishing = self.output_taken & out_last
         m.d.comb += [write.addr.eq(started), write.data.eq(cycle), write.en.eq(first_beat),
                      read.addr.eq(Mux(finishing, finished + 1, finished))]
-        with m.If(first_beat):
-            m.d.sync += started.eq(started + 1)
-        with m.If(finishing):
-            m.d.sync += [finished.eq(finished + 1), last_finish.eq(cycle),
-                         self.counters.inferences.eq(self.counters.inferences + 1),
-                         self.counters.latency_cycles.eq(cycle - read.data + 1)]
-            with m.If(self.counters.inferences != 0):
-                m.d.sync += self.counters.interval_cycles.eq(cycle - last_finish)
-        return m
+        return cycle - read.data + 1

@@ -163,9 +163,10 @@ class EntryWalker(wiring.Component):
         addr = Signal(w.weight_bits)
         chunk_filters = Signal(w.cache_bits + 1)
         filter_base = Signal(w.filter_bits)
-        count = Signal(16)     # reads issued in the phase
-        left = Signal(16)      # reads left in the phase after this one (a count down, so that
-                               # the phase's end is an equality to zero, not a sum compared)
+        first = Signal()       # the next entry is its group's first
+        left = Signal(16)      # reads left in the phase, this one included (a count down
+                               # from the header's count, so that the phase's end is an
+                               # equality, not a sum compared)
         sub = Signal(2)
         entries = self._entries_count       # the chunk's entries (from its header)
         entries_start = Signal(w.weight_bits)
@@ -188,15 +189,15 @@ class EntryWalker(wiring.Component):
                 with m.If(advance):
                     m.d.sync += [addr.eq(addr + 1), sub.eq(sub + 1)]
                     with m.If(sub == HEADER_WORDS - 1):
-                        m.d.sync += [sub.eq(0), count.eq(0), left.eq(chunk_filters - 1)]
+                        m.d.sync += [sub.eq(0), left.eq(chunk_filters)]
                         m.next = "PARAMS"
             with m.State("PARAMS"):
                 m.d.comb += [issued.valid.eq(1), issued.kind.eq(PARAM), issued.sub.eq(sub)]
                 with m.If(advance):
                     m.d.sync += [addr.eq(addr + 1), sub.eq(Mux(sub == 2, 0, sub + 1))]
                     with m.If(sub == 2):
-                        m.d.sync += [count.eq(count + 1), left.eq(left - 1)]
-                        with m.If(left == 0):
+                        m.d.sync += left.eq(left - 1)
+                        with m.If(left == 1):
                             m.d.sync += entries_start.eq(addr + 1)
                             with m.If(cfg.params_only):
                                 m.next = "NEXT"
@@ -207,19 +208,19 @@ class EntryWalker(wiring.Component):
                 # pipeline moves: the group walker's handshake does not wait on the lanes.
                 m.d.comb += self.i_stream.ready.eq(1)
                 with m.If(self.i_stream.valid):
-                    m.d.sync += [addr.eq(entries_start), count.eq(0), left.eq(entries - 1),
+                    m.d.sync += [addr.eq(entries_start), first.eq(1), left.eq(entries),
                                  write_slot.eq(~write_slot),
                                  last_group.eq(self.i_stream.payload.last)]
                     m.next = "ENTRIES"
             with m.State("ENTRIES"):
                 m.d.comb += [issued.valid.eq(1), issued.kind.eq(ENTRY),
-                             issued.group_first.eq(count == 0),
-                             issued.group_last.eq(left == 0)]
+                             issued.group_first.eq(first),
+                             issued.group_last.eq(left == 1)]
                 with m.If(advance):
-                    m.d.sync += [addr.eq(addr + 1), count.eq(count + 1), left.eq(left - 1)]
-                    with m.If((left == 0) & last_group):
+                    m.d.sync += [addr.eq(addr + 1), first.eq(0), left.eq(left - 1)]
+                    with m.If((left == 1) & last_group):
                         m.next = "NEXT"
-                    with m.Elif(left == 0):
+                    with m.Elif(left == 1):
                         m.next = "GROUP"
             with m.State("NEXT"):
                 # The chunk is out; the next one once the step's pipeline is empty.
@@ -293,8 +294,14 @@ class EntryWalker(wiring.Component):
         # Entries: position, filter, channel.
         entry = r_tag.valid & (r_tag.kind == ENTRY)
         weight, delta, last = r_word[8:].as_signed(), r_word[1:8], r_word[0]
-        position = Signal(w.position_bits)
-        filt = Signal(w.cache_bits)                 # filter within the chunk
+        d_layout = data.StructLayout({
+            "valid": 1, "weight": signed(8), "first": 1, "last": 1, "group_last": 1,
+            "slot": 1, "filter": unsigned(w.cache_bits), "channel": unsigned(w.channel_bits + 1),
+            "position": unsigned(w.position_bits)})
+        d = Signal(d_layout)
+        # The last entry's position and filter are D's: D holds an entry whenever the next
+        # is not its group's first (a group's entries are read back to back).
+        position, filt = d.position, d.filter
         within = Signal(w.filter_bits)              # filter within its group of channels
         channel_base = Signal(w.channel_bits + 1)
         previous_last = Signal()
@@ -307,17 +314,11 @@ class EntryWalker(wiring.Component):
         cur_base = Mux(r_tag.group_first, channel_base0,
                        Mux(wrap, channel_base + cfg.group_channels, channel_base))
         with m.If(advance & entry):
-            m.d.sync += [position.eq(cur_position), filt.eq(cur_filter),
-                         within.eq(cur_within), channel_base.eq(cur_base),
+            m.d.sync += [within.eq(cur_within), channel_base.eq(cur_base),
                          previous_last.eq(last)]
         local = cur_position & ((1 << cfg.group_shift) - 1)
         slot = r_tag.slot
 
-        d_layout = data.StructLayout({
-            "valid": 1, "weight": signed(8), "first": 1, "last": 1, "group_last": 1,
-            "slot": 1, "filter": unsigned(w.cache_bits), "channel": unsigned(w.channel_bits + 1),
-            "position": unsigned(w.position_bits)})
-        d = Signal(d_layout)
         with m.If(advance):
             m.d.sync += [d.valid.eq(entry), d.weight.eq(weight), d.first.eq(new_filter),
                          d.last.eq(last), d.group_last.eq(r_tag.group_last), d.slot.eq(slot),

@@ -221,14 +221,14 @@ class PoolSumReader(wiring.Component):
         m.d.comb += [self.sum_addr.eq(channel), self.sum_en.eq(running)]
         m.d.sync += reading.eq(running)
         beat = self.beats
-        filt = Signal.like(beat.filter)
         m.d.sync += [beat.valid.eq(reading), beat.requant.eq(1), beat.acc.eq(self.sum_data),
                      beat.byte.eq(0), beat.both.eq(0), beat.other_skip.eq(0),
                      beat.write.eq(1), beat.mask.eq(1), beat.word_end.eq(1), beat.count.eq(1),
-                     beat.filter.eq(filt), filt.eq(in_chunk)]
+                     beat.filter.eq(in_chunk)]
+        with m.If(reading):  # the filter of the sum being read
+            m.d.sync += in_chunk.eq(Mux(in_chunk == self.cache - 1, 0, in_chunk + 1))
         with m.If(running):
-            m.d.sync += [channel.eq(channel + 1),
-                         in_chunk.eq(Mux(in_chunk == self.cache - 1, 0, in_chunk + 1))]
+            m.d.sync += channel.eq(channel + 1)
             with m.If(channel + 1 == self.channels):
                 m.d.sync += running.eq(0)
         m.d.comb += self.done.eq(~running & ~reading & ~beat.valid)

@@ -173,3 +173,9 @@ def test_rtl_sequential_engine_is_bit_exact_under_stalls(make, options, verilato
     # The engine's own latency counter starts at the first input beat taken, the testbench's at
     # the first one offered.
     assert 0 <= alone.latency_cycles[0] - alone.counters["network"]["latency_cycles"] <= 2
+    # Overlapped, the last inference started while the one before ran: its latency and the
+    # interval before it, as the engine counted them.
+    network = free.counters["network"]
+    assert 0 <= free.latency_cycles[-1] - network["latency_cycles"] <= 2, \
+        (free.latency_cycles, network)
+    assert network["interval_cycles"] == free.interval_cycles[-1], (free.interval_cycles, network)
