@@ -1,9 +1,9 @@
 """The entry walker: a step's weight memory, read in order.
 
 For each chunk of filters (:func:`~zeroskip.hdl.seq_plan.chunk_header`): the header (entries,
-first channel and filter-in-group), the filters' parameter words into the parameter caches,
-then, for every group descriptor of the :class:`~zeroskip.hdl.seq_walk.GroupWalker`, the chunk's
-entries once more, one a cycle. Each entry becomes a request for the gather: the two line
+first channel, the filters of its group left), the filters' parameter words into the parameter
+caches, then, for every group descriptor of the :class:`~zeroskip.hdl.seq_walk.GroupWalker`, the
+chunk's entries once more, one a cycle. Each entry becomes a request for the gather: the two line
 buffer addresses its 8 lanes read (bank ``b`` reads ``addr1`` below the rotation ``k0``,
 ``addr0`` from it on), the rotation, the lanes whose input is inside the source, the weight.
 
@@ -37,7 +37,7 @@ def entry_walker_layout(w):
         "tap_start": unsigned(w.table_bits), "colmask_start": unsigned(w.table_bits),
         "slot_mask": unsigned(w.lb_bits),
         "c_pad": unsigned(w.lb_bits), "ring_mask": unsigned(w.lb_bits),  # C_pad, S * C_pad - 1
-        "filters_per_group": unsigned(w.filter_bits),
+        "wrap_left": signed(w.filter_bits + 1),   # filters per group, less two
         "group_channels": unsigned(w.filter_bits),
         "signed": data.ArrayLayout(1, 2),
         "odd_pixels": 1,                 # groups may start at odd pixels (not a flat output)
@@ -50,7 +50,7 @@ def entry_walker_settings(step, program: Program):
         return {"weight_start": step.weight_start, "filters": step.filters, "params_only": 1,
                 "flat": 0, "channel_shift": 0, "group_shift": 0, "column_shift": 0,
                 "tap_start": 0, "colmask_start": 0, "slot_mask": 0, "c_pad": 0, "ring_mask": 0,
-                "filters_per_group": 1,
+                "wrap_left": -1,
                 "group_channels": 1, "signed": [0, 0], "odd_pixels": 0}
     signed_inputs = list(step.signed_inputs) + [False] * (2 - len(step.signed_inputs))
     return {
@@ -60,7 +60,7 @@ def entry_walker_settings(step, program: Program):
         "column_shift": step.tap_columns.bit_length() - 1,
         "tap_start": step.tap_start, "colmask_start": step.colmask_start,
         "slot_mask": step.slots - 1, "c_pad": step.c_pad,
-        "ring_mask": step.slots * step.c_pad - 1, "filters_per_group": step.filters_per_group,
+        "ring_mask": step.slots * step.c_pad - 1, "wrap_left": step.filters_per_group - 2,
         "group_channels": step.group_channels, "signed": signed_inputs,
         "odd_pixels": not step.out_flat,
     }
@@ -262,7 +262,7 @@ class EntryWalker(wiring.Component):
 
         # Header and parameter words.
         channel_base0 = Signal(w.channel_bits + 1)
-        within0 = Signal(w.filter_bits)
+        within_left0 = Signal(signed(w.filter_bits + 1))
         bias_low = Signal(16)
         bias_high, shift = Signal(8), Signal(5)
         param_index = Signal(w.cache_bits)
@@ -274,7 +274,7 @@ class EntryWalker(wiring.Component):
                 with m.Case(1):
                     m.d.sync += channel_base0.eq(r_word)
                 with m.Case(2):
-                    m.d.sync += within0.eq(r_word)
+                    m.d.sync += within_left0.eq(r_word)
         with m.If(advance & r_tag.valid & (r_tag.kind == PARAM)):
             with m.Switch(r_tag.sub):
                 with m.Case(0):
@@ -302,19 +302,21 @@ class EntryWalker(wiring.Component):
         # The last entry's position and filter are D's: D holds an entry whenever the next
         # is not its group's first (a group's entries are read back to back).
         position, filt = d.position, d.filter
-        within = Signal(w.filter_bits)              # filter within its group of channels
+        # The filters of the group of channels after this one, less one (-1: the last).
+        within_left = Signal(signed(w.filter_bits + 1))
         channel_base = Signal(w.channel_bits + 1)
         previous_last = Signal()
         new_filter = r_tag.group_first | previous_last
         cur_position = Mux(new_filter, 0, position) + delta
         cur_filter = Mux(r_tag.group_first, 0, Mux(previous_last, filt + 1, filt))
-        wrap = previous_last & (within + 1 == cfg.filters_per_group)
-        cur_within = Mux(r_tag.group_first, within0,
-                         Mux(previous_last, Mux(wrap, 0, within + 1), within))
+        wrap = previous_last & within_left[-1]
+        cur_within_left = Mux(r_tag.group_first, within_left0,
+                              Mux(previous_last, Mux(wrap, cfg.wrap_left, within_left - 1),
+                                  within_left))
         cur_base = Mux(r_tag.group_first, channel_base0,
                        Mux(wrap, channel_base + cfg.group_channels, channel_base))
         with m.If(advance & entry):
-            m.d.sync += [within.eq(cur_within), channel_base.eq(cur_base),
+            m.d.sync += [within_left.eq(cur_within_left), channel_base.eq(cur_base),
                          previous_last.eq(last)]
         local = cur_position & ((1 << cfg.group_shift) - 1)
         slot = r_tag.slot

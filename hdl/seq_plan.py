@@ -807,7 +807,8 @@ def preamble_words(bias, multiplier, shift):
 
 
 #: Words ahead of a chunk's parameter words: its entries, and where its first filter's group
-#: of input channels starts (channel, and filter within the group).
+#: of input channels starts (its channel, and the group's filters after the first filter, less
+#: one: a count down to -1, two's complement).
 HEADER_WORDS = 3
 
 
@@ -817,7 +818,8 @@ def chunk_header(step, first, entries):
                          "more than 65535")
     if isinstance(step, ConvStep):
         group, within = divmod(first, step.filters_per_group)
-        return [entries, group * step.group_channels, within]
+        return [entries, group * step.group_channels,
+                (step.filters_per_group - 2 - within) & 0xFFFF]
     return [entries, 0, 0]
 
 
