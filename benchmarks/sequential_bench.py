@@ -16,7 +16,8 @@ digits_shaped_graph`): hardware, not accuracy. The Fmax of the digits-shaped net
 ``--bitstreams``: for each net on the UP5K also the iCEBreaker bitstream, host link and PLL
 included (:func:`zeroskip.boards.board.build_board`), at the fastest clock the PLL makes at or
 below the accelerator's Fmax, then 8 % lower until timing is met, with half the lanes where
-the link beside the accelerator does not fit (at most four builds; each try is recorded): the
+the link beside the accelerator does not fit (at one lane, 8 % lower again: the clock moves the
+packing by tens of cells; at most four builds; each try is recorded): the
 lanes, the clock, the board's Fmax, its logic cells, the bitstream's size and SHA-256, the
 weight words the host loads over the link first (``'W'``) and the seconds that takes at 115200
 baud. ``--keep`` copies each bitstream there.
@@ -87,7 +88,7 @@ def pll_clocks():
 def bitstream(name, graph, x, fmax, keep=None):
     """The iCEBreaker bitstream of a net's UP5K design: the fastest PLL clock at or below
     ``fmax`` whose timing is met, each try 8 % slower; where the link and PLL beside the
-    accelerator do not fit, half the lanes (four builds at most)."""
+    accelerator do not fit, half the lanes, or at one lane 8 % slower (four builds at most)."""
     lanes, limit, tries, entry = "auto", fmax, [], None
     for _ in range(4):
         design = zeroskip.compile(graph, lanes, architecture="sequential",
@@ -105,7 +106,9 @@ def bitstream(name, graph, x, fmax, keep=None):
                               "failure": failure})
                 if "does not fit" in failure and architecture.simd_lanes > 1:
                     lanes = architecture.simd_lanes // 2
-                elif "timing" in failure:
+                elif "timing" in failure or "does not fit" in failure:
+                    # At one lane a slower clock is still worth a try: the link's counters and
+                    # description change with it, and the packing by tens of cells.
                     limit = clock * 0.92
                 else:
                     break

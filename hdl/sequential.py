@@ -407,6 +407,10 @@ class SequentialEngine(wiring.Component):
             wiring.connect(m, argmax.o_stream_class, wiring.flipped(self.o_stream_class))
         else:
             wiring.connect(m, out.o_stream, wiring.flipped(self.o_stream))
+        # Two in flight: one computing, the next loading. Streamed back to back, the first
+        # beats of a third wait in the input writer: then the ring has lost the start of the
+        # one computing, whose latency is counted short. The last of a stream, and every one
+        # sent alone (the host link's way), are counted right.
         m.submodules.network_counters = watch = NetworkCounters(
             math.prod(self.in_shape), math.prod(self.out_shape), inflight=2)
         # The handshakes reach the counters a cycle late, both: the differences are the same,

@@ -268,14 +268,18 @@ def test_target_refuses_what_it_cannot_honour(small, kwargs, message):
 
 def test_target_with_the_sequential_architecture_takes_the_parts_settings(small):
     """architecture="sequential" with a part: that engine, with its settings for the part (on the
-    UP5K the tensors in SPRAM, the small net's weights in a ROM)."""
+    UP5K 4 lanes on DSPs, the tensors in SPRAM, the small net's weights in a ROM; 8 lanes there
+    make lane 7 of logic)."""
     graph, x = small
-    for part, memory, logic in (("ecp5-85k", "bram", ()), ("ice40-up5k", "spram-rom", (7,))):
+    for part, lanes, memory in (("ecp5-85k", 8, "bram"), ("ice40-up5k", 4, "spram-rom")):
         architecture = zeroskip.compile(graph, "auto", calibration=x, target=part,
                                         architecture="sequential").architecture
         assert (architecture.name, architecture.simd_lanes, architecture.memory,
                 architecture.lut_lanes, architecture.part) == \
-            ("sequential", 8, memory, logic, part)
+            ("sequential", lanes, memory, (), part)
+    eight = zeroskip.compile(graph, 8, calibration=x, target="ice40-up5k",
+                             architecture="sequential").architecture
+    assert (eight.simd_lanes, eight.lut_lanes) == (8, (7,))
 
 
 def test_sequential_weights_move_to_spram_when_their_rom_does_not_fit_the_block_ram():

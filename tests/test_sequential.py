@@ -137,9 +137,9 @@ def test_build_directory_records_the_architecture_and_loads_back(tmp_path):
 @pytest.mark.parametrize("make, options", [
     (classifier, {"chunk": 8, "lanes": 1, "memory": "bram"}),
     (seq_nets.odd_shapes, {"chunk": 4, "lanes": 2, "memory": "bram"}),
-    # A stride-2 stem, depthwise, residual add, average pool and linear on 8 lanes, the
-    # weights in SPRAM blocks loaded through w_stream (the UP5K's settings).
-    (seq_nets.cross_rows, {"lanes": "auto", "target": "ice40-up5k"}),
+    # A stride-2 stem, depthwise, residual add, average pool and linear on 8 lanes (lane 7 of
+    # logic), the weights in SPRAM blocks loaded through w_stream (the UP5K's memories).
+    (seq_nets.cross_rows, {"lanes": 8, "target": "ice40-up5k"}),
     (seq_nets.row_mode, {"lanes": 4, "memory": "spram"}),
 ], ids=["classifier", "odd-shapes", "cross-rows-up5k", "row-mode"])
 def test_rtl_sequential_engine_is_bit_exact_under_stalls(make, options, verilator_build_root):
