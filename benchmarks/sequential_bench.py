@@ -39,7 +39,7 @@ import zeroskip
 from zeroskip import models
 from zeroskip.boards import pll, synth
 from zeroskip.boards.board import BoardBuildError, build_board
-from zeroskip.errors import ToolchainError
+from zeroskip.errors import ToolchainError, ZeroskipError
 
 RESULTS = Path(__file__).resolve().parent / "results"
 NETS = ("digits_shaped", "ic_resnet8", "kws_dscnn", "ad_autoencoder")
@@ -113,6 +113,10 @@ def bitstream(name, graph, x, fmax, keep=None):
                 else:
                     break
                 continue
+            except ZeroskipError as error:  # a design the host link cannot carry
+                tries.append({"lanes": architecture.simd_lanes, "clock_mhz": clock,
+                              "failure": str(error)})
+                break
             record = made.to_dict()
             if keep:
                 Path(keep).mkdir(parents=True, exist_ok=True)
