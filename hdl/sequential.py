@@ -96,6 +96,9 @@ class SequentialEngine(wiring.Component):
         or the tensors in SPRAM and the weights in a ROM (block RAM).
     lut_lanes : iterable of int
         Lanes whose multiplier is logic (the part has too few DSP blocks).
+    requant_dsps : 1 or 2
+        DSP blocks of the requantizer: with 2, the saturated sum's bits below a DSP operand
+        multiply in the second rather than as shifted multipliers summed in logic.
 
     Members
     -------
@@ -115,11 +118,14 @@ class SequentialEngine(wiring.Component):
     """
 
     def __init__(self, program, *, in_shape, in_act, out_shape, out_act, memory="bram",
-                 lut_lanes=(), argmax=None):
+                 lut_lanes=(), requant_dsps=1, argmax=None):
         if not isinstance(program, Program):
             raise TypeError(f"SequentialEngine takes a Program, not {type(program).__name__}")
         if memory not in MEMORIES:
             raise ValueError(f"memory must be one of {', '.join(MEMORIES)}, got {memory!r}")
+        if requant_dsps not in (1, 2) or isinstance(requant_dsps, bool):
+            raise ValueError(f"requant_dsps must be 1 or 2, got {requant_dsps!r}")
+        self.requant_dsps = requant_dsps
         self.program, self.memory = program, memory
         self.lut_lanes = tuple(lut_lanes)
         self.in_shape, self.in_act = tuple(in_shape), in_act
@@ -166,7 +172,7 @@ class SequentialEngine(wiring.Component):
             "lanes": Lanes(w, self.lut_lanes, lanes=program.lanes, max_pool=max_pool,
                            shift8=program.has("add")),
             "scanner": Scanner(w), "requant": Requant(w, requant_widths(program),
-                                                       low_dsp=self._dsp_to_spare()),
+                                                       low_dsp=self.requant_dsps == 2),
             "writer": Writer(w, program.filter_cache, sums,
                              pool_sums=program.has("pool_sum")),
             "loader": Loader(w),
@@ -176,12 +182,6 @@ class SequentialEngine(wiring.Component):
         for name, unit in units.items():
             m.submodules[name] = unit
         return units
-
-    def _dsp_to_spare(self):
-        """A part whose DSPs all serve lanes builds a lane of logic; one with fewer lanes
-        than its DSPs less the requantizer's (the UP5K at up to 6) has one for the
-        requantizer's low bits."""
-        return not self.lut_lanes and self.program.lanes <= 6
 
     def _settings(self, m):
         """Every unit's settings for the current step: a constant table of the step index,

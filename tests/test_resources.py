@@ -269,7 +269,9 @@ def test_target_refuses_what_it_cannot_honour(small, kwargs, message):
 def test_target_with_the_sequential_architecture_takes_the_parts_settings(small):
     """architecture="sequential" with a part: that engine, with its settings for the part (on the
     UP5K 4 lanes on DSPs, the tensors in SPRAM, the small net's weights in a ROM; 8 lanes there
-    make lane 7 of logic)."""
+    make lane 7 of logic; the requantizer's second DSP where the part has one to spare)."""
+    from zeroskip.compiler.architecture import Sequential
+
     graph, x = small
     for part, lanes, memory in (("ecp5-85k", 8, "bram"), ("ice40-up5k", 4, "spram-rom")):
         architecture = zeroskip.compile(graph, "auto", calibration=x, target=part,
@@ -277,9 +279,13 @@ def test_target_with_the_sequential_architecture_takes_the_parts_settings(small)
         assert (architecture.name, architecture.simd_lanes, architecture.memory,
                 architecture.lut_lanes, architecture.part) == \
             ("sequential", lanes, memory, (), part)
+        # Both parts have a DSP block beyond the lanes' and the requantizer's first.
+        assert Sequential.requant_dsps(part, lanes) == 2
     eight = zeroskip.compile(graph, 8, calibration=x, target="ice40-up5k",
                              architecture="sequential").architecture
     assert (eight.simd_lanes, eight.lut_lanes) == (8, (7,))
+    assert Sequential.requant_dsps("ice40-up5k", 8) == Sequential.requant_dsps("ice40-hx8k", 2) \
+        == 1
 
 
 def test_sequential_weights_move_to_spram_when_their_rom_does_not_fit_the_block_ram():

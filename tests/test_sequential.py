@@ -1,8 +1,8 @@
+# amaranth: UnusedElaboratable=no
 """The sequential architecture: one engine running a chain of layers in turn. Refusals, build
 directories and lint without a simulator; ``ref_*`` (golden) vs ``rtl_*`` (Verilator) on small
 chains, under stalls, with the cycle estimates beside the measured steady-state interval and a
 single input's latency."""
-# amaranth: UnusedElaboratable=no
 
 import json
 
@@ -179,3 +179,17 @@ def test_rtl_sequential_engine_is_bit_exact_under_stalls(make, options, verilato
     assert 0 <= free.latency_cycles[-1] - network["latency_cycles"] <= 2, \
         (free.latency_cycles, network)
     assert network["interval_cycles"] == free.interval_cycles[-1], (free.interval_cycles, network)
+
+
+def test_the_engine_checks_its_parameters():
+    from zeroskip.hdl.sequential import SequentialEngine
+
+    architecture = zeroskip.compile(classifier(np.random.default_rng(0)), 1,
+                                    architecture="sequential").architecture
+    shapes = {"in_shape": architecture.in_shape, "in_act": architecture.in_act,
+              "out_shape": architecture.out_shape, "out_act": architecture.out_act}
+    with pytest.raises(ValueError, match="requant_dsps must be 1 or 2, got 3"):
+        SequentialEngine(architecture.plan, requant_dsps=3, **shapes)
+    with pytest.raises(ValueError, match="memory must be one of bram, spram, spram-rom, got "
+                                         "'flash'"):
+        SequentialEngine(architecture.plan, memory="flash", **shapes)

@@ -307,16 +307,28 @@ class Sequential(_Architecture):
                 "lut_lanes": Sequential.logic_lanes(part, lanes)}
 
     @staticmethod
+    def _dsp_blocks(part):
+        """The DSP blocks of ``part`` (None: the UP5K), as many as any lanes need past iCE40."""
+        part = part or "ice40-up5k"
+        return 8 if part == "ice40-up5k" else 0 if part.startswith("ice40") else 1 << 10
+
+    @staticmethod
     def logic_lanes(part, lanes):
         """The lanes past the part's DSP blocks, one of which the requantizer takes."""
-        part = part or "ice40-up5k"
-        dsps = 8 if part == "ice40-up5k" else 0 if part.startswith("ice40") else 1 << 10
+        dsps = Sequential._dsp_blocks(part)
         return tuple(range(max(dsps - 1, 0), lanes)) if lanes > dsps - 1 else ()
+
+    @staticmethod
+    def requant_dsps(part, lanes):
+        """The requantizer's DSP blocks: a second where the part has one beyond the lanes' and
+        the requantizer's first (on the UP5K at up to 6 lanes), for the bits of the sum below a
+        DSP operand, which otherwise multiply in logic."""
+        return 2 if lanes + 2 <= Sequential._dsp_blocks(part) else 1
 
     #: Fmax of the engine measured by nextpnr per family (the digits-shaped net at the lanes
     #: the part takes: 4 on the UP5K, 8 on the ECP5-85F; ``benchmarks/results/sequential.json``),
     #: the clock ``target=PART`` counts its latency at.
-    MEASURED_MHZ = {"ice40": 39.75, "ecp5": 91.0}
+    MEASURED_MHZ = {"ice40": 39.75, "ecp5": 92.8}
 
     def expected_mhz(self, part):
         return min(self.MEASURED_MHZ.get(part.family, part.default_mhz), part.default_mhz)
@@ -402,6 +414,8 @@ class Sequential(_Architecture):
         return SequentialEngine(self.plan, in_shape=self.in_shape, in_act=self.in_act,
                                 out_shape=self.out_shape, out_act=self.out_act,
                                 memory=self.memory, lut_lanes=self.lut_lanes,
+                                requant_dsps=Sequential.requant_dsps(self.part,
+                                                                     self.simd_lanes),
                                 argmax=self.argmax)
 
 
