@@ -29,7 +29,7 @@ from functools import cached_property
 
 import numpy as np
 
-from .. import ir
+from .. import ir, parts
 from ..errors import ZeroskipError
 from ..hdl.add import AddEngine
 from ..hdl.conv import SparseConvEngine
@@ -308,9 +308,12 @@ class Sequential(_Architecture):
 
     @staticmethod
     def _dsp_blocks(part):
-        """The DSP blocks of ``part`` (None: the UP5K), as many as any lanes need past iCE40."""
+        """The DSP blocks of ``part`` (None: the UP5K) by :data:`zeroskip.parts.PARTS`; a part
+        it does not list: none on iCE40, as many as any lanes need elsewhere."""
         part = part or "ice40-up5k"
-        return 8 if part == "ice40-up5k" else 0 if part.startswith("ice40") else 1 << 10
+        if part in parts.PARTS:
+            return parts.PARTS[part].capacity["dsps"]
+        return 0 if part.startswith("ice40") else 1 << 10
 
     @staticmethod
     def logic_lanes(part, lanes):
