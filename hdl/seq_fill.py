@@ -34,6 +34,7 @@ def filler_layout(limits):
         "reduced_width": unsigned(w.coord_bits),
         "phase_shift": unsigned(2), "slot_shift": unsigned(4), "slot_mask": unsigned(w.lb_bits),
         "channel_shift": unsigned(4), "rows_cap": unsigned(w.coord_bits),
+        "region_shift": unsigned(5),                     # slot_shift + channel_shift
     })
 
 
@@ -56,6 +57,7 @@ def filler_settings(step: ConvStep):
         # Beyond the source's rows the ring's size changes nothing.
         "channel_shift": step.c_pad.bit_length() - 1,
         "rows_cap": min(step.rows_cap, 1 if step.flat else source.height),
+        "region_shift": step.slots.bit_length() - 1 + step.c_pad.bit_length() - 1,
     }
 
 
@@ -117,7 +119,16 @@ class Filler(wiring.Component):
         # when inside [0, width): by x_left = width - x, counted down beside x.
         # What the issue decides on is registered beside x_left, from the value it gets:
         # ``load_left`` sets x_left and its flags (not zero, at least 2, at most 2).
-        x_of = [x, x + 1]
+        x1 = Signal.like(x)                       # x + 1: no sum before the placement
+        x_of = [x, x1]
+
+        def set_x(value, plus_one):
+            return [x.eq(value), x1.eq(plus_one)]
+
+        def row_start():
+            # x at the row's first pixel (one before it when that pixel is odd): word-aligned.
+            return [*set_x(-row_pixel[0], 1 - row_pixel[0]), *load_left(cfg.width + row_pixel[0]),
+                    pair.eq(row_pixel >> 1)]
         x_left = Signal(w.coord_bits + 2)
         left_nz, left_ge2, left_le2 = Signal(), Signal(), Signal()
 
@@ -128,17 +139,19 @@ class Filler(wiring.Component):
         byte_valid = Signal(2)
         m.d.comb += [byte_valid[0].eq(~x[-1] & left_nz), byte_valid[1].eq(left_ge2)]
 
-        lb_bank, lb_addr = self._placement(m, x_of, y, row_v, source, channel)
+        v, high = self._placement(m, x_of, y, row_v, source)
         # Both bytes in one bank: their reduced columns are equal mod 8, which (from the sum
         # above, for x and x + 1) happens exactly at odd x under a 2-phase split. Decided from
         # x's low bit, not from the banks: it gates every issue's enables.
         conflict = byte_valid.all() & (cfg.split_x == 1) & x[0]
 
         # Request and its metadata, registered (stage 1), then the data (stage 2).
-        layout = data.StructLayout({"valid": 1, "mask": 2, "bank": data.ArrayLayout(3, 2),
-                                    "addr": data.ArrayLayout(w.lb_bits, 2), "row_end": 1})
-        request = Signal(layout)
-        arrived = Signal(layout)
+        # The request holds each byte's reduced-grid index and the high bits of its address;
+        # the bank and the whole address are formed from them as the request becomes the
+        # arrival, so that no path holds both the index's sums and the address's shifts.
+        request = Signal(data.StructLayout({
+            "valid": 1, "mask": 2, "row_end": 1, "channel": w.channel_bits,
+            "v": data.ArrayLayout(w.v_bits, 2), "high": data.ArrayLayout(w.lb_bits, 2)}))
         issue = Signal()
         mask = Signal(2)
         m.d.comb += mask.eq(Mux(conflict, Mux(second, 0b10, 0b01), byte_valid))
@@ -157,9 +170,9 @@ class Filler(wiring.Component):
         mem_re = Signal()
         m.d.sync += mem_re.eq(0)
         with m.If(issue):
-            m.d.sync += [request.valid.eq(1), request.mask.eq(mask),
-                         request.bank[0].eq(lb_bank[0]), request.bank[1].eq(lb_bank[1]),
-                         request.addr[0].eq(lb_addr[0]), request.addr[1].eq(lb_addr[1]),
+            m.d.sync += [request.valid.eq(1), request.mask.eq(mask), request.channel.eq(channel),
+                         request.v[0].eq(v[0]), request.v[1].eq(v[1]),
+                         request.high[0].eq(high[0]), request.high[1].eq(high[1]),
                          request.row_end.eq(last_pair & last_channel & last_source &
                                             ~(conflict & ~second)),
                          mem_addr.eq(cfg.word[source] + word),
@@ -169,20 +182,17 @@ class Filler(wiring.Component):
             with m.Else():
                 m.d.sync += second.eq(0)
                 with m.If(~last_pair):
-                    m.d.sync += [x.eq(x + 2), *load_left(x_left - 2), pair.eq(pair + 1),
+                    m.d.sync += [*set_x(x + 2, x + 3), *load_left(x_left - 2), pair.eq(pair + 1),
                                  word.eq(word + Mux(pair == 3, cfg.block_jump, 1))]
                 with m.Elif(~last_channel):
                     m.d.sync += [channel.eq(channel + 1),
                                  last_channel.eq(channel + 1 == cfg.last_channel),
                                  channel_word.eq(channel_word + 4),
-                                 word.eq(channel_word + 4 + (row_pixel >> 1)),
-                                 x.eq(-row_pixel[0]), *load_left(cfg.width + row_pixel[0]),
-                                 pair.eq(row_pixel >> 1)]
+                                 word.eq(channel_word + 4 + (row_pixel >> 1)), *row_start()]
                 with m.Elif(~last_source):
                     m.d.sync += [source.eq(1), channel.eq(0), channel_word.eq(row_base),
                                  last_channel.eq(cfg.last_channel == 0),
-                                 word.eq(row_base + (row_pixel >> 1)), x.eq(-row_pixel[0]),
-                                 *load_left(cfg.width + row_pixel[0]), pair.eq(row_pixel >> 1)]
+                                 word.eq(row_base + (row_pixel >> 1)), *row_start()]
                 with m.Else():
                     # Next row: its first pixel is width further on; its block base moves by
                     # whole blocks, one more when the pixel within the block wraps. Its first
@@ -201,13 +211,37 @@ class Filler(wiring.Component):
                         m.d.sync += busy.eq(0)
         with m.If(renew):
             m.d.sync += [renew.eq(0), channel_word.eq(row_base),
-                         word.eq(row_base + (row_pixel >> 1)), x.eq(-row_pixel[0]),
-                         *load_left(cfg.width + row_pixel[0]), pair.eq(row_pixel >> 1)]
+                         word.eq(row_base + (row_pixel >> 1)), *row_start()]
         m.d.comb += [self.mem_addr.eq(mem_addr), self.mem_block.eq(mem_block),
                      self.mem_re.eq(mem_re)]
 
-        # Stage 2: the word arrives; its bytes go to their banks.
-        m.d.sync += arrived.eq(request)
+        arrived = self._arrival(m, request)
+        m.d.comb += self.done.eq(~busy & ~request.valid & ~arrived.valid)
+
+        with m.If(self.start):
+            m.d.sync += [busy.eq(1), y.eq(0), source.eq(0), channel.eq(0), row_base.eq(0),
+                         last_channel.eq(cfg.last_channel == 0),
+                         new_v_row.eq(cfg.split_y == 0), last_row.eq(cfg.last_row == 0),
+                         channel_word.eq(0), word.eq(0), row_pixel.eq(0), *set_x(0, 1), pair.eq(0),
+                         *load_left(cfg.width), renew.eq(0),
+                         allowed.eq(1),                  # row 0 always fits
+                         row_v.eq(0), second.eq(0), self.rows_done.eq(0)]
+        return m
+
+    def _arrival(self, m, request):
+        """Stage 2: the word arrives and its bytes go to their banks; each byte's bank and
+        address are formed from the request as it becomes the arrival."""
+        w, cfg = self.limits, self.settings
+        arrived = Signal(data.StructLayout({
+            "valid": 1, "mask": 2, "row_end": 1,
+            "bank": data.ArrayLayout(3, 2), "addr": data.ArrayLayout(w.lb_bits, 2)}))
+        m.d.sync += [arrived.valid.eq(request.valid), arrived.mask.eq(request.mask),
+                     arrived.row_end.eq(request.row_end)]
+        for k in range(2):
+            slot = (request.v[k] >> 3) & cfg.slot_mask
+            m.d.sync += [arrived.bank[k].eq(request.v[k][:3]),
+                         arrived.addr[k].eq(request.high[k] | (slot << cfg.channel_shift)
+                                            | request.channel)]
         for bank in range(BANKS):
             hit = [arrived.valid & arrived.mask[k] & (arrived.bank[k] == bank) for k in range(2)]
             m.d.comb += [self.lb.en[bank].eq(hit[0] | hit[1]),
@@ -216,23 +250,14 @@ class Filler(wiring.Component):
                                                    self.mem_data[8:]))]
         with m.If(arrived.valid & arrived.row_end):
             m.d.sync += self.rows_done.eq(self.rows_done + 1)
-        m.d.comb += self.done.eq(~busy & ~request.valid & ~arrived.valid)
+        return arrived
 
-        with m.If(self.start):
-            m.d.sync += [busy.eq(1), y.eq(0), source.eq(0), channel.eq(0), row_base.eq(0),
-                         last_channel.eq(cfg.last_channel == 0),
-                         new_v_row.eq(cfg.split_y == 0), last_row.eq(cfg.last_row == 0),
-                         channel_word.eq(0), word.eq(0), row_pixel.eq(0), x.eq(0), pair.eq(0),
-                         *load_left(cfg.width), renew.eq(0),
-                         allowed.eq(1),                  # row 0 always fits
-                         row_v.eq(0), second.eq(0), self.rows_done.eq(0)]
-        return m
-
-    def _placement(self, m, x_of, y, row_v, source, channel):
-        """Line-buffer bank and address of each byte of the word at ``x_of``."""
+    def _placement(self, m, x_of, y, row_v, source):
+        """Of each byte of the word at ``x_of``: its reduced-grid index ``v`` (its bank is
+        ``v % 8``) and its line-buffer address above the slot and channel bits."""
         w, cfg = self.limits, self.settings
-        lb_bank = [Signal(3, name=f"bank_{k}") for k in range(2)]
-        lb_addr = [Signal(w.lb_bits, name=f"lb_addr_{k}") for k in range(2)]
+        vs = [Signal(w.v_bits, name=f"v_{k}") for k in range(2)]
+        highs = [Signal(w.lb_bits, name=f"high_{k}") for k in range(2)]
         for k in range(2):
             px = Signal(w.coord_bits, name=f"px_{k}")
             m.d.comb += px.eq(x_of[k])
@@ -248,15 +273,10 @@ class Filler(wiring.Component):
                 for shift in range(3):
                     with m.Case(shift):
                         m.d.comb += phase_y.eq(y[:shift] if shift else 0)
-            v = Signal(w.v_bits, name=f"v_{k}")
-            m.d.comb += v.eq(row_v + reduced_x)
+            m.d.comb += vs[k].eq(row_v + reduced_x)
             phase = Signal(4, name=f"phase_{k}")
             m.d.comb += phase.eq((phase_y << cfg.split_x) | phase_x)
             region = Signal(5, name=f"region_{k}")
             m.d.comb += region.eq((source << cfg.phase_shift) | phase)
-            slot = Signal(w.lb_bits, name=f"slot_{k}")
-            m.d.comb += slot.eq((v >> 3) & cfg.slot_mask)
-            m.d.comb += [lb_bank[k].eq(v[:3]),
-                         lb_addr[k].eq((((region << cfg.slot_shift) | slot) << cfg.channel_shift)
-                                       | channel)]
-        return lb_bank, lb_addr
+            m.d.comb += highs[k].eq(region << cfg.region_shift)
+        return vs, highs

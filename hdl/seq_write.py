@@ -86,6 +86,7 @@ class Writer(wiring.Component):
         chunk_filters = Signal(w.filter_bits)
         chunk_last = Signal(w.filter_bits)       # chunk_filters - 1
         pixels_left = Signal(w.pixel_bits + 1)   # cfg.pixels - q0
+        left_small = Signal()                    # pixels_left < 16 (a group counts at most 8)
         block_base = Signal(w.word_bits)         # (q0 >> 3) * 4 * channels
         slot = Signal(3)                         # slots written of this word
         held = Signal(8)                         # a slot's low byte, waiting for its high one
@@ -134,20 +135,22 @@ class Writer(wiring.Component):
                 crossed = (q0[:3] + Mux(cfg.flat_out, 0, result.count))[3]
                 m.d.sync += [in_chunk.eq(0), channel.eq(chunk_first), q0.eq(q0 + step),
                              pixels_left.eq(pixels_left - step),
+                             left_small.eq(pixels_left - step < 16),
                              block_base.eq(block_base + Mux(crossed, cfg.channel_words, 0)),
                              first_group.eq(0)]
                 # A group's count is its pixels left in the row or the chunk, whichever is
                 # fewer: the chunk's last group is the one that counts them all.
-                with m.If(pixels_left == step):
+                # pixels_left == step, from a flag and the low bits.
+                with m.If(left_small & (pixels_left[:4] == step)):
                     # The chunk is done: the next one starts at pixel 0.
                     m.d.sync += [chunk_first.eq(next_first), channel.eq(next_first), q0.eq(0),
-                                 pixels_left.eq(cfg.pixels),
+                                 pixels_left.eq(cfg.pixels), left_small.eq(cfg.pixels < 16),
                                  block_base.eq(0), first_group.eq(1),
                                  chunk_filters.eq(next_size), chunk_last.eq(next_last)]
         with m.If(self.start):
             size = Mux(cfg.filters < self.cache, cfg.filters, self.cache)
             m.d.sync += [q0.eq(0), channel.eq(0), in_chunk.eq(0), chunk_first.eq(0),
-                         pixels_left.eq(cfg.pixels),
+                         pixels_left.eq(cfg.pixels), left_small.eq(cfg.pixels < 16),
                          block_base.eq(0), slot.eq(0), first_group.eq(1),
                          chunk_filters.eq(size), chunk_last.eq(size - 1)]
         m.d.comb += self.idle.eq(~self.mem_we & ~self._sum_pending)

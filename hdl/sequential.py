@@ -259,25 +259,26 @@ class SequentialEngine(wiring.Component):
         m.d.sync += [summing_late.eq(summing), summing_seen.eq(summing_late), finished.eq(0),
                      start_sums.eq(0)]
         m.d.comb += pool_sums.start.eq(start_sums)
+        # High in SETUP, from a register set in SETTLE (the only way in), so that the units'
+        # starts do not wait on the decoding of the sequencer's state.
         setup = Signal()
+        m.d.sync += setup.eq(0)
+        # Out of IDLE: a register set and cleared with the state's moves (the weights' loader
+        # waits on it).
         self.running = Signal()
         with m.FSM(name="sequencer"):
             with m.State("IDLE"):
-                m.d.comb += self.running.eq(0)
                 with m.If(input_ready & self.weights_ready):
-                    m.d.sync += [input_ready.eq(0), step.eq(0)]
+                    m.d.sync += [input_ready.eq(0), step.eq(0), self.running.eq(1)]
                     m.next = "SETTLE"
             with m.State("SETTLE"):
                 # The step's settings reach their register.
-                m.d.comb += self.running.eq(1)
+                m.d.sync += setup.eq(1)
                 m.next = "SETUP"
             with m.State("SETUP"):
-                m.d.comb += [self.running.eq(1), entries.start.eq(1), writer.start.eq(1),
-                             filler.start.eq(cfg.conv), setup.eq(1)]
                 m.d.sync += [summing.eq(0), summing_late.eq(0), summing_seen.eq(0)]
                 m.next = "RUN"
             with m.State("RUN"):
-                m.d.comb += self.running.eq(1)
                 with m.If(cfg.pool_sum & entries.done & ~summing):
                     m.d.sync += [summing.eq(1), start_sums.eq(1)]
                 # The pool sums' reader counts in ``drained`` once it has started: two cycles
@@ -294,15 +295,17 @@ class SequentialEngine(wiring.Component):
                         m.d.sync += step.eq(step + 1)
                         m.next = "SETTLE"
             with m.State("EMIT"):
-                m.d.comb += self.running.eq(1)
                 with m.If(emitter.done):
+                    m.d.sync += self.running.eq(0)
                     m.next = "IDLE"
         # The groups start over with each chunk of filters: a cycle after the entry walker
         # starts the chunk (it reads the chunk's header and parameters first), from a register
         # rather than from the pipeline's drain.
         restart = Signal()
         m.d.sync += restart.eq(entries.restart_groups)
-        m.d.comb += groups.start.eq(cfg.conv & (setup | restart))
+        m.d.comb += [entries.start.eq(setup), writer.start.eq(setup),
+                     filler.start.eq(cfg.conv & setup),
+                     groups.start.eq(cfg.conv & (setup | restart))]
 
     def _tensor_memory(self, m, u):
         """The memory blocks; per block one access a cycle: the writer's, else the reader's
