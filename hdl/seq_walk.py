@@ -208,7 +208,8 @@ class GroupWalker(wiring.Component):
         last_lane_rows, last_lane = Signal(2), Signal(3)
         m.d.comb += [last_lane.eq(lanes - 1),
                      last_lane_rows.eq(rowsel.word_select(last_lane, 2))]
-        count = Mux(a.remaining < lanes, a.remaining, lanes)
+        count = Signal(range(9))               # at most 8 lanes: a mask of 8 bits, not 2 ** width
+        m.d.comb += count.eq(Mux(a.remaining < lanes, a.remaining, lanes))
         oldest = Signal(w.coord_bits)
         m.d.comb += oldest.eq(Mux(a.top < 0, 0, a.top))
         with m.If(advance_b):

@@ -288,6 +288,32 @@ def test_target_with_the_sequential_architecture_takes_the_parts_settings(small)
         == 1
 
 
+def test_sequential_lanes_on_ice40_are_chosen_by_logic_cells():
+    """ResNet-8 on the UP5K: its estimated LUTs and flip-flops are within PLACEABLE at 4 lanes,
+    its logic cells only at one (placed: 5,288 of 5,280 cells at 4 lanes, none left at 2 to
+    route); the model counts the group walker's lane mask at its width (8 bits), not 2 ** 12."""
+    import warnings
+
+    from zeroskip import models
+    from zeroskip.compiler.target import SEQUENTIAL_CELLS_PLACEABLE, over_budget
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # untrained: layers that keep few weights
+        graph = models.mlperf_graph("ic_resnet8").graph
+    up5k = PARTS["ice40-up5k"]
+    chosen = zeroskip.compile(graph, "auto", architecture="sequential", target=up5k.name)
+    assert chosen.architecture.simd_lanes == 1
+    limit = SEQUENTIAL_CELLS_PLACEABLE * up5k.capacity["luts"]
+    for lanes in (4, 2):
+        used = resources.estimate(zeroskip.compile(graph, lanes, architecture="sequential",
+                                                   target=up5k.name).architecture, up5k)
+        assert not over_budget(used, up5k) and resources.sequential_cells(used) > limit
+        assert used.luts < 4_000   # a 4,096-bit shift counted would be 1,600 LUTs more
+    # The ECP5-85F has logic to spare: 8 lanes.
+    assert zeroskip.compile(graph, "auto", architecture="sequential",
+                            target="ecp5-85k").architecture.simd_lanes == 8
+
+
 def test_sequential_weights_move_to_spram_when_their_rom_does_not_fit_the_block_ram():
     """On the UP5K the weights stay in a ROM (a host link can run it) while it fits the block
     RAM by the estimate; past that they go into SPRAM with the tensors."""
@@ -303,6 +329,26 @@ def test_sequential_weights_move_to_spram_when_their_rom_does_not_fit_the_block_
     assert small_net.architecture.memory == "spram-rom"
     assert wide.architecture.memory == "spram"
     assert wide.architecture.preload_words() and small_net.architecture.preload_words() is None
+
+
+def test_sequential_auto_lanes_stop_where_more_shorten_nothing(small):
+    """A net of linear layers has one output pixel a group: one lane is as fast as four, and
+    ``lanes="auto"`` takes one; a conv net keeps the lanes that shorten it."""
+    import seq_nets
+
+    from zeroskip.hdl.seq_model import inference_cycles
+
+    def cycles(design):
+        return inference_cycles(design.architecture.plan)[1][0]
+
+    flat = seq_nets.flat_chain(np.random.default_rng(0))
+    chosen = zeroskip.compile(flat, "auto", architecture="sequential", target="ice40-up5k")
+    four = zeroskip.compile(flat, 4, architecture="sequential", target="ice40-up5k")
+    assert chosen.architecture.simd_lanes == 1 and cycles(chosen) == cycles(four)
+    graph, _ = small
+    conv = zeroskip.compile(graph, "auto", architecture="sequential", target="ice40-up5k")
+    half = zeroskip.compile(graph, 2, architecture="sequential", target="ice40-up5k")
+    assert conv.architecture.simd_lanes == 4 and cycles(conv) < cycles(half)
 
 
 def test_cli_compile_for_a_target(small, tmp_path):

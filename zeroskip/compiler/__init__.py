@@ -242,11 +242,12 @@ def choose(graph, lanes=1, zero_skip=True, *, multipliers=None, calibration=None
 
 def _sequential(graph, found, lanes, *, calibration, chunk, memory, target, depth, argmax):
     """The sequential architecture: its lanes, memory and line buffer for the part ``target``
-    (:meth:`Sequential.choose_settings`, with ``lanes="auto"`` halved until the estimate fits
-    the part) unless given."""
+    (:meth:`Sequential.choose_settings`) unless given. ``lanes="auto"`` is halved until the
+    estimate fits the part (on iCE40 its logic cells too, :func:`~.resources.sequential_cells`),
+    then while half as many take no more cycles."""
     settings = Sequential.choose_settings(graph, target)
     if lanes != "auto":
-        settings.update(lanes=lanes, lut_lanes=Sequential.logic_lanes(target, lanes))
+        settings["lanes"] = lanes
     if memory is not None:
         if memory not in ("bram", "spram", "spram-rom"):
             raise ZeroskipError(f"memory must be 'bram', 'spram' or 'spram-rom', got "
@@ -258,9 +259,9 @@ def _sequential(graph, found, lanes, *, calibration, chunk, memory, target, dept
     if calibration is not None:
         calibration = reference.validate_input(graph, calibration)
 
-    def build():
-        built = Sequential(graph, layers, settings["lanes"], memory=settings["memory"],
-                           depth=depth, lut_lanes=settings["lut_lanes"], zero_skip=True,
+    def build(simd_lanes):
+        built = Sequential(graph, layers, simd_lanes, memory=settings["memory"], depth=depth,
+                           lut_lanes=Sequential.logic_lanes(target, simd_lanes), zero_skip=True,
                            chunk=chunk, multipliers=None, layer_counters=False,
                            calibration=calibration, argmax=argmax, part=target)
         try:
@@ -269,21 +270,35 @@ def _sequential(graph, found, lanes, *, calibration, chunk, memory, target, dept
             raise ZeroskipError(f"graph {graph.name!r}: {error}") from None
         return built
 
-    from .resources import estimate
-    from .target import over_budget
+    from ..hdl.seq_model import inference_cycles
+    from .resources import estimate, sequential_cells
+    from .target import SEQUENTIAL_CELLS_PLACEABLE, over_budget
 
-    chosen = build()
+    chosen = build(settings["lanes"])
     part = parts.PARTS.get(target or "ice40-up5k")
     if memory is None and settings["memory"] == "spram-rom" and part is not None and \
             "brams" in over_budget(estimate(chosen, part), part):
         # The weights' ROM does not fit the block RAM: into SPRAM with the tensors.
         settings["memory"] = "spram"
-        chosen = build()
-    if part is not None and lanes == "auto":
-        # The most lanes whose design the part (without one the UP5K) can place
-        # (target.PLACEABLE of its logic and RAM blocks).
-        while chosen.simd_lanes > 1 and over_budget(estimate(chosen, part), part):
-            half = chosen.simd_lanes // 2
-            settings.update(lanes=half, lut_lanes=Sequential.logic_lanes(target, half))
-            chosen = build()
+        chosen = build(chosen.simd_lanes)
+    if lanes != "auto":
+        return chosen
+
+    def too_big(design):
+        used = estimate(design, part)
+        return bool(over_budget(used, part)) or part.family == "ice40" and \
+            sequential_cells(used) > SEQUENTIAL_CELLS_PLACEABLE * part.capacity["luts"]
+
+    if part is not None:
+        # The most lanes whose design the part (without one the UP5K) can place and route
+        # (target.PLACEABLE of its logic and RAM blocks; on iCE40 its logic cells).
+        while chosen.simd_lanes > 1 and too_big(chosen):
+            chosen = build(chosen.simd_lanes // 2)
+    # Lanes that shorten nothing cost logic and clock: a net of flat layers (the
+    # autoencoder's) has one output pixel a group, so one lane is as fast as eight.
+    while chosen.simd_lanes > 1:
+        fewer = build(chosen.simd_lanes // 2)
+        if inference_cycles(fewer.plan)[1][0] > inference_cycles(chosen.plan)[1][0]:
+            break
+        chosen = fewer
     return chosen

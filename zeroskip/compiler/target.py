@@ -22,7 +22,8 @@ from .folding import Calibration
 from .latency import network_latency
 from .resources import Resources, estimate
 
-__all__ = ["CHUNKS", "PLACEABLE", "TargetChoice", "choose_for_target", "over_budget"]
+__all__ = ["CHUNKS", "PLACEABLE", "SEQUENTIAL_CELLS_PLACEABLE", "TargetChoice",
+           "choose_for_target", "over_budget"]
 
 #: The chunks the search tries (input channels a conv engine examines at once).
 CHUNKS = (8, 16, 32)
@@ -33,6 +34,12 @@ CHUNKS = (8, 16, 32)
 #: had at 99.8 % and 91 %. DSPs and SPRAM blocks are counted exactly (a multiplier lane, a
 #: memory the plan places) and need no logic around them to place: all of them may be used.
 PLACEABLE = {"luts": 0.85, "ffs": 0.85, "brams": 0.85, "dsps": 1.0, "spram": 1.0}
+
+#: The share of an iCE40's logic cells the sequential engine's lanes are chosen within, by
+#: :func:`~.resources.sequential_cells` (see there): room to route. ResNet-8 at two lanes
+#: (about 4,800 estimated) placed at 92 % of the UP5K's cells in one revision and did not route
+#: in 20 minutes, and at 90 % in the next, where it did.
+SEQUENTIAL_CELLS_PLACEABLE = 0.89
 
 
 def over_budget(resources, part):
