@@ -190,6 +190,7 @@ class Board:
     bitstream_suffix: str
     tools: tuple  # (amaranth's tool name, YoWASP script) for each tool of the build script
     synth_opts: str = ""
+    nextpnr_opts: str = ""   # beside the report and --timing-allow-fail
 
 
 @dataclass(frozen=True)
@@ -277,7 +278,8 @@ def build_board(design, build, board, *, clock_mhz=None, baud=115200, log=None):
     with uninitialised_rams():  # as in every other build; Yosys then maps SPRAMs
         plan = platform.build(top, name=name, do_build=False, synth_opts=spec.synth_opts,
                               script_after_read=YOSYS_AFTER_READ,
-                              nextpnr_opts=f"--report {REPORT_FILE} --timing-allow-fail")
+                              nextpnr_opts=f"--report {REPORT_FILE} --timing-allow-fail "
+                                           f"{spec.nextpnr_opts}".strip())
     build = Path(build)
     final, failed = board_directory(build, board), build / f"board-{board}.failed"
     started = time.monotonic()

@@ -522,7 +522,8 @@ def _synthesize_and_place(work, verilog, top, part, freq_mhz, names, timeout, jo
         steps=[asdict(step) for step in steps])
     if not check_fit(report).fits:
         return report
-    placed = pnr.place_and_route(work, part.family, part.nextpnr_args, "netlist.json",
+    placed = pnr.place_and_route(work, part.family, part.nextpnr_args + part.nextpnr_options,
+                                 "netlist.json",
                                  report.target_mhz, timeout=timeout)
     step = Step.of(f"nextpnr-{part.family}", "place and route", placed)
     report.steps.append(asdict(step))

@@ -195,6 +195,9 @@ def test_build_board_writes_a_bitstream_and_its_record(tiny_build, board, suffix
     assert any(r["used"] for r in record["resources"].values())
     for log in (f"{design.top}.rpt", f"{design.top}.tim", "nextpnr-report.json"):
         assert (out / log).is_file()
+    # The part's nextpnr options (zeroskip.parts.ICE40_NEXTPNR_OPTIONS on the iCE40).
+    script = (out / f"build_{design.top}.sh").read_text()
+    assert ("--placer-heap-timingweight 30" in script) == (board == "icebreaker")
     assert not list(build.glob(".board-*")) and not (build / f"board-{board}.failed").exists()
     assert f"{out / bitstream.name}" in result.stdout and "fmax" in result.stdout
 

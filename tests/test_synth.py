@@ -243,6 +243,24 @@ def test_cli_nextpnr_no_fit_is_a_no_fit(tiny_build, capsys, monkeypatch):
         "place and route"]
 
 
+@pytest.mark.parametrize("part, options", [
+    ("ice40-up5k", ("--up5k", "--package", "sg48", "--placer-heap-timingweight", "30")),
+    ("ecp5-25k", ("--25k", "--package", "CABGA256"))])
+def test_nextpnr_gets_the_parts_options(tiny_build, capsys, monkeypatch, part, options):
+    """iCE40 parts place with the heap placer's timing weight raised; ECP5 ones as nextpnr
+    places by default."""
+    seen = []
+
+    def fails(workdir, family, device_args, *args, **kwargs):
+        seen.append(tuple(device_args))
+        return pnr.PnrResult(ok=False, seconds=1.0, error="ERROR: no BELs remaining")
+
+    monkeypatch.setattr(synth, "synthesize_network", small)
+    monkeypatch.setattr(pnr, "place_and_route", fails)
+    code, _, _ = run_cli(capsys, tiny_build, "--target", part)
+    assert code == 1 and seen == [options]
+
+
 def test_cli_nextpnr_failure_is_one_line_exit_2_with_its_log_kept(tiny_build, capsys,
                                                                   monkeypatch):
     def fails(workdir, *args, **kwargs):
