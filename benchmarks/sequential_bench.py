@@ -2,7 +2,7 @@
 
     python benchmarks/sequential_bench.py [--out benchmarks/results/sequential.json]
         [--nets digits_shaped ic_resnet8 ...] [--parts ice40-up5k ecp5-85k]
-        [--bitstreams [--keep DIR]]
+        [--bitstreams [--keep DIR]] [--lanes N ... [--no-default] [--timeout S]]
 
 Per net and part: ``zeroskip.compile(graph, "auto", architecture="sequential", target=PART)``
 (the engine's lanes and memories for the part), its cycle model on 8 calibration inputs
@@ -17,10 +17,14 @@ digits_shaped_graph`): hardware, not accuracy. The Fmax of the digits-shaped net
 included (:func:`zeroskip.boards.board.build_board`), at the fastest clock the PLL makes at or
 below the accelerator's Fmax, then 8 % lower until timing is met, with half the lanes where
 the link beside the accelerator does not fit (at one lane, 8 % lower again: the clock moves the
-packing by tens of cells; at most four builds; each try is recorded): the
+packing by tens of cells; at most six builds; each try is recorded): the
 lanes, the clock, the board's Fmax, its logic cells, the bitstream's size and SHA-256, the
 weight words the host loads over the link first (``'W'``) and the seconds that takes at 115200
 baud. ``--keep`` copies each bitstream there.
+
+``--lanes N ...``: each net also at those lanes (``lane_runs``, beside the resource model's
+LUTs, flip-flops and logic cells, :func:`zeroskip.compiler.resources.sequential_cells`); a
+design nextpnr places but cannot route within ``--timeout`` seconds is recorded as such.
 """
 
 from __future__ import annotations
@@ -36,8 +40,9 @@ import warnings
 from pathlib import Path
 
 import zeroskip
-from zeroskip import models
+from zeroskip import models, parts
 from zeroskip.boards import pll, synth
+from zeroskip.compiler import resources
 from zeroskip.boards.board import BoardBuildError, build_board
 from zeroskip.errors import ToolchainError, ZeroskipError
 
@@ -56,20 +61,23 @@ def net_inputs(name):
     return made.graph, made.inputs_int[:8]
 
 
-def measure(name, graph, x, part):
+def measure(name, graph, x, part, lanes="auto", timeout=None):
     started = time.perf_counter()
-    design = zeroskip.compile(graph, "auto", architecture="sequential", target=part)
+    design = zeroskip.compile(graph, lanes, architecture="sequential", target=part)
     architecture = design.architecture
     estimate = architecture.estimate(x)
+    used = resources.estimate(architecture, parts.PARTS[part])
     entry = {"net": name, "part": part, "lanes": architecture.simd_lanes,
              "logic_lanes": list(architecture.lut_lanes), "memory": architecture.memory,
              "latency_cycles": estimate.latency_cycles,
              "interval_cycles": estimate.interval_cycles,
+             "model": {"luts": used.luts, "ffs": used.ffs,
+                       "cells": resources.sequential_cells(used)},
              "compile_seconds": round(time.perf_counter() - started, 1)}
     with tempfile.TemporaryDirectory(prefix="sequential-bench-") as build:
         design.write(Path(build) / "b")
         try:
-            report = synth.run(Path(build) / "b", part, jobs=1).to_dict()
+            report = synth.run(Path(build) / "b", part, jobs=1, timeout=timeout).to_dict()
         except ToolchainError as error:
             # A design nextpnr cannot place is a result (its message says by how much).
             report = {"fits": False, "failure": str(error).split("; log:")[0]}
@@ -88,9 +96,9 @@ def pll_clocks():
 def bitstream(name, graph, x, fmax, keep=None):
     """The iCEBreaker bitstream of a net's UP5K design: the fastest PLL clock at or below
     ``fmax`` whose timing is met, each try 8 % slower; where the link and PLL beside the
-    accelerator do not fit, half the lanes, or at one lane 8 % slower (four builds at most)."""
+    accelerator do not fit, half the lanes, or at one lane 8 % slower (six builds at most)."""
     lanes, limit, tries, entry = "auto", fmax, [], None
-    for _ in range(4):
+    for _ in range(6):
         design = zeroskip.compile(graph, lanes, architecture="sequential",
                                   target="ice40-up5k")
         architecture = design.architecture
@@ -178,6 +186,12 @@ def main(argv=None):
     parser.add_argument("--bitstreams", action="store_true",
                         help="also build each net's iCEBreaker bitstream (UP5K)")
     parser.add_argument("--keep", help="with --bitstreams: copy the bitstreams here")
+    parser.add_argument("--lanes", nargs="+", type=int, default=[],
+                        help="also each net at these lanes (lane_runs; each tool stopped "
+                             "after --timeout seconds)")
+    parser.add_argument("--timeout", type=float, default=1200)
+    parser.add_argument("--no-default", action="store_true",
+                        help="only the --lanes runs, not the part's own choice")
     args = parser.parse_args(argv)
     warnings.simplefilter("ignore")  # untrained nets: no empty-layer warnings wanted here
     out = Path(args.out)
@@ -186,9 +200,20 @@ def main(argv=None):
                    "machine": {"cpus": os.cpu_count(), "python": platform.python_version()}})
     entries = {(e["net"], e["part"]): e for e in report.get("runs", [])}
     boards = {e["net"]: e for e in report.get("bitstreams", [])}
+    lane_runs = {(e["net"], e["part"], e["lanes"]): e for e in report.get("lane_runs", [])}
     for name in args.nets:
         graph, x = net_inputs(name)
         for part in args.parts:
+            for lanes in args.lanes:
+                entry = measure(name, graph, x, part, lanes, args.timeout)
+                lane_runs[(name, part, lanes)] = entry
+                report["lane_runs"] = sorted(lane_runs.values(), key=lambda e: (
+                    NETS.index(e["net"]), e["part"], e["lanes"]))
+                out.parent.mkdir(parents=True, exist_ok=True)
+                out.write_text(json.dumps(report, indent=2) + "\n")
+                print(json.dumps(entry)[:600], flush=True)
+            if args.no_default:
+                continue
             entry = measure(name, graph, x, part)
             entries[(name, part)] = entry
             report["runs"] = sorted(entries.values(), key=lambda e: (NETS.index(e["net"]),
@@ -203,7 +228,7 @@ def main(argv=None):
                                               key=lambda e: NETS.index(e["net"]))
                 out.write_text(json.dumps(report, indent=2) + "\n")
                 print(json.dumps(boards[name])[:600], flush=True)
-    print(table(report["runs"]))
+    print(table(report.get("runs", [])))
     if report.get("bitstreams"):
         print(board_table(report["bitstreams"]))
     print(f"JSON in {out}")
