@@ -186,7 +186,7 @@ def main(argv=None):
     parser.add_argument("--bitstreams", action="store_true",
                         help="also build each net's iCEBreaker bitstream (UP5K)")
     parser.add_argument("--keep", help="with --bitstreams: copy the bitstreams here")
-    parser.add_argument("--lanes", nargs="+", type=int, default=[],
+    parser.add_argument("--lanes", nargs="+", type=int, default=[], choices=(1, 2, 4, 8),
                         help="also each net at these lanes (lane_runs; each tool stopped "
                              "after --timeout seconds)")
     parser.add_argument("--timeout", type=float, default=1200)

@@ -296,9 +296,11 @@ def _sequential(graph, found, lanes, *, calibration, chunk, memory, target, dept
             chosen = build(chosen.simd_lanes // 2)
     # Lanes that shorten nothing cost logic and clock: a net of flat layers (the
     # autoencoder's) has one output pixel a group, so one lane is as fast as eight.
+    cycles = inference_cycles(chosen.plan)[1][0]
     while chosen.simd_lanes > 1:
         fewer = build(chosen.simd_lanes // 2)
-        if inference_cycles(fewer.plan)[1][0] > inference_cycles(chosen.plan)[1][0]:
+        fewer_cycles = inference_cycles(fewer.plan)[1][0]
+        if fewer_cycles > cycles:
             break
-        chosen = fewer
+        chosen, cycles = fewer, fewer_cycles
     return chosen

@@ -292,19 +292,18 @@ class Sequential(_Architecture):
 
     @staticmethod
     def choose_settings(graph, part=None):
-        """Lanes, memory and logic lanes for ``part`` (a :mod:`zeroskip.boards.synth` target
+        """Lanes and memory for ``part`` (a :mod:`zeroskip.boards.synth` target
         name; None: the iCE40UP5K, the part this engine exists for). On the UP5K: 4 lanes, the
         tensors in SPRAM and the weights in a ROM ("spram-rom": the bitstream holds them; the
         compiler moves the weights into SPRAM too, "spram", loaded over the host link, when the
         ROM does not fit the block RAM). Not 8: its 8 DSP blocks are 7 lanes and the
         requantizer, so lane 7 would be logic, and with it the smallest net measured (the
-        digits-shaped one) took 5,241 to 5,292 of the 5,280 logic cells, placing or not as
-        nextpnr's packing moved (``benchmarks/results/sequential.json``); ``lanes=8`` builds it.
-        Elsewhere 8 lanes on DSPs and block RAM."""
+        digits-shaped one) needed 5,302 of the 5,280 logic cells
+        (``benchmarks/results/sequential.json``); ``lanes=8`` builds it. Elsewhere 8 lanes on
+        DSPs and block RAM. The lanes past the DSPs are :meth:`logic_lanes`."""
         up5k = part in (None, "ice40-up5k")
         lanes = 4 if up5k else 2 if part.startswith("ice40") else 8
-        return {"lanes": lanes, "memory": "spram-rom" if up5k else "bram",
-                "lut_lanes": Sequential.logic_lanes(part, lanes)}
+        return {"lanes": lanes, "memory": "spram-rom" if up5k else "bram"}
 
     @staticmethod
     def _dsp_blocks(part):
