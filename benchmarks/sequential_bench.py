@@ -15,9 +15,10 @@ digits_shaped_graph`): hardware, not accuracy. The Fmax of the digits-shaped net
 
 ``--bitstreams``: for each net on the UP5K also the iCEBreaker bitstream, host link and PLL
 included (:func:`zeroskip.boards.board.build_board`), at the fastest clock the PLL makes at or
-below the accelerator's Fmax, then 8 % lower until timing is met, with half the lanes where
-the link beside the accelerator does not fit (at one lane, 8 % lower again: the clock moves the
-packing by tens of cells; at most six builds; each try is recorded): the
+below the accelerator's Fmax, then just under the Fmax the last try reached (and at least 2 %
+lower) until timing is met, with half the lanes where the link beside the accelerator does not
+fit (at one lane, 8 % lower: the clock moves the packing by tens of cells; at most six builds;
+each try is recorded): the
 lanes, the clock, the board's Fmax, its logic cells, the bitstream's size and SHA-256, the
 weight words the host loads over the link first (``'W'``) and the seconds that takes at 115200
 baud. ``--keep`` copies each bitstream there.
@@ -33,6 +34,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import shutil
 import tempfile
 import time
@@ -95,8 +97,9 @@ def pll_clocks():
 
 def bitstream(name, graph, x, fmax, keep=None):
     """The iCEBreaker bitstream of a net's UP5K design: the fastest PLL clock at or below
-    ``fmax`` whose timing is met, each try 8 % slower; where the link and PLL beside the
-    accelerator do not fit, half the lanes, or at one lane 8 % slower (six builds at most)."""
+    ``fmax`` whose timing is met, each try just under the last one's Fmax; where the link and
+    PLL beside the accelerator do not fit, half the lanes, or at one lane 8 % slower (six
+    builds at most)."""
     lanes, limit, tries, entry = "auto", fmax, [], None
     for _ in range(6):
         design = zeroskip.compile(graph, lanes, architecture="sequential",
@@ -114,7 +117,13 @@ def bitstream(name, graph, x, fmax, keep=None):
                               "failure": failure})
                 if "does not fit" in failure and architecture.simd_lanes > 1:
                     lanes = architecture.simd_lanes // 2
-                elif "timing" in failure or "does not fit" in failure:
+                elif "timing" in failure:
+                    # nextpnr places for the clock asked and lands a few per cent either side
+                    # of it: the next try just under what this one reached.
+                    reached = re.search(r"fmax ([0-9.]+) MHz", failure)
+                    limit = min(float(reached[1]) * 0.99, clock * 0.98) if reached else \
+                        clock * 0.92
+                elif "does not fit" in failure:
                     # At one lane a slower clock is still worth a try: the link's counters and
                     # description change with it, and the packing by tens of cells.
                     limit = clock * 0.92

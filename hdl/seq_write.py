@@ -91,11 +91,14 @@ class Writer(wiring.Component):
         slot = Signal(3)                         # slots written of this word
         held = Signal(8)                         # a slot's low byte, waiting for its high one
         first_group = Signal()
-        pixel = Mux(cfg.flat_out, channel, q0)
-        c = Mux(cfg.flat_out, 0, channel)
+        # The step's flat_out, kept here: the setting's register is placed among the units
+        # that read it, and this one is on the chunk's end.
+        flat = Signal()
+        pixel = Mux(flat, channel, q0)
+        c = Mux(flat, 0, channel)
         pair = Signal(4)
         m.d.comb += pair.eq((pixel[:3] >> 1) + slot)
-        word_base = Mux(cfg.flat_out, (pixel >> 3) << 2, block_base)
+        word_base = Mux(flat, (pixel >> 3) << 2, block_base)
         address = cfg.word + word_base + (c << 2) + Mux(pair[2], cfg.channel_words, 0) + pair[:2]
         # The slot's two bytes: both the constant, or this beat's byte beside the skip value
         # (the other lane's output without a multiply) or beside the byte held.
@@ -131,8 +134,8 @@ class Writer(wiring.Component):
                 m.d.sync += [in_chunk.eq(in_chunk + 1), channel.eq(channel + 1)]
             with m.Else():
                 # Next group: q0 moves on by the word's lanes (a flat output by nothing).
-                step = Mux(cfg.flat_out, 1, result.count)
-                crossed = (q0[:3] + Mux(cfg.flat_out, 0, result.count))[3]
+                step = Mux(flat, 1, result.count)
+                crossed = (q0[:3] + Mux(flat, 0, result.count))[3]
                 m.d.sync += [in_chunk.eq(0), channel.eq(chunk_first), q0.eq(q0 + step),
                              pixels_left.eq(pixels_left - step),
                              left_small.eq(pixels_left - step < 16),
@@ -149,7 +152,8 @@ class Writer(wiring.Component):
                                  chunk_filters.eq(next_size), chunk_last.eq(next_last)]
         with m.If(self.start):
             size = Mux(cfg.filters < self.cache, cfg.filters, self.cache)
-            m.d.sync += [q0.eq(0), channel.eq(0), in_chunk.eq(0), chunk_first.eq(0),
+            m.d.sync += [flat.eq(cfg.flat_out),
+                         q0.eq(0), channel.eq(0), in_chunk.eq(0), chunk_first.eq(0),
                          pixels_left.eq(cfg.pixels), left_small.eq(cfg.pixels < 16),
                          block_base.eq(0), slot.eq(0), first_group.eq(1),
                          chunk_filters.eq(size), chunk_last.eq(size - 1)]

@@ -330,7 +330,7 @@ class Sequential(_Architecture):
     #: Fmax of the engine measured by nextpnr per family (the digits-shaped net at the lanes
     #: the part takes: 4 on the UP5K, 8 on the ECP5-85F; ``benchmarks/results/sequential.json``),
     #: the clock ``target=PART`` counts its latency at.
-    MEASURED_MHZ = {"ice40": 39.42, "ecp5": 89.86}
+    MEASURED_MHZ = {"ice40": 40.6, "ecp5": 84.72}
 
     def expected_mhz(self, part):
         return min(self.MEASURED_MHZ.get(part.family, part.default_mhz), part.default_mhz)
