@@ -23,9 +23,9 @@ class AddEngine(wiring.Component):
     """``y = requant(a * m_a + b * m_b)`` over two streams of the same tensor shape.
 
     The two inputs are joined beat by beat: a pair moves on only when both beats are valid, so
-    either input may run ahead and wait. The scaled sum is exact and goes straight into a
-    :class:`~zeroskip.hdl.requant.Requantizer`; a constant multiplier of 1 (the usual case)
-    costs no hardware.
+    either input may run ahead and wait. The pair is registered, then its scaled terms, then
+    their sum, exact, goes into a :class:`~zeroskip.hdl.requant.Requantizer`; a constant multiplier of 1 (the
+    usual case) costs no hardware.
 
     Parameters
     ----------
@@ -55,12 +55,13 @@ class AddEngine(wiring.Component):
 
     Latency and throughput
     ----------------------
-    :attr:`latency` (7, the requantizer's) cycles from the handshake of an input pair to its
-    result on ``o_stream`` (2 more through a width converter). One pair of beats per cycle. Each input's ``ready`` depends combinationally
-    on the other input's ``valid`` and on ``o_stream.ready``.
+    :attr:`latency` (9: two registers, then the requantizer's 7) cycles from the handshake of
+    an input pair to its result on ``o_stream`` (2 more through a width converter). One pair of
+    beats per cycle. Each input's ``ready`` depends combinationally on the other input's
+    ``valid`` and on ``o_stream.ready``.
     """
 
-    latency = Requantizer.latency
+    latency = 2 + Requantizer.latency
 
     def __init__(self, node: ir.Add, shape, act_a: ir.Activation, act_b: ir.Activation, *,
                  in_width=1, out_width=1):
@@ -110,25 +111,43 @@ class AddEngine(wiring.Component):
         m.submodules.requantizer = requantizer = wide_requantizer(
             self._node.requant, self._sum_shape(), self.shape[0], self._node.act, width)
         pair_valid = a.valid & b.valid
-        taken = pair_valid & requantizer.i_stream.ready
+        # The pair is registered before its scaling, and the scaled terms before their sum:
+        # the inputs often come from a FIFO's block RAM, and the scaling is a multiply.
+        staged, scaled = Signal(), Signal()
+        staged_a, staged_b = Signal.like(a.payload), Signal.like(b.payload)
+        staged_channel, scaled_channel = Signal(range(channels)), Signal(range(channels))
+        staged_lanes = [(staged_a, staged_b)] if width == 1 else \
+            [(staged_a[index], staged_b[index]) for index in range(width)]
+        terms = [(Signal.like(x * m_a, name=f"term_a_{index}"),
+                  Signal.like(y * m_b, name=f"term_b_{index}"))
+                 for index, (x, y) in enumerate(staged_lanes)]
+        scaled_ready = ~scaled | requantizer.i_stream.ready
+        stage_ready = ~staged | scaled_ready
+        taken = pair_valid & stage_ready
 
         # HWC and feature order both cycle through the channels fastest.
         channel = Signal(range(channels))
         beat = Signal(range(size))
+        with m.If(stage_ready):
+            m.d.sync += [staged.eq(pair_valid), staged_a.eq(a.payload),
+                         staged_b.eq(b.payload), staged_channel.eq(channel)]
+        with m.If(scaled_ready):
+            m.d.sync += [scaled.eq(staged), scaled_channel.eq(staged_channel)]
+            for (x, y), (term_a, term_b) in zip(staged_lanes, terms):
+                m.d.sync += [term_a.eq(x * m_a), term_b.eq(y * m_b)]
         with m.If(taken):
             m.d.sync += [
                 channel.eq(Mux(channel == channels - 1, 0, channel + 1)),
                 beat.eq(Mux(beat == size - 1, 0, beat + 1)),
             ]
         m.d.comb += [
-            a.ready.eq(requantizer.i_stream.ready & b.valid),
-            b.ready.eq(requantizer.i_stream.ready & a.valid),
-            requantizer.i_stream.valid.eq(pair_valid),
-            *([requantizer.i_stream.p.acc.eq(a.payload * m_a + b.payload * m_b)] if width == 1
-              else [requantizer.i_stream.p.acc[index].eq(a.payload[index] * m_a +
-                                                         b.payload[index] * m_b)
-                    for index in range(width)]),
-            requantizer.i_stream.p.channel.eq(channel),
+            a.ready.eq(stage_ready & b.valid),
+            b.ready.eq(stage_ready & a.valid),
+            requantizer.i_stream.valid.eq(scaled),
+            *([requantizer.i_stream.p.acc.eq(terms[0][0] + terms[0][1])] if width == 1
+              else [requantizer.i_stream.p.acc[index].eq(term_a + term_b)
+                    for index, (term_a, term_b) in enumerate(terms)]),
+            requantizer.i_stream.p.channel.eq(scaled_channel),
         ]
         if self.out_width == width:
             wiring.connect(m, requantizer.o_stream, wiring.flipped(self.o_stream))
@@ -144,7 +163,7 @@ class AddEngine(wiring.Component):
             m, self.counters,
             begin=taken & (beat == 0),
             finish=out_taken & last_out,
-            starved=(beat != 0) & requantizer.i_stream.ready & ~pair_valid,
+            starved=(beat != 0) & stage_ready & ~pair_valid,
             blocked=self.o_stream.valid & ~self.o_stream.ready,
-            max_inflight=Requantizer.latency + (1 if self.out_width == width else 4))
+            max_inflight=self.latency + (1 if self.out_width == width else 4))
         return m

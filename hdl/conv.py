@@ -824,8 +824,14 @@ class SparseConvEngine(wiring.Component):
             starved=idle_multipliers & Cat(waiting_for_rows).any() & ~self.i_stream.valid,
             blocked=idle_multipliers & self.o_stream.valid & ~self.o_stream.ready,
             max_inflight=rows + self.plan.slots + OUT_FIFO_DEPTH + 8)
+        # The lanes' counts are summed a cycle before they are added to the counters: the sum
+        # and the counter's carry chain in one cycle were the design's longest path.
+        effective_sum = sum(effective)
+        skipped_sum = sum(scanned) - sum(issued)
+        effective_delta = Signal(range(len(effective) + 1))
+        skipped_delta = Signal(skipped_sum.shape())
         m.d.sync += [
-            self.counters.effective_macs.eq(self.counters.effective_macs + sum(effective)),
-            self.counters.skipped_pairs.eq(self.counters.skipped_pairs + sum(scanned) -
-                                           sum(issued)),
+            effective_delta.eq(effective_sum), skipped_delta.eq(skipped_sum),
+            self.counters.effective_macs.eq(self.counters.effective_macs + effective_delta),
+            self.counters.skipped_pairs.eq(self.counters.skipped_pairs + skipped_delta),
         ]

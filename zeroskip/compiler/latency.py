@@ -24,6 +24,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import ir
+from ..hdl.add import AddEngine
 from ..hdl.pool import AvgPool2dEngine, MaxPool2dEngine
 from ..hdl.requant import Requantizer
 from .folding import (MIN_SIMULATED_IMAGES, XNOR_ISSUE_TO_COLLECT, _issue_work, _pixel_rows,
@@ -35,7 +36,7 @@ __all__ = ["LINK_CYCLES", "network_latency"]
 #: Cycles a link between engines adds: a register slice.
 LINK_CYCLES = 1
 #: A fork's FIFO (buffered: its read takes two cycles).
-FIFO_CYCLES = 2
+FIFO_CYCLES = 3
 #: A width converter: gathering or splitting, then its register slice.
 CONVERTER_CYCLES = 2
 #: From a conv engine's collector giving a pixel's last sum to its last activation leaving the
@@ -114,7 +115,7 @@ def _add_rows(spec, arrivals_a, arrivals_b, in_width, out_width):
         done = np.maximum(done + per_row, np.maximum(arrivals_a[:, row], arrivals_b[:, row]) + 1)
         out.append(done)
     extra = CONVERTER_CYCLES if out_width != in_width else 0
-    return np.stack(out, axis=1) + Requantizer.latency + extra
+    return np.stack(out, axis=1) + AddEngine.latency + extra
 
 
 def network_latency(architecture, calibration):
