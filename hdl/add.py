@@ -23,9 +23,9 @@ class AddEngine(wiring.Component):
     """``y = requant(a * m_a + b * m_b)`` over two streams of the same tensor shape.
 
     The two inputs are joined beat by beat: a pair moves on only when both beats are valid, so
-    either input may run ahead and wait. The pair is registered, then its scaled terms, then
-    their sum, exact, goes into a :class:`~zeroskip.hdl.requant.Requantizer`; a constant multiplier of 1 (the
-    usual case) costs no hardware.
+    either input may run ahead and wait. The pair is registered, then its scaled terms; their
+    sum, exact, goes into a :class:`~zeroskip.hdl.requant.Requantizer`. A constant multiplier
+    of 1 (the usual case) is no multiply.
 
     Parameters
     ----------
