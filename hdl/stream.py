@@ -106,8 +106,11 @@ class StreamFIFO(wiring.Component):
     i_stream : In(stream.Signature(shape))
     o_stream : Out(stream.Signature(shape))
 
-    Latency 2 cycles when empty; one beat per cycle.
+    :attr:`latency` (3: the buffered FIFO's 2, the register's 1) cycles from a beat's
+    handshake to it on ``o_stream`` when empty; one beat per cycle.
     """
+
+    latency = 3
 
     def __init__(self, shape, depth):
         if not isinstance(depth, int) or depth < 1:

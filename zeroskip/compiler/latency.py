@@ -27,6 +27,7 @@ from .. import ir
 from ..hdl.add import AddEngine
 from ..hdl.pool import AvgPool2dEngine, MaxPool2dEngine
 from ..hdl.requant import Requantizer
+from ..hdl.stream import StreamFIFO
 from .folding import (MIN_SIMULATED_IMAGES, XNOR_ISSUE_TO_COLLECT, _issue_work, _pixel_rows,
                       _timeline, xnor_entries)
 from .layers import WEIGHT_LAYERS, producer
@@ -35,8 +36,8 @@ __all__ = ["LINK_CYCLES", "network_latency"]
 
 #: Cycles a link between engines adds: a register slice.
 LINK_CYCLES = 1
-#: A fork's FIFO (buffered: its read takes two cycles).
-FIFO_CYCLES = 3
+#: A fork's FIFO.
+FIFO_CYCLES = StreamFIFO.latency
 #: A width converter: gathering or splitting, then its register slice.
 CONVERTER_CYCLES = 2
 #: From a conv engine's collector giving a pixel's last sum to its last activation leaving the
