@@ -7,6 +7,7 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from .activity import count_beats
+from .arith import times
 from .common import activation_shape, activation_stream, check_width
 
 __all__ = ["ArgmaxEngine"]
@@ -103,7 +104,7 @@ class ArgmaxEngine(wiring.Component):
                                          "position": position.shape()}))
         m.d.sync += [beat.valid.eq(given), beat.last.eq(last),
                      beat.values.eq(self.i_stream.payload), beat.position.eq(position)]
-        base = beat.position * self.width
+        base = times(beat.position, self.width)
         level = [(beat.values[index], base + index) for index in range(self.width)]
         stages, valid, last_flag = [beat], beat.valid, beat.last
         depth = 0

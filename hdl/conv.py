@@ -7,8 +7,8 @@ Dataflow (per lane, one multiplier each; :mod:`.sparse_plan` decides what each l
     examiner: for each (filter, tap, chunk) of the output pixel, weight mask AND activation mask;
               combos with no pair are dropped (a filter's last combo always goes through)
                                    |  FIFO
-    issuer:   priority encoder hands out one surviving pair per cycle; a prefix popcount of the
-              weight mask addresses the compressed weight ROM
+    issuer:   priority encoder hands out one surviving pair per cycle; a cycle later a prefix
+              popcount of the weight mask addresses the compressed weight ROM
                                    |
     MAC:      acc += w * x; at a filter's last combo the sum goes to the output tile
                                    |
@@ -32,7 +32,7 @@ from amaranth.utils import ceil_log2
 
 from .. import ir
 from .activity import count_activity, count_beats
-from .arith import popcount
+from .arith import popcount, times
 from .common import activation_shape, activation_stream, counters_signature, stream_shape
 from .requant import Requantizer, SideBySide, requant_slice
 from .sparse_plan import plan as make_plan
@@ -142,7 +142,7 @@ def elaborate_collector(m, engine, acc_bounds, lane_done, tile_read_ports, colle
     lane_index = route[:lane_bits]
     position = route[lane_bits:]
     for port, count in tile_read_ports:
-        m.d.comb += port.addr.eq(stage1.slot * count + position)
+        m.d.comb += port.addr.eq(times(stage1.slot, count) + position)
     m.d.sync += [stage2.valid.eq(stage1.valid), stage2.channel.eq(stage1.channel),
                  stage2.lane.eq(lane_index),
                  stage3.valid.eq(stage2.valid), stage3.channel.eq(stage2.channel),
@@ -240,7 +240,7 @@ def _elaborate_wide_collector(m, engine, acc_bounds, lane_done, tile_read_ports,
             m.d.sync += beat.eq(beat + 1)
     route = route_read.data
     for lane, (port, count) in enumerate(tile_read_ports):
-        m.d.comb += port.addr.eq(stage1.slot * count + route.position[lane % groups])
+        m.d.comb += port.addr.eq(times(stage1.slot, count) + route.position[lane % groups])
     m.d.sync += [stage2.valid.eq(stage1.valid), stage2.beat.eq(stage1.beat),
                  stage2.lane.eq(route.lane), stage2.slice.eq(route.slice)]
     # A tile word of every group, from the lane the route names.
@@ -581,15 +581,15 @@ class SparseConvEngine(wiring.Component):
             stage_l.slot.eq(stage_b.slot),
         ]
         if g.pack == 1:
-            m.d.comb += mask_read.addr.eq(stage_l.ring_pixel * words_per_pixel +
-                                          stage_l.group * g.chunks + stage_l.chunk)
-            act_base = stage_l.ring_pixel * g.in_channels + \
-                stage_l.group * g.group_channels + stage_l.chunk * g.chunk
+            m.d.comb += mask_read.addr.eq(times(stage_l.ring_pixel, words_per_pixel) +
+                                          times(stage_l.group, g.chunks) + stage_l.chunk)
+            act_base = times(stage_l.ring_pixel, g.in_channels) + \
+                times(stage_l.group, g.group_channels) + times(stage_l.chunk, g.chunk)
         else:
             # A pack's combos all read one mask word per pixel: the chunk is always 0.
             word, channel = (stage_l.word, stage_l.channel) if g.diagonal else (0, 0)
-            m.d.comb += mask_read.addr.eq(stage_l.ring_pixel * words_per_pixel + word)
-            act_base = stage_l.ring_pixel * g.in_channels + channel
+            m.d.comb += mask_read.addr.eq(times(stage_l.ring_pixel, words_per_pixel) + word)
+            act_base = times(stage_l.ring_pixel, g.in_channels) + channel
         m.d.sync += [
             stage_c.valid.eq(stage_l.valid), stage_c.first.eq(stage_l.first),
             stage_c.pad.eq(stage_l.pad), stage_c.last.eq(stage_l.last),
@@ -621,8 +621,12 @@ class SparseConvEngine(wiring.Component):
         with m.If(stage_c.valid):
             m.d.sync += running_base.eq(base + popcount(weight_mask))
         dropped = stage_c.valid & ~pair_fifo.w_en
-        taken = pair_fifo.r_en & pair_fifo.r_rdy
-        m.d.sync += ahead.eq(ahead + examined - dropped - taken)
+        # An entry the issuer takes frees its place a cycle later (a register): the issuer's
+        # decision and this sum in one cycle were the digits-shaped net's longest path. Seen
+        # late, the count is only ever too high, so the FIFO never overflows.
+        taken = Signal()
+        m.d.sync += [taken.eq(pair_fifo.r_en & pair_fifo.r_rdy),
+                     ahead.eq(ahead + examined - dropped - taken)]
         # The dense loop nest's pairs for this lane and pixel, credited as the pixel starts
         # (before any of its pairs issue), so that credited minus issued never goes negative.
         dense_pairs = len(lane.filters) * g.taps * g.group_channels
@@ -693,7 +697,6 @@ class SparseConvEngine(wiring.Component):
         m.d.comb += [below_lowest.eq(~_at_or_below(remaining)),
                      lowest.eq(remaining & (below_lowest << 1 | 1))]
         channel = _one_hot_index(lowest)
-        weight_index = popcount(current.weights & below_lowest)
 
         def without_lowest(bits):
             return bits & (bits - 1)
@@ -712,9 +715,10 @@ class SparseConvEngine(wiring.Component):
                 m.d.sync += [current.eq(pair_fifo.r_data), remaining.eq(next_entry.pairs),
                              single.eq(without_lowest(next_entry.pairs) == 0)]
 
-        # The issued pair: its channel and weight offset are registered before they are added
-        # to the entry's bases, so that the priority encoder, the prefix popcount and the RAM
-        # addresses do not share a cycle. In a pack the pair's index is its filter in the pack
+        # The issued pair: its channel and the entry's weights below it are registered, the
+        # weights' count (the pair's weight offset) the cycle after, and both are added to the
+        # entry's bases the cycle after that, so that the priority encoder, the prefix popcount
+        # and the RAM addresses each have a cycle. In a pack the pair's index is its filter in the pack
         # (``sub``) and its channel: the same bits (depthwise), or high and low bits (dense).
         fields = {"valid": 1, "pair": 1, "pad": 1, "last": 1, "filter": current.filter.shape(),
                   "slot": current.slot.shape()}
@@ -727,7 +731,7 @@ class SparseConvEngine(wiring.Component):
             fields["select"] = range(g.in_beat)
         token_layout = data.StructLayout(fields)
         issued = Signal(data.StructLayout({
-            "token": token_layout, "base": current.base.shape(), "offset": weight_index.shape(),
+            "token": token_layout, "base": current.base.shape(), "below": g.mask_bits,
             "act_base": current.act_base.shape(), "channel": channel.shape()}))
         m.d.sync += [
             issued.token.valid.eq(current_valid & (has_pair | current.last)),
@@ -736,11 +740,18 @@ class SparseConvEngine(wiring.Component):
             issued.token.last.eq(current.last & single),  # the entry's last pair, or none
             issued.token.filter.eq(current.filter),
             issued.token.slot.eq(current.slot),
-            issued.base.eq(current.base), issued.offset.eq(weight_index),
+            issued.base.eq(current.base), issued.below.eq(current.weights & below_lowest),
             issued.act_base.eq(current.act_base), issued.channel.eq(channel),
             *([issued.token.sub.eq(sub)] if g.pack > 1 else []),
         ]
-        return has_pair, *self._elaborate_mac(m, lane, issued, weight_read, act_read,
+        counted = Signal(data.StructLayout({
+            "token": token_layout, "base": current.base.shape(),
+            "offset": range(g.mask_bits + 1), "act_base": current.act_base.shape(),
+            "channel": channel.shape()}))
+        m.d.sync += [counted.token.eq(issued.token), counted.base.eq(issued.base),
+                     counted.offset.eq(popcount(issued.below)),
+                     counted.act_base.eq(issued.act_base), counted.channel.eq(issued.channel)]
+        return has_pair, *self._elaborate_mac(m, lane, counted, weight_read, act_read,
                                               tile_write, window)
 
     def _elaborate_mac(self, m, lane, issued, weight_read, act_read, tile_write, window):
@@ -824,10 +835,16 @@ class SparseConvEngine(wiring.Component):
             starved=idle_multipliers & Cat(waiting_for_rows).any() & ~self.i_stream.valid,
             blocked=idle_multipliers & self.o_stream.valid & ~self.o_stream.ready,
             max_inflight=rows + self.plan.slots + OUT_FIFO_DEPTH + 8)
-        # The lanes' counts are summed a cycle before they are added to the counters: the sum
-        # and the counter's carry chain in one cycle were the design's longest path.
+        # The lanes' counts are registered, summed the cycle after, and added to the counters
+        # the cycle after that: the issuer's decision, the sum and a counter's carry chain in
+        # one cycle were the design's longest paths.
+        scanned_r = [Signal.like(Value.cast(value), name=f"scanned_{index}")
+                     for index, value in enumerate(scanned)]
+        issued_r = Signal(len(issued))
+        m.d.sync += [issued_r.eq(Cat(issued)),
+                     *[held.eq(value) for held, value in zip(scanned_r, scanned)]]
         effective_sum = sum(effective)
-        skipped_sum = sum(scanned) - sum(issued)
+        skipped_sum = sum(scanned_r) - popcount(issued_r)
         effective_delta = Signal(range(len(effective) + 1))
         skipped_delta = Signal(skipped_sum.shape())
         m.d.sync += [

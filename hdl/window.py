@@ -15,6 +15,7 @@ from amaranth.hdl import Array, Cat, Const, Mux, Signal, signed
 from amaranth.lib.memory import Memory
 from amaranth.utils import ceil_log2
 
+from .arith import times
 from .sparse_plan import signed_width
 
 __all__ = ["DEEP_TILE_SLOTS", "PIXEL_COUNTER_WIDTH", "TILE_SLOTS", "LaneWindow", "PixelCursor",
@@ -189,8 +190,11 @@ class LaneWindow:
         self.pixel_index = Signal(width, name=f"{name}_pixel_index")
         self.cursor = PixelCursor(g, rows, row_width, f"{name}_scan", track_needed=True)
         self.retired = PixelCursor(g, rows, row_width, f"{name}_retired")
+        # Registered: it only grows, so the ring seeing it a cycle late can only hold a row
+        # back; the sum, the comparisons of every lane's and the writer's room check in one
+        # cycle were the digits-shaped net's longest path on the ECP5.
         self.oldest_needed = Signal(row_width, name=f"{name}_oldest_needed")
-        m.d.comb += self.oldest_needed.eq(self.retired.oldest_row())
+        m.d.sync += self.oldest_needed.eq(self.retired.oldest_row())
         self._stepping = Signal(name=f"{name}_stepping")  # next_pixel() this cycle
         self.rows_ready = Signal(name=f"{name}_rows_ready")
         tile_free = Signal(name=f"{name}_tile_free")
@@ -233,7 +237,7 @@ class LaneWindow:
         slot_of_row = Signal(range(rows))
         m.d.comb += slot_of_row.eq(Mux(stage.top_slot + tap_y >= rows,
                                        stage.top_slot + tap_y - rows, stage.top_slot + tap_y))
-        return pad, slot_of_row * g.width + column[:max(ceil_log2(g.width), 1)]
+        return pad, times(slot_of_row, g.width) + column[:max(ceil_log2(g.width), 1)]
 
 
 def oldest_of(windows):
@@ -323,26 +327,43 @@ def group_of(geometry, lane_filters, filter_index):
                  for f in lane_filters)[filter_index]
 
 
+def _registered_write(m, tile_write, *, addr, data, en, done, slots):
+    """Give the output tile a sum's write the cycle after the sum is made, and count the pixel
+    done (``done``: its last sum is written) with that write, so that the collector reads no
+    sum before it lands: the adder and the tile's write port in one cycle were the digits-shaped
+    net's longest path on the ECP5. Returns the count of pixels done (wrap-around)."""
+    addr_r, data_r, en_r = (Signal.like(tile_write.addr, name="tile_addr"),
+                            Signal.like(tile_write.data, name="tile_data"),
+                            Signal.like(tile_write.en, name="tile_en"))
+    done_r = Signal(name="pixel_written")
+    pixels_done = Signal(pixel_counter_width(slots))
+    m.d.sync += [addr_r.eq(addr), data_r.eq(data), en_r.eq(en), done_r.eq(done)]
+    m.d.comb += [tile_write.addr.eq(addr_r), tile_write.data.eq(data_r),
+                 tile_write.en.eq(en_r)]
+    with m.If(done_r):
+        m.d.sync += pixels_done.eq(pixels_done + 1)
+    return pixels_done
+
+
 def elaborate_accumulator(m, window, *, valid, last, value, filter_index, slot, filters,
                           sum_shape, tile_write):
-    """Sum a filter's values; its last one writes the sum to the output tile, and a pixel's last
-    filter retires the pixel. Returns the count of pixels done (wrap-around)."""
+    """Sum a filter's values; its last one writes the sum to the output tile (a cycle later),
+    and a pixel's last filter retires the pixel. Returns the count of pixels done (wrap-around),
+    counted as their last sum is written."""
     accumulator = Signal(sum_shape)
     total = Signal(sum_shape)
-    pixels_done = Signal(pixel_counter_width(window.slots))
-    m.d.comb += [total.eq(accumulator + value),
-                 tile_write.addr.eq(slot * filters + filter_index),
-                 tile_write.data.eq(total)]
+    closes = valid & last
+    m.d.comb += total.eq(accumulator + value)
     with m.If(valid):
         with m.If(last):
-            m.d.comb += tile_write.en.eq(1)
             m.d.sync += accumulator.eq(0)
             with m.If(filter_index == filters - 1):
-                m.d.sync += pixels_done.eq(pixels_done + 1)
                 window.retired.advance(m)
         with m.Else():
             m.d.sync += accumulator.eq(total)
-    return pixels_done
+    return _registered_write(m, tile_write, addr=times(slot, filters) + filter_index,
+                             data=total, en=closes,
+                             done=closes & (filter_index == filters - 1), slots=window.slots)
 
 
 def elaborate_block_accumulator(m, window, *, valid, last, value, unit, sub, slot, units, pack,
@@ -350,27 +371,27 @@ def elaborate_block_accumulator(m, window, *, valid, last, value, unit, sub, slo
     """:func:`elaborate_accumulator` for a tile in blocks (words of ``block`` filters' sums,
     written with a granularity of one sum) and for packs: a unit (a filter, or a pack of
     ``pack`` consecutive filters, ``sub`` naming a value's filter in it) keeps a partial sum
-    per filter; its last value writes them into the unit's place in its block's word, and a
-    pixel's last unit retires the pixel. Returns the count of pixels done (wrap-around)."""
+    per filter; its last value writes them into the unit's place in its block's word (a cycle
+    later), and a pixel's last unit retires the pixel. Returns the count of pixels done
+    (wrap-around), counted as their last sums are written."""
     per_word = block // pack  # units per tile word; both are powers of two
     shift = per_word.bit_length() - 1
     partials = [Signal(sum_shape, name=f"partial_{index}") for index in range(pack)]
     total = Signal(sum_shape)
-    pixels_done = Signal(pixel_counter_width(window.slots))
     current = partials[0] if pack == 1 else Array(partials)[sub]
     m.d.comb += total.eq(current + value)
     sums = [total] if pack == 1 else [Mux(sub == index, total, partial)
                                       for index, partial in enumerate(partials)]
     place = unit[:shift] if shift else 0
-    m.d.comb += [tile_write.addr.eq(slot * (units // per_word) + (unit >> shift)),
-                 tile_write.data.eq(Cat(*sums * per_word))]
+    closes = valid & last
     with m.If(valid):
         with m.If(last):
-            m.d.comb += tile_write.en.eq(Const((1 << pack) - 1, block) << (place * pack))
             m.d.sync += [partial.eq(0) for partial in partials]
             with m.If(unit == units - 1):
-                m.d.sync += pixels_done.eq(pixels_done + 1)
                 window.retired.advance(m)
         with m.Else():
             m.d.sync += current.eq(total)
-    return pixels_done
+    enable = Const((1 << pack) - 1, block) << (place * pack)
+    return _registered_write(m, tile_write, addr=times(slot, units // per_word) + (unit >> shift),
+                             data=Cat(*sums * per_word), en=Mux(closes, enable, 0),
+                             done=closes & (unit == units - 1), slots=window.slots)

@@ -40,7 +40,7 @@ from amaranth.lib.wiring import In, Out
 from .. import ir
 from .activity import count_activity, count_beats
 from .common import activation_stream, counters_signature
-from .arith import balanced_sum, popcount
+from .arith import balanced_sum, popcount, times
 from .conv import OUT_FIFO_DEPTH, elaborate_collector
 from .sparse_plan import plan as make_plan
 from .sparse_plan import signed_width
@@ -243,8 +243,8 @@ class XnorConvEngine(wiring.Component):
         entry_b = rom_read.data
         filter_index = elaborate_filter_counter(m, filters, stage_b.valid & entry_b.last)
         pad, ring_pixel = window.locate(m, stage_b, entry_b.tap_y, entry_b.tap_x)
-        m.d.comb += word_read.addr.eq(ring_pixel * words_per_pixel +
-                                      group_of(g, lane.filters, filter_index) * g.chunks +
+        m.d.comb += word_read.addr.eq(times(ring_pixel, words_per_pixel) +
+                                      times(group_of(g, lane.filters, filter_index), g.chunks) +
                                       entry_b.word)
         stage_c_fields = {
             "valid": 1, "pad": 1, "last": 1, "mask": unsigned(g.chunk),

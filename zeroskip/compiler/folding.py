@@ -55,9 +55,11 @@ SCAN_TO_ISSUE = 8
 # (the examiner stops one short of the FIFO's depth, counting the entries in its pipeline
 # stages).
 AHEAD = PAIR_FIFO_DEPTH - 2
-# From a lane's last issued pair to the collector starting on that pixel (issue, operand and
-# product registers, accumulator, pixel counter).
-ISSUE_TO_COLLECT = 5
+# Cycles from the issuer taking an entry to the examiner counting its place free.
+TAKEN_SEEN = 1
+# From a lane's last issued pair to the collector starting on that pixel (issue, weight count,
+# operand and product registers, accumulator, the tile's registered write, pixel counter).
+ISSUE_TO_COLLECT = 7
 # Calibration images the cycle model replays (evenly spaced through the batch): its cost grows
 # with images * pixels * combos, and the mean settles long before 32. Pair counts use them all.
 SIMULATED_IMAGES = 32
@@ -69,8 +71,9 @@ MIN_SIMULATED_IMAGES = 8
 # the row count and the window's rows-ready flag are registers.
 ROW_READY = 1
 # Cycles from an XNOR lane issuing a pixel's last ROM entry to the collector taking the pixel:
-# ROM read, line-buffer read, agreeing bits registered, popcount, sum, accumulate.
-XNOR_ISSUE_TO_COLLECT = 6
+# ROM read, line-buffer read, agreeing bits registered, popcount, sum, accumulate, the tile's
+# registered write.
+XNOR_ISSUE_TO_COLLECT = 7
 
 
 @dataclass(frozen=True)
@@ -237,7 +240,8 @@ def _lane_pixel(queues, pixel, first_scan, issue_free, pops):
         arrival = np.where(queued, scan + SCAN_TO_ISSUE - before, 0)
         start = before + np.maximum(np.maximum.accumulate(arrival, axis=2), issue_free[..., None])
         history = np.concatenate([pops, start[images, lanes, order]], axis=2)
-        blocked = history[images, lanes, rank]
+        # The examiner sees an entry taken a cycle after the issuer takes it.
+        blocked = history[images, lanes, rank] + TAKEN_SEEN
         rescan = step + np.maximum.accumulate(np.maximum(blocked - step,
                                                          first_scan[..., None]), axis=2)
         rescan = np.where(q.listed, rescan, scan)
