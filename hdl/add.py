@@ -14,7 +14,7 @@ from zeroskip.errors import GraphError
 from .activity import count_activity, count_beats
 from .common import activation_shape, activation_stream, check_width, counters_signature
 from .requant import Requantizer, wide_requantizer
-from .stream import StreamWidthConverter
+from .stream import StreamRegister, StreamWidthConverter
 
 __all__ = ["AddEngine"]
 
@@ -55,13 +55,13 @@ class AddEngine(wiring.Component):
 
     Latency and throughput
     ----------------------
-    :attr:`latency` (9: two registers, then the requantizer's 7) cycles from the handshake of
-    an input pair to its result on ``o_stream`` (2 more through a width converter). One pair of
-    beats per cycle. Each input's ``ready`` depends combinationally on the other input's
-    ``valid`` and on ``o_stream.ready``.
+    :attr:`latency` (10: two registers, the requantizer's 7, a register slice) cycles from the
+    handshake of an input pair to its result on ``o_stream`` (2 more through a width
+    converter). One pair of beats per cycle. Each input's ``ready`` depends combinationally on
+    the other input's ``valid``, not on ``o_stream.ready``: the slice's ``ready`` is a register.
     """
 
-    latency = 2 + Requantizer.latency
+    latency = 2 + Requantizer.latency + StreamRegister.latency
 
     def __init__(self, node: ir.Add, shape, act_a: ir.Activation, act_b: ir.Activation, *,
                  in_width=1, out_width=1):
@@ -149,21 +149,31 @@ class AddEngine(wiring.Component):
                     for index, (term_a, term_b) in enumerate(terms)]),
             requantizer.i_stream.p.channel.eq(scaled_channel),
         ]
+        # The results leave through a register slice: the consumer's ready (a fork waiting on
+        # its FIFOs), the pipeline's and the inputs' made ResNet-8's longest path on the ECP5.
+        m.submodules.out = out = StreamRegister(requantizer.o_stream.payload.shape())
+        wiring.connect(m, requantizer.o_stream, out.i_stream)
         if self.out_width == width:
-            wiring.connect(m, requantizer.o_stream, wiring.flipped(self.o_stream))
+            wiring.connect(m, out.o_stream, wiring.flipped(self.o_stream))
         else:
             m.submodules.widths = widths = StreamWidthConverter(
                 activation_shape(self._node.act), width, self.out_width)
-            wiring.connect(m, requantizer.o_stream, widths.i_stream)
+            wiring.connect(m, out.o_stream, widths.i_stream)
             wiring.connect(m, widths.o_stream, wiring.flipped(self.o_stream))
 
         out_taken = self.o_stream.valid & self.o_stream.ready
         _, last_out = count_beats(m, out_taken, math.prod(self.shape) // self.out_width)
-        count_activity(
-            m, self.counters,
-            begin=taken & (beat == 0),
-            finish=out_taken & last_out,
-            starved=(beat != 0) & stage_ready & ~pair_valid,
-            blocked=self.o_stream.valid & ~self.o_stream.ready,
-            max_inflight=self.latency + (1 if self.out_width == width else 4))
+        # The add waits while an output slot is free and a pair is not valid. Every term is
+        # registered (the activity is counted a cycle late, as it was), so that the consumer's
+        # ready reaches a flip-flop rather than the counters' enables.
+        begin, finish, starved, blocked = (Signal() for _ in range(4))
+        m.d.sync += [
+            begin.eq(taken & (beat == 0)), finish.eq(out_taken & last_out),
+            starved.eq((beat != 0) & (~self.o_stream.valid | self.o_stream.ready) &
+                       ~pair_valid),
+            blocked.eq(self.o_stream.valid & ~self.o_stream.ready),
+        ]
+        count_activity(m, self.counters, begin=begin, finish=finish, starved=starved,
+                       blocked=blocked,
+                       max_inflight=self.latency + (1 if self.out_width == width else 4))
         return m

@@ -33,6 +33,9 @@ from amaranth.lib.wiring import Out
 
 COUNTER_WIDTH = 32
 COUNTER_NAMES = ("busy_cycles", "effective_macs", "skipped_pairs", "stall_cycles")
+#: Cycles after an inference's last output handshake by which an engine's counters include it:
+#: engines register what they count (and sum their lanes' counts) before adding it.
+COUNTER_LAG = 3
 
 
 def activation_shape(act):

@@ -828,21 +828,25 @@ class SparseConvEngine(wiring.Component):
         in_count, _ = count_beats(m, taken, in_beats)
         _, last_out = count_beats(m, given, out_beats)
         # A stall is a cycle no multiplier works because rows are missing or the output is held.
-        idle_multipliers = ~Cat(issued).any()
-        count_activity(
-            m, self.counters, begin=taken & (in_count == 0),
-            finish=given & last_out,
-            starved=idle_multipliers & Cat(waiting_for_rows).any() & ~self.i_stream.valid,
-            blocked=idle_multipliers & self.o_stream.valid & ~self.o_stream.ready,
-            max_inflight=rows + self.plan.slots + OUT_FIFO_DEPTH + 8)
-        # The lanes' counts are registered, summed the cycle after, and added to the counters
-        # the cycle after that: the issuer's decision, the sum and a counter's carry chain in
-        # one cycle were the design's longest paths.
+        # Every term is registered, so the activity is counted a cycle late but as it was: the
+        # issuers' decisions and a counter's enable in one cycle were a longest path. The
+        # lanes' counts are likewise summed a cycle after they are registered, and added to the
+        # counters the cycle after that.
+        issued_r = Signal(len(issued))
+        begin, finish, waiting, in_valid, out_valid, out_ready = (Signal() for _ in range(6))
         scanned_r = [Signal.like(Value.cast(value), name=f"scanned_{index}")
                      for index, value in enumerate(scanned)]
-        issued_r = Signal(len(issued))
-        m.d.sync += [issued_r.eq(Cat(issued)),
+        m.d.sync += [issued_r.eq(Cat(issued)), begin.eq(taken & (in_count == 0)),
+                     finish.eq(given & last_out), waiting.eq(Cat(waiting_for_rows).any()),
+                     in_valid.eq(self.i_stream.valid), out_valid.eq(self.o_stream.valid),
+                     out_ready.eq(self.o_stream.ready),
                      *[held.eq(value) for held, value in zip(scanned_r, scanned)]]
+        idle_multipliers = ~issued_r.any()
+        count_activity(
+            m, self.counters, begin=begin, finish=finish,
+            starved=idle_multipliers & waiting & ~in_valid,
+            blocked=idle_multipliers & out_valid & ~out_ready,
+            max_inflight=rows + self.plan.slots + OUT_FIFO_DEPTH + 8)
         effective_sum = sum(effective)
         skipped_sum = sum(scanned_r) - popcount(issued_r)
         effective_delta = Signal(range(len(effective) + 1))

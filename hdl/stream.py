@@ -70,8 +70,10 @@ class StreamRegister(wiring.Component):
     i_stream : In(stream.Signature(shape))
     o_stream : Out(stream.Signature(shape))
 
-    Latency 1 cycle; one beat per cycle.
+    :attr:`latency` 1 cycle; one beat per cycle.
     """
+
+    latency = 1
 
     def __init__(self, shape):
         self.shape = shape

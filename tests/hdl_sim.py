@@ -30,7 +30,7 @@ import numpy as np
 from amaranth.hdl import Value
 from amaranth.sim import Simulator
 
-from zeroskip.hdl.common import COUNTER_NAMES
+from zeroskip.hdl.common import COUNTER_LAG, COUNTER_NAMES
 
 __all__ = ["drive", "collect", "simulate", "StreamRun", "run_streams", "activity_from_trace",
            "engine_kinds", "rtl_network"]
@@ -209,6 +209,7 @@ def run_streams(dut, sources, sinks, *, seed, idle_probability=0.0,
     async def read_counters(ctx):
         while any(beats is None for beats in received):
             await ctx.tick()
+        await ctx.tick().repeat(COUNTER_LAG)
         for name in COUNTER_NAMES:
             counters[name] = ctx.get(getattr(dut.counters, name))
 
