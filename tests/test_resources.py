@@ -169,9 +169,9 @@ def test_target_chooses_the_fastest_fitting_design_and_says_what_bound_it(small,
     assert choice.binding == bounds[design.architecture.name]
     # Every chunk was tried, as a pipeline and as one engine; the fastest that fits won, in
     # time: each architecture's cycles at the clock it reaches on the part.
-    from zeroskip.compiler.architecture import Sequential
+    from zeroskip.compiler.architecture import Pipeline, Sequential
 
-    clock = {"dataflow": PARTS["ecp5-85k"].default_mhz,
+    clock = {"dataflow": Pipeline.MEASURED_MHZ["ecp5"],
              "sequential": Sequential.MEASURED_MHZ["ecp5"]}
     fitting = [latency / clock[name] for name, _, _, fits, latency in choice.tried if fits]
     assert {entry[1] for entry in choice.tried} == {8, 16, 32}
