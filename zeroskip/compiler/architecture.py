@@ -136,7 +136,8 @@ class Pipeline(_Architecture):
     LAYER_COUNTERS = True
     #: ResNet-8 as ``--target ecp5-85k`` builds it, placed and routed by nextpnr
     #: (``benchmarks/results/mlperf_sim.json``): the clock ``target=PART`` counts a pipeline's
-    #: latency at on the ECP5, rather than the part's 120 MHz, which no MLPerf net reaches.
+    #: latency at on the ECP5, rather than the part's 120 MHz, which ResNet-8 does not reach
+    #: (the other MLPerf nets' pipelines are not yet placed).
     MEASURED_MHZ = {"ecp5": 89.29}
 
     @staticmethod
