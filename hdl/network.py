@@ -13,8 +13,8 @@ nothing (the compiler permutes the next linear layer's columns to the HWC stream
 carries ``W`` activations a beat, its producer's output width; where a consumer takes another
 width, a :class:`~.stream.StreamWidthConverter` joins them. Every single link goes through a
 :class:`~.stream.StreamRegister` (or a converter, which ends in one), so no handshake path spans
-engines. A
-tensor read by several layers goes through a :class:`~.stream.StreamFork`, and every branch of a
+engines. A tensor read by several layers goes through a register slice and a
+:class:`~.stream.StreamFork`, and every branch of a
 fork gets a FIFO holding one whole tensor: then no branch can stall the fork while another still
 needs input of an inference the first has finished with, so the joins (adds) never deadlock,
 whatever the branches hold. A flat output also goes through :class:`~.argmax.ArgmaxEngine`,
@@ -194,9 +194,13 @@ class NetworkEngine(wiring.Component):
                 wiring.connect(m, link.o_stream, target)
                 continue
             shape = stream_shape(acts[producer], width)
+            # The fork's ready is every branch FIFO's room: registered before it reaches the
+            # producer's output logic.
+            m.submodules[f"link_{name}"] = link = StreamRegister(shape)
             fork = StreamFork(shape, len(edges))
             m.submodules[f"fork_{name}"] = fork
-            wiring.connect(m, source, fork.i_stream)
+            wiring.connect(m, source, link.i_stream)
+            wiring.connect(m, link.o_stream, fork.i_stream)
             for index, edge in enumerate(edges):
                 fifo = StreamFIFO(shape, math.prod(shapes[producer]) // width)
                 m.submodules[f"fifo_{name}_{index}"] = fifo

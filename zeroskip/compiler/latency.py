@@ -10,7 +10,8 @@ consumers as the earliest their rows can be complete:
   its window are in the line buffer;
 * a pool scans one position a cycle and gives a window's result a few cycles after the last
   position of its window; an add takes a pair of beats a cycle;
-* links add a register slice's cycle, a fork's FIFO two, a width converter two.
+* links add a register slice's cycle, a fork its register slice's and its FIFO's, a width
+  converter two.
 
 The input streams in at one beat a cycle from cycle 0; the latency is the cycle the output's
 last beat leaves, plus one (both ends counted, as the network's counters count). Backpressure is
@@ -36,8 +37,8 @@ __all__ = ["LINK_CYCLES", "network_latency"]
 
 #: Cycles a link between engines adds: a register slice.
 LINK_CYCLES = 1
-#: A fork's FIFO.
-FIFO_CYCLES = StreamFIFO.latency
+#: A fork: the register slice before it, then its branch's FIFO.
+FORK_CYCLES = LINK_CYCLES + StreamFIFO.latency
 #: A width converter: gathering or splitting, then its register slice.
 CONVERTER_CYCLES = 2
 #: From a conv engine's collector giving a pixel's last sum to its last activation leaving the
@@ -142,7 +143,7 @@ def network_latency(architecture, calibration):
         _, in_widths, out_width = architecture.layouts[spec.name]
         arrivals = []
         for source, width in zip(spec.sources, in_widths):
-            delay = FIFO_CYCLES if readers[source] > 1 else LINK_CYCLES
+            delay = FORK_CYCLES if readers[source] > 1 else LINK_CYCLES
             delay += CONVERTER_CYCLES if width != widths.get(source, 1) else 0
             arrivals.append(ready[source] + delay)
         if isinstance(spec.node, WEIGHT_LAYERS):
