@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from amaranth.hdl import Array, Const, Value
 
-__all__ = ["balanced_sum", "popcount", "times"]
+__all__ = ["at_most", "balanced_sum", "popcount", "times"]
 
 
 def balanced_sum(terms):
@@ -19,6 +19,28 @@ def balanced_sum(terms):
 def popcount(value):
     """Set bits of ``value``."""
     return balanced_sum(value[i] for i in range(len(value)))
+
+
+def at_most(value, limit):
+    """Whether at most ``limit`` (0, 1 or 2) bits of ``value`` are set: a tree of counts that
+    stop at 3, two bits each, so every node is a few LUT4s and no carry chain grows with the
+    width (``bits & (bits - 1) == 0`` is a subtraction across the whole word)."""
+    if limit not in (0, 1, 2):
+        raise ValueError(f"limit must be 0, 1 or 2, got {limit!r}")
+    value = Value.cast(value)
+    counts = [(value[i], Const(0, 1)) for i in range(len(value))] or [(Const(0, 1), Const(0, 1))]
+    while len(counts) > 1:
+        merged = []
+        for i in range(0, len(counts) - 1, 2):
+            (a0, a1), (b0, b1) = counts[i], counts[i + 1]
+            # a + b, held at 3: the high bit is any 2 among them, the low one an odd sum or 3.
+            three = (a1 & a0) | (b1 & b0) | (a1 & (b1 | b0)) | (a0 & b1)
+            merged.append(((a0 ^ b0) | three, a1 | b1 | (a0 & b0)))
+        if len(counts) % 2:
+            merged.append(counts[-1])
+        counts = merged
+    low, high = counts[0]
+    return [~(low | high), ~high, ~(high & low)][limit]
 
 
 def times(value, constant):

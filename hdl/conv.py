@@ -32,7 +32,7 @@ from amaranth.utils import ceil_log2
 
 from .. import ir
 from .activity import count_activity, count_beats
-from .arith import popcount, times
+from .arith import at_most, popcount, times
 from .common import activation_shape, activation_stream, counters_signature, stream_shape
 from .requant import Requantizer, SideBySide, requant_slice
 from .sparse_plan import plan as make_plan
@@ -396,7 +396,7 @@ class SparseConvEngine(wiring.Component):
         m = Module()
         g = self.geometry
         lanes = self.plan.lanes
-        rows = ring_rows(g)
+        rows = ring_rows(g, g.width * g.in_channels // g.in_beat)
         ring_beats = rows * g.width * g.in_channels // g.in_beat
         ring_words = rows * g.width * g.mask_words_per_pixel
         in_shape = stream_shape(self.in_act, g.in_beat)
@@ -689,7 +689,8 @@ class SparseConvEngine(wiring.Component):
         current_valid = Signal()
         remaining = Signal(g.mask_bits)
         # At most one pair remains: kept in a register beside `remaining`, so that whether the
-        # FIFO is read this cycle does not wait for a subtraction.
+        # FIFO is read this cycle waits for no count. It is counted on the pairs before the
+        # issued one is taken away (at most two), so it waits for no priority encoder either.
         single = Signal(init=1)
         has_pair = current_valid & (remaining != 0)
         # The priority encoder: the lowest remaining pair, one-hot, and the positions below it.
@@ -698,22 +699,19 @@ class SparseConvEngine(wiring.Component):
                      lowest.eq(remaining & (below_lowest << 1 | 1))]
         channel = _one_hot_index(lowest)
 
-        def without_lowest(bits):
-            return bits & (bits - 1)
-
         remaining_after = remaining & ~lowest
         entry_ends = ~current_valid | single
 
         with m.If(has_pair):
             m.d.sync += [remaining.eq(remaining_after),
-                         single.eq(without_lowest(remaining_after) == 0)]
+                         single.eq(at_most(remaining, 2))]
         with m.If(entry_ends):
             m.d.comb += pair_fifo.r_en.eq(1)
             m.d.sync += current_valid.eq(pair_fifo.r_rdy)
             with m.If(pair_fifo.r_rdy):
                 next_entry = pair_fifo_layout(pair_fifo.r_data)
                 m.d.sync += [current.eq(pair_fifo.r_data), remaining.eq(next_entry.pairs),
-                             single.eq(without_lowest(next_entry.pairs) == 0)]
+                             single.eq(at_most(next_entry.pairs, 1))]
 
         # The issued pair: its channel and the entry's weights below it are registered, the
         # weights' count (the pair's weight offset) the cycle after, and both are added to the

@@ -44,9 +44,21 @@ def slot_bits(slots):
 PIXEL_COUNTER_WIDTH = pixel_counter_width(TILE_SLOTS)
 
 
-def ring_rows(geometry):
-    """Input rows the line buffer holds: a window's rows, plus a stride of rows arriving."""
-    return min(geometry.kernel[0] + geometry.stride[0] + 1, 2 ** 16)
+#: A line buffer this deep (words) or deeper is block RAM, whose blocks hold a power of two.
+SPARE_ROW_WORDS = 1024
+
+
+def ring_rows(geometry, row_words):
+    """Input rows the line buffer holds: a window's rows and a stride of rows arriving, plus
+    a spare row (so the next rows may arrive while a lane still reads the oldest) unless it
+    takes a ring of ``row_words`` words a row, at least :data:`SPARE_ROW_WORDS` deep, past a
+    power of two: there the spare row would double the RAM blocks of every lane's copy (a
+    16-channel 32-wide 3x3 layer: 2,048 words in one ECP5 block a lane, 2,560 in two)."""
+    rows = geometry.kernel[0] + geometry.stride[0]
+    spare = (rows + 1) * row_words
+    if spare < SPARE_ROW_WORDS or ceil_log2(spare) == ceil_log2(rows * row_words):
+        rows += 1
+    return min(rows, 2 ** 16)
 
 
 def row_counter_width(geometry, rows):
@@ -240,14 +252,22 @@ class LaneWindow:
         return pad, times(slot_of_row, g.width) + column[:max(ceil_log2(g.width), 1)]
 
 
-def oldest_of(windows):
-    """The oldest row any of the lanes' windows still needs: a balanced tree of comparisons."""
+def oldest_of(m, windows):
+    """The oldest row any of the lanes' windows still needs, a register: a balanced tree of
+    comparisons with a register after each level (the rows needed only grow, so seeing them
+    late can only hold a beat back; a tree of three levels in one cycle was the digits-shaped
+    net's longest path on the ECP5)."""
     width = windows[0].row_width
     rows = [window.oldest_needed for window in windows]
-    while len(rows) > 1:
-        rows = [Mux(earlier(rows[i + 1], rows[i], width), rows[i + 1], rows[i])
-                if i + 1 < len(rows) else rows[i] for i in range(0, len(rows), 2)]
-    return rows[0]
+    while True:
+        if len(rows) > 1:
+            rows = [Mux(earlier(rows[i + 1], rows[i], width), rows[i + 1], rows[i])
+                    if i + 1 < len(rows) else rows[i] for i in range(0, len(rows), 2)]
+        level = [Signal(width) for _ in rows]
+        m.d.sync += [register.eq(row) for register, row in zip(level, rows)]
+        rows = level
+        if len(rows) == 1:
+            return rows[0]
 
 
 def elaborate_packer(m, engine, rows, rows_written, windows, bits_of_beat, word_write):
@@ -274,8 +294,7 @@ def elaborate_packer(m, engine, rows, rows_written, windows, bits_of_beat, word_
     # count after this cycle (the oldest row needed only grows, so seeing it a cycle late can
     # only hold a beat back). Computed each cycle, it was the engine's longest path.
     row_width = windows[0].row_width
-    oldest = Signal(row_width)  # registered too: it only grows, so a cycle late is safe
-    m.d.sync += oldest.eq(oldest_of(windows))
+    oldest = oldest_of(m, windows)
     limit = oldest + rows
     room = Signal(init=1)
     m.d.comb += engine.i_stream.ready.eq(room)
@@ -377,11 +396,12 @@ def elaborate_block_accumulator(m, window, *, valid, last, value, unit, sub, slo
     per_word = block // pack  # units per tile word; both are powers of two
     shift = per_word.bit_length() - 1
     partials = [Signal(sum_shape, name=f"partial_{index}") for index in range(pack)]
-    total = Signal(sum_shape)
-    current = partials[0] if pack == 1 else Array(partials)[sub]
-    m.d.comb += total.eq(current + value)
-    sums = [total] if pack == 1 else [Mux(sub == index, total, partial)
-                                      for index, partial in enumerate(partials)]
+    # Every partial sum adds the value where it is its filter's and zero elsewhere: no
+    # multiplexer picks a partial sum before the adder (a pack of 8 put three levels of one
+    # before the carry chain, the digits-shaped net's longest path on the ECP5).
+    sums = [Signal(sum_shape, name=f"sum_{index}") for index in range(pack)]
+    m.d.comb += [total.eq(partial + (value if pack == 1 else Mux(sub == index, value, 0)))
+                 for index, (partial, total) in enumerate(zip(partials, sums))]
     place = unit[:shift] if shift else 0
     closes = valid & last
     with m.If(valid):
@@ -390,7 +410,7 @@ def elaborate_block_accumulator(m, window, *, valid, last, value, unit, sub, slo
             with m.If(unit == units - 1):
                 window.retired.advance(m)
         with m.Else():
-            m.d.sync += current.eq(total)
+            m.d.sync += [partial.eq(total) for partial, total in zip(partials, sums)]
     enable = Const((1 << pack) - 1, block) << (place * pack)
     return _registered_write(m, tile_write, addr=times(slot, units // per_word) + (unit >> shift),
                              data=Cat(*sums * per_word), en=Mux(closes, enable, 0),

@@ -181,7 +181,7 @@ class XnorConvEngine(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         g = self.geometry
-        rows = ring_rows(g)
+        rows = ring_rows(g, g.width * g.groups * g.chunks)
         row_width = row_counter_width(g, rows)
         rows_written = Signal(row_width)
         collector_released = Signal(PIXEL_COUNTER_WIDTH)

@@ -11,7 +11,7 @@ from amaranth.lib.wiring import In, Out
 from amaranth.sim import Simulator
 
 from zeroskip.boards import synth
-from zeroskip.hdl.arith import times
+from zeroskip.hdl.arith import at_most, times
 from zeroskip.hdl.verilog import convert
 
 
@@ -81,3 +81,57 @@ def test_times_takes_no_dsp_block_where_a_product_does():
     built = synth.synthesize(convert(_Product(shape, (3, 6, 13)), "built"), "built", "ecp5")
     assert plain.dsps > 0
     assert built.dsps == 0
+
+
+class _AtMost(wiring.Component):
+    """``y[k] = at_most(a, k)`` for k = 0, 1, 2."""
+
+    def __init__(self, width):
+        super().__init__({"a": In(width), "y": Out(3)})
+
+    def elaborate(self, platform):
+        m = Module()
+        m.d.comb += [self.y[k].eq(at_most(self.a, k)) for k in range(3)]
+        return m
+
+
+def rtl_at_most(width, values):
+    dut = _AtMost(width)
+    got = []
+
+    async def bench(ctx):
+        for value in values:
+            ctx.set(dut.a, int(value))
+            got.append([ctx.get(dut.y) >> k & 1 for k in range(3)])
+
+    sim = Simulator(dut)
+    sim.add_testbench(bench)
+    sim.run()
+    return np.array(got)
+
+
+def ref_at_most(values):
+    counts = np.array([bin(int(value)).count("1") for value in values])
+    return np.stack([counts <= k for k in range(3)], axis=1).astype(int)
+
+
+@pytest.mark.parametrize("width", [1, 2, 3, 5, 8, 32])
+def test_at_most_counts_the_set_bits(width):
+    # Every value of a narrow word; of a wide one, every value with up to 3 bits set (where the
+    # answer changes) and a random sample.
+    if width <= 8:
+        values = list(range(1 << width))
+    else:
+        bits = range(width)
+        values = [0] + [1 << a for a in bits] + [1 << a | 1 << b for a in bits for b in bits
+                                                  if a < b]
+        values += [1 << a | 1 << b | 1 << c for a, b, c in
+                   np.random.default_rng(3).choice(width, (200, 3))]
+        values += [int(v) for v in np.random.default_rng(5).integers(0, 1 << width, 200,
+                                                                      dtype=np.uint64)]
+    np.testing.assert_array_equal(rtl_at_most(width, values), ref_at_most(values))
+
+
+def test_at_most_rejects_a_limit_past_two():
+    with pytest.raises(ValueError, match="limit"):
+        at_most(Signal(4), 3)

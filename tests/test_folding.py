@@ -213,6 +213,9 @@ MODEL_CASES = {
                              weight_density=0.1), dict(lanes=16, out_width=2, slots=4)),
     "deep_tile": (dict(channels=16, filters=16, size=6, kernel=3, padding=1,
                        weight_density=0.1), dict(lanes=16, slots=8)),
+    # 128 channels a 4-pixel row: the line buffer drops its spare row (hdl.window.ring_rows).
+    "ring_without_spare_row": (dict(channels=128, filters=8, size=4, kernel=3, padding=1,
+                                    weight_density=0.1), dict(lanes=2)),
 }
 
 

@@ -92,6 +92,32 @@ def test_conv_is_bit_exact_under_stalls(case, zero_skip):
     np.testing.assert_array_equal(rtl_out, ref_out)
 
 
+def test_a_line_buffer_without_its_spare_row_is_bit_exact_under_stalls():
+    # 128 channels a row of 4 pixels: a ring of 5 rows would be 2,560 words, past 2,048, so
+    # the line buffer keeps the window's 3 rows and a row arriving, 2,048 words a lane.
+    from zeroskip.hdl.window import ring_rows
+
+    rng = np.random.default_rng(21)
+    graph = conv_graph(rng, channels=128, filters=4, size=4, kernel=3, padding=1,
+                       weight_density=0.1)
+    x = random_inputs(rng, graph, batch=2)
+    rtl_out, _, engine = rtl_run(graph, x, lanes=2, chunk=16, timeout=20_000)
+    assert ring_rows(engine.geometry, 4 * 128) == 4
+    np.testing.assert_array_equal(rtl_out, reference.run(graph, x))
+
+
+def test_the_spare_row_stays_where_it_costs_no_ram():
+    from types import SimpleNamespace
+
+    from zeroskip.hdl.window import SPARE_ROW_WORDS, ring_rows
+
+    geometry = SimpleNamespace(kernel=(3, 3), stride=(1, 1))  # all that ring_rows reads
+    assert ring_rows(geometry, 8) == 5                          # 40 words: small, kept
+    assert ring_rows(geometry, 300) == 5                        # 1,500 and 1,200: both 2,048
+    assert ring_rows(geometry, 512) == 4                        # 2,560 past 2,048
+    assert ring_rows(geometry, SPARE_ROW_WORDS // 5 - 1) == 5   # under the floor, kept
+
+
 @pytest.mark.parametrize("lanes", [1, 4])
 def test_linear_is_bit_exact_back_to_back(lanes):
     rng = np.random.default_rng(lanes)

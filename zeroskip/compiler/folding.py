@@ -44,7 +44,7 @@ from ..errors import ZeroskipError
 from ..hdl.conv import PAIR_FIFO_DEPTH
 from ..hdl.sparse_plan import ConvGeometry
 from ..hdl.sparse_plan import plan as make_plan
-from ..hdl.window import TILE_SLOTS
+from ..hdl.window import TILE_SLOTS, ring_rows
 from ..hdl.xnor import XNOR_WIDTH
 
 # Cycles from a combo's scan to its entry being the issuer's current one: combo ROM read and
@@ -279,8 +279,8 @@ def _timeline(sparse_plan, work, streams, arrivals=None):
     lane_count = len(sparse_plan.lanes)
     combos = np.array([lane.combos for lane in sparse_plan.lanes])
     needed, oldest = _pixel_rows(g)
-    ring_rows = min(g.kernel[0] + g.stride[0] + 1, 2 ** 16)
     row_beats = g.width * g.in_channels // g.in_beat
+    rows = ring_rows(g, row_beats)
     # A wide input's line-buffer word is registered before its element is picked.
     issue_to_collect = ISSUE_TO_COLLECT + (g.in_beat > 1)
     out_beats = g.out_channels // g.out_beat
@@ -299,7 +299,7 @@ def _timeline(sparse_plan, work, streams, arrivals=None):
             r = len(row_done)
             start = row_done[-1] if row_done else np.zeros(images, np.int64)
             # The row replaces one that every lane must have retired (all pixels reading it).
-            blocking = np.searchsorted(pixel_oldest, r - ring_rows, side="right") - 1
+            blocking = np.searchsorted(pixel_oldest, r - rows, side="right") - 1
             if blocking >= 0:
                 start = np.maximum(start, lane_done[blocking].max(axis=1) + 1)
             done = start + row_beats
@@ -356,8 +356,8 @@ def _simulate_xnor(geometry, entries):
     g = geometry
     entries = np.asarray(entries, np.int64)
     needed, oldest = _pixel_rows(g)
-    ring_rows = min(g.kernel[0] + g.stride[0] + 1, 2 ** 16)
     row_beats = g.width * g.in_channels
+    rows = ring_rows(g, g.width * g.groups * g.chunks)
     pixel_oldest = np.concatenate([oldest, oldest + g.height])
     lane_free = np.zeros(len(entries), np.int64)
     retired, releases, row_done, last_outputs = [], [], [], []
@@ -368,7 +368,7 @@ def _simulate_xnor(geometry, entries):
             r = len(row_done)
             start = row_done[-1] if row_done else 0
             # The row replaces one that every lane must have retired.
-            blocking = np.searchsorted(pixel_oldest, r - ring_rows, side="right") - 1
+            blocking = np.searchsorted(pixel_oldest, r - rows, side="right") - 1
             if blocking >= 0:
                 start = max(start, retired[blocking] + 1)
             row_done.append(start + row_beats)
@@ -566,29 +566,32 @@ class Calibration:
                                 f"layers: it needs at least {len(self.layers)} multipliers (one "
                                 f"each), got {multipliers}")
         lanes = None
-        # The budget's range first: zip stops before asking the fold for one step too many.
-        for _, lanes in zip(range(multipliers - len(self.layers) + 1),
-                            self.fold_steps(zero_skip=zero_skip)):
-            pass
+        for step in self.fold_steps(zero_skip=zero_skip):
+            if sum(step.values()) > multipliers:
+                break
+            lanes = step
         return lanes
 
     def fold_steps(self, *, zero_skip=True):
-        """The greedy fold, one multiplier at a time: lanes per layer (a dict) with one lane
-        each, then after every multiplier that helps, until none does. :meth:`fold` at a
-        budget is the step that spends it (or the last)."""
+        """The greedy fold: lanes per layer (a dict) with one lane each, then after every
+        step that speeds up the slowest layer, until none does. A step gives the slowest layer
+        the fewest more lanes that make it faster: usually one, more where its filters split
+        evenly only further on (16 filters take 2 a lane from 8 lanes to 15, 1 at 16).
+        :meth:`fold` at a budget is the last step within it."""
         layers = self.layers
         lanes = [1] * len(layers)
         cycles = [layer.estimate(1, zero_skip).cycles for layer in layers]
         while True:
             yield {layer.node.name: count for layer, count in zip(layers, lanes)}
             slowest = max(range(len(layers)), key=lambda i: (cycles[i], -i))
-            if lanes[slowest] == layers[slowest].node.out_channels:
+            layer = layers[slowest]
+            for more in range(lanes[slowest] + 1, layer.node.out_channels + 1):
+                faster = layer.estimate(more, zero_skip).cycles
+                if faster < cycles[slowest]:
+                    lanes[slowest], cycles[slowest] = more, faster
+                    break
+            else:
                 return
-            faster = layers[slowest].estimate(lanes[slowest] + 1, zero_skip).cycles
-            if faster >= cycles[slowest]:
-                return
-            lanes[slowest] += 1
-            cycles[slowest] = faster
 
 
 def estimate_graph(graph, x_int, lanes, *, zero_skip=True, chunk=32):
@@ -615,7 +618,8 @@ def fold(graph, x_int, multipliers, *, zero_skip=True, chunk=32):
     """Spread ``multipliers`` over the conv2d / linear layers so the slowest one is fastest.
 
     Greedy: every layer starts with one lane; the layer with the most estimated cycles (the
-    earlier one on a tie) gets one more lane while that lowers its estimate and the budget lasts.
+    earlier one on a tie) gets the fewest more lanes that lower its estimate, while some do and
+    the budget lasts.
 
     Parameters
     ----------

@@ -128,12 +128,12 @@ def _pipeline_candidates(graph, part, calibration, multipliers, chunk, zero_skip
     architecture, resources = build(low)
     if low + 1 < len(steps):
         over = over_budget(build(low + 1)[1], part)
-        binding = ", ".join(f"{parts_.RESOURCES[key]} ({share:.0%} with one more multiplier)"
+        binding = ", ".join(f"{parts_.RESOURCES[key]} ({share:.0%} at the fold's next step)"
                             for key, share in sorted(over.items(), key=lambda kv: -kv[1]))
     elif multipliers is not None and sum(steps[-1].values()) == multipliers:
         binding = f"the multiplier cap of {multipliers}"
     else:
-        binding = "the fold: no layer gets faster with another multiplier"
+        binding = "the fold: no more multipliers make the slowest layer faster"
     return (architecture, resources, binding), None
 
 
