@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from amaranth.hdl import Array, Const, Value
+from amaranth.hdl import Array, Const, Signal, Value
 
-__all__ = ["at_most", "balanced_sum", "popcount", "times"]
+__all__ = ["at_most", "balanced_sum", "popcount", "prefix_or", "times"]
 
 
 def balanced_sum(terms):
@@ -21,10 +21,12 @@ def popcount(value):
     return balanced_sum(value[i] for i in range(len(value)))
 
 
-def at_most(value, limit):
+def at_most(m, value, limit):
     """Whether at most ``limit`` (0, 1 or 2) bits of ``value`` are set: a tree of counts that
     stop at 3, two bits each, so every node is a few LUT4s and no carry chain grows with the
-    width (``bits & (bits - 1) == 0`` is a subtraction across the whole word)."""
+    width (``bits & (bits - 1) == 0`` is a subtraction across the whole word). Each node is a
+    pair of signals driven in ``m``'s comb domain: a node reads its children several times,
+    and as expressions they would be copied into every reader, doubling at each level."""
     if limit not in (0, 1, 2):
         raise ValueError(f"limit must be 0, 1 or 2, got {limit!r}")
     value = Value.cast(value)
@@ -33,14 +35,29 @@ def at_most(value, limit):
         merged = []
         for i in range(0, len(counts) - 1, 2):
             (a0, a1), (b0, b1) = counts[i], counts[i + 1]
+            low, high = Signal(name="count_low"), Signal(name="count_high")
             # a + b, held at 3: the high bit is any 2 among them, the low one an odd sum or 3.
             three = (a1 & a0) | (b1 & b0) | (a1 & (b1 | b0)) | (a0 & b1)
-            merged.append(((a0 ^ b0) | three, a1 | b1 | (a0 & b0)))
+            m.d.comb += [low.eq((a0 ^ b0) | three), high.eq(a1 | b1 | (a0 & b0))]
+            merged.append((low, high))
         if len(counts) % 2:
             merged.append(counts[-1])
         counts = merged
     low, high = counts[0]
     return [~(low | high), ~high, ~(high & low)][limit]
+
+
+def prefix_or(m, bits):
+    """Prefix OR: bit ``i`` is set when any of ``bits[0..i]`` is, by doubling (log depth, no
+    carry chain). Each level is a signal driven in ``m``'s comb domain: a level reads the one
+    before twice, and as expressions the copies would double at every level."""
+    prefix = Value.cast(bits)
+    step = 1
+    while step < len(prefix):
+        level = Signal(len(prefix), name="prefix_or")
+        m.d.comb += level.eq(prefix | (prefix << step)[:len(prefix)])
+        prefix, step = level, step * 2
+    return prefix
 
 
 def times(value, constant):

@@ -32,7 +32,7 @@ from amaranth.utils import ceil_log2
 
 from .. import ir
 from .activity import count_activity, count_beats
-from .arith import at_most, popcount, times
+from .arith import at_most, popcount, prefix_or, times
 from .common import activation_shape, activation_stream, counters_signature, stream_shape
 from .requant import Requantizer, SideBySide, requant_slice
 from .sparse_plan import plan as make_plan
@@ -47,18 +47,6 @@ from .window import (LaneWindow, earlier, elaborate_accumulator, elaborate_block
 # no more than 8: one iCE40 block RAM, or one ECP5 LUT RAM deep, either way.
 PAIR_FIFO_DEPTH = 16
 OUT_FIFO_DEPTH = 8
-
-
-def _at_or_below(bits):
-    """Prefix OR: bit ``i`` is set when any of ``bits[0..i]`` is, by doubling (log depth, no
-    carry chain)."""
-    prefix = [bits[i] for i in range(len(bits))]
-    step = 1
-    while step < len(prefix):
-        prefix = [prefix[i] | prefix[i - step] if i >= step else prefix[i]
-                  for i in range(len(prefix))]
-        step *= 2
-    return Cat(*prefix)
 
 
 def _one_hot_index(one_hot):
@@ -695,23 +683,23 @@ class SparseConvEngine(wiring.Component):
         has_pair = current_valid & (remaining != 0)
         # The priority encoder: the lowest remaining pair, one-hot, and the positions below it.
         below_lowest, lowest = Signal(g.mask_bits), Signal(g.mask_bits)
-        m.d.comb += [below_lowest.eq(~_at_or_below(remaining)),
+        m.d.comb += [below_lowest.eq(~prefix_or(m, remaining)),
                      lowest.eq(remaining & (below_lowest << 1 | 1))]
         channel = _one_hot_index(lowest)
 
         remaining_after = remaining & ~lowest
         entry_ends = ~current_valid | single
 
+        next_entry = pair_fifo_layout(pair_fifo.r_data)
+        single_after, single_next = at_most(m, remaining, 2), at_most(m, next_entry.pairs, 1)
         with m.If(has_pair):
-            m.d.sync += [remaining.eq(remaining_after),
-                         single.eq(at_most(remaining, 2))]
+            m.d.sync += [remaining.eq(remaining_after), single.eq(single_after)]
         with m.If(entry_ends):
             m.d.comb += pair_fifo.r_en.eq(1)
             m.d.sync += current_valid.eq(pair_fifo.r_rdy)
             with m.If(pair_fifo.r_rdy):
-                next_entry = pair_fifo_layout(pair_fifo.r_data)
                 m.d.sync += [current.eq(pair_fifo.r_data), remaining.eq(next_entry.pairs),
-                             single.eq(at_most(next_entry.pairs, 1))]
+                             single.eq(single_next)]
 
         # The issued pair: its channel and the entry's weights below it are registered, the
         # weights' count (the pair's weight offset) the cycle after, and both are added to the

@@ -1,17 +1,20 @@
-"""Arithmetic helpers of the engines (`zeroskip.hdl.arith`): ``times`` against Python's product
-over every input of narrow values and a sample of wide ones, and what Yosys makes of it."""
+# amaranth: UnusedElaboratable=no
+"""Arithmetic helpers of the engines (`zeroskip.hdl.arith`): ``times``, ``at_most`` and
+``prefix_or`` against Python over every input of narrow values and a sample of wide ones, what
+Yosys makes of ``times``, and the size of the trees' netlists."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
+from amaranth.back import rtlil
 from amaranth.hdl import Module, Signal, signed, unsigned
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 from amaranth.sim import Simulator
 
 from zeroskip.boards import synth
-from zeroskip.hdl.arith import at_most, times
+from zeroskip.hdl.arith import at_most, prefix_or, times
 from zeroskip.hdl.verilog import convert
 
 
@@ -35,19 +38,26 @@ class _Product(wiring.Component):
 CONSTANTS = (0, 1, 2, 3, 5, 6, 7, 10, 13, 16, 21, 100, 255)
 
 
-def rtl_products(shape, values):
-    dut = _Product(shape, CONSTANTS)
+def settled(dut, values, read):
+    """``read(ctx)`` after setting ``dut.a`` to each of ``values``, in the simulator."""
     got = []
 
     async def bench(ctx):
         for value in values:
             ctx.set(dut.a, int(value))
-            got.append([ctx.get(getattr(dut, f"y{i}")) for i in range(len(CONSTANTS))])
+            got.append(read(ctx))
 
     sim = Simulator(dut)
     sim.add_testbench(bench)
     sim.run()
-    return np.array(got, np.int64)
+    return got
+
+
+def rtl_products(shape, values):
+    dut = _Product(shape, CONSTANTS)
+    return np.array(settled(dut, values, lambda ctx: [ctx.get(getattr(dut, f"y{i}"))
+                                                      for i in range(len(CONSTANTS))]),
+                    np.int64)
 
 
 def ref_products(values):
@@ -91,23 +101,14 @@ class _AtMost(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        m.d.comb += [self.y[k].eq(at_most(self.a, k)) for k in range(3)]
+        m.d.comb += [self.y[k].eq(at_most(m, self.a, k)) for k in range(3)]
         return m
 
 
 def rtl_at_most(width, values):
     dut = _AtMost(width)
-    got = []
-
-    async def bench(ctx):
-        for value in values:
-            ctx.set(dut.a, int(value))
-            got.append([ctx.get(dut.y) >> k & 1 for k in range(3)])
-
-    sim = Simulator(dut)
-    sim.add_testbench(bench)
-    sim.run()
-    return np.array(got)
+    return np.array(settled(dut, values, lambda ctx: [ctx.get(dut.y) >> k & 1
+                                                      for k in range(3)]))
 
 
 def ref_at_most(values):
@@ -134,4 +135,43 @@ def test_at_most_counts_the_set_bits(width):
 
 def test_at_most_rejects_a_limit_past_two():
     with pytest.raises(ValueError, match="limit"):
-        at_most(Signal(4), 3)
+        at_most(Module(), Signal(4), 3)
+
+
+class _PrefixOr(wiring.Component):
+    """``y = prefix_or(a)``."""
+
+    def __init__(self, width):
+        super().__init__({"a": In(width), "y": Out(width)})
+
+    def elaborate(self, platform):
+        m = Module()
+        m.d.comb += self.y.eq(prefix_or(m, self.a))
+        return m
+
+
+def rtl_prefix_or(width, values):
+    dut = _PrefixOr(width)
+    return settled(dut, values, lambda ctx: ctx.get(dut.y))
+
+
+def ref_prefix_or(width, values):
+    return [sum(1 << i for i in range(width) if value & ((2 << i) - 1)) for value in values]
+
+
+@pytest.mark.parametrize("width", [1, 2, 5, 8, 40])
+def test_prefix_or_sets_every_bit_from_the_lowest_set_one_up(width):
+    rng = np.random.default_rng(width)
+    values = list(range(1 << width)) if width <= 8 else \
+        [0, 1, 1 << (width - 1)] + [1 << int(a) for a in rng.integers(0, width, 40)] + \
+        [int(v) for v in rng.integers(0, 1 << 62, 100, dtype=np.uint64)]
+    assert rtl_prefix_or(width, values) == ref_prefix_or(width, values)
+
+
+@pytest.mark.parametrize("component", [_AtMost, _PrefixOr])
+def test_trees_grow_with_the_width_not_with_its_powers(component):
+    """A node that reads its children several times must read signals: as expressions they
+    would be copied into every reader, and the netlist (and every conversion of an engine with
+    a 288-bit mask) would grow exponentially with the depth."""
+    sizes = {width: len(rtlil.convert(component(width))) for width in (16, 32)}
+    assert sizes[32] <= 3 * sizes[16], sizes  # as expressions: 7.8 times (at_most)
