@@ -100,13 +100,23 @@ class TargetChoice:
 
 def _pipeline_candidates(graph, part, calibration, multipliers, chunk, zero_skip, choose,
                          counts):
-    """The largest fold at ``chunk`` that fits, by bisection over the fold's steps."""
+    """The largest fold at ``chunk`` that fits: a galloping search over the fold's steps
+    (indices 0, 1, 3, 7, ... until one does not fit, then bisection), so the fold is walked
+    at most about twice as far as the design it finds, not to its end."""
+    fold = Calibration(graph, calibration.x_int if calibration else None,
+                       chunk).fold_steps(zero_skip=zero_skip)
     steps = []
-    for lanes in Calibration(graph, calibration.x_int if calibration else None,
-                             chunk).fold_steps(zero_skip=zero_skip):
-        if multipliers is not None and sum(lanes.values()) > multipliers:
-            break
-        steps.append(lanes)
+
+    def step(index):
+        """Whether the fold (within the cap) has a step ``index``, walking it that far."""
+        while len(steps) <= index:
+            lanes = next(fold, None)
+            if lanes is None or (multipliers is not None and
+                                 sum(lanes.values()) > multipliers):
+                return False
+            steps.append(lanes)
+        return True
+
     cache = {}
 
     def build(index):
@@ -119,9 +129,20 @@ def _pipeline_candidates(graph, part, calibration, multipliers, chunk, zero_skip
     def fits(index):
         return not over_budget(build(index)[1], part)
 
-    if not steps or not fits(0):
-        return None, (build(0) if steps else None)
-    low, high = 0, len(steps) - 1
+    if not step(0):
+        return None, None
+    if not fits(0):
+        return None, build(0)
+    low, high, probe = 0, None, 1      # steps[low] fits; high: the first known not to
+    while high is None:
+        if not step(probe):
+            high = len(steps) - 1          # the fold ends before probe: bisect up to its end
+            if fits(high):
+                low = high
+        elif fits(probe):
+            low, probe = probe, 2 * probe + 1
+        else:
+            high = probe - 1
     while low < high:
         middle = (low + high + 1) // 2
         if fits(middle):
@@ -129,7 +150,7 @@ def _pipeline_candidates(graph, part, calibration, multipliers, chunk, zero_skip
         else:
             high = middle - 1
     architecture, resources = build(low)
-    if low + 1 < len(steps):
+    if step(low + 1):
         over = over_budget(build(low + 1)[1], part)
         binding = ", ".join(f"{parts_.RESOURCES[key]} ({share:.0%} at the fold's next step)"
                             for key, share in sorted(over.items(), key=lambda kv: -kv[1]))
