@@ -685,7 +685,6 @@ class SparseConvEngine(wiring.Component):
         below_lowest, lowest = Signal(g.mask_bits), Signal(g.mask_bits)
         m.d.comb += [below_lowest.eq(~prefix_or(m, remaining)),
                      lowest.eq(remaining & (below_lowest << 1 | 1))]
-        channel = _one_hot_index(lowest)
 
         remaining_after = remaining & ~lowest
         entry_ends = ~current_valid | single
@@ -701,24 +700,22 @@ class SparseConvEngine(wiring.Component):
                 m.d.sync += [current.eq(pair_fifo.r_data), remaining.eq(next_entry.pairs),
                              single.eq(single_next)]
 
-        # The issued pair: its channel and the entry's weights below it are registered, the
-        # weights' count (the pair's weight offset) the cycle after, and both are added to the
-        # entry's bases the cycle after that, so that the priority encoder, the prefix popcount
-        # and the RAM addresses each have a cycle. In a pack the pair's index is its filter in the pack
-        # (``sub``) and its channel: the same bits (depthwise), or high and low bits (dense).
+        # The issued pair: its one-hot position and the entry's weights below it are
+        # registered, its index (channel) and the weights' count (the pair's weight offset) the
+        # cycle after, and both are added to the entry's bases the cycle after that, so that the
+        # priority encoder, the index and the prefix popcount, and the RAM addresses each have a
+        # cycle. In a pack the pair's index is its filter in the pack (``sub``) and its channel:
+        # the same bits (depthwise), or high and low bits (dense).
         fields = {"valid": 1, "pair": 1, "pad": 1, "last": 1, "filter": current.filter.shape(),
                   "slot": current.slot.shape()}
-        low_bits = max(g.pair_channels.bit_length() - 1, 0)
         if g.pack > 1:
             fields["sub"] = range(g.pack)
-            sub, channel = (channel, channel) if g.diagonal else \
-                (channel[low_bits:], channel[:low_bits])
         if g.in_beat > 1:
             fields["select"] = range(g.in_beat)
         token_layout = data.StructLayout(fields)
         issued = Signal(data.StructLayout({
             "token": token_layout, "base": current.base.shape(), "below": g.mask_bits,
-            "act_base": current.act_base.shape(), "channel": channel.shape()}))
+            "act_base": current.act_base.shape(), "lowest": g.mask_bits}))
         m.d.sync += [
             issued.token.valid.eq(current_valid & (has_pair | current.last)),
             issued.token.pair.eq(has_pair),
@@ -727,16 +724,21 @@ class SparseConvEngine(wiring.Component):
             issued.token.filter.eq(current.filter),
             issued.token.slot.eq(current.slot),
             issued.base.eq(current.base), issued.below.eq(current.weights & below_lowest),
-            issued.act_base.eq(current.act_base), issued.channel.eq(channel),
-            *([issued.token.sub.eq(sub)] if g.pack > 1 else []),
+            issued.act_base.eq(current.act_base), issued.lowest.eq(lowest),
         ]
+        channel = _one_hot_index(issued.lowest)
+        low_bits = max(g.pair_channels.bit_length() - 1, 0)
+        if g.pack > 1:
+            sub, channel = (channel, channel) if g.diagonal else \
+                (channel[low_bits:], channel[:low_bits])
         counted = Signal(data.StructLayout({
             "token": token_layout, "base": current.base.shape(),
             "offset": range(g.mask_bits + 1), "act_base": current.act_base.shape(),
             "channel": channel.shape()}))
         m.d.sync += [counted.token.eq(issued.token), counted.base.eq(issued.base),
                      counted.offset.eq(popcount(issued.below)),
-                     counted.act_base.eq(issued.act_base), counted.channel.eq(issued.channel)]
+                     counted.act_base.eq(issued.act_base), counted.channel.eq(channel),
+                     *([counted.token.sub.eq(sub)] if g.pack > 1 else [])]
         return has_pair, *self._elaborate_mac(m, lane, counted, weight_read, act_read,
                                               tile_write, window)
 
