@@ -133,12 +133,10 @@ def _pipeline_candidates(graph, part, calibration, multipliers, chunk, zero_skip
         return None, None
     if not fits(0):
         return None, build(0)
-    low, high, probe = 0, None, 1      # steps[low] fits; high: the first known not to
+    low, high, probe = 0, None, 1      # steps[low] fits; none after steps[high] does
     while high is None:
         if not step(probe):
             high = len(steps) - 1          # the fold ends before probe: bisect up to its end
-            if fits(high):
-                low = high
         elif fits(probe):
             low, probe = probe, 2 * probe + 1
         else:
