@@ -1,5 +1,6 @@
 import os
 import subprocess
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -14,11 +15,13 @@ _YOWASP_WARM_UP = {
 }
 
 
-def pytest_configure(config):
+def pytest_sessionstart(session):
     # Under pytest-xdist (the suite's default, see pyproject.toml) the controller runs every
-    # YoWASP tool once before the workers start. A tool's first call compiles its WebAssembly
-    # and writes the result to a cache file without a lock: two workers starting the same tool
-    # on a fresh machine would write that file together.
+    # YoWASP tool once before the workers start (xdist starts them last in this hook). A
+    # tool's first call compiles its WebAssembly and writes the result to a cache file without
+    # a lock: two workers starting the same tool on a fresh machine would write that file
+    # together.
+    config = session.config
     if hasattr(config, "workerinput") or not config.getoption("numprocesses", None):
         return
     from zeroskip.toolchain import yowasp_executable
@@ -28,8 +31,14 @@ def pytest_configure(config):
                        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                        stderr=subprocess.DEVNULL, timeout=900, check=False)
 
+    started = time.monotonic()
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
         list(pool.map(warm, _YOWASP_WARM_UP))
+    seconds = time.monotonic() - started
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None and seconds > 10:
+        reporter.write_line(f"YoWASP tools compiled for this machine in {seconds:.0f} s "
+                            "(once; later runs load them from the cache)")
 
 
 @pytest.fixture(scope="session")
