@@ -291,7 +291,7 @@ def _sequential(graph, found, lanes, *, calibration, chunk, memory, target, dept
 
     if part is not None:
         # The most lanes whose design the part (without one the UP5K) can place and route
-        # (target.PLACEABLE of its logic and RAM blocks; on iCE40 its logic cells).
+        # (target.placeable(part) of its logic and RAM blocks; on iCE40 its logic cells).
         while chosen.simd_lanes > 1 and too_big(chosen):
             chosen = build(chosen.simd_lanes // 2)
     # Lanes that shorten nothing cost logic and clock: a net of flat layers (the
