@@ -50,6 +50,7 @@ def placeable(part):
     """The share of each of ``part``'s resources a design may take by the estimate."""
     return PLACEABLE_BY_FAMILY.get(part.family, PLACEABLE)
 
+
 #: The share of an iCE40's logic cells the sequential engine's lanes are chosen within, by
 #: :func:`~.resources.sequential_cells` (see there): room to route. ResNet-8 at two lanes
 #: (about 4,800 estimated) placed at 92 % of the UP5K's cells in one revision and did not route
