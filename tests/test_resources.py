@@ -190,19 +190,19 @@ def test_target_chooses_the_fastest_fitting_design_and_says_what_bound_it(small,
 
 def test_a_target_design_leaves_room_for_placement():
     """nextpnr found no placement for a design at 89 % of the ECP5-85F's LUT4 sites, and packs
-    one into up to 16 % more sites than the model counts: a design fits a target when its
-    estimate takes at most placeable(part) of its logic and RAM blocks (on the ECP5 73 % of the
+    one into up to 22 % more sites than the model counts: a design fits a target when its
+    estimate takes at most placeable(part) of its logic and RAM blocks (on the ECP5 70 % of the
     LUT4 sites by the model, elsewhere 85 %); DSPs and SPRAM blocks, counted exactly, may all be
     used."""
     from zeroskip.compiler.target import PLACEABLE, over_budget, placeable
 
     part = PARTS["ecp5-85k"]
     luts = part.capacity["luts"]
-    assert placeable(part)["luts"] == 0.73 and placeable(part)["brams"] == 0.80
+    assert placeable(part)["luts"] == 0.70 and placeable(part)["brams"] == 0.80
     assert PLACEABLE["luts"] == 0.85 and placeable(PARTS["ice40-hx8k"]) == PLACEABLE
-    assert over_budget(resources.Resources(luts=int(0.72 * luts)), part) == {}
-    over = over_budget(resources.Resources(luts=int(0.74 * luts), brams=207), part)
-    assert set(over) == {"luts", "brams"} and over["luts"] == pytest.approx(0.74, abs=1e-4)
+    assert over_budget(resources.Resources(luts=int(0.69 * luts)), part) == {}
+    over = over_budget(resources.Resources(luts=int(0.71 * luts), brams=207), part)
+    assert set(over) == {"luts", "brams"} and over["luts"] == pytest.approx(0.71, abs=1e-4)
     hx8k = PARTS["ice40-hx8k"]
     assert over_budget(resources.Resources(luts=int(0.84 * hx8k.capacity["luts"])), hx8k) == {}
     up5k = PARTS["ice40-up5k"]
