@@ -22,7 +22,8 @@ the wrapper's boundary), and each of its engines out of context, in a Yosys proc
 netlists (its top module and its engines); ``wrapper`` counts the wrapper's own cells.
 ``luts`` are LUT4 sites: on iCE40 the ``SB_LUT4`` cells (a logic cell holds one LUT4, one
 flip-flop and one carry, so this is a lower bound of the logic cells used); on ECP5 the ``LUT4``
-cells plus two per ``CCU2C`` carry cell and four per ``TRELLIS_DPR16X4`` LUT RAM. The fit is
+cells plus two per ``CCU2C`` carry cell and six per ``TRELLIS_DPR16X4`` LUT RAM (its four
+RAM LUTs and the two LUTs of the slice that writes it, as nextpnr counts them). The fit is
 decided on these counts against :attr:`zeroskip.parts.Part.capacity` before nextpnr runs; nextpnr then places
 and routes the accelerator and the wrapper together, and ``placed`` holds its utilisation per bel
 type (the whole, wrapper included) and ``fmax_mhz`` the achieved frequency of ``clk`` (every
@@ -169,11 +170,16 @@ def target(name):
     return find_part(name)
 
 
+#: LUT4 sites of one ECP5 ``TRELLIS_DPR16X4``: four in the two slices that hold it, two in the
+#: slice beside them that writes it (``TRELLIS_RAMW``), which holds no logic.
+LUTRAM_SITES = 6
+
+
 def resource_counts(cells, family):
     """The resources of :data:`RESOURCES` (and ``carries``) from Yosys's cell counts."""
     counts = _count(cells, family)
-    if family == "ecp5":  # LUT4 sites: a CCU2C fills two, a 16x4 LUT RAM four
-        counts["luts"] += 2 * counts["carries"] + 4 * counts.pop("lutrams")
+    if family == "ecp5":  # LUT4 sites: a CCU2C fills two, a 16x4 LUT RAM six
+        counts["luts"] += 2 * counts["carries"] + LUTRAM_SITES * counts.pop("lutrams")
     counts.setdefault("spram", 0)
     return counts
 

@@ -66,7 +66,7 @@ def test_parts_table():
 def test_ecp5_counts_lut_sites_of_carries_and_lut_ram():
     counts = synth.resource_counts({"LUT4": 100, "CCU2C": 10, "TRELLIS_DPR16X4": 3,
                                     "TRELLIS_FF": 50, "DP16KD": 2, "MULT18X18D": 1}, "ecp5")
-    assert counts == {"luts": 100 + 2 * 10 + 4 * 3, "ffs": 50, "brams": 2, "dsps": 1,
+    assert counts == {"luts": 100 + 2 * 10 + 6 * 3, "ffs": 50, "brams": 2, "dsps": 1,
                       "carries": 10, "spram": 0}
 
 
