@@ -30,6 +30,7 @@ import torch
 
 import zeroskip
 from zeroskip import demo, models
+from zeroskip.boards.synth import LUTRAM_SITES
 from zeroskip.compiler import resources
 from zeroskip.hdl.verilog import YOSYS_AFTER_READ
 from zeroskip.toolchain import yowasp_executable
@@ -37,10 +38,11 @@ from zeroskip.toolchain import yowasp_executable
 RESULTS = Path(__file__).resolve().parent / "results" / "resources.json"
 
 #: Yosys's cells per resource, as ``zeroskip synth`` counts them (LUT4 sites on ECP5: a carry
-#: cell fills two, a 16x4 LUT RAM four).
+#: cell fills two, a 16x4 LUT RAM six).
 CELLS = {
-    "ecp5": {"luts": {"LUT4": 1, "CCU2C": 2, "TRELLIS_DPR16X4": 4}, "brams": {"DP16KD": 1},
-             "dsps": {"MULT18X18D": 1}, "lutram": {"TRELLIS_DPR16X4": 4}, "spram": {}},
+    "ecp5": {"luts": {"LUT4": 1, "CCU2C": 2, "TRELLIS_DPR16X4": LUTRAM_SITES},
+             "brams": {"DP16KD": 1}, "dsps": {"MULT18X18D": 1},
+             "lutram": {"TRELLIS_DPR16X4": LUTRAM_SITES}, "spram": {}},
     "ice40": {"luts": {"SB_LUT4": 1}, "brams": {"SB_RAM40_4K": 1}, "dsps": {"SB_MAC16": 1},
               "lutram": {}, "spram": {"SB_SPRAM256KA": 1}},
 }
