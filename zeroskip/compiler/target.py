@@ -39,11 +39,11 @@ CHUNKS = (8, 16, 32)
 PLACEABLE = {"luts": 0.85, "ffs": 0.85, "brams": 0.80, "dsps": 1.0, "spram": 1.0}
 
 #: :data:`PLACEABLE` per family where it differs. On the ECP5, nextpnr packs a design into more
-#: LUT4 sites than the model counts: the DS-CNN at 96 multipliers, 71,080 by the model (85 %),
-#: took 82,760 of the 83,640 TRELLIS_COMB cells after packing (16 % more), placed at 47 MHz
-#: and did not route; at 89 multipliers, 60,061 by the model, 73,092 (22 % more); ResNet-8 at
-#: 51 multipliers 8 % more. 70 % by the model keeps the placer's share within 85 % at the most
-#: seen.
+#: LUT4 sites than it counts before packing, which the model follows (LUT RAM included): the
+#: DS-CNN at 96 multipliers, 75,674 by the model (90 %), took 82,760 of the 83,640
+#: TRELLIS_COMB cells after packing (9 % more), placed at 47 MHz and did not route; at 89
+#: multipliers, 64,057 by the model, 73,092 (14 % more). 70 % by the model keeps the placer's
+#: share near 80 % at the most seen.
 PLACEABLE_BY_FAMILY = {"ecp5": {**PLACEABLE, "luts": 0.70}}
 
 
