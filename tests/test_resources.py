@@ -190,7 +190,7 @@ def test_target_chooses_the_fastest_fitting_design_and_says_what_bound_it(small,
 
 def test_a_target_design_leaves_room_for_placement():
     """nextpnr found no placement for a design at 89 % of the ECP5-85F's LUT4 sites, and packs
-    one into up to 22 % more sites than the model counts: a design fits a target when its
+    one into up to 14 % more sites than the model counts: a design fits a target when its
     estimate takes at most placeable(part) of its logic and RAM blocks (on the ECP5 70 % of the
     LUT4 sites by the model, elsewhere 85 %); DSPs and SPRAM blocks, counted exactly, may all be
     used."""
