@@ -134,7 +134,7 @@ def synthesize(design, part, jobs):
         report = synth.run(build, part, jobs=jobs).to_dict()
     return {key: report[key] for key in (
         "target", "luts", "ffs", "dsps", "brams", "carries", "fits", "fmax_mhz", "target_mhz",
-        "utilisation", "seconds", "cpu_seconds", "peak_mb", "steps", "failure")}
+        "utilisation", "seconds", "cpu_seconds", "peak_mb", "steps", "failure", "router")}
 
 
 def markdown_tables(nets):

@@ -273,7 +273,7 @@ class BoardReport:
     ``fmax_mhz`` is None when nextpnr did not run to the end. Per tool, ``seconds`` is the wall
     time (Yosys's processes may overlap), ``cpu_seconds`` their CPU time summed, ``peak_mb``
     the largest peak memory of one process (MiB); ``steps`` has each process's
-    (:class:`Step`).
+    (:class:`Step`); ``router`` the nextpnr router that ran (:func:`router`).
     """
 
     target: str
@@ -298,6 +298,7 @@ class BoardReport:
     cpu_seconds: dict = field(default_factory=dict)
     peak_mb: dict = field(default_factory=dict)
     steps: list = field(default_factory=list)
+    router: str = ""
 
     @property
     def utilisation(self):
@@ -350,7 +351,7 @@ class BoardReport:
         if self.fmax_mhz is not None:
             verdict = "met" if self.fmax_mhz >= self.target_mhz else "NOT met"
             lines.append(f"fmax {self.fmax_mhz:.1f} MHz (asked for {self.target_mhz:g} MHz: "
-                         f"{verdict})")
+                         f"{verdict}; nextpnr's {self.router or 'router1'})")
         lines.append("tool time " + ", ".join(
             f"{tool} {seconds:.0f} s ({self.cpu_seconds.get(tool, 0):.0f} s CPU"
             + (f", peak {self.peak_mb[tool]:,} MB" if tool in self.peak_mb else "") + ")"
@@ -513,6 +514,22 @@ def run(build, target_name, *, freq_mhz=None, timeout=None, jobs=1):
     return report
 
 
+#: The share of a part's LUT4 sites (Yosys's count of the accelerator) above which nextpnr
+#: routes with router2 rather than its default, router1, per family. On the ECP5-85F router1
+#: routed ResNet-8 at 50 % (41,860 sites, 89.3 MHz) but did not converge at 60 % (ResNet-8 at
+#: 51 multipliers, 231k of 258k arcs left after 85,000 iterations) nor at 70 % (the DS-CNN at
+#: 78 multipliers, 297k of 306k); router2 routed both in under three minutes. On a small
+#: design router2 reaches a lower clock: the digits-shaped net at 18 %, 93.3 MHz against 112.1.
+ROUTER2_ABOVE = {"ecp5": 0.55}
+
+
+def router(part, luts):
+    """The nextpnr router for a design of ``luts`` LUT4 sites on ``part``
+    (:data:`ROUTER2_ABOVE`)."""
+    share = ROUTER2_ABOVE.get(part.family)
+    return "router2" if share is not None and luts > share * part.capacity["luts"] else "router1"
+
+
 def _synthesize_and_place(work, verilog, top, part, freq_mhz, names, timeout, jobs):
     """Yosys, the fit check and nextpnr in ``work``: the :class:`BoardReport`."""
     started = time.perf_counter()
@@ -530,9 +547,11 @@ def _synthesize_and_place(work, verilog, top, part, freq_mhz, names, timeout, jo
         steps=[asdict(step) for step in steps])
     if not check_fit(report).fits:
         return report
-    placed = pnr.place_and_route(work, part.family, part.nextpnr_args + part.nextpnr_options,
-                                 "netlist.json",
-                                 report.target_mhz, timeout=timeout)
+    report.router = router(part, report.luts)
+    options = ("--router", report.router) if report.router != "router1" else ()
+    placed = pnr.place_and_route(work, part.family,
+                                 part.nextpnr_args + part.nextpnr_options + options,
+                                 "netlist.json", report.target_mhz, timeout=timeout)
     step = Step.of(f"nextpnr-{part.family}", "place and route", placed)
     report.steps.append(asdict(step))
     report.seconds["nextpnr"] = step.seconds

@@ -20,6 +20,7 @@ from zeroskip import cli, toolchain
 from zeroskip.boards import ooc, pnr, synth
 from zeroskip.errors import ZeroskipError
 from zeroskip.hdl.verilog import convert
+from zeroskip.parts import PARTS
 
 from test_hdl_conv import linear_graph
 
@@ -243,22 +244,31 @@ def test_cli_nextpnr_no_fit_is_a_no_fit(tiny_build, capsys, monkeypatch):
         "place and route"]
 
 
-@pytest.mark.parametrize("part, options", [
-    ("ice40-up5k", ("--up5k", "--package", "sg48", "--placer-heap-timingweight", "30")),
-    ("ecp5-25k", ("--25k", "--package", "CABGA256"))])
-def test_nextpnr_gets_the_parts_options(tiny_build, capsys, monkeypatch, part, options):
+@pytest.mark.parametrize("part, share, options", [
+    ("ice40-up5k", 0.9, ("--up5k", "--package", "sg48", "--placer-heap-timingweight", "30")),
+    ("ecp5-25k", 0.55, ("--25k", "--package", "CABGA256")),
+    ("ecp5-25k", 0.56, ("--25k", "--package", "CABGA256", "--router", "router2"))])
+def test_nextpnr_gets_the_parts_options(tiny_build, capsys, monkeypatch, part, share,
+                                        options):
     """iCE40 parts place with the heap placer's timing weight raised; ECP5 ones as nextpnr
-    places by default."""
+    places by default, and route with router2 above 55 % of the LUT4 sites (router1 did not
+    converge on the MLPerf designs there)."""
     seen = []
+
+    def sized(*args, **kwargs):
+        counts, wrapper, steps = small(*args, **kwargs)
+        return {**counts, "luts": int(share * PARTS[part].capacity["luts"])}, wrapper, steps
 
     def fails(workdir, family, device_args, *args, **kwargs):
         seen.append(tuple(device_args))
         return pnr.PnrResult(ok=False, seconds=1.0, error="ERROR: no BELs remaining")
 
-    monkeypatch.setattr(synth, "synthesize_network", small)
+    monkeypatch.setattr(synth, "synthesize_network", sized)
     monkeypatch.setattr(pnr, "place_and_route", fails)
     code, _, _ = run_cli(capsys, tiny_build, "--target", part)
     assert code == 1 and seen == [options]
+    report = json.loads((tiny_build / f"synth-{part}.json").read_text())
+    assert report["router"] == ("router2" if "router2" in options else "router1")
 
 
 def test_cli_nextpnr_failure_is_one_line_exit_2_with_its_log_kept(tiny_build, capsys,
