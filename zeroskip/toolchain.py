@@ -710,7 +710,7 @@ def prepare_yowasp(tools: Iterable[str] | None = None, timeout: float = SMOKE_TI
 
         def first_call(tool: str) -> None:
             commands, _, accept_exit_codes = _YOWASP_SMOKE[tool]
-            with contextlib.suppress(ToolchainError, _SmokeTestError):
+            with contextlib.suppress(ToolchainError, _SmokeTestError, OSError):
                 _run([yowasp_executable(tool), *commands[0]], context,
                      accept_exit_codes=accept_exit_codes)
 
