@@ -30,7 +30,7 @@ import torch
 
 import zeroskip
 from zeroskip import demo, models
-from zeroskip.boards.synth import LUTRAM_SITES
+from zeroskip.parts import ECP5_LUTRAM_SITES
 from zeroskip.compiler import resources
 from zeroskip.hdl.verilog import YOSYS_AFTER_READ
 from zeroskip.toolchain import yowasp_executable
@@ -40,9 +40,9 @@ RESULTS = Path(__file__).resolve().parent / "results" / "resources.json"
 #: Yosys's cells per resource, as ``zeroskip synth`` counts them (LUT4 sites on ECP5: a carry
 #: cell fills two, a 16x4 LUT RAM six).
 CELLS = {
-    "ecp5": {"luts": {"LUT4": 1, "CCU2C": 2, "TRELLIS_DPR16X4": LUTRAM_SITES},
+    "ecp5": {"luts": {"LUT4": 1, "CCU2C": 2, "TRELLIS_DPR16X4": ECP5_LUTRAM_SITES},
              "brams": {"DP16KD": 1}, "dsps": {"MULT18X18D": 1},
-             "lutram": {"TRELLIS_DPR16X4": LUTRAM_SITES}, "spram": {}},
+             "lutram": {"TRELLIS_DPR16X4": ECP5_LUTRAM_SITES}, "spram": {}},
     "ice40": {"luts": {"SB_LUT4": 1}, "brams": {"SB_RAM40_4K": 1}, "dsps": {"SB_MAC16": 1},
               "lutram": {}, "spram": {"SB_SPRAM256KA": 1}},
 }

@@ -43,7 +43,7 @@ from pathlib import Path
 
 from ..errors import ToolchainError, ZeroskipError
 from ..hdl.verilog import YOSYS_AFTER_READ
-from ..parts import PARTS, RESOURCES
+from ..parts import ECP5_LUTRAM_SITES, PARTS, RESOURCES
 from ..parts import part as find_part
 from ..toolchain import prepare_yowasp, yowasp_executable
 from . import ooc, pnr
@@ -170,16 +170,11 @@ def target(name):
     return find_part(name)
 
 
-#: LUT4 sites of one ECP5 ``TRELLIS_DPR16X4``: four in the two slices that hold it, two in the
-#: slice beside them that writes it (``TRELLIS_RAMW``), which holds no logic.
-LUTRAM_SITES = 6
-
-
 def resource_counts(cells, family):
     """The resources of :data:`RESOURCES` (and ``carries``) from Yosys's cell counts."""
     counts = _count(cells, family)
     if family == "ecp5":  # LUT4 sites: a CCU2C fills two, a 16x4 LUT RAM six
-        counts["luts"] += 2 * counts["carries"] + LUTRAM_SITES * counts.pop("lutrams")
+        counts["luts"] += 2 * counts["carries"] + ECP5_LUTRAM_SITES * counts.pop("lutrams")
     counts.setdefault("spram", 0)
     return counts
 

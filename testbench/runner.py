@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import fcntl
 import hashlib
 import json
 import os
@@ -306,7 +305,7 @@ def build_model(
         if known is not None and (build_dir / _BUILD_MARKER).exists():
             return dataclasses.replace(known, reused=True, build_seconds=0.0)
         build_dir.parent.mkdir(parents=True, exist_ok=True)
-        with _file_lock(build_dir.parent / f".{build_dir.name}.lock"):
+        with toolchain.file_lock(build_dir.parent / f".{build_dir.name}.lock"):
             if _build_is_complete(build_dir, key):
                 reused, seconds = True, 0.0
             else:
@@ -689,16 +688,6 @@ def fst_available() -> bool:
         check=False,
     )
     return probe.returncode == 0
-
-
-@contextlib.contextmanager
-def _file_lock(path: Path) -> Iterator[None]:
-    with open(path, "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 @contextlib.contextmanager

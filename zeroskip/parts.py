@@ -11,11 +11,16 @@ from dataclasses import dataclass
 
 from .errors import ZeroskipError
 
-__all__ = ["ICE40_NEXTPNR_OPTIONS", "ICE40_SYNTH_OPTIONS", "PARTS", "RESOURCES", "Part", "part"]
+__all__ = ["ECP5_LUTRAM_SITES", "ICE40_NEXTPNR_OPTIONS", "ICE40_SYNTH_OPTIONS", "PARTS", "RESOURCES", "Part", "part"]
 
 #: The resources a fit is decided on, with the words messages use.
 RESOURCES = {"luts": "LUTs", "ffs": "FFs", "brams": "RAM blocks", "dsps": "DSPs",
              "spram": "SPRAM blocks"}
+
+#: LUT4 sites of one ECP5 ``TRELLIS_DPR16X4`` (16x4 LUT RAM): four in the two slices that hold
+#: it, two in the slice beside them that writes it (``TRELLIS_RAMW``), which holds no logic; as
+#: nextpnr counts them.
+ECP5_LUTRAM_SITES = 6
 
 #: ``synth_ice40`` options every iCE40 design gets: multipliers onto SB_MAC16 blocks, and a
 #: flip-flop whose enable drives fewer than four flip-flops takes it as logic instead: an iCE40

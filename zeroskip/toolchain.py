@@ -720,17 +720,23 @@ def prepare_yowasp(tools: Iterable[str] | None = None, timeout: float = SMOKE_TI
 
 
 @contextlib.contextmanager
-def _cache_lock(name: str) -> Iterator[None]:
-    """Hold an exclusive lock on ``name`` in :func:`cache_dir`; without a writable cache, none."""
-    try:
-        cache_dir().mkdir(parents=True, exist_ok=True)
-        handle = open(cache_dir() / name, "a")
-    except OSError:
-        yield
-        return
-    with handle:
+def file_lock(path: str | os.PathLike[str]) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``path`` (created if absent) for the ``with`` block; other
+    processes (and other open handles) taking it wait."""
+    with open(path, "a") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         yield
+
+
+def _cache_lock(name: str) -> contextlib.AbstractContextManager[None]:
+    """:func:`file_lock` on ``name`` in :func:`cache_dir`; without a writable cache, none."""
+    path = cache_dir() / name
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.touch()
+    except OSError:
+        return contextlib.nullcontext()
+    return file_lock(path)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -18,6 +18,8 @@ from dataclasses import dataclass, field, replace
 from amaranth.hdl import Fragment, Instance
 from amaranth.hdl._mem import MemoryInstance
 
+from ..parts import ECP5_LUTRAM_SITES
+
 __all__ = ["MemoryUse", "Resources", "map_memory", "memories", "sequential_cells"]
 
 
@@ -82,9 +84,8 @@ _BLOCKS = {
     "ice40": (((16, 256), (8, 512), (4, 1024), (2, 2048)), 64),
     "ecp5": (((36, 512), (18, 1024), (9, 2048), (4, 4096), (2, 8192), (1, 16384)), 128),
 }
-#: LUT RAM per family: (width, depth) of one primitive, its cost, the LUT4 sites it takes (on
-#: the ECP5 four of RAM and two of the slice that writes it, as nextpnr counts them).
-_LUTRAM = {"ecp5": ((4, 16), 4, 6)}
+#: LUT RAM per family: (width, depth) of one primitive, its cost, the LUT4 sites it takes.
+_LUTRAM = {"ecp5": ((4, 16), 4, ECP5_LUTRAM_SITES)}
 
 
 #: Cost units Yosys adds to a RAM mapping (block or LUT RAM) of a RAM for its ports (fitted:
