@@ -38,9 +38,10 @@ from .requant import Requantizer, SideBySide, requant_slice
 from .sparse_plan import plan as make_plan
 from .sparse_plan import signed_width
 from .threshold import Thresholder, threshold_slice
-from .window import (LaneWindow, earlier, elaborate_accumulator, elaborate_block_accumulator,
-                     elaborate_filter_counter, elaborate_packer, group_of, pixel_counter_width,
-                     replicated_memory, ring_rows, row_counter_width, slot_bits)
+from .window import (LaneWindow, WriteProgress, earlier, elaborate_accumulator,
+                     elaborate_block_accumulator, elaborate_filter_counter, elaborate_packer,
+                     group_of, pixel_counter_width, replicated_memory, ring_rows,
+                     row_counter_width, slot_bits)
 
 # Entries the examiner may run ahead of the issuer: more than the cycles from a scan to the
 # issuer (folding.SCAN_TO_ISSUE), or one-pair entries would starve the issuer. 16 deep costs
@@ -390,7 +391,7 @@ class SparseConvEngine(wiring.Component):
         in_shape = stream_shape(self.in_act, g.in_beat)
 
         row_width = row_counter_width(g, rows)
-        rows_written = Signal(row_width)
+        written = WriteProgress.create(g, row_width)
         # Pixels whose tile slot is free again.
         collector_released = Signal(pixel_counter_width(self.plan.slots))
 
@@ -399,10 +400,10 @@ class SparseConvEngine(wiring.Component):
         mask_write, mask_mems = replicated_memory(m, "mask_mem", unsigned(g.mask_word),
                                                   ring_words, len(lanes))
 
-        windows = [LaneWindow(m, g, rows, row_width, rows_written, collector_released,
+        windows = [LaneWindow(m, g, rows, row_width, written, collector_released,
                               f"lane_{index}", slots=self.plan.slots)
                    for index in range(len(lanes))]
-        self._elaborate_writer(m, act_write, ring_beats, mask_write, rows, rows_written,
+        self._elaborate_writer(m, act_write, ring_beats, mask_write, rows, written,
                                windows)
 
         lane_done = []
@@ -425,14 +426,14 @@ class SparseConvEngine(wiring.Component):
                                  waiting_for_rows, rows)
         return m
 
-    def _elaborate_writer(self, m, act_write, act_depth, mask_write, rows, rows_written,
+    def _elaborate_writer(self, m, act_write, act_depth, mask_write, rows, written,
                           windows):
         """Input stream -> the line buffer, with one nonzero bit per activation."""
         act_addr = Signal(range(act_depth))
         beat = self.i_stream.payload
         nonzero = beat != 0 if self.in_width == 1 else \
             Cat(beat[index] != 0 for index in range(self.in_width))
-        taken = elaborate_packer(m, self, rows, rows_written, windows, nonzero, mask_write)
+        taken = elaborate_packer(m, self, rows, written, windows, nonzero, mask_write)
         m.d.comb += [act_write.addr.eq(act_addr), act_write.data.eq(beat)]
         with m.If(taken):
             m.d.comb += act_write.en.eq(1)

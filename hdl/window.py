@@ -19,7 +19,7 @@ from .arith import times
 from .sparse_plan import signed_width
 
 __all__ = ["DEEP_TILE_SLOTS", "PIXEL_COUNTER_WIDTH", "TILE_SLOTS", "LaneWindow", "PixelCursor",
-           "earlier", "pixel_counter_width", "slot_bits",
+           "WriteProgress", "earlier", "pixel_counter_width", "slot_bits",
            "elaborate_accumulator", "elaborate_block_accumulator", "elaborate_filter_counter",
            "elaborate_packer", "group_of", "replicated_memory",
            "ring_rows", "row_counter_width"]
@@ -75,6 +75,21 @@ class ReplicatedWrite:
     addr: Signal
     data: Signal
     en: Signal
+
+
+@dataclass(frozen=True)
+class WriteProgress:
+    """How far the packer (:func:`elaborate_packer`) has written the ring: ``rows`` whole rows
+    (a wrap-around global count, :func:`row_counter_width` bits) and ``columns`` pixels of the
+    row being written (0 again as ``rows`` steps)."""
+
+    rows: Signal
+    columns: Signal
+
+    @classmethod
+    def create(cls, geometry, row_width):
+        return cls(Signal(row_width, name="rows_written"),
+                   Signal(range(geometry.width), name="columns_written"))
 
 
 def replicated_memory(m, name, shape, depth, copies):
@@ -133,6 +148,10 @@ class PixelCursor:
         # from the cursor it was the longest path).
         self.needed = (Signal(row_width, init=self._rows_below(-g.padding[0]),
                               name=f"{name}_needed") if track_needed else None)
+        # Pixels of the last of those rows under the window (its right edge, plus one): the
+        # pixel may start before the rest of that row is in.
+        self.needed_columns = (Signal(range(g.width + 1), init=self._columns_left_of(0),
+                                      name=f"{name}_needed_columns") if track_needed else None)
 
     def oldest_row(self):
         """Global index of the first input row this pixel's window reads."""
@@ -141,6 +160,19 @@ class PixelCursor:
     def _rows_below(self, top):
         """Rows of an inference from its row 0 to the bottom of a window whose top is ``top``."""
         return min(top + self.geometry.kernel[0], self.geometry.height)
+
+    def _columns_left_of(self, out_x):
+        """Input pixels of a row from its first to the right edge of output pixel ``out_x``'s
+        window."""
+        g = self.geometry
+        return min(out_x * g.stride[1] - g.padding[1] + g.kernel[1], g.width)
+
+    def needed_columns_after(self):
+        """``needed_columns`` once the cursor has advanced from this pixel."""
+        g = self.geometry
+        step = Mux(self.needed_columns + g.stride[1] > g.width, g.width,
+                   self.needed_columns + g.stride[1])
+        return Mux(self.out_x == g.out_width - 1, self._columns_left_of(0), step)
 
     def _needed_steps(self):
         """How far ``needed`` moves as the cursor leaves each output row (the last one's step
@@ -163,7 +195,8 @@ class PixelCursor:
             return Mux(value >= rows, value - rows, value)
 
         if self.needed is not None:
-            m.d.sync += self.needed.eq(self.needed_after())
+            m.d.sync += [self.needed.eq(self.needed_after()),
+                         self.needed_columns.eq(self.needed_columns_after())]
         with m.If(self.out_x != g.out_width - 1):
             m.d.sync += [self.out_x.eq(self.out_x + 1), self.left.eq(self.left + g.stride[1])]
         with m.Else():
@@ -185,16 +218,17 @@ class LaneWindow:
     ``cursor`` is the pixel the lane examines next; ``retired`` the oldest pixel whose
     products are not all done: its rows must stay in the ring (pairs of pixels examined may
     still wait to read it). ``pixel_index`` counts pixels started; a pixel starts once its
-    rows are written (``rows_ready``) and the collector has freed its tile slot (``can_start``).
+    rows are written, the last of them up to the window's right edge (``rows_ready``), and the
+    collector has freed its tile slot (``can_start``).
 
     Both conditions are registers, computed for the cursor as it will be after this cycle: a
     start is then decided by two flip-flops, not by two counter comparisons. The counters they
-    are compared with (``rows_written``, ``collector_released``) only grow, so seeing them a
+    are compared with (``written``, ``collector_released``) only grow, so seeing them a
     cycle late can only delay a start, never allow one early. The output tile holds ``slots``
     pixels: a lane runs up to ``slots`` pixels ahead of the collector.
     """
 
-    def __init__(self, m, geometry, rows, row_width, rows_written, collector_released, name,
+    def __init__(self, m, geometry, rows, row_width, written, collector_released, name,
                  slots=TILE_SLOTS):
         g = self.geometry = geometry
         self.rows, self.row_width, self.slots = rows, row_width, slots
@@ -211,10 +245,19 @@ class LaneWindow:
         self.rows_ready = Signal(name=f"{name}_rows_ready")
         tile_free = Signal(name=f"{name}_tile_free")
         cursor = self.cursor
+        next_row = Signal(row_width, name=f"{name}_next_row")  # the row being written
+        m.d.comb += next_row.eq(written.rows + 1)
+
+        def ready(needed, columns):
+            """Every row below ``needed`` written, or all but the last and that one up to
+            ``columns``."""
+            return ~earlier(written.rows, needed, row_width) | \
+                ((next_row == needed) & (written.columns >= columns))
+
         m.d.sync += [
             self.rows_ready.eq(Mux(self._stepping,
-                                   ~earlier(rows_written, cursor.needed_after(), row_width),
-                                   ~earlier(rows_written, cursor.needed, row_width))),
+                                   ready(cursor.needed_after(), cursor.needed_columns_after()),
+                                   ready(cursor.needed, cursor.needed_columns))),
             tile_free.eq(Mux(self._stepping,
                              earlier(self.pixel_index, collector_released + (slots - 1), width),
                              earlier(self.pixel_index, collector_released + slots, width))),
@@ -270,11 +313,12 @@ def oldest_of(m, windows):
             return rows[0]
 
 
-def elaborate_packer(m, engine, rows, rows_written, windows, bits_of_beat, word_write):
+def elaborate_packer(m, engine, rows, written, windows, bits_of_beat, word_write):
     """Input beats -> words of one bit per channel (``bits_of_beat``: one per activation of a
     beat), one word per (pixel, group, chunk), or per pixel and word of channels
     (:attr:`~zeroskip.hdl.sparse_plan.ConvGeometry.mask_groups`), written through
-    ``word_write`` into the ring; counts ``rows_written``.
+    ``word_write`` into the ring; counts rows and pixels in ``written`` (a
+    :class:`WriteProgress`), a pixel once its last beat is written.
 
     The input is ready while the ring has a row slot no lane needs any more. Returns the
     ``taken`` handshake, for an engine that stores more per beat.
@@ -286,7 +330,7 @@ def elaborate_packer(m, engine, rows, rows_written, windows, bits_of_beat, word_
     address = Signal(range(words))
     channel_in_group = Signal(range(group_channels // width))
     bit = Signal(range(g.mask_word // width))
-    column = Signal(range(g.width))
+    rows_written, column = written.rows, written.columns
     channel = Signal(range(g.in_channels // width))
     bits = Signal(g.mask_word)
 

@@ -44,9 +44,9 @@ from .arith import balanced_sum, popcount, times
 from .conv import OUT_FIFO_DEPTH, elaborate_collector
 from .sparse_plan import plan as make_plan
 from .sparse_plan import signed_width
-from .window import (PIXEL_COUNTER_WIDTH, TILE_SLOTS, LaneWindow, elaborate_accumulator,
-                     elaborate_filter_counter, elaborate_packer, group_of, replicated_memory,
-                     ring_rows, row_counter_width)
+from .window import (PIXEL_COUNTER_WIDTH, TILE_SLOTS, LaneWindow, WriteProgress,
+                     elaborate_accumulator, elaborate_filter_counter, elaborate_packer, group_of,
+                     replicated_memory, ring_rows, row_counter_width)
 
 __all__ = ["XNOR_WIDTH", "XnorConvEngine"]
 
@@ -183,17 +183,17 @@ class XnorConvEngine(wiring.Component):
         g = self.geometry
         rows = ring_rows(g, g.width * g.groups * g.chunks)
         row_width = row_counter_width(g, rows)
-        rows_written = Signal(row_width)
+        written = WriteProgress.create(g, row_width)
         collector_released = Signal(PIXEL_COUNTER_WIDTH)
 
         words = rows * g.width * g.groups * g.chunks
         # A copy per lane (window.replicated_memory), written together.
         line_write, line_buffers = replicated_memory(m, "line_buffer", unsigned(g.chunk), words,
                                                      len(self.plan.lanes))
-        windows = [LaneWindow(m, g, rows, row_width, rows_written, collector_released,
+        windows = [LaneWindow(m, g, rows, row_width, written, collector_released,
                               f"lane_{index}") for index in range(len(self.plan.lanes))]
         # Input bits -> the line buffer, packed into words as they arrive.
-        elaborate_packer(m, self, rows, rows_written, windows, self.i_stream.payload[0],
+        elaborate_packer(m, self, rows, written, windows, self.i_stream.payload[0],
                          line_write)
 
         lanes = [self._elaborate_lane(m, index, lane, line_buffers[index], windows[index])

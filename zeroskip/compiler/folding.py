@@ -67,8 +67,8 @@ SIMULATED_IMAGES = 32
 # images (at least MIN_SIMULATED_IMAGES): the mean over its pixels settles with fewer.
 SIMULATED_PIXELS = 16384
 MIN_SIMULATED_IMAGES = 8
-# Cycles from an input row's last beat being taken to a pixel waiting on it starting its scan:
-# the row count and the window's rows-ready flag are registers.
+# Cycles from the last input beat a pixel waits on being taken to the pixel starting its scan:
+# the packer's row and pixel counts and the window's rows-ready flag are registers.
 ROW_READY = 1
 # Cycles from an XNOR lane issuing a pixel's last ROM entry to the collector taking the pixel:
 # ROM read, line-buffer read, agreeing bits registered, popcount, sum, accumulate, the tile's
@@ -171,11 +171,19 @@ def _issue_work(sparse_plan, pairs):
 
 
 def _pixel_rows(geometry):
-    """Per output pixel of one inference: the input rows (local) its window needs complete,
-    and the first row it reads (what it keeps in the line buffer)."""
+    """Per output pixel of one inference: the input rows (local) its window needs, and the
+    first row it reads (what it keeps in the line buffer)."""
     g = geometry
     top = np.repeat(np.arange(g.out_height) * g.stride[0] - g.padding[0], g.out_width)
     return np.minimum(top + g.kernel[0], g.height), np.maximum(top, 0)
+
+
+def _pixel_columns(geometry):
+    """Per output pixel of one inference: the pixels of the last input row its window needs
+    (from the row's first to the window's right edge): the pixel starts once they are in."""
+    g = geometry
+    right = np.arange(g.out_width) * g.stride[1] - g.padding[1] + g.kernel[1]
+    return np.tile(np.minimum(right, g.width), g.out_height)
 
 
 class _Queues:
@@ -271,15 +279,17 @@ def _timeline(sparse_plan, work, streams, arrivals=None):
     (a list of calibration image indices, one per image of the batch), ``(images, pixels)``:
     the cycle the collector has given each output pixel's last beat.
 
-    ``arrivals`` (``(images, rows)``, or None for an input always ready) is the cycle each
-    input row's last beat can reach the line buffer at the earliest.
+    ``arrivals`` (``(images, rows, columns)``, or None for an input always ready) is the cycle
+    each input pixel's last beat can reach the line buffer at the earliest.
     """
     g = sparse_plan.geometry
     images = len(streams[0])
     lane_count = len(sparse_plan.lanes)
     combos = np.array([lane.combos for lane in sparse_plan.lanes])
     needed, oldest = _pixel_rows(g)
-    row_beats = g.width * g.in_channels // g.in_beat
+    columns = _pixel_columns(g)
+    pixel_beats = g.in_channels // g.in_beat
+    row_beats = g.width * pixel_beats
     rows = ring_rows(g, row_beats)
     # A wide input's line-buffer word is registered before its element is picked.
     issue_to_collect = ISSUE_TO_COLLECT + (g.in_beat > 1)
@@ -290,7 +300,7 @@ def _timeline(sparse_plan, work, streams, arrivals=None):
     issue_free = np.zeros((images, lane_count), np.int64)
     pops = np.zeros((images, lane_count, AHEAD), np.int64)
     listed = np.arange(work.shape[-1]) < combos[:, None]
-    lane_done, releases, row_done, outputs = [], [], [], []
+    lane_done, releases, row_start, row_done, outputs = [], [], [], [], []
     collector_free = np.zeros(images, np.int64)
 
     def row_complete(row):
@@ -302,9 +312,18 @@ def _timeline(sparse_plan, work, streams, arrivals=None):
             blocking = np.searchsorted(pixel_oldest, r - rows, side="right") - 1
             if blocking >= 0:
                 start = np.maximum(start, lane_done[blocking].max(axis=1) + 1)
+            row_start.append(start)
             done = start + row_beats
-            row_done.append(done if arrivals is None else np.maximum(done, arrivals[:, r]))
+            row_done.append(done if arrivals is None else np.maximum(done, arrivals[:, r, -1]))
         return row_done[row]
+
+    def pixels_complete(row, count):
+        """When the line buffer holds the first ``count`` pixels of input row ``row``."""
+        done = row_complete(row)
+        if count == g.width:
+            return done
+        done = row_start[row] + count * pixel_beats
+        return done if arrivals is None else np.maximum(done, arrivals[:, row, count - 1])
 
     for image, ids in enumerate(streams):
         queues = _Queues(work[ids], listed)
@@ -312,7 +331,8 @@ def _timeline(sparse_plan, work, streams, arrivals=None):
         for pixel in range(g.out_pixels):
             index = image * g.out_pixels + pixel
             rows_in = image * g.height + needed[pixel]  # a window all in padding needs none
-            gate = row_complete(rows_in - 1) if rows_in else np.zeros(images, np.int64)
+            gate = pixels_complete(rows_in - 1, columns[pixel]) if rows_in else \
+                np.zeros(images, np.int64)
             if index >= sparse_plan.slots:
                 gate = np.maximum(gate, releases[index - sparse_plan.slots])
             first_scan = np.maximum(scan_free, gate[:, None] + ROW_READY) + 1
@@ -356,28 +376,30 @@ def _simulate_xnor(geometry, entries):
     g = geometry
     entries = np.asarray(entries, np.int64)
     needed, oldest = _pixel_rows(g)
+    columns = _pixel_columns(g)
     row_beats = g.width * g.in_channels
     rows = ring_rows(g, g.width * g.groups * g.chunks)
     pixel_oldest = np.concatenate([oldest, oldest + g.height])
     lane_free = np.zeros(len(entries), np.int64)
-    retired, releases, row_done, last_outputs = [], [], [], []
+    retired, releases, row_start, last_outputs = [], [], [], []
     collector_free = 0
 
-    def row_complete(row):
-        while len(row_done) <= row:
-            r = len(row_done)
-            start = row_done[-1] if row_done else 0
+    def pixels_complete(row, count):
+        """When the first ``count`` pixels of input row ``row`` are in, earlier rows first."""
+        while len(row_start) <= row:
+            r = len(row_start)
+            start = row_start[-1] + row_beats if row_start else 0
             # The row replaces one that every lane must have retired.
             blocking = np.searchsorted(pixel_oldest, r - rows, side="right") - 1
             if blocking >= 0:
                 start = max(start, retired[blocking] + 1)
-            row_done.append(start + row_beats)
-        return row_done[row]
+            row_start.append(start)
+        return row_start[row] + count * g.in_channels
 
     for image in range(2):
         for pixel in range(g.out_pixels):
             index = image * g.out_pixels + pixel
-            gate = row_complete(image * g.height + needed[pixel] - 1) + 1
+            gate = pixels_complete(image * g.height + needed[pixel] - 1, columns[pixel]) + 1
             if index >= TILE_SLOTS:
                 gate = max(gate, releases[index - TILE_SLOTS])
             lane_free = np.maximum(lane_free, gate) + entries
