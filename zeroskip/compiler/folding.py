@@ -58,8 +58,9 @@ AHEAD = PAIR_FIFO_DEPTH - 2
 # Cycles from the issuer taking an entry to the examiner counting its place free.
 TAKEN_SEEN = 1
 # From a lane's last issued pair to the collector starting on that pixel (issue, weight count,
-# operand and product registers, accumulator, the tile's registered write, pixel counter).
-ISSUE_TO_COLLECT = 7
+# operand registers, the multiplier's two and the product register, accumulator, the tile's
+# registered write, pixel counter).
+ISSUE_TO_COLLECT = 9
 # Calibration images the cycle model replays (evenly spaced through the batch): its cost grows
 # with images * pixels * combos, and the mean settles long before 32. Pair counts use them all.
 SIMULATED_IMAGES = 32
