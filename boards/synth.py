@@ -13,7 +13,11 @@ than any package has pins, so it is synthesized and placed inside a generated wr
 through a register that drives every input of the top (its reset included), so no input is a
 constant; and ``parity_out``, the parity of every output bit of the top through a tree of 4-input
 XORs with a register after each level, so no logic can be optimised away and the tree adds one
-LUT level after the top's outputs. The same method serves all four parts.
+LUT level after the top's outputs. The same method serves all four parts. On the ECP5 the
+reset bit reaches the top through a global buffer (``DCCA``, :data:`GLOBAL_RESET`), as a
+board's reset would: routed through the fabric, one reset net to every flip-flop of a large
+design was its longest path (15 to 18 ns on the ECP5-85F); nextpnr routes it on a clock network,
+as it does the clock (and, as for the clock, counts the network's own delay as none).
 
 The top is synthesized as its own module (Yosys ``keep_hierarchy``: nothing is optimised across
 the wrapper's boundary), and each of its engines out of context, in a Yosys process of its own
@@ -201,12 +205,18 @@ def _bits(low, width):
     return f"{low + width - 1}:{low}" if width > 1 else str(low)
 
 
-def wrapper_verilog(verilog_text, top, clock="clk"):
+#: The primitive that puts a reset on a global network, per family (none: the fabric's routing).
+GLOBAL_RESET = {"ecp5": "DCCA"}
+
+
+def wrapper_verilog(verilog_text, top, clock="clk", reset="rst", global_buffer=None):
     """A Verilog module :data:`WRAPPER` holding ``top`` between three pins (see the module doc).
 
     Every input of ``top`` but ``clock`` is a bit of a shift register fed from ``serial_in``;
     every output bit enters a parity tree of 4-input XORs, registered at each level, whose root
-    is ``parity_out``. Deterministic: the same ports give the same text.
+    is ``parity_out``. With ``global_buffer`` (a ``DCCA``-like primitive: ``CLKI``, ``CE``,
+    ``CLKO``), the ``reset`` input's bit passes through one. Deterministic: the same ports give
+    the same text.
     """
     ports = top_ports(verilog_text, top)
     inputs = [(name, width) for name, direction, width in ports
@@ -227,7 +237,13 @@ def wrapper_verilog(verilog_text, top, clock="clk"):
     if any(name == clock for name, direction, _ in ports if direction == "input"):
         connections.append(f".{clock}(clk)")
     for name, width in inputs:
-        connections.append(f".{name}(inputs[{_bits(low, width)}])")
+        if name == reset and width == 1 and global_buffer:
+            lines += [f"  wire {reset}_global;",
+                      f"  {global_buffer} {reset}_buffer (.CLKI(inputs[{low}]), .CE(1'b1), "
+                      f".CLKO({reset}_global));"]
+            connections.append(f".{name}({reset}_global)")
+        else:
+            connections.append(f".{name}(inputs[{_bits(low, width)}])")
         low += width
     low = 0
     for name, width in outputs:
@@ -405,7 +421,8 @@ def synthesize_network(workdir, verilog_text, top, part, *, layer_names=None, ti
     names = layer_names or {}
     (workdir / "glue.v").write_text(cut.glue)
     (workdir / "stubs.v").write_text(cut.stubs)
-    (workdir / "wrapper.v").write_text(wrapper_verilog(verilog_text, top))
+    (workdir / "wrapper.v").write_text(
+        wrapper_verilog(verilog_text, top, global_buffer=GLOBAL_RESET.get(part.family)))
 
     def engine(name):
         (workdir / f"{name}.v").write_text(cut.engines[name])

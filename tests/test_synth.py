@@ -97,6 +97,14 @@ def test_wrapper_drives_every_input_and_observes_every_output_bit():
     assert "assign parity_out = level_3[0];" in text
 
 
+def test_wrapper_can_put_the_reset_on_a_global_buffer():
+    text = synth.wrapper_verilog(SMALL_TOP, "small", global_buffer="DCCA")
+    assert text == synth.wrapper_verilog(SMALL_TOP, "small", global_buffer="DCCA")
+    assert "  DCCA rst_buffer (.CLKI(inputs[0]), .CE(1'b1), .CLKO(rst_global));" in text
+    assert ".rst(rst_global)" in text and ".data(inputs[8:1])" in text
+    assert synth.GLOBAL_RESET == {"ecp5": "DCCA"}
+
+
 def test_parse_captured_nextpnr_report():
     fmax, constraint, utilization = pnr.parse_report(NEXTPNR_ICE40_REPORT)
     assert fmax == {"clk$SB_IO_IN_$glb_clk": pytest.approx(22.757, abs=1e-3)}
@@ -394,6 +402,23 @@ def test_real_flow_places_routes_and_reports(real_runs, part):
     for name in ("yosys.log", "yosys-layer_fc.log", "nextpnr.log", "netlist.json",
                  "nextpnr-report.json", "wrapper.v", "glue.v", "layer_fc.v", "stat.json"):
         assert (logs / name).is_file(), name
+
+
+@pytest.mark.synth
+@pytest.mark.slow
+def test_the_reset_travels_on_a_global_network_on_the_ecp5(real_runs):
+    """The wrapper's reset bit reaches the accelerator through a DCCA, which nextpnr routes on
+    a global network (on the iCE40, nextpnr promotes a reset itself)."""
+    build, _ = real_runs
+    logs = build / "synth-ecp5-25k"
+    module = json.loads((logs / "netlist.json").read_text())["modules"][synth.WRAPPER]
+    buffers = [cell for cell in module["cells"].values() if cell["type"] == "DCCA"]
+    assert len(buffers) == 1
+    bit = int(re.search(r"\.CLKI\(inputs\[(\d+)\]\)", (logs / "wrapper.v").read_text())[1])
+    assert buffers[0]["connections"]["CLKI"] == [module["netnames"]["inputs"]["bits"][bit]]
+    assert re.search(r"routing clock net \S*rst_global using global \d+",
+                     (logs / "nextpnr.log").read_text())
+    assert "DCCA" not in (build / "synth-ice40-up5k" / "wrapper.v").read_text()
 
 
 @pytest.mark.synth
