@@ -30,9 +30,9 @@ import torch
 
 import zeroskip
 from zeroskip import demo, models
-from zeroskip.parts import ECP5_LUTRAM_SITES
 from zeroskip.compiler import resources
 from zeroskip.hdl.verilog import YOSYS_AFTER_READ
+from zeroskip.parts import ECP5_LUTRAM_SITES
 from zeroskip.toolchain import yowasp_executable
 
 RESULTS = Path(__file__).resolve().parent / "results" / "resources.json"

@@ -11,7 +11,8 @@ from dataclasses import dataclass
 
 from .errors import ZeroskipError
 
-__all__ = ["ECP5_LUTRAM_SITES", "ICE40_NEXTPNR_OPTIONS", "ICE40_SYNTH_OPTIONS", "PARTS", "RESOURCES", "Part", "part"]
+__all__ = ["ECP5_LUTRAM_SITES", "ICE40_NEXTPNR_OPTIONS", "ICE40_SYNTH_OPTIONS", "PARTS",
+           "RESOURCES", "Part", "part"]
 
 #: The resources a fit is decided on, with the words messages use.
 RESOURCES = {"luts": "LUTs", "ffs": "FFs", "brams": "RAM blocks", "dsps": "DSPs",
