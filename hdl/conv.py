@@ -533,10 +533,14 @@ class SparseConvEngine(wiring.Component):
             **slice_field}))
         # Entries in the FIFO or on their way to it (stages B, R, L, C and M), counted in a
         # register of their own rather than summed from the FIFO's level each cycle: the sum and
-        # its comparison were the engine's longest path.
+        # its comparison were the engine's longest path. A combo examined is counted a cycle
+        # late (``counted``): the decision to examine fans out over the lane, and its way back
+        # into this count was a large design's longest path (the DS-CNN on the ECP5-85F). The
+        # count is then at most one low, which the room check's margin of two covers.
         ahead = Signal(range(PAIR_FIFO_DEPTH + 1))
-        room = ahead < PAIR_FIFO_DEPTH - 1
+        room = ahead < PAIR_FIFO_DEPTH - 2
         examined = Signal()  # stage B takes a combo this cycle
+        counted = Signal()  # examined, a cycle later
 
         m.d.comb += combo_read.addr.eq(combo)
         m.d.sync += stage_b.valid.eq(0)
@@ -614,8 +618,8 @@ class SparseConvEngine(wiring.Component):
         # decision and this sum in one cycle were the digits-shaped net's longest path. Seen
         # late, the count is only ever too high, so the FIFO never overflows.
         taken = Signal()
-        m.d.sync += [taken.eq(pair_fifo.r_en & pair_fifo.r_rdy),
-                     ahead.eq(ahead + examined - dropped - taken)]
+        m.d.sync += [taken.eq(pair_fifo.r_en & pair_fifo.r_rdy), counted.eq(examined),
+                     ahead.eq(ahead + counted - dropped - taken)]
         # The dense loop nest's pairs for this lane and pixel, credited as the pixel starts
         # (before any of its pairs issue), so that credited minus issued never goes negative.
         dense_pairs = len(lane.filters) * g.taps * g.group_channels

@@ -120,14 +120,15 @@ class Requantizer(wiring.Component):
 
     Latency and throughput
     ----------------------
-    :attr:`latency` (7) cycles from the handshake of an input beat to its result on ``o_stream``
+    :attr:`latency` (9) cycles from the handshake of an input beat to its result on ``o_stream``
     while ``o_stream.ready`` is high: comparison with the saturation bounds, saturation beside
-    the ROM read, multiply, sum of the product's parts, shift, round, clamp/prune. One beat per cycle. The pipeline stalls as a whole when
+    the ROM read, the multiply's operands at the DSP, multiply, its product away from the DSP,
+    sum of the product's parts, shift, round, clamp/prune. One beat per cycle. The pipeline stalls as a whole when
     ``o_stream`` is not ready, so ``i_stream.ready`` follows ``o_stream.ready`` combinationally
     (and never depends on ``i_stream.valid``).
     """
 
-    latency = 7
+    latency = 9
 
     def __init__(self, requant: ir.Requant, acc_shape, channels: int, out_act: ir.Activation):
         if not isinstance(requant, ir.Requant):
@@ -211,20 +212,28 @@ class Requantizer(wiring.Component):
         acc = Signal(signed(signed_width(low, high)) if comparisons else self._acc_shape)
         valid_1, valid_1b = Signal(), Signal()
 
-        # Stage 2: the multiply, and beside it the accumulator's bits below the DSP's operand
-        # as shifted multipliers; registered apart, so that the DSP's output is not followed by
-        # an adder in the same cycle.
+        # Stage 2a: the multiply's operands in registers of their own, which the placer puts
+        # beside the DSP (the saturation's register or the ROM far from the DSP, then the
+        # DSP, then a far product register, were ResNet-8's longest path on the ECP5-85F);
+        # beside them the accumulator's bits below the DSP's operand as shifted multipliers.
+        # Stage 2: the multiply. Stage 2c: its product carried away from the DSP, so that the
+        # DSP's output is followed neither by a long route nor by an adder in the same cycle.
         multiplier_bits = max(int(requant.multiplier.max()).bit_length(), 1)
         acc_shape = acc.shape()
         product_shape = Shape(accumulator_product_width(acc_shape.width, multiplier_bits),
                               acc_shape.signed)
         low_bits = max(acc_shape.width - DSP_OPERAND_BITS, 0)
-        high_product_value = (acc >> low_bits) * multiplier
-        high_product = Signal(high_product_value.shape())
+        acc_at_dsp = Signal((acc >> low_bits).shape())
+        multiplier_at_dsp = (multiplier if isinstance(multiplier, int)
+                             else Signal.like(multiplier, name="multiplier_at_dsp"))
+        at_dsp_value = acc_at_dsp * multiplier_at_dsp
+        at_dsp, high_product = Signal(at_dsp_value.shape()), Signal(at_dsp_value.shape())
         low_sum_value = sum((Mux(acc[bit], multiplier << bit, 0) for bit in range(low_bits)),
                             start=0)
-        low_sum = Signal(max(multiplier_bits + low_bits, 1))
-        valid_2 = Signal()
+        low_sums = [Signal(max(multiplier_bits + low_bits, 1), name=f"low_sum_{stage}")
+                    for stage in ("2a", "2", "2c")]
+        low_sum = low_sums[-1]
+        valid_2a, valid_2, valid_2c = Signal(), Signal(), Signal()
 
         # Stage 2b: the exact product.
         product = Signal(product_shape)
@@ -233,9 +242,11 @@ class Requantizer(wiring.Component):
         if isinstance(shift, int):
             shift_2 = shift
         else:
-            shift_1b, shift_2 = Signal.like(shift), Signal.like(shift)
+            shifts = [Signal.like(shift, name=f"shift_{stage}")
+                      for stage in ("2a", "2", "2c", "2b")]
+            shift_2 = shifts[-1]
             with m.If(advance):
-                m.d.sync += [shift_1b.eq(shift), shift_2.eq(shift_1b)]
+                m.d.sync += [later.eq(earlier) for earlier, later in zip([shift, *shifts], shifts)]
 
         # Stage 3: floor(2 * product / 2**shift); a constant shift is wiring only.
         twice_quotient_value = (product.shift_left(1).shift_right(shift_2)
@@ -293,10 +304,17 @@ class Requantizer(wiring.Component):
                 *comparisons,
                 valid_1b.eq(valid_1),
                 acc.eq(saturated),
-                valid_2.eq(valid_1b),
-                high_product.eq(high_product_value),
-                low_sum.eq(low_sum_value),
-                valid_2b.eq(valid_2),
+                valid_2a.eq(valid_1b),
+                acc_at_dsp.eq(acc >> low_bits),
+                *([] if isinstance(multiplier, int) else [multiplier_at_dsp.eq(multiplier)]),
+                low_sums[0].eq(low_sum_value),
+                valid_2.eq(valid_2a),
+                at_dsp.eq(at_dsp_value),
+                low_sums[1].eq(low_sums[0]),
+                valid_2c.eq(valid_2),
+                high_product.eq(at_dsp),
+                low_sums[2].eq(low_sums[1]),
+                valid_2b.eq(valid_2c),
                 product.eq(exact_product),
                 valid_3.eq(valid_2b),
                 twice_quotient.eq(twice_quotient_value),

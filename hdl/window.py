@@ -390,21 +390,28 @@ def group_of(geometry, lane_filters, filter_index):
                  for f in lane_filters)[filter_index]
 
 
-def _registered_write(m, tile_write, *, addr, data, en, done, slots):
+def _registered_write(m, window, tile_write, *, addr, data, en, done):
     """Give the output tile a sum's write the cycle after the sum is made, and count the pixel
     done (``done``: its last sum is written) with that write, so that the collector reads no
     sum before it lands: the adder and the tile's write port in one cycle were the digits-shaped
-    net's longest path on the ECP5. Returns the count of pixels done (wrap-around)."""
+    net's longest path on the ECP5. The pixel retires from ``window`` a cycle after that: the
+    lane's accumulator sits by its DSPs and its retired cursor by the line buffer, which may be
+    across the part (the accumulator's last-sum logic fanned out to the cursor's registers was
+    the DS-CNN's longest path on the ECP5-85F); retiring late only holds rows a cycle longer.
+    Returns the count of pixels done (wrap-around)."""
     addr_r, data_r, en_r = (Signal.like(tile_write.addr, name="tile_addr"),
                             Signal.like(tile_write.data, name="tile_data"),
                             Signal.like(tile_write.en, name="tile_en"))
-    done_r = Signal(name="pixel_written")
-    pixels_done = Signal(pixel_counter_width(slots))
-    m.d.sync += [addr_r.eq(addr), data_r.eq(data), en_r.eq(en), done_r.eq(done)]
+    done_r, retire = Signal(name="pixel_written"), Signal(name="pixel_retired")
+    pixels_done = Signal(pixel_counter_width(window.slots))
+    m.d.sync += [addr_r.eq(addr), data_r.eq(data), en_r.eq(en), done_r.eq(done),
+                 retire.eq(done_r)]
     m.d.comb += [tile_write.addr.eq(addr_r), tile_write.data.eq(data_r),
                  tile_write.en.eq(en_r)]
     with m.If(done_r):
         m.d.sync += pixels_done.eq(pixels_done + 1)
+    with m.If(retire):
+        window.retired.advance(m)
     return pixels_done
 
 
@@ -420,13 +427,10 @@ def elaborate_accumulator(m, window, *, valid, last, value, filter_index, slot, 
     with m.If(valid):
         with m.If(last):
             m.d.sync += accumulator.eq(0)
-            with m.If(filter_index == filters - 1):
-                window.retired.advance(m)
         with m.Else():
             m.d.sync += accumulator.eq(total)
-    return _registered_write(m, tile_write, addr=times(slot, filters) + filter_index,
-                             data=total, en=closes,
-                             done=closes & (filter_index == filters - 1), slots=window.slots)
+    return _registered_write(m, window, tile_write, addr=times(slot, filters) + filter_index,
+                             data=total, en=closes, done=closes & (filter_index == filters - 1))
 
 
 def elaborate_block_accumulator(m, window, *, valid, last, value, unit, sub, slot, units, pack,
@@ -451,11 +455,10 @@ def elaborate_block_accumulator(m, window, *, valid, last, value, unit, sub, slo
     with m.If(valid):
         with m.If(last):
             m.d.sync += [partial.eq(0) for partial in partials]
-            with m.If(unit == units - 1):
-                window.retired.advance(m)
         with m.Else():
             m.d.sync += [partial.eq(total) for partial, total in zip(partials, sums)]
     enable = Const((1 << pack) - 1, block) << (place * pack)
-    return _registered_write(m, tile_write, addr=times(slot, units // per_word) + (unit >> shift),
+    return _registered_write(m, window, tile_write,
+                             addr=times(slot, units // per_word) + (unit >> shift),
                              data=Cat(*sums * per_word), en=Mux(closes, enable, 0),
-                             done=closes & (unit == units - 1), slots=window.slots)
+                             done=closes & (unit == units - 1))
