@@ -29,7 +29,8 @@ from .. import ir
 from ..hdl.add import AddEngine
 from ..hdl.pool import AvgPool2dEngine, MaxPool2dEngine
 from ..hdl.requant import Requantizer
-from ..hdl.stream import StreamFIFO
+from ..hdl.stream import StreamFIFO, StreamRegister
+from ..hdl.threshold import Thresholder
 from .folding import (MIN_SIMULATED_IMAGES, XNOR_ISSUE_TO_COLLECT, _issue_work,
                       _pixel_columns, _pixel_rows, _timeline, xnor_entries)
 from .layers import WEIGHT_LAYERS, producer
@@ -43,8 +44,16 @@ FORK_CYCLES = LINK_CYCLES + StreamFIFO.latency
 #: A width converter: gathering or splitting, then its register slice.
 CONVERTER_CYCLES = 2
 #: From a conv engine's collector giving a pixel's last sum to its last activation leaving the
-#: engine: the bias stage, the output FIFO and the requantizer (a thresholder takes 5 fewer).
-COLLECT_TO_OUTPUT = 3 + Requantizer.latency
+#: engine: the bias stage, the output FIFO, its register slice and the requantizer (or the
+#: thresholder: :func:`collect_to_output`).
+COLLECT_TO_OUTPUT = 3 + StreamRegister.latency + Requantizer.latency
+
+
+def collect_to_output(node):
+    """:data:`COLLECT_TO_OUTPUT` for ``node``'s output stage."""
+    if node.threshold is None:
+        return COLLECT_TO_OUTPUT
+    return COLLECT_TO_OUTPUT - Requantizer.latency + Thresholder.latency
 
 
 def _sample(calibration):
@@ -64,18 +73,17 @@ def _conv_pixels(layer, plan, arrivals, sample):
     """Output pixels of a conv / linear engine, from its input pixels' arrivals."""
     g = plan.geometry
     if layer.in_act.binary:
-        return _xnor_pixels(plan, layer.node.weight_bits, arrivals)
+        return _xnor_pixels(plan, layer.node, arrivals)
     work = _issue_work(plan, layer.pairs[sample])
     (pixels,) = _timeline(plan, work, [np.arange(len(sample))], arrivals)
-    output = COLLECT_TO_OUTPUT - (5 if layer.node.threshold is not None else 0)
-    return pixels.reshape(len(sample), g.out_height, g.out_width) + output
+    return pixels.reshape(len(sample), g.out_height, g.out_width) + collect_to_output(layer.node)
 
 
-def _xnor_pixels(plan, weight_bits, arrivals):
+def _xnor_pixels(plan, node, arrivals):
     """Output pixels of an XNOR engine: every lane spends its ROM entries on each pixel once
     the input pixels under its window are in (the data does not change its work)."""
     g = plan.geometry
-    entries = np.asarray(xnor_entries(plan, weight_bits), np.int64)
+    entries = np.asarray(xnor_entries(plan, node.weight_bits), np.int64)
     needed, _ = _pixel_rows(g)
     columns = _pixel_columns(g)
     lane_free = np.zeros((len(arrivals), len(entries)), np.int64)
@@ -88,7 +96,7 @@ def _xnor_pixels(plan, weight_bits, arrivals):
             g.out_channels
         given.append(collector)
     pixels = np.stack(given, axis=1).reshape(len(arrivals), g.out_height, g.out_width)
-    return pixels + COLLECT_TO_OUTPUT
+    return pixels + collect_to_output(node)
 
 
 def _pool_pixels(spec, arrivals, in_width, out_width):
