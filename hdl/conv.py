@@ -803,9 +803,10 @@ class SparseConvEngine(wiring.Component):
                          activation.eq(Mux(token_0.pad | ~token_0.pair, 0,
                                            word[token_0.select])),
                          operands.eq(token_0)]
-        # The multiply between two registers of its own, beside the DSP block: DSP blocks sit in
-        # a few rows, far from most lanes, and the routes to and from one with the multiply in
-        # one cycle were a large design's longest path (13.5 ns on an ECP5-85F).
+        # The multiply between two registers of its own, for the placer to put by the DSP block:
+        # DSP blocks sit in a few rows, far from most lanes, and the routes to and from one with
+        # the multiply in one cycle were a large design's longest path (13.5 ns on an
+        # ECP5-85F). The placer does not always put them there (ResNet-8: up to 44 rows away).
         factors = [Signal.like(weight, name="weight_at_dsp"),
                    Signal.like(activation, name="activation_at_dsp")]
         product_value = factors[0] * factors[1]

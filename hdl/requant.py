@@ -123,9 +123,9 @@ class Requantizer(wiring.Component):
     :attr:`latency` (9) cycles from the handshake of an input beat to its result on ``o_stream``
     while ``o_stream.ready`` is high: comparison with the saturation bounds, saturation beside
     the ROM read, the multiply's operands at the DSP, multiply, its product away from the DSP,
-    sum of the product's parts, shift, round, clamp/prune. One beat per cycle. The pipeline stalls as a whole when
-    ``o_stream`` is not ready, so ``i_stream.ready`` follows ``o_stream.ready`` combinationally
-    (and never depends on ``i_stream.valid``).
+    sum of the product's parts, shift, round, clamp/prune. One beat per cycle. The pipeline
+    stalls as a whole when ``o_stream`` is not ready, so ``i_stream.ready`` follows
+    ``o_stream.ready`` combinationally (and never depends on ``i_stream.valid``).
     """
 
     latency = 9
@@ -212,12 +212,14 @@ class Requantizer(wiring.Component):
         acc = Signal(signed(signed_width(low, high)) if comparisons else self._acc_shape)
         valid_1, valid_1b = Signal(), Signal()
 
-        # Stage 2a: the multiply's operands in registers of their own, which the placer puts
-        # beside the DSP (the saturation's register or the ROM far from the DSP, then the
-        # DSP, then a far product register, were ResNet-8's longest path on the ECP5-85F);
-        # beside them the accumulator's bits below the DSP's operand as shifted multipliers.
-        # Stage 2: the multiply. Stage 2c: its product carried away from the DSP, so that the
-        # DSP's output is followed neither by a long route nor by an adder in the same cycle.
+        # Stage 2a: the multiply's operands in registers of their own, beside them the
+        # accumulator's bits below the DSP's operand as shifted multipliers. Stage 2: the
+        # multiply. Stage 2c: its product in a second register. DSP blocks sit in a few rows,
+        # and the route from the saturation's register or the ROM to one, the multiply and the
+        # route back to the product's register in one cycle were ResNet-8's longest path on
+        # the ECP5-85F (13.0 ns). With a register on each side the routes may take cycles of
+        # their own, as far as the placer puts those registers by the DSP block, and the
+        # DSP's output is not followed by an adder in the same cycle.
         multiplier_bits = max(int(requant.multiplier.max()).bit_length(), 1)
         acc_shape = acc.shape()
         product_shape = Shape(accumulator_product_width(acc_shape.width, multiplier_bits),
