@@ -55,7 +55,7 @@ class AddEngine(wiring.Component):
 
     Latency and throughput
     ----------------------
-    :attr:`latency` (10: two registers, the requantizer's 7, a register slice) cycles from the
+    :attr:`latency` (12: two registers, the requantizer's 9, a register slice) cycles from the
     handshake of an input pair to its result on ``o_stream`` (2 more through a width
     converter). One pair of beats per cycle. Each input's ``ready`` depends combinationally on
     the other input's ``valid``, not on ``o_stream.ready``: the slice's ``ready`` is a register.

@@ -398,8 +398,8 @@ class AvgPool2dEngine(_PoolEngine):
 
     Latency and throughput
     ----------------------
-    :attr:`latency` (9) cycles from the handshake of the last input beat of a window to its result
-    on ``o_stream``: two to finish the sum, then the requantizer's 7. One input beat per cycle
+    :attr:`latency` (11) cycles from the handshake of the last input beat of a window to its result
+    on ``o_stream``: two to finish the sum, then the requantizer's 9. One input beat per cycle
     (:attr:`scan_cycles` per inference is the input size). ``i_stream.ready`` depends
     combinationally on ``o_stream.ready``.
     """

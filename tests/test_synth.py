@@ -336,7 +336,8 @@ def test_the_design_is_cut_at_its_engines(tiny_build):
     engine = cut.engines["layer_fc"]
     assert re.findall(r"^module (\S+)", engine, re.MULTILINE) == [
         "\\zeroskip_net.layer_fc", "\\zeroskip_net.layer_fc.out_fifo",
-        "\\zeroskip_net.layer_fc.pair_fifo_0", "\\zeroskip_net.layer_fc.requantizer"]
+        "\\zeroskip_net.layer_fc.output_slice", "\\zeroskip_net.layer_fc.pair_fifo_0",
+        "\\zeroskip_net.layer_fc.requantizer"]
     glue = re.findall(r"^module (\\?[^\s(]+)", cut.glue, re.MULTILINE)
     assert glue[0] == "zeroskip_net" and "\\zeroskip_net.argmax" in glue
     assert not any(".layer_" in name for name in glue)
