@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from amaranth.hdl import Array, Const, Signal, Value
+from amaranth.hdl import Array, Cat, Const, Signal, Value
 
-__all__ = ["at_most", "balanced_sum", "popcount", "prefix_or", "times"]
+__all__ = ["at_most", "balanced_sum", "group_counts", "popcount", "prefix_or", "times"]
 
 
 def balanced_sum(terms):
@@ -16,9 +16,28 @@ def balanced_sum(terms):
     return terms[0]
 
 
+def group_counts(value):
+    """The set bits of each 4-bit group of ``value`` (the last group may be narrower), each a
+    function of its four bits alone: a LUT4 per count bit, no carry chain."""
+    value = Value.cast(value)
+    counts = []
+    for low in range(0, len(value), 4):
+        bits = [value[i] for i in range(low, min(low + 4, len(value)))]
+        if len(bits) < 4:
+            counts.append(balanced_sum(bits))
+            continue
+        b0, b1, b2, b3 = bits
+        all_four = b0 & b1 & b2 & b3
+        two_or_more = (b0 & b1) | (b0 & b2) | (b0 & b3) | (b1 & b2) | (b1 & b3) | (b2 & b3)
+        counts.append(Cat(b0 ^ b1 ^ b2 ^ b3, two_or_more & ~all_four, all_four))
+    return counts
+
+
 def popcount(value):
-    """Set bits of ``value``."""
-    return balanced_sum(value[i] for i in range(len(value)))
+    """Set bits of ``value``: the balanced sum of its :func:`group_counts`. (Within one cycle
+    Yosys's ABC restructures the groups freely; registered between the two, as the conv
+    issuer does, they bound the logic of each cycle.)"""
+    return balanced_sum(group_counts(value))
 
 
 def at_most(m, value, limit):

@@ -32,7 +32,7 @@ from amaranth.utils import ceil_log2
 
 from .. import ir
 from .activity import count_activity, count_beats
-from .arith import at_most, popcount, prefix_or, times
+from .arith import at_most, balanced_sum, group_counts, popcount, prefix_or, times
 from .common import activation_shape, activation_stream, counters_signature, stream_shape
 from .requant import Requantizer, SideBySide, requant_slice
 from .sparse_plan import plan as make_plan
@@ -353,8 +353,8 @@ class SparseConvEngine(wiring.Component):
     counters : Out(counters signature)
         ``busy_cycles``, ``effective_macs``, ``skipped_pairs``, ``stall_cycles`` since reset.
 
-    Latency: an output pixel leaves about 11 cycles after its last pair is issued through a
-    requantizer, 2 fewer through a thresholder (one more for an input wider than 1). Throughput:
+    Latency: an output pixel's last beat leaves about 23 cycles after its last pair is issued
+    through a requantizer, 7 fewer through a thresholder (one more for an input wider than 1). Throughput:
     one pair per lane per cycle while the pair FIFOs are fed; at most one output beat and one
     input beat per cycle.
     """
@@ -624,13 +624,17 @@ class SparseConvEngine(wiring.Component):
         ]
         with m.If(stage_c.valid):
             m.d.sync += running_base.eq(base + popcount(weight_mask))
-        dropped = stage_c.valid & ~pair_fifo.w_en
-        # An entry the issuer takes frees its place a cycle later (a register): the issuer's
-        # decision and this sum in one cycle were the digits-shaped net's longest path. Seen
-        # late, the count is only ever too high, so the FIFO never overflows.
-        taken = Signal()
-        m.d.sync += [taken.eq(pair_fifo.r_en & pair_fifo.r_rdy), counted.eq(examined),
-                     ahead.eq(ahead + counted - dropped - taken)]
+        # A combo dropped (no pair, not the last) and an entry the issuer takes free their
+        # places a cycle later (registers): the issuer's decision, and the test for a pair over
+        # the masks, into this sum in one cycle were each the digits-shaped net's longest path.
+        # Seen late, they only make the count too high, so the FIFO never overflows. The three
+        # terms meet in a LUT first, then one add.
+        dropped, taken = Signal(), Signal()
+        change = Signal(signed(3))
+        m.d.comb += change.eq(counted - dropped - taken)
+        m.d.sync += [dropped.eq(stage_c.valid & ~pair_fifo.w_en),
+                     taken.eq(pair_fifo.r_en & pair_fifo.r_rdy), counted.eq(examined),
+                     ahead.eq(ahead + change)]
         # The dense loop nest's pairs for this lane and pixel, credited as the pixel starts
         # (before any of its pairs issue), so that credited minus issued never goes negative.
         dense_pairs = len(lane.filters) * g.taps * g.group_channels
@@ -717,11 +721,12 @@ class SparseConvEngine(wiring.Component):
                              single.eq(single_next)]
 
         # The issued pair: its one-hot position and the entry's weights below it are
-        # registered, its index (channel) and the weights' count (the pair's weight offset) the
-        # cycle after, and both are added to the entry's bases the cycle after that, so that the
-        # priority encoder, the index and the prefix popcount, and the RAM addresses each have a
-        # cycle. In a pack the pair's index is its filter in the pack (``sub``) and its channel:
-        # the same bits (depthwise), or high and low bits (dense).
+        # registered, its index (channel) and the counts of the weights' 4-bit groups the
+        # cycle after, the counts' sum (the pair's weight offset) the cycle after that, and both
+        # are added to the entry's bases the next, so that the priority encoder, the index and
+        # the two halves of the prefix popcount, and the RAM addresses each have a cycle. In a
+        # pack the pair's index is its filter in the pack (``sub``) and its channel: the same
+        # bits (depthwise), or high and low bits (dense).
         fields = {"valid": 1, "pair": 1, "pad": 1, "last": 1, "filter": current.filter.shape(),
                   "slot": current.slot.shape()}
         if g.pack > 1:
@@ -747,14 +752,23 @@ class SparseConvEngine(wiring.Component):
         if g.pack > 1:
             sub, channel = (channel, channel) if g.diagonal else \
                 (channel[low_bits:], channel[:low_bits])
-        counted = Signal(data.StructLayout({
-            "token": token_layout, "base": current.base.shape(),
-            "offset": range(g.mask_bits + 1), "act_base": current.act_base.shape(),
-            "channel": channel.shape()}))
-        m.d.sync += [counted.token.eq(issued.token), counted.base.eq(issued.base),
-                     counted.offset.eq(popcount(issued.below)),
-                     counted.act_base.eq(issued.act_base), counted.channel.eq(channel),
-                     *([counted.token.sub.eq(sub)] if g.pack > 1 else [])]
+        # The weights' count over two cycles: each 4-bit group's count registered, then their
+        # sum (in one cycle, a 32-bit count and its sum were the digits-shaped net's longest
+        # path on the ECP5, however Yosys arranged the groups).
+        passed = {"token": token_layout, "base": current.base.shape(),
+                  "act_base": current.act_base.shape(), "channel": channel.shape()}
+        counts = group_counts(issued.below)
+        grouped = Signal(data.StructLayout({
+            **passed, **{f"count_{i}": len(count) for i, count in enumerate(counts)}}))
+        m.d.sync += [grouped.token.eq(issued.token), grouped.base.eq(issued.base),
+                     grouped.act_base.eq(issued.act_base), grouped.channel.eq(channel),
+                     *(grouped[f"count_{i}"].eq(count) for i, count in enumerate(counts)),
+                     *([grouped.token.sub.eq(sub)] if g.pack > 1 else [])]
+        counted = Signal(data.StructLayout({**passed, "offset": range(g.mask_bits + 1)}))
+        m.d.sync += [counted.token.eq(grouped.token), counted.base.eq(grouped.base),
+                     counted.act_base.eq(grouped.act_base), counted.channel.eq(grouped.channel),
+                     counted.offset.eq(balanced_sum(grouped[f"count_{i}"]
+                                                    for i in range(len(counts))))]
         return has_pair, *self._elaborate_mac(m, lane, counted, weight_read, act_read,
                                               tile_write, window)
 
@@ -843,8 +857,8 @@ class SparseConvEngine(wiring.Component):
         # A stall is a cycle no multiplier works because rows are missing or the output is held.
         # Every term is registered, so the activity is counted a cycle late but as it was: the
         # issuers' decisions and a counter's enable in one cycle were a longest path. The
-        # lanes' counts are likewise summed a cycle after they are registered, and added to the
-        # counters the cycle after that.
+        # lanes' counts are likewise summed a cycle after they are registered (the skipped
+        # pairs two), and added to the counters the cycle after that.
         issued_r = Signal(len(issued))
         begin, finish, waiting, in_valid, out_valid, out_ready = (Signal() for _ in range(6))
         scanned_r = [Signal.like(Value.cast(value), name=f"scanned_{index}")
@@ -861,7 +875,14 @@ class SparseConvEngine(wiring.Component):
             blocked=idle_multipliers & out_valid & ~out_ready,
             max_inflight=rows + self.plan.slots + OUT_FIFO_DEPTH + 8)
         effective_sum = sum(effective)
-        skipped_sum = sum(scanned_r) - popcount(issued_r)
+        # The pairs credited and the pairs issued are counted in registers of their own before
+        # their difference (Yosys merges ``issued_r`` with the lanes' own registers, so the
+        # count starts at the lanes, and the count, the sum and the difference after the
+        # route were the digits-shaped net's longest path).
+        credited = Signal(Value.cast(sum(scanned_r)).shape())
+        issued_count = Signal(range(len(issued) + 1))
+        m.d.sync += [credited.eq(sum(scanned_r)), issued_count.eq(popcount(issued_r))]
+        skipped_sum = credited - issued_count
         effective_delta = Signal(range(len(effective) + 1))
         skipped_delta = Signal(skipped_sum.shape())
         m.d.sync += [

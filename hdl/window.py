@@ -145,13 +145,25 @@ class PixelCursor:
         self.row_base = Signal(row_width, name=f"{name}_row_base")
         # Input rows (global count) that must be complete before this pixel can start, if
         # tracked: a register stepped with the cursor by a constant per output row (computed
-        # from the cursor it was the longest path).
-        self.needed = (Signal(row_width, init=self._rows_below(-g.padding[0]),
-                              name=f"{name}_needed") if track_needed else None)
-        # Pixels of the last of those rows under the window (its right edge, plus one): the
-        # pixel may start before the rest of that row is in.
-        self.needed_columns = (Signal(range(g.width + 1), init=self._columns_left_of(0),
-                                      name=f"{name}_needed_columns") if track_needed else None)
+        # from the cursor it was the longest path). Pixels of the last of those rows under the
+        # window (its right edge, plus one): the pixel may start before the rest of that row is
+        # in. Each with its value for the next pixel beside it, a register too (computed from
+        # the cursor as the lane steps, the lookup, add and comparison into `rows_ready` were
+        # the digits-shaped net's longest path).
+        self.needed = self.needed_next = self.needed_columns = self.needed_columns_next = None
+        if track_needed:
+            first = self._rows_below(-g.padding[0])
+            steps = self._needed_steps()
+            last_x = g.out_width - 1
+            columns_first = self._columns_left_of(0)
+            self.needed = Signal(row_width, init=first, name=f"{name}_needed")
+            self.needed_next = Signal(row_width, init=(first + steps[0] * (last_x == 0)) %
+                                      (1 << row_width), name=f"{name}_needed_next")
+            self.needed_columns = Signal(range(g.width + 1), init=columns_first,
+                                         name=f"{name}_needed_columns")
+            self.needed_columns_next = Signal(
+                range(g.width + 1), init=columns_first if last_x == 0 else
+                min(columns_first + g.stride[1], g.width), name=f"{name}_needed_columns_next")
 
     def oldest_row(self):
         """Global index of the first input row this pixel's window reads."""
@@ -167,13 +179,6 @@ class PixelCursor:
         g = self.geometry
         return min(out_x * g.stride[1] - g.padding[1] + g.kernel[1], g.width)
 
-    def needed_columns_after(self):
-        """``needed_columns`` once the cursor has advanced from this pixel."""
-        g = self.geometry
-        step = Mux(self.needed_columns + g.stride[1] > g.width, g.width,
-                   self.needed_columns + g.stride[1])
-        return Mux(self.out_x == g.out_width - 1, self._columns_left_of(0), step)
-
     def _needed_steps(self):
         """How far ``needed`` moves as the cursor leaves each output row (the last one's step
         goes on to the next inference's first)."""
@@ -182,11 +187,28 @@ class PixelCursor:
         return [next_ - this for this, next_ in zip(below, below[1:])] + [
             g.height + below[0] - below[-1]]
 
-    def needed_after(self):
-        """``needed`` once the cursor has advanced from this pixel."""
+    def _advance_needed(self, m):
+        """``needed`` and ``needed_columns`` take their next values, and those the values for
+        the pixel after: the cursor leaves its row at the next step when it is on the row's last
+        pixel but one (on every step when a row has one pixel)."""
+        g = self.geometry
         steps = self._needed_steps()
-        step = Array(Const(s, range(max(steps) + 1)) for s in steps)[self.out_y]
-        return Mux(self.out_x == self.geometry.out_width - 1, self.needed + step, self.needed)
+        shape = range(max(steps) + 1)
+        columns_first = self._columns_left_of(0)
+        if g.out_width == 1:
+            # Every step ends a row: the step is the next row's.
+            step = Array(Const(s, shape) for s in steps[1:] + steps[:1])[self.out_y]
+            columns = Const(columns_first, range(g.width + 1))
+        else:
+            ends_row = self.out_x == g.out_width - 2
+            step = Mux(ends_row, Array(Const(s, shape) for s in steps)[self.out_y], 0)
+            columns = Mux(ends_row, columns_first,
+                          Mux(self.needed_columns_next + g.stride[1] > g.width, g.width,
+                              self.needed_columns_next + g.stride[1]))
+        m.d.sync += [self.needed.eq(self.needed_next),
+                     self.needed_next.eq(self.needed_next + step),
+                     self.needed_columns.eq(self.needed_columns_next),
+                     self.needed_columns_next.eq(columns)]
 
     def advance(self, m):
         g, rows = self.geometry, self.rows
@@ -195,8 +217,7 @@ class PixelCursor:
             return Mux(value >= rows, value - rows, value)
 
         if self.needed is not None:
-            m.d.sync += [self.needed.eq(self.needed_after()),
-                         self.needed_columns.eq(self.needed_columns_after())]
+            self._advance_needed(m)
         with m.If(self.out_x != g.out_width - 1):
             m.d.sync += [self.out_x.eq(self.out_x + 1), self.left.eq(self.left + g.stride[1])]
         with m.Else():
@@ -256,7 +277,7 @@ class LaneWindow:
 
         m.d.sync += [
             self.rows_ready.eq(Mux(self._stepping,
-                                   ready(cursor.needed_after(), cursor.needed_columns_after()),
+                                   ready(cursor.needed_next, cursor.needed_columns_next),
                                    ready(cursor.needed, cursor.needed_columns))),
             tile_free.eq(Mux(self._stepping,
                              earlier(self.pixel_index, collector_released + (slots - 1), width),

@@ -1,6 +1,6 @@
 # amaranth: UnusedElaboratable=no
-"""Arithmetic helpers of the engines (`zeroskip.hdl.arith`): ``times``, ``at_most`` and
-``prefix_or`` against Python over every input of narrow values and a sample of wide ones, what
+"""Arithmetic helpers of the engines (`zeroskip.hdl.arith`): ``times``, ``at_most``,
+``popcount`` and ``prefix_or`` against Python over every input of narrow values and a sample of wide ones, what
 Yosys makes of ``times``, and the size of the trees' netlists."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from amaranth.lib.wiring import In, Out
 from amaranth.sim import Simulator
 
 from zeroskip.boards import synth
-from zeroskip.hdl.arith import at_most, prefix_or, times
+from zeroskip.hdl.arith import at_most, popcount, prefix_or, times
 from zeroskip.hdl.verilog import convert
 
 
@@ -131,6 +131,41 @@ def test_at_most_counts_the_set_bits(width):
         values += [int(v) for v in np.random.default_rng(5).integers(0, 1 << width, 200,
                                                                       dtype=np.uint64)]
     np.testing.assert_array_equal(rtl_at_most(width, values), ref_at_most(values))
+
+
+class _Popcount(wiring.Component):
+    """``y = popcount(a)``."""
+
+    def __init__(self, width):
+        super().__init__({"a": In(width), "y": Out(width.bit_length())})
+
+    def elaborate(self, platform):
+        m = Module()
+        m.d.comb += self.y.eq(popcount(self.a))
+        return m
+
+
+def rtl_popcount(width, values):
+    dut = _Popcount(width)
+    return np.array(settled(dut, values, lambda ctx: ctx.get(dut.y)))
+
+
+def ref_popcount(values):
+    return np.array([bin(int(value)).count("1") for value in values])
+
+
+@pytest.mark.parametrize("width", [1, 3, 4, 7, 8, 16, 33])
+def test_popcount_counts_the_set_bits(width):
+    # Every value of a narrow word (the 4-bit groups and a partial one); of a wide one, every
+    # value with one bit set, all bits set and a random sample.
+    if width <= 8:
+        values = list(range(1 << width))
+    else:
+        values = [0, (1 << width) - 1] + [1 << a for a in range(width)]
+        values += [int(v) for v in np.random.default_rng(7).integers(0, 1 << min(width, 63), 300,
+                                                                      dtype=np.uint64)]
+        values += [(1 << width) - 1 - (1 << a) for a in range(width)]
+    np.testing.assert_array_equal(rtl_popcount(width, values), ref_popcount(values))
 
 
 def test_at_most_rejects_a_limit_past_two():

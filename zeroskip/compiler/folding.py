@@ -59,8 +59,8 @@ AHEAD = PAIR_FIFO_DEPTH - 2
 TAKEN_SEEN = 1
 # From a lane's last issued pair to the collector starting on that pixel (issue, weight count,
 # operand registers, the multiplier's two and the product register, accumulator, the tile's
-# registered write, pixel counter).
-ISSUE_TO_COLLECT = 9
+# registered write, pixel counter; the weight count takes two cycles).
+ISSUE_TO_COLLECT = 10
 # Calibration images the cycle model replays (evenly spaced through the batch): its cost grows
 # with images * pixels * combos, and the mean settles long before 32. Pair counts use them all.
 SIMULATED_IMAGES = 32
