@@ -597,30 +597,22 @@ class Calibration:
 
     def fold_steps(self, *, zero_skip=True):
         """The greedy fold: lanes per layer (a dict) with one lane each, then after every
-        step that speeds up a layer, until none can be. A step gives the slowest layer that
-        more lanes make faster the fewest that do: usually one, more where its filters split
-        evenly only further on (16 filters take 2 a lane from 8 lanes to 15, 1 at 16). The
-        slowest layer sets the interval; once it can get no faster (bound by its streams, say)
-        the steps go on to the next slowest, which shortens the single-stream latency (a
-        linear layer, say, starts only when its whole input is in, so a chain of them takes
-        the sum of their times). :meth:`fold` at a budget is the last step within it."""
+        step that speeds up the slowest layer, until none does. A step gives the slowest layer
+        the fewest more lanes that make it faster: usually one, more where its filters split
+        evenly only further on (16 filters take 2 a lane from 8 lanes to 15, 1 at 16).
+        :meth:`fold` at a budget is the last step within it."""
         layers = self.layers
         lanes = [1] * len(layers)
         cycles = [layer.estimate(1, zero_skip).cycles for layer in layers]
-        stuck = set()  # layers no more lanes make faster (their lanes no longer change)
         while True:
             yield {layer.node.name: count for layer, count in zip(layers, lanes)}
-            for index in sorted(set(range(len(layers))) - stuck, key=lambda i: (-cycles[i], i)):
-                layer = layers[index]
-                for more in range(lanes[index] + 1, layer.node.out_channels + 1):
-                    faster = layer.estimate(more, zero_skip).cycles
-                    if faster < cycles[index]:
-                        lanes[index], cycles[index] = more, faster
-                        break
-                else:
-                    stuck.add(index)
-                    continue
-                break
+            slowest = max(range(len(layers)), key=lambda i: (cycles[i], -i))
+            layer = layers[slowest]
+            for more in range(lanes[slowest] + 1, layer.node.out_channels + 1):
+                faster = layer.estimate(more, zero_skip).cycles
+                if faster < cycles[slowest]:
+                    lanes[slowest], cycles[slowest] = more, faster
+                    break
             else:
                 return
 

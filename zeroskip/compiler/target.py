@@ -169,7 +169,7 @@ def _pipeline_candidates(graph, part, calibration, multipliers, chunk, zero_skip
     elif multipliers is not None and sum(steps[-1].values()) == multipliers:
         binding = f"the multiplier cap of {multipliers}"
     else:
-        binding = "the fold: no more multipliers make any layer faster"
+        binding = "the fold: no more multipliers make the slowest layer faster"
     return (architecture, resources, binding), None
 
 
