@@ -36,7 +36,6 @@ from amaranth.lib.cdc import ResetSynchronizer
 
 from .. import progress
 from ..build import replace_directory, scratch_directory
-from ..compiler.resources import estimate
 from ..errors import ToolchainError, ZeroskipError
 from ..hdl.verilog import YOSYS_AFTER_READ, uninitialised_rams
 from ..parts import PARTS
@@ -250,7 +249,7 @@ def check_board_options(board, clock_mhz=None, baud=115200):
     return spec, clock_mhz
 
 
-def build_board(design, build, board, *, clock_mhz=None, baud=115200, log=None):
+def build_board(design, build, board, *, clock_mhz=None, baud=115200, luts=None, log=None):
     """Build the bitstream of ``design`` for ``board`` into ``<build>/board-<board>/``.
 
     Parameters
@@ -265,6 +264,10 @@ def build_board(design, build, board, *, clock_mhz=None, baud=115200, log=None):
         The design clock; the board's default when not given.
     baud : int
         UART bit rate.
+    luts : int, optional
+        The design's estimated LUT4 sites on the board's part
+        (:func:`zeroskip.compiler.resources.estimate`): they choose nextpnr's router
+        (:meth:`Board.nextpnr_options`). Without it, router1.
     log : callable, optional
         Called with a line of progress now and then.
 
@@ -290,7 +293,7 @@ def build_board(design, build, board, *, clock_mhz=None, baud=115200, log=None):
     name = design.top
     # The accelerator's estimated LUT4 sites choose the router (a board build runs Yosys and
     # nextpnr in one script, so Yosys's own count comes too late).
-    luts = estimate(design.architecture, PARTS[spec.part]).luts if spec.part else 0
+    luts = 0 if luts is None else luts
     with uninitialised_rams():  # as in every other build; Yosys then maps SPRAMs
         plan = platform.build(top, name=name, do_build=False, synth_opts=spec.synth_opts,
                               script_after_read=YOSYS_AFTER_READ,

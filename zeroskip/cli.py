@@ -339,13 +339,17 @@ EXIT_BOARD_FAILED = 1  # `zeroskip build-board`: no fit, or timing missed at the
 
 def _build_board(args):
     from .boards.board import BoardBuildError, build_board, check_board_options
+    from .compiler.resources import estimate
     from .design import Design
+    from .parts import PARTS
 
-    check_board_options(args.board, args.clock, args.baud)  # before the build is even read
+    spec, _ = check_board_options(args.board, args.clock, args.baud)  # before the build is read
     design = Design.load(args.build)
+    # The design's estimated LUT4 sites on the board's part choose nextpnr's router.
+    luts = estimate(design.architecture, PARTS[spec.part]).luts if spec.part else None
     try:
         result = build_board(design, args.build, args.board, clock_mhz=args.clock,
-                             baud=args.baud, log=lambda line: print(line, flush=True))
+                             baud=args.baud, luts=luts, log=lambda line: print(line, flush=True))
     except BoardBuildError as error:
         print(f"zeroskip: build failed: {error}", file=sys.stderr)
         return EXIT_BOARD_FAILED
