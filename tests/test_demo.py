@@ -21,6 +21,19 @@ def test_qat_forward_equals_golden_model_on_every_test_image(digits_demo):
     assert result.qat_matches_golden == result.test_images == 360
 
 
+def test_rtl_of_the_demo_is_bit_exact_and_skips_zeros(digits_demo):
+    """The demo's co-simulation (README: 360/360, 1.12x of the slowest layer's ideal, 18x
+    fewer cycles than dense at the same multipliers)."""
+    result, _ = digits_demo
+    hw = result.hardware
+    assert hw.bit_exact == result.test_images == 360
+    assert hw.rtl_accuracy == result.golden_accuracy
+    assert sum(hw.lanes.values()) <= 16 and sum(hw.dense_lanes.values()) <= 16
+    assert hw.ideal_interval_cycles <= hw.interval_cycles <= 1.25 * hw.ideal_interval_cycles
+    assert hw.latency_cycles > hw.interval_cycles
+    assert hw.speedup >= 10
+
+
 def test_pruned_int8_model_within_one_point_of_float(digits_demo):
     result, _ = digits_demo
     assert result.float_accuracy > 0.95
