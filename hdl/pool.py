@@ -215,11 +215,13 @@ class _PoolEngine(wiring.Component):
         m.submodules.v_partials = v_mem = Memory(
             shape=_wide(data.ArrayLayout(v_shape, rows.lanes), width), depth=line_depth,
             init=[])
-        # Each partial is read a stage before it is updated and written back; transparency covers
-        # a position that reads what the one ahead of it writes (one channel, one output column).
+        # A horizontal partial is read a stage before it is updated and written back;
+        # transparency covers a position that reads what the one ahead of it writes (one
+        # channel). A vertical partial is read two stages before (stage 3 forwards the two
+        # writes its read missed).
         h_write, v_write = h_mem.write_port(), v_mem.write_port()
         h_read = h_mem.read_port(transparent_for=(h_write,))
-        v_read = v_mem.read_port(transparent_for=(v_write,))
+        v_read = v_mem.read_port()
 
         # Stage 1: update the horizontal partials.
         valid_1 = Signal()
@@ -247,7 +249,7 @@ class _PoolEngine(wiring.Component):
             v_read.addr.eq(line_addr_1), v_read.en.eq(advance),
         ]
 
-        # Stage 2: update the vertical partials with a row's window, finish a window. (Both
+        # Stage 2: a row's window finished along the row; its vertical partial read. (Both
         # updates in one stage were two comparisons in series, the engine's longest path.)
         valid_2 = Signal()
         h_result_2 = Signal(_wide(h_shape, width))
@@ -264,11 +266,43 @@ class _PoolEngine(wiring.Component):
                 row_2.eq(row_1),
                 col_emit_2.eq(col_1.emit),
             ]
-        v_new = self._update_all(m, v_read.data, row_2, h_result_2, v_shape)
-        emit_2 = valid_2 & col_emit_2 & row_2.emit
+
+        # Stage 3: update the vertical partials with a row's window, finish a window. Its old
+        # partial is registered as it leaves the RAM: the RAM's read, the add and the write
+        # back in one cycle were the MobileNet's longest path on the ECP5-85F (15.8 ns). The
+        # two positions ahead wrote after this one read: their partials are taken instead when
+        # they wrote its address (the newer first).
+        valid_3 = Signal()
+        h_result_3 = Signal.like(h_result_2)
+        channel_3 = Signal.like(channel)
+        line_addr_3 = Signal.like(line_addr)
+        row_3 = Signal(rows.layout)
+        col_emit_3 = Signal()
+        old_3 = Signal.like(v_read.data)
+        v_new = Signal.like(v_read.data)
+        wrote_3 = valid_3 & col_emit_3
+        wrote_4, line_addr_4, v_new_4 = Signal(), Signal.like(line_addr), Signal.like(v_new)
+        with m.If(advance):
+            m.d.sync += [
+                valid_3.eq(valid_2),
+                h_result_3.eq(h_result_2),
+                channel_3.eq(channel_2),
+                line_addr_3.eq(line_addr_2),
+                row_3.eq(row_2),
+                col_emit_3.eq(col_emit_2),
+                wrote_4.eq(wrote_3), line_addr_4.eq(line_addr_3), v_new_4.eq(v_new),
+            ]
+            with m.If(wrote_3 & (line_addr_3 == line_addr_2)):
+                m.d.sync += old_3.eq(v_new)
+            with m.Elif(wrote_4 & (line_addr_4 == line_addr_2)):
+                m.d.sync += old_3.eq(v_new_4)
+            with m.Else():
+                m.d.sync += old_3.eq(v_read.data)
+        m.d.comb += v_new.eq(self._update_all(m, old_3, row_3, h_result_3, v_shape))
+        emit_3 = valid_3 & col_emit_3 & row_3.emit
         m.d.comb += [
-            v_write.addr.eq(line_addr_2), v_write.data.eq(v_new),
-            v_write.en.eq(valid_2 & col_emit_2 & advance),
+            v_write.addr.eq(line_addr_3), v_write.data.eq(v_new),
+            v_write.en.eq(wrote_3 & advance),
         ]
         if self.out_width == width:
             sink = wiring.flipped(self.o_stream)
@@ -277,9 +311,9 @@ class _PoolEngine(wiring.Component):
                 activation_shape(self._out_act), width, self.out_width)
             wiring.connect(m, widths.o_stream, wiring.flipped(self.o_stream))
             sink = widths.i_stream
-        ready = self._output(m, _emitted(v_new, row_2.emit_lane, width), channel_2, emit_2,
+        ready = self._output(m, _emitted(v_new, row_3.emit_lane, width), channel_3, emit_3,
                              advance, sink)
-        m.d.comb += advance.eq(~emit_2 | ready)
+        m.d.comb += advance.eq(~emit_3 | ready)
 
         out_size = math.prod(self.out_shape) // self.out_width
         out_taken = self.o_stream.valid & self.o_stream.ready
@@ -341,15 +375,15 @@ class MaxPool2dEngine(_PoolEngine):
 
     Latency and throughput
     ----------------------
-    :attr:`latency` (3) cycles from the handshake of the last input beat a window needs to its
+    :attr:`latency` (4) cycles from the handshake of the last input beat a window needs to its
     result on ``o_stream`` (plus one cycle per padding position the scan passes first, for a
     window that ends in the right or bottom padding). One scan position per cycle:
     :attr:`scan_cycles` per inference, one input beat per cycle unless a window ends in the
     padding. ``i_stream.ready`` depends combinationally on ``o_stream.ready``.
     """
 
-    latency = 3
-    _pipeline_depth = 3  # stages 1 and 2 and the output register
+    latency = 4
+    _pipeline_depth = 4  # stages 1 to 3 and the output register
 
     def __init__(self, node: ir.MaxPool2d, in_shape, in_act: ir.Activation, *, in_width=1,
                  out_width=1):
@@ -398,14 +432,14 @@ class AvgPool2dEngine(_PoolEngine):
 
     Latency and throughput
     ----------------------
-    :attr:`latency` (12) cycles from the handshake of the last input beat of a window to its result
-    on ``o_stream``: two to finish the sum, a register slice's one, then the requantizer's 9. One
+    :attr:`latency` (13) cycles from the handshake of the last input beat of a window to its result
+    on ``o_stream``: three to finish the sum, a register slice's one, then the requantizer's 9. One
     input beat per cycle (:attr:`scan_cycles` per inference is the input size).
     """
 
-    latency = 2 + StreamRegister.latency + Requantizer.latency
+    latency = 3 + StreamRegister.latency + Requantizer.latency
     # The slice holds up to two sums (its skid register's too).
-    _pipeline_depth = 2 + 2 + Requantizer.latency
+    _pipeline_depth = 3 + 2 + Requantizer.latency
 
     def __init__(self, node: ir.AvgPool2d, in_shape, in_act: ir.Activation, *, in_width=1,
                  out_width=1):

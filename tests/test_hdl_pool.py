@@ -144,6 +144,10 @@ WIDE_POOLS = [
     ("avg", "2x2s2", None, 4, 4),
     ("avg", "3x3s1", (4, 5, 5), 2, 4),
     ("avg", "global", (8, 4, 4), 8, 2),
+    # Every position ends a window in one of two vertical partials: a position reads what the
+    # one or two ahead of it write (forwarded).
+    ("max", "single-column", (2, 6, 1), 1, 1),
+    ("avg", "single-column", (4, 5, 1), 2, 1),
 ]
 
 
