@@ -267,43 +267,11 @@ class _PoolEngine(wiring.Component):
                 col_emit_2.eq(col_1.emit),
             ]
 
-        # Stage 3: update the vertical partials with a row's window, finish a window. Its old
-        # partial is registered as it leaves the RAM: the RAM's read, the add and the write
-        # back in one cycle were the MobileNet's longest path on the ECP5-85F (15.8 ns). The
-        # two positions ahead wrote after this one read: their partials are taken instead when
-        # they wrote its address (the newer first).
-        valid_3 = Signal()
-        h_result_3 = Signal.like(h_result_2)
-        channel_3 = Signal.like(channel)
-        line_addr_3 = Signal.like(line_addr)
-        row_3 = Signal(rows.layout)
-        col_emit_3 = Signal()
-        old_3 = Signal.like(v_read.data)
-        v_new = Signal.like(v_read.data)
-        wrote_3 = valid_3 & col_emit_3
-        wrote_4, line_addr_4, v_new_4 = Signal(), Signal.like(line_addr), Signal.like(v_new)
-        with m.If(advance):
-            m.d.sync += [
-                valid_3.eq(valid_2),
-                h_result_3.eq(h_result_2),
-                channel_3.eq(channel_2),
-                line_addr_3.eq(line_addr_2),
-                row_3.eq(row_2),
-                col_emit_3.eq(col_emit_2),
-                wrote_4.eq(wrote_3), line_addr_4.eq(line_addr_3), v_new_4.eq(v_new),
-            ]
-            with m.If(wrote_3 & (line_addr_3 == line_addr_2)):
-                m.d.sync += old_3.eq(v_new)
-            with m.Elif(wrote_4 & (line_addr_4 == line_addr_2)):
-                m.d.sync += old_3.eq(v_new_4)
-            with m.Else():
-                m.d.sync += old_3.eq(v_read.data)
-        m.d.comb += v_new.eq(self._update_all(m, old_3, row_3, h_result_3, v_shape))
-        emit_3 = valid_3 & col_emit_3 & row_3.emit
-        m.d.comb += [
-            v_write.addr.eq(line_addr_3), v_write.data.eq(v_new),
-            v_write.en.eq(wrote_3 & advance),
-        ]
+        v_new, stage_3 = self._vertical_stage(m, advance, v_read, v_write, v_shape, {
+            "valid": valid_2, "h_result": h_result_2, "channel": channel_2,
+            "line_addr": line_addr_2, "row": row_2, "col_emit": col_emit_2})
+        row_3 = stage_3["row"]
+        emit_3 = stage_3["valid"] & stage_3["col_emit"] & row_3.emit
         if self.out_width == width:
             sink = wiring.flipped(self.o_stream)
         else:
@@ -311,8 +279,8 @@ class _PoolEngine(wiring.Component):
                 activation_shape(self._out_act), width, self.out_width)
             wiring.connect(m, widths.o_stream, wiring.flipped(self.o_stream))
             sink = widths.i_stream
-        ready = self._output(m, _emitted(v_new, row_3.emit_lane, width), channel_3, emit_3,
-                             advance, sink)
+        ready = self._output(m, _emitted(v_new, row_3.emit_lane, width), stage_3["channel"],
+                             emit_3, advance, sink)
         m.d.comb += advance.eq(~emit_3 | ready)
 
         out_size = math.prod(self.out_shape) // self.out_width
@@ -326,6 +294,36 @@ class _PoolEngine(wiring.Component):
             blocked=self.o_stream.valid & ~self.o_stream.ready,
             max_inflight=self._pipeline_depth + (1 if self.out_width == width else 4))
         return m
+
+    def _vertical_stage(self, m, advance, v_read, v_write, v_shape, stage_2):
+        """Stage 3: update the vertical partials with a row's window, finish a window. Returns
+        the updated partials and stage 3's registers (``stage_2``'s fields, a stage later).
+
+        The old partial is registered as it leaves the RAM: the RAM's read, the add and the
+        write back in one cycle were the MobileNet's longest path on the ECP5-85F (15.8 ns).
+        The two positions ahead wrote after this one read: their partials are taken instead
+        when they wrote its address (the newer first)."""
+        stage_3 = {name: Signal.like(value, name=f"{name}_3") for name, value in stage_2.items()}
+        old_3 = Signal.like(v_read.data)
+        v_new = Signal.like(v_read.data)
+        wrote_3 = stage_3["valid"] & stage_3["col_emit"]
+        line_addr_2, line_addr_3 = stage_2["line_addr"], stage_3["line_addr"]
+        wrote_4, line_addr_4, v_new_4 = Signal(), Signal.like(line_addr_3), Signal.like(v_new)
+        with m.If(advance):
+            m.d.sync += [*(stage_3[name].eq(value) for name, value in stage_2.items()),
+                         wrote_4.eq(wrote_3), line_addr_4.eq(line_addr_3), v_new_4.eq(v_new)]
+            with m.If(wrote_3 & (line_addr_3 == line_addr_2)):
+                m.d.sync += old_3.eq(v_new)
+            with m.Elif(wrote_4 & (line_addr_4 == line_addr_2)):
+                m.d.sync += old_3.eq(v_new_4)
+            with m.Else():
+                m.d.sync += old_3.eq(v_read.data)
+        m.d.comb += [
+            v_new.eq(self._update_all(m, old_3, stage_3["row"], stage_3["h_result"], v_shape)),
+            v_write.addr.eq(line_addr_3), v_write.data.eq(v_new),
+            v_write.en.eq(wrote_3 & advance),
+        ]
+        return v_new, stage_3
 
     def _update_all(self, m, old, schedule, value, shape):
         """:meth:`_update_lanes` of every channel of a beat."""
