@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -155,8 +156,8 @@ def make_variable(cache: Path) -> str | None:
     launcher = cache / _LAUNCHER
     if any(character.isspace() for character in str(launcher)):
         return None
-    text = (f"#!/bin/sh\nexec {_quote(sys.executable)} {_quote(__file__)} "
-            f"{_quote(str(cache))} \"$@\"\n")
+    text = (f"#!/bin/sh\nexec {shlex.quote(sys.executable)} {shlex.quote(__file__)} "
+            f"{shlex.quote(str(cache))} \"$@\"\n")
     try:
         if not launcher.exists() or launcher.read_text() != text:
             cache.mkdir(parents=True, exist_ok=True)
@@ -168,10 +169,6 @@ def make_variable(cache: Path) -> str | None:
     except OSError:
         return None
     return str(launcher)
-
-
-def _quote(text: str) -> str:
-    return "'" + text.replace("'", "'\"'\"'") + "'"
 
 
 if __name__ == "__main__":
