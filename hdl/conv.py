@@ -456,9 +456,10 @@ class SparseConvEngine(wiring.Component):
         weight_bits = self.node.weight_bits
         block = self.plan.block
 
-        row_bits = max(ceil_log2(g.kernel[0]), 1)
-        column_bits = max(ceil_log2(g.kernel[1]), 1)
-        chunk_bits = max(ceil_log2(g.chunks), 1)
+        # A field of one value takes no bit (a 1x1 kernel's taps, a group of one chunk): a
+        # pointwise conv's combo word of 37 bits took two 36-bit block RAMs on the ECP5.
+        row_bits, column_bits = ceil_log2(g.kernel[0]), ceil_log2(g.kernel[1])
+        chunk_bits = ceil_log2(g.chunks)
         combo_layout = data.StructLayout({"mask": unsigned(g.mask_bits), "tap_y": row_bits,
                                           "tap_x": column_bits, "chunk": chunk_bits, "last": 1})
         assert combo_layout.size == self.plan.combo_bits
@@ -504,7 +505,7 @@ class SparseConvEngine(wiring.Component):
         g = self.geometry
         filters = len(lane.filters) // g.pack  # units: filters, or packs of filters
         words_per_pixel = g.mask_words_per_pixel
-        chunk_bits = max(ceil_log2(g.chunks), 1)
+        chunk_bits = ceil_log2(g.chunks)
         # --- examiner: walks the combo list for one output pixel at a time ------------------
         # Rows are released by pixels the MAC has finished (the window's retired cursor), not
         # by pixels scanned: pairs of scanned pixels may still wait in the FIFO to read them.

@@ -254,7 +254,7 @@ class SparsePlan:
     def combo_bits(self):
         """Bits of one combo ROM word: mask, kernel row, kernel column, chunk, last flag."""
         g = self.geometry
-        return g.mask_bits + sum(max(int(n - 1).bit_length(), 1)
+        return g.mask_bits + sum(int(n - 1).bit_length()
                                  for n in (g.kernel[0], g.kernel[1], g.chunks)) + 1
 
     @property

@@ -56,6 +56,27 @@ def test_memories_are_read_off_the_elaborated_design():
     assert found["/layer_c1/combo_rom_0"].rom and not found["/layer_c1/act_mem_0"].rom
 
 
+@pytest.mark.parametrize("kernel, channels, fields", [
+    (1, 128, 2 + 1),       # a pointwise conv: no tap bits, four chunks, the last flag
+    (3, 32, 2 + 2 + 1),    # one chunk a group: no chunk bit
+    ((10, 4), 64, 4 + 2 + 1 + 1),
+])
+def test_a_combo_word_holds_no_bit_for_a_field_of_one_value(kernel, channels, fields):
+    """A combo ROM word is the chunk's mask and the bits its tap and chunk need: a 1x1 kernel's
+    taps and a group's only chunk take none (a pointwise conv's word of 37 bits took two
+    36-bit block RAMs on the ECP5, of 35 one)."""
+    from test_hdl_conv import conv_graph
+
+    from zeroskip.hdl.conv import SparseConvEngine
+
+    rng = np.random.default_rng(0)
+    graph = conv_graph(rng, channels=channels, filters=4, size=12, kernel=kernel,
+                       padding=0 if kernel == 1 else 1)
+    engine = SparseConvEngine(graph.nodes[-1], graph.input.shape, graph.input.act, chunk=32)
+    found = {memory.path: memory for memory in resources.memories(engine)}
+    assert found["/combo_rom_0"].width == 32 + fields == engine.plan.combo_bits
+
+
 @pytest.mark.parametrize("family", ["ecp5", "ice40"])
 def test_pipeline_estimate_equals_the_whole_design_counted_at_once(family):
     rng = np.random.default_rng(1)
