@@ -5,7 +5,9 @@ Dataflow (per lane, one multiplier each; :mod:`.sparse_plan` decides what each l
     i_stream -> writer -> line buffer (activations + per-chunk nonzero masks), a copy per lane
                                    |
     examiner: for each (filter, tap, chunk) of the output pixel, weight mask AND activation mask;
-              combos with no pair are dropped (a filter's last combo always goes through)
+              combos with no pair are dropped (a filter's last combo always goes through); a
+              combo's base in the compressed weight ROM comes with it from the combo ROM
+              where that costs no block RAM (:attr:`.SparsePlan.stores_base`), else is counted
                                    |  FIFO
     issuer:   priority encoder hands out one surviving pair per cycle; a cycle later a prefix
               popcount of the weight mask addresses the compressed weight ROM
@@ -22,6 +24,8 @@ image whose channels are the features.
 """
 
 from __future__ import annotations
+
+from itertools import accumulate
 
 from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, Value, signed, unsigned
 from amaranth.lib import data, wiring
@@ -461,11 +465,19 @@ class SparseConvEngine(wiring.Component):
         row_bits, column_bits = ceil_log2(g.kernel[0]), ceil_log2(g.kernel[1])
         chunk_bits = ceil_log2(g.chunks)
         combo_layout = data.StructLayout({"mask": unsigned(g.mask_bits), "tap_y": row_bits,
-                                          "tap_x": column_bits, "chunk": chunk_bits, "last": 1})
+                                          "tap_x": column_bits, "chunk": chunk_bits, "last": 1,
+                                          "base": unsigned(self.plan.base_bits)})
         assert combo_layout.size == self.plan.combo_bits
+        # A combo's base (its first weight's place in the weight ROM: the weights of the combos
+        # before it in the walk), where stored (a field of no bits where not).
+        counts = [bin(int(mask)).count("1") for mask in lane.masks]
+        bases = list(accumulate(counts[:-1], initial=0)) if counts else []
+        assert sum(counts) == len(lane.weights)
         combo_words = [combo_layout.const({"mask": int(mask), "tap_y": int(ty), "tap_x": int(tx),
-                                           "chunk": int(c), "last": bool(last)}).as_value().value
-                       for mask, (ty, tx, c), last in zip(lane.masks, lane.taps, lane.last)]
+                                           "chunk": int(c), "last": bool(last),
+                                           "base": int(base)}).as_value().value
+                       for mask, (ty, tx, c), last, base in zip(lane.masks, lane.taps, lane.last,
+                                                                bases)]
         combo_rom = Memory(shape=unsigned(combo_layout.size), depth=lane.combos,
                            init=combo_words)
         weight_rom = Memory(shape=signed(weight_bits), depth=max(len(lane.weights), 1),
@@ -533,14 +545,15 @@ class SparseConvEngine(wiring.Component):
         unit_fields, unit_values = self._unit_location(lane)
         stage_l = Signal(data.StructLayout({
             "valid": 1, "first": 1, "pad": 1, "last": 1, "mask": unsigned(g.mask_bits),
-            "ring_pixel": range(ring_pixels), **unit_fields,
+            "base": combo_layout["base"].shape, "ring_pixel": range(ring_pixels),
+            **unit_fields,
             "chunk": chunk_bits, "filter": pair_fifo_layout["filter"].shape,
             "slot": slot_bits(self.plan.slots)}))
         # Stage L: the tap is located; the line buffer's mask word is addressed.
         slice_field = {"slice": unit_fields["slice"]} if "slice" in unit_fields else {}
         stage_c = Signal(data.StructLayout({
-            "valid": 1, "first": 1, "pad": 1, "last": 1,
-            "mask": unsigned(g.mask_bits), "act_base": pair_fifo_layout["act_base"].shape,
+            "valid": 1, "first": 1, "pad": 1, "last": 1, "mask": unsigned(g.mask_bits),
+            "base": combo_layout["base"].shape, "act_base": pair_fifo_layout["act_base"].shape,
             "filter": pair_fifo_layout["filter"].shape, "slot": slot_bits(self.plan.slots),
             **slice_field}))
         # Entries in the FIFO or on their way to it (stages B, R, L, C and M), counted in a
@@ -580,6 +593,7 @@ class SparseConvEngine(wiring.Component):
         m.d.sync += [
             stage_l.valid.eq(stage_b.valid), stage_l.first.eq(stage_b.first),
             stage_l.pad.eq(pad), stage_l.last.eq(entry_b.last), stage_l.mask.eq(entry_b.mask),
+            stage_l.base.eq(entry_b.base),
             stage_l.ring_pixel.eq(ring_pixel),
             *[stage_l[name].eq(value(filter_index)) for name, value in unit_values.items()],
             stage_l.chunk.eq(entry_b.chunk), stage_l.filter.eq(filter_index),
@@ -598,7 +612,7 @@ class SparseConvEngine(wiring.Component):
         m.d.sync += [
             stage_c.valid.eq(stage_l.valid), stage_c.first.eq(stage_l.first),
             stage_c.pad.eq(stage_l.pad), stage_c.last.eq(stage_l.last),
-            stage_c.mask.eq(stage_l.mask),
+            stage_c.mask.eq(stage_l.mask), stage_c.base.eq(stage_l.base),
             stage_c.act_base.eq(act_base),
             stage_c.filter.eq(stage_l.filter), stage_c.slot.eq(stage_l.slot),
             *[stage_c.slice.eq(stage_l.slice) for _ in slice_field],
@@ -612,8 +626,13 @@ class SparseConvEngine(wiring.Component):
         stage_c = stage_m
         weight_mask = stage_c.mask
         pairs = weight_mask & act_mask if self.plan.zero_skip else weight_mask
-        running_base = Signal(pair_fifo_layout["base"].shape)
-        base = Mux(stage_c.first, 0, running_base)
+        base = stage_c.base
+        if not self.plan.stores_base:
+            # Counted as the walk goes: the weights of the lane's combos before this one.
+            running_base = Signal(pair_fifo_layout["base"].shape)
+            base = Mux(stage_c.first, 0, running_base)
+            with m.If(stage_c.valid):
+                m.d.sync += running_base.eq(base + popcount(weight_mask))
         entry = Signal(pair_fifo_layout)
         m.d.comb += [
             entry.pairs.eq(pairs), entry.weights.eq(weight_mask), entry.base.eq(base),
@@ -623,8 +642,6 @@ class SparseConvEngine(wiring.Component):
             pair_fifo.w_data.eq(entry.as_value()),
             pair_fifo.w_en.eq(stage_c.valid & ((pairs != 0) | stage_c.last)),
         ]
-        with m.If(stage_c.valid):
-            m.d.sync += running_base.eq(base + popcount(weight_mask))
         # A combo dropped (no pair, not the last) and an entry the issuer takes free their
         # places a cycle later (registers): the issuer's decision, and the test for a pair over
         # the masks, into this sum in one cycle were each the digits-shaped net's longest path.

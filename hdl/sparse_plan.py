@@ -49,6 +49,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .. import ir
+from .blocks import rom_blocks
 
 
 def signed_width(low, high):
@@ -251,11 +252,36 @@ class SparsePlan:
         return signed_width(*self.accumulator_bounds)
 
     @property
-    def combo_bits(self):
-        """Bits of one combo ROM word: mask, kernel row, kernel column, chunk, last flag."""
+    def stores_base(self):
+        """Whether a combo ROM word holds its combo's base (its first weight's place in its
+        lane's weight ROM: the weights of the combos before it in the walk), so that the
+        examiner does not count the masks as it walks (a count and an add in one cycle, the
+        digits-shaped net's longest path on the ECP5): where that takes no more block RAM on
+        the ECP5 in any lane (a pointwise conv's 35-bit combo words would take twice as many)."""
+        fields, base = self._combo_field_bits, self._base_bits
+        return all(rom_blocks(fields + base, lane.combos, "ecp5") <=
+                   rom_blocks(fields, lane.combos, "ecp5") for lane in self.lanes)
+
+    @property
+    def _base_bits(self):
+        return max(max(len(lane.weights), 1).bit_length() for lane in self.lanes)
+
+    @property
+    def base_bits(self):
+        """Bits of a combo ROM word's base: none unless :attr:`stores_base`."""
+        return self._base_bits if self.stores_base else 0
+
+    @property
+    def _combo_field_bits(self):
         g = self.geometry
         return g.mask_bits + sum(int(n - 1).bit_length()
                                  for n in (g.kernel[0], g.kernel[1], g.chunks)) + 1
+
+    @property
+    def combo_bits(self):
+        """Bits of one combo ROM word: mask, kernel row, kernel column, chunk, last flag, base
+        (a field of one value takes none)."""
+        return self._combo_field_bits + self.base_bits
 
     @property
     def storage_bits(self):

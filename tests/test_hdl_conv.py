@@ -92,6 +92,21 @@ def test_conv_is_bit_exact_under_stalls(case, zero_skip):
     np.testing.assert_array_equal(rtl_out, ref_out)
 
 
+@pytest.mark.parametrize("filters, stored", [(4, True), (32, False)])
+def test_combo_bases_are_stored_where_that_takes_no_more_block_ram(filters, stored):
+    # A pointwise conv of 128 channels in chunks of 32: a combo word of 35 bits. A lane of 4
+    # filters has 16 combos (logic either way): its words hold their bases. One of 32 filters
+    # has 128 combos, one 36-bit block RAM, two with the base: the examiner counts them.
+    rng = np.random.default_rng(22)
+    graph = conv_graph(rng, channels=128, filters=filters, size=2, kernel=1)
+    x = random_inputs(rng, graph, batch=2)
+    rtl_out, _, engine = rtl_run(graph, x, lanes=1, chunk=32, timeout=20_000)
+    assert engine.plan.stores_base is stored
+    assert engine.plan.combo_bits == 35 + engine.plan.base_bits
+    assert (engine.plan.base_bits > 0) is stored
+    np.testing.assert_array_equal(rtl_out, reference.run(graph, x))
+
+
 def test_a_line_buffer_without_its_spare_row_is_bit_exact_under_stalls():
     # 128 channels a row of 4 pixels: a ring of 5 rows would be 2,560 words, past 2,048, so
     # the line buffer keeps the window's 3 rows and a row arriving, 2,048 words a lane.

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field, replace
 from amaranth.hdl import Fragment, Instance
 from amaranth.hdl._mem import MemoryInstance
 
+from ..hdl.blocks import BLOCK_RAMS, fit_blocks
 from ..parts import ECP5_LUTRAM_SITES
 
 __all__ = ["MemoryUse", "Resources", "map_memory", "memories", "sequential_cells"]
@@ -79,11 +80,6 @@ def _width(shape):
     return Shape.cast(shape).width
 
 
-#: Block RAM geometries (width, depth) per family, and Yosys's cost of one block.
-_BLOCKS = {
-    "ice40": (((16, 256), (8, 512), (4, 1024), (2, 2048)), 64),
-    "ecp5": (((36, 512), (18, 1024), (9, 2048), (4, 4096), (2, 8192), (1, 16384)), 128),
-}
 #: LUT RAM per family: (width, depth) of one primitive, its cost, the LUT4 sites it takes.
 _LUTRAM = {"ecp5": ((4, 16), 4, ECP5_LUTRAM_SITES)}
 
@@ -104,10 +100,6 @@ class MemoryMapping:
     spram: int = 0
 
 
-def _fit(width, depth, geometries):
-    return min(math.ceil(width / w) * math.ceil(depth / d) for w, d in geometries)
-
-
 #: Yosys's cost of one iCE40 SPRAM block (16384 x 16, one port, no initial contents).
 SPRAM_COST = 64
 
@@ -117,7 +109,7 @@ def map_memory(memory, family, spram=False):
     ``spram`` (an iCE40UP5K, ``synth_ice40 -spram``) a one-port RAM may take SPRAM blocks."""
     if memory.spram:
         return MemoryMapping(spram=1)
-    geometries, block_cost = _BLOCKS[family]
+    geometries, block_cost = BLOCK_RAMS[family]
     # A block serves one read beside a write; without a write an ECP5 block reads on both ports.
     ports_per_block = 2 if family == "ecp5" and memory.rom else 1
     copies = math.ceil(max(memory.read_ports, 1) / ports_per_block)
@@ -125,7 +117,7 @@ def map_memory(memory, family, spram=False):
     # tie Yosys keeps logic, and takes a block RAM before LUT RAM.
     options = [(memory.bits / 16, MemoryMapping()) if memory.rom else
                (memory.bits, MemoryMapping(ffs=memory.bits))]
-    blocks = _fit(memory.width, memory.depth, geometries) * copies
+    blocks = fit_blocks(memory.width, memory.depth, geometries) * copies
     if memory.block and memory.rom:
         return MemoryMapping(brams=blocks)
     # A RAM's ports cost Yosys's emulation score besides its primitives (about six points at
