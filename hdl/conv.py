@@ -821,8 +821,10 @@ class SparseConvEngine(wiring.Component):
             activation = Signal(activation_shape(self.in_act))
         operands = Signal.like(token)
         if g.in_beat == 1:
-            m.d.sync += [weight.eq(weight_read.data),
-                         activation.eq(Mux(token.pad | ~token.pair, 0, act_read.data)),
+            # The activation as it leaves the RAM (a block RAM's 5.8 ns clock-to-out leaves no
+            # time for logic: its padding multiplexer was the digits-shaped net's longest path
+            # on the ECP5); zeroed on its way to the DSP instead.
+            m.d.sync += [weight.eq(weight_read.data), activation.eq(act_read.data),
                          operands.eq(token)]
         else:
             # The word is registered as it leaves the RAM before its element is picked (a
@@ -845,7 +847,9 @@ class SparseConvEngine(wiring.Component):
         at_dsp, product = Signal(product_value.shape()), Signal(product_value.shape())
         tokens = [Signal.like(token, name=f"token_{stage}") for stage in ("factors", "at_dsp")]
         multiplied = Signal.like(token)
-        m.d.sync += [factors[0].eq(weight), factors[1].eq(activation), tokens[0].eq(operands),
+        zeroed = activation if g.in_beat > 1 else \
+            Mux(operands.pad | ~operands.pair, 0, activation)
+        m.d.sync += [factors[0].eq(weight), factors[1].eq(zeroed), tokens[0].eq(operands),
                      at_dsp.eq(product_value), tokens[1].eq(tokens[0]),
                      product.eq(at_dsp), multiplied.eq(tokens[1])]
         if g.pack == 1 and self.plan.block == 1:
@@ -860,8 +864,8 @@ class SparseConvEngine(wiring.Component):
                 slot=multiplied.slot, units=filters // g.pack, pack=g.pack,
                 block=self.plan.block, sum_shape=self.sum_shape, tile_write=tile_write)
         effective = Signal()
-        m.d.comb += effective.eq(operands.valid & operands.pair & (weight != 0) &
-                                 (activation != 0))
+        m.d.comb += effective.eq(operands.valid & operands.pair & ~operands.pad &
+                                 (weight != 0) & (activation != 0))
         return pixels_done, effective
 
     def _elaborate_counters(self, m, issued, scanned, effective, waiting_for_rows, rows):
