@@ -215,13 +215,10 @@ class _PoolEngine(wiring.Component):
         m.submodules.v_partials = v_mem = Memory(
             shape=_wide(data.ArrayLayout(v_shape, rows.lanes), width), depth=line_depth,
             init=[])
-        # A horizontal partial is read a stage before it is updated and written back;
-        # transparency covers a position that reads what the one ahead of it writes (one
-        # channel). A vertical partial is read two stages before (stage 3 forwards the two
-        # writes its read missed).
+        # Each partial is read two stages before it is updated and written back: stages 1b
+        # and 3 forward the two writes their reads missed (:meth:`_updated`).
         h_write, v_write = h_mem.write_port(), v_mem.write_port()
-        h_read = h_mem.read_port(transparent_for=(h_write,))
-        v_read = v_mem.read_port()
+        h_read, v_read = h_mem.read_port(), v_mem.read_port()
 
         # Stage 1: update the horizontal partials.
         valid_1 = Signal()
@@ -241,13 +238,14 @@ class _PoolEngine(wiring.Component):
                 row_1.eq(row_at),
                 col_1.eq(col_at),
             ]
-        h_new = self._update_all(m, h_read.data, col_1, value_1, h_shape)
-        m.d.comb += [
-            h_read.addr.eq(channel), h_read.en.eq(advance),
-            h_write.addr.eq(channel_1), h_write.data.eq(h_new),
-            h_write.en.eq(valid_1 & advance),
-            v_read.addr.eq(line_addr_1), v_read.en.eq(advance),
-        ]
+        m.d.comb += [h_read.addr.eq(channel), h_read.en.eq(advance)]
+        h_new, stage_1b = self._updated(
+            m, "1b", advance, h_read, h_write, "channel", lambda stage: stage["valid"],
+            lambda old, stage: self._update_all(m, old, stage["col"], stage["value"], h_shape),
+            {"valid": valid_1, "value": value_1, "channel": channel_1,
+             "line_addr": line_addr_1, "row": row_1, "col": col_1})
+        valid_1b, col_1b = stage_1b["valid"], stage_1b["col"]
+        m.d.comb += [v_read.addr.eq(stage_1b["line_addr"]), v_read.en.eq(advance)]
 
         # Stage 2: a row's window finished along the row; its vertical partial read. (Both
         # updates in one stage were two comparisons in series, the engine's longest path.)
@@ -259,17 +257,22 @@ class _PoolEngine(wiring.Component):
         col_emit_2 = Signal()
         with m.If(advance):
             m.d.sync += [
-                valid_2.eq(valid_1),
-                h_result_2.eq(_emitted(h_new, col_1.emit_lane, width)),
-                channel_2.eq(channel_1),
-                line_addr_2.eq(line_addr_1),
-                row_2.eq(row_1),
-                col_emit_2.eq(col_1.emit),
+                valid_2.eq(valid_1b),
+                h_result_2.eq(_emitted(h_new, col_1b.emit_lane, width)),
+                channel_2.eq(stage_1b["channel"]),
+                line_addr_2.eq(stage_1b["line_addr"]),
+                row_2.eq(stage_1b["row"]),
+                col_emit_2.eq(col_1b.emit),
             ]
 
-        v_new, stage_3 = self._vertical_stage(m, advance, v_read, v_write, v_shape, {
-            "valid": valid_2, "h_result": h_result_2, "channel": channel_2,
-            "line_addr": line_addr_2, "row": row_2, "col_emit": col_emit_2})
+        # Stage 3: update the vertical partials with a row's window, finish a window.
+        v_new, stage_3 = self._updated(
+            m, "3", advance, v_read, v_write, "line_addr",
+            lambda stage: stage["valid"] & stage["col_emit"],
+            lambda old, stage: self._update_all(m, old, stage["row"], stage["h_result"],
+                                                v_shape),
+            {"valid": valid_2, "h_result": h_result_2, "channel": channel_2,
+             "line_addr": line_addr_2, "row": row_2, "col_emit": col_emit_2})
         row_3 = stage_3["row"]
         emit_3 = stage_3["valid"] & stage_3["col_emit"] & row_3.emit
         if self.out_width == width:
@@ -295,35 +298,34 @@ class _PoolEngine(wiring.Component):
             max_inflight=self._pipeline_depth + (1 if self.out_width == width else 4))
         return m
 
-    def _vertical_stage(self, m, advance, v_read, v_write, v_shape, stage_2):
-        """Stage 3: update the vertical partials with a row's window, finish a window. Returns
-        the updated partials and stage 3's registers (``stage_2``'s fields, a stage later).
+    def _updated(self, m, suffix, advance, read, write, address, writes, update, ahead):
+        """Stage ``suffix``: it updates a partial read from ``read`` the stage before: registers of
+        ``ahead``'s fields (the stage before, whose ``address`` field ``read`` answered), the
+        old partial registered as it leaves the RAM, ``update(old, stage)`` written back where
+        ``writes(stage)``. Returns the updated partial and the stage's registers.
 
-        The old partial is registered as it leaves the RAM: the RAM's read, the add and the
-        write back in one cycle were the MobileNet's longest path on the ECP5-85F (15.8 ns).
-        The two positions ahead wrote after this one read: their partials are taken instead
-        when they wrote its address (the newer first)."""
-        stage_3 = {name: Signal.like(value, name=f"{name}_3") for name, value in stage_2.items()}
-        old_3 = Signal.like(v_read.data)
-        v_new = Signal.like(v_read.data)
-        wrote_3 = stage_3["valid"] & stage_3["col_emit"]
-        line_addr_2, line_addr_3 = stage_2["line_addr"], stage_3["line_addr"]
-        wrote_4, line_addr_4, v_new_4 = Signal(), Signal.like(line_addr_3), Signal.like(v_new)
+        A RAM's read, the update and the write back in one cycle were the MobileNet's longest
+        paths on the ECP5-85F (15.8 ns, 15.4 ns). The two positions ahead wrote after this one
+        read: their partials are taken instead when they wrote its address (the newer
+        first)."""
+        stage = {name: Signal.like(value, name=f"{name}_{suffix}")
+                 for name, value in ahead.items()}
+        old = Signal.like(read.data)
+        new = Signal.like(read.data)
+        wrote, addr = writes(stage), stage[address]
+        wrote_next, addr_next, new_next = Signal(), Signal.like(addr), Signal.like(new)
         with m.If(advance):
-            m.d.sync += [*(stage_3[name].eq(value) for name, value in stage_2.items()),
-                         wrote_4.eq(wrote_3), line_addr_4.eq(line_addr_3), v_new_4.eq(v_new)]
-            with m.If(wrote_3 & (line_addr_3 == line_addr_2)):
-                m.d.sync += old_3.eq(v_new)
-            with m.Elif(wrote_4 & (line_addr_4 == line_addr_2)):
-                m.d.sync += old_3.eq(v_new_4)
+            m.d.sync += [*(stage[name].eq(value) for name, value in ahead.items()),
+                         wrote_next.eq(wrote), addr_next.eq(addr), new_next.eq(new)]
+            with m.If(wrote & (addr == ahead[address])):
+                m.d.sync += old.eq(new)
+            with m.Elif(wrote_next & (addr_next == ahead[address])):
+                m.d.sync += old.eq(new_next)
             with m.Else():
-                m.d.sync += old_3.eq(v_read.data)
-        m.d.comb += [
-            v_new.eq(self._update_all(m, old_3, stage_3["row"], stage_3["h_result"], v_shape)),
-            v_write.addr.eq(line_addr_3), v_write.data.eq(v_new),
-            v_write.en.eq(wrote_3 & advance),
-        ]
-        return v_new, stage_3
+                m.d.sync += old.eq(read.data)
+        m.d.comb += [new.eq(update(old, stage)), write.addr.eq(addr), write.data.eq(new),
+                     write.en.eq(wrote & advance)]
+        return new, stage
 
     def _update_all(self, m, old, schedule, value, shape):
         """:meth:`_update_lanes` of every channel of a beat."""
@@ -373,15 +375,15 @@ class MaxPool2dEngine(_PoolEngine):
 
     Latency and throughput
     ----------------------
-    :attr:`latency` (4) cycles from the handshake of the last input beat a window needs to its
+    :attr:`latency` (5) cycles from the handshake of the last input beat a window needs to its
     result on ``o_stream`` (plus one cycle per padding position the scan passes first, for a
     window that ends in the right or bottom padding). One scan position per cycle:
     :attr:`scan_cycles` per inference, one input beat per cycle unless a window ends in the
     padding. ``i_stream.ready`` depends combinationally on ``o_stream.ready``.
     """
 
-    latency = 4
-    _pipeline_depth = 4  # stages 1 to 3 and the output register
+    latency = 5
+    _pipeline_depth = 5  # stages 1, 1b, 2, 3 and the output register
 
     def __init__(self, node: ir.MaxPool2d, in_shape, in_act: ir.Activation, *, in_width=1,
                  out_width=1):
@@ -430,14 +432,14 @@ class AvgPool2dEngine(_PoolEngine):
 
     Latency and throughput
     ----------------------
-    :attr:`latency` (13) cycles from the handshake of the last input beat of a window to its result
-    on ``o_stream``: three to finish the sum, a register slice's one, then the requantizer's 9. One
+    :attr:`latency` (14) cycles from the handshake of the last input beat of a window to its result
+    on ``o_stream``: four to finish the sum, a register slice's one, then the requantizer's 9. One
     input beat per cycle (:attr:`scan_cycles` per inference is the input size).
     """
 
-    latency = 3 + StreamRegister.latency + Requantizer.latency
+    latency = 4 + StreamRegister.latency + Requantizer.latency
     # The slice holds up to two sums (its skid register's too).
-    _pipeline_depth = 3 + 2 + Requantizer.latency
+    _pipeline_depth = 4 + 2 + Requantizer.latency
 
     def __init__(self, node: ir.AvgPool2d, in_shape, in_act: ir.Activation, *, in_width=1,
                  out_width=1):
