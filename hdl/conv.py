@@ -821,9 +821,8 @@ class SparseConvEngine(wiring.Component):
             activation = Signal(activation_shape(self.in_act))
         operands = Signal.like(token)
         if g.in_beat == 1:
-            # The activation as it leaves the RAM (a block RAM's 5.8 ns clock-to-out leaves no
-            # time for logic: its padding multiplexer was the digits-shaped net's longest path
-            # on the ECP5); zeroed on its way to the DSP instead.
+            # The activation as it leaves the RAM (a block RAM's 5.8 ns clock-to-out leaves
+            # little time for logic after it on the ECP5); zeroed on its way to the DSP.
             m.d.sync += [weight.eq(weight_read.data), activation.eq(act_read.data),
                          operands.eq(token)]
         else:

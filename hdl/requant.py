@@ -221,20 +221,20 @@ class Requantizer(wiring.Component):
 
         # Stage 2a: the multiply's operands in registers of their own, beside them the
         # accumulator's bits below the DSP's operand. Stage 2: the multiply, beside it those
-        # bits' shifted multipliers summed. Stage 2c: its product in a second register. DSP blocks sit in a few rows,
-        # and the route from the saturation's register or the ROM to one, the multiply and the
-        # route back to the product's register in one cycle were ResNet-8's longest path on
-        # the ECP5-85F (13.0 ns). With a register on each side the routes may take cycles of
-        # their own, as far as the placer puts those registers by the DSP block, and the
-        # DSP's output is not followed by an adder in the same cycle.
+        # bits' shifted multipliers summed. Stage 2c: its product in a second register. DSP
+        # blocks sit in a few rows, and the route from the saturation's register or the ROM to
+        # one, the multiply and the route back to the product's register in one cycle were
+        # ResNet-8's longest path on the ECP5-85F (13.0 ns). With a register on each side the
+        # routes may take cycles of their own, as far as the placer puts those registers by
+        # the DSP block, and the DSP's output is not followed by an adder in the same cycle.
         multiplier_bits = max(int(requant.multiplier.max()).bit_length(), 1)
         acc_shape = acc.shape()
         product_shape = Shape(accumulator_product_width(acc_shape.width, multiplier_bits),
                               acc_shape.signed)
         low_bits = max(acc_shape.width - DSP_OPERAND_BITS, 0)
         acc_at_dsp = Signal((acc >> low_bits).shape())
-        multiplier_at_dsp = multiplier if isinstance(multiplier, int) else \
-            Signal.like(multiplier, name="multiplier_at_dsp")
+        multiplier_at_dsp = (multiplier if isinstance(multiplier, int)
+                             else Signal.like(multiplier, name="multiplier_at_dsp"))
         at_dsp_value = acc_at_dsp * multiplier_at_dsp
         at_dsp, high_product = Signal(at_dsp_value.shape()), Signal(at_dsp_value.shape())
         # Summed from registers: from the ROM's output (5.6 ns) it was a depthwise conv's

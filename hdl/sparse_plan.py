@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
@@ -251,7 +252,7 @@ class SparsePlan:
         """Signed bits for any sum of products a lane forms (bias added after, in the collector)."""
         return signed_width(*self.accumulator_bounds)
 
-    @property
+    @cached_property
     def stores_base(self):
         """Whether a combo ROM word holds its combo's base (its first weight's place in its
         lane's weight ROM: the weights of the combos before it in the walk), so that the
