@@ -173,7 +173,8 @@ class AddEngine(wiring.Component):
                        ~pair_valid),
             blocked.eq(self.o_stream.valid & ~self.o_stream.ready),
         ]
+        # Beyond its latency's beats, the requantizer's skid register holds one.
         count_activity(m, self.counters, begin=begin, finish=finish, starved=starved,
                        blocked=blocked,
-                       max_inflight=self.latency + (1 if self.out_width == width else 4))
+                       max_inflight=self.latency + 1 + (1 if self.out_width == width else 4))
         return m

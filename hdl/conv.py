@@ -64,10 +64,9 @@ def _one_hot_index(one_hot):
 
 
 def _feed_output(m, out_fifo, output):
-    """The output FIFO into the requantizers (or thresholders) through a register slice: their
-    pipeline stalls as a whole, its ``ready`` following the engine's output's, and they sit by
-    their DSP blocks, away from the FIFO; that ``ready`` on its way back into the FIFO was a
-    large design's longest path (the DS-CNN on the ECP5-85F, 12.2 ns)."""
+    """The output FIFO into the requantizers (or thresholders) through a register slice: they
+    sit by their DSP blocks, away from the FIFO, and their ``ready`` on its way back into the
+    FIFO was a large design's longest path (the DS-CNN on the ECP5-85F, 12.2 ns)."""
     m.submodules.output_slice = slice_ = StreamRegister(output.i_stream.payload.shape())
     m.d.comb += [
         slice_.i_stream.payload.eq(out_fifo.r_data),

@@ -439,7 +439,7 @@ class AvgPool2dEngine(_PoolEngine):
 
     latency = 4 + StreamRegister.latency + Requantizer.latency
     # The slice holds up to two sums (its skid register's too).
-    _pipeline_depth = 4 + 2 + Requantizer.latency
+    _pipeline_depth = 4 + 2 + Requantizer.beats_held
 
     def __init__(self, node: ir.AvgPool2d, in_shape, in_act: ir.Activation, *, in_width=1,
                  out_width=1):
