@@ -162,9 +162,11 @@ class Requantizer(wiring.Component):
 
     def _channel_parameters(self, m, advance, channel):
         """``(multiplier, shift)`` valid in stage 1b: Python ints when shared by all channels,
-        else fields of a ROM read port addressed by ``channel`` (registered in stage 1)."""
+        else fields of a ROM read port addressed by ``channel`` (registered in stage 1). A
+        per-channel shift is its excess over the smallest (:attr:`_shift_base`)."""
         requant = self._requant
-        parameters = {"multiplier": requant.multiplier, "shift": requant.shift}
+        parameters = {"multiplier": requant.multiplier,
+                      "shift": np.asarray(requant.shift) - self._shift_base}
         shared = {name: _shared_value(values) for name, values in parameters.items()}
         per_channel = {name: values for name, values in parameters.items()
                        if shared[name] is None}
@@ -180,6 +182,13 @@ class Requantizer(wiring.Component):
         m.d.comb += [port.addr.eq(channel), port.en.eq(advance)]
         return tuple(shared[name] if shared[name] is not None else getattr(port.data, name)
                      for name in parameters)
+
+    @property
+    def _shift_base(self):
+        """The smallest shift: the shift every channel has is wiring, so the shifter moves the
+        product only by the excess (a few places, not all a shift's bits can say) and what
+        follows it is as narrow as the quotient."""
+        return int(np.min(self._requant.shift))
 
     def _saturation(self, incoming):
         """``(comparisons, saturated, acc)``: the stage-1 comparisons of the incoming
@@ -254,8 +263,9 @@ class Requantizer(wiring.Component):
         product = Signal(product_shape)
         exact_product = (high_product << low_bits) + low_sum
         valid_2b = Signal()
+        base = self._shift_base
         if isinstance(shift, int):
-            shift_2 = shift
+            shift_2 = base + shift
         else:
             shifts = [Signal.like(shift, name=f"shift_{stage}")
                       for stage in ("2a", "2", "2c", "2b")]
@@ -263,9 +273,11 @@ class Requantizer(wiring.Component):
             with m.If(advance):
                 m.d.sync += [later.eq(earlier) for earlier, later in zip([shift, *shifts], shifts)]
 
-        # Stage 3: floor(2 * product / 2**shift); a constant shift is wiring only.
+        # Stage 3: floor(2 * product / 2**shift); a constant shift is wiring only, and so is the
+        # part of a per-channel one that every channel has.
         twice_quotient_value = (product.shift_left(1).shift_right(shift_2)
-                                if isinstance(shift_2, int) else product.shift_left(1) >> shift_2)
+                                if isinstance(shift_2, int) else
+                                product.shift_left(1).shift_right(base) >> shift_2)
         twice_quotient = Signal(twice_quotient_value.shape())
         valid_3 = Signal()
         half_even = requant.rounding == "half_even"
@@ -274,7 +286,7 @@ class Requantizer(wiring.Component):
         if half_even:
             below_half = Signal(product_shape.width)
             m.d.comb += below_half.eq((((1 << shift_2) >> 1) - 1) if isinstance(shift_2, int)
-                                      else ((Const(1, 1) << shift_2) >> 1) - 1)
+                                      else ((Const(1 << base) << shift_2) >> 1) - 1)
             exact_below_half_value = (product.as_unsigned() & below_half) == 0
 
         # Stage 4: round half up, and beside it the clamp's comparisons, made on the value before
