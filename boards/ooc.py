@@ -45,7 +45,8 @@ class Partition:
         Verilog of every module that belongs to no engine (the top among them).
     engines : dict of str to str
         Engine name (``layer_<name>``, as the top instantiates it) to the Verilog of its module
-        and submodules, in the order the design lists them.
+        and submodules, in the order the design lists them, then every module outside the
+        top's hierarchy (which the glue has too).
     stubs : str
         A black box per engine (``(* blackbox *)``): its module header and port declarations.
     """
@@ -72,24 +73,33 @@ def partition(verilog_text, top):
             engines[match.group(1)] = ""
             stubs.append("(* blackbox *)\n" + _HEADER.search(block).group() + "\n"
                          + "\n".join(_DECLARATION.findall(block)) + "\nendmodule\n")
-    glue = []
+    glue, library = [], []
     for block, name in modules:
         owner = name[len(top) + 1:].split(".")[0] if name.startswith(top + ".") else None
         if owner in engines:
             engines[owner] += block
+        elif name != top and not name.startswith(top + "."):
+            library.append(block)
         else:
             glue.append(block)
-    return Partition(top=top, glue="".join(glue), engines=engines, stubs="".join(stubs))
+    # A module outside the top's hierarchy (the multiplies' :data:`zeroskip.hdl.dsp.MODULE`)
+    # goes with every engine; Yosys drops it where nothing instantiates it.
+    library = "".join(library)
+    engines = {engine: text + library for engine, text in engines.items()}
+    return Partition(top=top, glue="".join(glue) + library, engines=engines,
+                     stubs="".join(stubs))
 
 
-def engine_script(partition, engine, synth_command):
-    """The Yosys script that maps one engine alone (read from ``<engine>.v``) and writes its
-    statistics (``<engine>-stat.json``) and mapped netlist (``<engine>.json``)."""
+def engine_script(partition, engine, synth_command, after_synth=()):
+    """The Yosys script that maps one engine alone (read from ``<engine>.v``; the commands
+    ``after_synth`` follow ``synth_command``) and writes its statistics
+    (``<engine>-stat.json``) and mapped netlist (``<engine>.json``)."""
     module = partition.module(engine)
     return "\n".join([
         f"read_verilog {engine}.v",
         YOSYS_AFTER_READ,
         f"{synth_command} -top {module}",
+        *after_synth,
         f"tee -q -o {engine}-stat.json stat -json",
         f"select {module}",
         f"write_json -selected {engine}.json",

@@ -50,7 +50,7 @@ from ..hdl.verilog import YOSYS_AFTER_READ
 from ..parts import ECP5_LUTRAM_SITES, PARTS, RESOURCES
 from ..parts import part as find_part
 from ..toolchain import prepare_yowasp, yowasp_executable
-from . import ooc, pnr
+from . import dsp, ooc, pnr
 
 # Yosys cell types counted as each resource, per family.
 CELLS = {
@@ -134,10 +134,11 @@ def synthesize(verilog_text, top, family, *, timeout=1800):
         raise ValueError(f"family must be one of {sorted(CELLS)}, got {family!r}")
     with tempfile.TemporaryDirectory(prefix="zeroskip-synth-") as work:
         work = Path(work)
-        (work / "design.v").write_text(verilog_text)
-        dsp = " -dsp" if family == "ice40" else ""  # map multipliers onto SB_MAC16 blocks
-        script = (f"read_verilog design.v\n{YOSYS_AFTER_READ}\nsynth_{family}{dsp} -top {top}\n"
-                  "tee -q -o stat.json stat -json\n")
+        (work / "design.v").write_text(dsp.for_family(verilog_text, family))
+        option = " -dsp" if family == "ice40" else ""  # multipliers onto SB_MAC16 blocks
+        script = "\n".join(["read_verilog design.v", YOSYS_AFTER_READ,
+                             f"synth_{family}{option} -top {top}", *dsp.after_synthesis(family),
+                             "tee -q -o stat.json stat -json", ""])
         try:
             seconds = run_yosys(work, script, "yosys", f"synth_{family} of {top}",
                                 timeout).seconds
@@ -417,7 +418,7 @@ def synthesize_network(workdir, verilog_text, top, part, *, layer_names=None, ti
     """
     options = f" {part.yosys_options}" if part.yosys_options else ""
     command = f"synth_{part.family}{options}"
-    cut = ooc.partition(verilog_text, top)
+    cut = ooc.partition(dsp.for_family(verilog_text, part.family), top)
     names = layer_names or {}
     (workdir / "glue.v").write_text(cut.glue)
     (workdir / "stubs.v").write_text(cut.stubs)
@@ -428,8 +429,8 @@ def synthesize_network(workdir, verilog_text, top, part, *, layer_names=None, ti
         (workdir / f"{name}.v").write_text(cut.engines[name])
         layer = names.get(name.removeprefix("layer_"), name)
         step = f"synth_{part.family} of layer {layer!r}"
-        run = run_yosys(workdir, ooc.engine_script(cut, name, command), f"yosys-{name}", step,
-                        timeout)
+        script = ooc.engine_script(cut, name, command, dsp.after_synthesis(part.family))
+        run = run_yosys(workdir, script, f"yosys-{name}", step, timeout)
         return Step.of("yosys", step, run)
 
     if jobs > 1 and len(cut.engines) > 1:

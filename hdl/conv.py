@@ -38,6 +38,7 @@ from .. import ir
 from .activity import count_activity, count_beats
 from .arith import at_most, balanced_sum, group_counts, popcount, prefix_or, times
 from .common import activation_shape, activation_stream, counters_signature, stream_shape
+from .dsp import RegisteredProduct
 from .requant import Requantizer, SideBySide, requant_slice
 from .sparse_plan import plan as make_plan
 from .sparse_plan import signed_width
@@ -502,7 +503,8 @@ class SparseConvEngine(wiring.Component):
         pair_fifo, pair_fifo_layout, scanned, waiting_for_rows = self._elaborate_examiner(
             m, index, lane, combo_layout, combo_read, mask_read, act_mem, window)
         has_pair, pixels_done, effective = self._elaborate_issuer(
-            m, lane, pair_fifo, pair_fifo_layout, weight_read, act_read, tile_write, window)
+            m, index, lane, pair_fifo, pair_fifo_layout, weight_read, act_read, tile_write,
+            window)
 
         return {"pixels_done": pixels_done, "issued": has_pair, "scanned": scanned,
                 "effective": effective, "waiting_for_rows": waiting_for_rows,
@@ -703,8 +705,8 @@ class SparseConvEngine(wiring.Component):
         per_filter = Cat(mask_m, Const(0, spare)) if spare else mask_m
         return Cat(*[per_filter] * g.pack)
 
-    def _elaborate_issuer(self, m, lane, pair_fifo, pair_fifo_layout, weight_read, act_read,
-                          tile_write, window):
+    def _elaborate_issuer(self, m, lane_index, lane, pair_fifo, pair_fifo_layout, weight_read,
+                          act_read, tile_write, window):
         """One lane's issuer (a pair per cycle from its FIFO) and multiplier-accumulator:
         returns whether a pair issues this cycle, the pixels done, and whether the product
         being registered is an effective MAC."""
@@ -786,10 +788,11 @@ class SparseConvEngine(wiring.Component):
                      counted.act_base.eq(grouped.act_base), counted.channel.eq(grouped.channel),
                      counted.offset.eq(balanced_sum(grouped[f"count_{i}"]
                                                     for i in range(len(counts))))]
-        return has_pair, *self._elaborate_mac(m, lane, counted, weight_read, act_read,
-                                              tile_write, window)
+        return has_pair, *self._elaborate_mac(m, lane_index, lane, counted, weight_read,
+                                              act_read, tile_write, window)
 
-    def _elaborate_mac(self, m, lane, issued, weight_read, act_read, tile_write, window):
+    def _elaborate_mac(self, m, lane_index, lane, issued, weight_read, act_read, tile_write,
+                       window):
         """The multiplier-accumulator behind the issuer: returns the pixels done and whether
         the product being registered is an effective MAC."""
         g = self.geometry
@@ -835,20 +838,17 @@ class SparseConvEngine(wiring.Component):
                          activation.eq(Mux(token_0.pad | ~token_0.pair, 0,
                                            word[token_0.select])),
                          operands.eq(token_0)]
-        # The multiply between two registers of its own, for the placer to put by the DSP block:
-        # DSP blocks sit in a few rows, far from most lanes, and the routes to and from one with
-        # the multiply in one cycle were a large design's longest path (13.5 ns on an
-        # ECP5-85F). The placer does not always put them there (ResNet-8: up to 44 rows away).
-        factors = [Signal.like(weight, name="weight_at_dsp"),
-                   Signal.like(activation, name="activation_at_dsp")]
-        product_value = factors[0] * factors[1]
-        at_dsp, product = Signal(product_value.shape()), Signal(product_value.shape())
-        tokens = [Signal.like(token, name=f"token_{stage}") for stage in ("factors", "at_dsp")]
-        multiplied = Signal.like(token)
+        # The multiply between registers of its own (a DSP block's own, on the ECP5:
+        # :mod:`.dsp`): DSP blocks sit in a few rows, far from most lanes, and the routes to and
+        # from one with the multiply in one cycle were a large design's longest path (13.5 ns
+        # on an ECP5-85F).
         zeroed = activation if g.in_beat > 1 else \
             Mux(operands.pad | ~operands.pair, 0, activation)
-        m.d.sync += [factors[0].eq(weight), factors[1].eq(zeroed), tokens[0].eq(operands),
-                     at_dsp.eq(product_value), tokens[1].eq(tokens[0]),
+        at_dsp = RegisteredProduct.of(m, weight, zeroed, name=f"dsp_product_{lane_index}")
+        product = Signal((weight * activation).shape())
+        tokens = [Signal.like(token, name=f"token_{stage}") for stage in ("factors", "at_dsp")]
+        multiplied = Signal.like(token)
+        m.d.sync += [tokens[0].eq(operands), tokens[1].eq(tokens[0]),
                      product.eq(at_dsp), multiplied.eq(tokens[1])]
         if g.pack == 1 and self.plan.block == 1:
             pixels_done = elaborate_accumulator(

@@ -35,6 +35,7 @@ from zeroskip import ir
 from zeroskip.errors import GraphError
 
 from .common import activation_stream
+from .dsp import RegisteredProduct
 from .sparse_plan import signed_width
 
 __all__ = ["DSP_OPERAND_BITS", "Requantizer", "SideBySide", "accumulator_product_width",
@@ -237,20 +238,21 @@ class Requantizer(wiring.Component):
         # blocks sit in a few rows, and the route from the saturation's register or the ROM to
         # one, the multiply and the route back to the product's register in one cycle were
         # ResNet-8's longest path on the ECP5-85F (13.0 ns). With a register on each side the
-        # routes may take cycles of their own, as far as the placer puts those registers by
-        # the DSP block, and the DSP's output is not followed by an adder in the same cycle.
+        # routes take cycles of their own, and the DSP's output is not followed by an adder in
+        # the same cycle.
         multiplier_bits = max(int(requant.multiplier.max()).bit_length(), 1)
         acc_shape = acc.shape()
         product_shape = Shape(accumulator_product_width(acc_shape.width, multiplier_bits),
                               acc_shape.signed)
         low_bits = max(acc_shape.width - DSP_OPERAND_BITS, 0)
-        acc_at_dsp = Signal((acc >> low_bits).shape())
-        multiplier_at_dsp = (multiplier if isinstance(multiplier, int)
-                             else Signal.like(multiplier, name="multiplier_at_dsp"))
-        at_dsp_value = acc_at_dsp * multiplier_at_dsp
-        at_dsp, high_product = Signal(at_dsp_value.shape()), Signal(at_dsp_value.shape())
-        # Summed from registers: from the ROM's output (5.6 ns) it was a depthwise conv's
+        # The multiply's registers are its own (a DSP block's, on the ECP5: :mod:`.dsp`).
+        at_dsp = RegisteredProduct.of(m, acc >> low_bits, multiplier, en=advance)
+        high_product = Signal(((acc >> low_bits) * multiplier).shape())
+        # The multiplier in a register of its own for the bits below (stage 2a), and those
+        # summed from registers: from the ROM's output (5.6 ns) it was a depthwise conv's
         # longest path on the ECP5-85F.
+        multiplier_at_dsp = (multiplier if isinstance(multiplier, int) or not low_bits
+                             else Signal.like(multiplier, name="multiplier_low"))
         acc_low = Signal(max(low_bits, 1))
         low_sum_value = sum((Mux(acc_low[bit], multiplier_at_dsp << bit, 0)
                              for bit in range(low_bits)), start=0)
@@ -332,11 +334,10 @@ class Requantizer(wiring.Component):
                 valid_1b.eq(valid_1),
                 acc.eq(saturated),
                 valid_2a.eq(valid_1b),
-                acc_at_dsp.eq(acc >> low_bits),
-                *([] if isinstance(multiplier, int) else [multiplier_at_dsp.eq(multiplier)]),
-                *([acc_low.eq(acc[:low_bits])] if low_bits else []),
+                *([multiplier_at_dsp.eq(multiplier), acc_low.eq(acc[:low_bits])]
+                  if low_bits and not isinstance(multiplier, int) else
+                  [acc_low.eq(acc[:low_bits])] if low_bits else []),
                 valid_2.eq(valid_2a),
-                at_dsp.eq(at_dsp_value),
                 low_sums[0].eq(low_sum_value),
                 valid_2c.eq(valid_2),
                 high_product.eq(at_dsp),

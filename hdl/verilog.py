@@ -40,6 +40,8 @@ from amaranth.back import rtlil
 from amaranth.back import verilog as amaranth_verilog
 from amaranth.lib import wiring
 
+from . import dsp
+
 __all__ = ["UNINITIALIZED", "WAIVER_FILE", "YOSYS_AFTER_READ", "convert", "uninitialised_rams"]
 
 #: Marks a memory whose contents are undefined until written (``Memory(..., attrs=
@@ -74,8 +76,10 @@ def convert(component, name: str) -> str:
         the Yosys version, constant for a given installation. RAMs have no initial value (see
         the module's documentation).
     """
-    with _builtin_yosys(), uninitialised_rams():
-        return amaranth_verilog.convert(component, name=name, emit_src=False)
+    with _builtin_yosys(), uninitialised_rams(), dsp.as_instances():
+        text = amaranth_verilog.convert(component, name=name, emit_src=False)
+    # The definition of the multiplies' module, once, where the design has one.
+    return text + dsp.VERILOG if f"\n  {dsp.MODULE} " in text else text
 
 
 @contextlib.contextmanager

@@ -19,6 +19,7 @@ import zeroskip
 from zeroskip import cli, toolchain
 from zeroskip.boards import ooc, pnr, synth
 from zeroskip.errors import ZeroskipError
+from zeroskip.hdl import dsp
 from zeroskip.hdl.verilog import convert
 from zeroskip.parts import PARTS
 
@@ -334,17 +335,20 @@ def test_the_design_is_cut_at_its_engines(tiny_build):
     cut = ooc.partition(verilog, top)
     assert list(cut.engines) == ["layer_fc"]
     engine = cut.engines["layer_fc"]
-    assert re.findall(r"^module (\S+)", engine, re.MULTILINE) == [
-        "\\zeroskip_net.layer_fc", "\\zeroskip_net.layer_fc.out_fifo",
-        "\\zeroskip_net.layer_fc.output_slice", "\\zeroskip_net.layer_fc.pair_fifo_0",
-        "\\zeroskip_net.layer_fc.requantizer"]
+    assert re.findall(r"^module ([^\s(]+)", engine, re.MULTILINE) == [
+        "\\zeroskip_net.layer_fc", "\\zeroskip_net.layer_fc.dsp_product_0",
+        "\\zeroskip_net.layer_fc.out_fifo", "\\zeroskip_net.layer_fc.output_slice",
+        "\\zeroskip_net.layer_fc.pair_fifo_0", "\\zeroskip_net.layer_fc.requantizer",
+        "\\zeroskip_net.layer_fc.requantizer.dsp_product", dsp.MODULE]
     glue = re.findall(r"^module (\\?[^\s(]+)", cut.glue, re.MULTILINE)
     assert glue[0] == "zeroskip_net" and "\\zeroskip_net.argmax" in glue
     assert not any(".layer_" in name for name in glue)
     assert all(block.strip() in verilog for block in engine.split("endmodule")[:-1])
-    # Every module once, in one part or the other.
+    # Every module of the top's hierarchy once, in one part or the other; the multiplies'
+    # module, outside it, in both.
+    assert glue[-1] == dsp.MODULE
     assert len(re.findall("^module ", cut.glue + engine, re.MULTILINE)) == \
-        len(re.findall("^module ", verilog, re.MULTILINE))
+        len(re.findall("^module ", verilog, re.MULTILINE)) + 1
     assert cut.stubs.startswith("(* blackbox *)\nmodule \\zeroskip_net.layer_fc (")
     assert synth.top_ports(cut.stubs.replace("\\zeroskip_net.layer_fc", "fc"), "fc") == \
         synth.top_ports(engine.replace("\\zeroskip_net.layer_fc ", "fc "), "fc")
