@@ -2,7 +2,8 @@
 
 Dataflow (per lane, one multiplier each; :mod:`.sparse_plan` decides what each lane stores)::
 
-    i_stream -> writer -> line buffer (activations + per-chunk nonzero masks), a copy per lane
+    i_stream -> register slice -> writer -> line buffer (activations + per-chunk nonzero
+                masks), a copy per lane
                                    |
     examiner: for each (filter, tap, chunk) of the output pixel, weight mask AND activation mask;
               combos with no pair are dropped (a filter's last combo always goes through); a
@@ -443,12 +444,19 @@ class SparseConvEngine(wiring.Component):
 
     def _elaborate_writer(self, m, act_write, act_depth, mask_write, rows, written,
                           windows):
-        """Input stream -> the line buffer, with one nonzero bit per activation."""
+        """Input stream -> a register slice -> the line buffer, with one nonzero bit per
+        activation. The slice is the engine's: the link before an engine is placed between it
+        and its producer, and the link's ``valid`` and the ring's room (``ready``) meeting in
+        one LUT there, with the writer's counters behind it, were a MobileNet's longest path
+        on the ECP5-85F (13.1 ns, 11.4 of it route)."""
+        m.submodules.input_slice = input_slice = StreamRegister(self.i_stream.payload.shape())
+        wiring.connect(m, wiring.flipped(self.i_stream), input_slice.i_stream)
         act_addr = Signal(range(act_depth))
-        beat = self.i_stream.payload
+        beat = input_slice.o_stream.payload
         nonzero = beat != 0 if self.in_width == 1 else \
             Cat(beat[index] != 0 for index in range(self.in_width))
-        taken = elaborate_packer(m, self, rows, written, windows, nonzero, mask_write)
+        taken = elaborate_packer(m, self, input_slice.o_stream, rows, written, windows, nonzero,
+                                 mask_write)
         m.d.comb += [act_write.addr.eq(act_addr), act_write.data.eq(beat)]
         with m.If(taken):
             m.d.comb += act_write.en.eq(1)

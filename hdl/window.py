@@ -334,15 +334,16 @@ def oldest_of(m, windows):
             return rows[0]
 
 
-def elaborate_packer(m, engine, rows, written, windows, bits_of_beat, word_write):
+def elaborate_packer(m, engine, i_stream, rows, written, windows, bits_of_beat, word_write):
     """Input beats -> words of one bit per channel (``bits_of_beat``: one per activation of a
     beat), one word per (pixel, group, chunk), or per pixel and word of channels
     (:attr:`~zeroskip.hdl.sparse_plan.ConvGeometry.mask_groups`), written through
     ``word_write`` into the ring; counts rows and pixels in ``written`` (a
     :class:`WriteProgress`), a pixel once its last beat is written.
 
-    The input is ready while the ring has a row slot no lane needs any more. Returns the
-    ``taken`` handshake, for an engine that stores more per beat.
+    The beats come from ``i_stream`` (the engine's input or a register slice behind it), ready
+    while the ring has a row slot no lane needs any more. Returns the ``taken`` handshake, for
+    an engine that stores more per beat.
     """
     g = engine.geometry
     width = len(bits_of_beat)  # a beat never crosses a word or a group (ConvGeometry.check)
@@ -362,8 +363,8 @@ def elaborate_packer(m, engine, rows, written, windows, bits_of_beat, word_write
     oldest = oldest_of(m, windows)
     limit = oldest + rows
     room = Signal(init=1)
-    m.d.comb += engine.i_stream.ready.eq(room)
-    taken = engine.i_stream.valid & engine.i_stream.ready
+    m.d.comb += i_stream.ready.eq(room)
+    taken = i_stream.valid & i_stream.ready
     row_done = taken & (channel == g.in_channels // width - 1) & (column == g.width - 1)
     m.d.sync += room.eq(Mux(row_done, earlier(rows_written + 1, limit, row_width),
                             earlier(rows_written, limit, row_width)))

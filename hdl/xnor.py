@@ -193,7 +193,7 @@ class XnorConvEngine(wiring.Component):
         windows = [LaneWindow(m, g, rows, row_width, written, collector_released,
                               f"lane_{index}") for index in range(len(self.plan.lanes))]
         # Input bits -> the line buffer, packed into words as they arrive.
-        elaborate_packer(m, self, rows, written, windows, self.i_stream.payload[0],
+        elaborate_packer(m, self, self.i_stream, rows, written, windows, self.i_stream.payload[0],
                          line_write)
 
         lanes = [self._elaborate_lane(m, index, lane, line_buffers[index], windows[index])
