@@ -337,6 +337,7 @@ def test_the_design_is_cut_at_its_engines(tiny_build):
     engine = cut.engines["layer_fc"]
     assert re.findall(r"^module ([^\s(]+)", engine, re.MULTILINE) == [
         "\\zeroskip_net.layer_fc", "\\zeroskip_net.layer_fc.dsp_product_0",
+        "\\zeroskip_net.layer_fc.input_slice",
         "\\zeroskip_net.layer_fc.out_fifo", "\\zeroskip_net.layer_fc.output_slice",
         "\\zeroskip_net.layer_fc.pair_fifo_0", "\\zeroskip_net.layer_fc.requantizer",
         "\\zeroskip_net.layer_fc.requantizer.dsp_product", dsp.MODULE]

@@ -198,11 +198,16 @@ def netlist_features(component, fragment=None):
     for cell in netlist.cells:
         if not hasattr(cell, "module_idx"):
             continue
-        module = ".".join(netlist.modules[cell.module_idx].name)
+        path = netlist.modules[cell.module_idx].name
+        module = ".".join(path)
         found = _cell_bits(cell, netlist)
         counts = features.setdefault(module, {})
+        # A registered multiply's registers are its DSP block's (zeroskip.hdl.dsp): an
+        # SB_MAC16's as synth_ice40 -dsp packs them, a MULT18X18D's as the ECP5 flow sets it.
+        in_dsp = path[-1].startswith("dsp_product")
         for kind, bits in zip(found[::2], found[1::2]):
             if kind:
+                kind = "dsp_ff" if in_dsp and kind == "ff" else kind
                 counts[kind] = counts.get(kind, 0) + bits
     return features
 
