@@ -50,15 +50,7 @@ def _ties(ports, value):
 #: :func:`after_synthesis` gives it: Yosys's Verilog frontend elaborates a parameterised
 #: instance of a black box as a module of its own, derived again once the cell library is read,
 #: and ``synth_ecp5`` then rebuilt the whole top from its syntax tree and failed.
-ECP5_VERILOG = f"""\
-module {dsp.MODULE}(clk, en, a, b, p);
-  parameter A_WIDTH = 18;
-  parameter B_WIDTH = 18;
-  input clk;
-  input en;
-  input signed [A_WIDTH-1:0] a;
-  input signed [B_WIDTH-1:0] b;
-  output signed [A_WIDTH+B_WIDTH-1:0] p;
+ECP5_VERILOG = dsp.HEADER + f"""\
   generate
   if (A_WIDTH <= 18 && B_WIDTH <= 18) begin : block
   wire signed [17:0] a_18 = a;

@@ -22,15 +22,13 @@ from amaranth.hdl import Cat, ClockSignal, Const, Instance, Module, Signal, Valu
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
-__all__ = ["MODULE", "VERILOG", "RegisteredProduct", "as_instances"]
+__all__ = ["HEADER", "MODULE", "VERILOG", "RegisteredProduct", "as_instances"]
 
 #: The Verilog module every :class:`RegisteredProduct` instantiates.
 MODULE = "zeroskip_dsp_product"
 
-#: The definition of :data:`MODULE`: ``p`` the signed product of ``a`` and ``b`` registered
-#: where ``en`` is set, two such cycles after them (a signed multiply in a context as wide as
-#: the product, which holds any product of the operands).
-VERILOG = f"""\
+#: The ports and parameters of :data:`MODULE`, which each of its definitions starts with.
+HEADER = f"""\
 module {MODULE}(clk, en, a, b, p);
   parameter A_WIDTH = 18;
   parameter B_WIDTH = 18;
@@ -38,15 +36,23 @@ module {MODULE}(clk, en, a, b, p);
   input en;
   input signed [A_WIDTH-1:0] a;
   input signed [B_WIDTH-1:0] b;
-  output reg signed [A_WIDTH+B_WIDTH-1:0] p;
+  output signed [A_WIDTH+B_WIDTH-1:0] p;
+"""
+
+#: The definition of :data:`MODULE`: ``p`` the signed product of ``a`` and ``b`` registered
+#: where ``en`` is set, two such cycles after them (a signed multiply in a context as wide as
+#: the product, which holds any product of the operands).
+VERILOG = HEADER + """\
   reg signed [A_WIDTH-1:0] a_r;
   reg signed [B_WIDTH-1:0] b_r;
+  reg signed [A_WIDTH+B_WIDTH-1:0] p_r;
   always @(posedge clk)
     if (en) begin
       a_r <= a;
       b_r <= b;
-      p <= a_r * b_r;
+      p_r <= a_r * b_r;
     end
+  assign p = p_r;
 endmodule
 """
 

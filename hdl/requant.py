@@ -334,9 +334,9 @@ class Requantizer(wiring.Component):
                 valid_1b.eq(valid_1),
                 acc.eq(saturated),
                 valid_2a.eq(valid_1b),
-                *([multiplier_at_dsp.eq(multiplier), acc_low.eq(acc[:low_bits])]
-                  if low_bits and not isinstance(multiplier, int) else
-                  [acc_low.eq(acc[:low_bits])] if low_bits else []),
+                *([acc_low.eq(acc[:low_bits])] if low_bits else []),
+                *([multiplier_at_dsp.eq(multiplier)] if multiplier_at_dsp is not multiplier
+                  else []),
                 valid_2.eq(valid_2a),
                 low_sums[0].eq(low_sum_value),
                 valid_2c.eq(valid_2),
