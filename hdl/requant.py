@@ -245,9 +245,12 @@ class Requantizer(wiring.Component):
         product_shape = Shape(accumulator_product_width(acc_shape.width, multiplier_bits),
                               acc_shape.signed)
         low_bits = max(acc_shape.width - DSP_OPERAND_BITS, 0)
-        # The multiply's registers are its own (a DSP block's, on the ECP5: :mod:`.dsp`).
-        at_dsp = RegisteredProduct.of(m, acc >> low_bits, multiplier, en=advance)
-        high_product = Signal(((acc >> low_bits) * multiplier).shape())
+        # The multiply's registers are its own (a DSP block's, on the ECP5: :mod:`.dsp`). Its
+        # operand is the accumulator's high bits alone (``acc >> low_bits`` keeps the width: a
+        # 19-bit operand left a ResNet-8 requantizer's multiply on the fabric registers).
+        high_acc = acc.shift_right(low_bits)
+        at_dsp = RegisteredProduct.of(m, high_acc, multiplier, en=advance)
+        high_product = Signal((high_acc * multiplier).shape())
         # The multiplier in a register of its own for the bits below (stage 2a), and those
         # summed from registers: from the ROM's output (5.6 ns) it was a depthwise conv's
         # longest path on the ECP5-85F.

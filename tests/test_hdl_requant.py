@@ -5,13 +5,17 @@
 the simulated unit with random idle input cycles and random output backpressure.
 """
 
+import re
+
 import numpy as np
 import pytest
 from amaranth.back import verilog
 from amaranth.hdl import signed, unsigned
 
 from zeroskip import ir, reference
-from zeroskip.hdl.requant import Requantizer, accumulator_product_width, saturation_bounds
+from zeroskip.hdl.requant import (DSP_OPERAND_BITS, Requantizer, accumulator_product_width,
+                                  saturation_bounds)
+from zeroskip.hdl.verilog import convert
 
 from hdl_sim import run_streams
 
@@ -272,3 +276,19 @@ def test_converts_to_verilog(monkeypatch):
                           acc_shape, len(multiplier), out_act)
         text = verilog.convert(dut, name="requantizer")
         assert "module requantizer(" in text and "o_stream__payload" in text
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_the_multiply_fits_one_dsp_block(name):
+    """The multiply's accumulator operand is at most DSP_OPERAND_BITS signed bits, whatever the
+    accumulator's width, and the multiplier's at most 17 (its 16 bits and a sign): one ECP5
+    MULT18X18D (18 x 18) holds it with its registers, where a wider operand keeps the fabric's."""
+    multiplier, shift, clamp_min, clamp_max, epsilon, acc_shape, out_act = CASES[name]
+    dut = Requantizer(make_requant(multiplier, shift, clamp_min, clamp_max, epsilon),
+                      acc_shape, max(len(multiplier), len(shift)), out_act)
+    text = convert(dut, name="requantizer")
+    widths = re.findall(r"\.A_WIDTH\(32'd(\d+)\),\s*\.B_WIDTH\(32'd(\d+)\)", text)
+    assert len(widths) == 1, widths
+    a_width, b_width = map(int, widths[0])
+    assert a_width <= min(acc_shape.width + (not acc_shape.signed), DSP_OPERAND_BITS + 1)
+    assert b_width == max(int(np.max(multiplier)).bit_length(), 1) + 1
