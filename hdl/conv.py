@@ -571,8 +571,14 @@ class SparseConvEngine(wiring.Component):
         # late (``counted``): the decision to examine fans out over the lane, and its way back
         # into this count was a large design's longest path (the DS-CNN on the ECP5-85F). The
         # count is then at most one low, which the room check's margin of two covers.
+        # Whether there is room (``ahead`` below the margin) and whether the combo is the
+        # pixel's last are registers, set for the values ``ahead`` and ``combo`` take next: the
+        # decision to move to the next pixel is then one LUT from flip-flops before it fans out
+        # to the window's cursor (``ahead``'s comparison and the combo's, then that fan-out,
+        # were the DS-CNN's and the digits-shaped net's longest paths on the ECP5-85F).
         ahead = Signal(range(PAIR_FIFO_DEPTH + 1))
-        room = ahead < PAIR_FIFO_DEPTH - 2
+        room = Signal(init=1)
+        at_last = Signal(init=lane.combos == 1)
         examined = Signal()  # stage B takes a combo this cycle
         counted = Signal()  # examined, a cycle later
 
@@ -585,11 +591,11 @@ class SparseConvEngine(wiring.Component):
             m.d.comb += examined.eq(1)
             m.d.sync += [stage_b.valid.eq(1), stage_b.first.eq(combo == 0),
                          *window.origin(stage_b)]
-            with m.If(combo == lane.combos - 1):
-                m.d.sync += [combo.eq(0), scanning.eq(0)]
+            with m.If(at_last):
+                m.d.sync += [combo.eq(0), scanning.eq(0), at_last.eq(lane.combos == 1)]
                 window.next_pixel(m)
             with m.Else():
-                m.d.sync += combo.eq(combo + 1)
+                m.d.sync += [combo.eq(combo + 1), at_last.eq(combo + 2 == lane.combos)]
 
         # Stage B registers the combo as it leaves the ROM (stage R): a block RAM's output delay
         # and locating the tap did not fit one cycle at 120 MHz on the ECP5.
@@ -661,7 +667,7 @@ class SparseConvEngine(wiring.Component):
         m.d.comb += change.eq(counted - dropped - taken)
         m.d.sync += [dropped.eq(stage_c.valid & ~pair_fifo.w_en),
                      taken.eq(pair_fifo.r_en & pair_fifo.r_rdy), counted.eq(examined),
-                     ahead.eq(ahead + change)]
+                     ahead.eq(ahead + change), room.eq(ahead + change < PAIR_FIFO_DEPTH - 2)]
         # The dense loop nest's pairs for this lane and pixel, credited as the pixel starts
         # (before any of its pairs issue), so that credited minus issued never goes negative.
         dense_pairs = len(lane.filters) * g.taps * g.group_channels
