@@ -236,11 +236,12 @@ class PixelCursor:
 class LaneWindow:
     """One lane's walk over output pixels and the line-buffer rows it holds on to.
 
-    ``cursor`` is the pixel the lane examines next; ``retired`` the oldest pixel whose
-    products are not all done: its rows must stay in the ring (pairs of pixels examined may
-    still wait to read it). ``pixel_index`` counts pixels started; a pixel starts once its
-    rows are written, the last of them up to the window's right edge (``rows_ready``), and the
-    collector has freed its tile slot (``can_start``).
+    ``cursor`` is the pixel the lane examines next; ``retired`` counts the pixels whose
+    products are all done (wrap-around): the oldest of those not done must keep its rows in
+    the ring (pairs of pixels examined may still wait to read it), which :func:`oldest_of`
+    works out for all lanes at once. ``pixel_index`` counts pixels started; a pixel starts
+    once its rows are written, the last of them up to the window's right edge
+    (``rows_ready``), and the collector has freed its tile slot (``can_start``).
 
     Both conditions are registers, computed for the cursor as it will be after this cycle: a
     start is then decided by two flip-flops, not by two counter comparisons. The counters they
@@ -256,12 +257,7 @@ class LaneWindow:
         width = pixel_counter_width(slots)
         self.pixel_index = Signal(width, name=f"{name}_pixel_index")
         self.cursor = PixelCursor(g, rows, row_width, f"{name}_scan", track_needed=True)
-        self.retired = PixelCursor(g, rows, row_width, f"{name}_retired")
-        # Registered: it only grows, so the ring seeing it a cycle late can only hold a row
-        # back; the sum, the comparisons of every lane's and the writer's room check in one
-        # cycle were the digits-shaped net's longest path on the ECP5.
-        self.oldest_needed = Signal(row_width, name=f"{name}_oldest_needed")
-        m.d.sync += self.oldest_needed.eq(self.retired.oldest_row())
+        self.retired = Signal(width, name=f"{name}_retired")
         self._stepping = Signal(name=f"{name}_stepping")  # next_pixel() this cycle
         self.rows_ready = Signal(name=f"{name}_rows_ready")
         tile_free = Signal(name=f"{name}_tile_free")
@@ -317,21 +313,27 @@ class LaneWindow:
 
 
 def oldest_of(m, windows):
-    """The oldest row any of the lanes' windows still needs, a register: a balanced tree of
-    comparisons with a register after each level (the rows needed only grow, so seeing them
-    late can only hold a beat back; a tree of three levels in one cycle was the digits-shaped
-    net's longest path on the ECP5)."""
-    width = windows[0].row_width
-    rows = [window.oldest_needed for window in windows]
-    while True:
-        if len(rows) > 1:
-            rows = [Mux(earlier(rows[i + 1], rows[i], width), rows[i + 1], rows[i])
-                    if i + 1 < len(rows) else rows[i] for i in range(0, len(rows), 2)]
-        level = [Signal(width) for _ in rows]
-        m.d.sync += [register.eq(row) for register, row in zip(level, rows)]
-        rows = level
-        if len(rows) == 1:
-            return rows[0]
+    """The oldest row any of the lanes' windows still needs, a register: the first row of the
+    oldest pixel some lane has not retired. The rows a pixel reads only grow with it, so one
+    cursor walks the pixels every lane has retired (each lane counts its own, and the cursor
+    steps when every count is past it), and the lanes keep no cursor of this kind, nor is
+    there a tree comparing their rows. Its row is registered once per doubling of the lanes
+    (once at least): the lanes spread over the part with their number, and the way from the
+    last of them to the writer's room check gets a register each time. Seen late, it only
+    holds a row back."""
+    first = windows[0]
+    g, width = first.geometry, len(first.retired)
+    cursor = PixelCursor(g, first.rows, first.row_width, "retired")
+    count = Signal(width, name="retired_count")
+    with m.If(Cat(earlier(count, window.retired, width) for window in windows).all()):
+        m.d.sync += count.eq(count + 1)
+        cursor.advance(m)
+    row = cursor.oldest_row()
+    for _ in range(max(ceil_log2(len(windows)), 1)):
+        level = Signal(first.row_width)
+        m.d.sync += level.eq(row)
+        row = level
+    return row
 
 
 def elaborate_packer(m, engine, i_stream, rows, written, windows, bits_of_beat, word_write):
@@ -438,7 +440,7 @@ def _registered_write(m, window, tile_write, *, addr, data, en, done):
     with m.If(done_r):
         m.d.sync += pixels_done.eq(pixels_done + 1)
     with m.If(retire):
-        window.retired.advance(m)
+        m.d.sync += window.retired.eq(window.retired + 1)
     return pixels_done
 
 
