@@ -99,20 +99,25 @@ class StreamRegister(wiring.Component):
 
 
 class StreamFIFO(wiring.Component):
-    """A stream FIFO of ``depth`` beats (:class:`amaranth.lib.fifo.SyncFIFOBuffered`), then a
-    :class:`StreamRegister`: a deep FIFO is a block RAM, whose read is slow (5.8 ns on the
-    ECP5), and no logic follows it in the same cycle.
+    """A stream FIFO of ``depth`` beats (:class:`amaranth.lib.fifo.SyncFIFOBuffered`), a
+    landing register, then a :class:`StreamRegister`. A deep FIFO is a block RAM, whose read
+    is slow (5.8 ns on the ECP5) and which sits where the part has RAM rows, often far from
+    the engine it feeds: its word lands in a register of its own, loaded through the
+    flip-flops' enable with no logic before them, so that nextpnr can place it by the RAM, and
+    the register slice's logic starts from there (the RAM's output routed across the part
+    into that logic was ResNet-8's longest path on the ECP5-85F, 11.3 ns).
 
     Members
     -------
     i_stream : In(stream.Signature(shape))
     o_stream : Out(stream.Signature(shape))
 
-    :attr:`latency` (3: the buffered FIFO's 2, the register's 1) cycles from a beat's
-    handshake to it on ``o_stream`` when empty; one beat per cycle.
+    :attr:`latency` (4: the buffered FIFO's 2, the landing register's 1, the register
+    slice's 1) cycles from a beat's handshake to it on ``o_stream`` when empty; one beat per
+    cycle.
     """
 
-    latency = 3
+    latency = 4
 
     def __init__(self, shape, depth):
         if not isinstance(depth, int) or depth < 1:
@@ -126,12 +131,19 @@ class StreamFIFO(wiring.Component):
         m.submodules.fifo = fifo = SyncFIFOBuffered(width=Shape.cast(self.shape).width,
                                                     depth=self.depth)
         m.submodules.out = out = StreamRegister(self.shape)
+        landed = Signal(Shape.cast(self.shape).width)
+        landed_valid = Signal()
+        moves = ~landed_valid | out.i_stream.ready
         m.d.comb += [
             fifo.w_data.eq(self.i_stream.payload), fifo.w_en.eq(self.i_stream.valid),
             self.i_stream.ready.eq(fifo.w_rdy),
-            out.i_stream.payload.eq(fifo.r_data), out.i_stream.valid.eq(fifo.r_rdy),
-            fifo.r_en.eq(out.i_stream.ready),
+            fifo.r_en.eq(moves),
+            out.i_stream.payload.eq(landed), out.i_stream.valid.eq(landed_valid),
         ]
+        with m.If(moves):
+            m.d.sync += landed_valid.eq(fifo.r_rdy)
+            with m.If(fifo.r_rdy):
+                m.d.sync += landed.eq(fifo.r_data)
         wiring.connect(m, out.o_stream, wiring.flipped(self.o_stream))
         return m
 
