@@ -48,9 +48,9 @@ from ..hdl.window import TILE_SLOTS, ring_rows
 from ..hdl.xnor import XNOR_WIDTH
 
 # Cycles from a combo's scan to its entry being the issuer's current one: combo ROM read and
-# registered, tap located, line-buffer mask read and registered, FIFO write, and the buffered
-# FIFO's two-cycle read latency.
-SCAN_TO_ISSUE = 8
+# registered, tap located, line-buffer mask read and registered, the entry registered, FIFO
+# write, and the buffered FIFO's two-cycle read latency.
+SCAN_TO_ISSUE = 9
 # Pushed entries the examiner may have ahead of the issuer before its FIFO counts as full
 # (the examiner stops one short of the FIFO's depth, counting the entries in its pipeline
 # stages).
