@@ -648,22 +648,8 @@ class SparseConvEngine(wiring.Component):
             base = Mux(stage_c.first, 0, running_base)
             with m.If(stage_c.valid):
                 m.d.sync += running_base.eq(base + popcount(weight_mask))
-        entry = Signal(pair_fifo_layout)
-        m.d.comb += [
-            entry.pairs.eq(pairs), entry.weights.eq(weight_mask), entry.base.eq(base),
-            entry.act_base.eq(stage_c.act_base), entry.pad.eq(stage_c.pad),
-            entry.last.eq(stage_c.last), entry.filter.eq(stage_c.filter),
-            entry.slot.eq(stage_c.slot),
-        ]
-        # Stage P: the entry, and whether it goes into the FIFO, in registers: the masks' AND,
-        # its test for a pair and the FIFO's write logic (its level, its RAM's write enable)
-        # in one cycle were the digits-shaped net's longest path on the ECP5-85F (8.4 ns).
-        stage_p = Signal(pair_fifo_layout)
-        stage_p_valid, kept = Signal(), Signal()
-        m.d.sync += [stage_p.eq(entry), stage_p_valid.eq(stage_c.valid),
-                     kept.eq((pairs != 0) | stage_c.last)]
-        m.d.comb += [pair_fifo.w_data.eq(stage_p.as_value()),
-                     pair_fifo.w_en.eq(stage_p_valid & kept)]
+        stage_p_valid, kept = self._elaborate_entry(m, pair_fifo, pair_fifo_layout, stage_c,
+                                                    pairs, weight_mask, base)
         # A combo dropped (no pair, not the last) and an entry the issuer takes free their
         # places a cycle later (registers): the issuer's decision, and the test for a pair over
         # the masks, into this sum in one cycle were each the digits-shaped net's longest path.
@@ -680,6 +666,26 @@ class SparseConvEngine(wiring.Component):
         dense_pairs = len(lane.filters) * g.taps * g.group_channels
         scanned = Mux(~scanning & can_start, dense_pairs, 0)
         return pair_fifo, pair_fifo_layout, scanned, waiting_for_rows
+
+    @staticmethod
+    def _elaborate_entry(m, pair_fifo, pair_fifo_layout, stage, pairs, weight_mask, base):
+        """Stage P: a combo's pair-FIFO entry, and whether it goes into the FIFO (a pair, or
+        its filter's last combo), in registers that write the FIFO: the masks' AND, its test
+        for a pair and the FIFO's write logic (its level, its RAM's write enable) in one cycle
+        were the digits-shaped net's longest path on the ECP5-85F (8.4 ns). Returns
+        ``(valid, kept)``, both registers of stage P."""
+        entry = Signal(pair_fifo_layout)
+        m.d.comb += [
+            entry.pairs.eq(pairs), entry.weights.eq(weight_mask), entry.base.eq(base),
+            entry.act_base.eq(stage.act_base), entry.pad.eq(stage.pad),
+            entry.last.eq(stage.last), entry.filter.eq(stage.filter), entry.slot.eq(stage.slot),
+        ]
+        stage_p = Signal(pair_fifo_layout)
+        valid, kept = Signal(), Signal()
+        m.d.sync += [stage_p.eq(entry), valid.eq(stage.valid),
+                     kept.eq((pairs != 0) | stage.last)]
+        m.d.comb += [pair_fifo.w_data.eq(stage_p.as_value()), pair_fifo.w_en.eq(valid & kept)]
+        return valid, kept
 
     def _unit_location(self, lane):
         """What locates a unit's mask word and channels in the line buffer, as stage fields:
