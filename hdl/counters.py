@@ -60,17 +60,17 @@ class NetworkCounters(wiring.Component):
             m.d.sync += started.eq(started + 1)
         since_finish = Signal(COUNTER_WIDTH)   # cycles since the last finish, that one counted
         m.d.sync += since_finish.eq(since_finish + 1)
-        latency = self._latency(m, first_beat, started, finishing, finished)
+        self._latency(m, first_beat, started, finishing, finished)
         with m.If(finishing):
             m.d.sync += [finished.eq(finished + 1), since_finish.eq(1),
-                         self.counters.inferences.eq(self.counters.inferences + 1),
-                         self.counters.latency_cycles.eq(latency)]
+                         self.counters.inferences.eq(self.counters.inferences + 1)]
             with m.If(self.counters.inferences != 0):
                 m.d.sync += self.counters.interval_cycles.eq(since_finish)
         return m
 
     def _latency(self, m, first_beat, started, finishing, finished):
-        """The latency of the inference finishing now (first beat to now, both counted)."""
+        """``latency_cycles`` of the inference finishing now (first beat to now, both counted):
+        set as it finishes with two in flight, a cycle later with more."""
         if self.inflight == 2:
             # An age per entry, 2 in the cycle after its first beat: the latency as it finishes.
             ages = [Signal(COUNTER_WIDTH, name=f"age_{i}") for i in range(2)]
@@ -78,7 +78,9 @@ class NetworkCounters(wiring.Component):
                 m.d.sync += age.eq(age + 1)
                 with m.If(first_beat & (started == i)):
                     m.d.sync += age.eq(2)
-            return Mux(finished, ages[1], ages[0])
+            with m.If(finishing):
+                m.d.sync += self.counters.latency_cycles.eq(Mux(finished, ages[1], ages[0]))
+            return
         cycle = Signal(COUNTER_WIDTH)
         m.d.sync += cycle.eq(cycle + 1)
         m.submodules.starts = starts = Memory(shape=COUNTER_WIDTH, depth=self.inflight, init=[])
@@ -88,4 +90,12 @@ class NetworkCounters(wiring.Component):
         read = starts.read_port(transparent_for=(write,))
         m.d.comb += [write.addr.eq(started), write.data.eq(cycle), write.en.eq(first_beat),
                      read.addr.eq(Mux(finishing, finished + 1, finished))]
-        return cycle - read.data + 1
+        # The start is registered as the inference finishes and taken from the cycle count a
+        # cycle later: the RAM block's output goes to flip-flops, not into a subtraction.
+        start = Signal(COUNTER_WIDTH)
+        subtract = Signal()
+        m.d.sync += subtract.eq(finishing)
+        with m.If(finishing):
+            m.d.sync += start.eq(read.data)
+        with m.If(subtract):
+            m.d.sync += self.counters.latency_cycles.eq(cycle - start)
