@@ -44,9 +44,9 @@ FORK_CYCLES = LINK_CYCLES + StreamFIFO.latency
 #: A width converter: gathering or splitting, then its register slice.
 CONVERTER_CYCLES = 2
 #: From a conv engine's collector giving a pixel's last sum to its last activation leaving the
-#: engine: the bias stage, the output FIFO, its register slice and the requantizer (or the
-#: thresholder: :func:`collect_to_output`).
-COLLECT_TO_OUTPUT = 3 + StreamRegister.latency + Requantizer.latency
+#: engine: the tiles' addresses, the bias stage, the output FIFO, its register slice and the
+#: requantizer (or the thresholder: :func:`collect_to_output`).
+COLLECT_TO_OUTPUT = 4 + StreamRegister.latency + Requantizer.latency
 
 
 def collect_to_output(node):
