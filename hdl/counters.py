@@ -70,7 +70,7 @@ class NetworkCounters(wiring.Component):
 
     def _latency(self, m, first_beat, started, finishing, finished):
         """``latency_cycles`` of the inference finishing now (first beat to now, both counted):
-        set as it finishes with two in flight, a cycle later with more."""
+        set as it finishes with two in flight, two cycles later with more."""
         if self.inflight == 2:
             # An age per entry, 2 in the cycle after its first beat: the latency as it finishes.
             ages = [Signal(COUNTER_WIDTH, name=f"age_{i}") for i in range(2)]
@@ -90,12 +90,16 @@ class NetworkCounters(wiring.Component):
         read = starts.read_port(transparent_for=(write,))
         m.d.comb += [write.addr.eq(started), write.data.eq(cycle), write.en.eq(first_beat),
                      read.addr.eq(Mux(finishing, finished + 1, finished))]
-        # The start is registered as the inference finishes and taken from the cycle count a
-        # cycle later: the RAM block's output goes to flip-flops, not into a subtraction.
-        start = Signal(COUNTER_WIDTH)
-        subtract = Signal()
-        m.d.sync += subtract.eq(finishing)
-        with m.If(finishing):
-            m.d.sync += start.eq(read.data)
-        with m.If(subtract):
-            m.d.sync += self.counters.latency_cycles.eq(cycle - start)
+        # The start passes two registers before the subtraction, the first as it leaves the
+        # RAM block (Yosys makes that one the block's own read register, whose output is
+        # slow), the second as the inference finishes: the block's output into the difference
+        # was ResNet-8's longest path on the ECP5-85F. The difference is taken two cycles
+        # after the finish: ``cycle - start - 1`` then is the latency, ``cycle + ~start``.
+        read_out, start = Signal(COUNTER_WIDTH), Signal(COUNTER_WIDTH)
+        finished_1, finished_2 = Signal(), Signal()
+        m.d.sync += [read_out.eq(read.data), finished_1.eq(finishing),
+                     finished_2.eq(finished_1)]
+        with m.If(finished_1):
+            m.d.sync += start.eq(read_out)
+        with m.If(finished_2):
+            m.d.sync += self.counters.latency_cycles.eq(cycle + ~start)
