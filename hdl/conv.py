@@ -866,34 +866,26 @@ class SparseConvEngine(wiring.Component):
 
         # --- MAC: operands and product registered, so that a RAM read, a multiply and an add
         # each have a cycle of their own ---------------------------------------------------
+        # The weight and the activation word are registered as they leave their RAMs, then the
+        # pair's activation (an element of the word where a beat holds several) is picked and
+        # zeroed on a padded tap: a block RAM's 5.8 ns clock-to-out left no time for a route
+        # across the part and a LUT after it (the DS-CNN's longest path on the ECP5-85F, 10.4 ns,
+        # from a depthwise lane's line buffer).
         weight = Signal.like(weight_read.data)
-        if g.in_beat == 1:
-            activation = Signal.like(act_read.data)
-        else:
-            activation = Signal(activation_shape(self.in_act))
+        activation = Signal(activation_shape(self.in_act))
         operands = Signal.like(token)
-        if g.in_beat == 1:
-            # The activation as it leaves the RAM (a block RAM's 5.8 ns clock-to-out leaves
-            # little time for logic after it on the ECP5); zeroed on its way to the DSP.
-            m.d.sync += [weight.eq(weight_read.data), activation.eq(act_read.data),
-                         operands.eq(token)]
-        else:
-            # The word is registered as it leaves the RAM before its element is picked (a
-            # block RAM's output delay and a multiplexer did not share a cycle).
-            word, weight_0, token_0 = (Signal.like(act_read.data), Signal.like(weight),
-                                       Signal.like(token))
-            m.d.sync += [word.eq(act_read.data), weight_0.eq(weight_read.data),
-                         token_0.eq(token),
-                         weight.eq(weight_0),
-                         activation.eq(Mux(token_0.pad | ~token_0.pair, 0,
-                                           word[token_0.select])),
-                         operands.eq(token_0)]
+        word, weight_0, token_0 = (Signal.like(act_read.data), Signal.like(weight),
+                                   Signal.like(token))
+        picked = word if g.in_beat == 1 else word[token_0.select]
+        m.d.sync += [word.eq(act_read.data), weight_0.eq(weight_read.data), token_0.eq(token),
+                     weight.eq(weight_0),
+                     activation.eq(Mux(token_0.pad | ~token_0.pair, 0, picked)),
+                     operands.eq(token_0)]
         # The multiply between registers of its own (a DSP block's own, on the ECP5:
         # :mod:`.dsp`): DSP blocks sit in a few rows, far from most lanes, and the routes to and
         # from one with the multiply in one cycle were a large design's longest path (13.5 ns
         # on an ECP5-85F).
-        zeroed = activation if g.in_beat > 1 else \
-            Mux(operands.pad | ~operands.pair, 0, activation)
+        zeroed = activation
         at_dsp = RegisteredProduct.of(m, weight, zeroed, name=f"dsp_product_{lane_index}")
         product = Signal((weight * activation).shape())
         tokens = [Signal.like(token, name=f"token_{stage}") for stage in ("factors", "at_dsp")]

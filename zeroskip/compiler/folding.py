@@ -58,9 +58,9 @@ AHEAD = PAIR_FIFO_DEPTH - 2
 # Cycles from the issuer taking an entry to the examiner counting its place free.
 TAKEN_SEEN = 1
 # From a lane's last issued pair to the collector starting on that pixel (issue, weight count,
-# operand registers, the multiplier's two and the product register, accumulator, the tile's
-# registered write, pixel counter; the weight count takes two cycles).
-ISSUE_TO_COLLECT = 10
+# RAM words' registers, operand registers, the multiplier's two and the product register,
+# accumulator, the tile's registered write, pixel counter; the weight count takes two cycles).
+ISSUE_TO_COLLECT = 11
 # Calibration images the cycle model replays (evenly spaced through the batch): its cost grows
 # with images * pixels * combos, and the mean settles long before 32. Pair counts use them all.
 SIMULATED_IMAGES = 32
@@ -292,8 +292,6 @@ def _timeline(sparse_plan, work, streams, arrivals=None):
     pixel_beats = g.in_channels // g.in_beat
     row_beats = g.width * pixel_beats
     rows = ring_rows(g, row_beats)
-    # A wide input's line-buffer word is registered before its element is picked.
-    issue_to_collect = ISSUE_TO_COLLECT + (g.in_beat > 1)
     out_beats = g.out_channels // g.out_beat
     pixel_oldest = np.concatenate([oldest + m * g.height for m in range(len(streams))])
 
@@ -340,7 +338,7 @@ def _timeline(sparse_plan, work, streams, arrivals=None):
             scan_free, issue_free, pops = _lane_pixel(queues, pixel, first_scan, issue_free,
                                                       pops)
             lane_done.append(issue_free)
-            collect = np.maximum(collector_free, issue_free.max(axis=1) + issue_to_collect)
+            collect = np.maximum(collector_free, issue_free.max(axis=1) + ISSUE_TO_COLLECT)
             collector_free = collect + out_beats
             releases.append(collector_free)
             given.append(collector_free)
