@@ -270,8 +270,10 @@ def test_balance_widens_a_port_bound_stream_instead_of_adding_lanes():
              network_conv(rng, "pw", "x", 4, 16, kernel=1, padding=0, density=0.2))
     graph = ir.Graph(nodes, "pw", name="wide")
     x = random_inputs(rng, graph, batch=8)
-    design = zeroskip.compile(graph, "auto", multipliers=8, calibration=x)
-    narrow = zeroskip.compile(graph, "auto", multipliers=8, calibration=x, stream_width=1)
+    # At one chunk: lanes="auto" would choose the chunk of each by its latency.
+    design = zeroskip.compile(graph, "auto", multipliers=8, calibration=x, chunk=32)
+    narrow = zeroskip.compile(graph, "auto", multipliers=8, calibration=x, stream_width=1,
+                              chunk=32)
     assert design.widths["pw"] > 1
     (estimate,) = design.estimates
     (before,) = narrow.estimates
@@ -305,3 +307,45 @@ def test_a_chain_of_linear_layers_gets_wider_streams_for_its_latency():
                               stream_width={name: 1 for name in design.widths})
     assert max(design.widths.values()) > 1
     assert design.architecture.latency < 0.9 * narrow.architecture.latency
+
+
+def ref_chunk(latencies, tolerance):
+    """The chunk ``lanes="auto"`` takes from the latencies at each chunk, widest first: the
+    narrowest within ``tolerance`` of the shortest seen, stopping at the first beyond it."""
+    best, chosen, seen = None, None, []
+    for chunk, latency in latencies:
+        seen.append((chunk, latency))
+        best = latency if best is None else min(best, latency)
+        if latency > best * (1 + tolerance):
+            break
+        chosen = chunk
+    return chosen, seen
+
+
+@pytest.mark.parametrize(("density", "budget"), [(0.1, 4), (0.1, 16), (0.5, 4)])
+def test_lanes_auto_chooses_the_chunk_by_latency(density, budget):
+    """Without a chunk, ``lanes="auto"`` folds at each of AUTO_CHUNKS and takes the narrowest
+    within CHUNK_TOLERANCE of the shortest estimated latency; a chunk given is kept."""
+    from zeroskip import compiler
+    from zeroskip.compiler.latency import network_latency
+
+    rng = np.random.default_rng(11)
+    # Sparse weights: the narrower chunks scan more combos (32 is taken); dense: as fast (8).
+    graph = conv_graph(rng, channels=32, filters=16, size=6, kernel=3, weight_density=density)
+    x = random_inputs(rng, graph, batch=6)
+    latencies = []
+    for chunk in compiler.AUTO_CHUNKS:
+        fixed = zeroskip.compile(graph, "auto", multipliers=budget, calibration=x, chunk=chunk)
+        assert fixed.architecture.chunk_choice is None and fixed.chunk == chunk
+        latencies.append((chunk, float(network_latency(fixed.architecture,
+                                                       fixed.architecture.calibration).mean())))
+    expected, seen = ref_chunk(latencies, compiler.CHUNK_TOLERANCE)
+    design = zeroskip.compile(graph, "auto", multipliers=budget, calibration=x)
+    assert design.chunk == expected
+    assert [chunk for chunk, _ in design.architecture.chunk_choice] == \
+        [chunk for chunk, _ in seen]
+    assert [latency for _, latency in design.architecture.chunk_choice] == \
+        pytest.approx([latency for _, latency in seen])
+    assert f"chunk {expected} chosen by estimated latency" in design.report()
+    assert [entry["chunk"] for entry in design.manifest()["chunk_choice"]] == \
+        [chunk for chunk, _ in seen]

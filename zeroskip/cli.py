@@ -513,7 +513,7 @@ def build_parser():
                           help="dense engines (no zero skipping), for comparison")
     compile_.add_argument("--chunk", type=int, default=None, metavar="N",
                           help="input channels a conv engine examines at once (default 32; "
-                               "--target chooses it unless given)")
+                               "--lanes auto and --target choose it unless given)")
     compile_.add_argument("--target", metavar="PART", default=None,
                           help="choose the architecture, chunk and lanes so that the design "
                                "fits this FPGA part with the shortest estimated latency "

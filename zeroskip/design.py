@@ -214,6 +214,9 @@ class Design:
             "stream_order": "HWC", "ports": ports,
             **self.architecture.manifest_options(),
             "layers": self._layer_entries(), "network_counters": list(NETWORK_COUNTER_NAMES),
+            **({"chunk_choice": [{"chunk": chunk, "estimated_latency_cycles": round(latency, 1)}
+                                 for chunk, latency in self.architecture.chunk_choice]}
+               if self.architecture.chunk_choice else {}),
             **({"target": self.architecture.target_choice.to_dict()}
                if self.architecture.target_choice is not None else {}),
         }
@@ -246,6 +249,12 @@ class Design:
             slowest = max(self.estimates, key=lambda e: e.cycles)
             lines += ["", f"estimated initiation interval {slowest.cycles:.0f} cycles "
                           f"(layer {slowest.name!r}, {slowest.bound}-bound)"]
+        if self.architecture.chunk_choice:
+            tried = ", ".join(f"{chunk}: {latency:,.0f}"
+                              for chunk, latency in self.architecture.chunk_choice)
+            lines += ["", f"chunk {self.chunk} chosen by estimated latency in cycles ({tried}; "
+                          f"the narrowest within {compiler.CHUNK_TOLERANCE:.0%} of the shortest: less "
+                          f"logic a lane)"]
         choice = self.architecture.target_choice
         if choice is not None:
             lines += ["", *choice.lines()]
@@ -468,7 +477,9 @@ def compile(graph, lanes=1, zero_skip=True, *, multipliers=None,  # noqa: A001 (
         per-layer cycle estimates.
     chunk : int, optional
         Input channels a conv engine examines at once (mask and priority-encoder width);
-        32 by default (``target`` chooses it unless given).
+        32 by default; ``lanes="auto"`` chooses it (the narrowest of 32, 16 and 8 within 2 %
+        of the shortest estimated latency: :func:`zeroskip.compiler.choose`), and so does
+        ``target``, unless given.
     layer_counters : bool
         Give every engine's counters (busy, effective MACs, skipped pairs, stalls) a port;
         False keeps only the network's (inferences, latency, interval), which saves their

@@ -86,6 +86,9 @@ class _Architecture:
         self.calibration = calibration
         #: What ``target=PART`` chose and why (a :class:`~.target.TargetChoice`), or None.
         self.target_choice = None
+        #: ``(chunk, estimated latency)`` of the chunks ``lanes="auto"`` folded at when none
+        #: was given (:data:`~zeroskip.compiler.AUTO_CHUNKS`), or None.
+        self.chunk_choice = None
         self.in_shape = graph.shapes[graph.input.name]
         self.out_shape = graph.shapes[graph.output]
         self.in_act, self.out_act = graph.input.act, graph.acts[graph.output]
