@@ -57,6 +57,9 @@ SCAN_TO_ISSUE = 9
 AHEAD = PAIR_FIFO_DEPTH - 2
 # Cycles from the issuer taking an entry to the examiner counting its place free.
 TAKEN_SEEN = 1
+# Cycles from the collector freeing a tile slot to a lane seeing it free (the count, then the
+# lanes' limit, are registers).
+RELEASE_SEEN = 1
 # From a lane's last issued pair to the collector starting on that pixel (issue, weight count,
 # RAM words' registers, operand registers, the multiplier's two and the product register,
 # accumulator, the tile's registered write, pixel counter; the weight count takes two cycles).
@@ -333,7 +336,7 @@ def _timeline(sparse_plan, work, streams, arrivals=None):
             gate = pixels_complete(rows_in - 1, columns[pixel]) if rows_in else \
                 np.zeros(images, np.int64)
             if index >= sparse_plan.slots:
-                gate = np.maximum(gate, releases[index - sparse_plan.slots])
+                gate = np.maximum(gate, releases[index - sparse_plan.slots] + RELEASE_SEEN)
             first_scan = np.maximum(scan_free, gate[:, None] + ROW_READY) + 1
             scan_free, issue_free, pops = _lane_pixel(queues, pixel, first_scan, issue_free,
                                                       pops)
@@ -400,7 +403,7 @@ def _simulate_xnor(geometry, entries):
             index = image * g.out_pixels + pixel
             gate = pixels_complete(image * g.height + needed[pixel] - 1, columns[pixel]) + 1
             if index >= TILE_SLOTS:
-                gate = max(gate, releases[index - TILE_SLOTS])
+                gate = max(gate, releases[index - TILE_SLOTS] + RELEASE_SEEN)
             lane_free = np.maximum(lane_free, gate) + entries
             done = int(lane_free.max()) + XNOR_ISSUE_TO_COLLECT - 1
             retired.append(done)
