@@ -349,3 +349,20 @@ def test_lanes_auto_chooses_the_chunk_by_latency(density, budget):
     assert f"chunk {expected} chosen by estimated latency" in design.report()
     assert [entry["chunk"] for entry in design.manifest()["chunk_choice"]] == \
         [chunk for chunk, _ in seen]
+
+
+@pytest.mark.slow
+def test_the_fold_widens_both_ports_of_a_depthwise_layer():
+    """The DS-CNN's depthwise layers take and give 64x25x5 activations: at one activation a
+    beat both ports take 8,000 cycles, so a wider output alone leaves the layer bound by its
+    input. The fold widens both and spends the budget: every engine under 8,000 cycles."""
+    from zeroskip import models
+
+    made = models.mlperf_graph("kws_dscnn")
+    design = zeroskip.compile(made.graph, "auto", multipliers=66,
+                              calibration=made.inputs_int, chunk=8)
+    beats = 64 * 25 * 5
+    assert design.multipliers_used == 66
+    for name in ("blocks.1.dw.conv", "blocks.2.dw.conv"):
+        assert design.widths[name] >= 2 and design.architecture.layouts[name][1][0] >= 2
+    assert max(estimate.cycles for estimate in design.estimates) < beats

@@ -189,17 +189,29 @@ def balance(calibration, layers, *, input_name, in_shape, multipliers=None, lane
             return after[spec.name] < estimate.cycles and max(after.values()) <= current
 
         changed = False
+        wider_options = []
         if auto_widths and estimate.bound in ("input", "output"):
-            tensors = spec.sources if estimate.bound == "input" else (spec.name,)
-            wider = _wider(widths, tensors, shapes, narrow)
-            if wider is not None and helps(lanes, wider):
-                widths, changed = wider, True
+            # The binding port twice as wide; else both (an engine that takes and gives as many
+            # beats, a depthwise conv or a pool, is bound by the other port once one is wider).
+            bound = spec.sources if estimate.bound == "input" else (spec.name,)
+            for tensors in (bound, (*spec.sources, spec.name)):
+                wider = _wider(widths, tensors, shapes, narrow)
+                if wider is not None and wider not in wider_options:
+                    wider_options.append(wider)
+            for wider in wider_options:
+                if helps(lanes, wider):
+                    widths, changed = wider, True
+                    break
         if not changed and fold_lanes and isinstance(spec.node, WEIGHT_LAYERS):
-            more = _add_lanes(spec, lanes, widths, multipliers, helps,
-                              packed=pack is not False and packable(spec, chunk),
-                              split=not legacy and not spec.in_acts[0].binary)
-            if more is not None:
-                lanes, changed = more, True
+            # More lanes; else more lanes behind a wider port (a port-bound layer whose wider
+            # port leaves it bound by its lanes at the same cycles).
+            for option in (widths, *wider_options):
+                more = _add_lanes(spec, lanes, option, multipliers, helps,
+                                  packed=pack is not False and packable(spec, chunk),
+                                  split=not legacy and not spec.in_acts[0].binary)
+                if more is not None:
+                    lanes, widths, changed = more, option, True
+                    break
         if not changed:
             break
     if auto_widths and all(_one_pixel(shape) for shape in shapes.values()):
