@@ -22,7 +22,7 @@ def test_qat_forward_equals_golden_model_on_every_test_image(digits_demo):
 
 
 def test_rtl_of_the_demo_is_bit_exact_and_skips_zeros(digits_demo):
-    """The demo's co-simulation (README: 360/360, 1.12x of the slowest layer's ideal, 18x
+    """The demo's co-simulation (README: 360/360, 1.06x of the slowest layer's ideal, 15.4x
     fewer cycles than dense at the same multipliers)."""
     result, _ = digits_demo
     hw = result.hardware
