@@ -885,8 +885,7 @@ class SparseConvEngine(wiring.Component):
         # :mod:`.dsp`): DSP blocks sit in a few rows, far from most lanes, and the routes to and
         # from one with the multiply in one cycle were a large design's longest path (13.5 ns
         # on an ECP5-85F).
-        zeroed = activation
-        at_dsp = RegisteredProduct.of(m, weight, zeroed, name=f"dsp_product_{lane_index}")
+        at_dsp = RegisteredProduct.of(m, weight, activation, name=f"dsp_product_{lane_index}")
         product = Signal((weight * activation).shape())
         tokens = [Signal.like(token, name=f"token_{stage}") for stage in ("factors", "at_dsp")]
         multiplied = Signal.like(token)

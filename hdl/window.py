@@ -246,8 +246,9 @@ class LaneWindow:
     Both conditions are registers, computed for the cursor as it will be after this cycle: a
     start is then decided by two flip-flops, not by two counter comparisons. The counters they
     are compared with (``written``, ``collector_released``) only grow, so seeing them a
-    cycle late (``collector_released`` two) can only delay a start, never allow one early. The output tile holds ``slots``
-    pixels: a lane runs up to ``slots`` pixels ahead of the collector.
+    cycle late (``collector_released`` two) can only delay a start, never allow one early.
+    The output tile holds ``slots`` pixels: a lane runs up to ``slots`` pixels ahead of the
+    collector.
     """
 
     def __init__(self, m, geometry, rows, row_width, written, collector_released, name,

@@ -25,7 +25,8 @@ from .folding import Calibration
 from .layers import WEIGHT_LAYERS, LayerSpec, counter_names, network_layers
 from .streams import check_widths, chosen_packs
 
-__all__ = ["ARCHITECTURES", "AUTO_CHUNKS", "CHUNK_TOLERANCE", "DEFAULT_CHUNK", "Estimate", "Pipeline", "Sequential", "choose"]
+__all__ = ["ARCHITECTURES", "AUTO_CHUNKS", "CHUNK_TOLERANCE", "DEFAULT_CHUNK", "Estimate",
+           "Pipeline", "Sequential", "choose"]
 
 #: Input channels a conv engine examines at once, unless told otherwise or chosen
 #: (:data:`AUTO_CHUNKS`).
